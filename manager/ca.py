@@ -1,0 +1,331 @@
+"""The cluster's certificate authority and Swarm join tokens.
+
+Follows swarmkit's CA (SK: ca/certificates.go, ca/config.go; SWARM-FACTS 1.8):
+
+- root CA: ECDSA P-256 key, self-signed, CN ``swarm-ca``, valid 20 years (630720000 s);
+- node certificates: subject CN = node ID, OU = ``swarm-manager`` | ``swarm-worker``,
+  O = cluster ID; DNS SANs = role OU and node ID; valid 90 days (2160 h), backdated 1 h;
+- join tokens v1: ``SWMTKN-1-<sha256(DER of root cert) as base 36, zero-padded to 50>-<16 random
+  bytes as base 36, zero-padded to 25>``. The digest pins the root CA for a joining node; the
+  secret says whether the token is a worker's or a manager's.
+
+Files in a certs dir: ``ca.crt``, ``ca.key`` (managers only), ``node.crt``, ``node.key``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shoal.tlsutil import OU_BY_ROLE
+
+ROOT_CN = "swarm-ca"
+ROOT_VALIDITY = dt.timedelta(seconds=630720000)  # 20 years, SK: ca/config.go RootCAExpiration
+NODE_VALIDITY = dt.timedelta(hours=2160)  # 90 days, SK: ca/config.go DefaultNodeCertExpiration
+BACKDATE = dt.timedelta(hours=1)  # SK: ca/certificates.go CertBackdate
+
+TOKEN_PREFIX = "SWMTKN"
+TOKEN_VERSION = "1"
+DIGEST_LEN = 50  # base-36 digits of a sha256 digest, zero-padded
+SECRET_LEN = 25  # base-36 digits of a 16-byte secret, zero-padded
+SECRET_BYTES = 16
+
+ROLES = ("worker", "manager")
+
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+_B36_RE = re.compile(r"^[0-9a-z]+$")
+
+
+def to_base36(data: bytes, width: int) -> str:
+    """Return ``data`` read as a big-endian unsigned integer in lowercase base 36, zero-padded to ``width``."""
+    n = int.from_bytes(data, "big")
+    digits = []
+    while n:
+        n, r = divmod(n, 36)
+        digits.append(_B36[r])
+    return "".join(reversed(digits)).rjust(width, "0")
+
+
+def cert_digest(cert_pem: str | bytes) -> bytes:
+    """Return sha256 of the DER encoding of the PEM certificate ``cert_pem`` (32 bytes).
+
+    Raises ``ValueError`` if ``cert_pem`` is not a PEM certificate.
+    """
+    data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
+    cert = x509.load_pem_x509_certificate(data)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+def make_token(root_digest: bytes, secret: bytes | None = None) -> str:
+    """Return a ``SWMTKN-1-…`` join token for the root CA with sha256 digest ``root_digest``.
+
+    ``secret`` is 16 bytes; a fresh random one is drawn when None (use one per role; keep the
+    tokens, e.g. in the cluster object's ``JoinTokens``, so they survive restarts).
+    """
+    if len(root_digest) != 32:
+        raise ValueError(f"root digest must be 32 bytes (sha256), got {len(root_digest)}")
+    if secret is None:
+        secret = secrets.token_bytes(SECRET_BYTES)
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"join token secret must be {SECRET_BYTES} bytes, got {len(secret)}")
+    return f"{TOKEN_PREFIX}-{TOKEN_VERSION}-{to_base36(root_digest, DIGEST_LEN)}-{to_base36(secret, SECRET_LEN)}"
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    """Split a join token into ``(digest_b36, secret_b36)`` (50 and 25 lowercase base-36 chars).
+
+    Raises ``ValueError("invalid join token: …")`` saying what is wrong, e.g. a wrong prefix,
+    version, number of parts or part length. Follows SK: ca/config.go ``ParseJoinToken``.
+    """
+    if not isinstance(token, str) or not token:
+        raise ValueError("invalid join token: the token is empty; get one with `shoal swarm join-token worker`")
+    token = token.strip()
+    parts = token.split("-")
+    if len(parts) != 4:
+        raise ValueError(
+            f"invalid join token: expected 4 dash-separated parts (SWMTKN-1-<digest>-<secret>), got {len(parts)}"
+        )
+    prefix, version, digest, secret = parts
+    if prefix != TOKEN_PREFIX:
+        raise ValueError(f"invalid join token: it must start with {TOKEN_PREFIX}-, not {prefix!r}")
+    if version != TOKEN_VERSION:
+        raise ValueError(f"invalid join token: unsupported token version {version!r} (only {TOKEN_VERSION})")
+    if len(digest) != DIGEST_LEN or not _B36_RE.match(digest):
+        raise ValueError(
+            f"invalid join token: the CA digest part must be {DIGEST_LEN} base-36 characters, got {len(digest)}"
+        )
+    if len(secret) != SECRET_LEN or not _B36_RE.match(secret):
+        raise ValueError(
+            f"invalid join token: the secret part must be {SECRET_LEN} base-36 characters, got {len(secret)}"
+        )
+    return digest, secret
+
+
+def token_matches_ca(token: str, ca_cert_pem: str | bytes) -> bool:
+    """Return True if the digest in ``token`` is the sha256 of ``ca_cert_pem``'s DER. Raises ``ValueError`` on a malformed token."""
+    digest, _ = parse_token(token)
+    return hmac.compare_digest(digest, to_base36(cert_digest(ca_cert_pem), DIGEST_LEN))
+
+
+def token_role(token: str, tokens: dict[str, str]) -> str | None:
+    """Return ``"worker"`` or ``"manager"`` if ``token`` equals ``tokens["Worker"]`` / ``tokens["Manager"]``, else None.
+
+    ``tokens`` is the cluster object's ``JoinTokens`` (``{"Worker": str, "Manager": str}``).
+    Compares in constant time; a malformed token gives None (parse it first for a clear error).
+    """
+    token = token.strip() if isinstance(token, str) else ""
+    for role, key in (("worker", "Worker"), ("manager", "Manager")):
+        want = tokens.get(key)
+        if isinstance(want, str) and want and hmac.compare_digest(token.encode(), want.encode()):
+            return role
+    return None
+
+
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    """Return a new ECDSA P-256 private key."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_to_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    """Return ``key`` as an unencrypted PKCS#8 PEM string."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def generate_key_and_csr() -> tuple[str, str]:
+    """Return ``(key_pem, csr_pem)``: a new P-256 key and a CSR for it (the CA sets the subject itself)."""
+    key = generate_key()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shoal-node")]))
+        .sign(key, hashes.SHA256())
+    )
+    return key_to_pem(key), csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _write_private(path: Path, data: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_node_files(certs_dir: Path, ca_pem: str, cert_pem: str, key_pem: str) -> None:
+    """Write ``ca.crt``, ``node.crt`` and ``node.key`` (mode 0600) into ``certs_dir`` (created 0700), atomically each."""
+    certs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_private(certs_dir / "ca.crt", ca_pem)
+    _write_private(certs_dir / "node.crt", cert_pem)
+    _write_private(certs_dir / "node.key", key_pem)
+
+
+class RootCA:
+    """The cluster root CA: signs node certificates and makes join tokens.
+
+    ``cert_pem`` is the root certificate; ``key_pem`` its private key (None on nodes that only
+    verify). Build with :meth:`create` or :meth:`load`.
+    """
+
+    def __init__(self, cert_pem: str, key_pem: str | None) -> None:
+        self.cert_pem = cert_pem
+        self.cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        self._key: ec.EllipticCurvePrivateKey | None = None
+        if key_pem is not None:
+            k = serialization.load_pem_private_key(key_pem.encode(), password=None)
+            if not isinstance(k, ec.EllipticCurvePrivateKey):
+                raise ValueError("the CA key must be an ECDSA key")
+            self._key = k
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, certs_dir: Path | str) -> RootCA:
+        """Make a new root CA (P-256, CN swarm-ca, 20 years, backdated 1 h) and write ``ca.crt``/``ca.key`` into ``certs_dir``.
+
+        Raises ``FileExistsError`` if ``certs_dir/ca.key`` already exists (load it instead).
+        """
+        d = Path(certs_dir)
+        if (d / "ca.key").exists():
+            raise FileExistsError(f"{d / 'ca.key'} already exists; use RootCA.load({str(d)!r})")
+        key = generate_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ROOT_CN)])
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + ROOT_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        key_pem = key_to_pem(key)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(d / "ca.key", key_pem)
+        _write_private(d / "ca.crt", cert_pem)
+        return cls(cert_pem, key_pem)
+
+    @classmethod
+    def load(cls, certs_dir: Path | str) -> RootCA:
+        """Load ``ca.crt`` (and ``ca.key`` when present) from ``certs_dir``. Raises ``FileNotFoundError`` without ``ca.crt``."""
+        d = Path(certs_dir)
+        cert_pem = (d / "ca.crt").read_text()
+        key_path = d / "ca.key"
+        key_pem = key_path.read_text() if key_path.exists() else None
+        return cls(cert_pem, key_pem)
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    @property
+    def digest(self) -> bytes:
+        """sha256 of the root certificate's DER (32 bytes)."""
+        return hashlib.sha256(self.cert.public_bytes(serialization.Encoding.DER)).digest()
+
+    def join_token(self) -> str:
+        """Return a new join token for this CA with a fresh random secret (call once per role)."""
+        return make_token(self.digest)
+
+    def new_join_tokens(self) -> dict[str, str]:
+        """Return ``{"Worker": token, "Manager": token}`` with two independent fresh secrets (the cluster's ``JoinTokens``)."""
+        return {"Worker": self.join_token(), "Manager": self.join_token()}
+
+    # -- issuing ----------------------------------------------------------------------------
+
+    @property
+    def can_sign(self) -> bool:
+        """True when the CA key is loaded."""
+        return self._key is not None
+
+    def issue(self, csr_pem: str, node_id: str, role: str, cluster_id: str) -> str:
+        """Sign ``csr_pem``'s public key into a node certificate and return it as PEM.
+
+        Subject: CN ``node_id``, OU ``swarm-<role>``, O ``cluster_id``; DNS SANs ``swarm-<role>``
+        and ``node_id``; valid from now − 1 h for 90 days; usable for TLS server and client auth.
+        Raises ``ValueError`` for an unknown role, a CSR that does not parse or whose signature is
+        bad, or a key that is not ECDSA P-256; ``RuntimeError`` if this CA has no key.
+        """
+        if self._key is None:
+            raise RuntimeError("this RootCA has no private key; only the manager that holds ca.key can issue")
+        if role not in ROLES:
+            raise ValueError(f"unknown node role {role!r}; expected 'worker' or 'manager'")
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem.encode())
+        except Exception as e:
+            raise ValueError(f"the certificate signing request is not a valid PEM CSR: {e}") from e
+        if not csr.is_signature_valid:
+            raise ValueError("the certificate signing request has a bad signature")
+        pub = csr.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+            raise ValueError("the certificate signing request must carry an ECDSA P-256 key")
+        ou = OU_BY_ROLE[role]
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
+                x509.NameAttribute(NameOID.COMMON_NAME, node_id),
+            ]
+        )
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(pub)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + NODE_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=True,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(ou), x509.DNSName(node_id)]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def issue_node_files(self, certs_dir: Path | str, node_id: str, role: str, cluster_id: str) -> None:
+        """Make a key, issue a certificate for ``node_id``/``role`` and write ``ca.crt``, ``node.crt``, ``node.key`` into ``certs_dir``.
+
+        This is how the first manager gets its own node certificate.
+        """
+        key_pem, csr_pem = generate_key_and_csr()
+        cert_pem = self.issue(csr_pem, node_id, role, cluster_id)
+        write_node_files(Path(certs_dir), self.cert_pem, cert_pem, key_pem)
