@@ -1,0 +1,397 @@
+"""The manager's state machine: in-memory tables of Swarm objects, changed only through the log.
+
+Follows swarmkit's store model (SK: manager/state/store/memory.go): reads are consistent
+views, writes run in a transaction function, the transaction's changes become one Raft log
+entry, and objects get ``Version.Index`` = the index of the entry that last wrote them.
+
+Objects are plain dicts in the Docker Engine API's JSON shape; every object has a string
+``ID``. Tables: ``nodes``, ``services``, ``tasks``, ``cluster``.
+
+Log entry payload (msgpack): ``{"ts": rfc3339, "ops": [[action, table, obj | id], ...]}``
+with ``action`` in ``create|update|delete`` (``delete`` carries the ID). The timestamp travels
+in the entry so that replay (and, later, every Raft follower) computes identical state.
+
+Concurrency: ``update(fn)`` runs ``fn`` synchronously, so no other transaction interleaves with
+it. ``fn`` sees the committed state plus the changes of transactions already proposed but not
+yet committed (a pending overlay), so concurrent ``update`` calls can share one fsync (group
+commit in :mod:`raft.log`) and still see each other's writes in proposal order. ``view()``
+shows committed state only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgpack
+
+from raft.log import LogUnavailable, ReplicatedLog
+from raft.wal import Entry
+from shoal.util import now_rfc3339
+
+__all__ = ["Store", "ReadTx", "WriteTx", "Watch", "Event", "StoreError", "Conflict", "NotFound", "Unavailable", "TABLES"]
+
+log = logging.getLogger(__name__)
+
+TABLES = ("nodes", "services", "tasks", "cluster")
+DEFAULT_SNAPSHOT_INTERVAL = 10000  # entries between state-machine snapshots (swarmkit's SnapshotInterval)
+
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+
+class StoreError(Exception):
+    """Base class of store errors; ``str(e)`` is a message fit for an API client."""
+
+
+class Conflict(StoreError):
+    """A name is taken by another object, an ID already exists, or the object's
+    ``Version.Index`` is not the current one (update out of sequence)."""
+
+
+class NotFound(StoreError):
+    """The object to update or delete does not exist."""
+
+
+class Unavailable(StoreError):
+    """The log cannot commit (disk failure, closed, or with Raft: no leader / no quorum)."""
+
+
+def _copy(obj: Any) -> Any:
+    """Deep copy of a JSON-like value (dict/list/str/int/float/bool/None/bytes)."""
+    return msgpack.unpackb(msgpack.packb(obj, use_bin_type=True), raw=False, strict_map_key=False)
+
+
+def _check_table(table: str) -> None:
+    if table not in TABLES:
+        raise ValueError(f"unknown store table {table!r}; tables are {', '.join(TABLES)}")
+
+
+def _name_of(table: str, obj: Obj) -> str | None:
+    if table == "services":
+        spec = obj.get("Spec") or {}
+        name = spec.get("Name")
+        return name if isinstance(name, str) and name else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One committed change: ``action`` is ``create|update|delete``; ``obj`` is the new object
+    (for delete: the deleted one); ``old`` is the previous object or None. Each watcher gets its
+    own copies."""
+
+    action: str
+    table: str
+    obj: Obj
+    old: Obj | None
+
+
+class Watch:
+    """An async iterator of :class:`Event` from the store, in commit order. ``close()`` ends it."""
+
+    def __init__(self, store: Store, tables: frozenset[str] | None) -> None:
+        self._store = store
+        self.tables = tables
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.closed = False
+
+    def _put(self, ev: Event) -> None:
+        if not self.closed and (self.tables is None or ev.table in self.tables):
+            self._queue.put_nowait(Event(ev.action, ev.table, _copy(ev.obj), _copy(ev.old)))
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self.closed and self._queue.empty():
+            raise StopAsyncIteration
+        ev = await self._queue.get()
+        if ev is None:
+            raise StopAsyncIteration
+        return ev
+
+    def drain(self) -> list[Event]:
+        """Return the events already queued, without waiting."""
+        out = []
+        while not self._queue.empty():
+            ev = self._queue.get_nowait()
+            if ev is None:
+                self._queue.put_nowait(None)
+                break
+            out.append(ev)
+        return out
+
+    def close(self) -> None:
+        """Stop this watch; the iterator ends after the events already queued. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            self._store._watches.discard(self)
+            self._queue.put_nowait(None)
+
+
+class ReadTx:
+    """A read view of the committed state. Objects returned are deep copies."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def _raw(self, table: str, id: str) -> Obj | None:
+        return self._store._tables[table].get(id)
+
+    def _raw_items(self, table: str) -> Iterable[Obj]:
+        return self._store._tables[table].values()
+
+    def get(self, table: str, id: str) -> Obj | None:
+        """The object ``id`` of ``table``, or None."""
+        _check_table(table)
+        obj = self._raw(table, id)
+        return _copy(obj) if obj is not None else None
+
+    def list(self, table: str) -> list[Obj]:
+        """Every object of ``table`` (no particular order)."""
+        _check_table(table)
+        return [_copy(o) for o in self._raw_items(table)]
+
+    def find(self, table: str, pred: Callable[[Obj], bool]) -> builtins.list[Obj]:
+        """The objects of ``table`` for which ``pred(obj)`` is true. ``pred`` sees the stored
+        object and must not modify it."""
+        _check_table(table)
+        return [_copy(o) for o in self._raw_items(table) if pred(o)]
+
+    def find_by_name(self, table: str, name: str) -> Obj | None:
+        """A service by ``Spec.Name`` (the only table with unique names), or None."""
+        for o in self._raw_items(table):
+            if _name_of(table, o) == name:
+                found: Obj = _copy(o)
+                return found
+        return None
+
+
+class WriteTx(ReadTx):
+    """A transaction: the reads of :class:`ReadTx` (seeing the pending overlay and this
+    transaction's own writes) plus ``create``, ``update`` and ``delete``."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._writes: dict[tuple[str, str], tuple[str, Obj | None]] = {}
+
+    def _raw(self, table: str, id: str) -> Obj | None:
+        key = (table, id)
+        if key in self._writes:
+            return self._writes[key][1]
+        if key in self._store._pending:
+            return self._store._pending[key][1]
+        return self._store._tables[table].get(id)
+
+    def _raw_items(self, table: str) -> Iterable[Obj]:
+        ids = set(self._store._tables[table])
+        ids.update(i for (t, i) in self._store._pending if t == table)
+        ids.update(i for (t, i) in self._writes if t == table)
+        for i in ids:
+            o = self._raw(table, i)
+            if o is not None:
+                yield o
+
+    def _check_name(self, table: str, obj: Obj) -> None:
+        name = _name_of(table, obj)
+        if name is None:
+            return
+        for other in self._raw_items(table):
+            if other["ID"] != obj["ID"] and _name_of(table, other) == name:
+                raise Conflict("rpc error: code = AlreadyExists desc = name conflicts with an existing object")
+
+    def create(self, table: str, obj: Obj) -> None:
+        """Add ``obj`` (must have a string ``ID``). Raises :class:`Conflict` if the ID exists or
+        (services) ``Spec.Name`` is taken."""
+        _check_table(table)
+        id = obj.get("ID")
+        if not isinstance(id, str) or not id:
+            raise ValueError(f"store create in {table}: object needs a non-empty string ID")
+        if self._raw(table, id) is not None:
+            raise Conflict(f"rpc error: code = AlreadyExists desc = {table[:-1]} {id} already exists")
+        self._check_name(table, obj)
+        key = (table, id)
+        prior = self._writes.get(key)
+        self._writes[key] = ("update" if prior and prior[0] == "delete" else "create", _copy(obj))
+
+    def update(self, table: str, obj: Obj) -> None:
+        """Replace the object with ``obj["ID"]``. If ``obj`` carries ``Version.Index``, it must be
+        the current one, else :class:`Conflict` ("update out of sequence"). Raises
+        :class:`NotFound` if there is no such object, :class:`Conflict` for a taken name."""
+        _check_table(table)
+        id = obj.get("ID")
+        cur = self._raw(table, id) if isinstance(id, str) else None
+        if cur is None or not isinstance(id, str):
+            raise NotFound(f"{table[:-1]} {id} not found")
+        want = (obj.get("Version") or {}).get("Index")
+        have = (cur.get("Version") or {}).get("Index")
+        if want is not None and have is not None and want != have:
+            raise Conflict(
+                f"rpc error: code = Unknown desc = update out of sequence (version {want}, current {have})"
+            )
+        self._check_name(table, obj)
+        key = (table, id)
+        prior = self._writes.get(key)
+        new = _copy(obj)
+        if cur.get("CreatedAt") and not new.get("CreatedAt"):
+            new["CreatedAt"] = cur["CreatedAt"]
+        self._writes[key] = ("create" if prior and prior[0] == "create" else "update", new)
+
+    def delete(self, table: str, id: str) -> None:
+        """Delete object ``id``. Raises :class:`NotFound` if it does not exist."""
+        _check_table(table)
+        if self._raw(table, id) is None:
+            raise NotFound(f"{table[:-1]} {id} not found")
+        key = (table, id)
+        prior = self._writes.get(key)
+        if prior and prior[0] == "create":
+            del self._writes[key]
+        else:
+            self._writes[key] = ("delete", None)
+
+    @property
+    def changed(self) -> bool:
+        """Whether this transaction wrote anything."""
+        return bool(self._writes)
+
+
+class Store:
+    """The state machine over ``log`` (a :class:`raft.log.ReplicatedLog`, e.g.
+    :class:`raft.log.SingleVoterLog`).
+
+    The constructor loads the log's snapshot and replays its committed entries, so restarting
+    on the same directory gives the same state. ``snapshot_interval``: entries between
+    state-machine snapshots (then the log is compacted).
+    """
+
+    def __init__(self, log: ReplicatedLog, snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL) -> None:
+        self._log = log
+        self.snapshot_interval = snapshot_interval
+        self._tables: dict[str, dict[str, Obj]] = {t: {} for t in TABLES}
+        self._pending: dict[tuple[str, str], tuple[int, Obj | None]] = {}
+        self._watches: set[Watch] = set()
+        self.applied_index = 0
+        self._snap_index = 0
+        self._compacting: asyncio.Task[None] | None = None
+        snap = log.snapshot()
+        if snap is not None:
+            state = msgpack.unpackb(snap.data, raw=False, strict_map_key=False)
+            for t in TABLES:
+                self._tables[t] = dict(state["tables"].get(t, {}))
+            self.applied_index = self._snap_index = snap.index
+        for e in log.entries_from(self.applied_index + 1):
+            self._apply_entry(e, notify=False)
+        log.set_apply(self._on_commit)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def view(self) -> ReadTx:
+        """A read view of the committed state."""
+        return ReadTx(self)
+
+    def watch(self, tables: Iterable[str] | None = None) -> Watch:
+        """Start a :class:`Watch` of committed changes (of ``tables`` only, if given)."""
+        w = Watch(self, frozenset(tables) if tables is not None else None)
+        self._watches.add(w)
+        return w
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def update(self, fn: Callable[[WriteTx], T]) -> T:
+        """Run ``fn(tx)`` and commit its changes as one log entry; return ``fn``'s result once
+        committed. If ``fn`` raises, nothing is written. Raises :class:`Conflict`,
+        :class:`NotFound` (from ``fn``'s tx calls) and :class:`Unavailable` (log failure)."""
+        tx = WriteTx(self)
+        result = fn(tx)
+        if not tx._writes:
+            return result
+        ts = now_rfc3339()
+        ops: list[list[Any]] = []
+        for (table, id), (action, obj) in tx._writes.items():
+            if action == "delete":
+                ops.append(["delete", table, id])
+            else:
+                assert obj is not None
+                obj["UpdatedAt"] = ts
+                if action == "create" and not obj.get("CreatedAt"):
+                    obj["CreatedAt"] = ts
+                ops.append([action, table, obj])
+        data = msgpack.packb({"ts": ts, "ops": ops}, use_bin_type=True)
+        try:
+            index, fut = self._log.submit(data)
+        except LogUnavailable as e:
+            raise Unavailable(str(e)) from e
+        for (table, id), (_action, obj) in tx._writes.items():
+            if obj is not None:
+                obj["Version"] = {"Index": index}
+            self._pending[(table, id)] = (index, obj)
+        try:
+            await asyncio.shield(fut)
+        except LogUnavailable as e:
+            self._pending = {k: v for k, v in self._pending.items() if v[0] < index}
+            raise Unavailable(str(e)) from e
+        return result
+
+    # -- applying ---------------------------------------------------------------------------
+
+    def _on_commit(self, entry: Entry) -> None:
+        self._apply_entry(entry, notify=True)
+        if entry.index - self._snap_index >= self.snapshot_interval and (
+            self._compacting is None or self._compacting.done()
+        ):
+            self._snap_index = entry.index
+            data = self.snapshot_bytes()
+            self._compacting = asyncio.get_running_loop().create_task(self._compact(entry.index, data))
+
+    async def _compact(self, index: int, data: bytes) -> None:
+        try:
+            await self._log.compact(index, data)
+        except Exception:
+            log.exception("snapshot at index %d failed; the log keeps its entries", index)
+
+    def snapshot_bytes(self) -> bytes:
+        """The committed state serialised (msgpack ``{"index", "tables"}``)."""
+        data: bytes = msgpack.packb({"index": self.applied_index, "tables": self._tables}, use_bin_type=True)
+        return data
+
+    def _apply_entry(self, entry: Entry, notify: bool) -> None:
+        if entry.index <= self.applied_index:
+            return
+        payload = msgpack.unpackb(entry.data, raw=False, strict_map_key=False)
+        events: list[Event] = []
+        for action, table, body in payload["ops"]:
+            tbl = self._tables[table]
+            if action == "delete":
+                id = body
+                old = tbl.pop(id, None)
+                if old is not None:
+                    events.append(Event("delete", table, old, old))
+            else:
+                obj = body
+                id = obj["ID"]
+                obj["Version"] = {"Index": entry.index}
+                old = tbl.get(id)
+                tbl[id] = obj
+                events.append(Event("create" if old is None else "update", table, obj, old))
+            key = (table, id)
+            p = self._pending.get(key)
+            if p is not None and p[0] <= entry.index:
+                del self._pending[key]
+        self.applied_index = entry.index
+        if notify:
+            for ev in events:
+                for w in list(self._watches):
+                    w._put(ev)
+
+    async def close(self) -> None:
+        """Close every watch, wait for a running snapshot, and close the log."""
+        for w in list(self._watches):
+            w.close()
+        if self._compacting is not None:
+            await asyncio.gather(self._compacting, return_exceptions=True)
+        await self._log.close()

@@ -1,0 +1,130 @@
+"""Tests of manager.store.Store on a real single-voter WAL in a temp directory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manager.store import Conflict, NotFound, Store, Unavailable, WriteTx
+from raft.log import SingleVoterLog
+
+
+def _svc(id: str, name: str, replicas: int = 1) -> dict[str, Any]:
+    return {"ID": id, "Spec": {"Name": name, "Mode": {"Replicated": {"Replicas": replicas}}}}
+
+
+async def test_create_get_version_and_timestamps(tmp_path: Path) -> None:
+    store = Store(SingleVoterLog(tmp_path))
+    await store.update(lambda tx: tx.create("services", _svc("s1", "web")))
+    obj = store.view().get("services", "s1")
+    assert obj is not None
+    assert obj["Version"]["Index"] == 1
+    assert obj["CreatedAt"] == obj["UpdatedAt"] and obj["CreatedAt"].endswith("Z")
+    # copies: mutating what we got does not change the store
+    obj["Spec"]["Name"] = "changed"
+    assert store.view().get("services", "s1")["Spec"]["Name"] == "web"  # type: ignore[index]
+
+    def scale(tx: WriteTx) -> None:
+        s = tx.get("services", "s1")
+        assert s is not None
+        s["Spec"]["Mode"]["Replicated"]["Replicas"] = 3
+        tx.update("services", s)
+
+    await store.update(scale)
+    obj2 = store.view().get("services", "s1")
+    assert obj2 is not None and obj2["Version"]["Index"] == 2
+    assert obj2["CreatedAt"] == obj["CreatedAt"]
+    await store.close()
+
+
+async def test_conflicts_and_not_found(tmp_path: Path) -> None:
+    store = Store(SingleVoterLog(tmp_path))
+    await store.update(lambda tx: tx.create("services", _svc("s1", "web")))
+    with pytest.raises(Conflict, match="name conflicts"):
+        await store.update(lambda tx: tx.create("services", _svc("s2", "web")))
+    assert store.view().get("services", "s2") is None
+    with pytest.raises(Conflict):
+        await store.update(lambda tx: tx.create("services", _svc("s1", "other")))
+    with pytest.raises(NotFound):
+        await store.update(lambda tx: tx.delete("services", "nope"))
+    stale = _svc("s1", "web", 5)
+    stale["Version"] = {"Index": 999}
+    with pytest.raises(Conflict, match="out of sequence"):
+        await store.update(lambda tx: tx.update("services", stale))
+
+    # an exception in fn writes nothing, even the writes made before it
+    def boom(tx: WriteTx) -> None:
+        tx.create("tasks", {"ID": "t1"})
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await store.update(boom)
+    assert store.view().get("tasks", "t1") is None
+    assert store.applied_index == 1
+    await store.close()
+
+
+async def test_restart_gives_identical_state(tmp_path: Path) -> None:
+    store = Store(SingleVoterLog(tmp_path))
+    await store.update(lambda tx: tx.create("cluster", {"ID": "c1", "Spec": {"Name": "default"}}))
+    await store.update(lambda tx: tx.create("services", _svc("s1", "web")))
+    await asyncio.gather(*(store.update(lambda tx, i=i: tx.create("tasks", {"ID": f"t{i}", "ServiceID": "s1"}))
+                           for i in range(20)))
+    await store.update(lambda tx: tx.delete("tasks", "t3"))
+    before = {t: sorted(store.view().list(t), key=lambda o: o["ID"]) for t in ("nodes", "services", "tasks", "cluster")}
+    await store.close()
+    store2 = Store(SingleVoterLog(tmp_path))
+    after = {t: sorted(store2.view().list(t), key=lambda o: o["ID"]) for t in ("nodes", "services", "tasks", "cluster")}
+    assert after == before
+    assert store2.applied_index == store.applied_index
+    await store2.close()
+
+
+async def test_snapshot_then_restart(tmp_path: Path) -> None:
+    store = Store(SingleVoterLog(tmp_path), snapshot_interval=10)
+    for i in range(25):
+        await store.update(lambda tx, i=i: tx.create("tasks", {"ID": f"t{i}"}))
+    before = sorted(store.view().list("tasks"), key=lambda o: o["ID"])
+    await store.close()
+    log = SingleVoterLog(tmp_path)
+    snap = log.snapshot()
+    assert snap is not None and snap.index >= 10
+    store2 = Store(log)
+    assert sorted(store2.view().list("tasks"), key=lambda o: o["ID"]) == before
+    await store2.close()
+
+
+async def test_watch_and_concurrent_updates_see_each_other(tmp_path: Path) -> None:
+    store = Store(SingleVoterLog(tmp_path))
+    w = store.watch(["services"])
+
+    def make(name: str):  # type: ignore[no-untyped-def]
+        def fn(tx: WriteTx) -> None:
+            tx.create("services", _svc("id-" + name, "same-name"))
+        return fn
+
+    results = await asyncio.gather(store.update(make("a")), store.update(make("b")), return_exceptions=True)
+    # the second transaction saw the first one's pending write and conflicted
+    assert results[0] is None and isinstance(results[1], Conflict)
+    await store.update(lambda tx: tx.delete("services", "id-a"))
+    await store.update(lambda tx: tx.create("tasks", {"ID": "t"}))  # filtered out
+    evs = []
+    async with asyncio.timeout(5):
+        async for ev in w:
+            evs.append(ev)
+            if len(evs) == 2:
+                break
+    assert [(e.action, e.table, e.obj["ID"]) for e in evs] == [("create", "services", "id-a"), ("delete", "services", "id-a")]
+    assert evs[1].old is not None
+    w.close()
+    await store.close()
+
+
+async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
+    store = Store(SingleVoterLog(tmp_path))
+    await store.close()
+    with pytest.raises(Unavailable):
+        await store.update(lambda tx: tx.create("tasks", {"ID": "x"}))
