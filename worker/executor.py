@@ -1,0 +1,596 @@
+"""The worker's executor: turns assigned tasks into containers and reports their states.
+
+One controller (an asyncio task) per assigned task moves the task one state
+forward at a time, as swarmkit's ``agent/exec/controller.go`` ``Do`` does:
+
+    new|pending|assigned → accepted → preparing → (prepare: bridge, pull, create)
+    → starting → running → complete (exit 0) | failed ("task: non-zero exit (N)")
+
+with ``rejected`` for errors before ``starting`` (image pull, create) and
+``failed`` for errors at or after it.  When the desired state becomes
+``shutdown`` or ``remove`` the container is stopped (StopSignal, then SIGKILL
+after StopGracePeriod) and ``shutdown`` is reported; ``remove`` (or the task
+vanishing from the assignment set) also removes the container and its network.
+States only move forward (SWARM-FACTS 1.1); each forward move is reported once.
+
+Controllers run concurrently: fifty tasks assigned at once are prepared and
+started in parallel (image pulls are de-duplicated by the ImageStore).
+
+Container IDs are derived from task IDs (``sha256("shoal-task:" + task_id)``),
+so after a daemon restart a task's container is found again without any state
+of the executor's own; containers also carry Docker's swarm labels
+(``com.docker.swarm.task.id`` …).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import fields as dc_fields
+from typing import Any, TypeVar
+
+from shoal.util import now_rfc3339
+
+try:  # the runtime's dataclass (docs/contracts.md, agent_runtime section)
+    from agent_runtime.containers import ContainerSpec
+except ImportError:  # pragma: no cover - before agent_runtime.containers lands
+    from agent_runtime.spec import ContainerSpec
+
+log = logging.getLogger("shoal.worker.executor")
+
+T = TypeVar("T")
+
+#: ``report(task_id, status)``: sync or async; ``status`` is a Docker TaskStatus dict.
+ReportFn = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+
+#: Swarmkit's TaskState values (api/types.proto); states only move forward.
+STATE_RANK: dict[str, int] = {
+    "new": 0, "pending": 64, "assigned": 192, "accepted": 256, "preparing": 320, "ready": 384,
+    "starting": 448, "running": 512, "complete": 576, "shutdown": 640, "failed": 704,
+    "rejected": 768, "remove": 800, "orphaned": 832,
+}
+TERMINAL = frozenset({"complete", "shutdown", "failed", "rejected", "remove", "orphaned"})
+#: The messages swarmkit's agent writes with each state.
+MESSAGES = {"accepted": "accepted", "preparing": "preparing", "starting": "starting", "running": "started",
+            "complete": "finished", "shutdown": "shutdown", "failed": "started", "rejected": "preparing"}
+
+DEFAULT_STOP_GRACE_S = 10.0
+LABEL_TASK = "com.docker.swarm.task.id"
+LABEL_SERVICE = "com.docker.swarm.service.id"
+LABEL_NODE = "com.docker.swarm.node.id"
+
+
+def rank(state: str) -> int:
+    """Return swarmkit's numeric value of a task state (unknown states rank as ``new``)."""
+    return STATE_RANK.get(state, 0)
+
+
+def container_id_for(task_id: str) -> str:
+    """Return the 64-hex container ID of ``task_id``'s container (sha256 of ``"shoal-task:" + task_id``)."""
+    return hashlib.sha256(f"shoal-task:{task_id}".encode()).hexdigest()
+
+
+async def _maybe_await(x: Any) -> Any:
+    if inspect.isawaitable(x):
+        return await x
+    return x
+
+
+class Executor:
+    """Runs this node's tasks: ``await set_assignments(node, tasks)``, ``await recover()``, ``read_logs``.
+
+    ``runtime``: an ``agent_runtime.containers.Runtime`` (create/start/wait/stop/remove/state/list/read_logs);
+    ``images``: an ``agent_runtime.images.ImageStore`` (get/pull);
+    ``bridge``: an ``overlaynet.bridge.LocalBridge`` (ensure/attach/detach; called in threads);
+    ``report``: ``report(task_id, status)`` callback, sync or async, called once per forward state move
+    with ``status = {"Timestamp", "State", "Message", "Err"?, "ContainerStatus"?: {"ContainerID", "PID",
+    "ExitCode"}}``.  Exceptions from ``report`` are logged and otherwise ignored.
+    """
+
+    def __init__(self, runtime: Any, images: Any, bridge: Any, report: ReportFn) -> None:
+        self.runtime = runtime
+        self.images = images
+        self.bridge = bridge
+        self._report = report
+        self.node: dict[str, Any] = {}
+        self._controllers: dict[str, _Controller] = {}
+        # containers found by recover(): container ID -> (task ID or None, ContainerState)
+        self._recovered: dict[str, tuple[str | None, Any]] = {}
+        self._first_assignments = True
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------ interface
+    async def set_assignments(self, node: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+        """Reconcile with the complete set of this node's tasks (idempotent; returns at once).
+
+        ``node``: the Node object (``ID``, ``ShoalBridge = {"Subnet", "Gateway"}``); ``tasks``: Task
+        objects.  New task IDs get a controller; known ones see the new ``DesiredState``/spec; tasks
+        missing from the set are shut down and removed.  On the first call after :meth:`recover`,
+        containers that belong to no assigned task are removed.
+        Raises ValueError when a task has no ``ID``.
+        """
+        if self._closed:
+            raise RuntimeError("executor is closed")
+        async with self._lock:
+            self.node = node
+            seen: set[str] = set()
+            for task in tasks:
+                tid = task.get("ID")
+                if not isinstance(tid, str) or not tid:
+                    raise ValueError(f"assigned task without an ID: {str(task)[:200]}")
+                seen.add(tid)
+                ctl = self._controllers.get(tid)
+                if ctl is None:
+                    ctl = _Controller(self, task)
+                    self._controllers[tid] = ctl
+                    ctl.start()
+                else:
+                    ctl.update(task)
+            for tid, ctl in list(self._controllers.items()):
+                if tid not in seen:
+                    ctl.vanish()
+            if self._first_assignments:
+                self._first_assignments = False
+                assigned_cids = {container_id_for(t) for t in seen}
+                for cid, (tid, _st) in list(self._recovered.items()):
+                    if cid not in assigned_cids and (tid is None or tid not in seen):
+                        log.info("removing container %s of unassigned task %s", cid[:12], tid)
+                        self._recovered.pop(cid, None)
+                        asyncio.get_running_loop().create_task(self._remove_orphan(cid))
+
+    async def recover(self) -> None:
+        """Re-attach to containers left by a previous daemon run (``runtime.list()``); call once at start.
+
+        Running containers keep running.  Each container whose task ID is known (label
+        ``com.docker.swarm.task.id``) gets a controller at once and its real state is reported
+        (``running`` with its PID, or ``complete``/``failed`` with the exit code); the others are
+        matched to tasks by container ID when assignments arrive.
+        """
+        states = await _call(self.runtime.list)
+        async with self._lock:
+            for st in states:
+                labels = getattr(st, "labels", None) or {}
+                tid = labels.get(LABEL_TASK)
+                self._recovered[st.id] = (tid, st)
+                if tid and tid not in self._controllers and container_id_for(tid) == st.id:
+                    ctl = _Controller(self, {"ID": tid, "DesiredState": "running",
+                                             "Status": {"State": "assigned"}}, synthetic=True)
+                    self._controllers[tid] = ctl
+                    ctl.start()
+
+    async def read_logs(self, task_ids: list[str], tail: int = -1, since: float = 0.0,
+                        timestamps: bool = False) -> list[dict[str, Any]]:
+        """Return log lines of the given tasks' containers, oldest first (shape of ``logs.read`` replies).
+
+        ``tail``: last N lines per task (-1 = all); ``since``: seconds since the epoch (0 = all);
+        ``timestamps`` is accepted for the protocol's sake (every line carries its ``time`` anyway).
+        Returns ``[{"task_id", "stream": "stdout"|"stderr", "time": rfc3339, "log": str}]``; tasks
+        without a container on this node contribute nothing.
+        """
+        del timestamps
+        out: list[dict[str, Any]] = []
+        for tid in task_ids:
+            ctl = self._controllers.get(tid)
+            cid = ctl.cid if ctl is not None else container_id_for(tid)
+            if await self._container_state(cid) is None:
+                continue
+            lines = await _call(self.runtime.read_logs, cid, tail, since)
+            for line in lines:
+                out.append({"task_id": tid, "stream": line.get("stream", "stdout"),
+                            "time": line.get("time", ""), "log": line.get("log", "")})
+        out.sort(key=lambda d: d["time"])
+        return out
+
+    async def close(self) -> None:
+        """Stop the controllers (not the containers: they keep running for the next daemon run)."""
+        self._closed = True
+        ctls = list(self._controllers.values())
+        for ctl in ctls:
+            ctl.cancel()
+        for ctl in ctls:
+            await ctl.join()
+
+    def task_states(self) -> dict[str, str]:
+        """Return ``{task_id: last observed state}`` of the tasks this executor holds (for tests, /info)."""
+        return {tid: ctl.state for tid, ctl in self._controllers.items()}
+
+    # -------------------------------------------------------------- helpers
+    async def _send(self, task_id: str, status: dict[str, Any]) -> None:
+        try:
+            await _maybe_await(self._report(task_id, status))
+        except Exception:
+            log.exception("report of task %s (%s) failed", task_id, status.get("State"))
+
+    async def _container_state(self, cid: str) -> Any:
+        try:
+            return await _maybe_await(self.runtime.state(cid))
+        except Exception:  # the runtime raises for unknown IDs
+            return None
+
+    async def _remove_orphan(self, cid: str) -> None:
+        try:
+            await self.runtime.remove(cid)
+        except Exception:
+            log.exception("removing orphaned container %s failed", cid[:12])
+        await _in_thread(self.bridge.detach, cid)
+
+    def _forget(self, task_id: str, ctl: _Controller) -> None:
+        if self._controllers.get(task_id) is ctl:
+            del self._controllers[task_id]
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(fn, *args)
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Await ``fn(*args)`` if it is a coroutine function, else run it in a thread (it may do file I/O)."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    return await _maybe_await(await asyncio.to_thread(fn, *args))
+
+
+class _Interrupted(Exception):
+    """The desired state moved to shutdown/remove while an operation was in flight."""
+
+
+class _Controller:
+    """Drives one task; see the module docstring for the state machine."""
+
+    def __init__(self, ex: Executor, task: dict[str, Any], synthetic: bool = False) -> None:
+        self.ex = ex
+        self.task = task
+        self.tid: str = task["ID"]
+        self.cid = container_id_for(self.tid)
+        self.synthetic = synthetic  # made by recover() before the task's spec was known
+        status = task.get("Status") or {}
+        self.state: str = status.get("State") or "new"
+        self.vanished = False
+        self.cstate: Any = None  # the runtime's ContainerState, when a container exists
+        self.exit_code: int | None = None
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._exit_wait: asyncio.Task[int] | None = None
+        self._net_attached = False
+
+    # ------------------------------------------------------------ plumbing
+    def start(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"task-{self.tid}")
+
+    def update(self, task: dict[str, Any]) -> None:
+        self.task = task
+        self.synthetic = False
+        self.vanished = False
+        self._wake.set()
+
+    def vanish(self) -> None:
+        self.vanished = True
+        self._wake.set()
+
+    def cancel(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+        if self._exit_wait is not None:
+            self._exit_wait.cancel()
+
+    async def join(self) -> None:
+        for t in (self._runner, self._exit_wait):
+            if t is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    def desired(self) -> str:
+        if self.vanished:
+            return "remove"
+        return str(self.task.get("DesiredState") or "running")
+
+    def _stopping(self) -> bool:
+        return rank(self.desired()) >= rank("shutdown")
+
+    async def report(self, state: str, err: str | None = None, message: str | None = None) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        status: dict[str, Any] = {"Timestamp": now_rfc3339(), "State": state,
+                                  "Message": message or MESSAGES.get(state, state)}
+        if err is not None:
+            status["Err"] = err
+        if self.cstate is not None or state in ("running", "complete", "failed", "shutdown"):
+            pid = int(getattr(self.cstate, "pid", 0) or 0) if state == "running" else 0
+            status["ContainerStatus"] = {"ContainerID": self.cid if self.cstate is not None else "",
+                                         "PID": pid, "ExitCode": self.exit_code or 0}
+        log.info("task %s -> %s%s", self.tid, state, f" ({err})" if err else "")
+        await self.ex._send(self.tid, status)
+
+    async def _interruptible(self, aw: Awaitable[T]) -> T:
+        """Await ``aw``; cancel it and raise _Interrupted if the task is asked to stop meanwhile."""
+        op: asyncio.Future[T] = asyncio.ensure_future(aw)
+        try:
+            while True:
+                if self._stopping():
+                    raise _Interrupted()
+                self._wake.clear()
+                waker: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait([op, waker], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waker.cancel()
+                if op.done():
+                    return op.result()
+        except BaseException:
+            if not op.done():
+                op.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await op
+            raise
+
+    # ------------------------------------------------------------ main loop
+    async def _run(self) -> None:
+        try:
+            self.cstate = await self.ex._container_state(self.cid)
+            if self.cstate is not None:
+                self._net_attached = True  # whatever it had stays until removal
+            while True:
+                self._wake.clear()
+                try:
+                    done = await self._step()
+                except _Interrupted:
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.exception("task %s: %s", self.tid, e)
+                    await self._fail(f"{type(e).__name__}: {e}" if not str(e) else str(e))
+                    continue
+                if done:
+                    return
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if self._exit_wait is not None:
+                self._exit_wait.cancel()
+
+    async def _fail(self, err: str) -> None:
+        if self.state in TERMINAL:
+            return
+        await self.report("rejected" if rank(self.state) < rank("starting") else "failed", err=err)
+        await self._release_network()
+
+    async def _idle(self) -> None:
+        await self._wake.wait()
+
+    async def _step(self) -> bool:
+        """Do one thing; return True when the controller is finished (task removed)."""
+        s = self.state
+        if self._stopping():
+            if s not in TERMINAL:
+                await self._shutdown()
+                return False
+            if self.desired() == "remove":
+                await self._remove()
+                return True
+            await self._idle()
+            return False
+        if self.synthetic:
+            # recovered before the task was assigned: report what the container really does
+            await self._observe_container()
+            if self.state not in TERMINAL:
+                await self._watch_running()
+            else:
+                await self._idle()
+            return False
+        if s in TERMINAL:
+            await self._idle()
+            return False
+        if rank(s) < rank("accepted"):
+            if self.cstate is not None:  # a container from an earlier daemon run
+                await self._observe_container()
+            else:
+                await self.report("accepted")
+            return False
+        if s == "accepted":
+            await self.report("preparing")
+            return False
+        if s in ("preparing", "ready"):
+            if self.cstate is None:
+                await self._interruptible(self._prepare())
+            elif self.cstate.status == "created":
+                await self.report("starting")
+            else:
+                await self._observe_container()
+            return False
+        if s == "starting":
+            if self.cstate is None:
+                await self._fail(f"container {self.cid[:12]} not found on this node")
+            elif self.cstate.status == "created":
+                await self._start()
+            else:
+                await self._observe_container()
+            return False
+        if s == "running":
+            if self.cstate is None:
+                await self._fail(f"container {self.cid[:12]} not found on this node")
+            else:
+                await self._watch_running()
+            return False
+        await self._idle()  # an unknown state: wait for the manager to change something
+        return False
+
+    # ------------------------------------------------------------- actions
+    async def _prepare(self) -> None:
+        spec = (self.task.get("Spec") or {}).get("ContainerSpec") or {}
+        image = spec.get("Image")
+        if not image or not isinstance(image, str):
+            raise ValueError("task spec has no ContainerSpec.Image")
+        # network
+        addr, subnet, gateway = self._network()
+        netns_path: str | None = None
+        if addr is not None:
+            if subnet is None or gateway is None:
+                raise ValueError(
+                    "task has an address but the node has no bridge subnet (Node.ShoalBridge) "
+                    "and the attachment no IPAMOptions.Configs")
+            await _in_thread(self.ex.bridge.ensure, subnet, gateway)
+        # image: pull unless present (the store de-duplicates concurrent pulls)
+        if await _maybe_await(self.ex.images.get(image)) is None:
+            # shielded: another task may share this pull; leaving early must not cancel it
+            await asyncio.shield(self.ex.images.pull(image))
+        try:
+            if addr is not None:
+                netns_path = await _in_thread(self.ex.bridge.attach, self.cid, addr, gateway)
+                self._net_attached = True
+            cspec = self._container_spec(spec, image, netns_path, addr)
+            self.cstate = await self.ex.runtime.create(cspec)
+        except BaseException:
+            await self._release_network()
+            raise
+
+    def _network(self) -> tuple[str | None, str | None, str | None]:
+        atts = self.task.get("NetworksAttachments") or []
+        if not atts:
+            return None, None, None
+        att = atts[0]
+        addrs = att.get("Addresses") or []
+        if not addrs:
+            return None, None, None
+        sb = self.ex.node.get("ShoalBridge") or {}
+        subnet, gateway = sb.get("Subnet"), sb.get("Gateway")
+        if not subnet or not gateway:
+            cfgs = ((att.get("Network") or {}).get("IPAMOptions") or {}).get("Configs") or []
+            if cfgs:
+                subnet, gateway = cfgs[0].get("Subnet"), cfgs[0].get("Gateway")
+        return str(addrs[0]), subnet, gateway
+
+    def _container_spec(self, spec: dict[str, Any], image: str, netns_path: str | None,
+                        addr: str | None) -> Any:
+        res = ((self.task.get("Spec") or {}).get("Resources") or {}).get("Limits") or {}
+        ip = addr.split("/")[0] if addr else None
+        hostname = spec.get("Hostname") or None
+        labels = {LABEL_TASK: self.tid}
+        if self.task.get("ServiceID"):
+            labels[LABEL_SERVICE] = str(self.task["ServiceID"])
+        if self.ex.node.get("ID"):
+            labels[LABEL_NODE] = str(self.ex.node["ID"])
+        hosts: list[tuple[str, str]] = []
+        for line in spec.get("Hosts") or []:  # Docker's "IP_ADDRESS HOSTNAME [ALIAS…]"
+            parts = str(line).split()
+            hosts.extend((name, parts[0]) for name in parts[1:])
+        kw: dict[str, Any] = dict(
+            id=self.cid, image=image, command=spec.get("Command") or None, args=spec.get("Args") or None,
+            env=list(spec.get("Env") or []), cwd=spec.get("Dir") or None, user=spec.get("User") or None,
+            hostname=hostname, netns=netns_path, hosts=hosts,
+            memory_bytes=res.get("MemoryBytes") or None, nano_cpus=res.get("NanoCPUs") or None,
+            pids_limit=res.get("Pids") or None, labels=labels,
+            stop_signal=spec.get("StopSignal") or "SIGTERM")
+        names = {f.name for f in dc_fields(ContainerSpec)}
+        if ip is not None:
+            if "ip" in names:
+                kw["ip"] = ip  # the runtime writes "<ip> <hostname>" to /etc/hosts
+            else:
+                kw["hosts"].append((hostname or self.cid[:12], ip))
+        return ContainerSpec(**{k: v for k, v in kw.items() if k in names})
+
+    async def _start(self) -> None:
+        try:
+            self.cstate = await self.ex.runtime.start(self.cid)
+        except Exception as e:
+            self.cstate = await self.ex._container_state(self.cid)
+            code = getattr(self.cstate, "exit_code", None)
+            if code is not None:
+                self.exit_code = int(code)
+            await self._fail(str(e) or type(e).__name__)
+            return
+        self._ensure_exit_wait()
+        await self.report("running")
+
+    async def _observe_container(self) -> None:
+        """Report the state the existing container is really in (after a restart)."""
+        st = await self.ex._container_state(self.cid)
+        self.cstate = st
+        if st is None:
+            await self._fail(f"container {self.cid[:12]} not found on this node")
+        elif st.status == "running":
+            self._ensure_exit_wait()
+            await self.report("running")
+        elif st.status == "exited":
+            await self._exited(int(st.exit_code if st.exit_code is not None else -1))
+        elif st.status == "created":
+            if rank(self.state) < rank("starting"):
+                await self.report("starting")  # the next step starts it
+            else:
+                await self._start()
+        else:
+            await self._idle()
+
+    def _ensure_exit_wait(self) -> None:
+        if self._exit_wait is None:
+            self._exit_wait = asyncio.get_running_loop().create_task(self.ex.runtime.wait(self.cid))
+
+    async def _watch_running(self) -> None:
+        """Wait for the container to exit or for a change of the task; report the exit."""
+        self._ensure_exit_wait()
+        assert self._exit_wait is not None
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({self._exit_wait, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+        if self._exit_wait.done() and not self._stopping():
+            await self._exited(self._exit_result())
+
+    def _exit_result(self) -> int:
+        assert self._exit_wait is not None
+        try:
+            return int(self._exit_wait.result())
+        except Exception as e:
+            log.warning("task %s: wait for container failed: %s", self.tid, e)
+            return -1
+
+    async def _exited(self, code: int) -> None:
+        self.exit_code = code
+        self.cstate = await self.ex._container_state(self.cid) or self.cstate
+        if code == 0:
+            await self.report("complete")
+        else:
+            await self.report("failed", err=f"task: non-zero exit ({code})")
+        await self._release_network()
+
+    async def _shutdown(self) -> None:
+        spec = (self.task.get("Spec") or {}).get("ContainerSpec") or {}
+        grace_ns = spec.get("StopGracePeriod")
+        grace = DEFAULT_STOP_GRACE_S if grace_ns is None else max(0.0, int(grace_ns) / 1e9)
+        signal = spec.get("StopSignal") or "SIGTERM"
+        self.cstate = await self.ex._container_state(self.cid)
+        if self.cstate is not None and self.cstate.status == "running":
+            await self.ex.runtime.stop(self.cid, grace, signal)
+            self._ensure_exit_wait()
+            assert self._exit_wait is not None
+            try:
+                self.exit_code = int(await asyncio.wait_for(asyncio.shield(self._exit_wait), grace + 10.0))
+            except (TimeoutError, Exception) as e:
+                log.warning("task %s: no exit code after stop: %s", self.tid, e)
+            self.cstate = await self.ex._container_state(self.cid)
+        elif self.cstate is not None and self.cstate.exit_code is not None:
+            self.exit_code = int(self.cstate.exit_code)
+        await self.report("shutdown")
+        await self._release_network()
+
+    async def _release_network(self) -> None:
+        if self._net_attached:
+            await _in_thread(self.ex.bridge.detach, self.cid)
+            self._net_attached = False
+
+    async def _remove(self) -> None:
+        if await self.ex._container_state(self.cid) is not None:
+            await self.ex.runtime.remove(self.cid)
+        self.cstate = None
+        await _in_thread(self.ex.bridge.detach, self.cid)  # idempotent, also for half-made ones
+        self._net_attached = False
+        self.ex._recovered.pop(self.cid, None)
+        self.ex._forget(self.tid, self)
+
