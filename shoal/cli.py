@@ -1,0 +1,587 @@
+"""``shoal``: the command-line client of a Shoal node (a Docker Engine API client only).
+
+Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,node,service,image}``):
+
+    shoal [--host unix:///run/shoal/shoal.sock | tcp://H:P] COMMAND
+    swarm init [--advertise-addr A] [--listen-addr A]   swarm join --token T ADDR
+    swarm join-token [-q] worker|manager                 swarm leave [--force]
+    node ls | inspect NODE… | update --availability active|pause|drain NODE
+    service create [flags] IMAGE [COMMAND [ARG…]]        service ls | ps SERVICE… | inspect SERVICE…
+    service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
+    image load -i FILE | pull REF | ls
+
+``--host`` defaults to ``$SHOAL_HOST``, then ``unix:///run/shoal/shoal.sock``. An API error
+prints ``Error response from daemon: <message>`` and exits 1; bad flags exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, TextIO
+
+from shoal import format as fmt
+from shoal.client import APIError, Client, ConnectError
+
+ACTIVE_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
+FAILED_STATES = ("failed", "rejected")
+
+
+class UsageError(Exception):
+    """A flag value is wrong; the message says which and what is accepted."""
+
+
+# ------------------------------------------------------------------------------ lookups
+def find_service(c: Client, ref: str) -> dict[str, Any]:
+    """The service with ID, name or ID prefix ``ref``; APIError 404 if none."""
+    try:
+        return c.service(ref)
+    except APIError as e:
+        if e.status != 404:
+            raise
+    matches = [s for s in c.services() if s["Spec"].get("Name") == ref] or \
+        [s for s in c.services() if s["ID"].startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    raise APIError(404, f"service {ref} not found")
+
+
+def find_node(c: Client, ref: str) -> dict[str, Any]:
+    """The node with ID, hostname or ID prefix ``ref``; APIError 404 if none."""
+    try:
+        return c.node(ref)
+    except APIError as e:
+        if e.status != 404:
+            raise
+    nodes = c.nodes()
+    matches = [n for n in nodes if n.get("Description", {}).get("Hostname") == ref] or \
+        [n for n in nodes if n["ID"].startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    raise APIError(404, f"node {ref} not found")
+
+
+def manager_addr(c: Client) -> str:
+    """The address other nodes join through (first RemoteManagers entry, else NodeAddr:2377)."""
+    sw = c.info().get("Swarm") or {}
+    for m in sw.get("RemoteManagers") or []:
+        if m.get("Addr"):
+            return str(m["Addr"])
+    addr = sw.get("NodeAddr") or ""
+    return f"{addr}:2377" if addr else "<manager-ip>:2377"
+
+
+# ------------------------------------------------------------------------------ swarm
+def cmd_swarm_init(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    listen = a.listen_addr or "0.0.0.0:2377"
+    node_id = c.swarm_init(a.advertise_addr or "", listen)
+    token = c.swarm_inspect().get("JoinTokens", {}).get("Worker", "")
+    addr = manager_addr(c)
+    out.write(f"Swarm initialized: current node ({node_id}) is now a manager.\n\n"
+              "To add a worker to this swarm, run the following command:\n\n"
+              f"    shoal swarm join --token {token} {addr}\n\n"
+              "To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n\n")
+    return 0
+
+
+def cmd_swarm_join(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    if not a.token:
+        raise UsageError("--token is required: use the token printed by `shoal swarm join-token worker` on a manager")
+    c.swarm_join(a.token, a.addr, a.advertise_addr or "", a.listen_addr or "0.0.0.0:2377")
+    role = "manager" if (c.info().get("Swarm") or {}).get("ControlAvailable") else "worker"
+    out.write(f"This node joined a swarm as a {role}.\n")
+    return 0
+
+
+def cmd_swarm_join_token(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    tokens = c.swarm_inspect().get("JoinTokens", {})
+    token = tokens.get("Worker" if a.role == "worker" else "Manager", "")
+    if a.quiet:
+        out.write(token + "\n")
+        return 0
+    out.write(f"To add a {a.role} to this swarm, run the following command:\n\n"
+              f"    shoal swarm join --token {token} {manager_addr(c)}\n\n")
+    return 0
+
+
+def cmd_swarm_leave(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    c.swarm_leave(a.force)
+    out.write("Node left the swarm.\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------ nodes
+def cmd_node_ls(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    nodes = c.nodes()
+    if a.quiet:
+        out.writelines(n["ID"] + "\n" for n in nodes)
+        return 0
+    self_id = (c.info().get("Swarm") or {}).get("NodeID", "")
+    out.write(fmt.table(fmt.NODE_HEADERS, fmt.node_rows(nodes, self_id)))
+    return 0
+
+
+def cmd_node_inspect(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    out.write(fmt.pretty_json([find_node(c, n) for n in a.nodes]) + "\n")
+    return 0
+
+
+def cmd_node_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    node = find_node(c, a.node)
+    spec = dict(node.get("Spec") or {})
+    if a.availability:
+        spec["Availability"] = a.availability
+    if a.role:
+        spec["Role"] = a.role
+    for kv in a.label_add or []:
+        k, _, v = kv.partition("=")
+        spec.setdefault("Labels", {})[k] = v
+    c.node_update(node["ID"], node["Version"]["Index"], spec)
+    out.write(a.node + "\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------ services
+def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
+    """The ServiceSpec for ``service create`` flags (as docker/cli's ``service/opts.go`` builds it).
+
+    The positional COMMAND and ARGs go to ``ContainerSpec.Args`` (the image's Entrypoint stays);
+    ``--entrypoint`` sets ``ContainerSpec.Command``. Raises UsageError for bad values.
+    """
+    try:
+        if a.replicas is not None and a.replicas < 0:
+            raise UsageError(f"invalid replicas value {a.replicas}: must be 0 or more")
+        if not a.image.strip():
+            raise UsageError("an image is required: shoal service create [OPTIONS] IMAGE [COMMAND] [ARG...]")
+        cspec: dict[str, Any] = {"Image": a.image}
+        if a.args:
+            cspec["Args"] = list(a.args)
+        if a.entrypoint:
+            import shlex
+
+            cspec["Command"] = shlex.split(a.entrypoint)
+        if a.env:
+            for e in a.env:
+                if "=" not in e:
+                    raise UsageError(f"invalid --env {e!r}: use KEY=VALUE")
+            cspec["Env"] = list(a.env)
+        if a.hostname:
+            cspec["Hostname"] = a.hostname
+        if a.workdir:
+            cspec["Dir"] = a.workdir
+        if a.user:
+            cspec["User"] = a.user
+        if a.stop_grace_period:
+            cspec["StopGracePeriod"] = fmt.parse_duration(a.stop_grace_period)
+        if a.stop_signal:
+            cspec["StopSignal"] = a.stop_signal
+        limits: dict[str, Any] = {}
+        if a.limit_memory:
+            limits["MemoryBytes"] = fmt.parse_bytes(a.limit_memory)
+        if a.limit_cpu:
+            limits["NanoCPUs"] = fmt.parse_cpus(a.limit_cpu)
+        if a.limit_pids is not None:
+            limits["Pids"] = a.limit_pids
+        restart: dict[str, Any] = {}
+        if a.restart_condition:
+            restart["Condition"] = a.restart_condition
+        if a.restart_delay:
+            restart["Delay"] = fmt.parse_duration(a.restart_delay)
+        if a.restart_max_attempts is not None:
+            restart["MaxAttempts"] = a.restart_max_attempts
+        task: dict[str, Any] = {"ContainerSpec": cspec, "Resources": {"Limits": limits, "Reservations": {}},
+                                "ForceUpdate": 0, "Runtime": "container"}
+        if restart:
+            task["RestartPolicy"] = restart
+        if a.constraint:
+            task["Placement"] = {"Constraints": list(a.constraint)}
+        mode: dict[str, Any] = {"Global": {}} if a.mode == "global" else \
+            {"Replicated": {"Replicas": 1 if a.replicas is None else a.replicas}}
+        spec: dict[str, Any] = {"Name": a.name or "", "Labels": {}, "TaskTemplate": task, "Mode": mode,
+                                "EndpointSpec": {"Mode": "vip"}}
+        for kv in a.label or []:
+            k, _, v = kv.partition("=")
+            spec["Labels"][k] = v
+        return spec
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _node_maps(c: Client) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    nodes = {n["ID"]: n for n in c.nodes()}
+    down = {i for i, n in nodes.items() if n.get("Status", {}).get("State") == "down"}
+    return nodes, down
+
+
+def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300.0,
+                   max_failures: int | None = None, interval: float = 0.2) -> int:
+    """Poll every ``interval`` s (as docker/cli's progress does) until the service converges.
+
+    Prints one line per slot state change (``1/3: preparing``), each failed/rejected task with its
+    error, and ``verify: Service NAME converged``. Returns 0 when converged, 1 when tasks fail
+    ``max_failures`` times (default max(3, replicas)) or ``timeout`` seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    shown: dict[str, str] = {}
+    failed_seen: set[str] = set()
+    started = time.time()
+    last_msg = ""
+    while True:
+        svc = c.service(service_id)
+        name = svc["Spec"].get("Name", service_id)
+        mode = svc["Spec"].get("Mode") or {}
+        desired = mode["Replicated"].get("Replicas", 1) if "Replicated" in mode else None
+        nodes, down = _node_maps(c)
+        tasks = [t for t in c.tasks({"service": [svc["ID"]]}) if t.get("NodeID", "") not in down]
+        active = [t for t in tasks if t.get("DesiredState") == "running"]
+        newest: dict[str, dict[str, Any]] = {}
+        for t in sorted(active, key=lambda t: t.get("CreatedAt", "")):
+            newest[str(t.get("Slot") or t.get("NodeID") or t["ID"])] = t
+        total = desired if desired is not None else len(newest)
+        for slot, t in sorted(newest.items(), key=lambda kv: (len(kv[0]), kv[0])):
+            st = t.get("Status", {}).get("State", "new")
+            if shown.get(slot) != st:
+                shown[slot] = st
+                host = nodes.get(t.get("NodeID", ""), {}).get("Description", {}).get("Hostname", "")
+                out.write(f"{slot}/{total}: {st}" + (f" (on {host})" if host and st == "running" else "") + "\n")
+                out.flush()
+        for t in tasks:
+            st = t.get("Status", {})
+            if st.get("State") in FAILED_STATES and t["ID"] not in failed_seen and \
+                    (fmt.parse_time(st.get("Timestamp", "")) or started) >= started - 1:
+                failed_seen.add(t["ID"])
+                host = nodes.get(t.get("NodeID", ""), {}).get("Description", {}).get("Hostname", "?")
+                code = (st.get("ContainerStatus") or {}).get("ExitCode")
+                last_msg = (f"task {fmt.short_id(t['ID'])} ({name}.{t.get('Slot', '')}) on {host}: {st['State']}: "
+                            f"{st.get('Err') or st.get('Message', '')}" + (f" (exit code {code})" if code else ""))
+                out.write(last_msg + "\n")
+                out.flush()
+        running = sum(1 for t in newest.values() if t.get("Status", {}).get("State") == "running")
+        if len(active) == total and running == total and (desired is not None or total > 0):
+            out.write(f"overall progress: {running} out of {total} tasks\nverify: Service {name} converged\n")
+            return 0
+        limit = max_failures if max_failures is not None else max(3, total)
+        if len(failed_seen) >= limit:
+            out.write(f"Error: service {name} did not converge: {len(failed_seen)} tasks failed; last: {last_msg}\n"
+                      f"(the service is still there: see `shoal service ps {name}`)\n")
+            return 1
+        if time.monotonic() > deadline:
+            out.write(f"Error: service {name} did not converge within {timeout:.0f}s "
+                      f"({running} of {total} running); see `shoal service ps {name}`\n")
+            return 1
+        time.sleep(interval)
+
+
+def cmd_service_create(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    spec = build_service_spec(a)
+    res = c.service_create(spec)
+    for w in res.get("Warnings") or []:
+        sys.stderr.write(f"{w}\n")
+    out.write(res["ID"] + "\n")
+    out.flush()
+    if a.detach:
+        return 0
+    return wait_converged(c, res["ID"], out, timeout=a.timeout)
+
+
+def _running_counts(c: Client) -> dict[str, int]:
+    _, down = _node_maps(c)
+    counts: dict[str, int] = {}
+    for t in c.tasks():
+        if t.get("Status", {}).get("State") == "running" and t.get("DesiredState") == "running" \
+                and t.get("NodeID") not in down:
+            counts[t["ServiceID"]] = counts.get(t["ServiceID"], 0) + 1
+    return counts
+
+
+def cmd_service_ls(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    services = c.services()
+    if a.quiet:
+        out.writelines(s["ID"] + "\n" for s in services)
+        return 0
+    need = any("ServiceStatus" not in s for s in services)
+    out.write(fmt.table(fmt.SERVICE_HEADERS, fmt.service_rows(services, _running_counts(c) if need else {})))
+    return 0
+
+
+def cmd_service_ps(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    services = {}
+    for ref in a.services:
+        s = find_service(c, ref)
+        services[s["ID"]] = s
+    tasks = [t for sid in services for t in c.tasks({"service": [sid]})]
+    for f in a.filter or []:
+        k, _, v = f.partition("=")
+        if k == "desired-state":
+            tasks = [t for t in tasks if t.get("DesiredState") == v]
+        elif k == "node":
+            tasks = [t for t in tasks if t.get("NodeID") == v]
+        else:
+            raise UsageError(f"unsupported filter {k!r}: use desired-state=running or node=ID")
+    if a.quiet:
+        out.writelines(t["ID"] + "\n" for t in tasks)
+        return 0
+    nodes, _ = _node_maps(c)
+    out.write(fmt.table(fmt.TASK_HEADERS, fmt.task_rows(tasks, services, nodes, trunc=not a.no_trunc)))
+    return 0
+
+
+def cmd_service_inspect(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    out.write(fmt.pretty_json([find_service(c, s) for s in a.services]) + "\n")
+    return 0
+
+
+def cmd_service_scale(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    rc = 0
+    targets = []
+    for arg in a.pairs:
+        name, eq, n = arg.partition("=")
+        if not eq or not n.isdigit():
+            raise UsageError(f"invalid scale specifier {arg!r}: use SERVICE=REPLICAS, e.g. web=5")
+        svc = find_service(c, name)
+        spec = svc["Spec"]
+        if "Replicated" not in (spec.get("Mode") or {}):
+            sys.stderr.write(f"scale can only be used with replicated mode: {name}\n")
+            rc = 1
+            continue
+        spec["Mode"]["Replicated"]["Replicas"] = int(n)
+        c.service_update(svc["ID"], svc["Version"]["Index"], spec)
+        out.write(f"{name} scaled to {n}\n")
+        out.flush()
+        targets.append(svc["ID"])
+    if not a.detach:
+        for sid in targets:
+            rc = wait_converged(c, sid, out, timeout=a.timeout) or rc
+    return rc
+
+
+def cmd_service_rm(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    rc = 0
+    for ref in a.services:
+        try:
+            c.service_remove(find_service(c, ref)["ID"])
+            out.write(ref + "\n")
+        except APIError as e:
+            sys.stderr.write(f"Error response from daemon: {e.message}\n")
+            rc = 1
+    return rc
+
+
+def cmd_service_logs(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    svc = find_service(c, a.service)
+    name = svc["Spec"].get("Name", svc["ID"])
+    tasks: dict[str, dict[str, Any]] = {}
+    nodes: dict[str, dict[str, Any]] = {}
+
+    def prefix(details: str) -> str:
+        kv = dict(p.partition("=")[::2] for p in details.split(","))
+        tid = kv.get("com.docker.swarm.task.id", "")
+        if tid and tid not in tasks:
+            tasks.update({t["ID"]: t for t in c.tasks({"service": [svc["ID"]]})})
+            nodes.update(_node_maps(c)[0])
+        t = tasks.get(tid, {})
+        host = nodes.get(kv.get("com.docker.swarm.node.id", t.get("NodeID", "")), {}).get(
+            "Description", {}).get("Hostname", "")
+        return f"{name}.{t.get('Slot', '')}.{fmt.short_id(tid)}@{host}    | "
+
+    for stream, raw in c.service_logs(svc["ID"], follow=a.follow, tail=a.tail, timestamps=a.timestamps):
+        line = raw.decode(errors="replace")
+        pre = ""
+        ts = ""
+        if a.timestamps and " " in line:
+            ts, line = line.split(" ", 1)
+        if line.startswith("com.docker.swarm."):
+            details, _, line = line.partition(" ")
+            if not a.raw:
+                pre = prefix(details)
+        text = (f"{ts} " if ts else "") + pre + line + "\n"
+        (sys.stderr if stream == 2 else out).write(text)
+        (sys.stderr if stream == 2 else out).flush()
+    return 0
+
+
+# ------------------------------------------------------------------------------ images
+def cmd_image_load(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    if not a.input:
+        raise UsageError("requested load from stdin, but stdin is not supported: use -i ARCHIVE.tar")
+    try:
+        f = open(a.input, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise UsageError(f"cannot read {a.input}: {e.strerror}") from None
+    with f:
+        for msg in c.images_load(f):
+            if msg.get("error"):
+                raise APIError(500, str(msg["error"]))
+            if msg.get("stream"):
+                out.write(str(msg["stream"]))
+    return 0
+
+
+def cmd_image_pull(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    ref = a.ref
+    name, tag = ref, ""
+    if "@" not in ref:
+        last = ref.rsplit("/", 1)[-1]
+        if ":" in last:
+            name, tag = ref.rsplit(":", 1)
+        else:
+            tag = "latest"
+    for msg in c.images_pull(name, tag):
+        if msg.get("error"):
+            raise APIError(500, str(msg["error"]))
+        status = msg.get("status")
+        if status:
+            out.write((f"{msg['id']}: " if msg.get("id") else "") + str(status) + "\n")
+            out.flush()
+    return 0
+
+
+def cmd_image_ls(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    rows = []
+    now = time.time()
+    for img in c.images():
+        tags = img.get("RepoTags") or ["<none>:<none>"]
+        for rt in tags:
+            repo, _, tag = rt.rpartition(":")
+            if "/" in tag:
+                repo, tag = rt, "<none>"
+            created = img.get("Created")
+            when = fmt.human_duration(now - created) + " ago" if isinstance(created, (int, float)) and created else ""
+            rows.append([repo, tag, img.get("Id", "").removeprefix("sha256:")[:12], when,
+                         fmt.human_size(img.get("Size", 0))])
+    out.write(fmt.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], sorted(rows)))
+    return 0
+
+
+# ------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of the ``shoal`` command (each leaf sets ``func``)."""
+    p = argparse.ArgumentParser(prog="shoal", description="Drive a Shoal cluster (Docker Engine API client).")
+    p.add_argument("-H", "--host", default=None,
+                   help="daemon socket: unix:///path or tcp://HOST:PORT (default $SHOAL_HOST or unix:///run/shoal/shoal.sock)")
+    top = p.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    sw = top.add_parser("swarm", help="manage the swarm").add_subparsers(dest="cmd", required=True)
+    x = sw.add_parser("init", help="initialize a swarm; this node becomes its first manager")
+    x.add_argument("--advertise-addr", default="")
+    x.add_argument("--listen-addr", default="")
+    x.set_defaults(func=cmd_swarm_init)
+    x = sw.add_parser("join", help="join a swarm as a worker or manager (by the token)")
+    x.add_argument("--token", required=True)
+    x.add_argument("--advertise-addr", default="")
+    x.add_argument("--listen-addr", default="")
+    x.add_argument("addr", metavar="HOST:PORT")
+    x.set_defaults(func=cmd_swarm_join)
+    x = sw.add_parser("join-token", help="print a join token")
+    x.add_argument("-q", "--quiet", action="store_true", help="only the token")
+    x.add_argument("role", choices=["worker", "manager"])
+    x.set_defaults(func=cmd_swarm_join_token)
+    x = sw.add_parser("leave", help="leave the swarm")
+    x.add_argument("-f", "--force", action="store_true")
+    x.set_defaults(func=cmd_swarm_leave)
+
+    nd = top.add_parser("node", help="manage nodes").add_subparsers(dest="cmd", required=True)
+    x = nd.add_parser("ls", help="list nodes")
+    x.add_argument("-q", "--quiet", action="store_true")
+    x.set_defaults(func=cmd_node_ls)
+    x = nd.add_parser("inspect", help="show nodes as JSON")
+    x.add_argument("nodes", nargs="+")
+    x.set_defaults(func=cmd_node_inspect)
+    x = nd.add_parser("update", help="change a node's availability, role or labels")
+    x.add_argument("--availability", choices=["active", "pause", "drain"])
+    x.add_argument("--role", choices=["worker", "manager"])
+    x.add_argument("--label-add", action="append", metavar="KEY=VALUE")
+    x.add_argument("node")
+    x.set_defaults(func=cmd_node_update)
+
+    sv = top.add_parser("service", help="manage services").add_subparsers(dest="cmd", required=True)
+    x = sv.add_parser("create", help="create a service")
+    x.add_argument("--name", default="")
+    x.add_argument("--mode", choices=["replicated", "global"], default="replicated")
+    x.add_argument("--replicas", type=int, default=None)
+    x.add_argument("-d", "--detach", action="store_true", help="return at once instead of waiting to converge")
+    x.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence (default 300)")
+    x.add_argument("--limit-memory", default="", metavar="BYTES", help="e.g. 64M")
+    x.add_argument("--limit-cpu", default="", metavar="CPUS", help="e.g. 0.5")
+    x.add_argument("--limit-pids", type=int, default=None)
+    x.add_argument("-e", "--env", action="append", metavar="KEY=VALUE")
+    x.add_argument("-l", "--label", action="append", metavar="KEY=VALUE")
+    x.add_argument("--hostname", default="")
+    x.add_argument("-w", "--workdir", default="")
+    x.add_argument("-u", "--user", default="")
+    x.add_argument("--entrypoint", default="")
+    x.add_argument("--restart-condition", choices=["none", "on-failure", "any"])
+    x.add_argument("--restart-delay", default="", metavar="DURATION")
+    x.add_argument("--restart-max-attempts", type=int, default=None)
+    x.add_argument("--stop-grace-period", default="", metavar="DURATION")
+    x.add_argument("--stop-signal", default="")
+    x.add_argument("--constraint", action="append", metavar="EXPR", help="e.g. node.hostname==h2")
+    x.add_argument("image", metavar="IMAGE")
+    x.add_argument("args", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    x.set_defaults(func=cmd_service_create)
+    x = sv.add_parser("ls", help="list services")
+    x.add_argument("-q", "--quiet", action="store_true")
+    x.set_defaults(func=cmd_service_ls)
+    x = sv.add_parser("ps", help="list the tasks of services")
+    x.add_argument("-q", "--quiet", action="store_true")
+    x.add_argument("--no-trunc", action="store_true")
+    x.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE")
+    x.add_argument("services", nargs="+", metavar="SERVICE")
+    x.set_defaults(func=cmd_service_ps)
+    x = sv.add_parser("inspect", help="show services as JSON")
+    x.add_argument("services", nargs="+", metavar="SERVICE")
+    x.set_defaults(func=cmd_service_inspect)
+    x = sv.add_parser("scale", help="set the replicas of services")
+    x.add_argument("-d", "--detach", action="store_true")
+    x.add_argument("--timeout", type=float, default=300.0)
+    x.add_argument("pairs", nargs="+", metavar="SERVICE=REPLICAS")
+    x.set_defaults(func=cmd_service_scale)
+    x = sv.add_parser("rm", help="remove services")
+    x.add_argument("services", nargs="+", metavar="SERVICE")
+    x.set_defaults(func=cmd_service_rm)
+    x = sv.add_parser("logs", help="print the logs of a service's tasks")
+    x.add_argument("-f", "--follow", action="store_true")
+    x.add_argument("-n", "--tail", default="all")
+    x.add_argument("-t", "--timestamps", action="store_true")
+    x.add_argument("--raw", action="store_true", help="no task prefix")
+    x.add_argument("service", metavar="SERVICE")
+    x.set_defaults(func=cmd_service_logs)
+
+    im = top.add_parser("image", help="manage images").add_subparsers(dest="cmd", required=True)
+    x = im.add_parser("load", help="load an OCI archive or `docker save` tar")
+    x.add_argument("-i", "--input", default="", metavar="FILE")
+    x.set_defaults(func=cmd_image_load)
+    x = im.add_parser("pull", help="pull an image from a registry")
+    x.add_argument("ref", metavar="NAME[:TAG]")
+    x.set_defaults(func=cmd_image_pull)
+    x = im.add_parser("ls", help="list images")
+    x.set_defaults(func=cmd_image_ls)
+    return p
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    """Entry point of ``shoal``; returns the exit status (0 ok, 1 daemon/usage error, 2 bad flags)."""
+    args = build_parser().parse_args(argv)
+    stream = out or sys.stdout
+    try:
+        c = Client(args.host)
+        return int(args.func(c, args, stream))
+    except APIError as e:
+        stream.flush()
+        sys.stderr.write(f"Error response from daemon: {e.message}\n")
+        return 1
+    except ConnectError as e:
+        sys.stderr.write(f"{e}\n")
+        return 1
+    except (UsageError, ValueError) as e:
+        sys.stderr.write(f"shoal: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Output formatting for the `shoal` CLI, matching the docker CLI's tables and wording.
+
+Tables follow Go's ``text/tabwriter`` as docker/cli uses it (minwidth 0, padding 3, padded
+with spaces; the last column is not padded). Durations follow go-units ``HumanDuration``
+("Less than a second", "5 seconds", "About a minute", "3 hours", …). Sizes/durations parsed
+from flags follow go-units ``RAMInBytes`` (binary units) and Go's ``time.ParseDuration``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], padding: int = 3) -> str:
+    """Return ``headers`` and ``rows`` as a tabwriter-style table (lines end with ``\\n``)."""
+    all_rows = [list(headers)] + [[str(c) for c in r] for r in rows]
+    ncol = max(len(r) for r in all_rows)
+    widths = [0] * ncol
+    for r in all_rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    lines = []
+    for r in all_rows:
+        cells = [c.ljust(widths[i] + padding) if i < len(r) - 1 else c for i, c in enumerate(r)]
+        lines.append("".join(cells) + "\n")
+    return "".join(lines)
+
+
+def human_duration(seconds: float) -> str:
+    """go-units HumanDuration: a human description of a duration in seconds."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def parse_time(ts: str) -> float | None:
+    """Parse an RFC 3339 timestamp (nanoseconds allowed) into seconds since the epoch; None if bad."""
+    if not ts:
+        return None
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", ts)
+    if not m:
+        return None
+    base = _dt.datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
+    frac = float("0" + m.group(2)) if m.group(2) else 0.0
+    return base.timestamp() + frac
+
+
+def ago(ts: str, now: float | None = None) -> str:
+    """``"5 seconds ago"`` for an RFC 3339 timestamp (empty string if unparseable)."""
+    t = parse_time(ts)
+    if t is None:
+        return ""
+    return human_duration(max(0.0, (now if now is not None else time.time()) - t)) + " ago"
+
+
+def cap(s: str) -> str:
+    """Capitalise the first letter, as the docker CLI shows states (``running`` → ``Running``)."""
+    return s[:1].upper() + s[1:] if s else s
+
+
+def ellipsis(s: str, n: int) -> str:
+    """Truncate ``s`` to ``n`` characters with a trailing ``…`` (docker formatter.Ellipsis)."""
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def short_id(i: str) -> str:
+    """The first 12 characters of an ID (docker's stringid.TruncateID)."""
+    return i[:12]
+
+
+def image_name(img: str) -> str:
+    """An image reference without its ``@sha256:`` pin, as ``service ls`` shows it."""
+    return img.split("@", 1)[0]
+
+
+def pretty_json(obj: Any) -> str:
+    """JSON with 4-space indent, as ``docker inspect`` prints."""
+    return json.dumps(obj, indent=4)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
+
+
+def parse_bytes(s: str) -> int:
+    """go-units RAMInBytes: ``"64M"`` → 67108864, ``"1g"``, ``"512k"``, ``"100"``; binary units.
+
+    Raises ValueError with the accepted form.
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtpb]?)(?:i?b)?\s*", s.lower())
+    if not m:
+        raise ValueError(f"invalid size {s!r}: use a number with an optional unit b, k, m, g, t (e.g. 64M)")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+_DUR = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
+        "h": 3_600_000_000_000}
+
+
+def parse_duration(s: str) -> int:
+    """Go ``time.ParseDuration`` into nanoseconds: ``"10s"``, ``"1m30s"``, ``"250ms"``, ``"0"``.
+
+    Raises ValueError with the accepted form.
+    """
+    s = s.strip()
+    if s == "0":
+        return 0
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", s)
+    if not parts or "".join(a + b for a, b in parts) != s:
+        raise ValueError(f"invalid duration {s!r}: use Go syntax such as 10s, 1m30s, 250ms")
+    return int(sum(float(a) * _DUR[b] for a, b in parts))
+
+
+def parse_cpus(s: str) -> int:
+    """``"0.5"`` CPUs → 500000000 NanoCPUs. Raises ValueError for non-positive or non-numbers."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise ValueError(f"invalid CPU count {s!r}: use a decimal number such as 0.5") from None
+    if v <= 0:
+        raise ValueError(f"invalid CPU count {s!r}: must be greater than 0")
+    return int(round(v * 1e9))
+
+
+def human_size(n: float) -> str:
+    """go-units HumanSize (decimal, 4 significant digits): ``1.05MB``."""
+    units = ["B", "kB", "MB", "GB", "TB", "PB"]
+    i = 0
+    while n >= 1000 and i < len(units) - 1:
+        n /= 1000.0
+        i += 1
+    return f"{n:.4g}{units[i]}"
+
+
+# ---------------------------------------------------------------------------------- tables
+def node_rows(nodes: list[dict[str, Any]], self_id: str = "") -> list[list[str]]:
+    """Rows for ``node ls``: ID HOSTNAME STATUS AVAILABILITY MANAGER STATUS ENGINE VERSION."""
+    rows = []
+    for n in sorted(nodes, key=lambda n: n.get("Description", {}).get("Hostname", "")):
+        ms = n.get("ManagerStatus") or {}
+        mgr = "Leader" if ms.get("Leader") else cap(ms.get("Reachability", "")) if ms else ""
+        rows.append([
+            n["ID"] + (" *" if n["ID"] == self_id else ""),
+            n.get("Description", {}).get("Hostname", ""),
+            cap(n.get("Status", {}).get("State", "")),
+            cap(n.get("Spec", {}).get("Availability", "")),
+            mgr,
+            n.get("Description", {}).get("Engine", {}).get("EngineVersion", ""),
+        ])
+    return rows
+
+
+NODE_HEADERS = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"]
+SERVICE_HEADERS = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]
+TASK_HEADERS = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]
+
+
+def service_mode(spec: dict[str, Any]) -> str:
+    """``replicated`` / ``global`` / ``replicated job`` / ``global job``."""
+    mode = spec.get("Mode") or {}
+    if "Global" in mode:
+        return "global"
+    if "ReplicatedJob" in mode:
+        return "replicated job"
+    if "GlobalJob" in mode:
+        return "global job"
+    return "replicated"
+
+
+def ports(endpoint: dict[str, Any] | None) -> str:
+    """``*:8080->80/tcp`` for published ports, comma separated."""
+    out = []
+    for p in (endpoint or {}).get("Ports") or []:
+        if p.get("PublishedPort"):
+            out.append(f"*:{p['PublishedPort']}->{p.get('TargetPort')}/{p.get('Protocol', 'tcp')}")
+    return ", ".join(out)
+
+
+def service_rows(services: list[dict[str, Any]], running: dict[str, int]) -> list[list[str]]:
+    """Rows for ``service ls``. ``running`` maps service ID → running tasks (used when the
+    daemon gave no ``ServiceStatus``)."""
+    rows = []
+    for s in sorted(services, key=lambda s: s["Spec"].get("Name", "")):
+        spec = s["Spec"]
+        st = s.get("ServiceStatus") or {}
+        run_n = st.get("RunningTasks", running.get(s["ID"], 0))
+        mode = service_mode(spec)
+        if mode == "replicated":
+            desired: Any = st.get("DesiredTasks", spec.get("Mode", {}).get("Replicated", {}).get("Replicas", 1))
+        else:
+            desired = st.get("DesiredTasks", "")
+        rows.append([
+            short_id(s["ID"]), spec.get("Name", ""), mode, f"{run_n}/{desired}",
+            image_name(spec.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image", "")),
+            ports(s.get("Endpoint")),
+        ])
+    return rows
+
+
+def task_rows(tasks: list[dict[str, Any]], services: dict[str, dict[str, Any]],
+              nodes: dict[str, dict[str, Any]], trunc: bool = True, now: float | None = None) -> list[list[str]]:
+    """Rows for ``service ps``: the newest task of each slot first, older ones as ``\\_ name``."""
+    def key(t: dict[str, Any]) -> tuple[str, int, str]:
+        return (t.get("ServiceID", ""), int(t.get("Slot") or 0), t.get("NodeID", "") if not t.get("Slot") else "")
+
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for t in tasks:
+        groups.setdefault(key(t), []).append(t)
+    rows = []
+    for k in sorted(groups, key=lambda k: (services.get(k[0], {}).get("Spec", {}).get("Name", ""), k[1], k[2])):
+        group = sorted(groups[k], key=lambda t: (t.get("CreatedAt", ""), t.get("ID", "")), reverse=True)
+        for i, t in enumerate(group):
+            svc = services.get(t.get("ServiceID", ""), {})
+            sname = svc.get("Spec", {}).get("Name", short_id(t.get("ServiceID", "")))
+            name = f"{sname}.{t['Slot']}" if t.get("Slot") else f"{sname}.{t.get('NodeID', '')}"
+            if i > 0:
+                name = r" \_ " + name
+            st = t.get("Status") or {}
+            err = st.get("Err", "")
+            if err:
+                err = json.dumps(ellipsis(err, 30) if trunc else err, ensure_ascii=False)
+            node = nodes.get(t.get("NodeID", ""), {}).get("Description", {}).get("Hostname", "")
+            image = t.get("Spec", {}).get("ContainerSpec", {}).get("Image", "")
+            rows.append([
+                short_id(t["ID"]) if trunc else t["ID"], name, image_name(image) if trunc else image, node,
+                cap(t.get("DesiredState", "")), f"{cap(st.get('State', ''))} {ago(st.get('Timestamp', ''), now)}".strip(),
+                err, "",
+            ])
+    return rows
