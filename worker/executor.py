@@ -331,6 +331,7 @@ class _Controller:
 
     # ------------------------------------------------------------ main loop
     async def _run(self) -> None:
+        backoff = 0.5
         try:
             self.cstate = await self.ex._container_state(self.cid)
             if self.cstate is not None:
@@ -339,13 +340,21 @@ class _Controller:
                 self._wake.clear()
                 try:
                     done = await self._step()
+                    backoff = 0.5
                 except _Interrupted:
                     continue
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    log.exception("task %s: %s", self.tid, e)
-                    await self._fail(f"{type(e).__name__}: {e}" if not str(e) else str(e))
+                    log.exception("task %s in state %s: %s", self.tid, self.state, e)
+                    try:
+                        await self._fail(str(e) or type(e).__name__)
+                    except Exception:
+                        log.exception("task %s: reporting the failure failed", self.tid)
+                    # do not spin on a step that keeps failing (e.g. remove): retry later or on a change
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), backoff)
+                    backoff = min(backoff * 2, 30.0)
                     continue
                 if done:
                     return
