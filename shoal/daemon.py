@@ -1,0 +1,639 @@
+"""``shoald``: the Shoal daemon, one per host.
+
+It serves the Docker Engine API (v1.41 shapes) on a unix socket, runs the worker role on every
+node (agent + executor + container runtime + local bridge) and, on managers, the control plane
+(``manager.Manager``). ``swarm init`` / ``swarm join`` / ``swarm leave`` move the node between
+roles at run time; the node's local state (``state.json`` and ``certs/`` under the data root)
+makes a restarted daemon come back in the same role, re-attached to its running containers.
+
+Docs followed: Docker Engine API v1.41 (``/_ping``, ``/version``, ``/info``, ``/swarm/*``,
+``/images/*``, ``/distribution/{name}/json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from shoal import __version__
+from shoal.util import now_rfc3339
+
+log = logging.getLogger("shoald")
+
+API_VERSION = "1.41"
+MIN_API_VERSION = "1.24"
+NOT_IN_SWARM = (
+    "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" "
+    "to connect this node to swarm and try again."
+)
+WORKER_NOT_MANAGER = (
+    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. "
+    "Please run this command on a manager node or promote the current node to a manager."
+)
+
+
+def api_error(status: int, message: str) -> web.Response:
+    """An API error as Docker returns it: HTTP ``status`` with JSON ``{"message": message}``."""
+    return web.json_response({"message": message}, status=status)
+
+
+def _strip_version(path: str) -> str:
+    """``/v1.41/info`` → ``/info``; other paths unchanged."""
+    if path.startswith("/v") and "/" in path[1:]:
+        head, rest = path[1:].split("/", 1)
+        if head[1:].replace(".", "").isdigit():
+            return "/" + rest
+    return path
+
+
+SWARM_PREFIXES = ("/swarm", "/nodes", "/services", "/tasks")
+LOCAL_SWARM_PATHS = ("/swarm/init", "/swarm/join", "/swarm/leave")
+
+
+class LocalState:
+    """The node's local swarm state, kept in ``<data-root>/state.json``.
+
+    Fields: ``NodeID`` (str), ``Role`` (``manager`` | ``worker``), ``ManagerAddrs`` (list of
+    ``ip:port``), ``AdvertiseAddr`` (str), ``ListenAddr`` (str). An empty state means the node is
+    not in a swarm. Writes are atomic (temp file, fsync, rename).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+        if path.exists():
+            self.data = json.loads(path.read_text())
+
+    @property
+    def in_swarm(self) -> bool:
+        return bool(self.data.get("NodeID"))
+
+    def save(self, data: dict[str, Any]) -> None:
+        self.data = data
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        self.data = {}
+        self.path.unlink(missing_ok=True)
+
+
+def node_description(hostname: str | None = None) -> dict[str, Any]:
+    """This host's ``Node.Description`` (Docker API shape): hostname, platform, resources, engine."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "Hostname": hostname or socket.gethostname(),
+        "Platform": {"Architecture": platform.machine(), "OS": "linux"},
+        "Resources": {"NanoCPUs": (os.cpu_count() or 1) * 1_000_000_000, "MemoryBytes": mem},
+        "Engine": {"EngineVersion": f"shoal-{__version__}", "Plugins": [
+            {"Type": "Network", "Name": "bridge"}, {"Type": "Volume", "Name": "local"}]},
+    }
+
+
+class Daemon:
+    """One host's daemon: API server, worker role always, manager role when this node is one.
+
+    Args (from the command line, see ``main``): data_root, exec_root, socket path, OCI runtime
+    name (``shoal`` or ``runc``), cgroup parent, insecure registries, dispatcher heartbeat period
+    (seconds), listen port for 2377.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from agent_runtime.containers import Runtime
+        from agent_runtime.images import ImageStore
+        from overlaynet.bridge import LocalBridge
+        from worker.executor import Executor
+
+        self.args = args
+        self.data_root = Path(args.data_root)
+        self.exec_root = Path(args.exec_root)
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        self.exec_root.mkdir(parents=True, exist_ok=True)
+        self.state = LocalState(self.data_root / "state.json")
+        self.certs_dir = self.data_root / "certs"
+        self.images = ImageStore(self.data_root / "images", list(args.insecure_registry or []))
+        self.runtime = Runtime(
+            self.data_root / "containers", self.exec_root, self.images,
+            cgroup_parent=args.cgroup_parent, oci_runtime=args.runtime,
+        )
+        self.bridge = LocalBridge("shoal0", self.exec_root)
+        self.executor = Executor(self.runtime, self.images, self.bridge, self._report)
+        self.manager: Any = None
+        self.agent: Any = None
+        self._swarm_lock = asyncio.Lock()
+        self.hostname = socket.gethostname()
+
+    # ---- status path: executor → agent → dispatcher
+
+    async def _report(self, task_id: str, status: dict[str, Any]) -> None:
+        if self.agent is not None:
+            await self.agent.report(task_id, status)
+
+    # ---- roles
+
+    async def _start_manager(self) -> None:
+        from manager.manager import Manager
+
+        self.manager = Manager(
+            data_dir=self.data_root / "manager",
+            certs_dir=self.certs_dir,
+            node_id=self.state.data["NodeID"],
+            advertise_addr=self.state.data["AdvertiseAddr"],
+            listen_addr=self.state.data.get("ListenAddr") or f"0.0.0.0:{self.args.port}",
+            heartbeat_period=self.args.heartbeat_period,
+        )
+        await self.manager.start()
+
+    async def _start_agent(self) -> None:
+        from worker.agent import Agent
+
+        self.agent = Agent(
+            node_id=self.state.data["NodeID"],
+            managers=list(self.state.data["ManagerAddrs"]),
+            certs_dir=self.certs_dir,
+            executor=self.executor,
+            description=node_description(self.hostname),
+            advertise_addr=self.state.data.get("AdvertiseAddr", "").rsplit(":", 1)[0],
+        )
+        self.agent.start()
+
+    async def _stop_roles(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+            self.agent = None
+        if self.manager is not None:
+            await self.manager.stop()
+            self.manager = None
+
+    async def start(self) -> None:
+        """Recover containers, then come back in the role ``state.json`` records."""
+        await self.executor.recover()
+        if self.state.in_swarm:
+            if self.state.data["Role"] == "manager":
+                await self._start_manager()
+            await self._start_agent()
+
+    async def stop(self) -> None:
+        """Stop the roles; containers keep running (their shims hold them)."""
+        await self._stop_roles()
+
+    # ---- swarm init / join / leave
+
+    def _advertise_addr(self, requested: str | None, listen: str | None) -> str:
+        addr = requested or ""
+        if not addr and listen and not listen.startswith("0.0.0.0"):
+            addr = listen
+        if not addr:
+            addrs = [a for a in _local_ipv4_addrs() if not a.startswith("127.")]
+            if len(addrs) != 1:
+                raise ValueError(
+                    "could not choose an IP address to advertise since this system has "
+                    f"{'multiple' if addrs else 'no'} addresses ({', '.join(addrs) or 'none'}) "
+                    "- specify one with --advertise-addr")
+            addr = addrs[0]
+        host, _, port = addr.partition(":")
+        return f"{host}:{port or self.args.port}"
+
+    async def swarm_init(self, body: dict[str, Any]) -> str:
+        """``POST /swarm/init``: become the first manager of a new cluster. Returns the node ID."""
+        from manager.manager import Manager
+
+        if self.state.in_swarm:
+            raise SwarmStateError(
+                "This node is already part of a swarm. Use \"docker swarm leave\" to leave this "
+                "swarm and join another one.")
+        advertise = self._advertise_addr(body.get("AdvertiseAddr"), body.get("ListenAddr"))
+        listen = body.get("ListenAddr") or f"0.0.0.0:{self.args.port}"
+        if ":" not in listen:
+            listen = f"{listen}:{self.args.port}"
+        if listen.startswith("0.0.0.0:") is False and listen.split(":")[0] not in _local_ipv4_addrs():
+            raise ValueError(f"listen address {listen} is not an address of this host")
+        node_id = await Manager.init_cluster(
+            data_dir=self.data_root / "manager", certs_dir=self.certs_dir,
+            advertise_addr=advertise, description=node_description(self.hostname),
+            spec=body.get("Spec") or {},
+        )
+        self.state.save({"NodeID": node_id, "Role": "manager", "ManagerAddrs": [advertise],
+                         "AdvertiseAddr": advertise, "ListenAddr": listen})
+        await self._start_manager()
+        await self._start_agent()
+        return node_id
+
+    async def swarm_join(self, body: dict[str, Any]) -> None:
+        """``POST /swarm/join``: join with a token; a manager token makes this node a manager."""
+        from worker.join import JoinError, join
+
+        if self.state.in_swarm:
+            raise SwarmStateError(
+                "This node is already part of a swarm. Use \"docker swarm leave\" to leave this "
+                "swarm and join another one.")
+        remotes = body.get("RemoteAddrs") or []
+        token = body.get("JoinToken") or ""
+        if not remotes:
+            raise ValueError("at least 1 RemoteAddr is required to join")
+        if not token:
+            raise ValueError("a join token is required to join a swarm (--token)")
+        remote = remotes[0] if ":" in remotes[0] else f"{remotes[0]}:2377"
+        advertise = body.get("AdvertiseAddr") or ""
+        if not advertise:
+            advertise = _route_source_addr(remote.rsplit(":", 1)[0]) or ""
+        if advertise and ":" not in advertise:
+            advertise = f"{advertise}:{self.args.port}"
+        try:
+            node_id, role, managers = await join(
+                remote, token, self.hostname, advertise.rsplit(":", 1)[0], self.certs_dir,
+                description=node_description(self.hostname))
+        except JoinError as e:
+            raise SwarmStateError(str(e)) from e
+        self.state.save({"NodeID": node_id, "Role": role, "ManagerAddrs": managers or [remote],
+                         "AdvertiseAddr": advertise,
+                         "ListenAddr": body.get("ListenAddr") or f"0.0.0.0:{self.args.port}"})
+        if role == "manager":
+            raise SwarmStateError("joining as a manager needs the replicated Raft log (issue 3)")
+        await self._start_agent()
+
+    async def swarm_leave(self, force: bool) -> None:
+        """``POST /swarm/leave``: stop the roles, stop this node's tasks, forget the swarm."""
+        if not self.state.in_swarm:
+            raise SwarmStateError("This node is not part of a swarm")
+        if self.state.data.get("Role") == "manager" and not force:
+            raise SwarmStateError(
+                "You are attempting to leave the swarm on a node that is participating as a "
+                "manager. Removing the last manager erases all current state of the swarm. Use "
+                "`--force` to ignore this message.")
+        await self._stop_roles()
+        await self.executor.set_assignments({}, [])
+        self.state.clear()
+        shutil.rmtree(self.certs_dir, ignore_errors=True)
+        shutil.rmtree(self.data_root / "manager", ignore_errors=True)
+
+    # ---- /_ping, /version, /info
+
+    def swarm_header(self) -> str:
+        if not self.state.in_swarm:
+            return "inactive"
+        return "active/manager" if self.state.data.get("Role") == "manager" else "active/worker"
+
+    def version(self) -> dict[str, Any]:
+        ver = f"shoal-{__version__}"
+        return {
+            "Platform": {"Name": "Shoal"},
+            "Components": [{"Name": "Engine", "Version": ver,
+                            "Details": {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+                                        "Os": "linux", "Arch": _go_arch()}}],
+            "Version": ver, "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": "", "GoVersion": f"python{platform.python_version()}", "Os": "linux",
+            "Arch": _go_arch(), "KernelVersion": platform.release(), "BuildTime": "",
+        }
+
+    def info(self) -> dict[str, Any]:
+        desc = node_description(self.hostname)
+        containers = self.runtime.list()
+        running = sum(1 for c in containers if c.status == "running")
+        swarm: dict[str, Any] = {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
+                                 "ControlAvailable": False, "Error": "", "RemoteManagers": None}
+        if self.state.in_swarm:
+            d = self.state.data
+            swarm.update({
+                "NodeID": d["NodeID"], "NodeAddr": d.get("AdvertiseAddr", "").rsplit(":", 1)[0],
+                "LocalNodeState": "active",
+                "ControlAvailable": self.manager is not None,
+                "RemoteManagers": [{"NodeID": "", "Addr": a} for a in d.get("ManagerAddrs", [])],
+            })
+            if self.manager is not None:
+                swarm.update(self.manager.swarm_info())
+        return {
+            "ID": self.state.data.get("NodeID", ""), "Containers": len(containers),
+            "ContainersRunning": running, "ContainersPaused": 0,
+            "ContainersStopped": len(containers) - running, "Images": len(self.images.list()),
+            "Driver": "overlay2", "DriverStatus": [["Backing Filesystem", "extfs"]],
+            "Plugins": {"Volume": ["local"], "Network": ["bridge"], "Authorization": None,
+                        "Log": ["json-file"]},
+            "MemoryLimit": True, "SwapLimit": False, "CpuCfsPeriod": True, "CpuCfsQuota": True,
+            "CPUShares": True, "CPUSet": True, "PidsLimit": True, "IPv4Forwarding": True,
+            "Debug": False, "NFd": len(os.listdir("/proc/self/fd")),
+            "NGoroutines": len(asyncio.all_tasks()), "SystemTime": now_rfc3339(),
+            "LoggingDriver": "json-file", "CgroupDriver": "cgroupfs",
+            "CgroupVersion": "2" if _cgroup_v2_only() else "1",
+            "KernelVersion": platform.release(), "OperatingSystem": _os_name(), "OSVersion": "",
+            "OSType": "linux", "Architecture": platform.machine(),
+            "NCPU": os.cpu_count() or 1, "MemTotal": desc["Resources"]["MemoryBytes"],
+            "IndexServerAddress": "https://index.docker.io/v1/",
+            "RegistryConfig": {"InsecureRegistryCIDRs": ["127.0.0.0/8"],
+                               "IndexConfigs": {r: {"Name": r, "Mirrors": [], "Secure": False,
+                                                    "Official": False}
+                                                for r in (self.args.insecure_registry or [])},
+                               "Mirrors": []},
+            "DockerRootDir": str(self.data_root), "HttpProxy": "", "HttpsProxy": "", "NoProxy": "",
+            "Name": self.hostname, "Labels": [], "ExperimentalBuild": False,
+            "ServerVersion": f"shoal-{__version__}",
+            "Runtimes": {"shoal": {"path": "shoal-oci"}, "runc": {"path": "runc"}},
+            "DefaultRuntime": self.args.runtime, "Swarm": swarm, "LiveRestoreEnabled": True,
+            "Isolation": "", "InitBinary": "", "SecurityOptions": ["name=no-new-privileges"],
+            "Warnings": None,
+        }
+
+
+class SwarmStateError(Exception):
+    """The node's swarm state does not allow the call (Docker answers these with 503)."""
+
+
+def _go_arch() -> str:
+    m = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+
+
+def _os_name() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+def _cgroup_v2_only() -> bool:
+    return Path("/sys/fs/cgroup/cgroup.controllers").exists()
+
+
+def _local_ipv4_addrs() -> list[str]:
+    """IPv4 addresses of this network namespace's interfaces (via pyroute2 netlink)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)]
+
+
+def _route_source_addr(dest: str) -> str | None:
+    """The source address the kernel would use to reach ``dest`` (a UDP connect, no packet sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((dest, 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------- the HTTP API
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    """The Docker Engine API application: local routes plus the manager's swarm routes."""
+    from manager.api import add_routes
+
+    @web.middleware
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        path = _strip_version(request.path)
+        if path.startswith(SWARM_PREFIXES) and not path.startswith(LOCAL_SWARM_PATHS):
+            if not daemon.state.in_swarm:
+                return api_error(503, NOT_IN_SWARM)
+            if daemon.manager is None:
+                return api_error(503, WORKER_NOT_MANAGER)
+        try:
+            resp = await handler(request)
+        except web.HTTPException as e:
+            if e.status >= 400 and e.content_type != "application/json":
+                return api_error(e.status, e.reason if e.status != 404 else "page not found")
+            raise
+        except json.JSONDecodeError as e:
+            return api_error(400, f"invalid JSON in request body: {e}")
+        except SwarmStateError as e:
+            return api_error(503, str(e))
+        except ValueError as e:
+            return api_error(400, str(e))
+        resp.headers.setdefault("Api-Version", API_VERSION)
+        resp.headers.setdefault("Server", f"Shoal/{__version__} (linux)")
+        return resp
+
+    app = web.Application(middlewares=[middleware], client_max_size=1024**3)
+    routes = web.RouteTableDef()
+
+    def both(method: str, path: str) -> Callable[[Any], Any]:
+        def deco(fn: Any) -> Any:
+            app.router.add_route(method, path, fn)
+            app.router.add_route(method, r"/v{version:[0-9.]+}" + path, fn)
+            return fn
+        return deco
+
+    def ping_headers() -> dict[str, str]:
+        return {"Api-Version": API_VERSION, "Docker-Experimental": "false", "OSType": "linux",
+                "Swarm": daemon.swarm_header(), "Cache-Control": "no-cache, no-store, must-revalidate",
+                "Pragma": "no-cache"}
+
+    @both("GET", "/_ping")
+    async def ping(request: web.Request) -> web.Response:
+        return web.Response(text="OK", headers=ping_headers())
+
+    @both("HEAD", "/_ping")
+    async def ping_head(request: web.Request) -> web.Response:
+        return web.Response(headers=ping_headers())
+
+    @both("GET", "/version")
+    async def version(request: web.Request) -> web.Response:
+        return web.json_response(daemon.version())
+
+    @both("GET", "/info")
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response(daemon.info())
+
+    @both("POST", "/swarm/init")
+    async def swarm_init(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        async with daemon._swarm_lock:
+            node_id = await daemon.swarm_init(body)
+        return web.json_response(node_id)
+
+    @both("POST", "/swarm/join")
+    async def swarm_join(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        async with daemon._swarm_lock:
+            await daemon.swarm_join(body)
+        return web.Response(status=200)
+
+    @both("POST", "/swarm/leave")
+    async def swarm_leave(request: web.Request) -> web.Response:
+        force = request.query.get("force", "") in ("1", "true", "True")
+        async with daemon._swarm_lock:
+            await daemon.swarm_leave(force)
+        return web.Response(status=200)
+
+    # ---- images
+
+    @both("GET", "/images/json")
+    async def images_json(request: web.Request) -> web.Response:
+        out = []
+        for img in daemon.images.list():
+            out.append({"Id": img.id, "RepoTags": [img.ref], "RepoDigests": [], "ParentId": "",
+                        "Created": 0, "Size": img.size, "SharedSize": -1, "VirtualSize": img.size,
+                        "Labels": {}, "Containers": -1})
+        return web.json_response(out)
+
+    @both("POST", "/images/load")
+    async def images_load(request: web.Request) -> web.StreamResponse:
+        from agent_runtime.images import ImageError
+
+        fd, tmp = tempfile.mkstemp(dir=daemon.data_root, prefix=".load-", suffix=".tar")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in request.content.iter_chunked(1 << 20):
+                    f.write(chunk)
+            try:
+                refs = await asyncio.to_thread(daemon.images.load, Path(tmp))
+            except ImageError as e:
+                return api_error(400, str(e))
+        finally:
+            os.unlink(tmp)
+        text = "".join(json.dumps({"stream": f"Loaded image: {r}\n"}) + "\n" for r in refs)
+        return web.Response(text=text, content_type="application/json")
+
+    @both("POST", "/images/create")
+    async def images_create(request: web.Request) -> web.StreamResponse:
+        from agent_runtime.images import ImageError
+
+        ref = request.query.get("fromImage", "")
+        tag = request.query.get("tag", "")
+        if not ref:
+            return api_error(400, "fromImage is required (the image to pull)")
+        if tag and not tag.startswith("sha256:"):
+            ref = f"{ref}:{tag}"
+        elif tag:
+            ref = f"{ref}@{tag}"
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write((json.dumps({"status": f"Pulling from {ref}"}) + "\n").encode())
+        try:
+            img = await daemon.images.pull(ref)
+            msg = {"status": f"Digest: {img.id}"}
+            await resp.write((json.dumps(msg) + "\n").encode())
+            await resp.write((json.dumps({"status": f"Status: Downloaded image for {img.ref}"})
+                              + "\n").encode())
+        except ImageError as e:
+            await resp.write((json.dumps({"errorDetail": {"message": str(e)}, "error": str(e)})
+                              + "\n").encode())
+        await resp.write_eof()
+        return resp
+
+    @both("GET", "/distribution/{name:.*}/json")
+    async def distribution(request: web.Request) -> web.Response:
+        from agent_runtime.images import ImageError
+
+        name = request.match_info["name"]
+        resolve = getattr(daemon.images, "resolve", None)
+        if resolve is None:
+            return api_error(501, "digest resolution is not supported by this daemon")
+        try:
+            return web.json_response(await resolve(name))
+        except ImageError as e:
+            return api_error(404, str(e))
+
+    app.add_routes(routes)
+    add_routes(app, _ManagerProxy(daemon))
+    return app
+
+
+class _ManagerProxy:
+    """Forwards attribute access to the daemon's current ``Manager`` (the role can start later)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def __getattr__(self, name: str) -> Any:
+        mgr = self._daemon.manager
+        if mgr is None:
+            raise SwarmStateError(NOT_IN_SWARM)
+        return getattr(mgr, name)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON in request body: {e}") from None
+    if not isinstance(body, dict):
+        raise ValueError("the request body must be a JSON object")
+    return body
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="shoald", description="The Shoal daemon (one per host).")
+    p.add_argument("--data-root", default="/var/lib/shoal", help="persistent state (default %(default)s)")
+    p.add_argument("--exec-root", default="/run/shoal", help="run-time state (default %(default)s)")
+    p.add_argument("--socket", default="/run/shoal/shoal.sock", help="Docker API unix socket")
+    p.add_argument("--runtime", choices=["shoal", "runc"], default="shoal", help="OCI runtime")
+    p.add_argument("--cgroup-parent", default="shoal", help="cgroup under which containers live")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+                   help="registry reached over plain HTTP (repeatable)")
+    p.add_argument("--heartbeat-period", type=float, default=5.0,
+                   help="dispatcher heartbeat period in seconds (node down after 3 missed)")
+    p.add_argument("--port", type=int, default=2377, help="cluster port (Raft, dispatcher, CA)")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run the daemon until SIGTERM/SIGINT; containers keep running after it stops."""
+    daemon = Daemon(args)
+    await daemon.start()
+    app = build_app(daemon)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock_path = Path(args.socket)
+    sock_path.parent.mkdir(parents=True, exist_ok=True)
+    sock_path.unlink(missing_ok=True)
+    site = web.UnixSite(runner, str(sock_path))
+    await site.start()
+    os.chmod(sock_path, 0o660)
+    log.info("shoald %s serving the Docker API on %s", __version__, sock_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (containers keep running)")
+    await runner.cleanup()
+    await daemon.stop()
+    sock_path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``shoald`` entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
