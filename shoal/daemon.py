@@ -142,9 +142,9 @@ class Daemon:
 
     # ---- status path: executor → agent → dispatcher
 
-    async def _report(self, task_id: str, status: dict[str, Any]) -> None:
+    def _report(self, task_id: str, status: dict[str, Any]) -> None:
         if self.agent is not None:
-            await self.agent.report(task_id, status)
+            self.agent.report(task_id, status)
 
     # ---- roles
 
