@@ -136,6 +136,14 @@ class Cgroup:
             if plimit is not None and plimit > 0:
                 _write(os.path.join(d, "pids.max"), str(plimit))
             return
+        if res.get("devices") and "devices" in self.dirs:
+            d = self.dirs["devices"]
+            for rule in res["devices"]:
+                typ = rule.get("type") or "a"
+                line = "a" if typ == "a" else (
+                    f"{typ} {'*' if rule.get('major') is None else rule['major']}:"
+                    f"{'*' if rule.get('minor') is None else rule['minor']} {rule.get('access') or 'rwm'}")
+                _write(os.path.join(d, "devices.allow" if rule.get("allow") else "devices.deny"), line)
         if limit is not None and limit > 0 and "memory" in self.dirs:
             d = self.dirs["memory"]
             _write(os.path.join(d, "memory.limit_in_bytes"), str(limit))

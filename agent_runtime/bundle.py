@@ -1,0 +1,212 @@
+"""Write an OCI runtime bundle's ``config.json`` (OCI runtime spec 1.0.2) for a container.
+
+Defaults follow what Docker (moby's oci/defaults.go and daemon/oci_linux.go) puts in a
+container's spec: its default capability set, mounts of /proc, /dev, /dev/pts, /dev/shm,
+/dev/mqueue, /sys (ro), /sys/fs/cgroup (ro), masked and read-only /proc and /sys paths,
+the default device cgroup rules, RLIMIT_NOFILE 1048576 and no_new_privs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+from agent_runtime.spec import ContainerSpec
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+DEFAULT_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]
+"""Docker's default capability set; as a CapEff mask it is 0x00000000a80425fb."""
+
+DEFAULT_CAP_MASK = 0xA80425FB
+
+MASKED_PATHS = [
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+_DEVICE_RULES: list[dict[str, Any]] = [
+    {"allow": False, "access": "rwm"},
+    {"allow": True, "type": "c", "access": "m"},
+    {"allow": True, "type": "b", "access": "m"},
+    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 10, "minor": 200, "access": "rwm"},
+]
+
+
+class BundleError(ValueError):
+    """The spec cannot be turned into a runnable bundle (no command, unknown user …)."""
+
+
+def _read_db(path: Path) -> list[list[str]]:
+    try:
+        return [line.split(":") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    except OSError:
+        return []
+
+
+def resolve_user(user: str | None, rootfs: Path) -> tuple[int, int, list[int]]:
+    """Resolve Docker's ``user[:group]`` (names or numbers) against ``rootfs``/etc/passwd and /etc/group.
+
+    Returns ``(uid, gid, additional_gids)``. Raises BundleError (Docker's wording) when a name is unknown.
+    """
+    if not user:
+        return 0, 0, []
+    name, _, group = user.partition(":")
+    passwd = _read_db(rootfs / "etc/passwd")
+    groups = _read_db(rootfs / "etc/group")
+    uid: int | None = None
+    gid: int | None = None
+    uname: str | None = None
+    for ent in passwd:
+        if len(ent) >= 4 and (ent[0] == name or (name.isdigit() and ent[2] == name)):
+            uid, gid, uname = int(ent[2]), int(ent[3]), ent[0]
+            break
+    if uid is None:
+        if not name.isdigit():
+            raise BundleError(f"unable to find user {name}: no matching entries in passwd file")
+        uid, gid = int(name), 0
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            for ent in groups:
+                if len(ent) >= 3 and ent[0] == group:
+                    gid = int(ent[2])
+                    break
+            else:
+                raise BundleError(f"unable to find group {group}: no matching entries in group file")
+    extra: list[int] = []
+    if uname and not group:
+        for ent in groups:
+            if len(ent) >= 4 and uname in ent[3].split(",") and int(ent[2]) != gid:
+                extra.append(int(ent[2]))
+    return uid, gid or 0, extra
+
+
+def nofile_limit() -> int:
+    """Docker's RLIMIT_NOFILE for containers (1048576), capped at the kernel's fs.nr_open, and at our own
+    hard limit when we lack CAP_SYS_RESOURCE (then the limit cannot be raised; setrlimit(2))."""
+    limit = 1048576
+    try:
+        limit = min(limit, int(Path("/proc/sys/fs/nr_open").read_text().strip()))
+        status = Path("/proc/self/status").read_text()
+        cap_eff = int(status.split("CapEff:")[1].split()[0], 16)
+        if not cap_eff & (1 << 24):  # CAP_SYS_RESOURCE
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
+    except (OSError, ValueError, IndexError):
+        pass
+    return limit
+
+
+def merge_env(image_env: list[str] | None, spec_env: list[str], hostname: str) -> list[str]:
+    """Image Env, then the spec's (overriding by key), plus PATH and HOSTNAME defaults as Docker sets them."""
+    out: dict[str, str] = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
+    for kv in list(image_env or []) + list(spec_env):
+        k, sep, v = kv.partition("=")
+        if not k:
+            raise BundleError(f"invalid environment entry {kv!r}: expected KEY=VALUE")
+        out[k] = v if sep else os.environ.get(k, "")
+    out.setdefault("HOME", "/root")
+    return [f"{k}={v}" for k, v in out.items()]
+
+
+def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path, container_dir: Path,
+                 cgroup_parent: str) -> dict[str, Any]:
+    """Return the OCI runtime config (a dict for config.json) for ``spec`` over an image's ``config``.
+
+    ``rootfs`` is the mounted root filesystem (used to resolve the user); ``container_dir`` holds the
+    ``hosts``, ``resolv.conf`` and ``hostname`` files that are bind-mounted. Raises BundleError.
+    """
+    hostname = spec.hostname or spec.id[:12]
+    entry = list(spec.command) if spec.command is not None else list(image_config.get("Entrypoint") or [])
+    if spec.args is not None:
+        cmd = list(spec.args)
+    elif spec.command is not None:
+        cmd = []
+    else:
+        cmd = list(image_config.get("Cmd") or [])
+    args = entry + cmd
+    if not args:
+        raise BundleError("no command specified: the image has no Entrypoint/Cmd and the spec gives none")
+    uid, gid, extra = resolve_user(spec.user or image_config.get("User"), rootfs)
+    caps = list(DEFAULT_CAPS)
+    namespaces: list[dict[str, str]] = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+    namespaces.append({"type": "network", "path": spec.netns} if spec.netns else {"type": "network"})
+    resources: dict[str, Any] = {"devices": _DEVICE_RULES}
+    if spec.memory_bytes:
+        if spec.memory_bytes < 6 * 1024 * 1024:
+            raise BundleError(f"memory limit {spec.memory_bytes} bytes is too small: the minimum is 6 MiB")
+        resources["memory"] = {"limit": spec.memory_bytes, "swap": spec.memory_bytes}
+    if spec.nano_cpus:
+        period = 100000
+        resources["cpu"] = {"quota": max(1000, spec.nano_cpus * period // 1_000_000_000), "period": period}
+    if spec.pids_limit:
+        resources["pids"] = {"limit": spec.pids_limit}
+    nosd = ["nosuid", "noexec", "nodev"]
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": nosd},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": nosd + ["ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"] + nosd},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": nosd},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": nosd + ["mode=1777", "size=67108864"]},
+    ]
+    for name in ("resolv.conf", "hostname", "hosts"):
+        mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": str(container_dir / name),
+                       "options": ["rbind", "rprivate"]})
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid, **({"additionalGids": extra} if extra else {})},
+            "args": args,
+            "env": merge_env(image_config.get("Env"), spec.env, hostname),
+            "cwd": spec.cwd or image_config.get("WorkingDir") or "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile_limit(), "soft": nofile_limit()}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": False},
+        "hostname": hostname,
+        "mounts": mounts,
+        "linux": {
+            "cgroupsPath": f"/{cgroup_parent.strip('/')}/{spec.id}" if cgroup_parent.strip("/") else f"/{spec.id}",
+            "namespaces": namespaces,
+            "resources": resources,
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    }
+
+
+def write_config(bundle_dir: Path, config: dict[str, Any]) -> Path:
+    """Write ``config`` atomically to ``bundle_dir/config.json`` and return its path."""
+    path = bundle_dir / "config.json"
+    tmp = bundle_dir / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,419 @@
+"""The container lifecycle on one node: overlayfs snapshot, OCI bundle, shim, stop, remove, logs.
+
+Each container lives in ``root/<id>/``::
+
+    container.json   spec, image ID, created time (written by create)
+    config.json      the OCI runtime config (bundle.build_config)
+    rootfs/          overlayfs mount: lowerdir = image layers (shared), upper/ + work/ per container
+    hosts resolv.conf hostname   bind-mounted into the container's /etc
+    shim.json        written by the shim (status, pid, exit_code, times)
+    container.log    Docker json-file log lines
+
+The overlay is mounted in the mount namespace of the caller (shoald). The shim (``shoal-shim``)
+is detached (setsid + double fork), so containers survive a daemon restart; a new ``Runtime`` on
+the same root re-attaches through ``list()``/``state()``/``wait()``. Exit is learnt with
+pidfd_open(2) on the shim's PID (not our child) plus re-reading ``shim.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal as signal_mod
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent_runtime.bundle import BundleError, build_config, write_config
+from agent_runtime.images import ImageError, ImageStore
+from agent_runtime.oci import libc
+from agent_runtime.oci.cgroups import Cgroup
+from agent_runtime.shim import proc_start_time
+from agent_runtime.spec import ContainerSpec, ContainerState
+from shoal.util import now_rfc3339
+
+__all__ = ["ContainerError", "ContainerNotFound", "ContainerSpec", "ContainerState", "Runtime"]
+
+_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{11,127}$")
+
+
+class ContainerError(Exception):
+    """A container operation failed; the message says what and why."""
+
+
+class ContainerNotFound(ContainerError):
+    """No container with that ID under this runtime's root."""
+
+
+def _parse_time(ts: str) -> float:
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", ts)
+    if not m:
+        return 0.0
+    base = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
+    frac = float("0." + m.group(2)) if m.group(2) else 0.0
+    return base.timestamp() + frac
+
+
+def _venv_script(name: str) -> list[str]:
+    cand = Path(sys.executable).parent / name
+    if cand.exists():
+        return [str(cand)]
+    module = {"shoal-shim": "agent_runtime.shim", "shoal-oci": "agent_runtime.oci.cli"}[name]
+    return [sys.executable, "-m", module]
+
+
+def _signal_number(sig: str | int | None, default: int) -> int:
+    if sig is None or sig == "":
+        return default
+    if isinstance(sig, int):
+        return sig
+    s = sig.upper()
+    if s.isdigit():
+        return int(s)
+    if not s.startswith("SIG"):
+        s = "SIG" + s
+    try:
+        return int(signal_mod.Signals[s])
+    except KeyError as e:
+        raise ContainerError(f"invalid stop signal {sig!r}: use a name like SIGTERM or a number") from e
+
+
+def _is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def hosts_file(hostname: str, ip: str | None, extra: list[tuple[str, str]]) -> str:
+    """Content of the container's /etc/hosts, as Docker writes it, plus ``extra`` (hostname, ip) pairs
+    (either order is accepted: the member that parses as an IP address is the address)."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", "fe00::0\tip6-localnet",
+             "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes", "ff02::2\tip6-allrouters"]
+    if ip:
+        lines.append(f"{ip.split('/')[0]}\t{hostname}")
+    for a, b in extra:
+        try:
+            ipaddress.ip_address(a)
+            addr, name = a, b
+        except ValueError:
+            addr, name = b, a
+        lines.append(f"{addr}\t{name}")
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf(dns: list[str]) -> str:
+    """resolv.conf for the container: ``dns`` servers, else the host's without loopback servers."""
+    if dns:
+        return "".join(f"nameserver {d}\n" for d in dns)
+    try:
+        host = Path("/etc/resolv.conf").read_text().splitlines()
+    except OSError:
+        host = []
+    out = []
+    for line in host:
+        parts = line.split()
+        if parts[:1] == ["nameserver"] and len(parts) > 1 and (parts[1].startswith("127.") or parts[1] == "::1"):
+            continue
+        out.append(line)
+    return "\n".join(out) + ("\n" if out else "")
+
+
+class Runtime:
+    """Containers of one node under ``root`` (``<data-root>/containers``).
+
+    ``exec_root`` holds runtime state (runc's ``--root``, shoal-oci's state dir). ``cgroup_parent``
+    is the cgroup under which each container's cgroup ``<parent>/<id>`` is made. ``oci_runtime``
+    picks ``shoal`` (shoal-oci from this venv) or ``runc`` (/usr/sbin/runc).
+    """
+
+    def __init__(self, root: Path, exec_root: Path, images: ImageStore, cgroup_parent: str = "shoal",
+                 oci_runtime: str = "shoal") -> None:
+        if oci_runtime not in ("shoal", "runc"):
+            raise ValueError(f"oci_runtime must be 'shoal' or 'runc', not {oci_runtime!r}")
+        self.root = Path(root)
+        self.exec_root = Path(exec_root)
+        self.images = images
+        self.cgroup_parent = cgroup_parent
+        self.oci_runtime = oci_runtime
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.exec_root.mkdir(parents=True, exist_ok=True)
+        if oci_runtime == "runc":
+            self.runtime_argv = [shutil.which("runc") or "/usr/sbin/runc"]
+            self.runtime_root = str(self.exec_root / "runc")
+        else:
+            self.runtime_argv = _venv_script("shoal-oci")
+            self.runtime_root = str(self.exec_root / "shoal-oci")
+
+    # ---- paths ----------------------------------------------------------------------------------
+
+    def _dir(self, cid: str) -> Path:
+        if not _ID_RE.match(cid):
+            raise ContainerError(f"invalid container ID {cid!r}: 12-128 characters of [a-zA-Z0-9_.-]")
+        return self.root / cid
+
+    def log_path(self, cid: str) -> Path:
+        """Path of the container's json-lines log file."""
+        return self._dir(cid) / "container.log"
+
+    def _meta(self, cid: str) -> dict[str, Any]:
+        try:
+            meta: dict[str, Any] = json.loads((self._dir(cid) / "container.json").read_text())
+            return meta
+        except FileNotFoundError as e:
+            raise ContainerNotFound(f"no such container: {cid}") from e
+        except ValueError as e:
+            raise ContainerError(f"container {cid}: corrupt container.json: {e}") from e
+
+    def _shim(self, cid: str) -> dict[str, Any] | None:
+        try:
+            st: dict[str, Any] = json.loads((self._dir(cid) / "shim.json").read_text())
+            return st
+        except (FileNotFoundError, ValueError):
+            return None
+
+    # ---- create ---------------------------------------------------------------------------------
+
+    async def create(self, spec: ContainerSpec) -> ContainerState:
+        """Prepare the container: overlay snapshot at ``root/<id>/rootfs`` and the OCI bundle.
+
+        Pulls the image if it is not stored. Raises ContainerError (already exists, bad spec such as an
+        unknown user or no command) or ImageError (image cannot be pulled). Nothing is left on failure.
+        """
+        d = self._dir(spec.id)
+        img = self.images.get(spec.image)
+        if img is None:
+            img = await self.images.pull(spec.image)
+        try:
+            d.mkdir()
+        except FileExistsError as e:
+            raise ContainerError(f"container {spec.id} already exists") from e
+        try:
+            await asyncio.to_thread(self._prepare, spec, d, img.config, img.layers, img.id)
+        except BaseException as e:
+            await asyncio.to_thread(self._cleanup_dir, spec.id)
+            if isinstance(e, BundleError):
+                raise ContainerError(str(e)) from e
+            if isinstance(e, OSError):
+                raise ContainerError(f"cannot create container {spec.id}: {e}") from e
+            raise
+        return ContainerState(id=spec.id, status="created")
+
+    def _prepare(self, spec: ContainerSpec, d: Path, image_config: dict[str, Any], layers: list[Path],
+                 image_id: str) -> None:
+        for sub in ("rootfs", "upper", "work"):
+            (d / sub).mkdir()
+        if not layers:
+            empty = d / "empty"
+            empty.mkdir()
+            layers = [empty]
+        lower = ":".join(str(p) for p in reversed(layers))
+        opts = f"lowerdir={lower},upperdir={d / 'upper'},workdir={d / 'work'}"
+        if len(opts) >= 4000:
+            raise ContainerError(f"image has too many layers ({len(layers)}) for one overlay mount")
+        libc.mount("overlay", str(d / "rootfs"), "overlay", 0, opts)
+        hostname = spec.hostname or spec.id[:12]
+        (d / "hosts").write_text(hosts_file(hostname, spec.ip, list(spec.hosts)))
+        (d / "resolv.conf").write_text(resolv_conf(list(spec.dns)))
+        (d / "hostname").write_text(hostname + "\n")
+        config = build_config(spec, image_config, d / "rootfs", d, self.cgroup_parent)
+        write_config(d, config)
+        meta = {"spec": spec.to_dict(), "image_id": image_id, "created_at": now_rfc3339(),
+                "oci_runtime": self.oci_runtime, "cgroups_path": config["linux"]["cgroupsPath"]}
+        tmp = d / "container.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, d / "container.json")
+
+    # ---- start / state / wait -------------------------------------------------------------------
+
+    async def start(self, cid: str) -> ContainerState:
+        """Spawn the shim, which runs the OCI runtime; return once the container's process exists.
+
+        The returned state is ``running`` with the host PID, or already ``exited`` (e.g. exit 127 when
+        the command is not found, with ``error`` set). Raises ContainerError if the container is not in
+        ``created`` state or the shim cannot be started.
+        """
+        d = self._dir(cid)
+        self._meta(cid)
+        if self._shim(cid) is not None:
+            raise ContainerError(f"container {cid} was already started")
+        argv = _venv_script("shoal-shim") + [
+            "--id", cid, "--bundle", str(d), "--log", str(d / "container.log"), "--state", str(d / "shim.json"),
+            "--runtime", self.runtime_argv[0], "--runtime-root", self.runtime_root]
+        if len(self.runtime_argv) > 1:
+            raise ContainerError("shoal-oci is not installed as a script next to this Python; install the project")
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise ContainerError(f"container {cid}: shim failed: {err.decode(errors='replace').strip()}")
+        return self.state(cid)
+
+    def state(self, cid: str) -> ContainerState:
+        """Current state of container ``cid`` (re-read from disk). Raises ContainerNotFound."""
+        self._meta(cid)
+        st = self._shim(cid)
+        if st is None:
+            return ContainerState(id=cid, status="created")
+        status = st.get("status")
+        if status == "exited":
+            return ContainerState(id=cid, status="exited", pid=0, exit_code=st.get("exit_code"),
+                                  started_at=st.get("started_at"), finished_at=st.get("finished_at"),
+                                  error=st.get("error"))
+        shim_alive = self._alive(int(st.get("shim_pid") or 0), None)
+        pid = int(st.get("pid") or 0)
+        if status == "running" and self._alive(pid, st.get("pid_start")):
+            return ContainerState(id=cid, status="running", pid=pid, started_at=st.get("started_at"))
+        if shim_alive:
+            # Starting, or the process just exited and the shim is about to record it.
+            return ContainerState(id=cid, status="running" if status == "running" else "created", pid=pid,
+                                  started_at=st.get("started_at"))
+        return ContainerState(id=cid, status="exited", exit_code=255, started_at=st.get("started_at"),
+                              error="the container's shim is gone and did not record an exit code")
+
+    @staticmethod
+    def _alive(pid: int, start: int | None) -> bool:
+        if pid <= 0:
+            return False
+        t = proc_start_time(pid)
+        if t is None:
+            return False
+        if start is not None and t != start:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    async def wait(self, cid: str) -> int:
+        """Wait until the container has exited and return its exit code (128+N if killed by signal N).
+
+        Raises ContainerError if it was never started.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            st = self.state(cid)
+            if st.status == "exited":
+                return int(st.exit_code if st.exit_code is not None else 255)
+            shim = self._shim(cid)
+            if shim is None:
+                raise ContainerError(f"container {cid} has not been started")
+            shim_pid = int(shim.get("shim_pid") or 0)
+            try:
+                fd = os.pidfd_open(shim_pid)
+            except (ProcessLookupError, OSError):
+                await asyncio.sleep(0.05)
+                continue
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def _ready(f: asyncio.Future[None] = fut) -> None:
+                if not f.done():
+                    f.set_result(None)
+
+            loop.add_reader(fd, _ready)
+            try:
+                # Re-check after arming: the shim may have finished in between.
+                if self.state(cid).status != "exited":
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(fut, 2.0)
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+
+    async def stop(self, cid: str, timeout: float = 10.0, signal: str | int | None = None) -> ContainerState:
+        """Send the stop signal (``signal`` or the spec's ``stop_signal``, default SIGTERM) to the
+        container's init, then SIGKILL after ``timeout`` seconds; return the exited state."""
+        meta = self._meta(cid)
+        sig = _signal_number(signal if signal is not None else meta["spec"].get("stop_signal"), signal_mod.SIGTERM)
+        st = self.state(cid)
+        if st.status == "running" and st.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(st.pid, sig)
+            try:
+                await asyncio.wait_for(self.wait(cid), max(0.0, timeout))
+            except TimeoutError:
+                st = self.state(cid)
+                if st.status == "running" and st.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(st.pid, signal_mod.SIGKILL)
+                await asyncio.wait_for(self.wait(cid), 30)
+        return self.state(cid)
+
+    async def remove(self, cid: str) -> None:
+        """Kill the container if it runs, then unmount its rootfs, delete its cgroup and directory.
+
+        Afterwards no process, mount, cgroup or file of it is left. Raises ContainerNotFound.
+        """
+        meta = self._meta(cid)
+        st = self.state(cid)
+        if st.status == "running":
+            await self.stop(cid, 0, signal_mod.SIGKILL)
+        shim = self._shim(cid)
+        if shim:
+            deadline = time.monotonic() + 10
+            while self._alive(int(shim.get("shim_pid") or 0), None) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        await asyncio.to_thread(self._cleanup_dir, cid, meta.get("cgroups_path"))
+
+    def _cleanup_dir(self, cid: str, cgroups_path: str | None = None) -> None:
+        d = self._dir(cid)
+        rootfs = d / "rootfs"
+        if rootfs.exists() and _is_mounted(rootfs):
+            try:
+                libc.umount2(str(rootfs), 0)
+            except OSError:
+                libc.umount2(str(rootfs), libc.MNT_DETACH)
+        if cgroups_path:
+            Cgroup(cgroups_path).destroy()
+        for state_root in (self.exec_root / "runc", self.exec_root / "shoal-oci"):
+            shutil.rmtree(state_root / cid, ignore_errors=True)
+        shutil.rmtree(d, ignore_errors=True)
+        if d.exists():
+            raise ContainerError(f"could not remove {d}")
+
+    def list(self) -> list[ContainerState]:
+        """States of every container under ``root`` (used to re-attach after a daemon restart)."""
+        out: list[ContainerState] = []
+        for d in sorted(self.root.iterdir()) if self.root.exists() else []:
+            if (d / "container.json").exists():
+                with contextlib.suppress(ContainerError):
+                    out.append(self.state(d.name))
+        return out
+
+    def spec(self, cid: str) -> ContainerSpec:
+        """The ContainerSpec the container was created from. Raises ContainerNotFound."""
+        return ContainerSpec.from_dict(self._meta(cid)["spec"])
+
+    def read_logs(self, cid: str, tail: int = -1, since: float = 0.0) -> builtins.list[dict[str, str]]:
+        """Log records ``{"log", "stream", "time"}`` of the container, oldest first; ``tail`` ≥ 0 keeps the
+        last N, ``since`` (seconds since the epoch) drops older records."""
+        path = self.log_path(cid)
+        self._meta(cid)
+        out: builtins.list[dict[str, str]] = []
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if since and _parse_time(rec.get("time", "")) < since:
+                        continue
+                    out.append(rec)
+        except FileNotFoundError:
+            return []
+        if tail >= 0:
+            out = out[-tail:] if tail else []
+        return out
+
+
+__all__ += ["ImageError"]

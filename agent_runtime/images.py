@@ -1,0 +1,629 @@
+"""Image store: pull from an OCI distribution registry, load archives, unpack layers for overlayfs.
+
+Sources followed: the OCI distribution spec (``/v2/<name>/manifests/<ref>``, ``/v2/<name>/blobs/<digest>``,
+error bodies ``{"errors": [{"code", "message"}]}``), the OCI image spec (index, manifest, config,
+layer changesets with ``.wh.`` whiteouts and ``.wh..wh..opq`` opaque markers, ``oci-layout``
+archives), Docker's image manifest v2 schema 2 and manifest list, the Docker token auth spec
+(``WWW-Authenticate: Bearer realm=…,service=…,scope=…``), ``docker save``'s ``manifest.json``, and
+the kernel's overlayfs.rst (a whiteout is a 0/0 character device; an opaque directory carries the
+xattr ``trusted.overlay.opaque=y``).
+
+Layout under ``root``: ``blobs/sha256/<hex>`` (content-addressed, verified), ``layers/<chainid hex>/``
+(one unpacked layer each, used as an overlayfs lowerdir), ``images/<config hex>.json`` (metadata),
+``repositories.json`` (normalised ref → image ID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+ACCEPT = ", ".join([MT_OCI_INDEX, MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_MANIFEST])
+_INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
+
+_NAME_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+
+
+class ImageError(Exception):
+    """An image could not be pulled, loaded or found; the message says why (including the registry's error)."""
+
+
+@dataclass
+class Reference:
+    """A parsed image reference: ``domain`` (registry host[:port]), ``path`` (repository), ``tag`` or ``digest``."""
+
+    domain: str
+    path: str
+    tag: str | None
+    digest: str | None
+
+    def __str__(self) -> str:
+        if self.digest:
+            return f"{self.domain}/{self.path}@{self.digest}"
+        return f"{self.domain}/{self.path}:{self.tag}"
+
+
+def parse_ref(ref: str) -> Reference:
+    """Parse and normalise ``ref`` as Docker does (``busybox`` → ``docker.io/library/busybox:latest``).
+
+    Raises ImageError for an invalid reference (empty, uppercase repository, bad tag/digest).
+    """
+    s = ref.strip()
+    if not s:
+        raise ImageError("invalid reference format: empty image name")
+    digest = None
+    if "@" in s:
+        s, digest = s.split("@", 1)
+        if not _DIGEST.match(digest):
+            raise ImageError(f"invalid reference format: bad digest {digest!r} in {ref!r}")
+    tag = None
+    slash = s.rfind("/")
+    colon = s.rfind(":")
+    if colon > slash:
+        s, tag = s[:colon], s[colon + 1:]
+        if not _TAG.match(tag):
+            raise ImageError(f"invalid reference format: bad tag {tag!r} in {ref!r}")
+    first, sep, rest = s.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        domain, path = first, rest
+    else:
+        domain, path = "docker.io", s
+    if domain in ("index.docker.io", "registry-1.docker.io"):
+        domain = "docker.io"
+    if domain == "docker.io" and "/" not in path:
+        path = "library/" + path
+    for comp in path.split("/"):
+        if not _NAME_COMPONENT.match(comp):
+            raise ImageError(f"invalid reference format: repository name {path!r} must be lowercase "
+                             "letters, digits and separators (in {ref!r})")
+    if tag is None and digest is None:
+        tag = "latest"
+    return Reference(domain, path, tag, digest)
+
+
+def normalize_ref(ref: str) -> str:
+    """Return the normalised string form of ``ref`` (see ``parse_ref``)."""
+    return str(parse_ref(ref))
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """OCI image spec ChainIDs: ``chain[0] = diff[0]``, ``chain[n] = sha256(chain[n-1] + " " + diff[n])``."""
+    out: list[str] = []
+    for d in diff_ids:
+        if not out:
+            out.append(d)
+        else:
+            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+    return out
+
+
+@dataclass
+class Image:
+    """A stored image: ``ref`` (normalised), ``id`` (config digest ``sha256:…``), ``config`` (the OCI
+    image config's ``config`` object: Env, Entrypoint, Cmd, WorkingDir, User …), ``layers``
+    (unpacked layer directories, lowest first), ``size`` (bytes of layer blobs)."""
+
+    ref: str
+    id: str
+    config: dict[str, Any]
+    layers: list[Path]
+    size: int
+    repo_tags: list[str] = field(default_factory=list)
+    created: str | None = None
+
+
+def _hexof(digest: str) -> str:
+    algo, _, hexd = digest.partition(":")
+    if algo != "sha256" or not re.fullmatch(r"[a-f0-9]{64}", hexd):
+        raise ImageError(f"unsupported or malformed digest {digest!r} (only sha256 is supported)")
+    return hexd
+
+
+def _safe_name(name: str) -> str:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise ImageError(f"layer entry {name!r} escapes the layer root")
+    return "/".join(parts)
+
+
+def unpack_layer(blob: Path, dest: Path) -> None:
+    """Unpack a layer tar (plain, gzip, bzip2 or xz) into ``dest``, turning OCI whiteouts into overlayfs ones.
+
+    Ownership, modes, devices, links are kept (run as root). Raises ImageError for a corrupt tar, zstd
+    layers, or entries that would land outside ``dest``.
+    """
+    with open(blob, "rb") as f:
+        magic = f.read(4)
+    if magic == b"\x28\xb5\x2f\xfd":
+        raise ImageError(f"layer {blob.name}: zstd-compressed layers are not supported")
+    dest.mkdir(parents=True, exist_ok=True)
+    real_dest = os.path.realpath(dest)
+    whiteouts: list[str] = []
+    opaques: list[str] = []
+    try:
+        with tarfile.open(blob, "r:*") as tf:
+            for m in tf:
+                name = _safe_name(m.name)
+                if not name:
+                    continue
+                base = os.path.basename(name)
+                parent = os.path.dirname(name)
+                if base == ".wh..wh..opq":
+                    opaques.append(parent)
+                    continue
+                if base.startswith(".wh."):
+                    whiteouts.append(os.path.join(parent, base[4:]))
+                    continue
+                real_parent = os.path.realpath(os.path.join(dest, parent))
+                if real_parent != real_dest and not real_parent.startswith(real_dest + "/"):
+                    raise ImageError(f"layer entry {m.name!r} resolves outside the layer through a symlink")
+                m.name = name
+                if m.islnk():
+                    m.linkname = _safe_name(m.linkname)
+                target = os.path.join(dest, name)
+                if os.path.lexists(target) and not (m.isdir() and os.path.isdir(target)):
+                    if os.path.isdir(target) and not os.path.islink(target):
+                        shutil.rmtree(target)
+                    else:
+                        os.unlink(target)
+                tf.extract(m, dest, set_attrs=True, numeric_owner=True)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ImageError(f"layer {blob.name}: cannot unpack: {e}") from e
+    for w in whiteouts:
+        path = os.path.join(dest, w)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.lexists(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    for o in opaques:
+        path = os.path.join(dest, o)
+        os.makedirs(path, exist_ok=True)
+        os.setxattr(path, "trusted.overlay.opaque", b"y")
+
+
+class _Registry:
+    """One registry host: HTTP(S) base URL, bearer tokens, error decoding."""
+
+    def __init__(self, session: aiohttp.ClientSession, domain: str, insecure: bool) -> None:
+        self.session = session
+        self.domain = domain
+        host = "registry-1.docker.io" if domain == "docker.io" else domain
+        self.base = f"{'http' if insecure else 'https'}://{host}"
+        self.tokens: dict[str, str] = {}
+
+    async def _token(self, header: str, repo: str) -> str | None:
+        m = re.match(r"\s*Bearer\s+(.*)", header, re.I)
+        if not m:
+            return None
+        params = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        realm = params.pop("realm", None)
+        if not realm:
+            return None
+        params.setdefault("scope", f"repository:{repo}:pull")
+        async with self.session.get(realm, params=params) as r:
+            if r.status != 200:
+                raise ImageError(f"registry {self.domain}: token request to {realm} failed: HTTP {r.status}")
+            body = await r.json(content_type=None)
+        tok = body.get("token") or body.get("access_token")
+        return str(tok) if tok else None
+
+    async def get(self, repo: str, path: str, accept: str | None = None) -> aiohttp.ClientResponse:
+        """GET ``/v2/<repo>/<path>``; returns the open 200 response or raises ImageError with the registry's error."""
+        url = f"{self.base}/v2/{repo}/{path}"
+        for _attempt in range(2):
+            headers = {}
+            if accept:
+                headers["Accept"] = accept
+            if repo in self.tokens:
+                headers["Authorization"] = f"Bearer {self.tokens[repo]}"
+            try:
+                r = await self.session.get(url, headers=headers)
+            except aiohttp.ClientConnectorError as e:
+                raise ImageError(f"cannot connect to registry {self.domain} ({self.base}): {e.os_error}") from e
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise ImageError(f"error talking to registry {self.domain} ({self.base}): {e!r}") from e
+            if r.status == 200:
+                return r
+            try:
+                if r.status == 401 and repo not in self.tokens:
+                    tok = await self._token(r.headers.get("WWW-Authenticate", ""), repo)
+                    if tok:
+                        self.tokens[repo] = tok
+                        continue
+                raise ImageError(await self._error(r, repo, path))
+            finally:
+                r.release()
+        raise ImageError(f"registry {self.domain}: unauthorized for {repo}")
+
+    async def _error(self, r: aiohttp.ClientResponse, repo: str, path: str) -> str:
+        text = await r.text(errors="replace")
+        msgs: list[str] = []
+        try:
+            for e in json.loads(text).get("errors") or []:
+                code = str(e.get("code", "")).lower().replace("_", " ")
+                msg = str(e.get("message", ""))
+                msgs.append(f"{code}: {msg}" if code and code != msg else msg)
+        except (ValueError, AttributeError):
+            pass
+        what = f"{self.domain}/{repo} {path.split('/')[0][:-1]} {path.split('/', 1)[1]}"
+        detail = "; ".join(msgs) if msgs else (text.strip()[:200] or r.reason or "")
+        return f"registry {self.domain} answered HTTP {r.status} for {what}: {detail}"
+
+
+class ImageStore:
+    """The node's images under ``root``. Registries in ``insecure_registries`` (``host:port``) and
+    loopback hosts are reached over HTTP, all others over HTTPS.
+
+    Safe for concurrent pulls: pulls of the same ref share one download, blobs and layers are
+    fetched/unpacked once even across different images.
+    """
+
+    def __init__(self, root: Path, insecure_registries: list[str] | None = None) -> None:
+        self.root = Path(root)
+        self.insecure = set(insecure_registries or [])
+        for d in ("blobs/sha256", "layers", "images", "tmp"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        self._pulls: dict[str, asyncio.Future[Image]] = {}
+        self._blob_futs: dict[str, asyncio.Future[Path]] = {}
+        self._layer_locks: dict[str, threading.Lock] = {}
+        self._meta_lock = threading.Lock()
+        self._dl_sem: asyncio.Semaphore | None = None
+
+    # ---- metadata -------------------------------------------------------------------------------
+
+    def _repos(self) -> dict[str, str]:
+        try:
+            data: dict[str, str] = json.loads((self.root / "repositories.json").read_text())
+            return data
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _write_json(self, path: Path, obj: Any) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(json.dumps(obj, indent=1))
+        os.replace(tmp, path)
+
+    def _image_from_meta(self, ref: str, image_id: str) -> Image | None:
+        try:
+            meta = json.loads((self.root / "images" / f"{_hexof(image_id)}.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        tags = [r for r, i in self._repos().items() if i == image_id]
+        return Image(ref=ref, id=image_id, config=meta.get("config") or {},
+                     layers=[self.root / "layers" / _hexof(c) for c in meta["chain_ids"]],
+                     size=int(meta.get("size", 0)), repo_tags=tags, created=meta.get("created"))
+
+    def get(self, ref: str) -> Image | None:
+        """The image stored under ``ref`` (normalised) or with ID ``sha256:…`` (or a 12+ hex prefix); None if absent."""
+        repos = self._repos()
+        try:
+            norm = normalize_ref(ref)
+        except ImageError:
+            norm = ref
+        if norm in repos:
+            return self._image_from_meta(norm, repos[norm])
+        want = ref.removeprefix("sha256:")
+        if len(want) >= 12 and re.fullmatch(r"[a-f0-9]+", want):
+            for p in (self.root / "images").glob(f"{want}*.json"):
+                image_id = "sha256:" + p.stem
+                tags = [r for r, i in repos.items() if i == image_id]
+                return self._image_from_meta(tags[0] if tags else image_id, image_id)
+        return None
+
+    def list(self) -> list[Image]:
+        """All stored images (one entry per image ID, ``ref`` = its first tag)."""
+        out: list[Image] = []
+        by_id: dict[str, list[str]] = {}
+        for r, i in sorted(self._repos().items()):
+            by_id.setdefault(i, []).append(r)
+        for p in sorted((self.root / "images").glob("*.json")):
+            image_id = "sha256:" + p.stem
+            refs = by_id.get(image_id, [])
+            img = self._image_from_meta(refs[0] if refs else image_id, image_id)
+            if img:
+                out.append(img)
+        return out
+
+    def remove(self, ref: str) -> None:
+        """Untag ``ref``; when no tag is left, forget the image's metadata (layers stay for running containers).
+
+        Raises ImageError if there is no such image.
+        """
+        img = self.get(ref)
+        if img is None:
+            raise ImageError(f"No such image: {ref}")
+        with self._meta_lock:
+            repos = self._repos()
+            for r in [r for r, i in repos.items() if r == img.ref or (i == img.id and ref.startswith("sha256:"))]:
+                del repos[r]
+            self._write_json(self.root / "repositories.json", repos)
+            if img.id not in repos.values():
+                try:
+                    (self.root / "images" / f"{_hexof(img.id)}.json").unlink()
+                except FileNotFoundError:
+                    pass
+
+    def _register(self, refs: builtins.list[str], config_raw: bytes, layer_blobs: builtins.list[str],
+                  size: int) -> Image:
+        """Record an image whose blobs are stored: unpack its layers and tag it with ``refs``."""
+        config_id = "sha256:" + hashlib.sha256(config_raw).hexdigest()
+        try:
+            cfg = json.loads(config_raw)
+        except ValueError as e:
+            raise ImageError(f"image config {config_id} is not JSON: {e}") from e
+        diff_ids = list((cfg.get("rootfs") or {}).get("diff_ids") or [])
+        if len(diff_ids) != len(layer_blobs):
+            raise ImageError(f"image config {config_id} lists {len(diff_ids)} diff_ids but the manifest has "
+                             f"{len(layer_blobs)} layers")
+        chains = chain_ids(diff_ids)
+        for chain, blob in zip(chains, layer_blobs, strict=True):
+            self._ensure_layer(chain, self.root / "blobs/sha256" / _hexof(blob))
+        meta = {"id": config_id, "config": cfg.get("config") or {}, "chain_ids": chains, "diff_ids": diff_ids,
+                "size": size, "created": cfg.get("created"), "architecture": cfg.get("architecture"),
+                "os": cfg.get("os")}
+        with self._meta_lock:
+            self._write_json(self.root / "images" / f"{_hexof(config_id)}.json", meta)
+            repos = self._repos()
+            for r in refs:
+                repos[r] = config_id
+            self._write_json(self.root / "repositories.json", repos)
+        img = self._image_from_meta(refs[0] if refs else config_id, config_id)
+        assert img is not None
+        return img
+
+    def _ensure_layer(self, chain: str, blob: Path) -> Path:
+        dest = self.root / "layers" / _hexof(chain)
+        with self._meta_lock:
+            lock = self._layer_locks.setdefault(chain, threading.Lock())
+        with lock:
+            if dest.is_dir():
+                return dest
+            tmp = Path(tempfile.mkdtemp(prefix=f"layer-{_hexof(chain)[:12]}-", dir=self.root / "tmp"))
+            try:
+                unpack_layer(blob, tmp)
+                os.chmod(tmp, 0o755)
+                os.rename(tmp, dest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return dest
+
+    def _store_blob_stream(self, src: IO[bytes], digest: str) -> Path:
+        hexd = _hexof(digest)
+        dest = self.root / "blobs/sha256" / hexd
+        if dest.exists():
+            return dest
+        h = hashlib.sha256()
+        fd, tmpname = tempfile.mkstemp(dir=self.root / "tmp", prefix="blob-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            if h.hexdigest() != hexd:
+                raise ImageError(f"digest mismatch for blob {digest}: content hashes to sha256:{h.hexdigest()}")
+            os.replace(tmpname, dest)
+        finally:
+            if os.path.exists(tmpname):
+                os.unlink(tmpname)
+        return dest
+
+    # ---- load -----------------------------------------------------------------------------------
+
+    def load(self, archive: Path) -> builtins.list[str]:
+        """Load an OCI image-layout archive or a ``docker save`` tar; returns the refs it tagged.
+
+        Refs come from ``RepoTags`` (docker save) or the ``io.containerd.image.name`` /
+        ``org.opencontainers.image.ref.name`` annotations (OCI); an unnamed image is returned by ID.
+        Raises ImageError for an unreadable or inconsistent archive.
+        """
+        try:
+            tf = tarfile.open(archive, "r:*")
+        except (OSError, tarfile.TarError) as e:
+            raise ImageError(f"cannot read image archive {archive}: {e}") from e
+        with tf:
+            members = {_safe_name(m.name): m for m in tf.getmembers()}
+
+            def read(name: str) -> bytes:
+                m = members.get(_safe_name(name))
+                f = tf.extractfile(m) if m else None
+                if f is None:
+                    raise ImageError(f"image archive {archive}: missing entry {name!r}")
+                return f.read()
+
+            def store(name: str, digest: str | None) -> str:
+                m = members.get(_safe_name(name))
+                f = tf.extractfile(m) if m else None
+                if f is None:
+                    raise ImageError(f"image archive {archive}: missing entry {name!r}")
+                if digest is None and m is not None:
+                    h = hashlib.sha256()
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                    digest = "sha256:" + h.hexdigest()
+                    f = tf.extractfile(m)
+                    assert f is not None
+                assert digest is not None
+                self._store_blob_stream(f, digest)
+                return digest
+
+            loaded: builtins.list[str] = []
+            if "manifest.json" in members:
+                try:
+                    entries = json.loads(read("manifest.json"))
+                except ValueError as e:
+                    raise ImageError(f"image archive {archive}: manifest.json is not JSON: {e}") from e
+                for ent in entries:
+                    config_raw = read(ent["Config"])
+                    blobs = [store(layer, None) for layer in ent.get("Layers") or []]
+                    size = sum(int(members[_safe_name(layer)].size) for layer in ent.get("Layers") or [])
+                    refs = [normalize_ref(t) for t in ent.get("RepoTags") or []]
+                    img = self._register(refs, config_raw, blobs, size)
+                    loaded.extend(refs or [img.id])
+                return loaded
+            if "index.json" in members:
+                try:
+                    index = json.loads(read("index.json"))
+                except ValueError as e:
+                    raise ImageError(f"image archive {archive}: index.json is not JSON: {e}") from e
+                for desc in index.get("manifests") or []:
+                    ann = desc.get("annotations") or {}
+                    name = ann.get("io.containerd.image.name") or ann.get("org.opencontainers.image.ref.name")
+                    refs = []
+                    if name:
+                        if "/" in name or ":" in name or "@" in name:
+                            refs = [normalize_ref(name)]
+                        else:
+                            stem = Path(archive).name.split(".")[0].lower() or "image"
+                            refs = [normalize_ref(f"{stem}:{name}")]
+                    manifest = json.loads(read(f"blobs/sha256/{_hexof(desc['digest'])}"))
+                    while manifest.get("mediaType") in _INDEX_TYPES or "manifests" in manifest:
+                        chosen = _pick_platform(manifest.get("manifests") or [], str(archive))
+                        manifest = json.loads(read(f"blobs/sha256/{_hexof(chosen['digest'])}"))
+                    cdig = manifest["config"]["digest"]
+                    config_raw = read(f"blobs/sha256/{_hexof(cdig)}")
+                    if "sha256:" + hashlib.sha256(config_raw).hexdigest() != cdig:
+                        raise ImageError(f"image archive {archive}: config digest mismatch for {cdig}")
+                    blobs = [store(f"blobs/sha256/{_hexof(lay['digest'])}", lay["digest"])
+                             for lay in manifest.get("layers") or []]
+                    size = sum(int(lay.get("size", 0)) for lay in manifest.get("layers") or [])
+                    img = self._register(refs, config_raw, blobs, size)
+                    loaded.extend(refs or [img.id])
+                return loaded
+            raise ImageError(f"{archive} is neither an OCI image archive (index.json) nor a docker save tar "
+                             "(manifest.json)")
+
+    # ---- pull -----------------------------------------------------------------------------------
+
+    def _is_insecure(self, domain: str) -> bool:
+        host = domain.rsplit(":", 1)[0] if not domain.startswith("[") else domain
+        return domain in self.insecure or host in self.insecure or host == "localhost" or host.startswith("127.")
+
+    async def pull(self, ref: str) -> Image:
+        """Pull ``ref`` from its registry (linux/amd64 from an index) and return the stored Image.
+
+        Concurrent pulls of the same ref share one download. Raises ImageError with the registry's
+        message (e.g. ``manifest unknown``) or naming the registry when it cannot be reached.
+        """
+        r = parse_ref(ref)
+        key = str(r)
+        fut = self._pulls.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._pull(r))
+            self._pulls[key] = fut
+            fut.add_done_callback(lambda _f: self._pulls.pop(key, None))
+        return await asyncio.shield(fut)
+
+    async def _pull(self, r: Reference) -> Image:
+        if self._dl_sem is None:
+            self._dl_sem = asyncio.Semaphore(4)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            reg = _Registry(session, r.domain, self._is_insecure(r.domain))
+            manifest, _mdig = await self._fetch_manifest(reg, r.path, r.digest or r.tag or "latest")
+            while manifest.get("mediaType") in _INDEX_TYPES or ("manifests" in manifest and "layers" not in manifest):
+                chosen = _pick_platform(manifest.get("manifests") or [], str(r))
+                manifest, _mdig = await self._fetch_manifest(reg, r.path, chosen["digest"])
+            if manifest.get("schemaVersion") == 1 or "config" not in manifest:
+                raise ImageError(f"{r}: unsupported manifest (schema 1 or no config); push it as schema 2 / OCI")
+            cdig = manifest["config"]["digest"]
+            layers = manifest.get("layers") or []
+            config_path, *_ = await asyncio.gather(
+                self._fetch_blob(reg, r.path, cdig),
+                *(self._fetch_blob(reg, r.path, lay["digest"]) for lay in layers),
+            )
+            config_raw = config_path.read_bytes()
+            size = sum(int(lay.get("size", 0)) for lay in layers)
+            blobs = [lay["digest"] for lay in layers]
+            return await asyncio.to_thread(self._register, [str(r)], config_raw, blobs, size)
+
+    async def _fetch_manifest(self, reg: _Registry, repo: str, reference: str) -> tuple[dict[str, Any], str]:
+        resp = await reg.get(repo, f"manifests/{reference}", ACCEPT)
+        try:
+            raw = await resp.read()
+        finally:
+            resp.release()
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise ImageError(f"registry {reg.domain}: manifest {reference} of {repo} hashes to {digest}")
+        try:
+            m: dict[str, Any] = json.loads(raw)
+        except ValueError as e:
+            raise ImageError(f"registry {reg.domain}: manifest {reference} of {repo} is not JSON: {e}") from e
+        if "mediaType" not in m and resp.content_type:
+            m["mediaType"] = resp.content_type
+        return m, digest
+
+    async def _fetch_blob(self, reg: _Registry, repo: str, digest: str) -> Path:
+        hexd = _hexof(digest)
+        dest = self.root / "blobs/sha256" / hexd
+        if dest.exists():
+            return dest
+        fut = self._blob_futs.get(digest)
+        if fut is None:
+            fut = asyncio.ensure_future(self._download_blob(reg, repo, digest, dest))
+            self._blob_futs[digest] = fut
+            fut.add_done_callback(lambda _f: self._blob_futs.pop(digest, None))
+        return await asyncio.shield(fut)
+
+    async def _download_blob(self, reg: _Registry, repo: str, digest: str, dest: Path) -> Path:
+        assert self._dl_sem is not None
+        async with self._dl_sem:
+            resp = await reg.get(repo, f"blobs/{digest}")
+            h = hashlib.sha256()
+            fd, tmpname = tempfile.mkstemp(dir=self.root / "tmp", prefix="blob-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    try:
+                        async for chunk in resp.content.iter_chunked(1 << 20):
+                            h.update(chunk)
+                            out.write(chunk)
+                    except aiohttp.ClientError as e:
+                        raise ImageError(f"registry {reg.domain}: download of {digest} failed: {e!r}") from e
+                    finally:
+                        resp.release()
+                if "sha256:" + h.hexdigest() != digest:
+                    raise ImageError(f"registry {reg.domain}: blob {digest} of {repo} failed verification "
+                                     f"(content hashes to sha256:{h.hexdigest()})")
+                os.replace(tmpname, dest)
+            finally:
+                if os.path.exists(tmpname):
+                    os.unlink(tmpname)
+        return dest
+
+
+def _pick_platform(manifests: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    """Choose the linux/amd64 entry of an index (a descriptor without a platform is taken if alone)."""
+    for m in manifests:
+        p = m.get("platform") or {}
+        if p.get("os") == "linux" and p.get("architecture") == "amd64":
+            return m
+    no_platform = [m for m in manifests if not m.get("platform")]
+    if len(no_platform) == 1:
+        return no_platform[0]
+    plats = ", ".join(f"{(m.get('platform') or {}).get('os')}/{(m.get('platform') or {}).get('architecture')}"
+                      for m in manifests)
+    raise ImageError(f"{what}: no linux/amd64 image in the manifest list (has: {plats or 'nothing'})")

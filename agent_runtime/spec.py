@@ -1,0 +1,65 @@
+"""The container description the runtime works from (``ContainerSpec``) and its observed state.
+
+Shapes follow docs/contracts.md (agent_runtime section); field meanings follow Docker's
+ContainerSpec in the Engine API (``Command`` replaces the image's Entrypoint, ``Args`` its Cmd).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ContainerSpec:
+    """What to run. ``id`` is the 64-hex container ID; ``image`` a reference already pulled or loaded.
+
+    ``memory_bytes`` is bytes, ``nano_cpus`` is 1e-9 CPUs (Docker's NanoCPUs), ``pids_limit`` a count;
+    None means no limit. ``netns`` is the path of a network namespace to join (None = a new, empty one).
+    ``hosts`` are extra ``(hostname, ip)`` lines for /etc/hosts; ``dns`` nameserver IPs for resolv.conf
+    (empty = the host's). ``ip`` (optional) is the container's own address, written to /etc/hosts.
+    """
+
+    id: str
+    image: str
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    netns: str | None = None
+    hosts: list[tuple[str, str]] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    memory_bytes: int | None = None
+    nano_cpus: int | None = None
+    pids_limit: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    stop_signal: str = "SIGTERM"
+    ip: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all fields (tuples become lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ContainerSpec:
+        """Inverse of ``to_dict``; unknown keys are ignored."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["hosts"] = [tuple(h) for h in known.get("hosts") or []]
+        return cls(**known)
+
+
+@dataclass
+class ContainerState:
+    """Observed state: ``status`` is ``created`` | ``running`` | ``exited``; ``pid`` is the host PID of the
+    container's init (0 when not running); ``exit_code`` is set once exited (128+N when killed by
+    signal N); times are RFC 3339 strings or None; ``error`` explains a failure to start."""
+
+    id: str
+    status: str
+    pid: int = 0
+    exit_code: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None

@@ -1,0 +1,134 @@
+"""Shared fixtures for the root, one-host integration tests: a tiny busybox OCI image archive,
+an image store, and skip-unless-root. Everything made here is removed at the end of the session."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BUSYBOX = "/usr/bin/busybox"
+TEST_REF = "shoal.test/busybox:latest"
+
+WHOAMI_CGI = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nhostname\n"
+
+
+def _add_file(tf: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mode = mode
+    ti.mtime = 0
+    tf.addfile(ti, io.BytesIO(data))
+
+
+def _add_dir(tf: tarfile.TarFile, name: str, mode: int = 0o755) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.type = tarfile.DIRTYPE
+    ti.mode = mode
+    ti.mtime = 0
+    tf.addfile(ti)
+
+
+def busybox_layer() -> bytes:
+    """An uncompressed layer tar: /bin/busybox and its applet symlinks, /etc/{passwd,group}, /www with
+    index.html and cgi-bin/whoami (prints the hostname), /tmp (1777)."""
+    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for d in ("bin", "etc", "root", "www", "www/cgi-bin", "proc", "sys", "dev", "var"):
+            _add_dir(tf, d, 0o700 if d == "root" else 0o755)
+        _add_dir(tf, "tmp", 0o1777)
+        _add_file(tf, "bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+        for a in sorted(set(applets)):
+            if a == "busybox":
+                continue
+            ti = tarfile.TarInfo(f"bin/{a}")
+            ti.type = tarfile.SYMTYPE
+            ti.linkname = "busybox"
+            ti.mode = 0o777
+            tf.addfile(ti)
+        _add_file(tf, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+                  b"app:x:1000:1000:app:/tmp:/bin/sh\n")
+        _add_file(tf, "etc/group", b"root:x:0:\napp:x:1000:\nstaff:x:50:app\nnogroup:x:65534:\n")
+        _add_file(tf, "www/index.html", b"<html><body>shoal busybox</body></html>\n")
+        _add_file(tf, "www/cgi-bin/whoami", WHOAMI_CGI.encode(), 0o755)
+    return buf.getvalue()
+
+
+def make_busybox_oci_archive(path: Path, ref: str = TEST_REF) -> Path:
+    """Write an OCI image-layout archive (tar) of a busybox image named ``ref`` to ``path``; return ``path``.
+
+    The layer is gzip-compressed; index.json names the image with ``io.containerd.image.name`` (full ref)
+    and ``org.opencontainers.image.ref.name`` (tag), as containerd/skopeo do.
+    """
+    layer = busybox_layer()
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    gz = gzip.compress(layer, mtime=0)
+    layer_digest = "sha256:" + hashlib.sha256(gz).hexdigest()
+    config = {
+        "architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                   "Cmd": ["sh"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "tests/integration/conftest.py"}],
+    }
+    config_raw = json.dumps(config).encode()
+    config_digest = "sha256:" + hashlib.sha256(config_raw).hexdigest()
+    manifest = {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                   "size": len(config_raw)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest,
+                    "size": len(gz)}],
+    }
+    manifest_raw = json.dumps(manifest).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(manifest_raw).hexdigest()
+    tag = ref.rsplit(":", 1)[1] if ":" in ref.rsplit("/", 1)[-1] else "latest"
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
+        "size": len(manifest_raw), "platform": {"architecture": "amd64", "os": "linux"},
+        "annotations": {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": tag}}]}
+    with tarfile.open(path, "w") as tf:
+        _add_file(tf, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        _add_file(tf, "index.json", json.dumps(index).encode())
+        _add_dir(tf, "blobs")
+        _add_dir(tf, "blobs/sha256")
+        for digest, data in ((config_digest, config_raw), (layer_digest, gz), (manifest_digest, manifest_raw)):
+            _add_file(tf, f"blobs/sha256/{digest.split(':')[1]}", data)
+    return path
+
+
+def require_root() -> None:
+    """Skip the calling test unless running as root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+@pytest.fixture(scope="session")
+def busybox_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of an OCI archive of the busybox test image (``shoal.test/busybox:latest``)."""
+    if not Path(BUSYBOX).exists():
+        pytest.skip("busybox-static is not installed")
+    return make_busybox_oci_archive(tmp_path_factory.mktemp("img") / "busybox-oci.tar")
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    """A fresh directory on the real disk (not tmpfs: overlayfs upper dirs need xattr support), removed after."""
+    base = Path("/var/tmp/shoal-tests")
+    base.mkdir(parents=True, exist_ok=True)
+    d = Path(os.path.realpath(base)) / f"t{os.getpid()}-{os.urandom(4).hex()}"
+    d.mkdir()
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
