@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             lab.ensure_image()
     except lab.LabError as e:
         print(f"shoal-lab: error: {e}", file=sys.stderr)
+        if args.cmd in ("up", "demo"):
+            print("shoal-lab: the lab is left as it is for a look (logs in /var/log/shoal-lab); "
+                  "remove it with `make down` (= shoal-lab down)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
