@@ -4,13 +4,26 @@ Node certificates are issued by the cluster CA (manager/ca.py) in swarmkit's sha
 (SK: ca/certificates.go): subject CN = node ID, OU = ``swarm-manager`` | ``swarm-worker``,
 O = cluster ID; SANs hold the role name and the node ID, so a client verifies a manager
 under the name :data:`MANAGER_SERVER_NAME`.
+
+Also here, because manager and worker both need them (``manager.ca`` re-exports them): join
+token parsing (``SWMTKN-1-<digest b36 50>-<secret b36 25>``, SK: ca/config.go), the root CA
+digest check, and node key + CSR generation (ECDSA P-256).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 MANAGER_SERVER_NAME = "swarm-manager"
 """The name a node checks a manager's certificate against (a DNS SAN of every manager cert)."""
@@ -114,3 +127,112 @@ def peer_identity(ssl_object: ssl.SSLObject | None) -> tuple[str, str] | None:
 def peer_cluster_id(ssl_object: ssl.SSLObject | None) -> str | None:
     """Return the cluster ID (subject O) of the peer's verified certificate, or None."""
     return peer_certificate_fields(ssl_object).get("organizationName")
+
+
+# -- join tokens and node keys (shared by manager.ca and worker.join) ---------------------------
+
+TOKEN_PREFIX = "SWMTKN"
+TOKEN_VERSION = "1"
+DIGEST_LEN = 50  # base-36 digits of a sha256 digest, zero-padded
+SECRET_LEN = 25  # base-36 digits of a 16-byte secret, zero-padded
+SECRET_BYTES = 16
+
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+_B36_RE = re.compile(r"^[0-9a-z]+$")
+
+
+def to_base36(data: bytes, width: int) -> str:
+    """Return ``data`` read as a big-endian unsigned integer in lowercase base 36, zero-padded to ``width``."""
+    n = int.from_bytes(data, "big")
+    digits = []
+    while n:
+        n, r = divmod(n, 36)
+        digits.append(_B36[r])
+    return "".join(reversed(digits)).rjust(width, "0")
+
+
+def cert_digest(cert_pem: str | bytes) -> bytes:
+    """Return sha256 of the DER encoding of the PEM certificate ``cert_pem`` (32 bytes).
+
+    Raises ``ValueError`` if ``cert_pem`` is not a PEM certificate.
+    """
+    data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
+    cert = x509.load_pem_x509_certificate(data)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    """Split a join token into ``(digest_b36, secret_b36)`` (50 and 25 lowercase base-36 chars).
+
+    Raises ``ValueError("invalid join token: …")`` saying what is wrong, e.g. a wrong prefix,
+    version, number of parts or part length. Follows SK: ca/config.go ``ParseJoinToken``.
+    """
+    if not isinstance(token, str) or not token:
+        raise ValueError("invalid join token: the token is empty; get one with `shoal swarm join-token worker`")
+    token = token.strip()
+    parts = token.split("-")
+    if len(parts) != 4:
+        raise ValueError(
+            f"invalid join token: expected 4 dash-separated parts (SWMTKN-1-<digest>-<secret>), got {len(parts)}"
+        )
+    prefix, version, digest, secret = parts
+    if prefix != TOKEN_PREFIX:
+        raise ValueError(f"invalid join token: it must start with {TOKEN_PREFIX}-, not {prefix!r}")
+    if version != TOKEN_VERSION:
+        raise ValueError(f"invalid join token: unsupported token version {version!r} (only {TOKEN_VERSION})")
+    if len(digest) != DIGEST_LEN or not _B36_RE.match(digest):
+        raise ValueError(
+            f"invalid join token: the CA digest part must be {DIGEST_LEN} base-36 characters, got {len(digest)}"
+        )
+    if len(secret) != SECRET_LEN or not _B36_RE.match(secret):
+        raise ValueError(
+            f"invalid join token: the secret part must be {SECRET_LEN} base-36 characters, got {len(secret)}"
+        )
+    return digest, secret
+
+
+def token_matches_ca(token: str, ca_cert_pem: str | bytes) -> bool:
+    """Return True if the digest in ``token`` is the sha256 of ``ca_cert_pem``'s DER. Raises ``ValueError`` on a malformed token."""
+    digest, _ = parse_token(token)
+    return hmac.compare_digest(digest, to_base36(cert_digest(ca_cert_pem), DIGEST_LEN))
+
+
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    """Return a new ECDSA P-256 private key."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_to_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    """Return ``key`` as an unencrypted PKCS#8 PEM string."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def generate_key_and_csr() -> tuple[str, str]:
+    """Return ``(key_pem, csr_pem)``: a new P-256 key and a CSR for it (the CA sets the subject itself)."""
+    key = generate_key()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shoal-node")]))
+        .sign(key, hashes.SHA256())
+    )
+    return key_to_pem(key), csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _write_private(path: Path, data: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_node_files(certs_dir: Path, ca_pem: str, cert_pem: str, key_pem: str) -> None:
+    """Write ``ca.crt``, ``node.crt`` and ``node.key`` (mode 0600) into ``certs_dir`` (created 0700), atomically each."""
+    certs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_private(certs_dir / "ca.crt", ca_pem)
+    _write_private(certs_dir / "node.crt", cert_pem)
+    _write_private(certs_dir / "node.key", key_pem)

@@ -1,0 +1,494 @@
+"""The dispatcher: worker sessions, heartbeats, assignments and task status updates.
+
+Follows swarmkit's dispatcher (SK: manager/dispatcher/dispatcher.go, nodes.go, period.go;
+SWARM-FACTS 1.3):
+
+- ``session.open`` registers a node's session and marks the node ``ready``; a node has one
+  session at a time (a new one replaces the old).
+- The heartbeat period handed out is the configured period with ±10 % random jitter; a node
+  whose last heartbeat is older than ``grace_multiplier`` × that period is marked ``down``
+  (``Status.Message`` "heartbeat failure") and its session is dropped. Losing the connection
+  does not mark the node down at once: the same grace applies, so a quick reconnect is seamless.
+- Nodes the store says are up when the dispatcher starts (e.g. after a manager restart) get
+  twice the grace to open a session before they are marked down, as swarmkit does for
+  "unknown" nodes after a leader change.
+- Assignments: the dispatcher watches the store and, whenever a connected node's task set (or
+  the node object itself) changes, pushes the node its complete set, coalescing bursts of
+  changes (``coalesce`` seconds, 30 ms by default). Changes that touch only ``Status``,
+  ``Version`` or ``UpdatedAt`` of a task do not cause a push (as SK: ``TasksEqualStable``).
+- ``session.status`` updates are batched (at most ``batch_interval`` = 100 ms) into one store
+  transaction that applies only forward moves of ``Status.State`` (SWARM-FACTS 1.1: the state is
+  a Lamport clock) and only to tasks assigned to the reporting node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from manager.store import Store, StoreError, WriteTx
+from shoal import wire
+from shoal.util import now_rfc3339
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_PERIOD = 5.0  # seconds, SK: DefaultHeartBeatPeriod
+DEFAULT_GRACE_MULTIPLIER = 3  # SK: defaultGracePeriodMultiplier
+JITTER = 0.10  # ±10 % of the period per beat (SK: 500 ms of 5 s)
+MAX_BATCH_INTERVAL = 0.1  # seconds, SK: maxBatchInterval
+MAX_BATCH_ITEMS = 10000  # SK: maxBatchItems
+
+TASK_STATES: dict[str, int] = {
+    "new": 0,
+    "allocated": 32,  # API enum only; not in swarmkit's proto
+    "pending": 64,
+    "assigned": 192,
+    "accepted": 256,
+    "preparing": 320,
+    "ready": 384,
+    "starting": 448,
+    "running": 512,
+    "complete": 576,
+    "shutdown": 640,
+    "failed": 704,
+    "rejected": 768,
+    "remove": 800,
+    "orphaned": 832,
+}
+"""Task state → order value (SK: api/types.proto ``TaskState``). States only move forward."""
+
+TERMINAL_FROM = TASK_STATES["complete"]
+"""States at or past ``complete`` are terminal: the task's container has stopped for good."""
+
+
+def state_order(state: str | None) -> int:
+    """Return the order value of task state ``state`` (-1 when unknown or None)."""
+    return TASK_STATES.get(state or "", -1)
+
+
+def assignment_set(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the tasks a node must know about, sorted by ID, from all tasks with its ``NodeID``.
+
+    A task is included once the scheduler has assigned it (``Status.State`` ≥ ``assigned``) and
+    until it is finished with nothing left to do: a task whose ``DesiredState`` is ``remove``
+    and whose state is terminal drops out, which tells the worker to remove its container.
+    Terminal tasks kept as history (desired ``shutdown``) stay in the set.
+    """
+    out = []
+    for t in tasks:
+        st = state_order((t.get("Status") or {}).get("State"))
+        if st < TASK_STATES["assigned"]:
+            continue
+        if state_order(t.get("DesiredState")) >= TASK_STATES["remove"] and st >= TERMINAL_FROM:
+            continue
+        out.append(t)
+    out.sort(key=lambda t: str(t.get("ID")))
+    return out
+
+
+_VOLATILE = ("Status", "Version", "UpdatedAt")
+
+
+def _fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]]) -> bytes:
+    """Bytes that change iff something the worker acts on changed (not status/version/timestamps)."""
+    n = {k: v for k, v in node.items() if k not in _VOLATILE + ("Description", "ManagerStatus")}
+    # tasks entering or leaving the set change the list, so they push even if nothing else changed
+    ts = [{k: v for k, v in t.items() if k not in _VOLATILE} for t in tasks]
+    data: bytes = msgpack.packb([n, ts], use_bin_type=True)
+    return data
+
+
+@dataclass
+class _Session:
+    node_id: str
+    session_id: str
+    peer: wire.Peer | None
+    last_sent: bytes | None = None
+
+
+@dataclass
+class _StatusBatch:
+    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (node_id, update)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class Dispatcher:
+    """Sessions of worker agents with the manager (the manager side of ``session.*`` on 2377).
+
+    ``store``: the manager's :class:`manager.store.Store`. ``heartbeat_period``: seconds (Swarm's
+    default 5 s; may be changed live by assigning :attr:`heartbeat_period`). A node is marked
+    down after ``grace_multiplier`` missed periods. ``batch_interval``: seconds status updates
+    wait to share one store transaction. ``coalesce``: seconds of quiet before assignments go out.
+
+    Call :meth:`start` before serving sessions and :meth:`stop` at shutdown. The 2377 server
+    routes ``session.*`` requests of authenticated nodes to :meth:`handle` and reports closed
+    connections to :meth:`connection_lost`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD,
+        grace_multiplier: int | float = DEFAULT_GRACE_MULTIPLIER,
+        batch_interval: float = MAX_BATCH_INTERVAL,
+        coalesce: float = 0.03,
+    ) -> None:
+        if heartbeat_period <= 0:
+            raise ValueError(f"heartbeat period must be > 0 seconds, got {heartbeat_period}")
+        if grace_multiplier < 1:
+            raise ValueError(f"grace multiplier must be >= 1, got {grace_multiplier}")
+        self.store = store
+        self.heartbeat_period = float(heartbeat_period)
+        self.grace_multiplier = grace_multiplier
+        self.batch_interval = batch_interval
+        self.coalesce = coalesce
+        self._sessions: dict[str, _Session] = {}
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._dirty: set[str] = set()
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._batch = _StatusBatch()
+        self._batch_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._running = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start watching the store, and give every node the store shows as up a deadline
+        of 2 × grace to open a session (else it is marked down)."""
+        if self._running:
+            return
+        self._running = True
+        watch = self.store.watch(["nodes", "tasks"])
+        self._watch_task = asyncio.create_task(self._watch_loop(watch), name="dispatcher-watch")
+        ttl = 2 * self.grace_multiplier * self.heartbeat_period
+        for node in self.store.view().list("nodes"):
+            if (node.get("Status") or {}).get("State") != "down":
+                self._arm(node["ID"], ttl)
+
+    async def stop(self) -> None:
+        """Stop: cancel deadlines, flush pending status updates, close sessions' connections."""
+        if not self._running:
+            return
+        self._running = False
+        for h in self._deadlines.values():
+            h.cancel()
+        self._deadlines.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        if self._batch.items:
+            await self._commit_batch()
+        for t in [self._watch_task, self._batch_task, *self._tasks]:
+            if t is not None:
+                t.cancel()
+        for t in [self._watch_task, self._batch_task, *self._tasks]:
+            if t is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        for s in sessions:
+            if s.peer is not None:
+                await s.peer.close("manager stopping")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        t = asyncio.create_task(coro, name=name)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    # -- periods and deadlines --------------------------------------------------------------
+
+    def period(self) -> float:
+        """Return the heartbeat period to hand out now: the configured one ±10 % (seconds)."""
+        return self.heartbeat_period * random.uniform(1 - JITTER, 1 + JITTER)
+
+    def _arm(self, node_id: str, ttl: float) -> None:
+        old = self._deadlines.pop(node_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._deadlines[node_id] = loop.call_later(ttl, self._expired, node_id)
+
+    def _expired(self, node_id: str) -> None:
+        self._deadlines.pop(node_id, None)
+        s = self._sessions.pop(node_id, None)
+        log.info("node %s missed its heartbeats: marking it down", node_id)
+        if s is not None and s.peer is not None:
+            self._spawn(s.peer.close("heartbeat failure"), "dispatcher-close")
+        self._spawn(self._mark_down(node_id), f"dispatcher-down {node_id}")
+
+    async def _mark_down(self, node_id: str) -> None:
+        def fn(tx: WriteTx) -> None:
+            if node_id in self._deadlines or node_id in self._sessions:
+                return  # the node came back before we got here
+            node = tx.get("nodes", node_id)
+            if node is None:
+                return
+            status = node.get("Status") or {}
+            if status.get("State") == "down":
+                return
+            node["Status"] = {**status, "State": "down", "Message": "heartbeat failure"}
+            node.pop("Version", None)
+            tx.update("nodes", node)
+
+        try:
+            await self.store.update(fn)
+        except StoreError as e:
+            log.warning("could not mark node %s down: %s", node_id, e)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    async def handle(self, peer: wire.Peer, node_id: str, type: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Serve ``session.open`` / ``session.heartbeat`` / ``session.status`` from node ``node_id``
+        (already authenticated by its certificate) on ``peer``. Raises ``LookupError`` for an
+        unknown request or session, ``ValueError`` for a malformed body (sent back as errors)."""
+        if type == "session.open":
+            return await self.open_session(peer, node_id, body)
+        if type == "session.heartbeat":
+            return self.heartbeat(node_id, body)
+        if type == "session.status":
+            return await self.status(node_id, body)
+        raise LookupError(f"unknown request type {type!r}")
+
+    def _session(self, node_id: str, body: dict[str, Any]) -> _Session:
+        sid = body.get("session_id")
+        s = self._sessions.get(node_id)
+        if s is None or not isinstance(sid, str) or s.session_id != sid:
+            raise LookupError("session invalid: no such session for this node; open a new session")
+        return s
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def open_session(self, peer: wire.Peer, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Open a session for ``node_id``: mark the node ready and return
+        ``{"session_id", "heartbeat_period", "node", "managers"}``.
+
+        ``body``: ``{"description": NodeDescription (optional; merged into the node),
+        "addr": advertised IP (optional; else the connection's address)}``.
+        Raises ``LookupError`` if the node is not in the store (removed from the cluster).
+        """
+        if not self._running:
+            raise LookupError("the dispatcher is not running on this manager")
+        description = body.get("description")
+        if description is not None and not isinstance(description, dict):
+            raise ValueError("session.open: description must be a map (NodeDescription)")
+        addr = body.get("addr")
+        if not isinstance(addr, str) or not addr:
+            pa = peer.peer_address
+            addr = pa[0] if pa else ""
+
+        def fn(tx: WriteTx) -> dict[str, Any]:
+            node = tx.get("nodes", node_id)
+            if node is None:
+                raise LookupError(
+                    f"node {node_id} is not part of this swarm (was it removed?); leave the swarm and join again"
+                )
+            if description:
+                node["Description"] = {**(node.get("Description") or {}), **description}
+            node["Status"] = {"State": "ready", "Message": "", "Addr": addr}
+            node.pop("Version", None)
+            tx.update("nodes", node)
+            return node
+
+        # register first, so the deadline of an old session cannot mark the node down meanwhile
+        old = self._sessions.get(node_id)
+        sid = secrets.token_hex(16)
+        s = _Session(node_id, sid, peer)
+        self._sessions[node_id] = s
+        period = self.period()
+        self._arm(node_id, period * self.grace_multiplier)
+        try:
+            node = await self.store.update(fn)
+        except BaseException:
+            if self._sessions.get(node_id) is s:
+                del self._sessions[node_id]
+                if old is not None:
+                    self._sessions[node_id] = old
+                else:
+                    h = self._deadlines.pop(node_id, None)
+                    if h is not None:
+                        h.cancel()
+            raise
+        if old is not None and old.peer is not None and old.peer is not peer:
+            self._spawn(old.peer.close("replaced by a new session"), "dispatcher-close")
+        self._mark_dirty(node_id)
+        log.info("node %s opened session %s from %s", node_id, sid[:8], addr)
+        return {"session_id": sid, "heartbeat_period": period, "node": node, "managers": self.manager_addrs()}
+
+    def manager_addrs(self) -> list[str]:
+        """Return the ``ip:port`` of every manager node in the store (``ManagerStatus.Addr``)."""
+        out = []
+        for n in self.store.view().list("nodes"):
+            a = (n.get("ManagerStatus") or {}).get("Addr")
+            if isinstance(a, str) and a:
+                out.append(a)
+        return sorted(out)
+
+    def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Record a heartbeat of ``node_id``'s session ``body["session_id"]``; return ``{"period": seconds}``
+        (the next period, jittered). Raises ``LookupError`` for an unknown or replaced session."""
+        self._session(node_id, body)
+        period = self.period()
+        self._arm(node_id, period * self.grace_multiplier)
+        return {"period": period}
+
+    def connection_lost(self, peer: wire.Peer) -> None:
+        """Forget ``peer`` as a session's connection. The node keeps its deadline: it is marked
+        down after the grace unless it opens a new session first."""
+        for s in self._sessions.values():
+            if s.peer is peer:
+                s.peer = None
+
+    def connected_nodes(self) -> list[str]:
+        """IDs of nodes with a session and a live connection."""
+        return [n for n, s in self._sessions.items() if s.peer is not None and not s.peer.closed]
+
+    # -- assignments ------------------------------------------------------------------------
+
+    async def _watch_loop(self, watch: Any) -> None:
+        try:
+            async for ev in watch:
+                if ev.table == "tasks":
+                    for t in (ev.obj, ev.old):
+                        nid = (t or {}).get("NodeID")
+                        if nid and nid in self._sessions:
+                            self._mark_dirty(nid)
+                elif ev.table == "nodes":
+                    nid = ev.obj.get("ID")
+                    if nid in self._sessions:
+                        self._mark_dirty(nid)
+                        if ev.action == "delete":
+                            s = self._sessions.pop(nid)
+                            if s.peer is not None:
+                                await s.peer.close("node removed from the swarm")
+        finally:
+            watch.close()
+
+    def _mark_dirty(self, node_id: str) -> None:
+        self._dirty.add(node_id)
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(self.coalesce, self._flush_assignments)
+
+    def _flush_assignments(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, set()
+        view = self.store.view()
+        for node_id in dirty:
+            s = self._sessions.get(node_id)
+            if s is None or s.peer is None or s.peer.closed:
+                continue
+            node = view.get("nodes", node_id)
+            if node is None:
+                continue
+            tasks = assignment_set(view.find("tasks", lambda t, n=node_id: t.get("NodeID") == n))  # type: ignore[misc]
+            fp = _fingerprint(node, tasks)
+            if fp == s.last_sent:
+                continue
+            s.last_sent = fp
+            self._spawn(self._push(s, node, tasks), f"dispatcher-assign {node_id}")
+
+    async def _push(self, s: _Session, node: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+        if s.peer is None:
+            return
+        try:
+            await s.peer.send("assignments", {"node": node, "tasks": tasks})
+        except wire.WireError as e:
+            s.last_sent = None
+            log.info("could not push assignments to node %s: %s", s.node_id, e)
+
+    # -- status updates ---------------------------------------------------------------------
+
+    async def status(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Queue ``body["updates"]`` (``[{"TaskID", "Status": TaskStatus}]``) from node ``node_id``'s
+        session and return ``{}`` once the batch holding them is committed.
+
+        Raises ``ValueError`` for a malformed update or unknown state, ``LookupError`` for an
+        unknown session, ``StoreError`` if the store cannot commit.
+        """
+        self._session(node_id, body)
+        updates = body.get("updates")
+        if not isinstance(updates, list):
+            raise ValueError("session.status: updates must be a list of {TaskID, Status}")
+        clean: list[tuple[str, dict[str, Any]]] = []
+        for u in updates:
+            if not isinstance(u, dict) or not isinstance(u.get("TaskID"), str) or not isinstance(u.get("Status"), dict):
+                raise ValueError("session.status: each update must be {TaskID: str, Status: map}")
+            st = u["Status"].get("State")
+            if state_order(st) < 0:
+                raise ValueError(f"session.status: unknown task state {st!r} for task {u['TaskID']}")
+            clean.append((node_id, u))
+        if not clean:
+            return {}
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.items.extend(clean)
+        self._batch.waiters.append(fut)
+        if len(self._batch.items) >= MAX_BATCH_ITEMS:
+            self._spawn(self._commit_batch(), "dispatcher-status-commit")
+        elif self._batch_task is None or self._batch_task.done():
+            self._batch_task = asyncio.create_task(self._batch_timer(), name="dispatcher-status-timer")
+        await fut
+        return {}
+
+    async def _batch_timer(self) -> None:
+        await asyncio.sleep(self.batch_interval)
+        await self._commit_batch()
+
+    async def _commit_batch(self) -> None:
+        batch, self._batch = self._batch, _StatusBatch()
+        if not batch.items:
+            return
+
+        def fn(tx: WriteTx) -> int:
+            changed = 0
+            for node_id, u in batch.items:
+                task = tx.get("tasks", u["TaskID"])
+                if task is None or task.get("NodeID") != node_id:
+                    continue  # deleted meanwhile, or not this node's task: ignore
+                cur = task.get("Status") or {}
+                new = dict(u["Status"])
+                if state_order(new.get("State")) <= state_order(cur.get("State")):
+                    continue  # forward moves only
+                new.setdefault("Timestamp", now_rfc3339())
+                new.setdefault("Message", "")
+                if "ContainerStatus" not in new and "ContainerStatus" in cur:
+                    new["ContainerStatus"] = cur["ContainerStatus"]
+                task["Status"] = new
+                task.pop("Version", None)
+                tx.update("tasks", task)
+                changed += 1
+            return changed
+
+        try:
+            await self.store.update(fn)
+        except Exception as e:
+            for w in batch.waiters:
+                if not w.done():
+                    w.set_exception(e)
+            return
+        for w in batch.waiters:
+            if not w.done():
+                w.set_result(None)
+
+    # -- logs -------------------------------------------------------------------------------
+
+    async def request_logs(self, node_id: str, body: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Ask node ``node_id`` for task logs over its session (``logs.read``) and return its reply
+        ``{"lines": [{"task_id", "stream", "time", "log"}]}``.
+
+        ``body``: ``{"task_ids": [...], "tail": int | -1, "since": float, "timestamps": bool}``.
+        Raises ``LookupError`` if the node has no live session, :class:`shoal.wire.WireError`
+        (or :class:`shoal.wire.RemoteError`) if the request fails or times out.
+        """
+        s = self._sessions.get(node_id)
+        if s is None or s.peer is None or s.peer.closed:
+            raise LookupError(f"node {node_id} is not connected to this manager; its logs are unavailable")
+        return await s.peer.request("logs.read", body, timeout)
