@@ -1,0 +1,88 @@
+"""The e2e lab fixture: four lab hosts (h1 manager, h2 and h3 workers, h4 kept out of the
+swarm for bad-join tests), brought up once per session and ALWAYS torn down, even when setup or
+a test fails; teardown asserts that nothing of the lab is left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+
+from deploy.lab import lab
+from shoal.client import Client
+
+HEARTBEAT = 1.0  # seconds; a node is down after 3 missed beats
+T = TypeVar("T")
+
+
+def wait_until(fn: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll ``fn`` until it returns a truthy value, which is returned; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+            last = value
+        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
+            last = e
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+def shoal(host: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``shoal ARGS`` inside lab host ``host`` (as `shoal-lab exec` does); never raises on rc."""
+    argv, env = lab.exec_argv(host, ["shoal", *args])
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def client(host: str) -> Client:
+    """An API client for lab host ``host``'s socket."""
+    return Client(f"unix://{lab.socket_path(host)}", timeout=30)
+
+
+@dataclass
+class Cluster:
+    """The swarm made on the lab: h1 manager, h2/h3 workers, service ``web`` (3 replicas)."""
+
+    state: lab.LabState
+    worker_token: str
+    manager_token: str
+
+
+@pytest.fixture(scope="session")
+def lab_up() -> Iterator[lab.LabState]:
+    """Four lab hosts with fast heartbeats; torn down (and checked clean) whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    try:
+        yield lab.up(4, heartbeat_period=HEARTBEAT)
+    finally:
+        leftovers = lab.down()
+        assert leftovers == [], f"the lab left things behind: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def cluster(lab_up: lab.LabState) -> Cluster:
+    """swarm init on h1, join h2 and h3, service web with 3 replicas, converged."""
+    h1 = lab_up.host("h1")
+    r = shoal("h1", "swarm", "init", "--advertise-addr", h1.ip)
+    assert r.returncode == 0, r.stderr
+    worker = shoal("h1", "swarm", "join-token", "-q", "worker").stdout.strip()
+    manager = shoal("h1", "swarm", "join-token", "-q", "manager").stdout.strip()
+    assert worker.startswith("SWMTKN-1-") and worker != manager
+    for h in ("h2", "h3"):
+        r = shoal(h, "swarm", "join", "--token", worker, f"{h1.ip}:2377")
+        assert r.returncode == 0, f"{h}: {r.stderr}"
+    wait_until(lambda: sum(n["Status"]["State"] == "ready" for n in client("h1").nodes()) == 3, 60, "3 ready nodes")
+    r = shoal("h1", "service", "create", "--name", "web", "--replicas", "3", "--timeout", "180",
+              lab.IMAGE, "httpd", "-f", "-p", "80", "-h", "/www", timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return Cluster(lab_up, worker, manager)
