@@ -1,0 +1,137 @@
+"""The task reaper: deletes tasks nobody needs any more (pure core + an async loop).
+
+Follows swarmkit (SK: manager/orchestrator/taskreaper/task_reaper.go; SWARM-FACTS 1.6):
+
+- Tasks whose ``DesiredState`` is ``remove`` (scale-down, service removed) are deleted once
+  they are no longer running: their observed state is terminal, or they were never placed, or
+  their node is down or gone.
+- Task history: per (service, slot), at most ``TaskHistoryRetentionLimit`` tasks are kept
+  (cluster spec ``Orchestration``, default 5; more if the service's restart policy has
+  ``MaxAttempts`` + 1 above it; negative = keep everything). Only dead tasks are deleted
+  (desired ``shutdown`` or later and terminal or never placed), oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from manager.orchestrator import parse_rfc3339
+from manager.store import Store, WriteTx
+
+__all__ = ["reap", "TaskReaper", "DEFAULT_RETENTION"]
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+DEFAULT_RETENTION = 5
+_ORDER = {"new": 0, "pending": 64, "assigned": 192, "accepted": 256, "preparing": 320, "ready": 384,
+          "starting": 448, "running": 512, "complete": 576, "shutdown": 640, "failed": 704,
+          "rejected": 768, "remove": 800, "orphaned": 832}
+_ENDED = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
+
+
+def _retention(cluster: Obj | None) -> int:
+    if not cluster:
+        return DEFAULT_RETENTION
+    orch = ((cluster.get("Spec") or {}).get("Orchestration")) or {}
+    v = orch.get("TaskHistoryRetentionLimit")
+    return DEFAULT_RETENTION if v is None else int(v)
+
+
+def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cluster: Obj | None) -> list[str]:
+    """Return the IDs of the tasks to delete (see the module docstring)."""
+    limit = _retention(cluster)
+    node_list = list(nodes)
+    down = {str(n["ID"]) for n in node_list if ((n.get("Status") or {}).get("State")) == "down"}
+    known_nodes = {str(n["ID"]) for n in node_list}
+    svc = {str(s["ID"]): s for s in services}
+    out: list[str] = []
+    slots: dict[tuple[str, int], list[Obj]] = {}
+
+    def stopped(t: Obj) -> bool:
+        state = str((t.get("Status") or {}).get("State", "new"))
+        node = str(t.get("NodeID") or "")
+        return (
+            state in _ENDED
+            or _ORDER.get(state, 0) < _ORDER["assigned"]
+            or not node
+            or node in down
+            or node not in known_nodes
+        )
+
+    for t in tasks:
+        desired = _ORDER.get(str(t.get("DesiredState", "running")), 0)
+        if desired >= _ORDER["remove"]:
+            if stopped(t):
+                out.append(str(t["ID"]))
+            continue
+        slots.setdefault((str(t.get("ServiceID", "")), int(t.get("Slot") or 0)), []).append(t)
+
+    if limit >= 0:
+        for (sid, _slot), ts in slots.items():
+            keep = limit
+            s = svc.get(sid)
+            if s is not None:
+                rp = (((s.get("Spec") or {}).get("TaskTemplate") or {}).get("RestartPolicy")) or {}
+                attempts = int(rp.get("MaxAttempts") or 0)
+                if attempts > 0:
+                    keep = max(keep, attempts + 1)
+            if len(ts) <= keep:
+                continue
+            ts.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
+            excess = len(ts) - keep
+            for t in ts:
+                if excess <= 0:
+                    break
+                desired = _ORDER.get(str(t.get("DesiredState", "running")), 0)
+                if desired >= _ORDER["shutdown"] and stopped(t):
+                    out.append(str(t["ID"]))
+                    excess -= 1
+    return out
+
+
+class TaskReaper:
+    """The reaper loop over ``store``: after task, node or service changes (debounced by
+    ``debounce`` s, default 0.1), deletes what :func:`reap` returns in one update."""
+
+    def __init__(self, store: Store, debounce: float = 0.1) -> None:
+        self.store = store
+        self.debounce = debounce
+
+    def _pass(self, tx: WriteTx) -> int:
+        clusters = tx.list("cluster")
+        ids = reap(tx.list("tasks"), tx.list("nodes"), tx.list("services"), clusters[0] if clusters else None)
+        for tid in ids:
+            tx.delete("tasks", tid)
+        return len(ids)
+
+    async def tick(self) -> int:
+        """Run one pass now; returns how many tasks were deleted."""
+        return await self.store.update(self._pass)
+
+    async def run(self) -> None:
+        """Watch and reap until cancelled."""
+        watch = self.store.watch(["tasks", "nodes", "services", "cluster"])
+        try:
+            await self._safe_tick()
+            while True:
+                await watch.__anext__()
+                while True:
+                    try:
+                        await asyncio.wait_for(watch.__anext__(), self.debounce)
+                    except TimeoutError:
+                        break
+                await self._safe_tick()
+        except StopAsyncIteration:
+            return
+        finally:
+            watch.close()
+
+    async def _safe_tick(self) -> None:
+        try:
+            await self.tick()
+        except Exception:
+            log.exception("task reaper pass failed")

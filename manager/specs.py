@@ -1,0 +1,335 @@
+"""Validation and defaults for the specs users write: ServiceSpec, NodeSpec, SwarmSpec.
+
+Shapes are the Docker Engine API's (MOBY: api/swagger.yaml `ServiceSpec`, `NodeSpec`,
+`SwarmSpec`); defaults are swarmkit's (SK: api/defaults/service.go; SWARM-FACTS 1.5, 1.6).
+Errors are :class:`SpecError` with the message swarmkit/moby would give; the API turns them
+into HTTP 400 (``rpc error: code = InvalidArgument desc = <message>`` where swarmkit adds it).
+
+The stored service spec is what the user sent (validated, with ``Mode`` and ``Name`` filled);
+:func:`service_spec_with_defaults` adds the defaults for ``?insertDefaults=true`` and for the
+task specs the orchestrator writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import secrets
+from typing import Any, cast
+
+__all__ = [
+    "SpecError",
+    "validate_service_spec",
+    "service_spec_with_defaults",
+    "task_spec_with_defaults",
+    "validate_node_spec",
+    "validate_swarm_spec",
+    "default_swarm_spec",
+    "parse_constraint",
+    "SECOND",
+]
+
+SECOND = 1_000_000_000  # nanoseconds, the API's duration unit
+
+DEFAULT_RESTART_POLICY: dict[str, Any] = {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0, "Window": 0}
+DEFAULT_STOP_GRACE_PERIOD = 10 * SECOND
+DEFAULT_UPDATE_CONFIG: dict[str, Any] = {
+    "Parallelism": 1,
+    "Delay": 0,
+    "FailureAction": "pause",
+    "Monitor": 5 * SECOND,
+    "MaxFailureRatio": 0,
+    "Order": "stop-first",
+}
+DEFAULT_ROLLBACK_CONFIG: dict[str, Any] = dict(DEFAULT_UPDATE_CONFIG)
+
+# swarmkit's controlapi validateAnnotations: a DNS label-like name, at most 63 characters.
+_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
+_CONSTRAINT_RE = re.compile(r"^\s*([\w.\-]+)\s*(==|!=)\s*(.*?)\s*$")
+
+_ADJ = ["admiring", "brave", "clever", "eager", "festive", "gallant", "happy", "jolly", "keen", "lucid",
+        "nifty", "quirky", "serene", "sharp", "tender", "vibrant", "wizardly", "zealous"]
+_NOUN = ["albattani", "bell", "curie", "darwin", "euclid", "fermi", "galileo", "hopper", "kepler",
+         "lovelace", "meitner", "noether", "pasteur", "ritchie", "shannon", "turing", "wozniak", "yalow"]
+
+
+class SpecError(ValueError):
+    """A spec is invalid; ``str(e)`` says what is wrong (Docker's wording where it has one)."""
+
+
+def _random_name() -> str:
+    return f"{secrets.choice(_ADJ)}_{secrets.choice(_NOUN)}"
+
+
+def _obj(v: Any, what: str) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise SpecError(f"{what} must be a JSON object, got {type(v).__name__}")
+    return v
+
+
+def _uint(v: Any, field: str, go_type: str = "uint64") -> int:
+    """Check an unsigned integer field, with the error Go's JSON decoder gives Docker."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SpecError(f"json: cannot unmarshal {type(v).__name__} into Go struct field {field} of type {go_type}")
+    if v < 0:
+        raise SpecError(f"json: cannot unmarshal number {v} into Go struct field {field} of type {go_type}")
+    return v
+
+
+def _int(v: Any, field: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SpecError(f"json: cannot unmarshal {type(v).__name__} into Go struct field {field} of type int64")
+    return v
+
+
+def _str_list(v: Any, field: str) -> list[str]:
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise SpecError(f"json: cannot unmarshal {type(v).__name__} into Go struct field {field} of type []string")
+    return v
+
+
+def _labels(v: Any, field: str) -> None:
+    if v is None:
+        return
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        raise SpecError(f"json: cannot unmarshal into Go struct field {field} of type map[string]string")
+
+
+def validate_name(name: Any) -> None:
+    """Raise :class:`SpecError` unless ``name`` is a valid object name (swarmkit rules)."""
+    if not isinstance(name, str) or not name:
+        raise SpecError("meta: name must be provided")
+    if len(name) > 63 or not _NAME_RE.match(name):
+        raise SpecError("name must be valid as a DNS name component")
+
+
+def parse_constraint(expr: str) -> tuple[str, str, str]:
+    """Parse a placement constraint ``key==value`` / ``key!=value`` into (key, op, value).
+
+    Keys (SK: manager/constraint/constraint.go): ``node.id``, ``node.hostname``, ``node.role``,
+    ``node.platform.os``, ``node.platform.arch``, ``node.labels.<k>``, ``engine.labels.<k>``.
+    Raises :class:`SpecError` with swarmkit's messages.
+    """
+    if not isinstance(expr, str):
+        raise SpecError("constraint must be a string")
+    m = _CONSTRAINT_RE.match(expr)
+    if not m:
+        raise SpecError("constraint expected one operator from ==, !=")
+    key, op, value = m.group(1), m.group(2), m.group(3)
+    if not value:
+        raise SpecError(f"constraint {expr!r}: value must not be empty")
+    lk = key.lower()
+    if not (
+        lk in ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
+        or lk.startswith("node.labels.")
+        or lk.startswith("engine.labels.")
+    ):
+        raise SpecError(f"constraint key {key!r} is not supported: use node.id, node.hostname, node.role, "
+                        "node.platform.os, node.platform.arch, node.labels.<label> or engine.labels.<label>")
+    return key, op, value
+
+
+def _validate_restart_policy(rp: Any) -> None:
+    rp = _obj(rp, "RestartPolicy")
+    cond = rp.get("Condition")
+    if cond not in (None, "", "none", "on-failure", "any"):
+        raise SpecError(f"invalid RestartCondition: {cond!r} (use none, on-failure or any)")
+    for f in ("Delay", "Window"):
+        if rp.get(f) is not None and _int(rp[f], f"TaskSpec.RestartPolicy.{f}") < 0:
+            raise SpecError(f"TaskSpec: restart-{f.lower()} cannot be negative")
+    if rp.get("MaxAttempts") is not None:
+        _uint(rp["MaxAttempts"], "TaskSpec.RestartPolicy.MaxAttempts")
+
+
+def _validate_update_config(uc: Any, name: str, actions: tuple[str, ...]) -> None:
+    uc = _obj(uc, name)
+    if uc.get("Parallelism") is not None:
+        _uint(uc["Parallelism"], f"ServiceSpec.{name}.Parallelism")
+    for f in ("Delay", "Monitor"):
+        if uc.get(f) is not None and _int(uc[f], f"ServiceSpec.{name}.{f}") < 0:
+            raise SpecError(f"{name}: {f.lower()} cannot be negative")
+    fa = uc.get("FailureAction")
+    if fa not in (None, "", *actions):
+        raise SpecError(f"unrecognized {name}.FailureAction {fa!r} (use {', '.join(actions)})")
+    order = uc.get("Order")
+    if order not in (None, "", "stop-first", "start-first"):
+        raise SpecError(f"unrecognized {name}.Order {order!r} (use stop-first or start-first)")
+    ratio = uc.get("MaxFailureRatio")
+    if ratio is not None and (not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1):
+        raise SpecError(f"{name}: max failure ratio must be between 0 and 1")
+
+
+def validate_task_spec(ts: Any) -> dict[str, Any]:
+    """Validate a TaskSpec (``TaskTemplate``); return it. Raises :class:`SpecError`."""
+    ts = _obj(ts, "TaskTemplate")
+    if ts.get("PluginSpec") is not None or ts.get("NetworkAttachmentSpec") is not None:
+        raise SpecError("TaskSpec: only ContainerSpec tasks are supported by shoal")
+    cs = ts.get("ContainerSpec")
+    if cs is None:
+        raise SpecError("TaskSpec: missing runtime")
+    cs = _obj(cs, "ContainerSpec")
+    image = cs.get("Image")
+    if not isinstance(image, str) or not image.strip():
+        raise SpecError("ContainerSpec: image reference must be provided")
+    if any(c.isspace() for c in image) or image != image.strip():
+        raise SpecError(f"ContainerSpec: {image!r} is not a valid repository/tag")
+    for f in ("Command", "Args", "Env"):
+        _str_list(cs.get(f), f"ContainerSpec.{f}")
+    for f in ("Dir", "User", "Hostname", "StopSignal"):
+        if cs.get(f) is not None and not isinstance(cs[f], str):
+            raise SpecError(f"json: cannot unmarshal into Go struct field ContainerSpec.{f} of type string")
+    if cs.get("StopGracePeriod") is not None and _int(cs["StopGracePeriod"], "ContainerSpec.StopGracePeriod") < 0:
+        raise SpecError("ContainerSpec: stop grace period cannot be negative")
+    _labels(cs.get("Labels"), "ContainerSpec.Labels")
+    res = _obj(ts.get("Resources"), "Resources")
+    for part in ("Limits", "Reservations"):
+        r = _obj(res.get(part), f"Resources.{part}")
+        for f in ("NanoCPUs", "MemoryBytes", "Pids"):
+            if r.get(f) is not None and _int(r[f], f"Resources.{part}.{f}") < 0:
+                raise SpecError(f"TaskSpec: {part.lower()[:-1]} {f} cannot be negative")
+    _validate_restart_policy(ts.get("RestartPolicy"))
+    placement = _obj(ts.get("Placement"), "Placement")
+    for c in _str_list(placement.get("Constraints"), "Placement.Constraints"):
+        parse_constraint(c)
+    if placement.get("MaxReplicas") is not None:
+        _uint(placement["MaxReplicas"], "Placement.MaxReplicas")
+    if ts.get("ForceUpdate") is not None:
+        _uint(ts["ForceUpdate"], "TaskSpec.ForceUpdate")
+    return cast(dict[str, Any], ts)
+
+
+def validate_service_spec(spec: Any) -> dict[str, Any]:
+    """Validate a ServiceSpec and return a normalised deep copy: ``Name`` filled (a random
+    ``adjective_name`` like Docker's when empty), ``Mode`` defaulted to ``Replicated`` with
+    ``Replicas`` 1. Other defaults are not written into the stored spec (Docker keeps them
+    out too; see :func:`service_spec_with_defaults`). Raises :class:`SpecError`.
+    """
+    if not isinstance(spec, dict):
+        raise SpecError("service spec must be a JSON object")
+    spec = copy.deepcopy(spec)
+    if not spec.get("Name"):
+        spec["Name"] = _random_name()
+    validate_name(spec["Name"])
+    _labels(spec.get("Labels"), "ServiceSpec.Labels")
+    spec["TaskTemplate"] = validate_task_spec(spec.get("TaskTemplate"))
+    mode = spec.get("Mode")
+    if not mode:
+        spec["Mode"] = {"Replicated": {"Replicas": 1}}
+    else:
+        mode = _obj(mode, "Mode")
+        kinds = [k for k in ("Replicated", "Global", "ReplicatedJob", "GlobalJob") if k in mode]
+        if len(kinds) > 1:
+            raise SpecError("service mode must be exactly one of Replicated, Global, ReplicatedJob, GlobalJob")
+        if not kinds:
+            raise SpecError(f"unrecognized service mode {sorted(mode)!r}: use Replicated")
+        if kinds[0] != "Replicated":
+            raise SpecError(f"service mode {kinds[0]} is not supported by shoal yet: use Replicated")
+        rep = _obj(mode["Replicated"], "Mode.Replicated")
+        if rep.get("Replicas") is None:
+            rep["Replicas"] = 1
+        _uint(rep["Replicas"], "ServiceSpec.Mode.Replicated.Replicas")
+        mode["Replicated"] = rep
+    _validate_update_config(spec.get("UpdateConfig"), "UpdateConfig", ("continue", "pause", "rollback"))
+    _validate_update_config(spec.get("RollbackConfig"), "RollbackConfig", ("continue", "pause"))
+    ep = _obj(spec.get("EndpointSpec"), "EndpointSpec")
+    if ep.get("Mode") not in (None, "", "vip", "dnsrr"):
+        raise SpecError(f"invalid endpoint mode {ep.get('Mode')!r} (use vip or dnsrr)")
+    for p in ep.get("Ports") or []:
+        p = _obj(p, "EndpointSpec.Ports[]")
+        if p.get("TargetPort") is not None:
+            t = _uint(p["TargetPort"], "PortConfig.TargetPort", "uint32")
+            if t > 65535:
+                raise SpecError(f"invalid target port {t}")
+    return cast(dict[str, Any], spec)
+
+
+def task_spec_with_defaults(ts: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of TaskSpec ``ts`` with swarmkit's defaults filled in (RestartPolicy,
+    ContainerSpec.StopGracePeriod, Resources, Placement)."""
+    ts = copy.deepcopy(ts)
+    rp = dict(DEFAULT_RESTART_POLICY)
+    rp.update({k: v for k, v in (ts.get("RestartPolicy") or {}).items() if v is not None and v != ""})
+    ts["RestartPolicy"] = rp
+    cs = ts.setdefault("ContainerSpec", {})
+    if cs.get("StopGracePeriod") is None:
+        cs["StopGracePeriod"] = DEFAULT_STOP_GRACE_PERIOD
+    ts.setdefault("Resources", {"Limits": {}, "Reservations": {}})
+    ts.setdefault("Placement", {})
+    ts.setdefault("ForceUpdate", 0)
+    return ts
+
+
+def service_spec_with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of a validated ServiceSpec with swarmkit's defaults (for
+    ``GET /services/{id}?insertDefaults=true``)."""
+    spec = copy.deepcopy(spec)
+    spec["TaskTemplate"] = task_spec_with_defaults(spec.get("TaskTemplate") or {})
+    for key, default in (("UpdateConfig", DEFAULT_UPDATE_CONFIG), ("RollbackConfig", DEFAULT_ROLLBACK_CONFIG)):
+        merged = dict(default)
+        merged.update({k: v for k, v in (spec.get(key) or {}).items() if v is not None and v != ""})
+        spec[key] = merged
+    spec.setdefault("EndpointSpec", {"Mode": "vip"})
+    if not spec["EndpointSpec"].get("Mode"):
+        spec["EndpointSpec"]["Mode"] = "vip"
+    return spec
+
+
+def validate_node_spec(spec: Any) -> dict[str, Any]:
+    """Validate a NodeSpec {Name, Labels, Role worker|manager, Availability active|pause|drain};
+    return a copy. Errors use moby's wording (MOBY: daemon/cluster/convert/node.go)."""
+    if not isinstance(spec, dict):
+        raise SpecError("node spec must be a JSON object")
+    spec = copy.deepcopy(spec)
+    _labels(spec.get("Labels"), "NodeSpec.Labels")
+    role = spec.get("Role")
+    if role not in ("worker", "manager"):
+        raise SpecError(f"invalid Role: {role!r}")
+    avail = spec.get("Availability")
+    if avail not in ("active", "pause", "drain"):
+        raise SpecError(f"invalid Availability: {avail!r}")
+    if spec.get("Name") is not None and not isinstance(spec["Name"], str):
+        raise SpecError("json: cannot unmarshal into Go struct field NodeSpec.Name of type string")
+    return cast(dict[str, Any], spec)
+
+
+def default_swarm_spec(name: str = "default") -> dict[str, Any]:
+    """The SwarmSpec of a new cluster (swarmkit's defaults, SWARM-FACTS 1.3, 1.4, 1.6)."""
+    return {
+        "Name": name,
+        "Labels": {},
+        "Orchestration": {"TaskHistoryRetentionLimit": 5},
+        "Raft": {"SnapshotInterval": 10000, "KeepOldSnapshots": 0, "LogEntriesForSlowFollowers": 500,
+                 "ElectionTick": 10, "HeartbeatTick": 1},
+        "Dispatcher": {"HeartbeatPeriod": 5 * SECOND},
+        "CAConfig": {"NodeCertExpiry": 90 * 24 * 3600 * SECOND},
+        "TaskDefaults": {},
+        "EncryptionConfig": {"AutoLockManagers": False},
+    }
+
+
+def validate_swarm_spec(spec: Any) -> dict[str, Any]:
+    """Validate a SwarmSpec for ``POST /swarm/update``; return a copy with missing sections
+    taken from :func:`default_swarm_spec`. Raises :class:`SpecError`."""
+    if not isinstance(spec, dict):
+        raise SpecError("swarm spec must be a JSON object")
+    out = default_swarm_spec()
+    for k, v in spec.items():
+        if v is not None:
+            out[k] = copy.deepcopy(v)
+    orch = _obj(out.get("Orchestration"), "Orchestration")
+    if orch.get("TaskHistoryRetentionLimit") is not None:
+        _int(orch["TaskHistoryRetentionLimit"], "OrchestrationConfig.TaskHistoryRetentionLimit")
+    disp = _obj(out.get("Dispatcher"), "Dispatcher")
+    hb = disp.get("HeartbeatPeriod")
+    if hb is not None and _int(hb, "DispatcherConfig.HeartbeatPeriod") <= 0:
+        raise SpecError("heartbeat period must be positive")
+    ca = _obj(out.get("CAConfig"), "CAConfig")
+    exp = ca.get("NodeCertExpiry")
+    if exp is not None and _int(exp, "CAConfig.NodeCertExpiry") < 0:
+        raise SpecError("node certificate expiry cannot be negative")
+    _labels(out.get("Labels"), "SwarmSpec.Labels")
+    return out
