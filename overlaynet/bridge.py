@@ -22,6 +22,8 @@ bridge driver (moby ``libnetwork/drivers/bridge``) for the layout.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import os
 import re
@@ -29,8 +31,9 @@ import secrets
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -39,6 +42,25 @@ from overlaynet import netns
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,}$")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _off_event_loop(fn: Callable[P, R]) -> Callable[P, R]:
+    """pyroute2's sync IPRoute cannot run in a thread whose asyncio loop is running; when called
+    from one, run ``fn`` in a fresh thread (it inherits this thread's network namespace) and block."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        return netns.run_in_thread(lambda: fn(*args, **kwargs))
+
+    return wrapper
 
 
 class BridgeError(Exception):
@@ -68,7 +90,8 @@ class LocalBridge:
     ``exec_root``: the daemon's exec root; namespace files go to ``exec_root/netns/``.
 
     All methods are synchronous (netlink and one ``nft`` call, milliseconds) and
-    thread-safe; asyncio callers run them in a thread (``asyncio.to_thread``).
+    thread-safe; asyncio callers should run them in a thread (``asyncio.to_thread``); called
+    directly from an event loop's thread they still work (in a helper thread) but block the loop.
     They act in the network namespace of the calling thread.
     Errors: ``BridgeError`` (bad input, missing bridge, nft failure),
     ``OSError``/``NetlinkError`` from the kernel.
@@ -85,6 +108,7 @@ class LocalBridge:
         self._ensured: tuple[str, str] | None = None
 
     # ---------------------------------------------------------------- bridge
+    @_off_event_loop
     def ensure(self, subnet: str, gateway: str) -> None:
         """Make sure the bridge exists, is up and holds ``gateway`` (in ``subnet``); idempotent.
 
@@ -152,6 +176,7 @@ class LocalBridge:
         self._check_id(container_id)
         return "vs" + container_id[:10]
 
+    @_off_event_loop
     def attach(self, container_id: str, address_cidr: str, gateway: str) -> str:
         """Give ``container_id`` a network namespace on the bridge and return the namespace file's path.
 
@@ -205,6 +230,7 @@ class LocalBridge:
             raise
         return str(path)
 
+    @_off_event_loop
     def detach(self, container_id: str) -> None:
         """Remove ``container_id``'s veth pair and namespace file (unmount, then delete); idempotent."""
         veth = self.veth_name(container_id)
@@ -218,6 +244,7 @@ class LocalBridge:
         netns.remove(self.netns_path(container_id))
 
     # --------------------------------------------------------------- cleanup
+    @_off_event_loop
     def cleanup(self) -> None:
         """Remove everything this bridge made: namespace files, veths, the bridge, the nftables table.
 

@@ -154,8 +154,13 @@ class Executor:
         states = await _call(self.runtime.list)
         async with self._lock:
             for st in states:
-                labels = getattr(st, "labels", None) or {}
-                tid = labels.get(LABEL_TASK)
+                labels = getattr(st, "labels", None)
+                if labels is None and hasattr(self.runtime, "spec"):
+                    try:  # agent_runtime: the spec the container was created from
+                        labels = (await _call(self.runtime.spec, st.id)).labels
+                    except Exception:
+                        labels = None
+                tid = (labels or {}).get(LABEL_TASK)
                 self._recovered[st.id] = (tid, st)
                 if tid and tid not in self._controllers and container_id_for(tid) == st.id:
                     ctl = _Controller(self, {"ID": tid, "DesiredState": "running",
@@ -514,6 +519,11 @@ class _Controller:
                 self.exit_code = int(code)
             await self._fail(str(e) or type(e).__name__)
             return
+        if getattr(self.cstate, "status", None) == "exited":
+            # exited before start returned (e.g. 127: command not found): no "running" to report
+            code = self.cstate.exit_code
+            await self._exited(int(code if code is not None else -1), getattr(self.cstate, "error", None))
+            return
         self._ensure_exit_wait()
         await self.report("running")
 
@@ -560,13 +570,17 @@ class _Controller:
             log.warning("task %s: wait for container failed: %s", self.tid, e)
             return -1
 
-    async def _exited(self, code: int) -> None:
+    async def _exited(self, code: int, detail: str | None = None) -> None:
+        """Report ``complete`` (0) or ``failed`` with Swarm's Err; ``detail`` (the runtime's error) goes
+        to Message."""
         self.exit_code = code
         self.cstate = await self.ex._container_state(self.cid) or self.cstate
+        if detail is None:
+            detail = getattr(self.cstate, "error", None)
         if code == 0:
             await self.report("complete")
         else:
-            await self.report("failed", err=f"task: non-zero exit ({code})")
+            await self.report("failed", err=f"task: non-zero exit ({code})", message=detail or None)
         await self._release_network()
 
     async def _shutdown(self) -> None:

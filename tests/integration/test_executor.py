@@ -1,0 +1,228 @@
+"""Integration test of worker.executor with the real runtime (agent_runtime) and the real bridge (root).
+
+Everything runs in a throwaway network namespace standing in for the node (``shoal-hN`` in the
+lab): the event loop runs in a thread that joined it, so the bridge, the nftables table and the
+HTTP client are there.  The image is the busybox test image from tests/integration/conftest.py,
+loaded into a fresh image store.  At the end every container, the bridge, the namespace files, the
+nftables table and the cgroup parent are removed, also when an assertion fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_runtime.containers import Runtime
+from agent_runtime.images import ImageStore
+from agent_runtime.oci.cgroups import Cgroup
+from overlaynet import netns
+from overlaynet.bridge import LocalBridge
+from tests.integration.conftest import TEST_REF
+from worker.executor import Executor, container_id_for
+
+pytestmark = pytest.mark.root
+
+if os.geteuid() != 0:  # pragma: no cover
+    pytest.skip("needs root", allow_module_level=True)
+
+NODE = {"ID": "testnode", "ShoalBridge": {"Subnet": "10.232.5.0/24", "Gateway": "10.232.5.1"}}
+
+
+def task(tid: str, addr: str, args: list[str], image: str = TEST_REF, desired: str = "running") -> dict[str, Any]:
+    return {
+        "ID": tid, "ServiceID": "svc-test", "Slot": 1, "DesiredState": desired,
+        "Status": {"State": "assigned", "Message": "scheduler assigned task to node"},
+        "Spec": {"ContainerSpec": {"Image": image, "Args": args, "StopGracePeriod": 2_000_000_000},
+                 "Resources": {"Limits": {"MemoryBytes": 64 << 20, "Pids": 64}}},
+        "NetworksAttachments": [{
+            "Network": {"ID": "bridge", "Spec": {"Name": "bridge", "Driver": "bridge", "Scope": "local"},
+                        "IPAMOptions": {"Configs": [{"Subnet": "10.232.5.0/24", "Gateway": "10.232.5.1"}]}},
+            "Addresses": [addr]}],
+    }
+
+
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Node:
+    """The executor with real parts, plus the reports it made."""
+
+    def __init__(self, root: Path, archive: Path, cgroup_parent: str) -> None:
+        self.images = ImageStore(root / "images", insecure_registries=["127.0.0.1:1"])
+        self.images.load(archive)
+        self.runtime = Runtime(root / "containers", root / "exec", self.images, cgroup_parent=cgroup_parent)
+        self.bridge = LocalBridge("shoalex0", root / "exec")
+        self.reports: list[tuple[str, dict[str, Any]]] = []
+        self.executor = Executor(self.runtime, self.images, self.bridge, self.report)
+
+    def report(self, tid: str, status: dict[str, Any]) -> None:  # a sync callback, as allowed
+        self.reports.append((tid, status))
+
+    def states(self, tid: str) -> list[str]:
+        return [s["State"] for t, s in self.reports if t == tid]
+
+    def last(self, tid: str) -> dict[str, Any]:
+        return [s for t, s in self.reports if t == tid][-1]
+
+    async def teardown(self) -> None:
+        await self.executor.close()
+        for st in self.runtime.list():
+            await self.runtime.remove(st.id)
+        self.bridge.cleanup()
+
+
+@pytest.fixture
+def hostns(scratch_dir: Path) -> Iterator[Path]:
+    path = scratch_dir / "hostns"
+    netns.create(path)
+    try:
+        subprocess.run(["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"], check=True)
+        yield path
+    finally:
+        netns.remove(path)
+
+
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    name = f"shoal-test-{os.getpid()}-{os.urandom(3).hex()}"
+    try:
+        yield name
+    finally:
+        Cgroup(name).destroy()
+
+
+def run_node_test(hostns: Path, scratch_dir: Path, archive: Path, cgroup_parent: str,
+                  body: Callable[[Node], Any]) -> None:
+    async def main() -> None:
+        node = Node(scratch_dir, archive, cgroup_parent)
+        try:
+            await body(node)
+        finally:
+            await node.teardown()
+
+    netns.run_in_netns(hostns, lambda: asyncio.run(main()))
+
+
+async def fetch(host: str, path: str, timeout: float = 10.0) -> str:
+    """GET ``http://host:80{path}`` (HTTP/1.0) from this thread's network namespace and return the body;
+    retries until ``timeout`` (the server may still be binding)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, 80), 2)
+            try:
+                writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                await writer.drain()
+                raw = await asyncio.wait_for(reader.read(), 5)
+            finally:
+                writer.close()
+            # headers end at the first empty line (CGI output may use bare \n)
+            head, body = (re.split(r"\r?\n\r?\n", raw.decode(errors="replace"), maxsplit=1) + [""])[:2]
+            status = head.splitlines()[0] if head else ""
+            if status.startswith("HTTP/1.") and " 200 " in status:
+                return body
+            err = status
+        except (OSError, TimeoutError) as e:
+            err = repr(e)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"GET http://{host}{path} failed: {err}")
+        await asyncio.sleep(0.1)
+
+
+def test_task_runs_serves_http_and_is_removed(hostns: Path, scratch_dir: Path, busybox_archive: Path,
+                                               cgroup_parent: str) -> None:
+    async def body(node: Node) -> None:
+        t = task("task-web-1", "10.232.5.2/24", ["httpd", "-f", "-p", "80", "-h", "/www"])
+        cid = container_id_for("task-web-1")
+        await node.executor.set_assignments(NODE, [t])
+        await until(lambda: node.states("task-web-1")[-1:] in (["running"], ["failed"], ["rejected"]), 30,
+                    "the task to run")
+        assert node.states("task-web-1") == ["accepted", "preparing", "starting", "running"], node.reports
+        cs = node.last("task-web-1")["ContainerStatus"]
+        assert cs["ContainerID"] == cid and cs["PID"] > 0
+        assert Path(f"/proc/{cs['PID']}").exists()
+        # reachable over HTTP at its address from the host side; the CGI prints the hostname
+        assert "shoal busybox" in await fetch("10.232.5.2", "/")
+        assert (await fetch("10.232.5.2", "/cgi-bin/whoami")).strip() == cid[:12]
+        hosts = Path(node.runtime.root / cid / "hosts").read_text()
+        assert "10.232.5.2" in hosts
+
+        await node.executor.set_assignments(NODE, [{**t, "DesiredState": "shutdown"}])
+        await until(lambda: node.states("task-web-1")[-1:] == ["shutdown"], 15, "shutdown")
+        assert node.runtime.state(cid).status == "exited"
+        assert not Path(f"/proc/{cs['PID']}").exists()
+
+        await node.executor.set_assignments(NODE, [{**t, "DesiredState": "remove"}])
+        await until(lambda: "task-web-1" not in node.executor.task_states(), 15, "removal")
+        assert node.runtime.list() == []
+        assert not (node.runtime.root / cid).exists()
+        assert not node.bridge.netns_path(cid).exists()
+        links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True,
+                                          check=True).stdout)
+        assert node.bridge.veth_name(cid) not in {link["ifname"] for link in links}
+        assert not Cgroup(f"{cgroup_parent}/{cid}").exists()
+
+    run_node_test(hostns, scratch_dir, busybox_archive, cgroup_parent, body)
+
+
+def test_missing_command_fails_and_bad_image_is_rejected(hostns: Path, scratch_dir: Path,
+                                                         busybox_archive: Path, cgroup_parent: str) -> None:
+    async def body(node: Node) -> None:
+        missing = task("task-missing", "10.232.5.3/24", ["/no/such/command"])
+        bad = task("task-badimage", "10.232.5.4/24", ["true"], image="127.0.0.1:1/nosuch/image:latest")
+        await node.executor.set_assignments(NODE, [missing, bad])
+        await until(lambda: node.states("task-missing")[-1:] == ["failed"]
+                    and node.states("task-badimage")[-1:] == ["rejected"], 30, "failed and rejected")
+        failed = node.last("task-missing")
+        assert failed["Err"] == "task: non-zero exit (127)"
+        assert failed["ContainerStatus"]["ExitCode"] == 127
+        rejected = node.last("task-badimage")
+        assert rejected["Err"] and "127.0.0.1:1" in rejected["Err"], rejected
+        assert "running" not in node.states("task-badimage")
+        # the failed task's network is released at once; the rejected one never got one
+        assert not node.bridge.netns_path(container_id_for("task-missing")).exists()
+        assert not node.bridge.netns_path(container_id_for("task-badimage")).exists()
+
+        await node.executor.set_assignments(NODE, [])  # both vanish: containers removed
+        await until(lambda: node.executor.task_states() == {}, 15, "removal")
+        assert node.runtime.list() == []
+
+    run_node_test(hostns, scratch_dir, busybox_archive, cgroup_parent, body)
+
+
+def test_recover_after_restart_keeps_container_running(hostns: Path, scratch_dir: Path,
+                                                       busybox_archive: Path, cgroup_parent: str) -> None:
+    async def body(node: Node) -> None:
+        t = task("task-recover", "10.232.5.5/24", ["httpd", "-f", "-p", "80", "-h", "/www"])
+        await node.executor.set_assignments(NODE, [t])
+        await until(lambda: node.states("task-recover")[-1:] == ["running"], 30, "running")
+        pid = node.last("task-recover")["ContainerStatus"]["PID"]
+        await node.executor.close()  # the daemon goes away; the container stays
+
+        reports: list[tuple[str, dict[str, Any]]] = []
+        ex2 = Executor(node.runtime, node.images, node.bridge, lambda tid, st: reports.append((tid, st)))
+        node.executor = ex2  # teardown closes this one
+        await ex2.recover()
+        await until(lambda: bool(reports), 10, "a report of the recovered task")
+        assert reports[0][0] == "task-recover" and reports[0][1]["State"] == "running"
+        assert reports[0][1]["ContainerStatus"]["PID"] == pid
+        running = {**t, "Status": {"State": "running"}}
+        await ex2.set_assignments(NODE, [running])
+        assert (await fetch("10.232.5.5", "/cgi-bin/whoami")).strip() == container_id_for("task-recover")[:12]
+        assert node.runtime.state(container_id_for("task-recover")).pid == pid  # not restarted
+
+    run_node_test(hostns, scratch_dir, busybox_archive, cgroup_parent, body)
