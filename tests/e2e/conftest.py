@@ -1,5 +1,5 @@
 """The e2e lab fixture: four lab hosts (h1 manager, h2 and h3 workers, h4 kept out of the
-swarm for bad-join tests), brought up once per session and ALWAYS torn down, even when setup or
+swarm for bad-join tests), brought up once per test module and ALWAYS torn down, even when setup or
 a test fails; teardown asserts that nothing of the lab is left."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Cluster:
     manager_token: str
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab_up() -> Iterator[lab.LabState]:
     """Four lab hosts with fast heartbeats; torn down (and checked clean) whatever happens."""
     if os.geteuid() != 0:
@@ -69,7 +69,7 @@ def lab_up() -> Iterator[lab.LabState]:
         assert leftovers == [], f"the lab left things behind: {leftovers}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(lab_up: lab.LabState) -> Cluster:
     """swarm init on h1, join h2 and h3, service web with 3 replicas, converged."""
     h1 = lab_up.host("h1")
