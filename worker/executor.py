@@ -391,7 +391,11 @@ class _Controller:
             await self._idle()
             return False
         if self.synthetic:
-            # recovered before the task was assigned: report what the container really does
+            # recovered before the task was assigned: report what the container really does, but
+            # start nothing until the assignment says the task should run
+            if self.cstate is not None and self.cstate.status == "created":
+                await self._idle()
+                return False
             await self._observe_container()
             if self.state not in TERMINAL:
                 await self._watch_running()

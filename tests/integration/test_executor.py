@@ -226,3 +226,28 @@ def test_recover_after_restart_keeps_container_running(hostns: Path, scratch_dir
         assert node.runtime.state(container_id_for("task-recover")).pid == pid  # not restarted
 
     run_node_test(hostns, scratch_dir, busybox_archive, cgroup_parent, body)
+
+
+def test_ten_tasks_at_once(hostns: Path, scratch_dir: Path, busybox_archive: Path, cgroup_parent: str) -> None:
+    """Tasks assigned together are prepared and started concurrently; all reachable; all removed."""
+    n = 10
+
+    async def body(node: Node) -> None:
+        tasks = [task(f"task-par-{i}", f"10.232.5.{20 + i}/24", ["httpd", "-f", "-p", "80", "-h", "/www"])
+                 for i in range(n)]
+        await node.executor.set_assignments(NODE, tasks)
+        await until(lambda: all(node.states(f"task-par-{i}")[-1:] == ["running"] for i in range(n)), 60,
+                    "all tasks running")
+        # concurrency: some task reached 'preparing' after another one had already reached it but before
+        # that one was running, i.e. the controllers interleave rather than run one after another
+        order = [(t, s["State"]) for t, s in node.reports]
+        first_running = next(i for i, (_, st) in enumerate(order) if st == "running")
+        assert sum(1 for _, st in order[:first_running] if st == "preparing") == n
+        bodies = await asyncio.gather(*(fetch(f"10.232.5.{20 + i}", "/cgi-bin/whoami") for i in range(n)))
+        assert {b.strip() for b in bodies} == {container_id_for(f"task-par-{i}")[:12] for i in range(n)}
+        await node.executor.set_assignments(NODE, [])
+        await until(lambda: node.executor.task_states() == {}, 60, "all tasks removed")
+        assert node.runtime.list() == []
+        assert not any((node.bridge.exec_root / "netns").iterdir())
+
+    run_node_test(hostns, scratch_dir, busybox_archive, cgroup_parent, body)
