@@ -24,13 +24,19 @@ def is_v2() -> bool:
 
 
 def v1_hierarchies() -> dict[str, str]:
-    """Map of v1 controller name (``memory``, ``cpu``, ``name=systemd`` …) → mount point, from /proc/self/mountinfo."""
+    """Map of v1 controller name (``memory``, ``cpu``, ``name=systemd`` …) → mount point, from /proc/self/mountinfo.
+
+    In hybrid mode the cgroup2 mount is included under the key ``unified``."""
     out: dict[str, str] = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fields = left.split()
             rfields = right.split()
+            if len(rfields) >= 1 and rfields[0] == "cgroup2":
+                # Hybrid mode: the unified hierarchy next to the v1 ones (runc also uses it).
+                out.setdefault("unified", fields[4])
+                continue
             if len(rfields) < 3 or rfields[0] != "cgroup":
                 continue
             mountpoint = fields[4]

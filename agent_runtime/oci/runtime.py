@@ -152,9 +152,6 @@ def _mount_cgroup(target: str, flags: int, cgroup_rel: str) -> None:
         libc.mount(src, dst, None, libc.MS_BIND)
         libc.mount(None, dst, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & ~libc.MS_REC) | ro)
         del ctrl
-    if ro:
-        libc.mount(None, target, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV
-                   | libc.MS_NOEXEC)
 
 
 def _mount_one(rootfs: str, m: dict[str, Any], cgroup_rel: str) -> None:
@@ -246,12 +243,21 @@ def _mask(paths: list[str]) -> None:
             pass
 
 
+def _kept_flags(path: str) -> int:
+    """Mount flags of ``path``'s mount that a bind remount must repeat (else the kernel clears them)."""
+    f = os.statvfs(path).f_flag
+    out = f & (libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC | libc.MS_NOATIME | libc.MS_NODIRATIME)
+    if f & 4096:  # ST_RELATIME
+        out |= libc.MS_RELATIME
+    return out
+
+
 def _readonly(paths: list[str]) -> None:
     for p in paths:
         if not os.path.exists(p):
             continue
         libc.mount(p, p, None, libc.MS_BIND | libc.MS_REC)
-        libc.mount(None, p, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC)
+        libc.mount(None, p, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC | _kept_flags(p))
 
 
 def lookup_path(arg0: str, env: dict[str, str]) -> str:

@@ -1,0 +1,116 @@
+"""The same OCI bundles through shoal-oci and through Debian's runc: the container must see the same
+world (hostname, distinct namespaces, capabilities, no_new_privs, uid/gid, cwd, env, rlimits, the
+mounts of /proc, /dev and /sys, the /dev entries, masked paths, exit codes and exec errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent_runtime.containers import ContainerSpec, Runtime
+from agent_runtime.images import ImageStore
+from agent_runtime.oci.cgroups import Cgroup
+from shoal.util import new_container_id
+from tests.integration.conftest import TEST_REF, require_root
+
+pytestmark = pytest.mark.root
+
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
+SHOAL_OCI = str(Path(sys.executable).parent / "shoal-oci")
+
+PROBE = r"""
+echo "hostname=$(hostname)"
+echo "pid=$$"
+for n in pid mnt uts ipc net; do echo "ns_$n=$(readlink /proc/self/ns/$n)"; done
+grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\t' | sed 's/:/=/'
+echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)"
+echo "cwd=$(pwd)"
+env | sort | sed 's/^/env_/'
+grep 'Max open files' /proc/self/limits | tr -s ' ' | sed 's/^/limit_/'
+awk '{print "mnt_" $5 "=" $6 " " $(NF-2)}' /proc/self/mountinfo | grep -E '^mnt_(/proc|/dev|/dev/pts|/dev/shm|/dev/mqueue|/sys|/sys/fs/cgroup|/etc/hosts|/etc/hostname|/etc/resolv.conf|/proc/sys|/proc/kcore|/sys/firmware)='
+echo "dev=$(ls /dev | tr '\n' ' ')"
+echo "kcore_size=$(wc -c < /proc/kcore 2>/dev/null)"
+echo "sys_ro=$(touch /sys/x 2>&1 | grep -c 'Read-only')"
+echo "proc_sys_ro=$(echo 1 2>&1 > /proc/sys/kernel/ns_last_pid | grep -c 'Read-only')"
+"""
+
+
+def _normalize(out: str) -> dict[str, str]:
+    kv: dict[str, str] = {}
+    for line in out.splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            kv[k] = v.strip()
+    return kv
+
+
+@pytest.fixture
+async def bundle_runtime(scratch_dir: Path, busybox_archive: Path) -> AsyncIterator[Runtime]:
+    require_root()
+    if not os.path.exists(RUNC):
+        pytest.skip("runc is not installed")
+    images = ImageStore(scratch_dir / "images")
+    images.load(busybox_archive)
+    parent = f"shoal-conf-{os.getpid()}"
+    rt = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, parent, "shoal")
+    try:
+        yield rt
+    finally:
+        for st in rt.list():
+            await rt.remove(st.id)
+        Cgroup("/" + parent).destroy()
+
+
+def _run(runtime: str, bundle: Path, state_root: Path, name: str) -> subprocess.CompletedProcess[str]:
+    argv = [runtime, "--root", str(state_root), "run", "--bundle", str(bundle), name]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+async def _both(rt: Runtime, spec: ContainerSpec, tmp: Path) -> tuple[subprocess.CompletedProcess[str], ...]:
+    await rt.create(spec)
+    bundle = rt.root / spec.id
+    ours = _run(SHOAL_OCI, bundle, tmp / "shoal-oci", "conf-" + spec.id[:12])
+    theirs = _run(RUNC, bundle, tmp / "runc", "conf-" + spec.id[:12])
+    return ours, theirs
+
+
+async def test_container_sees_the_same_world(bundle_runtime: Runtime, scratch_dir: Path) -> None:
+    spec = ContainerSpec(id=new_container_id(), image=TEST_REF, command=["sh", "-c", PROBE],
+                         env=["FOO=bar"], cwd="/www", user="app", memory_bytes=64 << 20, pids_limit=100)
+    ours, theirs = await _both(bundle_runtime, spec, scratch_dir)
+    assert ours.returncode == 0, ours.stderr
+    assert theirs.returncode == 0, theirs.stderr
+    a, b = _normalize(ours.stdout), _normalize(theirs.stdout)
+    for n in ("pid", "mnt", "uts", "ipc", "net"):
+        host = os.readlink(f"/proc/self/ns/{n}")
+        assert a[f"ns_{n}"] != host and b[f"ns_{n}"] != host, n
+        del a[f"ns_{n}"], b[f"ns_{n}"]
+    assert a["hostname"] == spec.id[:12]
+    assert a["CapEff"] == b["CapEff"] and a["NoNewPrivs"] == "1"
+    # runc applies Docker's seccomp profile only when the bundle asks; ours has none: both 0.
+    diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    assert diff == {}, json.dumps(diff, indent=1)
+
+
+async def test_exit_codes_and_exec_errors_match(bundle_runtime: Runtime, scratch_dir: Path) -> None:
+    ours, theirs = await _both(bundle_runtime, ContainerSpec(id=new_container_id(), image=TEST_REF,
+                                                             command=["sh", "-c", "exit 5"]), scratch_dir)
+    assert ours.returncode == theirs.returncode == 5
+    ours, theirs = await _both(bundle_runtime, ContainerSpec(id=new_container_id(), image=TEST_REF,
+                                                             command=["nope-not-here"]), scratch_dir)
+    msg = 'exec: "nope-not-here": executable file not found in $PATH'
+    assert msg in ours.stderr and msg in theirs.stderr.replace('\\"', '"')
+    assert ours.returncode == 127 and theirs.returncode != 0
+    ours, theirs = await _both(bundle_runtime, ContainerSpec(id=new_container_id(), image=TEST_REF,
+                                                             command=["sh", "-c", "kill -9 $$; echo survived"]),
+                                 scratch_dir)
+    # The kernel protects a pid namespace's init from signals sent from inside it, even SIGKILL.
+    assert ours.returncode == theirs.returncode == 0
+    assert ours.stdout == theirs.stdout == "survived\n"
