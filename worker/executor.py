@@ -101,6 +101,8 @@ class Executor:
         # containers found by recover(): container ID -> (task ID or None, ContainerState)
         self._recovered: dict[str, tuple[str | None, Any]] = {}
         self._first_assignments = True
+        # tasks whose removal is done, so a lingering desired=remove entry does not start a new controller
+        self._removed: set[str] = set()
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -126,6 +128,9 @@ class Executor:
                 seen.add(tid)
                 ctl = self._controllers.get(tid)
                 if ctl is None:
+                    if tid in self._removed and task.get("DesiredState") == "remove":
+                        continue
+                    self._removed.discard(tid)
                     ctl = _Controller(self, task)
                     self._controllers[tid] = ctl
                     ctl.start()
@@ -134,6 +139,7 @@ class Executor:
             for tid, ctl in list(self._controllers.items()):
                 if tid not in seen:
                     ctl.vanish()
+            self._removed &= seen
             if self._first_assignments:
                 self._first_assignments = False
                 assigned_cids = {container_id_for(t) for t in seen}
@@ -620,4 +626,6 @@ class _Controller:
         self._net_attached = False
         self.ex._recovered.pop(self.cid, None)
         self.ex._forget(self.tid, self)
+        if not self.vanished:
+            self.ex._removed.add(self.tid)
 

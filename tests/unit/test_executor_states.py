@@ -268,6 +268,12 @@ async def test_shutdown_then_remove() -> None:
     await e.ex.set_assignments(NODE, [{**t, "DesiredState": "remove"}])
     await until(lambda: cid not in e.runtime.containers and "t1" not in e.ex.task_states())
     assert cid not in e.bridge.attached
+    # the manager may list the removed task a while longer: nothing new happens
+    n, calls = len(e.reports), len(e.runtime.calls)
+    await e.ex.set_assignments(NODE, [{**t, "DesiredState": "remove", "Status": {"State": "shutdown"}}])
+    assert "t1" not in e.ex.task_states()
+    await asyncio.sleep(0.05)
+    assert (len(e.reports), len(e.runtime.calls)) == (n, calls)
     await e.ex.close()
 
 
