@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
@@ -268,15 +269,26 @@ class _Controller:
         self._runner: asyncio.Task[None] | None = None
         self._exit_wait: asyncio.Task[int] | None = None
         self._net_attached = False
+        self._last_status: dict[str, Any] | None = None
+        self._last_sent = 0.0
 
     # ------------------------------------------------------------ plumbing
     def start(self) -> None:
         self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"task-{self.tid}")
 
     def update(self, task: dict[str, Any]) -> None:
+        was_recovered = self.synthetic
         self.task = task
         self.synthetic = False
         self.vanished = False
+        # The manager is behind what we observed: a report may have been lost (recover() reports before
+        # the session is up).  Send the last status again: at once for a recovered task, else when it
+        # is more than 5 s old (reports in flight are normally a few batches behind, not 5 s).
+        seen = str((task.get("Status") or {}).get("State") or "new")
+        if (self._last_status is not None and rank(seen) < rank(self.state)
+                and (was_recovered or time.monotonic() - self._last_sent > 5.0)):
+            self._last_sent = time.monotonic()
+            asyncio.get_running_loop().create_task(self.ex._send(self.tid, dict(self._last_status)))
         self._wake.set()
 
     def vanish(self) -> None:
@@ -316,6 +328,7 @@ class _Controller:
             status["ContainerStatus"] = {"ContainerID": self.cid if self.cstate is not None else "",
                                          "PID": pid, "ExitCode": self.exit_code or 0}
         log.info("task %s -> %s%s", self.tid, state, f" ({err})" if err else "")
+        self._last_status, self._last_sent = status, time.monotonic()
         await self.ex._send(self.tid, status)
 
     async def _interruptible(self, aw: Awaitable[T]) -> T:

@@ -370,3 +370,20 @@ async def test_task_without_id_is_an_error() -> None:
     e = Env()
     with pytest.raises(ValueError, match="without an ID"):
         await e.ex.set_assignments(NODE, [{"DesiredState": "running"}])
+
+
+async def test_state_lost_before_the_session_is_reported_again() -> None:
+    """recover() reports before the agent has a session; the daemon may drop that report. When the
+    assignment shows the manager behind (still 'running' for an exited container), it is sent again."""
+    e = Env()
+    done = container_id_for("t2")
+    e.runtime.containers[done] = StateTestDouble(done, "exited", exit_code=2, labels={"com.docker.swarm.task.id": "t2"})
+    await e.ex.recover()
+    await until(lambda: e.states("t2")[-1:] == ["failed"])
+    e.reports.clear()  # "dropped"
+    t2 = make_task("t2")
+    t2["Status"]["State"] = "running"
+    await e.ex.set_assignments(NODE, [t2])
+    await until(lambda: e.states("t2") == ["failed"])
+    assert e.last("t2")["Err"] == "task: non-zero exit (2)"
+    await e.ex.close()
