@@ -64,11 +64,13 @@ def busybox_layer() -> bytes:
     return buf.getvalue()
 
 
-def make_busybox_oci_archive(path: Path, ref: str = TEST_REF) -> Path:
+def make_busybox_oci_archive(path: Path, ref: str = TEST_REF, multi_arch: bool = False) -> Path:
     """Write an OCI image-layout archive (tar) of a busybox image named ``ref`` to ``path``; return ``path``.
 
     The layer is gzip-compressed; index.json names the image with ``io.containerd.image.name`` (full ref)
-    and ``org.opencontainers.image.ref.name`` (tag), as containerd/skopeo do.
+    and ``org.opencontainers.image.ref.name`` (tag), as containerd/skopeo do. With ``multi_arch`` the
+    named descriptor is a nested image index listing a (fake, same-layer) linux/arm64 manifest first
+    and the linux/amd64 one second, so a puller must choose by platform.
     """
     layer = busybox_layer()
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
@@ -93,16 +95,32 @@ def make_busybox_oci_archive(path: Path, ref: str = TEST_REF) -> Path:
     manifest_raw = json.dumps(manifest).encode()
     manifest_digest = "sha256:" + hashlib.sha256(manifest_raw).hexdigest()
     tag = ref.rsplit(":", 1)[1] if ":" in ref.rsplit("/", 1)[-1] else "latest"
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
-        "size": len(manifest_raw), "platform": {"architecture": "amd64", "os": "linux"},
-        "annotations": {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": tag}}]}
+    blobs = [(config_digest, config_raw), (layer_digest, gz), (manifest_digest, manifest_raw)]
+    top = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
+           "size": len(manifest_raw), "platform": {"architecture": "amd64", "os": "linux"}}
+    if multi_arch:
+        arm_config = json.dumps({**config, "architecture": "arm64"}).encode()
+        arm_config_digest = "sha256:" + hashlib.sha256(arm_config).hexdigest()
+        arm_manifest = json.dumps({**manifest, "config": {**manifest["config"], "digest": arm_config_digest,
+                                                           "size": len(arm_config)}}).encode()
+        arm_digest = "sha256:" + hashlib.sha256(arm_manifest).hexdigest()
+        nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                             "manifests": [
+                                 {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm_digest,
+                                  "size": len(arm_manifest), "platform": {"architecture": "arm64", "os": "linux"}},
+                                 top]}).encode()
+        nested_digest = "sha256:" + hashlib.sha256(nested).hexdigest()
+        blobs += [(arm_config_digest, arm_config), (arm_digest, arm_manifest), (nested_digest, nested)]
+        top = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": nested_digest,
+               "size": len(nested)}
+    top["annotations"] = {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": tag}
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [top]}
     with tarfile.open(path, "w") as tf:
         _add_file(tf, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
         _add_file(tf, "index.json", json.dumps(index).encode())
         _add_dir(tf, "blobs")
         _add_dir(tf, "blobs/sha256")
-        for digest, data in ((config_digest, config_raw), (layer_digest, gz), (manifest_digest, manifest_raw)):
+        for digest, data in blobs:
             _add_file(tf, f"blobs/sha256/{digest.split(':')[1]}", data)
     return path
 
