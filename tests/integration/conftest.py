@@ -13,6 +13,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,7 +86,7 @@ def make_busybox_oci_archive(path: Path, ref: str = TEST_REF, multi_arch: bool =
     }
     config_raw = json.dumps(config).encode()
     config_digest = "sha256:" + hashlib.sha256(config_raw).hexdigest()
-    manifest = {
+    manifest: dict[str, Any] = {
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
                    "size": len(config_raw)},
