@@ -231,9 +231,8 @@ class WriteTx(ReadTx):
         want = (obj.get("Version") or {}).get("Index")
         have = (cur.get("Version") or {}).get("Index")
         if want is not None and have is not None and want != have:
-            raise Conflict(
-                f"rpc error: code = Unknown desc = update out of sequence (version {want}, current {have})"
-            )
+            # Docker's exact wording (swarmkit ErrSequenceConflict); HTTP 500 in Docker's API
+            raise Conflict("rpc error: code = Unknown desc = update out of sequence")
         self._check_name(table, obj)
         key = (table, id)
         prior = self._writes.get(key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,14 @@ from raft.log import SingleVoterLog
 from shoal.util import now_rfc3339
 
 NOW = 1_800_000_000.0
+
+
+def creating(table: str, *objs: dict[str, Any]) -> Callable[[WriteTx], None]:
+    """A store transaction that creates ``objs`` in ``table``."""
+    def fn(tx: WriteTx) -> None:
+        for o in objs:
+            tx.create(table, o)
+    return fn
 
 
 def ids() -> Any:
@@ -123,8 +132,8 @@ def test_reaper_rules() -> None:
 
 async def test_loops_converge_scale_and_remove(tmp_path: Path) -> None:
     store = Store(SingleVoterLog(tmp_path))
-    await store.update(lambda tx: [tx.create("nodes", node(f"n{i}")) for i in (1, 2, 3)])
-    loops = [Orchestrator(store, debounce=0.005), Scheduler(store, debounce=0.005), TaskReaper(store, debounce=0.005)]
+    await store.update(creating("nodes", *[node(f"n{i}") for i in (1, 2, 3)]))
+    loops: list[Any] = [Orchestrator(store, debounce=0.005), Scheduler(store, debounce=0.005), TaskReaper(store, debounce=0.005)]
     runners = [asyncio.create_task(lp.run()) for lp in loops]
 
     async def worker_stand_in() -> None:

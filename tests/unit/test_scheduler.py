@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from manager.scheduler import Scheduler, build_node_infos, schedule
-from manager.store import Store
+from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
+
+
+def creating(table: str, *objs: dict[str, Any]) -> Callable[[WriteTx], None]:
+    """A store transaction that creates ``objs`` in ``table``."""
+    def fn(tx: WriteTx) -> None:
+        for o in objs:
+            tx.create(table, o)
+    return fn
 
 
 def node(id: str, host: str, state: str = "ready", avail: str = "active", role: str = "worker",
@@ -57,11 +66,11 @@ def test_filters_and_explanations() -> None:
 
 async def test_loop_assigns_with_bridge_addresses(tmp_path: Path) -> None:
     store = Store(SingleVoterLog(tmp_path))
-    await store.update(lambda tx: [tx.create("nodes", node(f"n{i}", f"h{i}")) for i in (1, 2, 3)])
+    await store.update(creating("nodes", *[node(f"n{i}", f"h{i}") for i in (1, 2, 3)]))
     sched = Scheduler(store, debounce=0.01)
     runner = asyncio.create_task(sched.run())
     try:
-        await store.update(lambda tx: [tx.create("tasks", task(f"t{i}", slot=i)) for i in (1, 2, 3)])
+        await store.update(creating("tasks", *[task(f"t{i}", slot=i) for i in (1, 2, 3)]))
         async with asyncio.timeout(5):
             while True:
                 ts = store.view().list("tasks")

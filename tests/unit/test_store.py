@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,14 @@ import pytest
 
 from manager.store import Conflict, NotFound, Store, Unavailable, WriteTx
 from raft.log import SingleVoterLog
+
+
+def creating(table: str, *objs: dict[str, Any]) -> Callable[[WriteTx], None]:
+    """A store transaction that creates ``objs`` in ``table``."""
+    def fn(tx: WriteTx) -> None:
+        for o in objs:
+            tx.create(table, o)
+    return fn
 
 
 def _svc(id: str, name: str, replicas: int = 1) -> dict[str, Any]:
@@ -71,8 +80,7 @@ async def test_restart_gives_identical_state(tmp_path: Path) -> None:
     store = Store(SingleVoterLog(tmp_path))
     await store.update(lambda tx: tx.create("cluster", {"ID": "c1", "Spec": {"Name": "default"}}))
     await store.update(lambda tx: tx.create("services", _svc("s1", "web")))
-    await asyncio.gather(*(store.update(lambda tx, i=i: tx.create("tasks", {"ID": f"t{i}", "ServiceID": "s1"}))
-                           for i in range(20)))
+    await asyncio.gather(*(store.update(creating("tasks", {"ID": f"t{i}", "ServiceID": "s1"})) for i in range(20)))
     await store.update(lambda tx: tx.delete("tasks", "t3"))
     before = {t: sorted(store.view().list(t), key=lambda o: o["ID"]) for t in ("nodes", "services", "tasks", "cluster")}
     await store.close()
@@ -86,7 +94,7 @@ async def test_restart_gives_identical_state(tmp_path: Path) -> None:
 async def test_snapshot_then_restart(tmp_path: Path) -> None:
     store = Store(SingleVoterLog(tmp_path), snapshot_interval=10)
     for i in range(25):
-        await store.update(lambda tx, i=i: tx.create("tasks", {"ID": f"t{i}"}))
+        await store.update(creating("tasks", {"ID": f"t{i}"}))
     before = sorted(store.view().list("tasks"), key=lambda o: o["ID"])
     await store.close()
     log = SingleVoterLog(tmp_path)

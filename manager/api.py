@@ -1,0 +1,578 @@
+"""The swarm routes of the Docker Engine API (``/swarm``, ``/nodes*``, ``/services*``, ``/tasks*``).
+
+Shapes, query parameters and status codes follow the Docker Engine API (MOBY: api/swagger.yaml,
+v1.41+) and the errors moby returns for them (MOBY: daemon/cluster/*.go, errdefs): HTTP status
+plus JSON ``{"message": ...}``. Every route is also served under ``/v{version}/``.
+
+``add_routes(app, manager)`` needs from ``manager`` (see docs/contracts.md): ``store``
+(:class:`manager.store.Store`), ``cluster_id``, ``node_id``, ``join_tokens() -> {"Worker",
+"Manager"}``, ``ca_cert_pem``, ``await read_logs(task_ids, tail, since, timestamps) ->
+[{"task_id", "stream", "time", "log", "node_id"?}]``, and optionally
+``rotate_join_token(role) -> str`` for ``/swarm/update?rotate…Token=true``. Attribute access may
+raise (the daemon's proxy raises its own "not in a swarm" error, which it turns into 503).
+
+Object IDs in paths may be a full ID, a name (services: ``Spec.Name``; nodes: hostname or
+``Spec.Name``) or a unique ID prefix, as Docker resolves them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from manager.orchestrator import parse_rfc3339, service_status
+from manager.specs import (
+    SpecError,
+    service_spec_with_defaults,
+    task_spec_with_defaults,
+    validate_node_spec,
+    validate_service_spec,
+    validate_swarm_spec,
+)
+from manager.store import Conflict, NotFound, ReadTx, Store, Unavailable, WriteTx
+from shoal.util import new_id
+
+__all__ = ["add_routes", "ApiError", "parse_filters", "mux_frame"]
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+INVALID_ARGUMENT = "rpc error: code = InvalidArgument desc = "
+
+
+class ApiError(Exception):
+    """An error to return as ``status`` with ``{"message": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+def _store_error(e: Exception) -> ApiError:
+    msg = str(e)
+    if isinstance(e, Conflict):
+        # a version mismatch is a plain (Unknown) gRPC error in swarmkit -> 500 in Docker
+        return ApiError(500 if "out of sequence" in msg else 409, msg)
+    if isinstance(e, NotFound):
+        return ApiError(404, msg)
+    if isinstance(e, Unavailable):
+        return ApiError(503, f"rpc error: code = Unavailable desc = {msg}")
+    return ApiError(500, msg)
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "invalid JSON: got EOF while reading request body")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"invalid JSON: {e}") from None
+
+
+def parse_filters(raw: str | None) -> dict[str, list[str]]:
+    """Parse Docker's ``filters`` query parameter: JSON ``{"key": ["v", …]}`` or the older
+    ``{"key": {"v": true}}``. Raises :class:`ApiError` 400 if malformed."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"invalid filter: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid filter: must be a JSON object of lists")
+    out: dict[str, list[str]] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out[str(k)] = [str(x) for x, on in v.items() if on]
+        elif isinstance(v, list):
+            out[str(k)] = [str(x) for x in v]
+        else:
+            raise ApiError(400, f"invalid filter {k!r}: expected a list of values")
+    return out
+
+
+def _check_filters(filters: dict[str, list[str]], allowed: Iterable[str]) -> None:
+    allowed = set(allowed)
+    for k in filters:
+        if k not in allowed:
+            raise ApiError(400, f"invalid filter '{k}'")
+
+
+def _bool(request: web.Request, name: str, default: bool = False) -> bool:
+    v = request.query.get(name)
+    if v is None or v == "":
+        return default
+    return v.lower() in ("1", "true", "yes")
+
+
+def _version(request: web.Request) -> int:
+    v = request.query.get("version")
+    if v is None or v == "":
+        raise ApiError(400, "invalid Version: version parameter is required")
+    try:
+        return int(v)
+    except ValueError:
+        raise ApiError(400, f"invalid Version: strconv.ParseUint: parsing {v!r}: invalid syntax") from None
+
+
+def _labels_match(labels: dict[str, str] | None, wanted: list[str]) -> bool:
+    labels = labels or {}
+    for w in wanted:
+        k, eq, v = w.partition("=")
+        if k not in labels or (eq and labels[k] != v):
+            return False
+    return True
+
+
+def _resolve(view: ReadTx, table: str, ref: str, kind: str, names: Callable[[Obj], Iterable[str]]) -> Obj:
+    """Docker's lookup: exact ID, then name, then unique ID prefix."""
+    obj = view.get(table, ref)
+    if obj is not None:
+        return obj
+    items = view.list(table)
+    by_name = [o for o in items if ref in set(names(o))]
+    if len(by_name) == 1:
+        return by_name[0]
+    if len(by_name) > 1:
+        raise ApiError(400, f"{kind} {ref} is ambiguous ({len(by_name)} matches found)")
+    by_prefix = [o for o in items if str(o["ID"]).startswith(ref)] if ref else []
+    if len(by_prefix) == 1:
+        return by_prefix[0]
+    if len(by_prefix) > 1:
+        raise ApiError(400, f"{kind} {ref} is ambiguous ({len(by_prefix)} matches found)")
+    raise ApiError(404, f"{kind} {ref} not found")
+
+
+def _service_names(o: Obj) -> list[str]:
+    return [str((o.get("Spec") or {}).get("Name", ""))]
+
+
+def _node_names(o: Obj) -> list[str]:
+    return [str((o.get("Description") or {}).get("Hostname", "")), str((o.get("Spec") or {}).get("Name", ""))]
+
+
+def _task_names(view: ReadTx) -> Callable[[Obj], list[str]]:
+    return lambda o: [str(o.get("Name", ""))]
+
+
+def mux_frame(stream: int, data: bytes) -> bytes:
+    """One frame of Docker's multiplexed stream: ``[stream u8, 0, 0, 0, length u32 BE] data``
+    (stream 1 = stdout, 2 = stderr, 3 = system error)."""
+    return struct.pack(">BxxxI", stream, len(data)) + data
+
+
+def _format_ts(rfc: str) -> str:
+    """RFC 3339 with exactly 9 fractional digits (moby's rfc3339NanoFixed)."""
+    secs = parse_rfc3339(rfc)
+    whole = int(secs)
+    main, _, rest = rfc.partition(".")
+    frac = "".join(ch for ch in rest if ch.isdigit())[:9].ljust(9, "0") if rest else "000000000"
+    if not rest:
+        main = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{main}.{frac}Z"
+
+
+def add_routes(app: web.Application, manager: Any) -> None:
+    """Register the swarm routes on ``app`` (plain and under ``/v{version}``), served from
+    ``manager`` (see the module docstring)."""
+
+    def store() -> Store:
+        s: Store = manager.store
+        return s
+
+    def route(method: str, path: str) -> Callable[[Handler], Handler]:
+        def deco(fn: Handler) -> Handler:
+            async def wrapped(request: web.Request) -> web.StreamResponse:
+                try:
+                    return await fn(request)
+                except ApiError as e:
+                    return _error(e.status, e.message)
+                except SpecError as e:
+                    return _error(400, INVALID_ARGUMENT + str(e))
+                except (Conflict, NotFound, Unavailable) as e:
+                    err = _store_error(e)
+                    return _error(err.status, err.message)
+
+            wrapped.__name__ = fn.__name__
+            wrapped.__doc__ = fn.__doc__
+            app.router.add_route(method, path, wrapped)
+            app.router.add_route(method, r"/v{version:[0-9.]+}" + path, wrapped)
+            return fn
+
+        return deco
+
+    async def update(fn: Callable[[WriteTx], Any]) -> Any:
+        try:
+            return await store().update(fn)
+        except (Conflict, NotFound, Unavailable) as e:
+            raise _store_error(e) from e
+
+    # ------------------------------------------------------------------------------ swarm
+
+    def swarm_object() -> Obj:
+        view = store().view()
+        cid = manager.cluster_id
+        c = view.get("cluster", cid) if cid else None
+        if c is None:
+            clusters = view.list("cluster")
+            c = clusters[0] if clusters else {"ID": cid}
+        out: Obj = {
+            "ID": c.get("ID", cid),
+            "Version": c.get("Version", {"Index": 0}),
+            "CreatedAt": c.get("CreatedAt", ""),
+            "UpdatedAt": c.get("UpdatedAt", ""),
+            "Spec": c.get("Spec") or {},
+            "TLSInfo": c.get("TLSInfo") or {"TrustRoot": manager.ca_cert_pem, "CertIssuerSubject": "",
+                                             "CertIssuerPublicKey": ""},
+            "RootRotationInProgress": bool(c.get("RootRotationInProgress", False)),
+            "DefaultAddrPool": c.get("DefaultAddrPool", ["10.0.0.0/8"]),
+            "SubnetSize": c.get("SubnetSize", 24),
+            "DataPathPort": c.get("DataPathPort", 4789),
+            "JoinTokens": manager.join_tokens(),
+        }
+        return out
+
+    @route("GET", "/swarm")
+    async def swarm_inspect(request: web.Request) -> web.StreamResponse:
+        """GET /swarm: ClusterInfo + JoinTokens."""
+        return web.json_response(swarm_object())
+
+    @route("POST", "/swarm/update")
+    async def swarm_update(request: web.Request) -> web.StreamResponse:
+        """POST /swarm/update?version=&rotateWorkerToken=&rotateManagerToken= with a SwarmSpec."""
+        version = _version(request)
+        spec = validate_swarm_spec(await _json_body(request))
+        rotate = [r for r, q in (("worker", "rotateWorkerToken"), ("manager", "rotateManagerToken"))
+                  if _bool(request, q)]
+        if _bool(request, "rotateManagerUnlockKey"):
+            raise ApiError(400, "autolock is not supported by shoal")
+        new_tokens: dict[str, str] = {}
+        rotate_fn = getattr(manager, "rotate_join_token", None) if rotate else None
+        if rotate and rotate_fn is None:
+            raise ApiError(501, "join token rotation is not supported by this manager")
+        for role in rotate:
+            assert rotate_fn is not None
+            new_tokens[role.capitalize()] = rotate_fn(role)
+        cid = manager.cluster_id
+
+        def fn(tx: WriteTx) -> None:
+            c = tx.get("cluster", cid)
+            if c is None:
+                raise ApiError(404, f"cluster {cid} not found")
+            c["Version"] = {"Index": version}
+            c["Spec"] = spec
+            if new_tokens:
+                jt = dict(c.get("JoinTokens") or {})
+                jt.update(new_tokens)
+                c["JoinTokens"] = jt
+            tx.update("cluster", c)
+
+        await update(fn)
+        return web.Response(status=200)
+
+    # ------------------------------------------------------------------------------ nodes
+
+    @route("GET", "/nodes")
+    async def node_list(request: web.Request) -> web.StreamResponse:
+        """GET /nodes?filters= (id, name, role, membership, label, node.label)."""
+        f = parse_filters(request.query.get("filters"))
+        _check_filters(f, ("id", "name", "role", "membership", "label", "node.label"))
+        out = []
+        for n in store().view().list("nodes"):
+            if "id" in f and not any(str(n["ID"]).startswith(v) for v in f["id"]):
+                continue
+            if "name" in f and not any(any(nm.startswith(v) for nm in _node_names(n) if nm) for v in f["name"]):
+                continue
+            if "role" in f and (n.get("Spec") or {}).get("Role") not in f["role"]:
+                continue
+            if "membership" in f and "accepted" not in f["membership"]:
+                continue
+            if "label" in f and not _labels_match(((n.get("Description") or {}).get("Engine") or {}).get("Labels"), f["label"]):
+                continue
+            if "node.label" in f and not _labels_match((n.get("Spec") or {}).get("Labels"), f["node.label"]):
+                continue
+            out.append(n)
+        out.sort(key=lambda n: str((n.get("Description") or {}).get("Hostname", "")))
+        return web.json_response(out)
+
+    @route("GET", "/nodes/{id}")
+    async def node_inspect(request: web.Request) -> web.StreamResponse:
+        """GET /nodes/{id}: by ID, hostname or ID prefix."""
+        return web.json_response(_resolve(store().view(), "nodes", request.match_info["id"], "node", _node_names))
+
+    @route("DELETE", "/nodes/{id}")
+    async def node_remove(request: web.Request) -> web.StreamResponse:
+        """DELETE /nodes/{id}?force=: a node must be down (or ``force``) and not a manager."""
+        force = _bool(request, "force")
+        n = _resolve(store().view(), "nodes", request.match_info["id"], "node", _node_names)
+        if (n.get("Spec") or {}).get("Role") == "manager" or n.get("ManagerStatus"):
+            raise ApiError(400, f"rpc error: code = FailedPrecondition desc = node {n['ID']} is a cluster "
+                                "manager and is a member of the raft cluster. It must be demoted to worker before removal")
+        if not force and (n.get("Status") or {}).get("State") != "down":
+            raise ApiError(400, f"rpc error: code = FailedPrecondition desc = node {n['ID']} is not down and "
+                                "can't be removed")
+        await update(lambda tx: tx.delete("nodes", n["ID"]))
+        return web.Response(status=200)
+
+    @route("POST", "/nodes/{id}/update")
+    async def node_update(request: web.Request) -> web.StreamResponse:
+        """POST /nodes/{id}/update?version= with a NodeSpec (Role, Availability, Labels, Name)."""
+        version = _version(request)
+        spec = validate_node_spec(await _json_body(request))
+        n = _resolve(store().view(), "nodes", request.match_info["id"], "node", _node_names)
+
+        def fn(tx: WriteTx) -> None:
+            cur = tx.get("nodes", n["ID"])
+            if cur is None:
+                raise ApiError(404, f"node {n['ID']} not found")
+            cur["Version"] = {"Index": version}
+            cur["Spec"] = spec
+            tx.update("nodes", cur)
+
+        await update(fn)
+        return web.Response(status=200)
+
+    # ------------------------------------------------------------------------------ services
+
+    def present_service(s: Obj, view: ReadTx, status: bool, insert_defaults: bool = False) -> Obj:
+        out = dict(s)
+        if insert_defaults:
+            out["Spec"] = service_spec_with_defaults(s.get("Spec") or {})
+            if out.get("PreviousSpec"):
+                out["PreviousSpec"] = service_spec_with_defaults(out["PreviousSpec"])
+        out.setdefault("Endpoint", {"Spec": {"Mode": "vip"}})
+        if status:
+            out["ServiceStatus"] = service_status(s, view.list("tasks"), view.list("nodes"))
+        return out
+
+    @route("GET", "/services")
+    async def service_list(request: web.Request) -> web.StreamResponse:
+        """GET /services?filters=&status= (filters: id, name, label, mode)."""
+        f = parse_filters(request.query.get("filters"))
+        _check_filters(f, ("id", "name", "label", "mode"))
+        want_status = _bool(request, "status")
+        view = store().view()
+        out = []
+        for s in view.list("services"):
+            spec = s.get("Spec") or {}
+            if "id" in f and not any(str(s["ID"]).startswith(v) for v in f["id"]):
+                continue
+            if "name" in f and not any(str(spec.get("Name", "")).startswith(v) for v in f["name"]):
+                continue
+            if "label" in f and not _labels_match(spec.get("Labels"), f["label"]):
+                continue
+            if "mode" in f:
+                mode = "replicated" if "Replicated" in (spec.get("Mode") or {}) else "global"
+                if mode not in f["mode"]:
+                    continue
+            out.append(present_service(s, view, want_status))
+        out.sort(key=lambda s: str((s.get("Spec") or {}).get("Name", "")))
+        return web.json_response(out)
+
+    @route("POST", "/services/create")
+    async def service_create(request: web.Request) -> web.StreamResponse:
+        """POST /services/create with a ServiceSpec → 201 {"ID", "Warnings"}."""
+        spec = validate_service_spec(await _json_body(request))
+        sid = new_id()
+        svc = {
+            "ID": sid,
+            "Spec": spec,
+            "Endpoint": {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}},
+        }
+        await update(lambda tx: tx.create("services", svc))
+        return web.json_response({"ID": sid, "Warnings": []}, status=201)
+
+    @route("GET", "/services/{id}")
+    async def service_inspect(request: web.Request) -> web.StreamResponse:
+        """GET /services/{id}?insertDefaults=: by ID, name or ID prefix."""
+        view = store().view()
+        s = _resolve(view, "services", request.match_info["id"], "service", _service_names)
+        return web.json_response(present_service(s, view, False, _bool(request, "insertDefaults")))
+
+    @route("DELETE", "/services/{id}")
+    async def service_remove(request: web.Request) -> web.StreamResponse:
+        """DELETE /services/{id}: its tasks are shut down and removed by the orchestrator/reaper."""
+        s = _resolve(store().view(), "services", request.match_info["id"], "service", _service_names)
+        await update(lambda tx: tx.delete("services", s["ID"]))
+        return web.Response(status=200)
+
+    @route("POST", "/services/{id}/update")
+    async def service_update(request: web.Request) -> web.StreamResponse:
+        """POST /services/{id}/update?version=&rollback= with a ServiceSpec → {"Warnings"}."""
+        version = _version(request)
+        body = await _json_body(request)
+        s = _resolve(store().view(), "services", request.match_info["id"], "service", _service_names)
+        if request.query.get("rollback") == "previous":
+            prev = s.get("PreviousSpec")
+            if not prev:
+                raise ApiError(500, f"rpc error: code = FailedPrecondition desc = service {s['ID']} does not "
+                                    "have a previous spec")
+            body = prev
+        spec = validate_service_spec(body)
+        old_name = (s.get("Spec") or {}).get("Name")
+        if spec.get("Name") != old_name:
+            raise ApiError(501, "rpc error: code = Unimplemented desc = renaming services is not supported")
+
+        def fn(tx: WriteTx) -> None:
+            cur = tx.get("services", s["ID"])
+            if cur is None:
+                raise ApiError(404, f"service {s['ID']} not found")
+            cur["Version"] = {"Index": version}
+            cur["PreviousSpec"] = cur.get("Spec")
+            cur["Spec"] = spec
+            cur["Endpoint"] = {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}
+            tx.update("services", cur)
+
+        await update(fn)
+        return web.json_response({"Warnings": []})
+
+    # ------------------------------------------------------------------------------ tasks
+
+    @route("GET", "/tasks")
+    async def task_list(request: web.Request) -> web.StreamResponse:
+        """GET /tasks?filters= (id, name, service, node, label, desired-state, _up-to-date)."""
+        f = parse_filters(request.query.get("filters"))
+        _check_filters(f, ("id", "name", "service", "node", "label", "desired-state", "_up-to-date"))
+        view = store().view()
+        services = {s["ID"]: s for s in view.list("services")}
+        svc_ids: set[str] | None = None
+        if "service" in f:
+            svc_ids = {_resolve(view, "services", v, "service", _service_names)["ID"] for v in f["service"]}
+        node_ids: set[str] | None = None
+        if "node" in f:
+            node_ids = {_resolve(view, "nodes", v, "node", _node_names)["ID"] for v in f["node"]}
+        desired: set[str] | None = None
+        if "desired-state" in f:
+            desired = set()
+            for v in f["desired-state"]:
+                if v not in ("running", "shutdown", "accepted"):
+                    raise ApiError(400, f"Invalid desired-state filter: '{v}'")
+                desired.update({"shutdown", "remove"} if v == "shutdown" else {v})
+        up_to_date = "_up-to-date" in f and any(v.lower() in ("true", "1") for v in f["_up-to-date"])
+        template_cache: dict[str, Obj] = {}
+        out = []
+        for t in view.list("tasks"):
+            sid = str(t.get("ServiceID", ""))
+            if "id" in f and not any(str(t["ID"]).startswith(v) for v in f["id"]):
+                continue
+            if svc_ids is not None and sid not in svc_ids:
+                continue
+            if node_ids is not None and t.get("NodeID") not in node_ids:
+                continue
+            if desired is not None and t.get("DesiredState") not in desired:
+                continue
+            if "label" in f and not _labels_match(t.get("Labels"), f["label"]):
+                continue
+            if "name" in f:
+                svc_name = str(((services.get(sid) or {}).get("Spec") or {}).get("Name", ""))
+                short = f"{svc_name}.{t.get('Slot', '')}"
+                if not any(short.startswith(v) or str(t.get("Name", "")).startswith(v) for v in f["name"]):
+                    continue
+            if up_to_date:
+                svc = services.get(sid)
+                if svc is None:
+                    continue
+                if sid not in template_cache:
+                    template_cache[sid] = task_spec_with_defaults(((svc.get("Spec") or {}).get("TaskTemplate")) or {})
+                if t.get("Spec") != template_cache[sid]:
+                    continue
+            out.append(t)
+        out.sort(key=lambda t: (str(t.get("ServiceID", "")), int(t.get("Slot") or 0), str(t.get("CreatedAt", ""))))
+        return web.json_response(out)
+
+    @route("GET", "/tasks/{id}")
+    async def task_inspect(request: web.Request) -> web.StreamResponse:
+        """GET /tasks/{id}: by ID or unique ID prefix."""
+        view = store().view()
+        return web.json_response(_resolve(view, "tasks", request.match_info["id"], "task", _task_names(view)))
+
+    # ------------------------------------------------------------------------------ logs
+
+    async def write_logs(request: web.Request, tasks: list[Obj]) -> web.StreamResponse:
+        """Docker's log stream (MOBY: api/server/httputils/write_log_stream.go): per line
+        ``[timestamp ' '][details ' ']message``, multiplexed; details are the url-escaped,
+        key-sorted ``com.docker.swarm.{node,service,task}.id`` attributes the CLI parses."""
+        stdout, stderr = _bool(request, "stdout"), _bool(request, "stderr")
+        if not (stdout or stderr):
+            raise ApiError(400, "Bad parameters: you must choose at least one stream")
+        details = _bool(request, "details")
+        timestamps = _bool(request, "timestamps")
+        tail_raw = request.query.get("tail", "all")
+        if tail_raw in ("", "all"):
+            tail = -1
+        else:
+            try:
+                tail = int(tail_raw)
+            except ValueError:
+                raise ApiError(400, f"invalid tail value {tail_raw!r}: use a number or \"all\"") from None
+        since_raw = request.query.get("since", "0") or "0"
+        try:
+            since = float(since_raw)
+        except ValueError:
+            since = parse_rfc3339(since_raw)
+            if not since:
+                raise ApiError(400, f"invalid since value {since_raw!r}: use a UNIX timestamp") from None
+        by_id = {str(t["ID"]): t for t in tasks}
+        try:
+            lines = await manager.read_logs(list(by_id), tail, since, timestamps)
+        except Exception as e:  # noqa: BLE001 - reported to the client as Docker does
+            raise ApiError(500, f"Error grabbing logs: {e}") from e
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/vnd.docker.multiplexed-stream"})
+        await resp.prepare(request)
+        buf = bytearray()
+        for ln in lines:
+            stream = 2 if ln.get("stream") == "stderr" else 1
+            if (stream == 1 and not stdout) or (stream == 2 and not stderr):
+                continue
+            t = by_id.get(str(ln.get("task_id")), {})
+            msg = str(ln.get("log", ""))
+            if not msg.endswith("\n"):
+                msg += "\n"
+            prefix = ""
+            if timestamps:
+                prefix += _format_ts(str(ln.get("time", ""))) + " "
+            if details:
+                attrs = sorted({
+                    "com.docker.swarm.node.id": str(ln.get("node_id") or t.get("NodeID", "")),
+                    "com.docker.swarm.service.id": str(t.get("ServiceID", "")),
+                    "com.docker.swarm.task.id": str(t.get("ID", ln.get("task_id", ""))),
+                }.items())
+                prefix += ",".join(f"{urllib.parse.quote_plus(k)}={urllib.parse.quote_plus(v)}" for k, v in attrs) + " "
+            buf += mux_frame(stream, (prefix + msg).encode())
+            if len(buf) > 64 * 1024:
+                await resp.write(bytes(buf))
+                buf.clear()
+        if buf:
+            await resp.write(bytes(buf))
+        await resp.write_eof()
+        return resp
+
+    @route("GET", "/services/{id}/logs")
+    async def service_logs(request: web.Request) -> web.StreamResponse:
+        """GET /services/{id}/logs?details&stdout&stderr&since&timestamps&tail (no follow yet)."""
+        view = store().view()
+        s = _resolve(view, "services", request.match_info["id"], "service", _service_names)
+        tasks = view.find("tasks", lambda t: t.get("ServiceID") == s["ID"])
+        return await write_logs(request, tasks)
+
+    @route("GET", "/tasks/{id}/logs")
+    async def task_logs(request: web.Request) -> web.StreamResponse:
+        """GET /tasks/{id}/logs (same parameters as service logs)."""
+        view = store().view()
+        t = _resolve(view, "tasks", request.match_info["id"], "task", _task_names(view))
+        return await write_logs(request, [t])
