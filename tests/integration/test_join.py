@@ -223,13 +223,24 @@ async def test_agent_reconnects_after_manager_restart(tmp_path: Path) -> None:
         agent.start()
         await agent.wait_connected(5)
         first = agent.session_id
+        task = {"ID": "tr", "ServiceID": "s", "Slot": 1, "NodeID": node_id, "DesiredState": "running",
+                "Spec": {"ContainerSpec": {"Image": "busybox"}}, "Status": {"State": "assigned", "Message": ""}}
+        await m.store.update(lambda tx: tx.create("tasks", task))
+        await wait_for(lambda: m.store.view().get("tasks", "tr")["Status"]["State"] == "running", 5,  # type: ignore[index]
+                       "tr running")
         # restart the manager side on the same port, with the same data (the store replays its WAL)
         await stop_manager(m)
+        await wait_for(lambda: agent is not None and not agent.connected.is_set(), 5, "agent notices the loss")
+        # a status reported while disconnected is kept and sent after reconnecting
+        agent.report("tr", {"State": "complete", "Message": "finished",
+                            "ContainerStatus": {"ContainerID": "c" * 64, "PID": 0, "ExitCode": 0}})
         m = await start_manager(tmp_path / "mgr", period=1.0, port=port)
         await wait_for(lambda: agent is not None and agent.connected.is_set() and agent.session_id != first, 10,
                        "a new session after the restart")
         await wait_for(lambda: m.node(node_id)["Status"]["State"] == "ready", 5, "node ready again")
         assert m.node(node_id)["Status"]["Addr"] == "127.0.0.1"  # no advertise address: the peer's
+        await wait_for(lambda: m.store.view().get("tasks", "tr")["Status"]["State"] == "complete", 5,  # type: ignore[index]
+                       "the status reported while disconnected reaches the store")
     finally:
         if agent is not None:
             await agent.stop()
