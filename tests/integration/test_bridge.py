@@ -177,3 +177,24 @@ def test_bad_input(hostns: Path, bridge: LocalBridge) -> None:
     with pytest.raises(BridgeError, match="bad bridge name"):
         LocalBridge("much-too-long-bridge-name", bridge.exec_root)
     assert not (bridge.exec_root / "netns" / ID_A[:12]).exists()
+
+
+def test_works_under_uvloop(hostns: Path, bridge: LocalBridge) -> None:
+    """shoald installs uvloop, whose loops cannot open netlink sockets; the bridge must not use them."""
+    import asyncio
+
+    uvloop = pytest.importorskip("uvloop")
+    old = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        async def main() -> str:
+            await asyncio.to_thread(bridge.ensure, SUBNET, GW)
+            path = await asyncio.to_thread(bridge.attach, ID_A, "10.231.7.2/24", GW)
+            bridge.detach(ID_B)  # directly from the loop's thread, too
+            return path
+
+        a = netns.run_in_netns(hostns, lambda: asyncio.run(main()))
+    finally:
+        asyncio.set_event_loop_policy(old)
+    assert ping(hostns, "10.231.7.2").returncode == 0
+    assert netns.is_mountpoint(a)
