@@ -347,3 +347,41 @@ async def test_session_calls_need_a_node_certificate(mgr: Manager, tmp_path: Pat
         finally:
             await p.close()
     assert all(n["ID"] != "intruder" for n in mgr.nodes())
+
+
+async def test_registered_calls_check_the_role(mgr: Manager, tmp_path: Path) -> None:
+    async def ping(peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": node_id, "role": role}
+
+    mgr.server.register("raft.ping", ping, role="manager")
+    wid, _, _ = await join(mgr.addr, mgr.tokens()["Worker"], "w", "", tmp_path / "w", timeout=10)
+    mid, _, _ = await join(mgr.addr, mgr.tokens()["Manager"], "m", "", tmp_path / "m", timeout=10)
+
+    async def call(d: Path) -> dict[str, Any]:
+        ctx = tlsutil.client_context(d / "node.crt", d / "node.key", d / "ca.crt")
+        p = await wire.connect("127.0.0.1", mgr.server.port, ctx, server_hostname=tlsutil.MANAGER_SERVER_NAME)
+        try:
+            return await p.request("raft.ping", {})
+        finally:
+            await p.close()
+
+    with pytest.raises(wire.RemoteError, match="only manager nodes may call this"):
+        await call(tmp_path / "w")
+    assert await call(tmp_path / "m") == {"pong": mid, "role": "manager"}
+    assert wid != mid
+
+
+async def test_removed_node_loses_its_session(mgr: Manager, tmp_path: Path) -> None:
+    wcerts = tmp_path / "w"
+    node_id, _, _ = await join(mgr.addr, mgr.tokens()["Worker"], "w", "", wcerts, timeout=10)
+    ex = RecordingExecutor()
+    agent = Agent(node_id, [mgr.addr], wcerts, ex, local_description("w"), backoff_max=0.3)
+    ex.report = agent.report
+    agent.start()
+    try:
+        await agent.wait_connected(5)
+        await mgr.store.update(lambda tx: tx.delete("nodes", node_id))
+        await wait_for(lambda: "not part of this swarm" in agent.last_error, 5, "the agent told it was removed")
+        assert not agent.connected.is_set()
+    finally:
+        await agent.stop()

@@ -10,6 +10,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal import wire
 from shoal.wire import Peer, RemoteError, WireError
@@ -187,3 +189,26 @@ async def test_no_handler_answers_error() -> None:
     async with pair(None) as (client, _):
         with pytest.raises(RemoteError, match="unknown request type 'x'"):
             await client.request("x", {})
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=50) | st.binary(max_size=50),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=10), _values, max_size=6))
+def test_frame_roundtrip_property(body: dict[str, Any]) -> None:
+    """Any msgpack-able map survives encode_frame → read_frame unchanged."""
+    data = wire.encode_frame(body)
+
+    async def decode() -> dict[str, Any]:
+        r = asyncio.StreamReader()
+        r.feed_data(data)
+        r.feed_eof()
+        return await wire.read_frame(r)
+
+    assert asyncio.run(decode()) == body
