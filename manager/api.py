@@ -59,7 +59,10 @@ class ApiError(Exception):
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"message": message}, status=status)
+    # Content-Type exactly "application/json": the docker client only decodes the error body
+    # (and prints just the message) when the header is that string, without a charset.
+    return web.Response(body=json.dumps({"message": message}).encode(), status=status,
+                        content_type="application/json")
 
 
 def _store_error(e: Exception) -> ApiError:

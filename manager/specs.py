@@ -45,6 +45,13 @@ DEFAULT_ROLLBACK_CONFIG: dict[str, Any] = dict(DEFAULT_UPDATE_CONFIG)
 
 # swarmkit's controlapi validateAnnotations: a DNS label-like name, at most 63 characters.
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
+# distribution/reference grammar (github.com/distribution/reference regexp.go), simplified:
+# [domain[:port]/]path-component(/path-component)*[:tag][@algorithm:hex]
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_REFERENCE_RE = re.compile(
+    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$"
+)
 _CONSTRAINT_RE = re.compile(r"^\s*([\w.\-]+)\s*(==|!=)\s*(.*?)\s*$")
 
 _ADJ = ["admiring", "brave", "clever", "eager", "festive", "gallant", "happy", "jolly", "keen", "lucid",
@@ -175,7 +182,7 @@ def validate_task_spec(ts: Any) -> dict[str, Any]:
     image = cs.get("Image")
     if not isinstance(image, str) or not image.strip():
         raise SpecError("ContainerSpec: image reference must be provided")
-    if any(c.isspace() for c in image) or image != image.strip():
+    if not _REFERENCE_RE.match(image):
         raise SpecError(f"ContainerSpec: {image!r} is not a valid repository/tag")
     for f in ("Command", "Args", "Env"):
         _str_list(cs.get(f), f"ContainerSpec.{f}")

@@ -47,6 +47,7 @@ def test_defaults_mode_and_name() -> None:
         (_spec(TaskTemplate={"ContainerSpec": {"Image": "x"}, "Placement": {"Constraints": ["node.role=manager"]}}),
          "constraint expected one operator from ==, !="),
         ("not an object", "must be a JSON object"),
+        (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox@@"}}), "is not a valid repository/tag"),
     ],
 )
 def test_invalid_service_specs(spec: Any, message: str) -> None:
