@@ -385,3 +385,19 @@ async def test_removed_node_loses_its_session(mgr: Manager, tmp_path: Path) -> N
         assert not agent.connected.is_set()
     finally:
         await agent.stop()
+
+
+def test_join_and_session_on_uvloop(tmp_path: Path) -> None:
+    """The full path again on uvloop's event loop, which shoald installs (TLS identity, pushes, timers)."""
+    import uvloop
+
+    async def main() -> None:
+        m = await start_manager(tmp_path / "mgr")
+        try:
+            assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+            await test_full_join_session_assignment_status_logs(m, tmp_path)
+        finally:
+            await stop_manager(m)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
