@@ -17,6 +17,7 @@ Object IDs in paths may be a full ID, a name (services: ``Spec.Name``; nodes: ho
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
@@ -47,6 +48,7 @@ Obj = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 INVALID_ARGUMENT = "rpc error: code = InvalidArgument desc = "
+LOG_FOLLOW_POLL = 1.0  # seconds between polls of the nodes for `logs --follow`
 
 
 class ApiError(Exception):
@@ -343,6 +345,17 @@ def add_routes(app: web.Application, manager: Any) -> None:
             cur = tx.get("nodes", n["ID"])
             if cur is None:
                 raise ApiError(404, f"node {n['ID']} not found")
+            old_role = (cur.get("Spec") or {}).get("Role")
+            if old_role == "worker" and spec["Role"] == "manager":
+                raise ApiError(400, "rpc error: code = FailedPrecondition desc = promoting a node to manager "
+                                    "needs the replicated Raft log, which this version of shoal does not have yet")
+            if old_role == "manager" and spec["Role"] == "worker":
+                managers = tx.find("nodes", lambda o: (o.get("Spec") or {}).get("Role") == "manager")
+                if len(managers) <= 1:
+                    raise ApiError(400, "rpc error: code = FailedPrecondition desc = attempting to demote the "
+                                        "last manager of the swarm")
+                raise ApiError(400, "rpc error: code = FailedPrecondition desc = demoting a manager needs the "
+                                    "replicated Raft log, which this version of shoal does not have yet")
             cur["Version"] = {"Index": version}
             cur["Spec"] = spec
             tx.update("nodes", cur)
@@ -506,15 +519,20 @@ def add_routes(app: web.Application, manager: Any) -> None:
 
     # ------------------------------------------------------------------------------ logs
 
-    async def write_logs(request: web.Request, tasks: list[Obj]) -> web.StreamResponse:
+    async def write_logs(request: web.Request, tasks_now: Callable[[], list[Obj] | None]) -> web.StreamResponse:
         """Docker's log stream (MOBY: api/server/httputils/write_log_stream.go): per line
         ``[timestamp ' '][details ' ']message``, multiplexed; details are the url-escaped,
-        key-sorted ``com.docker.swarm.{node,service,task}.id`` attributes the CLI parses."""
+        key-sorted ``com.docker.swarm.{node,service,task}.id`` attributes the CLI parses.
+
+        ``tasks_now()`` gives the tasks whose logs to read (None once the service or task is
+        gone). With ``follow``, the nodes are polled every ``LOG_FOLLOW_POLL`` seconds for lines
+        newer than the last one sent, until the client goes away or the source is removed."""
         stdout, stderr = _bool(request, "stdout"), _bool(request, "stderr")
         if not (stdout or stderr):
             raise ApiError(400, "Bad parameters: you must choose at least one stream")
         details = _bool(request, "details")
         timestamps = _bool(request, "timestamps")
+        follow = _bool(request, "follow")
         tail_raw = request.query.get("tail", "all")
         if tail_raw in ("", "all"):
             tail = -1
@@ -530,52 +548,99 @@ def add_routes(app: web.Application, manager: Any) -> None:
             since = parse_rfc3339(since_raw)
             if not since:
                 raise ApiError(400, f"invalid since value {since_raw!r}: use a UNIX timestamp") from None
-        by_id = {str(t["ID"]): t for t in tasks}
-        try:
-            lines = await manager.read_logs(list(by_id), tail, since, timestamps)
-        except Exception as e:  # noqa: BLE001 - reported to the client as Docker does
-            raise ApiError(500, f"Error grabbing logs: {e}") from e
+
+        async def read(tasks: list[Obj], tail: int, since: float) -> list[Obj]:
+            ids = [str(t["ID"]) for t in tasks]
+            if not ids:
+                return []
+            try:
+                lines: list[Obj] = await manager.read_logs(ids, tail, since, timestamps)
+            except Exception as e:  # noqa: BLE001 - reported to the client as Docker does
+                raise ApiError(500, f"Error grabbing logs: {e}") from e
+            return lines
+
+        def frames(lines: list[Obj], by_id: dict[str, Obj]) -> bytes:
+            buf = bytearray()
+            for ln in lines:
+                stream = 2 if ln.get("stream") == "stderr" else 1
+                if (stream == 1 and not stdout) or (stream == 2 and not stderr):
+                    continue
+                t = by_id.get(str(ln.get("task_id")), {})
+                msg = str(ln.get("log", ""))
+                if not msg.endswith("\n"):
+                    msg += "\n"
+                prefix = ""
+                if timestamps:
+                    prefix += _format_ts(str(ln.get("time", ""))) + " "
+                if details:
+                    attrs = sorted({
+                        "com.docker.swarm.node.id": str(ln.get("node_id") or t.get("NodeID", "")),
+                        "com.docker.swarm.service.id": str(t.get("ServiceID", "")),
+                        "com.docker.swarm.task.id": str(t.get("ID", ln.get("task_id", ""))),
+                    }.items())
+                    prefix += ",".join(f"{urllib.parse.quote_plus(k)}={urllib.parse.quote_plus(v)}"
+                                       for k, v in attrs) + " "
+                buf += mux_frame(stream, (prefix + msg).encode())
+            return bytes(buf)
+
+        tasks = tasks_now() or []
+        lines = await read(tasks, tail, since)
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/vnd.docker.multiplexed-stream"})
         await resp.prepare(request)
-        buf = bytearray()
-        for ln in lines:
-            stream = 2 if ln.get("stream") == "stderr" else 1
-            if (stream == 1 and not stdout) or (stream == 2 and not stderr):
-                continue
-            t = by_id.get(str(ln.get("task_id")), {})
-            msg = str(ln.get("log", ""))
-            if not msg.endswith("\n"):
-                msg += "\n"
-            prefix = ""
-            if timestamps:
-                prefix += _format_ts(str(ln.get("time", ""))) + " "
-            if details:
-                attrs = sorted({
-                    "com.docker.swarm.node.id": str(ln.get("node_id") or t.get("NodeID", "")),
-                    "com.docker.swarm.service.id": str(t.get("ServiceID", "")),
-                    "com.docker.swarm.task.id": str(t.get("ID", ln.get("task_id", ""))),
-                }.items())
-                prefix += ",".join(f"{urllib.parse.quote_plus(k)}={urllib.parse.quote_plus(v)}" for k, v in attrs) + " "
-            buf += mux_frame(stream, (prefix + msg).encode())
-            if len(buf) > 64 * 1024:
-                await resp.write(bytes(buf))
-                buf.clear()
-        if buf:
-            await resp.write(bytes(buf))
+        await resp.write(frames(lines, {str(t["ID"]): t for t in tasks}))
+        if follow:
+            last = max([parse_rfc3339(str(ln.get("time", ""))) for ln in lines] + [since])
+            sent_at_last = {(ln.get("task_id"), ln.get("time"), ln.get("stream"), ln.get("log")) for ln in lines
+                            if parse_rfc3339(str(ln.get("time", ""))) >= last}
+            try:
+                while True:
+                    await asyncio.sleep(LOG_FOLLOW_POLL)
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    current = tasks_now()
+                    if current is None:
+                        break
+                    new = []
+                    for ln in await read(current, -1, last):
+                        key = (ln.get("task_id"), ln.get("time"), ln.get("stream"), ln.get("log"))
+                        ts = parse_rfc3339(str(ln.get("time", "")))
+                        if ts < last or (ts == last and key in sent_at_last):
+                            continue
+                        new.append(ln)
+                    if not new:
+                        continue
+                    newest = max(parse_rfc3339(str(ln.get("time", ""))) for ln in new)
+                    if newest > last:
+                        last, sent_at_last = newest, set()
+                    sent_at_last |= {(ln.get("task_id"), ln.get("time"), ln.get("stream"), ln.get("log"))
+                                     for ln in new if parse_rfc3339(str(ln.get("time", ""))) >= last}
+                    await resp.write(frames(new, {str(t["ID"]): t for t in current}))
+            except (ConnectionResetError, ApiError) as e:
+                log.info("log stream ended: %s", e)
         await resp.write_eof()
         return resp
 
     @route("GET", "/services/{id}/logs")
     async def service_logs(request: web.Request) -> web.StreamResponse:
-        """GET /services/{id}/logs?details&stdout&stderr&since&timestamps&tail (no follow yet)."""
-        view = store().view()
-        s = _resolve(view, "services", request.match_info["id"], "service", _service_names)
-        tasks = view.find("tasks", lambda t: t.get("ServiceID") == s["ID"])
-        return await write_logs(request, tasks)
+        """GET /services/{id}/logs?details&follow&stdout&stderr&since&timestamps&tail."""
+        s = _resolve(store().view(), "services", request.match_info["id"], "service", _service_names)
+
+        def tasks_now() -> list[Obj] | None:
+            view = store().view()
+            if view.get("services", s["ID"]) is None:
+                return None
+            return view.find("tasks", lambda t: t.get("ServiceID") == s["ID"])
+
+        return await write_logs(request, tasks_now)
 
     @route("GET", "/tasks/{id}/logs")
     async def task_logs(request: web.Request) -> web.StreamResponse:
         """GET /tasks/{id}/logs (same parameters as service logs)."""
         view = store().view()
         t = _resolve(view, "tasks", request.match_info["id"], "task", _task_names(view))
-        return await write_logs(request, [t])
+
+        def tasks_now() -> list[Obj] | None:
+            cur = store().view().get("tasks", t["ID"])
+            return [cur] if cur is not None else None
+
+        return await write_logs(request, tasks_now)

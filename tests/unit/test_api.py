@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+import manager.api as api_module
 from manager.api import add_routes
 from manager.orchestrator import Orchestrator
 from manager.scheduler import Scheduler
@@ -181,6 +182,8 @@ async def test_nodes(env: tuple[TestClient[web.Request, web.Application], Manage
     assert (await (await client.get("/nodes/h2")).json())["Spec"]["Availability"] == "drain"
     r = await client.post(f"/nodes/h2/update?version={n['Version']['Index']}", json=dict(spec, Availability="nap"))
     assert r.status == 400 and "invalid Availability" in (await r.json())["message"]
+    r = await client.post(f"/nodes/h1/update?version={n['Version']['Index']}", json=dict(spec, Role="manager"))
+    assert r.status == 400 and "Raft" in (await r.json())["message"]
     r = await client.delete("/nodes/h3")
     assert r.status == 400 and "is not down" in (await r.json())["message"]
     assert (await client.delete("/nodes/h3?force=true")).status == 200
@@ -188,7 +191,8 @@ async def test_nodes(env: tuple[TestClient[web.Request, web.Application], Manage
     assert len(await (await client.get('/nodes?filters={"role":["worker"]}')).json()) == 2
 
 
-async def test_tasks_filters_and_logs(env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble]) -> None:
+async def test_tasks_filters_and_logs(env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     client, mgr = env
     loops = [asyncio.create_task(Orchestrator(mgr.store, debounce=0.005).run()),
              asyncio.create_task(Scheduler(mgr.store, debounce=0.005).run())]
@@ -237,6 +241,19 @@ async def test_tasks_filters_and_logs(env: tuple[TestClient[web.Request, web.App
         raw = await r.read()
         assert raw == struct.pack(">BxxxI", 1, 6) + b"hello\n"
         assert (await client.get(f"/tasks/{t0['ID']}/logs")).status == 400  # no stream chosen
+
+        # follow: lines that appear later are streamed until the service is removed
+        monkeypatch.setattr(api_module, "LOG_FOLLOW_POLL", 0.02)
+        resp = await client.get("/services/web/logs?stdout=1&follow=1")
+        first = await resp.content.readexactly(8 + len("hello\n"))
+        assert first.endswith(b"hello\n")
+        mgr.lines.append({"task_id": t0["ID"], "stream": "stdout", "time": "2026-11-29T17:00:02Z", "log": "later\n"})
+        async with asyncio.timeout(5):
+            nxt = await resp.content.readexactly(8 + len("later\n"))
+        assert nxt == struct.pack(">BxxxI", 1, 6) + b"later\n"
+        assert (await client.delete("/services/web")).status == 200
+        async with asyncio.timeout(5):
+            assert await resp.content.read() == b""  # stream ended, nothing repeated
     finally:
         for lp in loops:
             lp.cancel()
