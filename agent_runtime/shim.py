@@ -1,11 +1,12 @@
 """shoal-shim: one process per container that outlives shoald (as containerd-shim does).
 
-    shoal-shim --id ID --bundle DIR --log FILE --state FILE --runtime PATH [--runtime-root DIR]
-               [--runtime-kind shoal|runc]
+    shoal-shim --id ID --bundle DIR --log FILE --state FILE --runtime shoal|PATH [--runtime-root DIR]
 
 The first process forks, the child calls setsid(2) and forks again; the grandchild is the shim.
 The shim runs ``<runtime> [--root R] run --pid-file <dir>/init.pid --bundle DIR ID`` with stdin
-from /dev/null and stdout/stderr on pipes, turns every line into a Docker json-file log record
+from /dev/null and stdout/stderr on pipes (``--runtime shoal`` runs the same code as ``shoal-oci run``,
+``agent_runtime.oci.runtime.run``, in a forked child instead of exec'ing a second Python: this saves
+a Python start-up per container), turns every line into a Docker json-file log record
 (``{"log": "...\\n", "stream": "stdout"|"stderr", "time": RFC 3339}``), reaps the runtime and
 writes ``shim.json`` atomically at each step:
 
@@ -18,18 +19,21 @@ exited) and exits 0; it exits 1 with a message on stderr if the shim itself coul
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import selectors
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
 
-from shoal.util import now_rfc3339
+
+def now_rfc3339() -> str:
+    """Now as RFC 3339 UTC with nanoseconds (as shoal.util.now_rfc3339; kept here so the shim starts fast)."""
+    ns = time.time_ns()
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -83,7 +87,91 @@ class _LogWriter:
         self.partial = {"stdout": b"", "stderr": b""}
 
 
-def _serve(a: argparse.Namespace, ready_w: int) -> int:
+class _Args:
+    id: str
+    bundle: str
+    log: str
+    state: str
+    runtime: str
+    runtime_root: str | None = None
+
+
+def _parse(argv: list[str]) -> _Args:
+    a = _Args()
+    names = {"--id": "id", "--bundle": "bundle", "--log": "log", "--state": "state", "--runtime": "runtime",
+             "--runtime-root": "runtime_root"}
+    it = iter(argv)
+    for tok in it:
+        key, eq, val = tok.partition("=")
+        if key not in names:
+            raise SystemExit(f"shoal-shim: unknown argument {tok!r}")
+        if not eq:
+            try:
+                val = next(it)
+            except StopIteration as e:
+                raise SystemExit(f"shoal-shim: {key} needs a value") from e
+        setattr(a, names[key], val)
+    for req in ("id", "bundle", "log", "state", "runtime"):
+        if not hasattr(a, req):
+            raise SystemExit(f"shoal-shim: --{req.replace('_', '-')} is required")
+    return a
+
+
+class _Child:
+    """The OCI runtime process: exec'd (runc) or forked running agent_runtime.oci.runtime.run (shoal)."""
+
+    def __init__(self, a: _Args, pid_file: str, out_w: int, err_w: int, close: list[int]) -> None:
+        self.returncode: int | None = None
+        if a.runtime != "shoal":
+            import subprocess
+
+            argv = [a.runtime]
+            if a.runtime_root:
+                argv += ["--root", a.runtime_root]
+            argv += ["run", "--pid-file", pid_file, "--bundle", a.bundle, a.id]
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, close_fds=True,
+                                 cwd=a.bundle)
+            self.pid = p.pid
+            p.returncode = 0  # we reap it ourselves below; keep Popen's __del__ quiet
+            return
+        from agent_runtime.oci.runtime import RuntimeError_, run
+
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                for fd in [devnull, out_w, err_w] + close:
+                    os.close(fd)
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                code = run(a.bundle, a.id, pid_file, a.runtime_root or "/run/shoal-oci")
+            except RuntimeError_ as e:
+                os.write(2, f"shoal-oci: {e}\n".encode())
+            except BaseException as e:  # noqa: BLE001 - the child must never return into the shim
+                os.write(2, f"shoal-oci: {e}\n".encode())
+            finally:
+                os._exit(code)
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _serve(a: _Args, ready_w: int) -> int:
     base = os.path.dirname(os.path.abspath(a.state))
     pid_file = os.path.join(base, "init.pid")
     try:
@@ -93,16 +181,11 @@ def _serve(a: argparse.Namespace, ready_w: int) -> int:
     st: dict[str, Any] = {"status": "starting", "shim_pid": os.getpid(), "pid": 0, "exit_code": None,
                           "started_at": None, "finished_at": None, "error": None}
     write_state(a.state, st)
-    argv = [a.runtime]
-    if a.runtime_root:
-        argv += ["--root", a.runtime_root]
-    argv += ["run", "--pid-file", pid_file, "--bundle", a.bundle, a.id]
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     log = _LogWriter(a.log)
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, close_fds=True,
-                                cwd=a.bundle)
+        proc = _Child(a, pid_file, out_w, err_w, [out_r, err_r, ready_w])
     except OSError as e:
         st.update(status="exited", exit_code=127, error=f"cannot run OCI runtime {a.runtime}: {e}",
                   finished_at=now_rfc3339())
@@ -178,14 +261,7 @@ def _serve(a: argparse.Namespace, ready_w: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``shoal-shim``; see the module docstring for arguments and behaviour."""
-    p = argparse.ArgumentParser(prog="shoal-shim")
-    p.add_argument("--id", required=True)
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--log", required=True)
-    p.add_argument("--state", required=True)
-    p.add_argument("--runtime", required=True, help="path of the OCI runtime binary (shoal-oci or runc)")
-    p.add_argument("--runtime-root", default=None, help="--root passed to the OCI runtime")
-    a = p.parse_args(argv)
+    a = _parse(sys.argv[1:] if argv is None else argv)
     if not os.path.isfile(os.path.join(a.bundle, "config.json")):
         print(f"shoal-shim: no config.json in bundle {a.bundle}", file=sys.stderr)
         sys.exit(1)
