@@ -439,8 +439,10 @@ class Dispatcher:
         return {}
 
     async def _batch_timer(self) -> None:
-        await asyncio.sleep(self.batch_interval)
-        await self._commit_batch()
+        # loop: updates that arrive while a batch is being committed go into the next batch
+        while self._batch.items:
+            await asyncio.sleep(self.batch_interval)
+            await self._commit_batch()
 
     async def _commit_batch(self) -> None:
         batch, self._batch = self._batch, _StatusBatch()

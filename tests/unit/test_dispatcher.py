@@ -336,3 +336,27 @@ async def test_request_logs(env: Env) -> None:
     await fn.connect(env.port)
     r = await env.d.request_logs("n1", {"task_ids": ["t1", "t2"], "tail": -1, "since": 0, "timestamps": False})
     assert [ln["task_id"] for ln in r["lines"]] == ["t1", "t2"]
+
+
+async def test_status_updates_arriving_during_a_commit_are_not_lost(env: Env) -> None:
+    await env.add_node("n1")
+    for i in range(40):
+        await env.add_task(f"t{i}", "n1")
+    fn = FakeNode("n1")
+    await fn.connect(env.port)
+    env.d.batch_interval = 0.01
+    # make commits slow (as a busy disk would) so that updates arrive while one is in flight
+    real_update = env.store.update
+
+    async def slow_update(fn: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return await real_update(fn)
+
+    env.store.update = slow_update  # type: ignore[method-assign]
+
+    async def staggered(i: int) -> None:
+        await asyncio.sleep(i * 0.003)
+        await fn.status([{"TaskID": f"t{i}", "Status": {"State": "running"}}])
+
+    await asyncio.wait_for(asyncio.gather(*(staggered(i) for i in range(40))), 10)
+    assert all(env.task(f"t{i}")["Status"]["State"] == "running" for i in range(40))
