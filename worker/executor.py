@@ -60,6 +60,8 @@ MESSAGES = {"accepted": "accepted", "preparing": "preparing", "starting": "start
             "complete": "finished", "shutdown": "shutdown", "failed": "started", "rejected": "preparing"}
 
 DEFAULT_STOP_GRACE_S = 10.0
+#: How long ``runtime.start`` may take before the task fails (unless the container runs anyway).
+DEFAULT_START_TIMEOUT_S = 60.0
 LABEL_TASK = "com.docker.swarm.task.id"
 LABEL_SERVICE = "com.docker.swarm.service.id"
 LABEL_NODE = "com.docker.swarm.node.id"
@@ -87,13 +89,16 @@ class Executor:
     ``runtime``: an ``agent_runtime.containers.Runtime`` (create/start/wait/stop/remove/state/list/read_logs);
     ``images``: an ``agent_runtime.images.ImageStore`` (get/pull);
     ``bridge``: an ``overlaynet.bridge.LocalBridge`` (ensure/attach/detach; called in threads);
+    ``start_timeout``: seconds ``runtime.start`` may take (default 60) before the task fails;
     ``report``: ``report(task_id, status)`` callback, sync or async, called once per forward state move
     with ``status = {"Timestamp", "State", "Message", "Err"?, "ContainerStatus"?: {"ContainerID", "PID",
     "ExitCode"}}``.  Exceptions from ``report`` are logged and otherwise ignored.
     """
 
-    def __init__(self, runtime: Any, images: Any, bridge: Any, report: ReportFn) -> None:
+    def __init__(self, runtime: Any, images: Any, bridge: Any, report: ReportFn,
+                 start_timeout: float = DEFAULT_START_TIMEOUT_S) -> None:
         self.runtime = runtime
+        self.start_timeout = start_timeout
         self.images = images
         self.bridge = bridge
         self._report = report
@@ -534,7 +539,19 @@ class _Controller:
 
     async def _start(self) -> None:
         try:
-            self.cstate = await self.ex.runtime.start(self.cid)
+            self.cstate = await self._interruptible(
+                asyncio.wait_for(self.ex.runtime.start(self.cid), self.ex.start_timeout))
+        except TimeoutError:
+            st = await self.ex._container_state(self.cid)
+            if getattr(st, "status", None) != "running":
+                self.cstate = st
+                await self._fail(f"container {self.cid[:12]} did not start within {self.ex.start_timeout:g} s")
+                return
+            log.warning("task %s: runtime.start did not return within %g s but the container runs",
+                        self.tid, self.ex.start_timeout)
+            self.cstate = st
+        except _Interrupted:
+            raise  # shutdown asked for meanwhile: the shutdown step stops whatever was started
         except Exception as e:
             self.cstate = await self.ex._container_state(self.cid)
             code = getattr(self.cstate, "exit_code", None)

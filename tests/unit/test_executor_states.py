@@ -387,3 +387,47 @@ async def test_state_lost_before_the_session_is_reported_again() -> None:
     await until(lambda: e.states("t2") == ["failed"])
     assert e.last("t2")["Err"] == "task: non-zero exit (2)"
     await e.ex.close()
+
+
+class HangingStartRuntimeTestDouble(RuntimeTestDouble):
+    """A runtime whose start() never returns (as a shim that never reports would)."""
+
+    def __init__(self, container_runs: bool) -> None:
+        super().__init__()
+        self.container_runs = container_runs
+
+    async def start(self, cid: str) -> StateTestDouble:
+        if self.container_runs:
+            st = self.containers[cid]
+            st.status, st.pid = "running", 4321
+            self._fut(cid)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("runs", [False, True])
+async def test_start_that_hangs(runs: bool) -> None:
+    e = Env()
+    e.runtime = HangingStartRuntimeTestDouble(runs)
+    e.ex = Executor(e.runtime, e.images, e.bridge, e.report, start_timeout=0.3)
+    await e.ex.set_assignments(NODE, [make_task("t1")])
+    await until(lambda: e.states("t1")[-1:] in (["failed"], ["running"]))
+    if runs:  # the container is there and runs: carry on
+        assert e.states("t1")[-1] == "running" and e.last("t1")["ContainerStatus"]["PID"] == 4321
+    else:
+        assert "did not start within 0.3 s" in e.last("t1")["Err"]
+    await e.ex.close()
+
+
+async def test_shutdown_while_starting_hangs() -> None:
+    e = Env()
+    e.runtime = HangingStartRuntimeTestDouble(True)
+    e.ex = Executor(e.runtime, e.images, e.bridge, e.report, start_timeout=30)
+    t = make_task("t1")
+    await e.ex.set_assignments(NODE, [t])
+    await until(lambda: e.states("t1")[-1:] == ["starting"])
+    await asyncio.sleep(0.1)
+    await e.ex.set_assignments(NODE, [{**t, "DesiredState": "shutdown"}])
+    await until(lambda: e.states("t1")[-1:] == ["shutdown"], timeout=3)
+    assert e.runtime.stops and e.runtime.stops[0][0] == container_id_for("t1")
+    await e.ex.close()
