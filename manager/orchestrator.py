@@ -14,7 +14,9 @@ design/task_model.md; SWARM-FACTS 1.1, 1.5):
 - A current task on a node that is ``down``, gone, or ``drain`` is replaced at once elsewhere;
   the old task gets desired ``shutdown``.
 - A current task whose spec differs from the service's task template (a ``service update``
-  that changed it) is replaced (stop-first, all at once).
+  that changed it) is replaced (stop-first), ``UpdateConfig.Parallelism`` slots at a time
+  (default 1; 0 = all at once): the next slot starts when the replacements run. (``Delay``,
+  ``FailureAction``, ``Monitor`` and ``start-first`` are not implemented yet.)
 - Tasks of a removed service get desired ``remove``.
 - Allocator step: ``new`` → ``pending`` (nothing to allocate before placement for the local
   bridge; overlay allocation will go here).
@@ -200,6 +202,17 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
                     set_desired(t, "remove")
                 del occupied[slot]
 
+        # rolling update budget (UpdateConfig.Parallelism, 0 = all at once): slots whose
+        # up-to-date task replaced an older one and is not running yet are still updating
+        parallelism = int((((svc.get("Spec") or {}).get("UpdateConfig")) or {}).get("Parallelism", 1) or 0)
+        updating = sum(
+            1 for slot, cur in occupied.items()
+            if cur.get("Spec") == template and _state(cur) not in _ENDED
+            and _ORDER.get(_state(cur), 0) < _ORDER["running"]
+            and any(t is not cur and t.get("Spec") != template for t in slots.get(slot, []))
+        )
+        budget = parallelism - updating if parallelism > 0 else len(occupied)
+
         for slot, cur in sorted(occupied.items()):
             history = [t for t in slots[slot] if t is not cur]
             state = _state(cur)
@@ -220,6 +233,9 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
                     continue
                 replace = True
             if not replace and cur.get("Spec") != template:
+                if budget <= 0:
+                    continue  # wait for the slots being updated to run
+                budget -= 1
                 replace = True
             if replace:
                 set_desired(cur, "shutdown")
