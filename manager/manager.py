@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from manager.ca import RootCA
+from manager.ca import RootCA, make_token
 from manager.dispatcher import Dispatcher
 from manager.scheduler import Scheduler
 from manager.server import ManagerServer, make_node
@@ -180,6 +180,13 @@ class Manager:
         """``{"Worker": token, "Manager": token}`` as ``GET /swarm`` shows them."""
         jt = self.cluster.get("JoinTokens") or {}
         return {"Worker": jt.get("Worker", ""), "Manager": jt.get("Manager", "")}
+
+    def rotate_join_token(self, role: str) -> str:
+        """A fresh join token for ``role`` (``worker`` | ``manager``) pinned to this cluster's root
+        CA; the API stores it in the cluster object, which revokes the old one."""
+        if role not in ("worker", "manager"):
+            raise ValueError(f"unknown role {role!r}: expected worker or manager")
+        return make_token(self.ca.digest)
 
     def swarm_info(self) -> dict[str, Any]:
         """The manager-only part of ``/info``'s ``Swarm`` section (Docker API ``SwarmInfo``)."""

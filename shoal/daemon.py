@@ -47,7 +47,9 @@ WORKER_NOT_MANAGER = (
 
 def api_error(status: int, message: str) -> web.Response:
     """An API error as Docker returns it: HTTP ``status`` with JSON ``{"message": message}``."""
-    return web.json_response({"message": message}, status=status)
+    # exactly "application/json": the docker CLI decodes error bodies only with that content type
+    return web.Response(body=json.dumps({"message": message}).encode(), status=status,
+                        content_type="application/json")
 
 
 def _strip_version(path: str) -> str:
