@@ -3,7 +3,8 @@
 Follows swarmkit's agent session (SK: agent/session.go, agent/agent.go): open a session,
 heartbeat at the period the manager hands out, receive the complete assignment set whenever it
 changes and hand it to the executor, send task status reports back (batched), and reconnect with
-exponential backoff (and to the next known manager) whenever the session breaks.
+exponential backoff (and to the next known manager) whenever the session breaks. The backoff is
+capped at the last heartbeat period, so a node reconnects within its grace after a manager restart.
 
 The executor interface the agent uses (docs/contracts.md, worker/):
 
@@ -178,8 +179,11 @@ class Agent:
                 break
             if opened:
                 backoff = self.backoff_initial
-            delay = backoff * random.uniform(0.8, 1.2)
-            backoff = min(backoff * 2, self.backoff_max)
+            # never wait longer than one heartbeat period between attempts: after a manager
+            # restart, the node has only 2 × grace to come back before it is marked down
+            cap = min(self.backoff_max, self.heartbeat_period or self.backoff_max)
+            delay = min(backoff, cap) * random.uniform(0.8, 1.2)
+            backoff = min(backoff * 2, cap)
             await asyncio.sleep(delay)
 
     async def _session(self, addr: str) -> bool:

@@ -234,9 +234,13 @@ async def test_agent_reconnects_after_manager_restart(tmp_path: Path) -> None:
         # a status reported while disconnected is kept and sent after reconnecting
         agent.report("tr", {"State": "complete", "Message": "finished",
                             "ContainerStatus": {"ContainerID": "c" * 64, "PID": 0, "ExitCode": 0}})
+        await asyncio.sleep(4.0)  # a long outage: the uncapped backoff would have grown past 4 s
         m = await start_manager(tmp_path / "mgr", period=1.0, port=port)
+        restarted = time.monotonic()
         await wait_for(lambda: agent is not None and agent.connected.is_set() and agent.session_id != first, 10,
                        "a new session after the restart")
+        # the backoff is capped at the heartbeat period (1 s ± jitter)
+        assert time.monotonic() - restarted < 2.0
         await wait_for(lambda: m.node(node_id)["Status"]["State"] == "ready", 5, "node ready again")
         assert m.node(node_id)["Status"]["Addr"] == "127.0.0.1"  # no advertise address: the peer's
         await wait_for(lambda: m.store.view().get("tasks", "tr")["Status"]["State"] == "complete", 5,  # type: ignore[index]
