@@ -272,7 +272,10 @@ def main(argv: list[str] | None = None) -> None:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
-        # The shim proper: no controlling terminal, no inherited stdio, survives its spawner.
+        # The shim proper: no controlling terminal, no inherited stdio or other descriptors (a spawner
+        # such as uvloop may leak its pipe ends or sockets to us), survives its spawner.
+        os.closerange(3, ready_w)
+        os.closerange(ready_w + 1, 1 << 20)
         os.chdir("/")
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):

@@ -268,3 +268,32 @@ async def test_concurrent_starts(runtime: Runtime) -> None:
     assert codes == [0] * len(ids)
     for cid in ids:
         assert runtime.read_logs(cid)[0]["log"] == cid[:12] + "\n"
+
+
+def test_start_returns_promptly_under_uvloop(scratch_dir: Path, busybox_archive: Path) -> None:
+    """shoald runs on uvloop, whose subprocess spawning leaked pipe ends into the shim, so start()
+    waited for the container to exit. The shim now closes every inherited descriptor."""
+    require_root()
+    uvloop = pytest.importorskip("uvloop")
+    images = ImageStore(scratch_dir / "images")
+    images.load(busybox_archive)
+    parent = f"shoal-test-uv-{os.getpid()}"
+    rt = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, parent, "shoal")
+
+    async def scenario() -> None:
+        try:
+            cid = new_container_id()
+            await rt.create(ContainerSpec(id=cid, image=TEST_REF, command=["sleep", "60"]))
+            t0 = time.monotonic()
+            st = await asyncio.wait_for(rt.start(cid), 20)
+            assert st.status == "running" and time.monotonic() - t0 < 10
+            st = await rt.stop(cid, timeout=0.5)
+            assert st.exit_code == 137
+        finally:
+            await _cleanup_runtime(rt, parent)
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
