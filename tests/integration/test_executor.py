@@ -193,8 +193,9 @@ def test_missing_command_fails_and_bad_image_is_rejected(hostns: Path, scratch_d
         rejected = node.last("task-badimage")
         assert rejected["Err"] and "127.0.0.1:1" in rejected["Err"], rejected
         assert "running" not in node.states("task-badimage")
-        # the failed task's network is released at once; the rejected one never got one
-        assert not node.bridge.netns_path(container_id_for("task-missing")).exists()
+        # the failed task's network is released right after the report; the rejected one never got one
+        await until(lambda: not node.bridge.netns_path(container_id_for("task-missing")).exists(), 5,
+                    "the failed task's network to be released")
         assert not node.bridge.netns_path(container_id_for("task-badimage")).exists()
 
         await node.executor.set_assignments(NODE, [])  # both vanish: containers removed
