@@ -114,3 +114,38 @@ async def test_exit_codes_and_exec_errors_match(bundle_runtime: Runtime, scratch
     # The kernel protects a pid namespace's init from signals sent from inside it, even SIGKILL.
     assert ours.returncode == theirs.returncode == 0
     assert ours.stdout == theirs.stdout == "survived\n"
+
+
+async def test_shoal_oci_state_kill_delete(bundle_runtime: Runtime, scratch_dir: Path) -> None:
+    spec = ContainerSpec(id=new_container_id(), image=TEST_REF, command=["sleep", "60"])
+    await bundle_runtime.create(spec)
+    bundle = bundle_runtime.root / spec.id
+    root = scratch_dir / "cli-state"
+    name = "cli-" + spec.id[:12]
+    pid_file = scratch_dir / "cli.pid"
+    proc = subprocess.Popen([SHOAL_OCI, "--root", str(root), "run", "--pid-file", str(pid_file), "--bundle",
+                             str(bundle), name], stdin=subprocess.DEVNULL)
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "shoal-oci run did not start"
+            time.sleep(0.01)
+        st = json.loads(subprocess.run([SHOAL_OCI, "--root", str(root), "state", name], check=True,
+                                       capture_output=True, text=True).stdout)
+        assert st["status"] == "running" and st["pid"] == int(pid_file.read_text())
+        listed = json.loads(subprocess.run([SHOAL_OCI, "--root", str(root), "list"], check=True,
+                                           capture_output=True, text=True).stdout)
+        assert [c["id"] for c in listed] == [name]
+        busy = subprocess.run([SHOAL_OCI, "--root", str(root), "delete", name], capture_output=True, text=True)
+        assert busy.returncode != 0 and "is running" in busy.stderr
+        subprocess.run([SHOAL_OCI, "--root", str(root), "kill", name, "KILL"], check=True)
+        assert proc.wait(20) == 137
+        assert not (root / name).exists()  # run cleans its state when the container exits
+        gone = subprocess.run([SHOAL_OCI, "--root", str(root), "state", name], capture_output=True, text=True)
+        assert gone.returncode != 0 and "does not exist" in gone.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
