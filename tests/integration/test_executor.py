@@ -58,6 +58,14 @@ async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+def memory_limit(rel: str) -> int:
+    """The memory limit in bytes of cgroup ``rel`` (cgroup v1 memory.limit_in_bytes or v2 memory.max)."""
+    for f in (Path("/sys/fs/cgroup/memory") / rel / "memory.limit_in_bytes", Path("/sys/fs/cgroup") / rel / "memory.max"):
+        if f.exists():
+            return int(f.read_text().strip())
+    raise AssertionError(f"no memory cgroup {rel}")
+
+
 class Node:
     """The executor with real parts, plus the reports it made."""
 
@@ -155,6 +163,9 @@ def test_task_runs_serves_http_and_is_removed(hostns: Path, scratch_dir: Path, b
         cs = node.last("task-web-1")["ContainerStatus"]
         assert cs["ContainerID"] == cid and cs["PID"] > 0
         assert Path(f"/proc/{cs['PID']}").exists()
+        # the task's process is in the namespace the bridge made, and its limits came from the spec
+        assert os.stat(f"/proc/{cs['PID']}/ns/net").st_ino == os.stat(node.bridge.netns_path(cid)).st_ino
+        assert memory_limit(f"{cgroup_parent}/{cid}") == 64 << 20
         # reachable over HTTP at its address from the host side; the CGI prints the hostname
         assert "shoal busybox" in await fetch("10.232.5.2", "/")
         assert (await fetch("10.232.5.2", "/cgi-bin/whoami")).strip() == cid[:12]
