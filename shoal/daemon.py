@@ -193,8 +193,9 @@ class Daemon:
             await self._start_agent()
 
     async def stop(self) -> None:
-        """Stop the roles; containers keep running (their shims hold them)."""
+        """Stop the roles and the task controllers; containers keep running (their shims hold them)."""
         await self._stop_roles()
+        await self.executor.close()
 
     # ---- swarm init / join / leave
 
