@@ -14,6 +14,7 @@ Every command is printed before it runs, with its output after it. Raises LabErr
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -39,17 +40,21 @@ def sh(host: str, *cmd: str, capture: bool = False) -> str:
     return out
 
 
+_GET = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+
+
 def fetch_in_host(host: lab.HostState, url: str, timeout: float = 20.0) -> str:
-    """GET ``url`` from inside ``host``'s netns (busybox wget), retrying until ``timeout`` seconds."""
+    """GET ``url`` from inside ``host``'s netns (a Python urllib one-liner under nsenter),
+    retrying until ``timeout`` seconds. (Debian's busybox wget crashes with ``-T``.)"""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
         res = subprocess.run(["nsenter", f"--net={lab.NETNS_DIR / host.netns}", "--",
-                              "busybox", "wget", "-q", "-T", "3", "-O", "-", url],
+                              sys.executable, "-I", "-c", _GET, url],
                              capture_output=True, text=True, timeout=30)
         if res.returncode == 0:
             return res.stdout
-        last = res.stderr.strip() or f"exit {res.returncode}"
+        last = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
         if time.monotonic() > deadline:
             raise lab.LabError(f"GET {url} from {host.name} failed: {last}")
         time.sleep(0.3)
