@@ -240,6 +240,8 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
             newest[str(t.get("Slot") or t.get("NodeID") or t["ID"])] = t
         total = desired if desired is not None else len(newest)
         for slot, t in sorted(newest.items(), key=lambda kv: (len(kv[0]), kv[0])):
+            if desired is not None and slot.isdigit() and int(slot) > desired:
+                continue  # being scaled down
             st = t.get("Status", {}).get("State", "new")
             if shown.get(slot) != st:
                 shown[slot] = st
