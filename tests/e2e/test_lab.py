@@ -80,9 +80,10 @@ def test_docker_cli(cluster: Cluster) -> None:
     assert r.returncode == 0, r.stderr
     try:
         wait_until(lambda: len(running("w2")) == 2, 120, "w2 to have 2 running tasks")
-        r = docker("service", "scale", "--detach", "w2=4")
+        r = docker("service", "scale", "w2=4")  # the CLI's own convergence loop (verify waits 5 s)
         assert r.returncode == 0, r.stderr
-        wait_until(lambda: len(running("w2")) == 4, 120, "w2 to have 4 running tasks")
+        assert "verify: Service w2 converged" in r.stdout, r.stdout
+        wait_until(lambda: len(running("w2")) == 4, 30, "w2 to have 4 running tasks")
     finally:
         r = docker("service", "rm", "w2")
     assert r.returncode == 0, r.stderr
