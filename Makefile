@@ -32,9 +32,12 @@ down:
 	@if [ -x $(BIN)/shoal-lab ]; then $(BIN)/shoal-lab down; \
 	else $(PYTHON) -m deploy.lab.cli down; fi
 
-## bench: print the benchmark figures (tests/bench); never pass/fail on time
+## bench: print the benchmark figures (tests/bench); never pass/fail on time.
+## Docker Swarm runs beside Shoal when dockerd is installed (BENCH_SWARM=--swarm forces it).
+BENCH_SWARM ?= $(if $(shell command -v dockerd),--swarm,)
 bench: venv
-	$(BIN)/pytest -p no:cacheprovider -s --timeout=3600 tests/bench
+	$(BIN)/python tests/bench/bench_container_start.py
+	$(BIN)/python tests/bench/bench_cluster.py --one-host 50 $(BENCH_SWARM)
 
 ## deps: Debian packages (apt-get update only when something is missing)
 deps:
