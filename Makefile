@@ -13,6 +13,8 @@ HOSTS ?= 3
 
 ## demo: install what is needed, bring a 3-host lab up and run the demo on it (leaves it running)
 demo: venv
+	@echo "== steps 1-2: Debian packages and .venv are in place; the busybox image is built if missing"
+	@echo "== step 3: shoal-lab up --hosts $(HOSTS)"
 	$(BIN)/shoal-lab up --hosts $(HOSTS)
 	$(BIN)/shoal-lab demo
 

@@ -227,8 +227,10 @@ def ensure_image() -> None:
 
     layout = build_busybox.DEFAULT_OUT / "busybox-oci"
     if not (layout / "index.json").exists():
-        log(f"  building the busybox image into {layout}")
+        log(f"lab: building the busybox image into {layout} (deploy/images/build_busybox.py)")
         build_busybox.build()
+    else:
+        log(f"lab: the busybox image is built ({layout})")
     run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{IMAGE}"],
         timeout=300)
 
