@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from deploy.lab import lab  # noqa: E402
-from shoal.client import Client  # noqa: E402
+from shoal.client import APIError, Client  # noqa: E402
 
 POLL = 0.05
 TIMEOUT = 300.0
@@ -70,7 +70,14 @@ def wait_running(c: Client, svc: str, n: int, t0: float, exclude_node: str | Non
 
 def wait_gone(c: Client, svc: str) -> None:
     deadline = time.monotonic() + TIMEOUT
-    while c.tasks({"service": [svc]}):
+    while True:
+        try:
+            if not c.tasks({"service": [svc]}):
+                return
+        except APIError as e:  # the service is gone: Docker answers 404 for its name
+            if e.status == 404:
+                return
+            raise
         if time.monotonic() > deadline:
             raise TimeoutError(f"tasks of {svc} still present after rm")
         time.sleep(0.2)
