@@ -256,6 +256,8 @@ class Dispatcher:
             return self.heartbeat(node_id, body)
         if type == "session.status":
             return await self.status(node_id, body)
+        if type == "session.leave":
+            return await self.leave(node_id, body)
         raise LookupError(f"unknown request type {type!r}")
 
     def _session(self, node_id: str, body: dict[str, Any]) -> _Session:
@@ -339,6 +341,27 @@ class Dispatcher:
         period = self.period()
         self._arm(node_id, period * self.grace_multiplier)
         return {"period": period}
+
+    async def leave(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Serve ``session.leave``: the node is leaving the swarm (``swarm leave``). Its session
+        ends and it is marked down at once (``Status.Message`` "node left the swarm"), as Docker
+        shows a node that left; its tasks are then replaced like those of any down node."""
+        self._session(node_id, body)
+        self._sessions.pop(node_id, None)
+        handle = self._deadlines.pop(node_id, None)
+        if handle is not None:
+            handle.cancel()
+
+        def fn(tx: WriteTx) -> None:
+            node = tx.get("nodes", node_id)
+            if node is None:
+                return
+            node["Status"] = {**(node.get("Status") or {}), "State": "down", "Message": "node left the swarm"}
+            node.pop("Version", None)
+            tx.update("nodes", node)
+
+        await self.store.update(fn)
+        return {}
 
     def connection_lost(self, peer: wire.Peer) -> None:
         """Forget ``peer`` as a session's connection. The node keeps its deadline: it is marked

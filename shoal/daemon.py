@@ -176,9 +176,9 @@ class Daemon:
         )
         self.agent.start()
 
-    async def _stop_roles(self) -> None:
+    async def _stop_roles(self, leaving: bool = False) -> None:
         if self.agent is not None:
-            await self.agent.stop()
+            await self.agent.stop(leaving=leaving)
             self.agent = None
         if self.manager is not None:
             await self.manager.stop()
@@ -281,7 +281,7 @@ class Daemon:
                 "You are attempting to leave the swarm on a node that is participating as a "
                 "manager. Removing the last manager erases all current state of the swarm. Use "
                 "`--force` to ignore this message.")
-        await self._stop_roles()
+        await self._stop_roles(leaving=True)
         await self.executor.set_assignments({}, [])
         self.state.clear()
         shutil.rmtree(self.certs_dir, ignore_errors=True)

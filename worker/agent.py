@@ -114,9 +114,15 @@ class Agent:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name=f"agent {self.node_id}")
 
-    async def stop(self) -> None:
-        """Close the session and stop reconnecting. Pending status reports are dropped."""
+    async def stop(self, leaving: bool = False) -> None:
+        """Close the session and stop reconnecting. Pending status reports are dropped.
+        ``leaving``: the node is leaving the swarm; tell the manager first (``session.leave``,
+        best effort) so it marks the node down at once instead of after the heartbeat grace."""
         self._stopping = True
+        if leaving and self._peer is not None and self.session_id is not None:
+            with contextlib.suppress(Exception):
+                await self._peer.request("session.leave", {"session_id": self.session_id},
+                                         timeout=self.request_timeout)
         if self._peer is not None:
             await self._peer.close("agent stopping")
         if self._task is not None:

@@ -360,3 +360,17 @@ async def test_status_updates_arriving_during_a_commit_are_not_lost(env: Env) ->
 
     await asyncio.wait_for(asyncio.gather(*(staggered(i) for i in range(40))), 10)
     assert all(env.task(f"t{i}")["Status"]["State"] == "running" for i in range(40))
+
+
+async def test_leave_marks_the_node_down_at_once(env: Env) -> None:
+    await env.add_node("n1")
+    fn = FakeNode("n1")
+    await fn.connect(env.port)
+    assert env.node("n1")["Status"]["State"] == "ready"
+    # with a 5 s period the heartbeat grace is 15 s: down now can only come from session.leave
+    await fn.req("session.leave", {"session_id": fn.session_id})
+    n = env.node("n1")
+    assert n["Status"]["State"] == "down"
+    assert n["Status"]["Message"] == "node left the swarm"
+    with pytest.raises(wire.RemoteError):
+        await fn.heartbeat()  # the session is gone
