@@ -6,15 +6,21 @@
     shoal-oci [--root DIR] delete [--force] ID
     shoal-oci [--root DIR] list
 
-``create``/``start`` (the two-step lifecycle) are not implemented; ``run`` covers what the shim needs.
+    shoal-oci [--root DIR] create [--pid-file F] [--bundle B] ID  # set up; the process waits before exec
+    shoal-oci [--root DIR] start ID                              # let a created container exec
+
+After ``create`` a detached monitor process holds the container (it is the container's parent, reaps
+it and removes the cgroup); the container's stdio are the ones ``create`` was given, as with runc.
 Errors go to stderr as ``shoal-oci: <message>`` with exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import select
 import signal
 import sys
 
@@ -41,9 +47,78 @@ def _read_state(root: str, cid: str) -> dict[str, object]:
     except FileNotFoundError as e:
         raise SystemExit(f"shoal-oci: container {cid!r} does not exist (no {path})") from e
     pid = int(str(st.get("pid", 0)))
-    alive = pid > 0 and os.path.exists(f"/proc/{pid}")
-    st["status"] = "running" if alive else "stopped"
+    alive = pid > 0 and not st.get("stopped") and _alive(pid)
+    if not alive:
+        st["status"] = "stopped"
+    elif os.path.exists(os.path.join(root, cid, "exec.fifo")):
+        st["status"] = "created"
+    else:
+        st["status"] = "running"
     return st
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _create(a: argparse.Namespace) -> int:
+    from agent_runtime.oci.runtime import RuntimeError_, run
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()
+        code = 1
+
+        def ready() -> None:
+            os.write(w, b"ok")
+            os.close(w)
+
+        try:
+            code = run(a.bundle, a.id, a.pid_file, a.root, exec_fifo=True, keep_state=True, on_ready=ready)
+        except (RuntimeError_, OSError) as e:
+            with contextlib.suppress(OSError):
+                os.write(w, f"shoal-oci: {e}".encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    msg = b""
+    # The container's init inherits the write end until its exec, so stop at "ok" rather than at EOF.
+    while msg != b"ok" and (chunk := os.read(r, 4096)):
+        msg += chunk
+    os.close(r)
+    if msg != b"ok":
+        print(msg.decode(errors="replace") or "shoal-oci: create failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _start(a: argparse.Namespace) -> int:
+    st = _read_state(a.root, a.id)
+    fifo = os.path.join(a.root, a.id, "exec.fifo")
+    if st["status"] != "created" or not os.path.exists(fifo):
+        print(f"shoal-oci: cannot start container {a.id!r} in status {st['status']}", file=sys.stderr)
+        return 1
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        pid = int(str(st["pid"]))
+        while True:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready and os.read(fd, 1):
+                break
+            if not _alive(pid):
+                print(f"shoal-oci: container {a.id!r} exited before it was started", file=sys.stderr)
+                return 1
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fifo)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--pid-file", default=None)
     r.add_argument("--detach", "-d", action="store_true", help="not supported")
     r.add_argument("id")
+    c = sub.add_parser("create", help="set up a container; it waits before its exec until `start`")
+    c.add_argument("--bundle", "-b", default=".")
+    c.add_argument("--pid-file", default=None)
+    c.add_argument("--console-socket", default=None, help="not supported")
+    c.add_argument("id")
+    st_ = sub.add_parser("start", help="start a created container")
+    st_.add_argument("id")
     s = sub.add_parser("state")
     s.add_argument("id")
     k = sub.add_parser("kill")
@@ -87,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"shoal-oci: {e}", file=sys.stderr)
             sys.exit(1)
         sys.exit(code)
+    if a.cmd == "create":
+        if a.console_socket:
+            raise SystemExit("shoal-oci: --console-socket (terminals) is not supported")
+        sys.exit(_create(a))
+    if a.cmd == "start":
+        sys.exit(_start(a))
     if a.cmd == "state":
         st = _read_state(a.root, a.id)
         out = {"ociVersion": st.get("ociVersion", "1.0.2"), "id": a.id, "status": st["status"],
@@ -95,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     if a.cmd == "kill":
         st = _read_state(a.root, a.id)
-        if st["status"] != "running":
+        if st["status"] not in ("running", "created"):
             raise SystemExit(f"shoal-oci: container {a.id!r} is not running")
         os.kill(int(str(st["pid"])), _parse_signal(a.signal))
         sys.exit(0)
@@ -104,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         if not os.path.isdir(path):
             raise SystemExit(f"shoal-oci: container {a.id!r} does not exist")
         st = _read_state(a.root, a.id)
-        if st["status"] == "running":
+        if st["status"] in ("running", "created"):
             if not a.force:
                 raise SystemExit(f"shoal-oci: container {a.id!r} is running; stop it or use --force")
             os.kill(int(str(st["pid"])), signal.SIGKILL)

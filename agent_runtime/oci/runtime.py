@@ -16,6 +16,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from agent_runtime.oci import libc
@@ -292,14 +293,17 @@ def _fail(msg: str, code: int = 1) -> NoReturn:
         os._exit(code)
 
 
-def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: int) -> NoReturn:
+def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: int,
+                   exec_fifo: str | None = None) -> NoReturn:
     """Run in the forked child (PID 1 of the new pid namespace, already in its cgroup); never returns.
 
     Joins/creates the remaining namespaces, builds the root filesystem, drops privileges and
-    execs ``process.args``. Exits 127 if the executable is missing, 126 if not executable,
-    1 for any other setup error (message on stderr).
+    execs ``process.args``. With ``exec_fifo`` (``create``), it blocks just before the exec until
+    ``start`` opens that FIFO, as runc does. Exits 127 if the executable is missing, 126 if not
+    executable, 1 for any other setup error (message on stderr).
     """
     try:
+        fifo_fd = os.open(exec_fifo, os.O_PATH | os.O_CLOEXEC) if exec_fifo else -1
         process = cfg["process"]
         linux = cfg.get("linux") or {}
         rootfs = cfg["root"]["path"]
@@ -366,6 +370,11 @@ def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: i
             path = lookup_path(args[0], env)
         except FileNotFoundError as e:
             _fail(str(e.args[0]), 127)
+        if fifo_fd >= 0:
+            w = os.open(f"/proc/self/fd/{fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)  # blocks until `start`
+            os.write(w, b"0")
+            os.close(w)
+            os.close(fifo_fd)
         try:
             os.execve(path, args, env)
         except FileNotFoundError:
@@ -390,12 +399,16 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run(bundle: str, cid: str, pid_file: str | None, state_root: str) -> int:
+def run(bundle: str, cid: str, pid_file: str | None, state_root: str, *, exec_fifo: bool = False,
+        keep_state: bool = False, on_ready: Callable[[], None] | None = None) -> int:
     """``shoal-oci run``: start the bundle's process in the foreground and return its exit code.
 
     Exit code is the container's (128+signal when killed). stdio is inherited. Signals
     TERM/INT/HUP/QUIT/USR1/USR2 sent to us are forwarded to the container's init.
-    The cgroup and the state directory ``<state_root>/<id>`` are removed before returning.
+    The cgroup and the state directory ``<state_root>/<id>`` are removed before returning, unless
+    ``keep_state`` (``create``: the state then says ``stopped`` with the exit code until ``delete``).
+    ``exec_fifo`` makes the container wait before its exec until ``start`` (``<state>/exec.fifo``);
+    ``on_ready`` is called once the container process exists and the state is written.
     Raises RuntimeError_ for a bad bundle.
     """
     cfg = load_config(bundle)
@@ -426,8 +439,12 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str) -> int:
     except FileExistsError as e:
         raise RuntimeError_(f"container {cid!r} already exists in {state_root}") from e
     cg = Cgroup(linux.get("cgroupsPath") or f"/shoal-oci/{cid}")
+    fifo = os.path.join(state_dir, "exec.fifo") if exec_fifo else None
+    if fifo:
+        os.mkfifo(fifo, 0o622)
     go_r, go_w = os.pipe()
     pid = -1
+    code: int | None = None
     try:
         cg.create()
         cg.apply(linux.get("resources") or {})
@@ -448,7 +465,7 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str) -> int:
             if os.read(go_r, 1) != b"1":
                 os._exit(1)
             os.close(go_r)
-            container_init(cfg, netns_path, flags & ~libc.CLONE_NEWPID)
+            container_init(cfg, netns_path, flags & ~libc.CLONE_NEWPID, fifo)
         os.close(go_r)
         go_r = -1
         cg.add(pid)
@@ -470,9 +487,12 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str) -> int:
         os.write(go_w, b"1")
         os.close(go_w)
         go_w = -1
+        if on_ready is not None:
+            on_ready()
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        return 128 - code if code < 0 else code
+        code = 128 - code if code < 0 else code
+        return code
     except BaseException:
         if pid > 0:
             try:
@@ -489,11 +509,21 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str) -> int:
             cg.destroy()
         except OSError as e:
             print(f"shoal-oci: warning: {e}", file=sys.stderr)
-        try:
-            os.unlink(os.path.join(state_dir, "state.json"))
-        except OSError:
-            pass
-        try:
-            os.rmdir(state_dir)
-        except OSError:
-            pass
+        if keep_state and pid > 0:
+            try:
+                with open(os.path.join(state_dir, "state.json")) as f:
+                    st = json.load(f)
+                st.update(stopped=True, exitCode=code)
+                _atomic_write(os.path.join(state_dir, "state.json"), json.dumps(st))
+            except (OSError, ValueError):
+                pass
+        else:
+            for name in ("state.json", "exec.fifo"):
+                try:
+                    os.unlink(os.path.join(state_dir, name))
+                except OSError:
+                    pass
+            try:
+                os.rmdir(state_dir)
+            except OSError:
+                pass

@@ -149,3 +149,40 @@ async def test_shoal_oci_state_kill_delete(bundle_runtime: Runtime, scratch_dir:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("runtime", ["shoal", "runc"])
+async def test_create_then_start(bundle_runtime: Runtime, scratch_dir: Path, runtime: str) -> None:
+    """Two-step lifecycle, the same through both runtimes: nothing runs before `start`."""
+    binary = SHOAL_OCI if runtime == "shoal" else RUNC
+    spec = ContainerSpec(id=new_container_id(), image=TEST_REF, command=["sh", "-c", "echo exec-happened; exit 4"])
+    await bundle_runtime.create(spec)
+    bundle = bundle_runtime.root / spec.id
+    root = scratch_dir / f"two-step-{runtime}"
+    name = "two-" + spec.id[:12]
+    out_path = scratch_dir / f"{runtime}.out"
+
+    def oci(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([binary, "--root", str(root), *args], capture_output=True, text=True, timeout=30,
+                              check=check)
+
+    def status() -> str:
+        return str(json.loads(oci("state", name).stdout)["status"])
+
+    with open(out_path, "w") as out:
+        subprocess.run([binary, "--root", str(root), "create", "--bundle", str(bundle), name], stdout=out,
+                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=True, timeout=30)
+    try:
+        assert status() == "created"
+        assert out_path.read_text() == ""
+        oci("start", name)
+        import time
+
+        deadline = time.monotonic() + 20
+        while status() != "stopped":
+            assert time.monotonic() < deadline, "container did not stop"
+            time.sleep(0.02)
+        assert out_path.read_text() == "exec-happened\n"
+    finally:
+        oci("delete", "--force", name, check=False)
+    assert oci("state", name, check=False).returncode != 0
