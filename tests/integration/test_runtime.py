@@ -297,3 +297,29 @@ def test_start_returns_promptly_under_uvloop(scratch_dir: Path, busybox_archive:
         loop.run_until_complete(scenario())
     finally:
         loop.close()
+
+
+async def test_start_failure_is_reported(runtime: Runtime) -> None:
+    # The network namespace vanished between create and start: the runtime refuses, the state says why.
+    cid = new_container_id()
+    await runtime.create(ContainerSpec(id=cid, image=TEST_REF, command=["true"], netns="/run/netns/shoal-gone-x"))
+    st = await runtime.start(cid)
+    assert st.status == "exited" and st.exit_code not in (None, 0)
+    assert "shoal-gone-x" in (st.error or "") and "does not exist" in (st.error or "")
+    assert await runtime.wait(cid) == st.exit_code
+
+
+async def test_bad_specs_are_refused(runtime: Runtime) -> None:
+    from agent_runtime.containers import ContainerError
+
+    with pytest.raises(ContainerError, match="invalid container ID"):
+        await runtime.create(ContainerSpec(id="../../etc", image=TEST_REF, command=["true"]))
+    with pytest.raises(ContainerError, match="unable to find user ghost"):
+        await runtime.create(ContainerSpec(id=new_container_id(), image=TEST_REF, command=["true"], user="ghost"))
+    cid = new_container_id()
+    await runtime.create(ContainerSpec(id=cid, image=TEST_REF, command=["true"]))
+    with pytest.raises(ContainerError, match="already exists"):
+        await runtime.create(ContainerSpec(id=cid, image=TEST_REF, command=["true"]))
+    assert [s.id for s in runtime.list()] == [cid]  # the failed creates left nothing behind
+    with open("/proc/self/mountinfo") as f:
+        assert sum(str(runtime.root) in line for line in f) == 1
