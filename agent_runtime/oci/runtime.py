@@ -4,7 +4,11 @@ Follows the OCI runtime specification 1.0 (config.md, config-linux.md, runtime.m
 the details the spec leaves open, what runc does (documented in its libcontainer/SPEC.md):
 default /dev nodes bound from the host, /dev/{fd,stdin,stdout,stderr,ptmx} symlinks,
 ``pivot_root(".", ".")`` then a lazy unmount of the old root, masked paths covered by
-/dev/null or a read-only tmpfs. Seccomp and user namespaces are not implemented.
+/dev/null or a read-only tmpfs. Implemented: namespaces (new, or joining a network/pid namespace by
+path), cgroups v1/v2 resources (memory, cpu, pids, v1 devices), mounts, sysctl, rlimits,
+oomScoreAdj, capabilities (bounding/effective/permitted/inheritable/ambient), no_new_privs, user and
+groups, hostname. Not implemented: seccomp, user namespaces, terminals, hooks, AppArmor/SELinux,
+``linux.devices`` (extra device nodes).
 """
 
 from __future__ import annotations
@@ -320,6 +324,9 @@ def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: i
                 _mount_one(rootfs, m, str(linux.get("cgroupsPath") or "").strip("/"))
             _setup_dev(rootfs)
             _pivot(rootfs)
+            for key, value in (linux.get("sysctl") or {}).items():
+                with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                    f.write(str(value))
             _readonly(list(linux.get("readonlyPaths") or []))
             _mask(list(linux.get("maskedPaths") or []))
             if (cfg.get("root") or {}).get("readonly"):
@@ -334,6 +341,9 @@ def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: i
             if kind is None:
                 _fail(f"unknown rlimit {rl['type']!r}")
             resource.setrlimit(kind, (int(rl["soft"]), int(rl["hard"])))
+        if process.get("oomScoreAdj") is not None:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(int(process["oomScoreAdj"])))
         if process.get("noNewPrivileges"):
             libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
         bounding, eff, perm, inh, amb = _caps(process)
@@ -412,6 +422,9 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str, *, exec_fi
     Raises RuntimeError_ for a bad bundle.
     """
     cfg = load_config(bundle)
+    if cfg["process"].get("terminal"):
+        raise RuntimeError_("process.terminal=true is not supported by shoal-oci (no console socket); "
+                            "set it to false and read the container's stdio")
     linux = cfg.get("linux") or {}
     flags = 0
     netns_path = None
