@@ -290,7 +290,7 @@ class ImageStore:
         self._blob_futs: dict[str, asyncio.Future[Path]] = {}
         self._layer_locks: dict[str, threading.Lock] = {}
         self._meta_lock = threading.Lock()
-        self._dl_sem: asyncio.Semaphore | None = None
+        self._dl_sems: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
     # ---- metadata -------------------------------------------------------------------------------
 
@@ -538,8 +538,6 @@ class ImageStore:
         return await asyncio.shield(fut)
 
     async def _pull(self, r: Reference) -> Image:
-        if self._dl_sem is None:
-            self._dl_sem = asyncio.Semaphore(4)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             reg = _Registry(session, r.domain, self._is_insecure(r.domain))
@@ -590,8 +588,13 @@ class ImageStore:
         return await asyncio.shield(fut)
 
     async def _download_blob(self, reg: _Registry, repo: str, digest: str, dest: Path) -> Path:
-        assert self._dl_sem is not None
-        async with self._dl_sem:
+        loop = asyncio.get_running_loop()
+        sem = self._dl_sems.get(loop)
+        if sem is None:
+            for old in [lp for lp in self._dl_sems if lp.is_closed()]:
+                del self._dl_sems[old]
+            sem = self._dl_sems[loop] = asyncio.Semaphore(4)  # at most 4 blob downloads at once
+        async with sem:
             resp = await reg.get(repo, f"blobs/{digest}")
             h = hashlib.sha256()
             fd, tmpname = tempfile.mkstemp(dir=self.root / "tmp", prefix="blob-")
