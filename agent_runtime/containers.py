@@ -373,7 +373,10 @@ class Runtime:
             except OSError:
                 libc.umount2(str(rootfs), libc.MNT_DETACH)
         if cgroups_path:
-            Cgroup(cgroups_path).destroy()
+            try:
+                Cgroup(cgroups_path).destroy()
+            except OSError as e:
+                raise ContainerError(f"container {cid}: could not remove its cgroup {cgroups_path}: {e}") from e
         for state_root in (self.exec_root / "runc", self.exec_root / "shoal-oci"):
             shutil.rmtree(state_root / cid, ignore_errors=True)
         shutil.rmtree(d, ignore_errors=True)
