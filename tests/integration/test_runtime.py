@@ -246,6 +246,8 @@ async def test_reattach_after_runtime_restart(runtime: Runtime) -> None:
     cid = new_container_id()
     await runtime.create(ContainerSpec(id=cid, image=TEST_REF, command=["sh", "-c", "echo started; sleep 100"]))
     st = await runtime.start(cid)
+    read_logs = runtime.read_logs
+    await wait_for(lambda: any("started" in r["log"] for r in read_logs(cid)), 10, "the first log line")
     # A new Runtime object on the same root, as shoald would make after a restart.
     rt2 = Runtime(runtime.root, runtime.exec_root, runtime.images, runtime.cgroup_parent, "shoal")
     del runtime
@@ -253,7 +255,7 @@ async def test_reattach_after_runtime_restart(runtime: Runtime) -> None:
     assert found[cid].status == "running" and found[cid].pid == st.pid
     st2 = await rt2.stop(cid, timeout=0.5, signal="SIGKILL")
     assert st2.status == "exited" and st2.exit_code == 137
-    await wait_for(lambda: any("started" in r["log"] for r in rt2.read_logs(cid)), 5, "log line")
+    assert [r["log"] for r in rt2.read_logs(cid)] == ["started\n"]
 
 
 async def test_concurrent_starts(runtime: Runtime) -> None:
