@@ -151,3 +151,7 @@ def scratch_dir() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+        try:
+            base.rmdir()  # only when no other test session is using it
+        except OSError:
+            pass
