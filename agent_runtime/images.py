@@ -558,6 +558,38 @@ class ImageStore:
             blobs = [lay["digest"] for lay in layers]
             return await asyncio.to_thread(self._register, [str(r)], config_raw, blobs, size)
 
+    async def resolve(self, ref: str) -> dict[str, Any]:
+        """Resolve ``ref`` at its registry without pulling it, as ``GET /distribution/{name}/json``
+        answers (Docker Engine API ``DistributionInspect``): ``{"Descriptor": {"mediaType",
+        "digest", "size"}, "Platforms": [{"architecture", "os", ...}]}``. The docker CLI uses it to
+        pin a service's image to a digest. Raises ImageError as :meth:`pull` does.
+        """
+        r = parse_ref(ref)
+        timeout = aiohttp.ClientTimeout(total=30, sock_connect=10, sock_read=20)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            reg = _Registry(session, r.domain, self._is_insecure(r.domain))
+            resp = await reg.get(r.path, f"manifests/{r.digest or r.tag or 'latest'}", ACCEPT)
+            try:
+                raw = await resp.read()
+                media_type = resp.content_type
+            finally:
+                resp.release()
+            try:
+                m: dict[str, Any] = json.loads(raw)
+            except ValueError as e:
+                raise ImageError(f"registry {reg.domain}: manifest of {r} is not JSON: {e}") from e
+            media_type = m.get("mediaType") or media_type
+            platforms: list[dict[str, Any]] = []
+            if "manifests" in m and "layers" not in m:
+                platforms = [dict(d["platform"]) for d in m["manifests"] if isinstance(d.get("platform"), dict)]
+            elif isinstance(m.get("config"), dict):
+                cfg_path = await self._fetch_blob(reg, r.path, m["config"]["digest"])
+                cfg = json.loads(cfg_path.read_bytes())
+                platforms = [{k: cfg[k] for k in ("architecture", "os", "variant") if cfg.get(k)}]
+        return {"Descriptor": {"mediaType": media_type, "size": len(raw),
+                               "digest": "sha256:" + hashlib.sha256(raw).hexdigest()},
+                "Platforms": platforms}
+
     async def _fetch_manifest(self, reg: _Registry, repo: str, reference: str) -> tuple[dict[str, Any], str]:
         resp = await reg.get(repo, f"manifests/{reference}", ACCEPT)
         try:

@@ -147,3 +147,20 @@ async def test_run_pulled_image(registry: str, scratch_dir: Path) -> None:
         for st in rt.list():
             await rt.remove(st.id)
         Cgroup("/" + parent).destroy()
+
+
+async def test_resolve_without_pulling_then_pull_by_digest(registry: str, scratch_dir: Path) -> None:
+    """GET /distribution/{name}/json's answer: the digest the docker CLI pins a service to."""
+    store = ImageStore(scratch_dir / "images", insecure_registries=[registry])
+    single = await store.resolve(f"{registry}/busybox:latest")
+    assert single["Descriptor"]["digest"].startswith("sha256:")
+    assert single["Platforms"] == [{"architecture": "amd64", "os": "linux"}]
+    multi = await store.resolve(f"{registry}/busybox:multi")
+    assert {p["architecture"] for p in multi["Platforms"]} == {"amd64", "arm64"}
+    assert "index" in multi["Descriptor"]["mediaType"] or "list" in multi["Descriptor"]["mediaType"]
+    assert store.list() == []  # resolving pulls nothing
+    pinned = f"{registry}/busybox:latest@{single['Descriptor']['digest']}"
+    img = await store.pull(pinned)
+    assert img.config["Cmd"] == ["sh"]
+    with pytest.raises(ImageError, match="manifest unknown"):
+        await store.resolve(f"{registry}/busybox:no-such-tag")
