@@ -35,6 +35,7 @@ import msgpack
 
 from manager.store import Store, StoreError, WriteTx
 from shoal import wire
+from shoal.taskstate import STATE_ORDER, state_order
 from shoal.util import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -45,32 +46,8 @@ JITTER = 0.10  # ±10 % of the period per beat (SK: 500 ms of 5 s)
 MAX_BATCH_INTERVAL = 0.1  # seconds, SK: maxBatchInterval
 MAX_BATCH_ITEMS = 10000  # SK: maxBatchItems
 
-TASK_STATES: dict[str, int] = {
-    "new": 0,
-    "allocated": 32,  # API enum only; not in swarmkit's proto
-    "pending": 64,
-    "assigned": 192,
-    "accepted": 256,
-    "preparing": 320,
-    "ready": 384,
-    "starting": 448,
-    "running": 512,
-    "complete": 576,
-    "shutdown": 640,
-    "failed": 704,
-    "rejected": 768,
-    "remove": 800,
-    "orphaned": 832,
-}
-"""Task state → order value (SK: api/types.proto ``TaskState``). States only move forward."""
-
-TERMINAL_FROM = TASK_STATES["complete"]
-"""States at or past ``complete`` are terminal: the task's container has stopped for good."""
-
-
-def state_order(state: str | None) -> int:
-    """Return the order value of task state ``state`` (-1 when unknown or None)."""
-    return TASK_STATES.get(state or "", -1)
+TASK_STATES = STATE_ORDER
+TERMINAL_FROM = STATE_ORDER["complete"]
 
 
 def assignment_set(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:

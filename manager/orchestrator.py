@@ -36,6 +36,7 @@ from typing import Any
 
 from manager.specs import task_spec_with_defaults
 from manager.store import Store, WriteTx
+from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
 from shoal.util import new_id, now_rfc3339
 
 __all__ = ["Plan", "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
@@ -44,12 +45,8 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-_ORDER: dict[str, int] = {
-    "new": 0, "pending": 64, "assigned": 192, "accepted": 256, "preparing": 320, "ready": 384,
-    "starting": 448, "running": 512, "complete": 576, "shutdown": 640, "failed": 704,
-    "rejected": 768, "remove": 800, "orphaned": 832,
-}
-_ENDED = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
+_ORDER = STATE_ORDER
+_ENDED = TERMINAL_STATES
 
 
 def parse_rfc3339(ts: str | None) -> float:

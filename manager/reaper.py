@@ -20,6 +20,7 @@ from typing import Any
 
 from manager.orchestrator import parse_rfc3339
 from manager.store import Store, WriteTx
+from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
 
 __all__ = ["reap", "TaskReaper", "DEFAULT_RETENTION"]
 
@@ -27,10 +28,8 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 DEFAULT_RETENTION = 5
-_ORDER = {"new": 0, "pending": 64, "assigned": 192, "accepted": 256, "preparing": 320, "ready": 384,
-          "starting": 448, "running": 512, "complete": 576, "shutdown": 640, "failed": 704,
-          "rejected": 768, "remove": 800, "orphaned": 832}
-_ENDED = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
+_ORDER = STATE_ORDER
+_ENDED = TERMINAL_STATES
 
 
 def _retention(cluster: Obj | None) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 from manager.ipam import BridgeIPAM, IPAMError
 from manager.specs import SpecError, parse_constraint
 from manager.store import Store, WriteTx
+from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
 from shoal.util import now_rfc3339
 
 __all__ = [
@@ -48,13 +49,6 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-# SK: api/types.proto TaskState; the order is what matters.
-STATE_ORDER: dict[str, int] = {
-    "new": 0, "pending": 64, "assigned": 192, "accepted": 256, "preparing": 320, "ready": 384,
-    "starting": 448, "running": 512, "complete": 576, "shutdown": 640, "failed": 704,
-    "rejected": 768, "remove": 800, "orphaned": 832,
-}
-TERMINAL_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "remove", "orphaned"})
 BRIDGE_NETWORK_ID = "shoal-bridge"
 
 

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
+from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
 from shoal.util import now_rfc3339
 
 try:  # the runtime's dataclass (docs/contracts.md, agent_runtime section)
@@ -48,13 +49,8 @@ T = TypeVar("T")
 #: ``report(task_id, status)``: sync or async; ``status`` is a Docker TaskStatus dict.
 ReportFn = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 
-#: Swarmkit's TaskState values (api/types.proto); states only move forward.
-STATE_RANK: dict[str, int] = {
-    "new": 0, "pending": 64, "assigned": 192, "accepted": 256, "preparing": 320, "ready": 384,
-    "starting": 448, "running": 512, "complete": 576, "shutdown": 640, "failed": 704,
-    "rejected": 768, "remove": 800, "orphaned": 832,
-}
-TERMINAL = frozenset({"complete", "shutdown", "failed", "rejected", "remove", "orphaned"})
+STATE_RANK = STATE_ORDER
+TERMINAL = TERMINAL_STATES
 #: The messages swarmkit's agent writes with each state.
 MESSAGES = {"accepted": "accepted", "preparing": "preparing", "starting": "starting", "running": "started",
             "complete": "finished", "shutdown": "shutdown", "failed": "started", "rejected": "preparing"}
