@@ -670,7 +670,18 @@ class Simulation:
                 raise self.fail("final reads did not complete after healing")
             self.step(faults=False)
         leader = self._leader()
-        assert leader is not None
+        assert leader is not None and leader.raw is not None
+        # Committed entries are never lost: the final leader holds every one (or its snapshot
+        # covers it), and all members reached the same state.
+        lg = leader.raw.log
+        for i, (t, _data, _ct) in self.committed.items():
+            if i > lg.offset and lg.term(i) != t:
+                raise self.fail(f"committed entry {i} (term {t}) is missing from the final leader {leader.id}")
+            if i > lg.last_index():
+                raise self.fail(f"committed entry {i} is beyond the final leader's log ({lg.last_index()})")
+        digests = {self.nodes[i].kv.digest for i in leader.raw.conf.nodes() if i in self.nodes}
+        if len(digests) != 1:
+            raise self.fail("members did not converge to the same state")
         return leader
 
     def run(self) -> dict[str, Any]:
