@@ -795,10 +795,16 @@ class RawNode:
             pr.recent_active = True
             if pr.state is not ProgressState.SNAPSHOT or self.log.snapshot is None:
                 return
+            # One chunk in flight: ``snap_offset`` is its offset. Send the next chunk only when
+            # the follower reports another offset than the one in flight, so duplicated or
+            # rejected chunks cannot multiply into a storm; a lost chunk is resent on the next
+            # heartbeat response.
             if m.index != self.log.snapshot.index:
+                if pr.pending_snapshot == self.log.snapshot.index:
+                    return  # about an older snapshot: we are already sending the new one
                 pr.snap_offset = 0
                 self._send_snapshot_chunk(m.frm, pr)
-            elif m.reject or m.offset > pr.snap_offset:
+            elif m.offset != pr.snap_offset and (m.reject or m.offset > pr.snap_offset):
                 pr.snap_offset = m.offset
                 if pr.snap_offset < len(self.log.snapshot.data):
                     self._send_snapshot_chunk(m.frm, pr)

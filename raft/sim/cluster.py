@@ -76,6 +76,7 @@ class SimParams:
     heal_rate: float = 0.02
     link_cut_rate: float = 0.002
     crash_rate: float = 0.003
+    torn_crash_rate: float = 0.001
     restart_rate: float = 0.03
     client_rate: float = 0.3
     clients: int = 4
@@ -106,6 +107,7 @@ class SimParams:
             partition_rate=r.choice([0.0, 0.003, 0.01]),
             link_cut_rate=r.choice([0.0, 0.002, 0.005]),
             crash_rate=r.choice([0.0, 0.002, 0.006]),
+            torn_crash_rate=r.choice([0.0, 0.0005, 0.002]),
             conf_rate=r.choice([0.0, 0.002, 0.005]),
             transfer_rate=r.choice([0.0, 0.002, 0.005]),
             snapshot_interval=r.choice([20, 40, 1000]),
@@ -274,7 +276,7 @@ class Simulation:
         self.client_ops: dict[str, _ClientOp] = {}
         self.busy_clients: dict[int, str] = {}
         self.op_counter = 0
-        self.stats: dict[str, int] = {"elections": 0, "crashes": 0, "restarts": 0, "conf_changes": 0,
+        self.stats: dict[str, int] = {"elections": 0, "crashes": 0, "torn_crashes": 0, "restarts": 0, "conf_changes": 0,
                                       "snapshots": 0, "snap_installs": 0, "transfers": 0, "acked": 0,
                                       "messages": 0}
 
@@ -309,6 +311,9 @@ class Simulation:
             rd = n.raw.ready()
             n.disk.write(rd)
             n.disk.crash(self.rng.randint(0, len(n.disk.pending)))
+        self._down(n)
+
+    def _down(self, n: SimNode) -> None:
         n.raw = None
         for opid, c in list(self.client_ops.items()):
             if c.node == n.id:
@@ -346,6 +351,8 @@ class Simulation:
             heapq.heappush(self.net, (self.now + self.rng.randint(1, self.p.max_delay), self.net_seq, m))
 
     def _deliver(self) -> None:
+        if len(self.net) > 200 * len(self.nodes) + 1000:
+            raise self.fail(f"message storm: {len(self.net)} messages in flight")
         due: list[Message] = []
         while self.net and self.net[0][0] <= self.now:
             due.append(heapq.heappop(self.net)[2])
@@ -374,6 +381,13 @@ class Simulation:
                 raise self.fail(f"log matching: entry ({e.index}, term {e.term}) differs between logs "
                                 f"(data/prev term {old[0][:40]!r}/{old[1]} vs {fact[0][:40]!r}/{fact[1]})")
         n.disk.write(rd)
+        if self.p.torn_crash_rate and self.rng.random() < self.p.torn_crash_rate:
+            # Crash between writing and fsync: a random prefix of the writes survives, nothing
+            # of this Ready was sent or applied.
+            self.stats["torn_crashes"] += 1
+            n.disk.crash(self.rng.randint(0, len(n.disk.pending)))
+            self._down(n)
+            return
         n.disk.fsync()
         if rd.hard_state is not None:
             self._record_commits(n, rd.hard_state)
@@ -635,6 +649,7 @@ class Simulation:
         self.p.loss = 0.0
         self.p.dup = 0.0
         self.p.max_delay = min(self.p.max_delay, 2)
+        self.p.torn_crash_rate = 0.0
         for n in self.nodes.values():
             if n.raw is None and not n.decommissioned:
                 self._start(n)
