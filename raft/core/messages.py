@@ -414,7 +414,7 @@ _TYPES: dict[str, type[Message]] = {
 
 
 def message_to_dict(m: Message) -> dict[str, Any]:
-    """Plain-dict form of ``m`` (msgpack-able): ``{"type": "MsgApp", "term", "frm", "to", ...}``;
+    """Plain-dict form of ``m`` (msgpack-able): ``{"type": "MsgApp", "term", "from", "to", ...}``;
     entries become ``[index, term, type, data]`` lists and snapshot meta a dict."""
     d: dict[str, Any] = {"type": m.type_name}
     for f in fields(m):
@@ -423,7 +423,7 @@ def message_to_dict(m: Message) -> dict[str, Any]:
             v = [e.to_wire() for e in v]
         elif isinstance(v, SnapshotMeta):
             v = v.to_wire()
-        d[f.name] = v
+        d["from" if f.name == "frm" else f.name] = v
     return d
 
 
@@ -440,6 +440,8 @@ def message_from_dict(d: dict[str, Any]) -> Message:
     for k, v in d.items():
         if k == "type":
             continue
+        if k == "from":
+            k = "frm"
         if k not in names:
             raise ValueError(f"{d['type']} has no field {k!r}")
         if k == "entries":

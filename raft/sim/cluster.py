@@ -51,6 +51,7 @@ from raft.core import (
     message_from_dict,
     message_to_dict,
 )
+from raft.core.messages import MsgVoteResp
 from raft.linearizability import Operation, check_history
 
 __all__ = ["SafetyViolation", "SimParams", "Simulation", "run"]
@@ -116,6 +117,7 @@ class SimParams:
             check_quorum=r.random() < 0.75,
             max_inflight=r.choice([1, 4, 64]),
             max_size_per_msg=r.choice([60, 300, 4096]),
+            restart_rate=r.choice([0.03, 0.3]),
         )
 
 
@@ -267,6 +269,7 @@ class Simulation:
             self.nodes[i] = n
         # safety bookkeeping
         self.leaders: dict[int, int] = {}
+        self.votes: dict[tuple[int, int], int] = {}
         self.log_facts: dict[tuple[int, int], tuple[bytes, int]] = {}
         self.committed: dict[int, tuple[int, bytes, int]] = {}  # index -> (term, data, commit term)
         self.applied: dict[int, tuple[int, bytes]] = {}
@@ -392,6 +395,10 @@ class Simulation:
         if rd.hard_state is not None:
             self._record_commits(n, rd.hard_state)
         for m in rd.messages:
+            if isinstance(m, MsgVoteResp) and not m.reject:
+                voted = self.votes.setdefault((m.frm, m.term), m.to)
+                if voted != m.to:
+                    raise self.fail(f"node {m.frm} voted for both {voted} and {m.to} in term {m.term}")
             self._send(m)
         if rd.snapshot is not None:
             self.stats["snap_installs"] += 1

@@ -88,6 +88,21 @@ def test_s5_2_each_server_votes_for_at_most_one_candidate_per_term() -> None:
     assert len(leaders) <= 1
 
 
+def test_fig2_vote_is_in_the_hard_state_of_the_ready_that_carries_the_grant() -> None:
+    r = RawNode(Config(id=2), Storage.bootstrap([1, 2, 3]), random.Random(0))
+    r.advance(r.ready())
+    r.step(M.MsgVote(term=2, frm=1, to=2, index=1, log_term=1))
+    rd = r.ready()
+    assert [type(m).__name__ for m in rd.messages] == ["MsgVoteResp"]
+    assert rd.hard_state == HardState(2, 1, 1) and rd.must_sync
+    r.advance(rd)
+    restarted = RawNode(Config(id=2), Storage(HardState(2, 1, 1), None, Storage.bootstrap([1, 2, 3]).entries),
+                        random.Random(0))
+    restarted.step(M.MsgVote(term=2, frm=3, to=2, index=1, log_term=1))
+    resp = [m for m in restarted.ready().messages if isinstance(m, M.MsgVoteResp)]
+    assert resp and resp[0].reject  # already voted for 1 in term 2, also after a restart
+
+
 def test_s5_4_1_election_restriction_rejects_a_candidate_with_a_stale_log() -> None:
     h = Harness(3, pre_vote=False)
     h.elect(1)

@@ -44,7 +44,7 @@ def fmt_entry(e: Entry) -> str:
 def fmt_msg(m: Message) -> str:
     d = message_to_dict(m)
     parts = [f"{m.frm}->{m.to} {d.pop('type')}"]
-    for k in ("frm", "to"):
+    for k in ("from", "to"):
         d.pop(k)
     for k, v in d.items():
         if k == "entries":
