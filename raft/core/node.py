@@ -264,10 +264,11 @@ class RawNode:
             if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
                 self.heartbeat_elapsed = 0
                 self._bcast_heartbeat()
-        elif self.election_elapsed >= self.randomized_election_timeout:
+        elif self.election_elapsed >= self.randomized_election_timeout and self.promotable():
+            # A node that may not campaign (learner, or not yet told its configuration) lets
+            # election_elapsed grow, so its leader lease expires and it can vote (§4.2.3).
             self.election_elapsed = 0
-            if self.promotable():
-                self._campaign(pre_vote=self.cfg.pre_vote, transfer=False)
+            self._campaign(pre_vote=self.cfg.pre_vote, transfer=False)
 
     def campaign(self) -> None:
         """Start an election now (with pre-vote if configured). Raises ProposalDropped if this

@@ -699,6 +699,10 @@ class Simulation:
             if self.now > deadline:
                 raise self.fail("final reads did not complete after healing")
             self.step(faults=False)
+        while not self._converged():
+            if self.now > cap:
+                raise self.fail("the cluster lost its leader after healing and did not recover")
+            self.step(faults=False)
         leader = self._leader()
         assert leader is not None and leader.raw is not None
         # Committed entries are never lost: the final leader holds every one (or its snapshot

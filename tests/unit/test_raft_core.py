@@ -258,6 +258,19 @@ def test_thesis_4_2_3_followers_with_a_live_leader_ignore_vote_requests() -> Non
     assert not [m for m in h.queue if isinstance(m, M.MsgVoteResp)]
 
 
+def test_thesis_4_2_3_lease_of_a_node_that_cannot_campaign_still_expires() -> None:
+    # A freshly added voter that has not received its log yet is not promotable; its leader
+    # lease must still run out, or a new leader that needs its vote could never be elected.
+    r = RawNode(Config(id=9), Storage(), random.Random(0))
+    r.step(M.MsgHeartbeat(term=5, frm=3, to=9, commit=0))
+    r.advance(r.ready())
+    for _ in range(25):
+        r.tick()
+    r.step(M.MsgVote(term=6, frm=3, to=9, index=10, log_term=5))
+    resp = [m for m in r.ready().messages if isinstance(m, M.MsgVoteResp)]
+    assert resp and not resp[0].reject
+
+
 # ---------------------------------------------------------------------------- thesis §3.10
 
 
