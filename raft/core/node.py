@@ -311,8 +311,12 @@ class RawNode:
     def transfer_leadership(self, to: int) -> None:
         """Hand leadership to voter ``to`` (thesis §3.10): the leader stops accepting proposals,
         brings ``to`` up to date, then sends it TimeoutNow. Aborted after an election timeout.
-        Raises ProposalDropped without a known leader."""
+        Raises ProposalDropped without a known leader, ValueError (on the leader) if ``to`` is
+        not a voter."""
         if self.role is Role.LEADER:
+            if to not in self.log.conf().voters:
+                raise ValueError(f"cannot transfer leadership to node {to}: not a voter "
+                                 f"(voters: {sorted(self.log.conf().voters)})")
             self._leader_transfer(to)
         elif self.lead:
             self._send(MsgTransferLeader, self.lead, transferee=to)
@@ -600,8 +604,6 @@ class RawNode:
         if m.index < self.log.committed:
             self._send(MsgAppResp, m.frm, index=self.log.committed)
             return
-        if self._snap_buf is not None:
-            self._snap_buf = None
         try:
             last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         except LogError as e:  # would overwrite a committed entry: a leader bug, never ignore

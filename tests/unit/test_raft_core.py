@@ -302,6 +302,13 @@ def test_thesis_3_10_transfer_to_a_lagging_voter_catches_it_up_first() -> None:
     assert h.raw(3).log.last_index() >= 7
 
 
+def test_thesis_3_10_transfer_to_a_non_voter_is_refused() -> None:
+    h = Harness(3)
+    h.elect(1)
+    with pytest.raises(ValueError, match="not a voter"):
+        h.raw(1).transfer_leadership(7)
+
+
 def test_thesis_3_10_transfer_is_aborted_after_an_election_timeout() -> None:
     h = Harness(3)
     h.elect(1)
