@@ -95,7 +95,7 @@ def parse_ref(ref: str) -> Reference:
     for comp in path.split("/"):
         if not _NAME_COMPONENT.match(comp):
             raise ImageError(f"invalid reference format: repository name {path!r} must be lowercase "
-                             "letters, digits and separators (in {ref!r})")
+                             f"letters, digits and separators (in {ref!r})")
     if tag is None and digest is None:
         tag = "latest"
     return Reference(domain, path, tag, digest)

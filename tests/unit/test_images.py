@@ -40,6 +40,12 @@ def test_bad_refs(bad: str) -> None:
         parse_ref(bad)
 
 
+def test_bad_repository_name_message_names_the_ref() -> None:
+    with pytest.raises(ImageError) as ei:
+        parse_ref("example.com/Bad_Name:1")
+    assert "(in 'example.com/Bad_Name:1')" in str(ei.value) and "{ref" not in str(ei.value)
+
+
 def test_chain_ids() -> None:
     d = ["sha256:" + "1" * 64, "sha256:" + "2" * 64]
     c = chain_ids(d)
