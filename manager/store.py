@@ -72,11 +72,20 @@ def _check_table(table: str) -> None:
 
 
 def _name_of(table: str, obj: Obj) -> str | None:
+    """The unique name of ``obj`` (services: ``Spec.Name``) or None for tables without one."""
     if table == "services":
         spec = obj.get("Spec") or {}
         name = spec.get("Name")
         return name if isinstance(name, str) and name else None
     return None
+
+
+def _name_key(table: str, obj: Obj) -> str | None:
+    """The name as the uniqueness index compares it: lowercased, as swarmkit's store indexes
+    names (SK: manager/state/store/memory.go, ``nameIndexer`` lowercases), so ``web`` and
+    ``WEB`` conflict."""
+    name = _name_of(table, obj)
+    return name.lower() if name is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +173,17 @@ class ReadTx:
         return [_copy(o) for o in self._raw_items(table) if pred(o)]
 
     def find_by_name(self, table: str, name: str) -> Obj | None:
-        """A service by ``Spec.Name`` (the only table with unique names), or None."""
+        """A service by ``Spec.Name`` (the only table with unique names), or None. Names
+        match case-insensitively (as swarmkit's name index); an exact match wins."""
+        folded = None
         for o in self._raw_items(table):
-            if _name_of(table, o) == name:
+            n = _name_of(table, o)
+            if n == name:
                 found: Obj = _copy(o)
                 return found
-        return None
+            if folded is None and n is not None and n.lower() == name.lower():
+                folded = o
+        return _copy(folded) if folded is not None else None
 
 
 class WriteTx(ReadTx):
@@ -198,11 +212,11 @@ class WriteTx(ReadTx):
                 yield o
 
     def _check_name(self, table: str, obj: Obj) -> None:
-        name = _name_of(table, obj)
+        name = _name_key(table, obj)
         if name is None:
             return
         for other in self._raw_items(table):
-            if other["ID"] != obj["ID"] and _name_of(table, other) == name:
+            if other["ID"] != obj["ID"] and _name_key(table, other) == name:
                 raise Conflict("rpc error: code = AlreadyExists desc = name conflicts with an existing object")
 
     def create(self, table: str, obj: Obj) -> None:

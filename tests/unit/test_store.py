@@ -76,6 +76,25 @@ async def test_conflicts_and_not_found(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_service_names_conflict_case_insensitively(tmp_path: Path) -> None:
+    store = Store(SingleVoterLog(tmp_path))
+    await store.update(lambda tx: tx.create("services", _svc("s1", "web")))
+    with pytest.raises(Conflict, match="rpc error: code = AlreadyExists desc = name conflicts with an existing object"):
+        await store.update(lambda tx: tx.create("services", _svc("s2", "WEB")))
+    await store.update(lambda tx: tx.create("services", _svc("s3", "other")))
+
+    def rename(tx: WriteTx) -> None:
+        s = tx.get("services", "s3")
+        assert s is not None
+        s["Spec"]["Name"] = "Web"
+        tx.update("services", s)
+
+    with pytest.raises(Conflict, match="name conflicts"):
+        await store.update(rename)
+    assert store.view().find_by_name("services", "WEB")["ID"] == "s1"  # type: ignore[index]
+    await store.close()
+
+
 async def test_restart_gives_identical_state(tmp_path: Path) -> None:
     store = Store(SingleVoterLog(tmp_path))
     await store.update(lambda tx: tx.create("cluster", {"ID": "c1", "Spec": {"Name": "default"}}))
