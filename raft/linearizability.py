@@ -192,12 +192,17 @@ def check_key(ops: list[Operation], init: Any = None) -> CheckResult:
     key_name = ops[0].key
     tail = "\n    ".join(str(o) for o in lin[-8:]) or "(nothing)"
     blocked = ops[stuck] if stuck is not None else None
-    concurrent = [o for i, o in enumerate(ops) if i not in set(best) and blocked is not None
-                  and o.call <= (blocked.ret if blocked.ret is not None else INF)]
+    done = set(best)
+    others = [o for i, o in enumerate(ops) if i not in done and i != stuck and blocked is not None
+              and o.call <= (blocked.ret if blocked.ret is not None else INF)]
     expl = (f"key {key_name!r}: no linearization. The longest linearizable prefix has {len(lin)} of "
             f"{n} operations, ending with:\n    {tail}\n  leaving the value {best_state!r}; then "
-            f"{blocked} cannot take effect (nor can any of the {len(concurrent)} operations "
-            f"pending at that point).")
+            f"{blocked} must take effect before it returns but cannot")
+    if others:
+        expl += (f", whichever of the {len(others)} other operations called by then goes first: "
+                 + "; ".join(str(o) for o in others[:3]) + ("; …" if len(others) > 3 else ""))
+    expl += "."
+
     return CheckResult(False, key_name, expl, lin)
 
 
