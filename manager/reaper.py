@@ -13,7 +13,6 @@ Follows swarmkit (SK: manager/orchestrator/taskreaper/task_reaper.go; SWARM-FACT
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from manager.orchestrator import parse_rfc3339
 from manager.store import Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
+from shoal.util import wait_timeout
 
 __all__ = ["reap", "TaskReaper", "DEFAULT_RETENTION"]
 
@@ -120,7 +120,7 @@ class TaskReaper:
                 await watch.__anext__()
                 while True:
                     try:
-                        await asyncio.wait_for(watch.__anext__(), self.debounce)
+                        await wait_timeout(watch.__anext__(), self.debounce)
                     except TimeoutError:
                         break
                 await self._safe_tick()

@@ -16,7 +16,6 @@ scheduler.go; SWARM-FACTS 1.2):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -28,7 +27,7 @@ from manager.ipam import BridgeIPAM, IPAMError
 from manager.specs import SpecError, parse_constraint
 from manager.store import Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import now_rfc3339
+from shoal.util import now_rfc3339, wait_timeout
 
 __all__ = [
     "NodeInfo",
@@ -423,7 +422,7 @@ class Scheduler:
                 start = time.monotonic()
                 while time.monotonic() - start < self.max_latency:
                     try:
-                        events.append(await asyncio.wait_for(watch.__anext__(), self.debounce))
+                        events.append(await wait_timeout(watch.__anext__(), self.debounce))
                     except TimeoutError:
                         break
                     except StopAsyncIteration:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def now_rfc3339(t: float | None = None) -> str:
@@ -28,3 +33,16 @@ def new_id(length: int = 25) -> str:
 def new_container_id() -> str:
     """Return a 64-hex-character container ID, as Docker's are."""
     return secrets.token_hex(32)
+
+
+async def wait_timeout(aw: Awaitable[T], timeout: float | None) -> T:
+    """Await ``aw`` for at most ``timeout`` seconds (None = no limit); raises ``TimeoutError``.
+
+    Use this instead of ``asyncio.wait_for`` in loops: on Python 3.11, ``wait_for`` can swallow a
+    cancellation that arrives just as the inner awaitable finishes (CPython gh-86296), and a loop
+    that then goes on waiting never stops. ``asyncio.timeout`` (3.11+) does not lose it.
+    """
+    if timeout is None:
+        return await aw
+    async with asyncio.timeout(timeout):
+        return await aw

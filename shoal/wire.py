@@ -29,6 +29,8 @@ from typing import Any
 
 import msgpack
 
+from shoal.util import wait_timeout
+
 log = logging.getLogger(__name__)
 
 MAX_FRAME = 64 * 1024 * 1024
@@ -235,7 +237,7 @@ class Peer:
         try:
             await self._write({"t": type, "id": rid, "b": body})
             try:
-                return await asyncio.wait_for(fut, timeout)
+                return await wait_timeout(fut, timeout)
             except TimeoutError as e:
                 raise WireError(f"no reply to {type!r} from {self.name} within {timeout:g} s") from e
         finally:

@@ -35,7 +35,7 @@ from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import now_rfc3339
+from shoal.util import now_rfc3339, wait_timeout
 
 try:  # the runtime's dataclass (docs/contracts.md, agent_runtime section)
     from agent_runtime.containers import ContainerSpec
@@ -378,7 +378,7 @@ class _Controller:
                         log.exception("task %s: reporting the failure failed", self.tid)
                     # do not spin on a step that keeps failing (e.g. remove): retry later or on a change
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), backoff)
+                        await wait_timeout(self._wake.wait(), backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue
                 if done:
