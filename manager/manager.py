@@ -119,7 +119,7 @@ class Manager:
         ctx = tlsutil.server_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
                                      self.certs_dir / "ca.crt")
         self.server = ManagerServer(self.store, self.ca, self.dispatcher, ctx,
-                                    advertise_addr=self.advertise_addr)
+                                    advertise_addr=self.advertise_addr, accept_managers=False)
         await self._mark_leader()
         await self.dispatcher.start()
         host, port = _split(self.listen_addr)

@@ -268,8 +268,6 @@ class Daemon:
         self.state.save({"NodeID": node_id, "Role": role, "ManagerAddrs": managers or [remote],
                          "AdvertiseAddr": advertise,
                          "ListenAddr": body.get("ListenAddr") or f"0.0.0.0:{self.args.port}"})
-        if role == "manager":
-            raise SwarmStateError("joining as a manager needs the replicated Raft log (issue 3)")
         await self._start_agent()
 
     async def swarm_leave(self, force: bool) -> None:
