@@ -95,6 +95,9 @@ class SimParams:
     max_inflight: int = 4
     max_size_per_msg: int = 300
     wire_roundtrip: float = 0.1
+    long_delay: float = 0.0
+    slow_ticks: float = 0.0
+    campaign_rate: float = 0.0
 
     @staticmethod
     def from_seed(seed: int, nodes: int = 3, steps: int = 3000) -> SimParams:
@@ -118,6 +121,9 @@ class SimParams:
             max_inflight=r.choice([1, 4, 64]),
             max_size_per_msg=r.choice([60, 300, 4096]),
             restart_rate=r.choice([0.03, 0.3]),
+            long_delay=r.choice([0.0, 0.0, 0.01]),
+            slow_ticks=r.choice([0.0, 0.0, 0.3]),
+            campaign_rate=r.choice([0.0, 0.0, 0.003]),
         )
 
 
@@ -351,7 +357,10 @@ class Simulation:
         copies = 2 if (not reliable and self.rng.random() < self.p.dup) else 1
         for _ in range(copies):
             self.net_seq += 1
-            heapq.heappush(self.net, (self.now + self.rng.randint(1, self.p.max_delay), self.net_seq, m))
+            delay = self.rng.randint(1, self.p.max_delay)
+            if self.p.long_delay and self.rng.random() < self.p.long_delay:
+                delay += self.rng.randint(10, 60)  # a very stale message arrives much later
+            heapq.heappush(self.net, (self.now + delay, self.net_seq, m))
 
     def _deliver(self) -> None:
         if len(self.net) > 200 * len(self.nodes) + 1000:
@@ -571,6 +580,11 @@ class Simulation:
         for n in self.nodes.values():
             if n.decommissioned and n.raw is not None:
                 self._crash(n)
+        if p.campaign_rate and rng.random() < p.campaign_rate:
+            cands = [n for n in self._alive() if n.raw is not None and n.raw.role is not Role.LEADER
+                     and n.raw.promotable()]
+            if cands:
+                rng.choice(cands).raw.campaign()  # type: ignore[union-attr]
         leader = self._leader()
         if leader is not None and leader.raw is not None:
             if rng.random() < p.conf_rate:
@@ -630,6 +644,8 @@ class Simulation:
         self._process()
         for n in self._alive():
             assert n.raw is not None
+            if faults and self.p.slow_ticks and n.id % 2 == 0 and self.rng.random() < self.p.slow_ticks:
+                continue  # this node's clock runs slower (skew)
             n.raw.tick()
         self._process()
 
@@ -657,6 +673,7 @@ class Simulation:
         self.p.dup = 0.0
         self.p.max_delay = min(self.p.max_delay, 2)
         self.p.torn_crash_rate = 0.0
+        self.p.long_delay = 0.0
         for n in self.nodes.values():
             if n.raw is None and not n.decommissioned:
                 self._start(n)
