@@ -459,6 +459,8 @@ class Dispatcher:
                 new = dict(u["Status"])
                 if state_order(new.get("State")) <= state_order(cur.get("State")):
                     continue  # forward moves only
+                if state_order(cur.get("State")) >= TERMINAL_FROM:
+                    continue  # an ended task keeps its final state (a restarted agent may see it otherwise)
                 new.setdefault("Timestamp", now_rfc3339())
                 new.setdefault("Message", "")
                 if "ContainerStatus" not in new and "ContainerStatus" in cur:

@@ -322,6 +322,15 @@ async def test_status_updates_forward_only_and_batched(env: Env) -> None:
     # a forward move without ContainerStatus keeps the known one
     await fn.status([{"TaskID": "t0", "Status": {"State": "complete"}}])
     assert env.task("t0")["Status"]["ContainerStatus"] == cs
+    # an ended task keeps its final state: a restarted agent that finds the container killed
+    # must not turn a clean shutdown into a failure (or a completion into anything else)
+    await fn.status([{"TaskID": "t2", "Status": {"State": "shutdown", "Message": "shutdown"}}])
+    await fn.status([
+        {"TaskID": "t2", "Status": {"State": "failed", "Err": "task: non-zero exit (137)"}},
+        {"TaskID": "t0", "Status": {"State": "failed", "Err": "late"}},
+    ])
+    assert env.task("t2")["Status"]["State"] == "shutdown"
+    assert env.task("t0")["Status"]["State"] == "complete"
     with pytest.raises(wire.RemoteError, match="unknown task state 'bogus'"):
         await fn.status([{"TaskID": "t2", "Status": {"State": "bogus"}}])
     with pytest.raises(wire.RemoteError, match="TaskID"):
