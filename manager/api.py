@@ -38,7 +38,7 @@ from manager.specs import (
     validate_swarm_spec,
 )
 from manager.store import Conflict, NotFound, ReadTx, Store, Unavailable, WriteTx
-from shoal.util import new_id
+from shoal.util import new_id, now_rfc3339
 
 __all__ = ["add_routes", "ApiError", "parse_filters", "mux_frame"]
 
@@ -583,12 +583,8 @@ def add_routes(app: web.Application, manager: Any) -> None:
                 buf += mux_frame(stream, (prefix + msg).encode())
             return bytes(buf)
 
-        tasks = tasks_now() or []
-        lines = await read(tasks, tail, since)
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/vnd.docker.multiplexed-stream"})
-        await resp.prepare(request)
-        await resp.write(frames(lines, {str(t["ID"]): t for t in tasks}))
-        if follow:
+        async def follow_stream(resp: web.StreamResponse, lines: list[Obj]) -> None:
+            """Poll for newer lines until the source is gone or the client goes away."""
             last = max([parse_rfc3339(str(ln.get("time", ""))) for ln in lines] + [since])
             sent_at_last = {(ln.get("task_id"), ln.get("time"), ln.get("stream"), ln.get("log")) for ln in lines
                             if parse_rfc3339(str(ln.get("time", ""))) >= last}
@@ -615,9 +611,25 @@ def add_routes(app: web.Application, manager: Any) -> None:
                     sent_at_last |= {(ln.get("task_id"), ln.get("time"), ln.get("stream"), ln.get("log"))
                                      for ln in new if parse_rfc3339(str(ln.get("time", ""))) >= last}
                     await resp.write(frames(new, {str(t["ID"]): t for t in current}))
-            except (ConnectionResetError, ApiError) as e:
+            except ApiError as e:
                 log.info("log stream ended: %s", e)
-        await resp.write_eof()
+
+        tasks = tasks_now() or []
+        lines = await read(tasks, tail, since)
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/vnd.docker.multiplexed-stream"})
+        await resp.prepare(request)
+        try:
+            await resp.write(frames(lines, {str(t["ID"]): t for t in tasks}))
+            if follow:
+                await follow_stream(resp, lines)
+            if request.transport is None or request.transport.is_closing():
+                log.info("log stream ended: client went away")
+                return resp
+            await resp.write_eof()
+        except ConnectionResetError as e:
+            # the client went away (docker logs -f interrupted): the normal end of a stream
+            # (aiohttp's ClientConnectionResetError is a ConnectionResetError)
+            log.info("log stream ended: client went away (%s)", e)
         return resp
 
     @route("GET", "/services/{id}/logs")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -258,3 +260,39 @@ async def test_tasks_filters_and_logs(env: tuple[TestClient[web.Request, web.App
         for lp in loops:
             lp.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+
+
+async def test_logs_follow_client_going_away_is_not_an_error(
+        env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """As the daemon serves it (handler not cancelled when the client disconnects; the
+    aiohttp test server would cancel it), ``logs -f`` interrupted ends at info level."""
+    _, mgr = env
+    monkeypatch.setattr(api_module, "LOG_FOLLOW_POLL", 0.02)
+    caplog.set_level(logging.INFO)
+    app = web.Application()
+    add_routes(app, mgr)
+    runner = web.AppRunner(app, handler_cancellation=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            r = await http.post(f"http://127.0.0.1:{port}/services/create", json=SPEC)
+            sid = (await r.json())["ID"]
+            await mgr.store.update(creating("tasks", {"ID": "t1", "ServiceID": sid, "Slot": 1, "NodeID": "node1abc",
+                                                      "DesiredState": "running", "Status": {"State": "running"}}))
+            mgr.lines = [{"task_id": "t1", "stream": "stdout", "time": "2026-11-29T17:00:00Z", "log": "hi\n"}]
+            resp = await http.get(f"http://127.0.0.1:{port}/services/web/logs?stdout=1&follow=1")
+            assert (await resp.content.readexactly(8 + 3)).endswith(b"hi\n")
+            resp.close()  # the client goes away mid-stream
+            async with asyncio.timeout(5):
+                while not any("/services/web/logs" in r.getMessage() for r in caplog.records
+                              if r.name == "aiohttp.access"):
+                    await asyncio.sleep(0.01)
+    finally:
+        await runner.cleanup()
+    assert any("log stream ended" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
