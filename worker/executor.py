@@ -616,7 +616,10 @@ class _Controller:
         if code == 0:
             await self.report("complete")
         else:
-            await self.report("failed", err=f"task: non-zero exit ({code})", message=detail or None)
+            # the runtime's own error (e.g. `exec: "x": executable file not found in $PATH`) is
+            # what a user needs in `service ps`'s ERROR column, as Docker shows it
+            err = f"starting container failed: {detail}" if detail else f"task: non-zero exit ({code})"
+            await self.report("failed", err=err, message=detail or None)
         await self._release_network()
 
     async def _shutdown(self) -> None:

@@ -199,7 +199,7 @@ def test_missing_command_fails_and_bad_image_is_rejected(hostns: Path, scratch_d
         await until(lambda: node.states("task-missing")[-1:] == ["failed"]
                     and node.states("task-badimage")[-1:] == ["rejected"], 30, "failed and rejected")
         failed = node.last("task-missing")
-        assert failed["Err"] == "task: non-zero exit (127)"
+        assert failed["Err"].startswith("starting container failed: ") and "/no/such/command" in failed["Err"], failed
         assert failed["ContainerStatus"]["ExitCode"] == 127
         rejected = node.last("task-badimage")
         assert rejected["Err"] and "127.0.0.1:1" in rejected["Err"], rejected
