@@ -433,7 +433,8 @@ def add_routes(app: web.Application, manager: Any) -> None:
         version = _version(request)
         body = await _json_body(request)
         s = _resolve(store().view(), "services", request.match_info["id"], "service", _service_names)
-        if request.query.get("rollback") == "previous":
+        rollback = request.query.get("rollback") == "previous"
+        if rollback:
             prev = s.get("PreviousSpec")
             if not prev:
                 raise ApiError(500, f"rpc error: code = FailedPrecondition desc = service {s['ID']} does not "
@@ -451,6 +452,13 @@ def add_routes(app: web.Application, manager: Any) -> None:
             cur["Version"] = {"Index": version}
             cur["PreviousSpec"] = cur.get("Spec")
             cur["Spec"] = spec
+            # UpdateStatus as swarmkit's controlapi: a rollback starts one, any other update
+            # clears it (the orchestrator's updater then sets "updating" if slots change)
+            if rollback:
+                cur["UpdateStatus"] = {"State": "rollback_started", "StartedAt": now_rfc3339(),
+                                       "Message": "manually requested rollback"}
+            else:
+                cur.pop("UpdateStatus", None)
             cur["Endpoint"] = {"Spec": spec.get("EndpointSpec") or {"Mode": "vip"}}
             tx.update("services", cur)
 
