@@ -482,12 +482,53 @@ def build_app(daemon: Daemon) -> web.Application:
 
     @both("GET", "/images/json")
     async def images_json(request: web.Request) -> web.Response:
-        out = []
+        by_id: dict[str, dict[str, Any]] = {}
         for img in daemon.images.list():
-            out.append({"Id": img.id, "RepoTags": [img.ref], "RepoDigests": [], "ParentId": "",
-                        "Created": 0, "Size": img.size, "SharedSize": -1, "VirtualSize": img.size,
-                        "Labels": {}, "Containers": -1})
-        return web.json_response(out)
+            cur = by_id.setdefault(img.id, image_summary(img))
+            for tag in image_summary(img)["RepoTags"]:
+                if tag not in cur["RepoTags"]:
+                    cur["RepoTags"].append(tag)
+        return web.json_response(list(by_id.values()))
+
+    def image_summary(img: Any) -> dict[str, Any]:
+        tags = list(getattr(img, "repo_tags", None) or [img.ref])
+        return {"Id": img.id, "RepoTags": tags, "RepoDigests": [], "ParentId": "",
+                "Created": int(getattr(img, "created", 0) or 0), "Size": img.size, "SharedSize": -1,
+                "VirtualSize": img.size, "Labels": (img.config or {}).get("Labels") or {}, "Containers": -1}
+
+    @both("GET", "/images/{name:.*}/json")
+    async def image_inspect(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            img = daemon.images.get(name)
+        except Exception:  # an unparsable reference is simply not an image we have
+            img = None
+        if img is None:
+            return api_error(404, f"No such image: {name}")
+        out = image_summary(img)
+        return web.json_response({
+            "Id": out["Id"], "RepoTags": out["RepoTags"], "RepoDigests": [], "Parent": "", "Comment": "",
+            "Created": now_rfc3339(out["Created"]) if out["Created"] else "", "Container": "",
+            "DockerVersion": "", "Author": "", "Config": img.config, "Architecture": _go_arch(),
+            "Os": "linux", "Size": img.size, "VirtualSize": img.size,
+            "GraphDriver": {"Name": "overlay2", "Data": {"LowerDir": ":".join(str(p) for p in img.layers)}},
+            "RootFS": {"Type": "layers", "Layers": []}, "Metadata": {"LastTagTime": ""}})
+
+    @both("GET", "/networks")
+    async def networks(request: web.Request) -> web.Response:
+        return web.json_response([_BRIDGE_NETWORK])
+
+    @both("GET", "/networks/{id}")
+    async def network_inspect(request: web.Request) -> web.Response:
+        name = request.match_info["id"]
+        if name in (_BRIDGE_NETWORK["Name"], _BRIDGE_NETWORK["Id"]):
+            return web.json_response(_BRIDGE_NETWORK)
+        return api_error(404, f"network {name} not found")
+
+    @both("POST", "/networks/create")
+    async def network_create(request: web.Request) -> web.Response:
+        return api_error(501, "creating networks is not supported yet: each node has one local bridge "
+                              "network (overlay networks come with the overlay work)")
 
     @both("POST", "/images/load")
     async def images_load(request: web.Request) -> web.StreamResponse:
@@ -550,6 +591,15 @@ def build_app(daemon: Daemon) -> web.Application:
     app.add_routes(routes)
     add_routes(app, _ManagerProxy(daemon))
     return app
+
+
+_BRIDGE_NETWORK: dict[str, Any] = {
+    "Name": "bridge", "Id": "shoal-bridge", "Created": "", "Scope": "local", "Driver": "bridge",
+    "EnableIPv6": False, "Internal": False, "Attachable": False, "Ingress": False,
+    "IPAM": {"Driver": "default", "Options": None, "Config": [{"Subnet": "10.200.0.0/16"}]},
+    "Options": {}, "Labels": {}, "Containers": {},
+}
+"""The one network each node has for now: its local bridge (a /24 of 10.200.0.0/16 per node)."""
 
 
 class _ManagerProxy:
