@@ -42,17 +42,19 @@ class Manager:
     ``data_dir``: where the log lives (``raft/`` under it); ``certs_dir``: ``ca.crt``, ``ca.key``,
     ``node.crt``, ``node.key``; ``node_id``: this node's ID; ``advertise_addr``: ``ip:port`` other
     nodes reach this manager at; ``listen_addr``: ``ip:port`` the 2377 server binds;
-    ``heartbeat_period``: dispatcher heartbeat period in seconds (node down after 3 missed).
+    ``heartbeat_period``: dispatcher heartbeat period in seconds; ``heartbeat_misses``: periods a
+    node may miss before it is marked down (Swarm: 5 s and 3).
     """
 
     def __init__(self, data_dir: Path, certs_dir: Path, node_id: str, advertise_addr: str,
-                 listen_addr: str, heartbeat_period: float = 5.0) -> None:
+                 listen_addr: str, heartbeat_period: float = 5.0, heartbeat_misses: int = 3) -> None:
         self.data_dir = Path(data_dir)
         self.certs_dir = Path(certs_dir)
         self.node_id = node_id
         self.advertise_addr = advertise_addr
         self.listen_addr = listen_addr
         self.heartbeat_period = heartbeat_period
+        self.heartbeat_misses = heartbeat_misses
         self.log: SingleVoterLog | None = None
         self.store: Store = None  # type: ignore[assignment]  # set by start()
         self.ca: RootCA = None  # type: ignore[assignment]
@@ -115,7 +117,8 @@ class Manager:
         self.log = SingleVoterLog(self.data_dir / "raft")
         self.store = Store(self.log)
         self.ca = RootCA.load(self.certs_dir)
-        self.dispatcher = Dispatcher(self.store, heartbeat_period=self.heartbeat_period)
+        self.dispatcher = Dispatcher(self.store, heartbeat_period=self.heartbeat_period,
+                                     grace_multiplier=self.heartbeat_misses)
         ctx = tlsutil.server_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
                                      self.certs_dir / "ca.crt")
         self.server = ManagerServer(self.store, self.ca, self.dispatcher, ctx,

@@ -160,6 +160,7 @@ class Daemon:
             advertise_addr=self.state.data["AdvertiseAddr"],
             listen_addr=self.state.data.get("ListenAddr") or f"0.0.0.0:{self.args.port}",
             heartbeat_period=self.args.heartbeat_period,
+            heartbeat_misses=self.args.heartbeat_misses,
         )
         await self.manager.start()
 
@@ -642,6 +643,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="registry reached over plain HTTP (repeatable)")
     p.add_argument("--heartbeat-period", type=float, default=5.0,
                    help="dispatcher heartbeat period in seconds (node down after 3 missed)")
+    p.add_argument("--heartbeat-misses", type=int, default=3,
+                   help="heartbeats a node may miss before it is marked down (default %(default)s)")
     p.add_argument("--port", type=int, default=2377, help="cluster port (Raft, dispatcher, CA)")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
