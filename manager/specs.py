@@ -26,10 +26,13 @@ __all__ = [
     "validate_swarm_spec",
     "default_swarm_spec",
     "parse_constraint",
+    "canonicalize_keys",
+    "SERVICE_SPEC_SCHEMA",
     "SECOND",
 ]
 
 SECOND = 1_000_000_000  # nanoseconds, the API's duration unit
+INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 DEFAULT_RESTART_POLICY: dict[str, Any] = {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0, "Window": 0}
 DEFAULT_STOP_GRACE_PERIOD = 10 * SECOND
@@ -60,6 +63,101 @@ _NOUN = ["albattani", "bell", "curie", "darwin", "euclid", "fermi", "galileo", "
          "lovelace", "meitner", "noether", "pasteur", "ritchie", "shannon", "turing", "wozniak", "yalow"]
 
 
+# ---------------------------------------------------------------------------- key canonicalisation
+# Docker decodes specs with Go's encoding/json, which matches object keys to struct fields
+# case-insensitively (an exact match first; https://pkg.go.dev/encoding/json#Unmarshal). Clients
+# rely on it: docker-py sends ``Mode: {"replicated": {"Replicas": 2}}``. The schema below lists the
+# struct fields of the specs (MOBY: api/types/swarm/*.go); keys of a struct are rewritten to the
+# field's canonical spelling, keys inside maps (Labels, Options, Sysctls …) and string values are
+# left alone, and unknown keys are kept as they are (Go ignores them).
+
+class _Map:
+    """A JSON object whose keys are data (``map[string]…``): never canonicalised."""
+
+
+class _List:
+    """A JSON array whose items follow ``item``."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+
+_Schema = Any  # dict[str, _Schema] (a struct: field -> schema) | _Map | _List | None (a leaf)
+MAP = _Map()
+_DRIVER = {"Name": None, "Options": MAP}
+_RESOURCES = {"NanoCPUs": None, "MemoryBytes": None, "Pids": None, "GenericResources": None}
+_UPDATE = {"Parallelism": None, "Delay": None, "FailureAction": None, "Monitor": None,
+           "MaxFailureRatio": None, "Order": None}
+_NET_ATTACH = _List({"Target": None, "Aliases": None, "DriverOpts": MAP})
+_MOUNT = {
+    "Type": None, "Source": None, "Target": None, "ReadOnly": None, "Consistency": None,
+    "BindOptions": {"Propagation": None, "NonRecursive": None, "CreateMountpoint": None,
+                    "ReadOnlyNonRecursive": None, "ReadOnlyForceRecursive": None},
+    "VolumeOptions": {"NoCopy": None, "Labels": MAP, "DriverConfig": _DRIVER, "Subpath": None},
+    "TmpfsOptions": {"SizeBytes": None, "Mode": None, "Options": None},
+    "ImageOptions": {"Subpath": None},
+}
+_CONTAINER_SPEC = {
+    "Image": None, "Labels": MAP, "Command": None, "Args": None, "Hostname": None, "Env": None,
+    "Dir": None, "User": None, "Groups": None, "Privileges": None, "TTY": None, "OpenStdin": None,
+    "ReadOnly": None, "Mounts": _List(_MOUNT), "StopSignal": None, "StopGracePeriod": None,
+    "HealthCheck": {"Test": None, "Interval": None, "Timeout": None, "Retries": None,
+                    "StartPeriod": None, "StartInterval": None},
+    "Hosts": None, "DNSConfig": {"Nameservers": None, "Search": None, "Options": None},
+    "Secrets": None, "Configs": None, "OomScoreAdj": None, "Isolation": None, "Init": None,
+    "Sysctls": MAP, "CapabilityAdd": None, "CapabilityDrop": None, "Ulimits": None,
+}
+_TASK_SPEC = {
+    "PluginSpec": None, "ContainerSpec": _CONTAINER_SPEC, "NetworkAttachmentSpec": None,
+    "Resources": {"Limits": _RESOURCES, "Reservations": _RESOURCES, "SwapBytes": None,
+                  "MemorySwappiness": None},
+    "RestartPolicy": {"Condition": None, "Delay": None, "MaxAttempts": None, "Window": None},
+    "Placement": {"Constraints": None, "Preferences": None, "MaxReplicas": None,
+                  "Platforms": _List({"Architecture": None, "OS": None})},
+    "ForceUpdate": None, "Runtime": None, "Networks": _NET_ATTACH, "LogDriver": _DRIVER,
+}
+SERVICE_SPEC_SCHEMA: dict[str, _Schema] = {
+    "Name": None, "Labels": MAP, "TaskTemplate": _TASK_SPEC,
+    "Mode": {"Replicated": {"Replicas": None}, "Global": {},
+             "ReplicatedJob": {"MaxConcurrent": None, "TotalCompletions": None}, "GlobalJob": {}},
+    "UpdateConfig": _UPDATE, "RollbackConfig": _UPDATE, "Networks": _NET_ATTACH,
+    "EndpointSpec": {"Mode": None, "Ports": _List({"Name": None, "Protocol": None, "TargetPort": None,
+                                                   "PublishedPort": None, "PublishMode": None})},
+}
+NODE_SPEC_SCHEMA: dict[str, _Schema] = {"Name": None, "Labels": MAP, "Role": None, "Availability": None}
+SWARM_SPEC_SCHEMA: dict[str, _Schema] = {
+    "Name": None, "Labels": MAP,
+    "Orchestration": {"TaskHistoryRetentionLimit": None},
+    "Raft": {"SnapshotInterval": None, "KeepOldSnapshots": None, "LogEntriesForSlowFollowers": None,
+             "ElectionTick": None, "HeartbeatTick": None},
+    "Dispatcher": {"HeartbeatPeriod": None},
+    "CAConfig": {"NodeCertExpiry": None, "ExternalCAs": None, "SigningCACert": None,
+                 "SigningCAKey": None, "ForceRotate": None},
+    "EncryptionConfig": {"AutoLockManagers": None},
+    "TaskDefaults": {"LogDriver": _DRIVER},
+}
+
+
+def canonicalize_keys(value: Any, schema: _Schema) -> Any:
+    """Return a copy of ``value`` with the keys of known struct fields spelled as in ``schema``
+    (matched case-insensitively, as Go's encoding/json does; when two keys fold to the same field
+    the later one wins, as in Go). Maps, unknown keys and non-object values are kept as they are."""
+    if isinstance(schema, dict) and isinstance(value, dict):
+        fields = {k.lower(): k for k in schema}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            canon = k if k in schema else fields.get(k.lower(), k) if isinstance(k, str) else k
+            out[canon] = canonicalize_keys(v, schema.get(canon)) if canon in schema else copy.deepcopy(v)
+        return out
+    if isinstance(schema, _List) and isinstance(value, list):
+        return [canonicalize_keys(x, schema.item) for x in value]
+    return copy.deepcopy(value)
+
+
+NETWORKS_UNSUPPORTED = ("networks (TaskTemplate.Networks) are not supported by shoal yet: overlay networks "
+                        "are not built; remove --network (tasks get an address on their node's bridge)")
+
+
 class SpecError(ValueError):
     """A spec is invalid; ``str(e)`` says what is wrong (Docker's wording where it has one)."""
 
@@ -80,7 +178,8 @@ def _uint(v: Any, field: str, go_type: str = "uint64") -> int:
     """Check an unsigned integer field, with the error Go's JSON decoder gives Docker."""
     if isinstance(v, bool) or not isinstance(v, int):
         raise SpecError(f"json: cannot unmarshal {type(v).__name__} into Go struct field {field} of type {go_type}")
-    if v < 0:
+    limit = {"uint64": 2**64 - 1, "uint32": 2**32 - 1}.get(go_type, 2**64 - 1)
+    if v < 0 or v > limit:
         raise SpecError(f"json: cannot unmarshal number {v} into Go struct field {field} of type {go_type}")
     return v
 
@@ -88,7 +187,27 @@ def _uint(v: Any, field: str, go_type: str = "uint64") -> int:
 def _int(v: Any, field: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise SpecError(f"json: cannot unmarshal {type(v).__name__} into Go struct field {field} of type int64")
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise SpecError(f"json: cannot unmarshal number {v} into Go struct field {field} of type int64")
     return v
+
+
+def _check_int_ranges(v: Any, path: str) -> None:
+    """Reject any integer in ``v`` that no 64-bit Go field can hold (below int64's minimum or
+    above uint64's maximum), with Go's JSON decoder message. Such numbers would be accepted by
+    Python's json but cannot be stored (msgpack is 64-bit)."""
+    if isinstance(v, bool):
+        return
+    if isinstance(v, int):
+        if not INT64_MIN <= v <= UINT64_MAX:
+            go_type = "int64" if v < 0 else "uint64"
+            raise SpecError(f"json: cannot unmarshal number {v} into Go struct field {path} of type {go_type}")
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _check_int_ranges(x, f"{path}.{k}")
+    elif isinstance(v, list):
+        for x in v:
+            _check_int_ranges(x, path)
 
 
 def _str_list(v: Any, field: str) -> list[str]:
@@ -170,6 +289,81 @@ def _validate_update_config(uc: Any, name: str, actions: tuple[str, ...]) -> Non
         raise SpecError(f"{name}: max failure ratio must be between 0 and 1")
 
 
+_PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
+
+
+def _validate_mounts(mounts: Any) -> None:
+    """Check ``ContainerSpec.Mounts``: ``bind`` (absolute Source and Target; BindOptions.Propagation
+    one of private|rprivate|shared|rshared|slave|rslave) and ``tmpfs`` (no Source; TmpfsOptions
+    SizeBytes ≥ 0, Mode a permission mode) are supported; other types are refused. Messages follow
+    moby's (MOBY: daemon/cluster/executor/container/validate.go) and swarmkit's duplicate check."""
+    if mounts is None:
+        return
+    if not isinstance(mounts, list):
+        raise SpecError("json: cannot unmarshal into Go struct field ContainerSpec.Mounts of type []mount.Mount")
+    targets: set[str] = set()
+    for m in mounts:
+        m = _obj(m, "ContainerSpec.Mounts[]")
+        mtype = m.get("Type")
+        target = m.get("Target")
+        if not isinstance(target, str) or not target.startswith("/"):
+            raise SpecError(f"invalid mount target, must be an absolute path: {target or ''}")
+        if target in targets:
+            raise SpecError(f"invalid duplicate mount point: {target}")
+        targets.add(target)
+        if m.get("ReadOnly") is not None and not isinstance(m["ReadOnly"], bool):
+            raise SpecError("json: cannot unmarshal into Go struct field Mount.ReadOnly of type bool")
+        if mtype == "bind":
+            source = m.get("Source")
+            if not source:
+                raise SpecError("invalid bind mount source, source is required")
+            if not isinstance(source, str) or not source.startswith("/"):
+                raise SpecError(f"invalid bind mount source, must be an absolute path: {source}")
+            bo = _obj(m.get("BindOptions"), "Mount.BindOptions")
+            prop = bo.get("Propagation")
+            if prop not in (None, "", *_PROPAGATIONS):
+                raise SpecError(f"invalid propagation mode {prop!r} for bind mount {target}: "
+                                f"use one of {', '.join(_PROPAGATIONS)}")
+            if bo.get("ReadOnlyForceRecursive"):
+                raise SpecError("BindOptions.ReadOnlyForceRecursive is not supported by shoal yet: "
+                                "leave it unset (read-only bind mounts are read-only at their top level)")
+            for other in ("VolumeOptions", "TmpfsOptions"):
+                if m.get(other):
+                    raise SpecError(f"{other} must not be specified on mount type \"bind\"")
+        elif mtype == "tmpfs":
+            if m.get("Source"):
+                raise SpecError("invalid tmpfs source, source must be empty")
+            to = _obj(m.get("TmpfsOptions"), "Mount.TmpfsOptions")
+            if to.get("SizeBytes") is not None and _int(to["SizeBytes"], "TmpfsOptions.SizeBytes") < 0:
+                raise SpecError(f"invalid tmpfs size {to['SizeBytes']} for {target}: must not be negative")
+            if to.get("Mode") is not None and _uint(to["Mode"], "TmpfsOptions.Mode", "uint32") > 0o7777:
+                raise SpecError(f"invalid tmpfs mode {to['Mode']:o} for {target}: use permission bits (e.g. 1777 octal)")
+            if to.get("Options"):
+                raise SpecError("TmpfsOptions.Options is not supported by shoal yet: use SizeBytes and Mode")
+            for other in ("VolumeOptions", "BindOptions"):
+                if m.get(other):
+                    raise SpecError(f"{other} must not be specified on mount type \"tmpfs\"")
+        elif mtype in ("volume", "npipe", "cluster", "image"):
+            raise SpecError(f"mount type {mtype!r} (for {target}) is not supported by shoal yet: "
+                            "use a bind mount of a host directory (Type: bind) or a tmpfs mount")
+        else:
+            raise SpecError(f"invalid mount type: {mtype!r} (for {target}); use bind or tmpfs")
+
+
+def _refuse_unsupported_container_fields(cs: dict[str, Any]) -> None:
+    """Refuse ContainerSpec fields shoal would otherwise silently ignore."""
+    hc = cs.get("HealthCheck")
+    if hc:
+        hc = _obj(hc, "ContainerSpec.HealthCheck")
+        if hc.get("Test") != ["NONE"] and any(v not in (None, 0, [], "") for v in hc.values()):
+            raise SpecError("ContainerSpec.HealthCheck is not supported by shoal yet: remove the --health-* "
+                            "options (or disable it with --no-healthcheck, Test [\"NONE\"])")
+    for f, what in (("Secrets", "secrets"), ("Configs", "configs")):
+        if cs.get(f):
+            raise SpecError(f"ContainerSpec.{f} ({what}) are not supported by shoal yet: remove --{what[:-1]} "
+                            "and pass the data another way (e.g. a bind mount or environment variables)")
+
+
 def validate_task_spec(ts: Any) -> dict[str, Any]:
     """Validate a TaskSpec (``TaskTemplate``); return it. Raises :class:`SpecError`."""
     ts = _obj(ts, "TaskTemplate")
@@ -192,6 +386,12 @@ def validate_task_spec(ts: Any) -> dict[str, Any]:
     if cs.get("StopGracePeriod") is not None and _int(cs["StopGracePeriod"], "ContainerSpec.StopGracePeriod") < 0:
         raise SpecError("ContainerSpec: stop grace period cannot be negative")
     _labels(cs.get("Labels"), "ContainerSpec.Labels")
+    if cs.get("ReadOnly") is not None and not isinstance(cs["ReadOnly"], bool):
+        raise SpecError("json: cannot unmarshal into Go struct field ContainerSpec.ReadOnly of type bool")
+    _validate_mounts(cs.get("Mounts"))
+    _refuse_unsupported_container_fields(cs)
+    if ts.get("Networks"):
+        raise SpecError(NETWORKS_UNSUPPORTED)
     res = _obj(ts.get("Resources"), "Resources")
     for part in ("Limits", "Reservations"):
         r = _obj(res.get(part), f"Resources.{part}")
@@ -217,7 +417,8 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
     """
     if not isinstance(spec, dict):
         raise SpecError("service spec must be a JSON object")
-    spec = copy.deepcopy(spec)
+    spec = canonicalize_keys(spec, SERVICE_SPEC_SCHEMA)
+    _check_int_ranges(spec, "ServiceSpec")
     if not spec.get("Name"):
         spec["Name"] = _random_name()
     validate_name(spec["Name"])
@@ -251,6 +452,12 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
             t = _uint(p["TargetPort"], "PortConfig.TargetPort", "uint32")
             if t > 65535:
                 raise SpecError(f"invalid target port {t}")
+    if ep.get("Ports"):
+        raise SpecError("EndpointSpec.Ports (published ports) are not supported by shoal yet: they need the "
+                        "routing mesh, which is not built; remove --publish and reach the service's tasks "
+                        "on their container addresses")
+    if spec.get("Networks"):
+        raise SpecError(NETWORKS_UNSUPPORTED)
     return cast(dict[str, Any], spec)
 
 
@@ -290,7 +497,8 @@ def validate_node_spec(spec: Any) -> dict[str, Any]:
     return a copy. Errors use moby's wording (MOBY: daemon/cluster/convert/node.go)."""
     if not isinstance(spec, dict):
         raise SpecError("node spec must be a JSON object")
-    spec = copy.deepcopy(spec)
+    spec = canonicalize_keys(spec, NODE_SPEC_SCHEMA)
+    _check_int_ranges(spec, "NodeSpec")
     _labels(spec.get("Labels"), "NodeSpec.Labels")
     role = spec.get("Role")
     if role not in ("worker", "manager"):
@@ -323,6 +531,8 @@ def validate_swarm_spec(spec: Any) -> dict[str, Any]:
     taken from :func:`default_swarm_spec`. Raises :class:`SpecError`."""
     if not isinstance(spec, dict):
         raise SpecError("swarm spec must be a JSON object")
+    spec = canonicalize_keys(spec, SWARM_SPEC_SCHEMA)
+    _check_int_ranges(spec, "SwarmSpec")
     out = default_swarm_spec()
     for k, v in spec.items():
         if v is not None:

@@ -296,3 +296,45 @@ async def test_logs_follow_client_going_away_is_not_an_error(
     assert any("log stream ended" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_huge_replicas_is_400_with_message(env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble]) -> None:
+    client, mgr = env
+    body = b'{"Name": "big", "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}}, ' \
+           b'"Mode": {"Replicated": {"Replicas": 99999999999999999999}}}'
+    r = await client.post("/v1.41/services/create", data=body, headers={"Content-Type": "application/json"})
+    assert r.status == 400
+    msg = (await r.json())["message"]
+    assert "cannot unmarshal number 99999999999999999999" in msg and "uint64" in msg
+    assert mgr.store.view().list("services") == []
+
+
+async def test_docker_py_service_mode_and_scale(env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble]) -> None:
+    """Real docker-py: ServiceMode("replicated", replicas=2) sends {"replicated": {...}}; scale(3)."""
+    import docker
+
+    client, mgr = env
+    port = client.server.port
+    dc = docker.DockerClient(base_url=f"tcp://127.0.0.1:{port}", version="1.41")
+    try:
+        def create() -> str:
+            svc = dc.services.create("busybox", command=["sleep", "60"], name="pyweb",
+                                     mode=docker.types.ServiceMode("replicated", replicas=2),
+                                     labels={"lower": "kept"}, env=["replicas=env"])
+            return str(svc.id)
+
+        sid = await asyncio.to_thread(create)
+        spec = mgr.store.view().get("services", sid)["Spec"]  # type: ignore[index]
+        assert spec["Mode"] == {"Replicated": {"Replicas": 2}}
+        assert spec["Labels"] == {"lower": "kept"}
+        assert spec["TaskTemplate"]["ContainerSpec"]["Env"] == ["replicas=env"]
+
+        def scale() -> None:
+            svc = dc.services.get(sid)
+            assert svc.scale(3) is not None
+
+        await asyncio.to_thread(scale)
+        spec = mgr.store.view().get("services", sid)["Spec"]  # type: ignore[index]
+        assert spec["Mode"] == {"Replicated": {"Replicas": 3}}
+    finally:
+        dc.close()

@@ -69,3 +69,105 @@ def test_swarm_spec() -> None:
     assert s["Dispatcher"]["HeartbeatPeriod"] == 5_000_000_000
     with pytest.raises(SpecError):
         validate_swarm_spec({"Dispatcher": {"HeartbeatPeriod": 0}})
+
+
+# What the docker CLI 28 sends for a plain `docker service create --name web busybox sleep 1`
+# (cli/command/service/opts.go ToService): empty defaults that must keep working.
+CLI_DEFAULTS: dict[str, Any] = {
+    "Name": "web", "Labels": {},
+    "TaskTemplate": {
+        "ContainerSpec": {"Image": "busybox:latest", "Args": ["sleep", "1"], "Init": False, "DNSConfig": {},
+                          "Mounts": None, "Secrets": None, "Configs": None, "Isolation": "default"},
+        "Resources": {"Limits": {}, "Reservations": {}}, "Placement": {}, "ForceUpdate": 0,
+        "Networks": None,
+    },
+    "Mode": {"Replicated": {"Replicas": 1}},
+    "UpdateConfig": {"Parallelism": 1, "FailureAction": "pause", "MaxFailureRatio": 0, "Order": "stop-first"},
+    "EndpointSpec": {"Mode": "vip", "Ports": None},
+}
+
+
+def test_cli_empty_defaults_are_accepted() -> None:
+    s = validate_service_spec(CLI_DEFAULTS)
+    assert s["EndpointSpec"] == {"Mode": "vip", "Ports": None}
+    hc_none = _spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "HealthCheck": {"Test": ["NONE"]}}})
+    validate_service_spec(hc_none)
+
+
+def test_keys_are_canonicalised_case_insensitively_but_not_maps() -> None:
+    # docker-py's ServiceMode("replicated", replicas=2) and lower-case struct keys elsewhere
+    s = validate_service_spec({
+        "name": "web", "labels": {"lower.key": "v"},
+        "taskTemplate": {"containerSpec": {"image": "busybox", "env": ["mode=x"], "labels": {"Image": "y"}},
+                         "restartpolicy": {"condition": "none"}},
+        "mode": {"replicated": {"replicas": 2}},
+    })
+    assert s["Name"] == "web" and s["Labels"] == {"lower.key": "v"}
+    assert s["Mode"] == {"Replicated": {"Replicas": 2}}
+    cs = s["TaskTemplate"]["ContainerSpec"]
+    assert cs == {"Image": "busybox", "Env": ["mode=x"], "Labels": {"Image": "y"}}
+    assert s["TaskTemplate"]["RestartPolicy"] == {"Condition": "none"}
+    with pytest.raises(SpecError, match="Global is not supported"):
+        validate_service_spec(_spec(Mode={"global": {}}))
+    n = validate_node_spec({"role": "worker", "availability": "drain", "labels": {"role": "x"}})
+    assert n == {"Role": "worker", "Availability": "drain", "Labels": {"role": "x"}}
+
+
+@pytest.mark.parametrize("where", ["replicas", "grace", "label-free-int"])
+def test_integers_beyond_64_bits_are_400_not_500(where: str) -> None:
+    big = 99999999999999999999
+    if where == "replicas":
+        spec = _spec(Mode={"Replicated": {"Replicas": big}})
+        want = "ServiceSpec.Mode.Replicated.Replicas of type uint64"
+    elif where == "grace":
+        spec = _spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "StopGracePeriod": 2**63}})
+        want = "ContainerSpec.StopGracePeriod of type int64"
+    else:
+        spec = _spec(Unknown={"Deep": [-big]})
+        want = "ServiceSpec.Unknown.Deep of type int64"
+    with pytest.raises(SpecError, match=want):
+        validate_service_spec(spec)
+
+
+def _mounts(*mounts: dict[str, Any]) -> dict[str, Any]:
+    return _spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "Mounts": list(mounts)}})
+
+
+def test_mounts_bind_and_tmpfs_are_accepted() -> None:
+    s = validate_service_spec(_mounts(
+        {"Type": "bind", "Source": "/srv", "Target": "/data", "ReadOnly": True,
+         "BindOptions": {"Propagation": "rslave"}},
+        {"type": "tmpfs", "target": "/scratch", "tmpfsOptions": {"sizeBytes": 1 << 20, "mode": 0o1777}}))
+    m = s["TaskTemplate"]["ContainerSpec"]["Mounts"]
+    assert m[1] == {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1 << 20, "Mode": 0o1777}}
+    validate_service_spec(_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "ReadOnly": True}}))
+
+
+@pytest.mark.parametrize("spec, message", [
+    (_mounts({"Type": "volume", "Source": "v", "Target": "/d"}), r"mount type 'volume' \(for /d\) is not supported"),
+    (_mounts({"Type": "npipe", "Source": "x", "Target": "/d"}), "mount type 'npipe'"),
+    (_mounts({"Type": "cluster", "Source": "x", "Target": "/d"}), "mount type 'cluster'"),
+    (_mounts({"Type": "bind", "Source": "rel/dir", "Target": "/d"}),
+     "invalid bind mount source, must be an absolute path: rel/dir"),
+    (_mounts({"Type": "bind", "Source": "/x", "Target": "d"}), "invalid mount target, must be an absolute path: d"),
+    (_mounts({"Type": "bind", "Source": "/x", "Target": "/d", "BindOptions": {"Propagation": "weird"}}),
+     "invalid propagation mode"),
+    (_mounts({"Type": "tmpfs", "Target": "/d"}, {"Type": "tmpfs", "Target": "/d"}), "invalid duplicate mount point: /d"),
+    (_mounts({"Type": "tmpfs", "Source": "/x", "Target": "/d"}), "invalid tmpfs source"),
+    (_spec(EndpointSpec={"Mode": "vip", "Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080}]}),
+     "published ports.*routing mesh"),
+    (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "HealthCheck": {"Test": ["CMD", "true"]}}}),
+     "HealthCheck is not supported"),
+    (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "Healthcheck": {"Interval": 10}}}),
+     "HealthCheck is not supported"),
+    (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "Secrets": [{"SecretID": "x"}]}}),
+     "Secrets.*not supported"),
+    (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "Configs": [{"ConfigID": "x"}]}}),
+     "Configs.*not supported"),
+    (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox"}, "Networks": [{"Target": "overlay1"}]}),
+     "overlay networks are not built"),
+    (_spec(Networks=[{"Target": "overlay1"}]), "overlay networks are not built"),
+])
+def test_ignored_fields_are_refused(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        validate_service_spec(spec)
