@@ -26,6 +26,8 @@ design/task_model.md; SWARM-FACTS 1.1, 1.5):
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
 import time
 from calendar import timegm
@@ -33,12 +35,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from manager.specs import task_spec_with_defaults
+from manager.specs import service_spec_with_defaults, task_spec_with_defaults
 from manager.store import Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import new_id, now_rfc3339, wait_timeout
+from shoal.util import new_id, now_rfc3339
 
-__all__ = ["Plan", "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
+__all__ = ["Plan", "UpdateProgress", "update_config", "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +107,54 @@ def new_task(service: Obj, slot: int, now: str, id_gen: Callable[[], str] = new_
 
 
 @dataclass
+class UpdateProgress:
+    """In-memory state of one service's rolling update (swarmkit keeps the same in its
+    ``Updater``; after a manager restart an update resumes from what the store shows).
+
+    ``target`` is the task spec (with defaults) the update moves slots to; ``rollback`` whether
+    it runs with ``RollbackConfig``; ``total`` the number of out-of-date slots when it started
+    (the denominator of ``MaxFailureRatio``). Per slot: ``stopping`` (stop-first: the old task ID
+    being stopped before its replacement is created), ``in_flight`` (the new task ID, until it
+    runs), ``start_first_old`` (start-first: old task IDs shut down once the new one runs),
+    ``cooling`` (epoch s at which the slot's lane may take the next slot: ``Delay``).
+    ``monitored``: new task ID → epoch s it was first seen running (None = not yet);
+    ``failures``: task IDs counted as failed; ``idle_since``: when the last slot finished
+    (completion comes ``Monitor`` later)."""
+
+    target: Obj
+    rollback: bool
+    total: int
+    stopping: dict[int, str] = field(default_factory=dict)
+    in_flight: dict[int, str] = field(default_factory=dict)
+    start_first_old: dict[int, list[str]] = field(default_factory=dict)
+    cooling: dict[int, float] = field(default_factory=dict)
+    monitored: dict[str, float | None] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    idle_since: float | None = None
+
+    def busy(self) -> int:
+        """Lanes in use: slots stopping, in flight or cooling down."""
+        return len(set(self.stopping) | set(self.in_flight) | set(self.cooling))
+
+    def forget_slot(self, slot: int) -> None:
+        """Drop every record of ``slot`` (scaled away)."""
+        self.stopping.pop(slot, None)
+        self.in_flight.pop(slot, None)
+        self.start_first_old.pop(slot, None)
+        self.cooling.pop(slot, None)
+
+
+@dataclass
 class Plan:
-    """What :func:`reconcile` decided: objects to create and to update (full objects), and
-    the time (epoch s) at which to look again for delayed restarts (None = no timer)."""
+    """What :func:`reconcile` decided: tasks to create and to update and services to update
+    (full objects), the time (epoch s) at which to look again (None = no timer), and the
+    rolling-update progress to carry into the next pass (service ID → :class:`UpdateProgress`)."""
 
     create: list[Obj] = field(default_factory=list)
     update: list[Obj] = field(default_factory=list)
+    services: list[Obj] = field(default_factory=list)
     wake_at: float | None = None
+    progress: dict[str, UpdateProgress] = field(default_factory=dict)
 
     def _wake(self, t: float) -> None:
         self.wake_at = t if self.wake_at is None else min(self.wake_at, t)
@@ -143,13 +186,207 @@ def _comparable_spec(ts: Obj) -> Obj:
     return task_spec_with_defaults(ts)
 
 
+def update_config(service: Obj, rollback: bool) -> Obj:
+    """The service's ``UpdateConfig`` (or ``RollbackConfig`` when ``rollback``) with swarmkit's
+    defaults (SWARM-FACTS 1.5): ``Parallelism`` (0 = all), ``Delay``/``Monitor`` (ns),
+    ``FailureAction``, ``MaxFailureRatio``, ``Order``."""
+    spec = service_spec_with_defaults(service.get("Spec") or {})
+    return dict(spec["RollbackConfig" if rollback else "UpdateConfig"])
+
+
+def _node_lost(task: Obj, node_by_id: dict[str, Obj]) -> bool:
+    nid = str(task.get("NodeID") or "")
+    if not nid:
+        return False
+    node = node_by_id.get(nid)
+    return node is None or (node.get("Status") or {}).get("State") == "down"
+
+
+def _set_update_status(svc: Obj, plan: Plan, status: Obj) -> None:
+    svc["UpdateStatus"] = status
+    if not any(s is svc for s in plan.services):
+        plan.services.append(svc)
+
+
+class _Ctx:
+    """What one reconcile pass shares with the rolling-update step."""
+
+    def __init__(self, plan: Plan, now: float, ts_now: str, id_gen: Callable[[], str],
+                 node_by_id: dict[str, Obj], set_desired: Callable[[Obj, str], None]) -> None:
+        self.plan, self.now, self.ts_now, self.id_gen = plan, now, ts_now, id_gen
+        self.node_by_id, self.set_desired = node_by_id, set_desired
+
+
+def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | None,
+                    slots: dict[int, list[Obj]], occupied: dict[int, Obj], replaced: set[int]) -> UpdateProgress | None:
+    """One step of the rolling update of ``svc`` (SK: manager/orchestrator/update/updater.go).
+
+    Mutates ``occupied`` (slots that got a new task) and ``ctx.plan``; returns the progress to
+    keep (None = no update running)."""
+    plan, now = ctx.plan, ctx.now
+    status = svc.get("UpdateStatus") or None
+    ustate = status.get("State") if isinstance(status, dict) else None
+    if ustate in ("paused", "rollback_paused"):
+        return None  # stays paused until the next `service update` resets UpdateStatus
+    rollback = ustate == "rollback_started"
+    by_id = {str(t["ID"]): t for ts in slots.values() for t in ts}
+
+    def dirty_slots(p: UpdateProgress | None) -> list[int]:
+        busy = set() if p is None else set(p.stopping) | set(p.in_flight)
+        return [s for s, cur in sorted(occupied.items())
+                if s not in busy and s not in replaced and cur.get("Spec") != template]
+
+    if prog is not None and (prog.target != template or prog.rollback != rollback):
+        prog = None  # superseded by a newer spec: start over toward it
+    if prog is None:
+        dirty = dirty_slots(None)
+        if not dirty:
+            if ustate in ("updating", "rollback_started"):
+                _complete(ctx, svc, rollback)
+            return None
+        prog = UpdateProgress(target=copy.deepcopy(template), rollback=rollback, total=len(dirty))
+        if status is None or ustate in ("completed", "rollback_completed"):
+            _set_update_status(svc, plan, {"State": "updating", "StartedAt": ctx.ts_now,
+                                           "Message": "update in progress"})
+    cfg = update_config(svc, rollback)
+    monitor = int(cfg.get("Monitor") or 0) / 1e9
+    delay = int(cfg.get("Delay") or 0) / 1e9
+    action = str(cfg.get("FailureAction") or "pause")
+    ratio = float(cfg.get("MaxFailureRatio") or 0)
+    order = str(cfg.get("Order") or "stop-first")
+
+    # 1. watch the tasks this update created: running → start of the monitor window;
+    #    ended (or gone) within the window without being asked to stop → a failure
+    for tid, ran_at in list(prog.monitored.items()):
+        t = by_id.get(tid)
+        st = _state(t) if t is not None else "remove"
+        if st == "running" and ran_at is None:
+            prog.monitored[tid] = now
+        elif t is None or (st in _ENDED and _desired(t) <= _ORDER["running"]):
+            del prog.monitored[tid]
+            if ran_at is None or now - ran_at <= monitor:
+                prog.failures.append(tid)
+                if len(prog.failures) / max(prog.total, 1) > ratio and action != "continue":
+                    _fail(ctx, svc, rollback, action, tid)
+                    return None
+        elif ran_at is not None and now - ran_at > monitor:
+            del prog.monitored[tid]  # survived its monitor window
+
+    # 2. stop-first slots whose old task stopped (or whose node is down): create the new task
+    for slot, old_id in sorted(prog.stopping.items()):
+        old = by_id.get(old_id)
+        if old is None or _state(old) in _ENDED or not old.get("NodeID") or _node_lost(old, ctx.node_by_id):
+            del prog.stopping[slot]
+            if slot in occupied:  # something else (a restart) filled it meanwhile
+                continue
+            t = new_task(svc, slot, ctx.ts_now, ctx.id_gen)
+            plan.create.append(t)
+            occupied[slot] = t
+            prog.in_flight[slot] = str(t["ID"])
+            prog.monitored[str(t["ID"])] = None
+
+    # 3. slots whose new task runs (or ended, or was replaced): start-first shuts the old
+    #    task down now; the lane then waits `Delay` before taking the next slot
+    fresh = {str(t["ID"]) for t in plan.create}
+    for slot, new_tid in sorted(prog.in_flight.items()):
+        if new_tid in fresh:
+            continue  # created in this pass
+        t = by_id.get(new_tid)
+        st = _state(t) if t is not None else "remove"
+        if t is not None and _ORDER.get(st, 0) < _ORDER["running"] and _desired(t) <= _ORDER["running"] \
+                and not _node_lost(t, ctx.node_by_id):
+            continue
+        del prog.in_flight[slot]
+        for old_id in prog.start_first_old.pop(slot, []):
+            old = by_id.get(old_id)
+            if old is not None and st == "running":
+                ctx.set_desired(old, "shutdown")
+        if delay > 0:
+            prog.cooling[slot] = now + delay
+    for slot, until in list(prog.cooling.items()):
+        if now >= until:
+            del prog.cooling[slot]
+        else:
+            plan._wake(until)
+
+    # 4. hand out more out-of-date slots, Parallelism at a time (0 = all at once)
+    dirty = dirty_slots(prog)
+    parallelism = int(cfg.get("Parallelism") or 0)
+    free = (parallelism - prog.busy()) if parallelism > 0 else len(dirty)
+    for slot in dirty[:max(free, 0)]:
+        old = occupied[slot]
+        others = [t for t in slots.get(slot, []) if t is not old and _desired(t) <= _ORDER["running"]]
+        if order == "start-first":
+            t = new_task(svc, slot, ctx.ts_now, ctx.id_gen)
+            plan.create.append(t)
+            occupied[slot] = t
+            prog.in_flight[slot] = str(t["ID"])
+            prog.start_first_old[slot] = [str(old["ID"]), *(str(o["ID"]) for o in others)]
+            prog.monitored[str(t["ID"])] = None
+            continue
+        ctx.set_desired(old, "shutdown")
+        for o in others:
+            ctx.set_desired(o, "shutdown")
+        if _state(old) in _ENDED or not old.get("NodeID") or _node_lost(old, ctx.node_by_id):
+            t = new_task(svc, slot, ctx.ts_now, ctx.id_gen)  # nothing to wait for
+            plan.create.append(t)
+            occupied[slot] = t
+            prog.in_flight[slot] = str(t["ID"])
+            prog.monitored[str(t["ID"])] = None
+        else:
+            prog.stopping[slot] = str(old["ID"])
+            del occupied[slot]  # reserved through prog.stopping until the old task stops
+
+    # 5. done when no slot is out of date or busy, after one more Monitor window
+    if dirty_slots(prog) or prog.busy():
+        prog.idle_since = None
+        return prog
+    if prog.idle_since is None:
+        prog.idle_since = now
+    if now >= prog.idle_since + monitor:
+        _complete(ctx, svc, rollback)
+        return None
+    plan._wake(prog.idle_since + monitor)
+    return prog
+
+
+def _complete(ctx: _Ctx, svc: Obj, rollback: bool) -> None:
+    status = dict(svc.get("UpdateStatus") or {})
+    status.update({"State": "rollback_completed" if rollback else "completed", "CompletedAt": ctx.ts_now,
+                   "Message": "rollback completed" if rollback else "update completed"})
+    status.setdefault("StartedAt", ctx.ts_now)
+    _set_update_status(svc, ctx.plan, status)
+
+
+def _fail(ctx: _Ctx, svc: Obj, rollback: bool, action: str, task_id: str) -> None:
+    """FailureAction ``pause`` or ``rollback`` after ``task_id`` failed (SK: updater.go)."""
+    status = dict(svc.get("UpdateStatus") or {})
+    status.setdefault("StartedAt", ctx.ts_now)
+    if rollback:  # never roll back a rollback
+        status.update({"State": "rollback_paused",
+                       "Message": f"rollback paused due to failure or early termination of task {task_id}"})
+    elif action == "rollback" and svc.get("PreviousSpec"):
+        status.update({"State": "rollback_started",
+                       "Message": f"update rolled back due to failure or early termination of task {task_id}"})
+        svc["Spec"] = svc["PreviousSpec"]
+        svc.pop("PreviousSpec", None)
+    else:
+        msg = f"update paused due to failure or early termination of task {task_id}"
+        if action == "rollback":
+            msg += " (no previous spec to roll back to)"
+        status.update({"State": "paused", "Message": msg})
+    _set_update_status(svc, ctx.plan, status)
+
+
 def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj], now: float,
-              id_gen: Callable[[], str] = new_id) -> Plan:
+              id_gen: Callable[[], str] = new_id,
+              progress: dict[str, UpdateProgress] | None = None) -> Plan:
     """Compute the store changes that move replicated services toward their specs.
 
-    ``now`` is epoch seconds (timestamps written are ``now`` in RFC 3339). Pure apart from
-    modifying the task dicts it is given (pass copies, as ``tx.list`` returns); ``id_gen``
-    makes task IDs.
+    ``now`` is epoch seconds (timestamps written are ``now`` in RFC 3339). Deterministic given
+    its inputs: ``id_gen`` makes task IDs, ``progress`` is the rolling-update state returned
+    by the previous pass as ``Plan.progress`` (not modified; None = none). Modifies the task
+    and service dicts it is given (pass copies, as ``tx.list`` returns).
     """
     plan = Plan()
     ts_now = now_rfc3339(now)
@@ -157,12 +394,15 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
     node_by_id = {str(n["ID"]): n for n in nodes}
     by_service: dict[str, list[Obj]] = {}
     updated: dict[str, Obj] = {}
+    old_progress = copy.deepcopy(progress or {})
 
     def set_desired(t: Obj, desired: str) -> None:
         if _ORDER[desired] > _desired(t):
             t = updated.get(str(t["ID"]), t)
             t["DesiredState"] = desired
             updated[str(t["ID"])] = t
+
+    ctx = _Ctx(plan, now, ts_now, id_gen, node_by_id, set_desired)
 
     for t in tasks:
         sid = str(t.get("ServiceID", ""))
@@ -178,37 +418,39 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
             continue
         want = _replicas(svc)
         template = _comparable_spec(((svc.get("Spec") or {}).get("TaskTemplate")) or {})
+        prog = old_progress.get(sid)
+        if prog is not None and prog.target != template:
+            prog = None
         slots: dict[int, list[Obj]] = {}
         for t in by_service.get(sid, []):
             slots.setdefault(int(t.get("Slot") or 0), []).append(t)
+        keep_old = {i for ids in (prog.start_first_old.values() if prog else []) for i in ids}
         occupied: dict[int, Obj] = {}
         for slot, ts in slots.items():
             current = [t for t in ts if _desired(t) <= _ORDER["running"]]
             if not current:
                 continue
             current.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
-            for extra in current[:-1]:  # at most one current task per slot
-                set_desired(extra, "shutdown")
-            occupied[slot] = current[-1]
+            live = [t for t in current if _state(t) not in _ENDED]
+            keep = (live or current)[-1]
+            for extra in current:  # at most one current task per slot (start-first: two for a while)
+                if extra is not keep and str(extra["ID"]) not in keep_old:
+                    set_desired(extra, "shutdown")
+            occupied[slot] = keep
 
-        # scale down: remove the highest slots
-        if len(occupied) > want:
-            for slot in sorted(occupied)[want:]:
-                for t in slots[slot]:
+        # scale down: remove the highest slots (stop-first slots being updated count as used)
+        reserved = set(prog.stopping) - set(occupied) if prog else set()
+        used = sorted(set(occupied) | reserved)
+        if len(used) > want:
+            for slot in used[want:]:
+                for t in slots.get(slot, []):
                     set_desired(t, "remove")
-                del occupied[slot]
+                occupied.pop(slot, None)
+                reserved.discard(slot)
+                if prog:
+                    prog.forget_slot(slot)
 
-        # rolling update budget (UpdateConfig.Parallelism, 0 = all at once): slots whose
-        # up-to-date task replaced an older one and is not running yet are still updating
-        parallelism = int((((svc.get("Spec") or {}).get("UpdateConfig")) or {}).get("Parallelism", 1) or 0)
-        updating = sum(
-            1 for slot, cur in occupied.items()
-            if cur.get("Spec") == template and _state(cur) not in _ENDED
-            and _ORDER.get(_state(cur), 0) < _ORDER["running"]
-            and any(t is not cur and t.get("Spec") != template for t in slots.get(slot, []))
-        )
-        budget = parallelism - updating if parallelism > 0 else len(occupied)
-
+        replaced: set[int] = set()
         for slot, cur in sorted(occupied.items()):
             history = [t for t in slots[slot] if t is not cur]
             state = _state(cur)
@@ -228,20 +470,26 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
                     plan._wake(ended + delay)
                     continue
                 replace = True
-            if not replace and cur.get("Spec") != template:
-                if budget <= 0:
-                    continue  # wait for the slots being updated to run
-                budget -= 1
-                replace = True
             if replace:
                 set_desired(cur, "shutdown")
-                plan.create.append(new_task(svc, slot, ts_now, id_gen))
+                t = new_task(svc, slot, ts_now, id_gen)
+                plan.create.append(t)
+                occupied[slot] = t
+                replaced.add(slot)
+
+        # rolling update of out-of-date slots (task template or ForceUpdate changed)
+        new_prog = _rolling_update(ctx, svc, template, prog, slots, occupied, replaced)
+        if new_prog is not None:
+            plan.progress[sid] = new_prog
+            reserved = set(new_prog.stopping) - set(occupied)
+        else:
+            reserved = set()
 
         # scale up: lowest free slot numbers
-        missing = want - len(occupied)
+        missing = want - len(set(occupied) | reserved)
         slot = 1
         while missing > 0:
-            if slot not in occupied:
+            if slot not in occupied and slot not in reserved:
                 plan.create.append(new_task(svc, slot, ts_now, id_gen))
                 occupied[slot] = plan.create[-1]
                 missing -= 1
@@ -280,28 +528,36 @@ def service_status(service: Obj, tasks: Iterable[Obj], nodes: Iterable[Obj]) -> 
 class Orchestrator:
     """The orchestration loop over ``store``: watches services, tasks and nodes, debounces
     (``debounce`` s, default 0.02), and commits each :func:`reconcile` plan in one update.
-    Wakes itself for delayed restarts. ``await run()`` until cancelled."""
+    Wakes itself for delayed restarts, update delays and monitor windows; keeps the rolling
+    update progress between passes (``progress``). ``clock`` gives epoch seconds (injected in
+    tests). ``await run()`` until cancelled."""
 
     def __init__(self, store: Store, debounce: float = 0.02, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.debounce = debounce
         self.clock = clock
         self._wake_at: float | None = None
+        self.progress: dict[str, UpdateProgress] = {}
         self.passes = 0
 
     def _pass(self, tx: WriteTx) -> Plan:
-        plan = reconcile(tx.list("services"), tx.list("tasks"), tx.list("nodes"), self.clock())
+        plan = reconcile(tx.list("services"), tx.list("tasks"), tx.list("nodes"), self.clock(),
+                         progress=self.progress)
         for t in plan.create:
             tx.create("tasks", t)
         for t in plan.update:
             tx.update("tasks", t)
+        for s in plan.services:
+            tx.update("services", s)
         return plan
 
     async def tick(self) -> Plan:
-        """Run one reconcile pass now and commit it."""
+        """Run one reconcile pass now and commit it; the new update progress is kept only
+        once the pass is committed."""
         self.passes += 1
         plan = await self.store.update(self._pass)
         self._wake_at = plan.wake_at
+        self.progress = plan.progress
         return plan
 
     async def run(self) -> None:
@@ -312,12 +568,12 @@ class Orchestrator:
             while True:
                 timeout = None if self._wake_at is None else max(0.0, self._wake_at - self.clock()) + 0.01
                 try:
-                    await wait_timeout(watch.__anext__(), timeout)
+                    await asyncio.wait_for(watch.__anext__(), timeout)
                 except TimeoutError:
                     pass
                 while True:
                     try:
-                        await wait_timeout(watch.__anext__(), self.debounce)
+                        await asyncio.wait_for(watch.__anext__(), self.debounce)
                     except TimeoutError:
                         break
                 await self._safe_tick()

@@ -103,22 +103,24 @@ def test_node_down_and_drain_replace_elsewhere() -> None:
 
 
 def test_rolling_update_respects_parallelism() -> None:
+    """Stop-first (the default): the old task is asked to stop first, its replacement comes
+    once it has stopped; one slot at a time (more in tests/unit/test_orchestrator_update.py)."""
     old = svc(3)
     tasks = [running(old, i, "n1") for i in (1, 2, 3)]
     new = svc(3)
     new["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] = "busybox:1.36"
     plan = reconcile([new], copy.deepcopy(tasks), [node("n1")], NOW, ids())
-    assert [t["Slot"] for t in plan.create] == [1]  # default Parallelism 1
-    assert plan.create[0]["Spec"]["ContainerSpec"]["Image"] == "busybox:1.36"
-    # while slot 1's replacement is not running, nothing else is replaced
+    assert plan.create == []
+    assert [(t["Slot"], t["DesiredState"]) for t in plan.update] == [(1, "shutdown")]  # default Parallelism 1
     shut = copy.deepcopy(tasks)
     shut[0]["DesiredState"] = "shutdown"
-    repl = dict(plan.create[0], CreatedAt=now_rfc3339(NOW))
-    assert reconcile([new], [*copy.deepcopy(shut), copy.deepcopy(repl)], [node("n1")], NOW, ids()).create == []
-    repl["Status"] = {"State": "running", "Timestamp": now_rfc3339(NOW)}
-    assert [t["Slot"] for t in reconcile([new], [*copy.deepcopy(shut), repl], [node("n1")], NOW, ids()).create] == [2]
+    shut[0]["Status"] = {"State": "shutdown", "Timestamp": now_rfc3339(NOW)}
+    plan = reconcile([new], copy.deepcopy(shut), [node("n1")], NOW + 1, ids(), plan.progress)
+    assert [t["Slot"] for t in plan.create] == [1] and plan.update == []
+    assert plan.create[0]["Spec"]["ContainerSpec"]["Image"] == "busybox:1.36"
     new["Spec"]["UpdateConfig"] = {"Parallelism": 0}
-    assert len(reconcile([new], copy.deepcopy(tasks), [node("n1")], NOW, ids()).create) == 3
+    plan = reconcile([new], copy.deepcopy(tasks), [node("n1")], NOW, ids())
+    assert sorted(t["Slot"] for t in plan.update if t["DesiredState"] == "shutdown") == [1, 2, 3]
 
 
 def test_service_removed_and_status() -> None:

@@ -1,0 +1,525 @@
+"""Rolling updates in manager.orchestrator (SK: manager/orchestrator/update/updater.go).
+
+The pure core (:func:`reconcile` with its carried :class:`UpdateProgress`) is driven by
+:class:`Cluster`, a deterministic test harness: an injected clock, plan application like the
+store's, and a hand-played worker (tests move task states by ID). The last test runs the real
+loops on a real :class:`Store` over a temp WAL with a worker test double."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manager.orchestrator import Orchestrator, UpdateProgress, reconcile
+from manager.reaper import TaskReaper
+from manager.scheduler import Scheduler
+from manager.specs import SECOND, task_spec_with_defaults
+from manager.store import Store, WriteTx
+from raft.log import SingleVoterLog
+from shoal.util import now_rfc3339
+
+T0 = 1_800_000_000.0
+Obj = dict[str, Any]
+
+
+def service(replicas: int = 3, image: str = "busybox:1", **update: Any) -> Obj:
+    """A replicated service ``s1`` with UpdateConfig fields ``update`` (Delay/Monitor in ns)."""
+    spec: Obj = {"Name": "web", "Mode": {"Replicated": {"Replicas": replicas}},
+                 "TaskTemplate": {"ContainerSpec": {"Image": image}}}
+    if update:
+        spec["UpdateConfig"] = dict(update)
+    return {"ID": "s1", "Version": {"Index": 1}, "Spec": spec}
+
+
+class Cluster:
+    """Deterministic harness for :func:`reconcile`: holds services, tasks and nodes, applies
+    each plan as the store would (``CreatedAt`` = the pass's time) and carries the update
+    progress between passes. ``worker(tid, state)`` plays the worker."""
+
+    def __init__(self, svc: Obj, nodes: int = 3) -> None:
+        self.now = T0
+        self.services: dict[str, Obj] = {svc["ID"]: svc}
+        self.nodes = [{"ID": f"n{i}", "Spec": {"Availability": "active"}, "Status": {"State": "ready"}}
+                      for i in range(1, nodes + 1)]
+        self.tasks: dict[str, Obj] = {}
+        self.progress: dict[str, UpdateProgress] = {}
+        self.ids = (f"t{i}" for i in itertools.count(1))
+        self.wake_at: float | None = None
+        self.step()
+        for i, t in enumerate(sorted(self.current(), key=lambda t: t["Slot"])):
+            self.place(t["ID"], f"n{i % nodes + 1}")
+            self.worker(t["ID"], "running")
+        self.step()
+
+    # -- the store side
+    def step(self, dt: float = 0.0) -> Any:
+        """Advance the clock by ``dt`` s, run one pass, apply it; returns the plan."""
+        self.now += dt
+        plan = reconcile(copy.deepcopy(list(self.services.values())), copy.deepcopy(list(self.tasks.values())),
+                         copy.deepcopy(self.nodes), self.now, lambda: next(self.ids), self.progress)
+        for t in plan.create:
+            t["CreatedAt"] = now_rfc3339(self.now)
+            self.tasks[t["ID"]] = t
+        for t in plan.update:
+            self.tasks[t["ID"]] = t
+        for s in plan.services:
+            self.services[s["ID"]] = s
+        self.progress = plan.progress
+        self.wake_at = plan.wake_at
+        return plan
+
+    def user_update(self, **changes: Any) -> None:
+        """What POST /services/{id}/update does: PreviousSpec = Spec, new Spec, UpdateStatus
+        cleared (``rollback=True``: swap back and set rollback_started)."""
+        s = self.services["s1"]
+        if changes.pop("rollback", False):
+            s["Spec"], s["PreviousSpec"] = s["PreviousSpec"], s["Spec"]
+            s["UpdateStatus"] = {"State": "rollback_started", "StartedAt": now_rfc3339(self.now),
+                                 "Message": "manually requested rollback"}
+            return
+        s["PreviousSpec"] = copy.deepcopy(s["Spec"])
+        for path, value in changes.items():
+            obj = s["Spec"]
+            keys = path.split("__")
+            for k in keys[:-1]:
+                obj = obj.setdefault(k, {})
+            obj[keys[-1]] = value
+        s.pop("UpdateStatus", None)
+
+    # -- the worker side
+    def place(self, tid: str, node: str) -> None:
+        self.tasks[tid]["NodeID"] = node
+        self.worker(tid, "assigned")
+
+    def worker(self, tid: str, state: str) -> None:
+        self.tasks[tid]["Status"] = {"State": state, "Timestamp": now_rfc3339(self.now)}
+
+    def run_new(self) -> list[str]:
+        """Place and run every pending task (as scheduler + worker would); returns their IDs."""
+        out = []
+        for t in self.tasks.values():
+            if t["Status"]["State"] == "pending" and t["DesiredState"] == "running":
+                self.place(t["ID"], "n1")
+                self.worker(t["ID"], "running")
+                out.append(t["ID"])
+        return sorted(out)
+
+    def stop_asked(self) -> list[str]:
+        """Stop every task asked to stop that still runs; returns their IDs."""
+        out = []
+        for t in self.tasks.values():
+            if t["DesiredState"] in ("shutdown", "remove") and t["Status"]["State"] in ("assigned", "running"):
+                self.worker(t["ID"], "shutdown")
+                out.append(t["ID"])
+        return sorted(out)
+
+    # -- views
+    def current(self) -> list[Obj]:
+        return [t for t in self.tasks.values() if t["DesiredState"] == "running"]
+
+    def image_of(self, t: Obj) -> str:
+        return str(t["Spec"]["ContainerSpec"]["Image"])
+
+    def status(self) -> Obj | None:
+        return self.services["s1"].get("UpdateStatus")
+
+    def running_images(self) -> list[str]:
+        return sorted(self.image_of(t) for t in self.current() if t["Status"]["State"] == "running")
+
+
+def test_stop_first_one_at_a_time_with_delay_and_monitor() -> None:
+    c = Cluster(service(3, Parallelism=1, Delay=5 * SECOND, Order="stop-first"))
+    old_ids = sorted(t["ID"] for t in c.current())
+    c.user_update(TaskTemplate__ContainerSpec__Env=["X=1"])
+    plan = c.step()
+    # the first slot's old task is asked to stop; its replacement is NOT created yet
+    assert plan.create == []
+    assert [t["ID"] for t in plan.update if t["DesiredState"] == "shutdown"] == [old_ids[0]]
+    assert c.status() == {"State": "updating", "StartedAt": now_rfc3339(T0), "Message": "update in progress"}
+    assert c.step(1).create == [] and c.step(1).create == []  # still stopping (grace period)
+    assert c.stop_asked() == [old_ids[0]]
+    plan = c.step(1)
+    assert [t["Slot"] for t in plan.create] == [1]
+    assert plan.create[0]["Spec"]["ContainerSpec"]["Env"] == ["X=1"]
+    new1 = plan.create[0]["ID"]
+    assert c.step(1).create == []  # the replacement is not running yet: nothing else moves
+    c.run_new()
+    ran_at = c.now + 1
+    plan = c.step(1)  # slot 1 done; the lane waits Delay (5 s) before the next slot
+    assert plan.update == [] and plan.wake_at == ran_at + 5
+    assert c.step(4.9).update == []
+    plan = c.step(0.1)
+    assert [t["ID"] for t in plan.update if t["DesiredState"] == "shutdown"] == [old_ids[1]]
+    # never two slots down at once, every old task stopped before its replacement exists
+    for _ in range(2):
+        c.stop_asked()
+        created = c.step(1).create
+        assert len(created) == 1 and sum(1 for t in c.current() if t["Status"]["State"] != "running") == 1
+        c.run_new()
+        c.step(1)
+        c.step(5)
+    assert c.running_images() == ["busybox:1"] * 3
+    assert all(t["Spec"]["ContainerSpec"].get("Env") == ["X=1"] for t in c.current())
+    assert c.status()["State"] == "updating"  # the last slot's Delay, then one Monitor window (5 s)
+    assert c.wake_at is not None
+    c.step(c.wake_at - c.now)
+    assert c.status()["State"] == "completed" and c.status()["Message"] == "update completed"
+    assert c.status()["CompletedAt"] == now_rfc3339(c.now) and c.progress == {}
+    assert new1 in {t["ID"] for t in c.current()}
+
+
+def test_start_first_starts_the_new_task_before_stopping_the_old() -> None:
+    c = Cluster(service(2, Order="start-first"))
+    old = {t["Slot"]: t["ID"] for t in c.current()}
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    plan = c.step()
+    assert [t["Slot"] for t in plan.create] == [1]
+    assert not any(t["DesiredState"] == "shutdown" for t in plan.update)
+    assert c.tasks[old[1]]["DesiredState"] == "running"  # both run for a while
+    c.step(1)
+    assert c.tasks[old[1]]["DesiredState"] == "running"
+    c.run_new()
+    plan = c.step(1)
+    assert c.tasks[old[1]]["DesiredState"] == "shutdown"
+    assert [t["Slot"] for t in plan.create] == [2]  # no Delay: the next slot at once
+    c.run_new()
+    c.step(1)
+    c.stop_asked()
+    c.step(5)
+    assert c.running_images() == ["busybox:2", "busybox:2"]
+    assert c.status()["State"] == "completed"
+
+
+def test_parallelism_two_and_zero() -> None:
+    c = Cluster(service(5, Parallelism=2))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    plan = c.step()
+    assert sorted(t["Slot"] for t in plan.update if t["DesiredState"] == "shutdown") == [1, 2]
+    c.stop_asked()
+    assert sorted(t["Slot"] for t in c.step(1).create) == [1, 2]
+    # one of the two runs: its lane takes slot 3, the other lane is still busy
+    first = next(t for t in c.tasks.values() if t["Status"]["State"] == "pending" and t["Slot"] == 1)
+    c.place(first["ID"], "n1")
+    c.worker(first["ID"], "running")
+    plan = c.step(1)
+    assert sorted(t["Slot"] for t in plan.update if t["DesiredState"] == "shutdown") == [3]
+    c2 = Cluster(service(4, Parallelism=0))
+    c2.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    assert sum(1 for t in c2.step().update if t["DesiredState"] == "shutdown") == 4
+
+
+def _start_update_and_fail(c: Cluster) -> str:
+    """Start an update, let slot 1's replacement fail right after it ran; returns its ID."""
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:bad")
+    c.step()
+    c.stop_asked()
+    new = c.step(1).create[0]["ID"]
+    c.run_new()
+    c.step(1)
+    c.worker(new, "failed")
+    return str(new)
+
+
+def test_failure_pauses_the_update_with_swarms_message() -> None:
+    # Delay keeps slot 2 from being handed out before the failure is seen (slots already
+    # handed out finish their update, as swarmkit's workers do)
+    c = Cluster(service(3, Parallelism=1, Delay=30 * SECOND, Monitor=10 * SECOND))
+    bad = _start_update_and_fail(c)
+    c.step(1)
+    st = c.status()
+    assert st["State"] == "paused"
+    assert st["Message"] == f"update paused due to failure or early termination of task {bad}"
+    # paused: the other slots keep the old spec, whatever passes follow
+    for _ in range(3):
+        c.stop_asked()
+        c.run_new()
+        c.step(10)
+    assert sorted(c.image_of(t) for t in c.current() if t["Slot"] != 1) == ["busybox:1", "busybox:1"]
+    assert c.status()["State"] == "paused"
+    # a new `service update` resets UpdateStatus and resumes toward the new spec
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:3")
+    c.step()
+    assert c.status()["State"] == "updating"
+
+
+def test_failure_after_the_monitor_window_does_not_count() -> None:
+    c = Cluster(service(2, Parallelism=1, Monitor=2 * SECOND))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    c.step()
+    c.stop_asked()
+    new = c.step(1).create[0]["ID"]
+    c.run_new()
+    c.step(1)
+    c.step(3)  # 3 s after running: out of the window
+    c.worker(new, "failed")
+    c.step(1)
+    assert c.status()["State"] == "updating"
+
+
+def test_failure_action_continue_carries_on() -> None:
+    c = Cluster(service(3, Parallelism=1, FailureAction="continue"))
+    _start_update_and_fail(c)
+    for _ in range(6):
+        c.stop_asked()
+        c.run_new()
+        c.step(6)
+    assert c.status()["State"] == "completed"
+    assert [c.image_of(t) for t in c.current()] == ["busybox:bad"] * 3
+
+
+def test_failure_action_rollback_returns_to_the_previous_spec() -> None:
+    svc = service(3, Parallelism=1, FailureAction="rollback")
+    svc["Spec"]["RollbackConfig"] = {"Parallelism": 0, "Monitor": 1 * SECOND}
+    c = Cluster(svc)
+    bad = _start_update_and_fail(c)
+    c.step(1)
+    st = c.status()
+    assert st["State"] == "rollback_started"
+    assert st["Message"] == f"update rolled back due to failure or early termination of task {bad}"
+    assert c.services["s1"]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == "busybox:1"
+    assert "PreviousSpec" not in c.services["s1"]
+    for _ in range(3):
+        c.stop_asked()
+        c.run_new()
+        c.step(2)
+    assert c.status()["State"] == "rollback_completed" and c.status()["Message"] == "rollback completed"
+    assert [c.image_of(t) for t in c.current()] == ["busybox:1"] * 3
+
+
+def test_a_failing_rollback_pauses_it() -> None:
+    c = Cluster(service(2, Parallelism=1))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    for _ in range(8):
+        c.stop_asked()
+        c.run_new()
+        c.step(6)
+    assert c.status()["State"] == "completed"
+    c.user_update(rollback=True)
+    c.step()
+    c.stop_asked()
+    new = c.step(1).create[0]["ID"]
+    assert c.image_of(c.tasks[new]) == "busybox:1"
+    c.worker(new, "rejected")
+    c.step(1)
+    assert c.status()["State"] == "rollback_paused"
+    assert c.status()["Message"] == f"rollback paused due to failure or early termination of task {new}"
+
+
+def test_manual_rollback_uses_rollback_config() -> None:
+    svc = service(3, Parallelism=0, Monitor=0)
+    svc["Spec"]["RollbackConfig"] = {"Parallelism": 0, "Order": "start-first", "Monitor": 0}
+    c = Cluster(svc)
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    for _ in range(3):
+        c.stop_asked()
+        c.run_new()
+        c.step(1)
+    assert c.status()["State"] == "completed" and c.running_images() == ["busybox:2"] * 3
+    c.user_update(rollback=True)
+    plan = c.step()
+    # RollbackConfig: all out-of-date slots at once, start-first (nothing stopped yet)
+    assert c.status()["State"] == "rollback_started"
+    assert c.status()["Message"] == "manually requested rollback"
+    assert [c.image_of(t) for t in plan.create] == ["busybox:1"] * 3
+    assert not any(t["DesiredState"] == "shutdown" for t in plan.update)
+    c.stop_asked()
+    c.run_new()
+    c.step(1)
+    c.stop_asked()
+    c.step(1)
+    assert c.status()["State"] == "rollback_completed"
+    assert c.running_images() == ["busybox:1"] * 3
+
+
+def test_a_newer_update_supersedes_the_running_one() -> None:
+    c = Cluster(service(3, Parallelism=1))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    c.step()
+    c.stop_asked()
+    c.step(1)
+    c.run_new()
+    c.step(1)  # slot 1 on busybox:2
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:3")
+    plan = c.step(1)
+    assert c.status()["State"] == "updating" and c.status()["StartedAt"] == now_rfc3339(c.now)
+    assert len([t for t in plan.update if t["DesiredState"] == "shutdown"]) == 1
+    target = c.progress["s1"].target
+    assert target == task_spec_with_defaults({"ContainerSpec": {"Image": "busybox:3"}})
+    # slot 1 (busybox:2) is out of date again; slot 2 was stopping for the superseded update
+    # and is refilled with busybox:3 at once; slot 3 is still on busybox:1
+    assert c.progress["s1"].total == 2
+    for _ in range(8):
+        c.stop_asked()
+        c.run_new()
+        c.step(6)
+    assert c.status()["State"] == "completed"
+    assert c.running_images() == ["busybox:3"] * 3
+
+
+def test_scale_only_changes_do_not_update() -> None:
+    c = Cluster(service(2))
+    before = {t["ID"] for t in c.current()}
+    c.user_update(Mode__Replicated__Replicas=4)
+    plan = c.step()
+    assert len(plan.create) == 2 and plan.services == [] and c.status() is None
+    assert not any(t["DesiredState"] != "running" for t in plan.update)
+    assert before <= {t["ID"] for t in c.current()} and c.progress == {}
+    # ForceUpdate alone does update
+    c.run_new()
+    c.step()
+    c.user_update(TaskTemplate__ForceUpdate=1)
+    plan = c.step()
+    assert c.status()["State"] == "updating"
+    assert len([t for t in plan.update if t["DesiredState"] == "shutdown"]) == 1
+
+
+def test_scale_down_during_a_stop_first_update_forgets_the_slot() -> None:
+    c = Cluster(service(3, Parallelism=0))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    c.step()  # all three stopping
+    c.services["s1"]["Spec"]["Mode"]["Replicated"]["Replicas"] = 1
+    c.step()
+    c.stop_asked()
+    plan = c.step(1)
+    assert [t["Slot"] for t in plan.create] == [1]
+    assert sorted(t["Slot"] for t in c.current()) == [1]
+
+
+def test_old_task_on_a_down_node_does_not_hold_the_slot() -> None:
+    c = Cluster(service(2, Parallelism=1))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    c.step()
+    stopping = next(t for t in c.tasks.values() if t["DesiredState"] == "shutdown")
+    # its node goes down before it reports the stop
+    for n in c.nodes:
+        if n["ID"] == stopping["NodeID"]:
+            n["Status"]["State"] = "down"
+    plan = c.step(1)
+    assert [t["Slot"] for t in plan.create] == [stopping["Slot"]]
+
+
+# ------------------------------------------------------------------------------ async, real store
+
+
+class WorkerDouble:
+    """Test double for the workers: takes ``start`` s from assigned to running and ``stop`` s
+    from a stop request to shutdown (the stop grace period), writing states to the store; it
+    records (monotonic time, event) for every task it sees created or stopped."""
+
+    def __init__(self, store: Store, start: float, stop: float) -> None:
+        self.store, self.start, self.stop = store, start, stop
+        self.events: list[tuple[float, str, str]] = []  # (t, "created"|"stopped"|"running", task ID)
+        self._busy: set[str] = set()
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    async def _set(self, tid: str, state: str, after: float) -> None:
+        await asyncio.sleep(after)
+
+        def fn(tx: WriteTx) -> None:
+            t = tx.get("tasks", tid)
+            if t is not None:
+                t["Status"] = {"State": state, "Timestamp": now_rfc3339()}
+                tx.update("tasks", t)
+        await self.store.update(fn)
+        self.events.append((time.monotonic(), "stopped" if state == "shutdown" else state, tid))
+        self._busy.discard(tid)
+
+    async def run(self) -> None:
+        w = self.store.watch(["tasks"])
+        try:
+            async for ev in w:
+                t = ev.obj
+                tid, st = str(t["ID"]), t["Status"]["State"]
+                if ev.action == "create":
+                    self.events.append((time.monotonic(), "created", tid))
+                if ev.action == "delete" or tid in self._busy:
+                    continue
+                job = None
+                if t["DesiredState"] == "running" and st == "assigned":
+                    job = self._set(tid, "running", self.start)
+                elif t["DesiredState"] in ("shutdown", "remove") and st in ("assigned", "running"):
+                    job = self._set(tid, "shutdown", self.stop)
+                if job is not None:
+                    self._busy.add(tid)
+                    task = asyncio.create_task(job)
+                    self._jobs.add(task)
+                    task.add_done_callback(self._jobs.discard)
+        finally:
+            w.close()
+            for j in list(self._jobs):
+                j.cancel()
+
+
+@pytest.mark.asyncio
+async def test_loops_roll_stop_first_on_a_real_store(tmp_path: Path) -> None:
+    store = Store(SingleVoterLog(tmp_path))
+    nodes = [{"ID": f"n{i}", "Spec": {"Role": "worker", "Availability": "active"}, "Status": {"State": "ready"},
+              "Description": {"Hostname": f"n{i}"}} for i in (1, 2, 3)]
+
+    def create_nodes(tx: WriteTx) -> None:
+        for n in nodes:
+            tx.create("nodes", n)
+    await store.update(create_nodes)
+    worker = WorkerDouble(store, start=0.05, stop=0.3)
+    loops: list[Any] = [Orchestrator(store, debounce=0.005), Scheduler(store, debounce=0.005),
+                        TaskReaper(store, debounce=0.005), worker]
+    runners = [asyncio.create_task(lp.run()) for lp in loops]
+
+    async def wait_for(pred: Any, timeout: float = 15) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                s = store.view().get("services", "s1")
+                ts = store.view().list("tasks")
+                if pred(s, ts):
+                    return s, ts
+                await asyncio.sleep(0.01)
+
+    def live(ts: list[Obj]) -> list[Obj]:
+        return [t for t in ts if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+
+    try:
+        svc = service(3, Parallelism=1, Delay=int(0.4 * SECOND), Monitor=int(0.2 * SECOND), Order="stop-first")
+        await store.update(lambda tx: tx.create("services", svc))
+        _, ts = await wait_for(lambda s, ts: len(live(ts)) == 3)
+        old = {str(t["ID"]) for t in ts}
+        t_update = time.monotonic()
+
+        def update(tx: WriteTx) -> None:
+            s = tx.get("services", "s1")
+            assert s is not None
+            s["PreviousSpec"] = copy.deepcopy(s["Spec"])
+            s["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] = ["X=1"]
+            s.pop("UpdateStatus", None)
+            tx.update("services", s)
+        await store.update(update)
+        s, _ = await wait_for(lambda s, ts: (s.get("UpdateStatus") or {}).get("State") == "updating", 5)
+        assert s["UpdateStatus"]["Message"] == "update in progress"
+        s, ts = await wait_for(lambda s, ts: (s.get("UpdateStatus") or {}).get("State") == "completed")
+        assert s["UpdateStatus"]["Message"] == "update completed"
+        cur = live(ts)
+        assert len(cur) == 3 and all(t["Spec"]["ContainerSpec"]["Env"] == ["X=1"] for t in cur)
+
+        by_task = {tid: t["Slot"] for t in ts for tid in [str(t["ID"])]}
+        stopped = {tid: at for at, what, tid in worker.events if what == "stopped" and tid in old}
+        created = sorted((at, tid) for at, what, tid in worker.events if what == "created" and at > t_update)
+        assert len(created) == 3 and len(stopped) == 3
+        # stop-first: each replacement was created after some old task stopped, one per stop
+        stops = sorted(stopped.values())
+        for (at, _tid), stop_at in zip(created, stops, strict=True):
+            assert at >= stop_at
+        # Delay between slots: the next old task is asked to stop only after the previous
+        # replacement ran + 0.4 s, so consecutive stops are ≥ start + delay + stop grace apart
+        for a, b in itertools.pairwise(stops):
+            assert b - a >= 0.4 + 0.3 - 0.05
+        assert {by_task[tid] for _, tid in created} == {1, 2, 3}
+    finally:
+        for r in runners:
+            r.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        await store.close()
