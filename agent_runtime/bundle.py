@@ -130,6 +130,45 @@ def merge_env(image_env: list[str] | None, spec_env: list[str], hostname: str) -
     return [f"{k}={v}" for k, v in out.items()]
 
 
+_PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
+
+
+def user_mounts(mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OCI mount entries for a ContainerSpec's ``mounts`` (see :class:`ContainerSpec`), as Docker
+    builds them (MOBY: daemon/oci_linux.go ``withMounts``, volume/mounts/linux_parser.go):
+    bind → ``rbind`` (``bind`` if not ``recursive``) + propagation (default ``rprivate``) + ``ro``
+    when read-only; tmpfs → ``noexec,nosuid,nodev``, ``rprivate``, ``size=<bytes>``,
+    ``mode=<octal>`` and ``ro`` when read-only. Raises BundleError for a malformed entry; the
+    bind source must exist (the runtime refuses it otherwise)."""
+    out: list[dict[str, Any]] = []
+    for m in mounts:
+        mtype, target = m.get("type"), m.get("target")
+        if not isinstance(target, str) or not target.startswith("/"):
+            raise BundleError(f"invalid mount target, must be an absolute path: {target}")
+        ro = ["ro"] if m.get("read_only") else []
+        if mtype == "bind":
+            source = m.get("source")
+            if not isinstance(source, str) or not source.startswith("/"):
+                raise BundleError(f"invalid bind mount source, must be an absolute path: {source}")
+            if not os.path.exists(source):
+                raise BundleError(f'invalid mount config for type "bind": bind source path does not exist: {source}')
+            prop = m.get("propagation") or "rprivate"
+            if prop not in _PROPAGATIONS:
+                raise BundleError(f"invalid propagation mode {prop!r} for {target}")
+            opts = ["rbind" if m.get("recursive", True) else "bind", prop] + ro
+            out.append({"destination": target, "type": "bind", "source": source, "options": opts})
+        elif mtype == "tmpfs":
+            opts = ["noexec", "nosuid", "nodev", "rprivate"] + ro
+            if m.get("size_bytes"):
+                opts.append(f"size={int(m['size_bytes'])}")
+            if m.get("mode"):
+                opts.append(f"mode={int(m['mode']):o}")
+            out.append({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts})
+        else:
+            raise BundleError(f"mount type {mtype!r} for {target} is not supported: use bind or tmpfs")
+    return out
+
+
 def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path, container_dir: Path,
                  cgroup_parent: str) -> dict[str, Any]:
     """Return the OCI runtime config (a dict for config.json) for ``spec`` over an image's ``config``.
@@ -175,9 +214,17 @@ def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": nosd + ["mode=1777", "size=67108864"]},
     ]
+    # with a read-only rootfs Docker makes these read-only too (MOBY: container/container_unix.go
+    # NetworkMounts: writable = !ReadonlyRootfs) unless a user mount replaces them
+    user = user_mounts(spec.mounts)
+    replaced = {m["destination"] for m in user}
     for name in ("resolv.conf", "hostname", "hosts"):
+        if f"/etc/{name}" in replaced:
+            continue
         mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": str(container_dir / name),
-                       "options": ["rbind", "rprivate"]})
+                       "options": ["rbind", "rprivate"] + (["ro"] if spec.read_only else [])})
+    # user mounts go last so they may cover the defaults (e.g. a tmpfs on /dev/shm), as Docker
+    mounts = [m for m in mounts if m["destination"] not in replaced] + user
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -190,7 +237,7 @@ def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile_limit(), "soft": nofile_limit()}],
             "noNewPrivileges": True,
         },
-        "root": {"path": str(rootfs), "readonly": False},
+        "root": {"path": str(rootfs), "readonly": bool(spec.read_only)},
         "hostname": hostname,
         "mounts": mounts,
         "linux": {

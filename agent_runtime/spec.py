@@ -18,6 +18,13 @@ class ContainerSpec:
     None means no limit. ``netns`` is the path of a network namespace to join (None = a new, empty one).
     ``hosts`` are extra ``(hostname, ip)`` lines for /etc/hosts; ``dns`` nameserver IPs for resolv.conf
     (empty = the host's). ``ip`` (optional) is the container's own address, written to /etc/hosts.
+    ``read_only`` makes the root filesystem read-only (Docker's ``--read-only``: only the rootfs; /dev,
+    /dev/shm, /proc … and the mounts below keep their own modes). ``mounts`` are extra mounts, each a
+    dict (see :func:`agent_runtime.bundle.user_mounts`):
+    ``{"type": "bind", "source": abs host path, "target": abs path, "read_only": bool,
+    "propagation": "rprivate"|"private"|"rshared"|"shared"|"rslave"|"slave"|None, "recursive": bool}``
+    or ``{"type": "tmpfs", "target": abs path, "read_only": bool, "size_bytes": int|None,
+    "mode": int|None (permission bits)}``.
     """
 
     id: str
@@ -37,6 +44,8 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     stop_signal: str = "SIGTERM"
     ip: str | None = None
+    read_only: bool = False
+    mounts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of all fields (tuples become lists)."""

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import fields as dc_fields
@@ -250,6 +251,39 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
 
 class _Interrupted(Exception):
     """The desired state moved to shutdown/remove while an operation was in flight."""
+
+
+def runtime_mounts(mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turn the API's ``ContainerSpec.Mounts`` (``Type`` bind | tmpfs) into the runtime's mount dicts
+    (``agent_runtime.spec.ContainerSpec.mounts``). A bind ``Source`` must be an absolute path that
+    exists on this node (``BindOptions.CreateMountpoint`` creates a missing directory, as Docker
+    API 1.42+). Raises ValueError (the task is then ``rejected`` with this message), with moby's
+    wording (MOBY: daemon/cluster/executor/container/validate.go, volume/mounts/linux_parser.go)."""
+    out: list[dict[str, Any]] = []
+    for m in mounts:
+        mtype, target = m.get("Type"), m.get("Target")
+        if not isinstance(target, str) or not target.startswith("/"):
+            raise ValueError(f"invalid mount target, must be an absolute path: {target}")
+        read_only = bool(m.get("ReadOnly"))
+        if mtype == "bind":
+            source = m.get("Source")
+            if not isinstance(source, str) or not source.startswith("/"):
+                raise ValueError(f"invalid bind mount source, must be an absolute path: {source}")
+            bo = m.get("BindOptions") or {}
+            if not os.path.exists(source):
+                if not bo.get("CreateMountpoint"):
+                    raise ValueError(f'invalid mount config for type "bind": bind source path does not exist: '
+                                     f"{source} (create it on this node, or set BindOptions.CreateMountpoint)")
+                os.makedirs(source, exist_ok=True)
+            out.append({"type": "bind", "source": source, "target": target, "read_only": read_only,
+                        "propagation": bo.get("Propagation") or None, "recursive": not bo.get("NonRecursive")})
+        elif mtype == "tmpfs":
+            to = m.get("TmpfsOptions") or {}
+            out.append({"type": "tmpfs", "target": target, "read_only": read_only,
+                        "size_bytes": to.get("SizeBytes") or None, "mode": to.get("Mode") or None})
+        else:
+            raise ValueError(f"mount type {mtype!r} for {target} is not supported by shoal: use bind or tmpfs")
+    return out
 
 
 class _Controller:
@@ -524,7 +558,8 @@ class _Controller:
             hostname=hostname, netns=netns_path, hosts=hosts,
             memory_bytes=res.get("MemoryBytes") or None, nano_cpus=res.get("NanoCPUs") or None,
             pids_limit=res.get("Pids") or None, labels=labels,
-            stop_signal=spec.get("StopSignal") or "SIGTERM")
+            stop_signal=spec.get("StopSignal") or "SIGTERM",
+            read_only=bool(spec.get("ReadOnly")), mounts=runtime_mounts(spec.get("Mounts") or []))
         names = {f.name for f in dc_fields(ContainerSpec)}
         if ip is not None:
             if "ip" in names:

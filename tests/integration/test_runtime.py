@@ -325,3 +325,39 @@ async def test_bad_specs_are_refused(runtime: Runtime) -> None:
     assert [s.id for s in runtime.list()] == [cid]  # the failed creates left nothing behind
     with open("/proc/self/mountinfo") as f:
         assert sum(str(runtime.root) in line for line in f) == 1
+
+
+async def test_read_only_rootfs_bind_and_tmpfs_mounts(runtime: Runtime, scratch_dir: Path) -> None:
+    """ReadOnly makes only the rootfs read-only (as Docker's --read-only): /dev/shm and the mounts
+    stay writable; a read-only bind is read-only; tmpfs gets its size and mode."""
+    host_dir = scratch_dir / "hostdata"
+    host_dir.mkdir()
+    (host_dir / "in.txt").write_text("from-host\n")
+    ro_dir = scratch_dir / "rodata"
+    ro_dir.mkdir()
+    script = (
+        "touch /rootfile 2>/dev/null && echo root-rw || echo root-ro; "
+        "touch /dev/shm/x && echo shm-rw; "
+        "cat /data/in.txt; echo out > /data/out.txt && echo data-rw; "
+        "touch /ro/x 2>/dev/null && echo ro-rw || echo ro-ro; "
+        "echo t > /scratch/f && echo scratch-rw; "
+        "stat -c %a /scratch; grep ' /scratch ' /proc/mounts"
+    )
+    mounts = [
+        {"type": "bind", "source": str(host_dir), "target": "/data", "read_only": False, "propagation": None,
+         "recursive": True},
+        {"type": "bind", "source": str(ro_dir), "target": "/ro", "read_only": True, "propagation": "rprivate",
+         "recursive": True},
+        {"type": "tmpfs", "target": "/scratch", "read_only": False, "size_bytes": 4 << 20, "mode": 0o1770},
+    ]
+    code, out, err, _ = await run(runtime, ["sh", "-c", script], read_only=True, mounts=mounts)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[:6] == ["root-ro", "shm-rw", "from-host", "data-rw", "ro-ro", "scratch-rw"], (out, err)
+    assert lines[6] == "1770"
+    assert "size=4096k" in lines[7] and "noexec" in lines[7], lines[7]
+    assert (host_dir / "out.txt").read_text() == "out\n"
+    assert list(ro_dir.iterdir()) == []
+    # without read_only the rootfs is writable
+    code, out, _, _ = await run(runtime, ["sh", "-c", "touch /rootfile && echo ok"])
+    assert (code, out) == (0, "ok\n")

@@ -11,6 +11,7 @@ import builtins
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -430,4 +431,28 @@ async def test_shutdown_while_starting_hangs() -> None:
     await e.ex.set_assignments(NODE, [{**t, "DesiredState": "shutdown"}])
     await until(lambda: e.states("t1")[-1:] == ["shutdown"], timeout=3)
     assert e.runtime.stops and e.runtime.stops[0][0] == container_id_for("t1")
+    await e.ex.close()
+
+
+async def test_read_only_and_mounts_reach_the_container_spec(tmp_path: Path) -> None:
+    e = Env()
+    t = make_task("t1", ReadOnly=True, Mounts=[
+        {"Type": "bind", "Source": str(tmp_path), "Target": "/data", "ReadOnly": True,
+         "BindOptions": {"Propagation": "rslave"}},
+        {"Type": "tmpfs", "Target": "/scratch", "TmpfsOptions": {"SizeBytes": 1 << 20, "Mode": 0o700}},
+    ])
+    missing = str(tmp_path / "nope")
+    bad = make_task("bad", Mounts=[{"Type": "bind", "Source": missing, "Target": "/data"}])
+    await e.ex.set_assignments(NODE, [t, bad])
+    await until(lambda: e.states("t1")[-1:] == ["running"] and e.states("bad")[-1:] == ["rejected"])
+    spec = e.runtime.specs[container_id_for("t1")]
+    assert spec.read_only is True
+    assert spec.mounts == [
+        {"type": "bind", "source": str(tmp_path), "target": "/data", "read_only": True, "propagation": "rslave",
+         "recursive": True},
+        {"type": "tmpfs", "target": "/scratch", "read_only": False, "size_bytes": 1 << 20, "mode": 0o700},
+    ]
+    err = e.last("bad")["Err"]
+    assert f"bind source path does not exist: {missing}" in err, err
+    assert container_id_for("bad") not in e.bridge.attached  # network released on the rejection
     await e.ex.close()
