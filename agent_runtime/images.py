@@ -121,7 +121,15 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 class Image:
     """A stored image: ``ref`` (normalised), ``id`` (config digest ``sha256:…``), ``config`` (the OCI
     image config's ``config`` object: Env, Entrypoint, Cmd, WorkingDir, User …), ``layers``
-    (unpacked layer directories, lowest first), ``size`` (bytes of layer blobs)."""
+    (unpacked layer directories, lowest first), ``size`` (bytes of layer blobs).
+
+    ``repo_tags``: every normalised ref (``docker.io/library/busybox:latest``) that points at this
+    image ID, in the order they were tagged (loads and pulls of the same image under different
+    names all show). ``familiar_repo_tags``: the same as Docker prints them in ``RepoTags``
+    (``busybox:latest``, ``10.99.0.2:5000/busybox:latest``). ``repo_digests``: ``name@sha256:…``
+    of the manifests (top-level, as fetched or as named by an archive's index) this image was
+    pulled or loaded from, as Docker's ``RepoDigests`` (familiar names). ``created``: the config's
+    RFC 3339 creation time, if any."""
 
     ref: str
     id: str
@@ -130,6 +138,22 @@ class Image:
     size: int
     repo_tags: list[str] = field(default_factory=list)
     created: str | None = None
+    repo_digests: list[str] = field(default_factory=list)
+
+    @property
+    def familiar_repo_tags(self) -> list[str]:
+        """``repo_tags`` in Docker's familiar form (``docker.io/library/`` dropped)."""
+        return [familiar_ref(t) for t in self.repo_tags]
+
+
+def familiar_ref(ref: str) -> str:
+    """Docker's familiar form of a normalised ref (reference.FamiliarString): ``docker.io/library/x``
+    → ``x``, ``docker.io/u/x`` → ``u/x``; other registries unchanged."""
+    if ref.startswith("docker.io/"):
+        ref = ref[len("docker.io/"):]
+        if ref.startswith("library/") and "/" not in ref[len("library/"):].split("@")[0].split(":")[0]:
+            ref = ref[len("library/"):]
+    return ref
 
 
 def _hexof(digest: str) -> str:
@@ -314,7 +338,8 @@ class ImageStore:
         tags = [r for r, i in self._repos().items() if i == image_id]
         return Image(ref=ref, id=image_id, config=meta.get("config") or {},
                      layers=[self.root / "layers" / _hexof(c) for c in meta["chain_ids"]],
-                     size=int(meta.get("size", 0)), repo_tags=tags, created=meta.get("created"))
+                     size=int(meta.get("size", 0)), repo_tags=tags, created=meta.get("created"),
+                     repo_digests=list(meta.get("repo_digests") or []))
 
     def get(self, ref: str) -> Image | None:
         """The image stored under ``ref`` (normalised) or with ID ``sha256:…`` (or a 12+ hex prefix); None if absent."""
@@ -367,8 +392,9 @@ class ImageStore:
                     pass
 
     def _register(self, refs: builtins.list[str], config_raw: bytes, layer_blobs: builtins.list[str],
-                  size: int) -> Image:
-        """Record an image whose blobs are stored: unpack its layers and tag it with ``refs``."""
+                  size: int, manifest_digest: str | None = None) -> Image:
+        """Record an image whose blobs are stored: unpack its layers and tag it with ``refs``
+        (adding ``<familiar name>@<manifest_digest>`` to its repo digests when given)."""
         config_id = "sha256:" + hashlib.sha256(config_raw).hexdigest()
         try:
             cfg = json.loads(config_raw)
@@ -385,6 +411,18 @@ class ImageStore:
                 "size": size, "created": cfg.get("created"), "architecture": cfg.get("architecture"),
                 "os": cfg.get("os")}
         with self._meta_lock:
+            try:
+                old = json.loads((self.root / "images" / f"{_hexof(config_id)}.json").read_text())
+                digests = list(old.get("repo_digests") or [])
+            except (FileNotFoundError, ValueError):
+                digests = []
+            if manifest_digest:
+                for r in refs:
+                    ref = parse_ref(r)
+                    rd = f"{familiar_ref(f'{ref.domain}/{ref.path}')}@{manifest_digest}"
+                    if rd not in digests:
+                        digests.append(rd)
+            meta["repo_digests"] = digests
             self._write_json(self.root / "images" / f"{_hexof(config_id)}.json", meta)
             repos = self._repos()
             for r in refs:
@@ -510,7 +548,7 @@ class ImageStore:
                     blobs = [store(f"blobs/sha256/{_hexof(lay['digest'])}", lay["digest"])
                              for lay in manifest.get("layers") or []]
                     size = sum(int(lay.get("size", 0)) for lay in manifest.get("layers") or [])
-                    img = self._register(refs, config_raw, blobs, size)
+                    img = self._register(refs, config_raw, blobs, size, manifest_digest=desc.get("digest"))
                     loaded.extend(refs or [img.id])
                 return loaded
             raise ImageError(f"{archive} is neither an OCI image archive (index.json) nor a docker save tar "
@@ -541,7 +579,7 @@ class ImageStore:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             reg = _Registry(session, r.domain, self._is_insecure(r.domain))
-            manifest, _mdig = await self._fetch_manifest(reg, r.path, r.digest or r.tag or "latest")
+            manifest, top_digest = await self._fetch_manifest(reg, r.path, r.digest or r.tag or "latest")
             while manifest.get("mediaType") in _INDEX_TYPES or ("manifests" in manifest and "layers" not in manifest):
                 chosen = _pick_platform(manifest.get("manifests") or [], str(r))
                 manifest, _mdig = await self._fetch_manifest(reg, r.path, chosen["digest"])
@@ -556,7 +594,7 @@ class ImageStore:
             config_raw = config_path.read_bytes()
             size = sum(int(lay.get("size", 0)) for lay in layers)
             blobs = [lay["digest"] for lay in layers]
-            return await asyncio.to_thread(self._register, [str(r)], config_raw, blobs, size)
+            return await asyncio.to_thread(self._register, [str(r)], config_raw, blobs, size, top_digest)
 
     async def resolve(self, ref: str) -> dict[str, Any]:
         """Resolve ``ref`` at its registry without pulling it, as ``GET /distribution/{name}/json``

@@ -160,3 +160,26 @@ def test_whiteouts_become_overlay_whiteouts(tmp_path: Path) -> None:
         import shutil
 
         shutil.rmtree(dest, ignore_errors=True)
+
+
+def test_repo_tags_list_every_ref_of_the_image_id(tmp_path: Path) -> None:
+    """`shoal image load` of busybox on a node that already has it under a registry ref: the image
+    lists both refs (what GET /images/json shows as RepoTags)."""
+    store = ImageStore(tmp_path / "store")
+    assert store.load(make_busybox_oci_archive(tmp_path / "a.tar", ref="10.99.0.2:5000/busybox:latest")) == [
+        "10.99.0.2:5000/busybox:latest"]
+    assert store.load(make_busybox_oci_archive(tmp_path / "b.tar", ref="docker.io/library/busybox:latest")) == [
+        "docker.io/library/busybox:latest"]
+    want = ["10.99.0.2:5000/busybox:latest", "docker.io/library/busybox:latest"]
+    images = store.list()
+    assert len(images) == 1 and sorted(images[0].repo_tags) == want
+    for ref in (*want, "busybox", images[0].id):
+        img = store.get(ref)
+        assert img is not None and sorted(img.repo_tags) == want, ref
+    assert sorted(images[0].familiar_repo_tags) == ["10.99.0.2:5000/busybox:latest", "busybox:latest"]
+    digests = images[0].repo_digests
+    assert len(digests) == 2 and digests[0].startswith("10.99.0.2:5000/busybox@sha256:"), digests
+    assert digests[1].startswith("busybox@sha256:"), digests
+    store.remove("busybox")
+    img = store.get(images[0].id)
+    assert img is not None and img.repo_tags == ["10.99.0.2:5000/busybox:latest"]

@@ -125,6 +125,8 @@ async def test_token_auth_and_manifest_list(fake: tuple[FakeRegistry, str], tmp_
     store = ImageStore(tmp_path / "store")
     img = await store.pull(f"{addr}/team/app:v1")
     assert img.id == _digest(reg.config) and img.config == {"Cmd": ["app"]}
+    assert img.repo_tags == [f"{addr}/team/app:v1"]
+    assert len(img.repo_digests) == 1 and img.repo_digests[0].startswith(f"{addr}/team/app@sha256:")
     assert (img.layers[0] / "hello.txt").read_text() == "hello from the layer\n"
     assert reg.token_requests and reg.token_requests[0]["scope"] == "repository:team/app:pull"
     assert reg.token_requests[0]["service"] == "fake-registry"
