@@ -11,6 +11,7 @@ import asyncio
 import copy
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from manager.scheduler import Scheduler
 from manager.specs import SECOND, task_spec_with_defaults
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
+from shoal.taskstate import STATE_ORDER
 from shoal.util import now_rfc3339
 
 T0 = 1_800_000_000.0
@@ -45,7 +47,7 @@ class Cluster:
     def __init__(self, svc: Obj, nodes: int = 3) -> None:
         self.now = T0
         self.services: dict[str, Obj] = {svc["ID"]: svc}
-        self.nodes = [{"ID": f"n{i}", "Spec": {"Availability": "active"}, "Status": {"State": "ready"}}
+        self.nodes: list[Obj] = [{"ID": f"n{i}", "Spec": {"Availability": "active"}, "Status": {"State": "ready"}}
                       for i in range(1, nodes + 1)]
         self.tasks: dict[str, Obj] = {}
         self.progress: dict[str, UpdateProgress] = {}
@@ -126,7 +128,7 @@ class Cluster:
     def image_of(self, t: Obj) -> str:
         return str(t["Spec"]["ContainerSpec"]["Image"])
 
-    def status(self) -> Obj | None:
+    def status(self) -> Any:
         return self.services["s1"].get("UpdateStatus")
 
     def running_images(self) -> list[str]:
@@ -412,10 +414,11 @@ class WorkerDouble:
     from a stop request to shutdown (the stop grace period), writing states to the store; it
     records (monotonic time, event) for every task it sees created or stopped."""
 
-    def __init__(self, store: Store, start: float, stop: float) -> None:
-        self.store, self.start, self.stop = store, start, stop
+    def __init__(self, store: Store, start: float, stop: float, fails: Callable[[Obj], bool] | None = None) -> None:
+        """``fails(task)``: tasks for which it is true fail (exit 1) ``start`` s after running."""
+        self.store, self.start, self.stop, self.fails = store, start, stop, fails
         self.events: list[tuple[float, str, str]] = []  # (t, "created"|"stopped"|"running", task ID)
-        self._busy: set[str] = set()
+        self._scheduled: set[tuple[str, str]] = set()  # (task ID, state) moves already under way
         self._jobs: set[asyncio.Task[None]] = set()
 
     async def _set(self, tid: str, state: str, after: float) -> None:
@@ -423,12 +426,11 @@ class WorkerDouble:
 
         def fn(tx: WriteTx) -> None:
             t = tx.get("tasks", tid)
-            if t is not None:
+            if t is not None and STATE_ORDER[state] > STATE_ORDER[t["Status"]["State"]]:  # forward only
                 t["Status"] = {"State": state, "Timestamp": now_rfc3339()}
                 tx.update("tasks", t)
         await self.store.update(fn)
         self.events.append((time.monotonic(), "stopped" if state == "shutdown" else state, tid))
-        self._busy.discard(tid)
 
     async def run(self) -> None:
         w = self.store.watch(["tasks"])
@@ -438,16 +440,18 @@ class WorkerDouble:
                 tid, st = str(t["ID"]), t["Status"]["State"]
                 if ev.action == "create":
                     self.events.append((time.monotonic(), "created", tid))
-                if ev.action == "delete" or tid in self._busy:
+                if ev.action == "delete":
                     continue
-                job = None
-                if t["DesiredState"] == "running" and st == "assigned":
-                    job = self._set(tid, "running", self.start)
-                elif t["DesiredState"] in ("shutdown", "remove") and st in ("assigned", "running"):
-                    job = self._set(tid, "shutdown", self.stop)
-                if job is not None:
-                    self._busy.add(tid)
-                    task = asyncio.create_task(job)
+                move: tuple[str, float] | None = None
+                if t["DesiredState"] in ("shutdown", "remove") and st in ("assigned", "running"):
+                    move = ("shutdown", self.stop)
+                elif t["DesiredState"] == "running" and st == "assigned":
+                    move = ("running", self.start)
+                elif t["DesiredState"] == "running" and st == "running" and self.fails and self.fails(t):
+                    move = ("failed", self.start)
+                if move is not None and (tid, move[0]) not in self._scheduled:
+                    self._scheduled.add((tid, move[0]))
+                    task = asyncio.create_task(self._set(tid, *move))
                     self._jobs.add(task)
                     task.add_done_callback(self._jobs.discard)
         finally:
