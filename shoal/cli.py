@@ -208,6 +208,9 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(str(e)) from None
 
 
+DEFAULT_MONITOR = 5.0  # seconds: swarmkit's default UpdateConfig.Monitor, the CLI's stability wait
+
+
 def _node_maps(c: Client) -> tuple[dict[str, dict[str, Any]], set[str]]:
     nodes = {n["ID"]: n for n in c.nodes()}
     down = {i for i, n in nodes.items() if n.get("Status", {}).get("State") == "down"}
@@ -215,25 +218,40 @@ def _node_maps(c: Client) -> tuple[dict[str, dict[str, Any]], set[str]]:
 
 
 def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300.0,
-                   max_failures: int | None = None, interval: float = 0.2) -> int:
+                   max_failures: int | None = None, interval: float = 0.2, monitor: float | None = None) -> int:
     """Poll every ``interval`` s (as docker/cli's progress does) until the service converges.
 
     Prints one line per slot state change (``1/3: preparing``), each failed/rejected task with its
-    error, and ``verify: Service NAME converged``. Returns 0 when converged, 1 when tasks fail
-    ``max_failures`` times (default max(3, replicas)) or ``timeout`` seconds pass.
+    error, and ``verify: Service NAME converged``. As the docker CLI (cli/command/service/progress),
+    once converged it keeps polling for the service's ``UpdateConfig.Monitor`` (default 5 s; the
+    ``monitor`` argument in seconds overrides it) to verify the tasks are stable, and starts over
+    if they are not. Returns 0 when converged, 1 when tasks fail ``max_failures`` times (default
+    max(3, replicas)) or ``timeout`` seconds pass. Raises APIError 404 ``service NAME not found``
+    when the service is removed while waiting (as the docker CLI).
     """
     deadline = time.monotonic() + timeout
+    converged_at: float | None = None
+    name = service_id
     shown: dict[str, str] = {}
     failed_seen: set[str] = set()
     started = time.time()
     last_msg = ""
     while True:
-        svc = c.service(service_id)
-        name = svc["Spec"].get("Name", service_id)
+        try:
+            svc = c.service(service_id)
+            name = svc["Spec"].get("Name", service_id)
+            nodes, down = _node_maps(c)
+            tasks = [t for t in c.tasks({"service": [svc["ID"]]}) if t.get("NodeID", "") not in down]
+        except APIError as e:
+            if e.status == 404:
+                raise APIError(404, f"service {name} not found") from e
+            raise
+        wait_for = monitor
+        if wait_for is None:
+            mon = (svc["Spec"].get("UpdateConfig") or {}).get("Monitor")
+            wait_for = mon / 1e9 if isinstance(mon, int) and mon > 0 else DEFAULT_MONITOR
         mode = svc["Spec"].get("Mode") or {}
         desired = mode["Replicated"].get("Replicas", 1) if "Replicated" in mode else None
-        nodes, down = _node_maps(c)
-        tasks = [t for t in c.tasks({"service": [svc["ID"]]}) if t.get("NodeID", "") not in down]
         active = [t for t in tasks if t.get("DesiredState") == "running"]
         newest: dict[str, dict[str, Any]] = {}
         for t in sorted(active, key=lambda t: t.get("CreatedAt", "")):
@@ -261,8 +279,18 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
                 out.flush()
         running = sum(1 for t in newest.values() if t.get("Status", {}).get("State") == "running")
         if len(active) == total and running == total and (desired is not None or total > 0):
-            out.write(f"overall progress: {running} out of {total} tasks\nverify: Service {name} converged\n")
-            return 0
+            now = time.monotonic()
+            if converged_at is None:
+                converged_at = now
+                if wait_for > 0:
+                    out.write(f"overall progress: {running} out of {total} tasks\n"
+                              f"verify: Waiting {max(1, round(wait_for))} seconds to verify that tasks are stable...\n")
+                    out.flush()
+            if now - converged_at >= wait_for:
+                out.write(f"overall progress: {running} out of {total} tasks\nverify: Service {name} converged\n")
+                return 0
+        else:
+            converged_at = None
         limit = max_failures if max_failures is not None else max(3, total)
         if len(failed_seen) >= limit:
             out.write(f"Error: service {name} did not converge: {len(failed_seen)} tasks failed; last: {last_msg}\n"

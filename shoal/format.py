@@ -72,11 +72,13 @@ def parse_time(ts: str) -> float | None:
 
 
 def ago(ts: str, now: float | None = None) -> str:
-    """``"5 seconds ago"`` for an RFC 3339 timestamp (empty string if unparseable)."""
+    """``"5 seconds ago"`` / ``"less than a second ago"`` for an RFC 3339 timestamp (empty string if
+    unparseable): lowercased, as the docker CLI's task CURRENT STATE column
+    (cli/command/task/formatter.go: ``strings.ToLower(units.HumanDuration(…)) + " ago"``)."""
     t = parse_time(ts)
     if t is None:
         return ""
-    return human_duration(max(0.0, (now if now is not None else time.time()) - t)) + " ago"
+    return human_duration(max(0.0, (now if now is not None else time.time()) - t)).lower() + " ago"
 
 
 def cap(s: str) -> str:

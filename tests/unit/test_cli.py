@@ -115,6 +115,15 @@ def test_units() -> None:
         "Less than a second", "1 second", "5 seconds", "About a minute", "10 minutes", "About an hour", "2 hours"]
 
 
+def test_task_state_age_is_lowercase_as_docker() -> None:
+    now = fmt.parse_time("2030-01-01T00:01:00Z")
+    assert now is not None
+    assert fmt.ago("2030-01-01T00:00:59.500Z", now) == "less than a second ago"
+    assert fmt.ago("2030-01-01T00:00:00Z", now) == "about a minute ago"
+    assert fmt.ago("2030-01-01T00:00:55Z", now) == "5 seconds ago"
+    assert fmt.human_duration(0.2) == "Less than a second"  # image ls keeps go-units' capital
+
+
 def test_table_is_tabwriter_like() -> None:
     out = fmt.table(["ID", "NAME"], [["abc", "web"], ["a", "longer-name"]])
     assert out.splitlines() == ["ID    NAME", "abc   web", "a     longer-name"]
@@ -156,9 +165,10 @@ def _task(slot: int, state: str, err: str = "", node: str = str(NODE["ID"]), ts:
             "Status": {"State": state, "Timestamp": ts, "Err": err, "Message": state}}
 
 
-def _service(replicas: int) -> dict[str, Any]:
+def _service(replicas: int, monitor_ns: int = 300_000_000) -> dict[str, Any]:
     return {"ID": "s1" + "y" * 23, "Version": {"Index": 3},
             "Spec": {"Name": "web", "Mode": {"Replicated": {"Replicas": replicas}},
+                     "UpdateConfig": {"Monitor": monitor_ns},
                      "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest@sha256:abc"}}}}
 
 
@@ -178,7 +188,32 @@ def test_create_waits_until_converged(api: tuple[str, dict[Any, Any]]) -> None:
     rc, out = run(host, "service", "create", "--name", "web", "--replicas", "2", "busybox")
     assert rc == 0, out
     assert "1/2: preparing" in out and "2/2: running (on h1)" in out
+    assert "verify: Waiting 1 seconds to verify that tasks are stable..." in out
     assert out.rstrip().endswith("verify: Service web converged")
+
+
+def test_create_errors_when_the_service_is_removed_while_waiting(
+        api: tuple[str, dict[Any, Any]], capsys: pytest.CaptureFixture[str]) -> None:
+    """As the docker CLI: converged tasks are watched for UpdateConfig.Monitor; a service removed
+    meanwhile is `service web not found`, exit 1, and never "converged"."""
+    host, routes = api
+    polls = {"n": 0}
+    sid = "s1" + "y" * 23
+
+    def service(q: str, b: bytes) -> tuple[int, Any]:
+        polls["n"] += 1
+        if polls["n"] > 3:
+            return 404, {"message": f"service {sid} not found"}
+        return 200, _service(2, monitor_ns=5_000_000_000)
+
+    routes[("POST", "/services/create")] = lambda q, b: (201, {"ID": sid})
+    routes[("GET", f"/services/{sid}")] = service
+    routes[("GET", "/tasks")] = lambda q, b: (200, [_task(1, "running"), _task(2, "running")])
+    routes[("GET", "/nodes")] = lambda q, b: (200, [NODE])
+    rc, out = run(host, "service", "create", "--name", "web", "--replicas", "2", "busybox")
+    assert rc == 1, out
+    assert "converged" not in out
+    assert "Error response from daemon: service web not found" in capsys.readouterr().err
 
 
 def test_create_fails_clearly_when_tasks_are_rejected(api: tuple[str, dict[Any, Any]]) -> None:
