@@ -492,8 +492,8 @@ def build_app(daemon: Daemon) -> web.Application:
         return web.json_response(list(by_id.values()))
 
     def image_summary(img: Any) -> dict[str, Any]:
-        tags = list(getattr(img, "repo_tags", None) or [img.ref])
-        return {"Id": img.id, "RepoTags": tags, "RepoDigests": [], "ParentId": "",
+        tags = list(img.familiar_repo_tags or [img.ref])
+        return {"Id": img.id, "RepoTags": tags, "RepoDigests": list(img.repo_digests), "ParentId": "",
                 "Created": int(getattr(img, "created", 0) or 0), "Size": img.size, "SharedSize": -1,
                 "VirtualSize": img.size, "Labels": (img.config or {}).get("Labels") or {}, "Containers": -1}
 
@@ -508,7 +508,8 @@ def build_app(daemon: Daemon) -> web.Application:
             return api_error(404, f"No such image: {name}")
         out = image_summary(img)
         return web.json_response({
-            "Id": out["Id"], "RepoTags": out["RepoTags"], "RepoDigests": [], "Parent": "", "Comment": "",
+            "Id": out["Id"], "RepoTags": out["RepoTags"], "RepoDigests": out["RepoDigests"], "Parent": "",
+            "Comment": "",
             "Created": now_rfc3339(out["Created"]) if out["Created"] else "", "Container": "",
             "DockerVersion": "", "Author": "", "Config": img.config, "Architecture": _go_arch(),
             "Os": "linux", "Size": img.size, "VirtualSize": img.size,
