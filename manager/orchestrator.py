@@ -26,7 +26,6 @@ design/task_model.md; SWARM-FACTS 1.1, 1.5):
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import time
@@ -38,7 +37,7 @@ from typing import Any
 from manager.specs import service_spec_with_defaults, task_spec_with_defaults
 from manager.store import Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import new_id, now_rfc3339
+from shoal.util import new_id, now_rfc3339, wait_timeout
 
 __all__ = ["Plan", "UpdateProgress", "update_config", "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
 
@@ -568,12 +567,12 @@ class Orchestrator:
             while True:
                 timeout = None if self._wake_at is None else max(0.0, self._wake_at - self.clock()) + 0.01
                 try:
-                    await asyncio.wait_for(watch.__anext__(), timeout)
+                    await wait_timeout(watch.__anext__(), timeout)
                 except TimeoutError:
                     pass
                 while True:
                     try:
-                        await asyncio.wait_for(watch.__anext__(), self.debounce)
+                        await wait_timeout(watch.__anext__(), self.debounce)
                     except TimeoutError:
                         break
                 await self._safe_tick()
