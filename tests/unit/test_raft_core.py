@@ -195,6 +195,63 @@ def test_s5_4_2_leader_does_not_commit_previous_term_entries_by_counting_replica
     assert data_of(h, 1) == [b"old"]
 
 
+def _win(h: Harness, nid: int) -> None:
+    """Election of ``nid`` delivering only the vote traffic (nothing else moves)."""
+    for _ in range(3):
+        if h.raw(nid).role is Role.LEADER:
+            return
+        h.raw(nid).campaign()
+        h.process()
+        h.deliver(lambda m: isinstance(m, M.MsgVote))
+        h.deliver(lambda m: isinstance(m, M.MsgVoteResp))
+    assert h.raw(nid).role is Role.LEADER
+
+
+def test_s5_4_2_figure_8_an_old_term_entry_on_a_majority_is_not_committed_and_may_be_replaced() -> None:
+    # Indexes are one more than in the paper's figure: index 1 is the bootstrap configuration.
+    h = Harness(5, pre_vote=False, check_quorum=False, max_size_per_msg=30, max_inflight=1)
+    h.elect(1)
+    h.tick(1, 1)
+    h.stabilize()
+    # (a) S1 leads term 2 and replicates index 3 to S2 only.
+    for i in (3, 4, 5):
+        h.isolate(i)
+    h.cut -= {(1, 2), (2, 1)}
+    h.propose(1, b"a")
+    h.stabilize()
+    assert h.log_of(2)[-1] == (3, 2) and h.raw(1).log.committed == 2
+    # (b) S1 crashes; S5 wins term 3 (votes of S3, S4) and appends index 3 of term 3 locally.
+    h.heal()
+    h.crash(1)
+    _win(h, 5)
+    assert h.raw(5).term == 3 and h.log_of(5)[-1] == (3, 3)
+    h.queue.clear()
+    h.crash(5)
+    # (c) S1 restarts, wins term 4, and gets index 3 (term 2) onto S3: a majority holds it...
+    h.restart(1)
+    _win(h, 1)
+    assert h.raw(1).term == 4
+    # S2 holds index 3 too; it tells S1 so (what it answers to an empty probe at index 3).
+    h.raw(1).step(M.MsgAppResp(term=4, frm=2, to=1, index=3))
+    for _ in range(10):
+        h.drop(lambda m: m.to not in (1, 3) or (isinstance(m, M.MsgApp) and h.raw(3).log.last_index() >= 3
+                                                and any(e.index == 4 for e in m.entries)))
+        h.deliver()
+    assert h.log_of(3)[-1] == (3, 2)
+    assert h.raw(1).log.committed == 2  # ...but it is of term 2, so S1 does not commit it.
+    # (d) S1 crashes; S5 can win term 5 (its last term 3 beats 2) and replaces index 3 — safe,
+    # because it was never committed.
+    h.crash(1)
+    h.queue.clear()
+    h.restart(5)
+    _win(h, 5)
+    h.stabilize()
+    h.tick(5, 1)
+    h.stabilize()
+    assert all(h.log_of(i)[2] == (3, 3) for i in (2, 3, 4, 5))
+    assert all(b"a" not in h.nodes[i].applied for i in (2, 3, 4, 5))
+
+
 def test_thesis_10_2_1_leader_counts_itself_only_after_its_log_is_durable() -> None:
     r = RawNode(Config(id=1), Storage.bootstrap([1]), random.Random(0))
     r.campaign()
