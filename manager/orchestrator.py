@@ -13,10 +13,22 @@ design/task_model.md; SWARM-FACTS 1.1, 1.5):
   it ended; the old task gets desired ``shutdown``.
 - A current task on a node that is ``down``, gone, or ``drain`` is replaced at once elsewhere;
   the old task gets desired ``shutdown``.
-- A current task whose spec differs from the service's task template (a ``service update``
-  that changed it) is replaced (stop-first), ``UpdateConfig.Parallelism`` slots at a time
-  (default 1; 0 = all at once): the next slot starts when the replacements run. (``Delay``,
-  ``FailureAction``, ``Monitor`` and ``start-first`` are not implemented yet.)
+- Rolling updates (SK: manager/orchestrator/update/updater.go): when the task template (or
+  ``ForceUpdate``) changes, out-of-date slots are replaced ``Parallelism`` at a time (0 = all
+  at once). ``Order`` stop-first: the old task gets desired ``shutdown`` and its replacement is
+  created only once it has stopped (or its node is down); start-first: the replacement is
+  created first and the old task shut down once it runs. A lane waits ``Delay`` after its
+  slot's new task runs before taking the next slot. A new task that ends within ``Monitor`` of
+  running (or before running) is a failure; above ``MaxFailureRatio`` the ``FailureAction``
+  applies: ``pause`` (``UpdateStatus.State = paused``), ``continue``, ``rollback`` (``Spec`` =
+  ``PreviousSpec``, state ``rollback_started``, then rolled out with ``RollbackConfig``; a
+  failing rollback pauses as ``rollback_paused``). ``UpdateStatus`` = ``{State, StartedAt,
+  CompletedAt, Message}``: ``updating`` "update in progress" → ``completed`` "update
+  completed" one ``Monitor`` after the last slot (``rollback_completed`` "rollback completed").
+  A paused update stays paused until the next ``service update`` clears ``UpdateStatus``;
+  a newer spec restarts the update toward it. Scale changes alone do not update. The
+  progress of an update lives in memory (:class:`UpdateProgress`, as swarmkit's
+  ``Updater``); after a manager restart it resumes from the store.
 - Tasks of a removed service get desired ``remove``.
 - Allocator step: ``new`` → ``pending`` (nothing to allocate before placement for the local
   bridge; overlay allocation will go here).
