@@ -139,6 +139,18 @@ def test_s5_3_follower_rejects_append_whose_previous_entry_does_not_match() -> N
     assert resp and resp[0].reject and resp[0].reject_hint == 1
 
 
+def test_fig2_append_rule_5_commit_only_up_to_the_last_new_entry() -> None:
+    # The follower's entry 3 (term 2) is not the leader's (term 3); a MsgApp that carries only
+    # entry 2 with leaderCommit 3 must commit min(leaderCommit, index of last new entry) = 2.
+    boot = Storage.bootstrap([1, 2, 3])
+    r = RawNode(Config(id=2), Storage(HardState(3, 0, 1), None, [*boot.entries, Entry(2, 2, b"a"),
+                                                                  Entry(3, 2, b"stale")]), random.Random(0))
+    r.step(M.MsgApp(term=3, frm=1, to=2, index=1, log_term=1, entries=(Entry(2, 2, b"a"),), commit=3))
+    assert r.log.committed == 2
+    assert [e.index for e in r.ready().committed_entries] == [1, 2]
+    assert r.log.entry(3).data == b"stale"  # kept (not yet contradicted) but not committed
+
+
 def test_s5_3_conflicting_uncommitted_entries_are_overwritten_by_the_leaders() -> None:
     h = Harness(3, pre_vote=False, check_quorum=False)
     h.elect(1)
