@@ -603,7 +603,8 @@ class Simulation:
         lo = max(2, self.p.nodes - 1)
         try:
             if conf.learners and rng.random() < 0.5:
-                raw.propose_conf_change(ConfChangeType.ADD_VOTER, rng.choice(sorted(conf.learners)))
+                kind = ConfChangeType.ADD_VOTER if rng.random() < 0.8 else ConfChangeType.REMOVE_LEARNER
+                raw.propose_conf_change(kind, rng.choice(sorted(conf.learners)))
             elif len(conf.voters) > lo and rng.random() < 0.5:
                 raw.propose_conf_change(ConfChangeType.REMOVE_VOTER, rng.choice(sorted(conf.voters)))
             elif len(conf.voters) <= self.p.nodes:
