@@ -51,7 +51,7 @@ from manager.store import Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
 from shoal.util import new_id, now_rfc3339, wait_timeout
 
-__all__ = ["Plan", "UpdateProgress", "update_config", "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
+__all__ = ["Plan", "UpdateProgress", "OLD_TASK_TIMEOUT", "update_config", "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,11 @@ def new_task(service: Obj, slot: int, now: str, id_gen: Callable[[], str] = new_
     }
 
 
+OLD_TASK_TIMEOUT = 60.0
+"""Seconds a stop-first update waits for an old task to stop before creating its replacement
+anyway (SK: manager/orchestrator/restart/restart.go ``defaultOldTaskTimeout`` = 1 min)."""
+
+
 @dataclass
 class UpdateProgress:
     """In-memory state of one service's rolling update (swarmkit keeps the same in its
@@ -125,7 +130,8 @@ class UpdateProgress:
     ``target`` is the task spec (with defaults) the update moves slots to; ``rollback`` whether
     it runs with ``RollbackConfig``; ``total`` the number of out-of-date slots when it started
     (the denominator of ``MaxFailureRatio``). Per slot: ``stopping`` (stop-first: the old task ID
-    being stopped before its replacement is created), ``in_flight`` (the new task ID, until it
+    being stopped before its replacement is created, at most ``OLD_TASK_TIMEOUT`` s after
+    ``stop_asked_at``), ``in_flight`` (the new task ID, until it
     runs), ``start_first_old`` (start-first: old task IDs shut down once the new one runs),
     ``cooling`` (epoch s at which the slot's lane may take the next slot: ``Delay``).
     ``monitored``: new task ID → epoch s it was first seen running (None = not yet);
@@ -136,6 +142,7 @@ class UpdateProgress:
     rollback: bool
     total: int
     stopping: dict[int, str] = field(default_factory=dict)
+    stop_asked_at: dict[int, float] = field(default_factory=dict)
     in_flight: dict[int, str] = field(default_factory=dict)
     start_first_old: dict[int, list[str]] = field(default_factory=dict)
     cooling: dict[int, float] = field(default_factory=dict)
@@ -150,6 +157,7 @@ class UpdateProgress:
     def forget_slot(self, slot: int) -> None:
         """Drop every record of ``slot`` (scaled away)."""
         self.stopping.pop(slot, None)
+        self.stop_asked_at.pop(slot, None)
         self.in_flight.pop(slot, None)
         self.start_first_old.pop(slot, None)
         self.cooling.pop(slot, None)
@@ -286,8 +294,11 @@ def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | N
     # 2. stop-first slots whose old task stopped (or whose node is down): create the new task
     for slot, old_id in sorted(prog.stopping.items()):
         old = by_id.get(old_id)
-        if old is None or _state(old) in _ENDED or not old.get("NodeID") or _node_lost(old, ctx.node_by_id):
+        give_up_at = prog.stop_asked_at.get(slot, now) + OLD_TASK_TIMEOUT
+        if old is None or _state(old) in _ENDED or not old.get("NodeID") or _node_lost(old, ctx.node_by_id) \
+                or now >= give_up_at:
             del prog.stopping[slot]
+            prog.stop_asked_at.pop(slot, None)
             if slot in occupied:  # something else (a restart) filled it meanwhile
                 continue
             t = new_task(svc, slot, ctx.ts_now, ctx.id_gen)
@@ -295,6 +306,8 @@ def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | N
             occupied[slot] = t
             prog.in_flight[slot] = str(t["ID"])
             prog.monitored[str(t["ID"])] = None
+        else:
+            plan._wake(give_up_at)
 
     # 3. slots whose new task runs (or ended, or was replaced): start-first shuts the old
     #    task down now; the lane then waits `Delay` before taking the next slot
@@ -346,6 +359,8 @@ def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | N
             prog.monitored[str(t["ID"])] = None
         else:
             prog.stopping[slot] = str(old["ID"])
+            prog.stop_asked_at[slot] = now
+            plan._wake(now + OLD_TASK_TIMEOUT)
             del occupied[slot]  # reserved through prog.stopping until the old task stops
 
     # 5. done when no slot is out of date or busy, after one more Monitor window

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from manager.orchestrator import Orchestrator, UpdateProgress, reconcile
+from manager.orchestrator import OLD_TASK_TIMEOUT, Orchestrator, UpdateProgress, reconcile
 from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
 from manager.specs import SECOND, task_spec_with_defaults
@@ -404,6 +404,16 @@ def test_old_task_on_a_down_node_does_not_hold_the_slot() -> None:
             n["Status"]["State"] = "down"
     plan = c.step(1)
     assert [t["Slot"] for t in plan.create] == [stopping["Slot"]]
+
+
+def test_an_old_task_that_never_stops_is_given_up_after_a_minute() -> None:
+    c = Cluster(service(2, Parallelism=1))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    plan = c.step()
+    assert plan.wake_at == T0 + OLD_TASK_TIMEOUT
+    assert c.step(OLD_TASK_TIMEOUT - 1).create == []  # the worker never reports the stop
+    plan = c.step(1)
+    assert [t["Slot"] for t in plan.create] == [1]
 
 
 # ------------------------------------------------------------------------------ async, real store
