@@ -537,3 +537,19 @@ async def test_loops_roll_stop_first_on_a_real_store(tmp_path: Path) -> None:
             r.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
         await store.close()
+
+
+def test_the_core_is_deterministic() -> None:
+    """Same inputs (clock, IDs, progress) → the same plan, and the inputs are not modified."""
+    c = Cluster(service(3, Parallelism=2, Delay=3 * SECOND))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    c.step()
+    c.stop_asked()
+    args = (list(c.services.values()), list(c.tasks.values()), c.nodes)
+    progress = copy.deepcopy(c.progress)
+
+    def plan() -> Any:
+        ids = (f"x{i}" for i in itertools.count())
+        return reconcile(*copy.deepcopy(args), c.now + 1, lambda: next(ids), c.progress)
+    assert plan() == plan()
+    assert c.progress == progress
