@@ -14,7 +14,9 @@ API every 50 ms, as ``docker service ps`` would see it):
   Running on the other nodes again (heartbeat period 1 s here, so a node is down after ~3 s;
   with Swarm's default 5 s it is ~15 s plus the same replacement time).
 - ``create_to_running_N50_1host_s`` and, with ``--swarm``, ``swarm_create_to_running_N50_1host_s``:
-  the same image (busybox, ``sleep 100000``), the same machine, in the same run.
+  the same image (busybox, ``sleep 100000``), the same machine, in the same run; dockerd runs with
+  its defaults (docker0 bridge, iptables) in a network namespace of its own, as each Shoal task
+  also gets a veth on a bridge.
 
 Runs as root; tears the lab down at the end (also on failure).
 """
@@ -39,6 +41,7 @@ from deploy.lab import lab  # noqa: E402
 from shoal.client import APIError, Client  # noqa: E402
 
 POLL = 0.05
+SWARM_NETNS = "shoal-bench-dockerd"
 TIMEOUT = 300.0
 
 
@@ -166,9 +169,13 @@ def bench_swarm(n: int) -> float | None:
     data = Path("/tmp/shoal-bench-dockerd")
     sock = "/tmp/shoal-bench-dockerd.sock"
     env = dict(os.environ, DOCKER_HOST=f"unix://{sock}")
-    proc = subprocess.Popen(["dockerd", "--data-root", str(data), "--host", f"unix://{sock}",
-                             "--pidfile", "/tmp/shoal-bench-dockerd.pid", "--exec-root",
-                             "/tmp/shoal-bench-dockerd-exec", "--bridge", "none", "--iptables=false"],
+    # dockerd with its defaults (docker0 bridge, iptables NAT), as the anchor ran it, but inside a
+    # network namespace of its own so its bridge and firewall rules vanish with the namespace
+    subprocess.run(["ip", "netns", "add", SWARM_NETNS], check=True)
+    subprocess.run(["ip", "netns", "exec", SWARM_NETNS, "ip", "link", "set", "lo", "up"], check=True)
+    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{SWARM_NETNS}", "dockerd", "--data-root", str(data),
+                             "--host", f"unix://{sock}", "--pidfile", "/tmp/shoal-bench-dockerd.pid",
+                             "--exec-root", "/tmp/shoal-bench-dockerd-exec"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def d(*args: str, check: bool = True) -> str:
@@ -220,6 +227,7 @@ def bench_swarm(n: int) -> float | None:
             proc.kill()
         subprocess.run(["umount", "-R", "-l", str(data)], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+        subprocess.run(["ip", "netns", "delete", SWARM_NETNS], capture_output=True)
 
 
 def main() -> None:
