@@ -227,6 +227,8 @@ def bench_swarm(n: int) -> float | None:
             proc.kill()
         subprocess.run(["umount", "-R", "-l", str(data)], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+        subprocess.run(["umount", "-R", "-l", "/tmp/shoal-bench-dockerd-exec"], capture_output=True)
+        shutil.rmtree("/tmp/shoal-bench-dockerd-exec", ignore_errors=True)
         subprocess.run(["ip", "netns", "delete", SWARM_NETNS], capture_output=True)
 
 
