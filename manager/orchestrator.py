@@ -46,10 +46,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from manager.loop import reconcile_loop
 from manager.specs import service_spec_with_defaults, task_spec_with_defaults
 from manager.store import Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import new_id, now_rfc3339, wait_timeout
+from shoal.util import new_id, now_rfc3339
 
 __all__ = ["Plan", "UpdateProgress", "OLD_TASK_TIMEOUT", "update_config", "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
 
@@ -587,30 +588,19 @@ class Orchestrator:
         return plan
 
     async def run(self) -> None:
-        """Watch and reconcile until cancelled."""
-        watch = self.store.watch(["services", "tasks", "nodes"])
-        try:
-            await self._safe_tick()
-            while True:
-                timeout = None if self._wake_at is None else max(0.0, self._wake_at - self.clock()) + 0.01
-                try:
-                    await wait_timeout(watch.__anext__(), timeout)
-                except TimeoutError:
-                    pass
-                while True:
-                    try:
-                        await wait_timeout(watch.__anext__(), self.debounce)
-                    except TimeoutError:
-                        break
-                await self._safe_tick()
-        except StopAsyncIteration:
-            return
-        finally:
-            watch.close()
+        """Watch and reconcile until cancelled (see :func:`manager.loop.reconcile_loop`); a failed
+        pass is retried after 1 s, and a pass that has a timer due (restart delay, update delay,
+        monitor window) wakes the loop when it falls due."""
 
-    async def _safe_tick(self) -> None:
-        try:
-            await self.tick()
-        except Exception:
-            log.exception("orchestrator pass failed; retrying in 1 s")
-            self._wake_at = self.clock() + 1.0
+        async def tick() -> None:
+            try:
+                await self.tick()
+            except Exception:
+                self._wake_at = self.clock() + 1.0
+                raise
+
+        def wake_in() -> float | None:
+            return None if self._wake_at is None else max(0.0, self._wake_at - self.clock()) + 0.01
+
+        await reconcile_loop(self.store, ["services", "tasks", "nodes"], tick, self.debounce, log,
+                             "orchestrator", wake_in)

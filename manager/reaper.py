@@ -17,10 +17,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from manager.loop import reconcile_loop
 from manager.orchestrator import parse_rfc3339
 from manager.store import Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import wait_timeout
 
 __all__ = ["reap", "TaskReaper", "DEFAULT_RETENTION"]
 
@@ -112,25 +112,6 @@ class TaskReaper:
         return await self.store.update(self._pass)
 
     async def run(self) -> None:
-        """Watch and reap until cancelled."""
-        watch = self.store.watch(["tasks", "nodes", "services", "cluster"])
-        try:
-            await self._safe_tick()
-            while True:
-                await watch.__anext__()
-                while True:
-                    try:
-                        await wait_timeout(watch.__anext__(), self.debounce)
-                    except TimeoutError:
-                        break
-                await self._safe_tick()
-        except StopAsyncIteration:
-            return
-        finally:
-            watch.close()
-
-    async def _safe_tick(self) -> None:
-        try:
-            await self.tick()
-        except Exception:
-            log.exception("task reaper pass failed")
+        """Watch and reap until cancelled (see :func:`manager.loop.reconcile_loop`)."""
+        await reconcile_loop(self.store, ["tasks", "nodes", "services", "cluster"], self.tick,
+                             self.debounce, log, "task reaper")

@@ -1,0 +1,46 @@
+"""The shape every reconciling loop of the manager shares: watch the store, let a burst of
+changes settle, then run one pass (swarmkit's orchestrators and reaper work the same way)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from manager.store import Store
+from shoal.util import wait_timeout
+
+
+async def reconcile_loop(store: Store, tables: Iterable[str], tick: Callable[[], Awaitable[object]],
+                         debounce: float, log: logging.Logger, what: str,
+                         wake_in: Callable[[], float | None] = lambda: None) -> None:
+    """Run ``tick()`` once, then again after every burst of changes to ``tables`` — a burst ends
+    after ``debounce`` seconds without a change — or when ``wake_in()`` seconds (None = never)
+    have passed with no change. A failing pass is logged (``what`` names the loop) and the loop
+    goes on. Runs until cancelled or the store closes; cancellation is never lost (it waits
+    with :func:`shoal.util.wait_timeout`, not ``asyncio.wait_for``).
+    """
+    watch = store.watch(tables)
+
+    async def safe_tick() -> None:
+        try:
+            await tick()
+        except Exception:
+            log.exception("%s pass failed", what)
+
+    try:
+        await safe_tick()
+        while True:
+            try:
+                await wait_timeout(watch.__anext__(), wake_in())
+            except TimeoutError:
+                pass
+            while True:
+                try:
+                    await wait_timeout(watch.__anext__(), debounce)
+                except TimeoutError:
+                    break
+            await safe_tick()
+    except StopAsyncIteration:
+        return
+    finally:
+        watch.close()
