@@ -14,7 +14,13 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from agent_runtime.spec import ContainerSpec
+from agent_runtime.spec import (
+    CAPABILITY_NAMES,
+    ULIMIT_NAMES,
+    ContainerSpec,
+    normalize_capability,
+    sysctl_allowed,
+)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -101,6 +107,109 @@ def resolve_user(user: str | None, rootfs: Path) -> tuple[int, int, list[int]]:
     return uid, gid or 0, extra
 
 
+def capabilities(cap_add: list[str], cap_drop: list[str]) -> list[str]:
+    """The container's capability set from Docker's default set, ``cap_add`` and ``cap_drop`` (names as
+    :func:`agent_runtime.spec.normalize_capability` takes them), as moby's oci/caps TweakCapabilities:
+    ``ALL`` in ``cap_add`` → every capability the kernel knows minus ``cap_drop``; ``ALL`` in
+    ``cap_drop`` → exactly ``cap_add``; otherwise defaults minus drops plus adds. Raises BundleError
+    for an unknown name."""
+    try:
+        add = [normalize_capability(c) for c in cap_add]
+        drop = [normalize_capability(c) for c in cap_drop]
+    except ValueError as e:
+        raise BundleError(str(e)) from None
+    known = list(CAPABILITY_NAMES[: _cap_last_cap() + 1])
+    if "ALL" in add:
+        caps = [c for c in known if c not in drop]
+    elif "ALL" in drop:
+        caps = [c for c in add if c != "ALL"]
+    else:
+        caps = [c for c in DEFAULT_CAPS if c not in drop] + add
+    out: list[str] = []
+    for c in caps:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _cap_last_cap() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/cap_last_cap").read_text().strip())
+    except (OSError, ValueError):
+        return len(CAPABILITY_NAMES) - 1
+
+
+def rlimits(ulimits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OCI ``process.rlimits``: Docker's default RLIMIT_NOFILE (:func:`nofile_limit`) overridden or
+    extended by ``ulimits`` (``[{"name": "nofile", "soft": int, "hard": int}]``, names of
+    :data:`agent_runtime.spec.ULIMIT_NAMES`; -1 means unlimited). Raises BundleError for an unknown name,
+    a negative value other than -1, or soft > hard (setrlimit(2) would refuse it)."""
+    by_type: dict[str, dict[str, Any]] = {
+        "RLIMIT_NOFILE": {"type": "RLIMIT_NOFILE", "hard": nofile_limit(), "soft": nofile_limit()}}
+    unlimited = 2**64 - 1  # RLIM_INFINITY as the OCI spec's uint64
+    for u in ulimits:
+        name = str(u.get("name", "")).lower()
+        if name not in ULIMIT_NAMES:
+            raise BundleError(f"invalid ulimit type: {name!r} (use one of {', '.join(ULIMIT_NAMES)})")
+        vals = []
+        for k in ("soft", "hard"):
+            v = int(u.get(k, 0))
+            if v < -1:
+                raise BundleError(f"invalid ulimit {name}: {k} limit {v} must not be negative (-1 is unlimited)")
+            vals.append(unlimited if v == -1 else v)
+        soft, hard = vals
+        if soft > hard:
+            raise BundleError(f"ulimit {name}: soft limit {soft} is greater than hard limit {hard}")
+        t = "RLIMIT_" + name.upper()
+        by_type[t] = {"type": t, "hard": hard, "soft": soft}
+    return list(by_type.values())
+
+
+def additional_gids(groups: list[str], rootfs: Path, base: list[int]) -> list[int]:
+    """``base`` (the user's memberships) plus ``groups`` (Docker's GroupAdd: names looked up in
+    ``rootfs``/etc/group, or numbers), without duplicates. Raises BundleError for an unknown name."""
+    out = list(base)
+    db = _read_db(rootfs / "etc/group") if groups else []
+    for g in groups:
+        g = str(g)
+        if g.isdigit():
+            gid = int(g)
+        else:
+            for ent in db:
+                if len(ent) >= 3 and ent[0] == g:
+                    gid = int(ent[2])
+                    break
+            else:
+                raise BundleError(f"unable to find group {g}: no matching entries in group file")
+        if gid not in out:
+            out.append(gid)
+    return out
+
+
+def resolv_conf_text(dns: list[str], search: list[str], options: list[str], host_text: str) -> str:
+    """resolv.conf content as Docker writes it from DNSConfig (moby libnetwork/resolvconf): start from
+    the host's ``host_text`` without loopback nameservers, then ``dns`` replaces the nameserver lines,
+    ``search`` the search lines (``["."]`` means no search line), ``options`` the options lines."""
+    keep: list[str] = []
+    for line in host_text.splitlines():
+        parts = line.split()
+        key = parts[0] if parts else ""
+        if key == "nameserver" and (dns or len(parts) < 2 or parts[1].startswith("127.") or parts[1] == "::1"):
+            continue
+        if key in ("search", "domain") and search:
+            continue
+        if key == "options" and options:
+            continue
+        keep.append(line)
+    keep = [ln for ln in keep if ln.strip()]
+    keep += [f"nameserver {d}" for d in dns]
+    if search and search != ["."]:
+        keep.append("search " + " ".join(search))
+    if options:
+        keep.append("options " + " ".join(options))
+    return "\n".join(keep) + ("\n" if keep else "")
+
+
 def nofile_limit() -> int:
     """Docker's RLIMIT_NOFILE for containers (1048576), capped at the kernel's fs.nr_open, and at our own
     hard limit when we lack CAP_SYS_RESOURCE (then the limit cannot be raised; setrlimit(2))."""
@@ -173,8 +282,11 @@ def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path
                  cgroup_parent: str) -> dict[str, Any]:
     """Return the OCI runtime config (a dict for config.json) for ``spec`` over an image's ``config``.
 
-    ``rootfs`` is the mounted root filesystem (used to resolve the user); ``container_dir`` holds the
-    ``hosts``, ``resolv.conf`` and ``hostname`` files that are bind-mounted. Raises BundleError.
+    ``rootfs`` is the mounted root filesystem (used to resolve the user and ``groups``); ``container_dir``
+    holds the ``hosts``, ``resolv.conf`` and ``hostname`` files that are bind-mounted (resolv.conf is
+    rewritten here when the spec has ``dns_search``/``dns_options``). Applies ``cap_add``/``cap_drop``
+    (process.capabilities), ``ulimits`` (process.rlimits), ``groups`` (process.user.additionalGids),
+    ``oom_score_adj`` (process.oomScoreAdj) and ``sysctls`` (linux.sysctl). Raises BundleError.
     """
     hostname = spec.hostname or spec.id[:12]
     entry = list(spec.command) if spec.command is not None else list(image_config.get("Entrypoint") or [])
@@ -188,7 +300,21 @@ def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path
     if not args:
         raise BundleError("no command specified: the image has no Entrypoint/Cmd and the spec gives none")
     uid, gid, extra = resolve_user(spec.user or image_config.get("User"), rootfs)
-    caps = list(DEFAULT_CAPS)
+    extra = additional_gids(list(spec.groups), rootfs, extra)
+    caps = capabilities(list(spec.cap_add), list(spec.cap_drop))
+    for key in spec.sysctls:
+        if not sysctl_allowed(key):
+            raise BundleError(f"sysctl {key!r} is not allowed: only namespaced ones (net.*, kernel.msg*, "
+                              "kernel.sem, kernel.shm*, fs.mqueue.*) can be set in a container")
+    if spec.oom_score_adj is not None and not -1000 <= int(spec.oom_score_adj) <= 1000:
+        raise BundleError(f"invalid oom score adjust {spec.oom_score_adj}: must be between -1000 and 1000")
+    if spec.dns_search or spec.dns_options:
+        try:
+            host_resolv = Path("/etc/resolv.conf").read_text()
+        except OSError:
+            host_resolv = ""
+        (container_dir / "resolv.conf").write_text(
+            resolv_conf_text(list(spec.dns), list(spec.dns_search), list(spec.dns_options), host_resolv))
     namespaces: list[dict[str, str]] = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
     namespaces.append({"type": "network", "path": spec.netns} if spec.netns else {"type": "network"})
     resources: dict[str, Any] = {"devices": _DEVICE_RULES}
@@ -234,8 +360,9 @@ def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path
             "env": merge_env(image_config.get("Env"), spec.env, hostname),
             "cwd": spec.cwd or image_config.get("WorkingDir") or "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile_limit(), "soft": nofile_limit()}],
+            "rlimits": rlimits(list(spec.ulimits)),
             "noNewPrivileges": True,
+            **({"oomScoreAdj": int(spec.oom_score_adj)} if spec.oom_score_adj is not None else {}),
         },
         "root": {"path": str(rootfs), "readonly": bool(spec.read_only)},
         "hostname": hostname,
@@ -246,6 +373,7 @@ def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path
             "resources": resources,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
+            **({"sysctl": {k: str(v) for k, v in spec.sysctls.items()}} if spec.sysctls else {}),
         },
     }
 

@@ -13,9 +13,12 @@ task specs the orchestrator writes.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 import secrets
 from typing import Any, cast
+
+from agent_runtime.spec import ULIMIT_NAMES, normalize_capability, parse_extra_host, sysctl_allowed
 
 __all__ = [
     "SpecError",
@@ -364,6 +367,101 @@ def _refuse_unsupported_container_fields(cs: dict[str, Any]) -> None:
                             "and pass the data another way (e.g. a bind mount or environment variables)")
 
 
+def _falsy_tree(v: Any) -> bool:
+    """True when ``v`` holds only zero values (Go's zero-value structs that clients send as-is)."""
+    if isinstance(v, dict):
+        return all(_falsy_tree(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_falsy_tree(x) for x in v)
+    return not v
+
+
+def _validate_security_and_limits(cs: dict[str, Any]) -> None:
+    """Validate the ContainerSpec fields the runtime applies (capabilities, ulimits, sysctls, groups,
+    DNSConfig, Hosts, OomScoreAdj) and refuse those Shoal cannot honour (Init, TTY, OpenStdin,
+    Privileges other than zero values, Isolation other than default), so nothing is silently ignored.
+    Sources: MOBY api/types/swarm/container.go, opts/opts.go ValidateSysctl, go-units ulimit.go."""
+    for f in ("CapabilityAdd", "CapabilityDrop"):
+        for c in _str_list(cs.get(f), f"ContainerSpec.{f}"):
+            try:
+                normalize_capability(c)
+            except ValueError as e:
+                raise SpecError(f"ContainerSpec.{f}: {e}") from None
+    ulimits = cs.get("Ulimits")
+    if ulimits is not None and not isinstance(ulimits, list):
+        raise SpecError("json: cannot unmarshal into Go struct field ContainerSpec.Ulimits of type []*units.Ulimit")
+    seen: set[str] = set()
+    for u in ulimits or []:
+        u = _obj(u, "ContainerSpec.Ulimits item")
+        name = u.get("Name")
+        if not isinstance(name, str) or name.lower() not in ULIMIT_NAMES:
+            raise SpecError(f"invalid ulimit type: {name!r} (use one of {', '.join(ULIMIT_NAMES)})")
+        if name.lower() in seen:
+            raise SpecError(f"duplicate ulimit {name!r}: give each ulimit once")
+        seen.add(name.lower())
+        soft, hard = (_int(u.get(k, 0), f"Ulimit.{k}") for k in ("Soft", "Hard"))
+        if soft < -1 or hard < -1:
+            raise SpecError(f"invalid ulimit {name}: limits must not be negative (-1 means unlimited)")
+        if (hard != -1 and (soft == -1 or soft > hard)):
+            raise SpecError(f"ulimit {name}: soft limit {soft} must be less than or equal to hard limit {hard}")
+    sysctls = cs.get("Sysctls")
+    _labels(sysctls, "ContainerSpec.Sysctls")
+    for key in sysctls or {}:
+        if not sysctl_allowed(key):
+            raise SpecError(f"sysctl {key!r} is not allowed in a container: only namespaced sysctls can be set "
+                            "(net.*, kernel.msgmax, kernel.msgmnb, kernel.msgmni, kernel.sem, kernel.shmall, "
+                            "kernel.shmmax, kernel.shmmni, kernel.shm_rmid_forced, fs.mqueue.*)")
+    _str_list(cs.get("Groups"), "ContainerSpec.Groups")
+    dns = _obj(cs.get("DNSConfig"), "ContainerSpec.DNSConfig")
+    for ns in _str_list(dns.get("Nameservers"), "DNSConfig.Nameservers"):
+        try:
+            ipaddress.ip_address(ns)
+        except ValueError:
+            raise SpecError(f"invalid DNSConfig.Nameservers entry {ns!r}: must be an IP address") from None
+    _str_list(dns.get("Search"), "DNSConfig.Search")
+    _str_list(dns.get("Options"), "DNSConfig.Options")
+    for h in _str_list(cs.get("Hosts"), "ContainerSpec.Hosts"):
+        try:
+            parse_extra_host(h)
+        except ValueError as e:
+            raise SpecError(f"ContainerSpec.Hosts: {e}") from None
+    if cs.get("OomScoreAdj") is not None:
+        adj = _int(cs["OomScoreAdj"], "ContainerSpec.OomScoreAdj")
+        if not -1000 <= adj <= 1000:
+            raise SpecError(f"invalid OomScoreAdj {adj}: must be between -1000 and 1000")
+    if cs.get("Init"):
+        raise SpecError("ContainerSpec.Init (--init) is not supported by shoal yet: remove it, or run a "
+                        "reaping init such as tini as the image's entrypoint")
+    for f in ("TTY", "OpenStdin"):
+        if cs.get(f):
+            raise SpecError(f"ContainerSpec.{f} is not supported by shoal yet (no terminals or stdin): "
+                            "remove --tty/--interactive")
+    priv = _obj(cs.get("Privileges"), "ContainerSpec.Privileges")
+    for f in ("CredentialSpec", "SELinuxContext"):
+        if not _falsy_tree(priv.get(f)):
+            raise SpecError(f"ContainerSpec.Privileges.{f} is not supported by shoal: remove it")
+    for f in ("Seccomp", "AppArmor"):
+        v = priv.get(f)
+        if not _falsy_tree(v) and not (isinstance(v, dict) and v.get("Mode") == "default"
+                                       and _falsy_tree({k: x for k, x in v.items() if k != "Mode"})):
+            raise SpecError(f"ContainerSpec.Privileges.{f} profiles are not supported by shoal (no "
+                            f"{f.lower()} support): remove it (Mode \"default\" is accepted)")
+    iso = cs.get("Isolation")
+    if iso not in (None, "", "default"):
+        raise SpecError(f"invalid Isolation {iso!r}: shoal runs Linux containers only, use \"default\"")
+
+
+def _validate_log_driver(ld: Any) -> None:
+    """Only the json-file driver (without options) is implemented: refuse any other LogDriver."""
+    ld = _obj(ld, "TaskTemplate.LogDriver")
+    name = ld.get("Name")
+    if name not in (None, "", "json-file"):
+        raise SpecError(f"log driver {name!r} is not supported by shoal: containers log in json-file format; "
+                        "remove --log-driver")
+    if ld.get("Options"):
+        raise SpecError("log driver options are not supported by shoal yet: remove --log-opt")
+
+
 def validate_task_spec(ts: Any) -> dict[str, Any]:
     """Validate a TaskSpec (``TaskTemplate``); return it. Raises :class:`SpecError`."""
     ts = _obj(ts, "TaskTemplate")
@@ -390,6 +488,8 @@ def validate_task_spec(ts: Any) -> dict[str, Any]:
         raise SpecError("json: cannot unmarshal into Go struct field ContainerSpec.ReadOnly of type bool")
     _validate_mounts(cs.get("Mounts"))
     _refuse_unsupported_container_fields(cs)
+    _validate_security_and_limits(cs)
+    _validate_log_driver(ts.get("LogDriver"))
     if ts.get("Networks"):
         raise SpecError(NETWORKS_UNSUPPORTED)
     res = _obj(ts.get("Resources"), "Resources")

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
+from agent_runtime.spec import parse_extra_host
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
 from shoal.util import now_rfc3339, wait_timeout
 
@@ -549,9 +550,11 @@ class _Controller:
         if self.ex.node.get("ID"):
             labels[LABEL_NODE] = str(self.ex.node["ID"])
         hosts: list[tuple[str, str]] = []
-        for line in spec.get("Hosts") or []:  # Docker's "IP_ADDRESS HOSTNAME [ALIAS…]"
-            parts = str(line).split()
-            hosts.extend((name, parts[0]) for name in parts[1:])
+        for line in spec.get("Hosts") or []:  # "IP_ADDRESS HOSTNAME [ALIAS…]" or "HOSTNAME:IP"
+            hosts.extend(parse_extra_host(str(line)))
+        dns = spec.get("DNSConfig") or {}
+        caps_add = spec.get("CapabilityAdd") or []
+        caps_drop = spec.get("CapabilityDrop") or []
         kw: dict[str, Any] = dict(
             id=self.cid, image=image, command=spec.get("Command") or None, args=spec.get("Args") or None,
             env=list(spec.get("Env") or []), cwd=spec.get("Dir") or None, user=spec.get("User") or None,
@@ -559,7 +562,15 @@ class _Controller:
             memory_bytes=res.get("MemoryBytes") or None, nano_cpus=res.get("NanoCPUs") or None,
             pids_limit=res.get("Pids") or None, labels=labels,
             stop_signal=spec.get("StopSignal") or "SIGTERM",
-            read_only=bool(spec.get("ReadOnly")), mounts=runtime_mounts(spec.get("Mounts") or []))
+            read_only=bool(spec.get("ReadOnly")), mounts=runtime_mounts(spec.get("Mounts") or []),
+            dns=list(dns.get("Nameservers") or []), dns_search=list(dns.get("Search") or []),
+            dns_options=list(dns.get("Options") or []),
+            cap_add=[str(c) for c in caps_add], cap_drop=[str(c) for c in caps_drop],
+            ulimits=[{"name": str(u.get("Name", "")), "soft": int(u.get("Soft", 0)), "hard": int(u.get("Hard", 0))}
+                     for u in spec.get("Ulimits") or []],
+            sysctls={str(k): str(v) for k, v in (spec.get("Sysctls") or {}).items()},
+            groups=[str(g) for g in spec.get("Groups") or []],
+            oom_score_adj=int(spec["OomScoreAdj"]) if spec.get("OomScoreAdj") is not None else None)
         names = {f.name for f in dc_fields(ContainerSpec)}
         if ip is not None:
             if "ip" in names:

@@ -290,6 +290,12 @@ def _caps(process: dict[str, Any]) -> tuple[int, int, int, int, int]:
             libc.cap_mask(c.get("ambient") or []))
 
 
+def _rlim(v: Any) -> int:
+    """An OCI rlimit value (uint64) as setrlimit takes it: 2**64-1 (and anything ≥ 2**63) is RLIM_INFINITY."""
+    n = int(v)
+    return resource.RLIM_INFINITY if n >= 2**63 or n < 0 else n
+
+
 def _fail(msg: str, code: int = 1) -> NoReturn:
     try:
         os.write(2, f"shoal-oci: {msg}\n".encode())
@@ -325,6 +331,8 @@ def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: i
             _setup_dev(rootfs)
             _pivot(rootfs)
             for key, value in (linux.get("sysctl") or {}).items():
+                if "/" in key or ".." in key or not key.strip("."):
+                    raise RuntimeError_(f"invalid sysctl name {key!r}: use dotted names like net.ipv4.ip_forward")
                 with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
                     f.write(str(value))
             _readonly(list(linux.get("readonlyPaths") or []))
@@ -340,7 +348,7 @@ def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: i
             kind = _RLIMITS.get(rl["type"])
             if kind is None:
                 _fail(f"unknown rlimit {rl['type']!r}")
-            resource.setrlimit(kind, (int(rl["soft"]), int(rl["hard"])))
+            resource.setrlimit(kind, (_rlim(rl["soft"]), _rlim(rl["hard"])))
         if process.get("oomScoreAdj") is not None:
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write(str(int(process["oomScoreAdj"])))
