@@ -25,18 +25,11 @@ from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
 from shoal import tlsutil, wire
 from shoal.util import new_id
+from tests.waiting import wait_until as wait_for
 from worker.agent import Agent
 from worker.join import JoinError, join, local_description
 
 PERIOD = 0.3
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class RecordingExecutor:

@@ -20,16 +20,9 @@ from manager.server import make_node
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
 from shoal import wire
+from tests.waiting import wait_until as wait_for
 
 PERIOD = 0.2
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class SessionHarness:

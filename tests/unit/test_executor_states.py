@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.waiting import wait_until as until
 from worker.executor import Executor, container_id_for
 
 # ------------------------------------------------------------------ test doubles
@@ -173,14 +173,6 @@ class Env:
 
     def last(self, tid: str) -> dict[str, Any]:
         return [s for t, s in self.reports if t == tid][-1]
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within deadline")
-        await asyncio.sleep(0.01)
 
 
 # ------------------------------------------------------------------------- tests
