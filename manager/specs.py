@@ -108,7 +108,8 @@ _CONTAINER_SPEC = {
                     "StartPeriod": None, "StartInterval": None},
     "Hosts": None, "DNSConfig": {"Nameservers": None, "Search": None, "Options": None},
     "Secrets": None, "Configs": None, "OomScoreAdj": None, "Isolation": None, "Init": None,
-    "Sysctls": MAP, "CapabilityAdd": None, "CapabilityDrop": None, "Ulimits": None,
+    "Sysctls": MAP, "CapabilityAdd": None, "CapabilityDrop": None,
+    "Ulimits": _List({"Name": None, "Soft": None, "Hard": None}),
 }
 _TASK_SPEC = {
     "PluginSpec": None, "ContainerSpec": _CONTAINER_SPEC, "NetworkAttachmentSpec": None,
