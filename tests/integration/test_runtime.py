@@ -361,3 +361,65 @@ async def test_read_only_rootfs_bind_and_tmpfs_mounts(runtime: Runtime, scratch_
     # without read_only the rootfs is writable
     code, out, _, _ = await run(runtime, ["sh", "-c", "touch /rootfile && echo ok"])
     assert (code, out) == (0, "ok\n")
+
+
+# ---- ContainerSpec security and limit fields, applied by our runtime --------------------------
+
+def _status(out: str) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in out.strip().splitlines() if ":\t" in line)
+
+
+async def test_cap_add_and_cap_drop(runtime: Runtime) -> None:
+    code, out, _, _ = await run(runtime, ["grep", "-E", "^Cap(Eff|Bnd|Prm):", "/proc/self/status"],
+                                cap_add=["NET_ADMIN"], cap_drop=["CAP_CHOWN"])
+    assert code == 0
+    want = (DEFAULT_CAP_MASK & ~(1 << 0)) | (1 << 12)  # - CHOWN (0) + NET_ADMIN (12)
+    fields = _status(out)
+    assert {k: int(v, 16) for k, v in fields.items()} == {"CapEff": want, "CapBnd": want, "CapPrm": want}
+
+
+async def test_ulimits_nofile_and_nproc(runtime: Runtime) -> None:
+    code, out, _, _ = await run(runtime, ["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -u"],
+                                ulimits=[{"name": "nofile", "soft": 1234, "hard": 2345},
+                                         {"name": "nproc", "soft": 77, "hard": 88}])
+    assert code == 0
+    assert out.split() == ["1234", "2345", "77"]
+
+
+async def test_sysctls_are_set_inside(runtime: Runtime) -> None:
+    code, out, _, _ = await run(runtime, ["cat", "/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/core/somaxconn",
+                                          "/proc/sys/kernel/shmmax"],
+                                sysctls={"net.ipv4.ip_forward": "1", "net.core.somaxconn": "1234",
+                                         "kernel.shmmax": "123456789"})
+    assert code == 0, out
+    assert out.split() == ["1", "1234", "123456789"]
+    # the host's own values are untouched (the container's are namespaced)
+    assert Path("/proc/sys/kernel/shmmax").read_text().strip() != "123456789"
+
+
+async def test_supplementary_groups(runtime: Runtime) -> None:
+    code, out, _, _ = await run(runtime, ["grep", "-E", "^(Groups|Gid|Uid):", "/proc/self/status"],
+                                user="app", groups=["nogroup", "4321"])
+    assert code == 0
+    fields = _status(out)
+    assert fields["Uid"].split()[0] == "1000" and fields["Gid"].split()[0] == "1000"
+    assert sorted(int(g) for g in fields["Groups"].split()) == [50, 4321, 65534]  # staff via /etc/group
+
+
+async def test_oom_score_adj(runtime: Runtime) -> None:
+    code, out, _, _ = await run(runtime, ["cat", "/proc/self/oom_score_adj"], oom_score_adj=321)
+    assert code == 0 and out.strip() == "321"
+
+
+async def test_dns_config_and_extra_hosts(runtime: Runtime) -> None:
+    from agent_runtime.spec import parse_extra_host
+
+    hosts = parse_extra_host("10.200.1.9 db db.local") + parse_extra_host("cache:10.200.1.10")
+    code, out, _, _ = await run(runtime, ["sh", "-c", "cat /etc/hosts; echo ---; cat /etc/resolv.conf"],
+                                hosts=hosts, dns=["10.0.0.53"], dns_search=["svc.example", "example"],
+                                dns_options=["ndots:2"])
+    assert code == 0
+    etc_hosts, resolv = out.split("---\n")
+    for line in ("10.200.1.9\tdb", "10.200.1.9\tdb.local", "10.200.1.10\tcache"):
+        assert line + "\n" in etc_hosts
+    assert resolv == "nameserver 10.0.0.53\nsearch svc.example example\noptions ndots:2\n"
