@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_runtime.bundle import DEFAULT_CAP_MASK
 from agent_runtime.containers import ContainerSpec, Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
@@ -97,6 +98,41 @@ async def test_container_sees_the_same_world(bundle_runtime: Runtime, scratch_di
     # runc applies Docker's seccomp profile only when the bundle asks; ours has none: both 0.
     diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
     assert diff == {}, json.dumps(diff, indent=1)
+
+
+SECURITY_PROBE = r"""
+grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|Groups|Uid|Gid):' /proc/self/status | tr -d '\t' | sed 's/:/=/'
+echo "nofile=$(ulimit -Sn)/$(ulimit -Hn) nproc=$(ulimit -Su)/$(ulimit -Hu) core=$(ulimit -Sc)/$(ulimit -Hc)"
+echo "ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)"
+echo "somaxconn=$(cat /proc/sys/net/core/somaxconn)"
+echo "shmmax=$(cat /proc/sys/kernel/shmmax)"
+echo "msg_max=$(cat /proc/sys/fs/mqueue/msg_max)"
+echo "oom_score_adj=$(cat /proc/self/oom_score_adj)"
+"""
+
+
+async def test_security_and_limit_fields_match_runc(bundle_runtime: Runtime, scratch_dir: Path) -> None:
+    """cap add/drop, rlimits, supplementary groups, sysctls and oomScoreAdj from one config.json:
+    shoal-oci and runc must give the container the same values, and the values asked for."""
+    spec = ContainerSpec(id=new_container_id(), image=TEST_REF, command=["sh", "-c", SECURITY_PROBE], user="app",
+                         cap_add=["NET_ADMIN", "SYS_TIME"], cap_drop=["CHOWN", "MKNOD"],
+                         ulimits=[{"name": "nofile", "soft": 1111, "hard": 2222},
+                                  {"name": "nproc", "soft": 333, "hard": 444},
+                                  {"name": "core", "soft": 0, "hard": -1}],
+                         groups=["nogroup", "4321"], oom_score_adj=250,
+                         sysctls={"net.ipv4.ip_forward": "1", "net.core.somaxconn": "1212",
+                                  "kernel.shmmax": "987654321", "fs.mqueue.msg_max": "42"})
+    ours, theirs = await _both(bundle_runtime, spec, scratch_dir)
+    assert ours.returncode == 0, ours.stderr
+    assert theirs.returncode == 0, theirs.stderr
+    a, b = _normalize(ours.stdout), _normalize(theirs.stdout)
+    diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    assert diff == {}, json.dumps(diff, indent=1)
+    assert int(a["CapBnd"], 16) == (DEFAULT_CAP_MASK & ~(1 << 0) & ~(1 << 27)) | (1 << 12) | (1 << 25)
+    assert sorted(int(g) for g in a["Groups"].split()) == [50, 4321, 65534]
+    assert "nofile=1111/2222 nproc=333/444 core=0/unlimited" in ours.stdout, ours.stdout
+    assert (a["ip_forward"], a["somaxconn"], a["shmmax"], a["msg_max"], a["oom_score_adj"]) == (
+        "1", "1212", "987654321", "42", "250")
 
 
 async def test_exit_codes_and_exec_errors_match(bundle_runtime: Runtime, scratch_dir: Path) -> None:
