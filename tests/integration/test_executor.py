@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from agent_runtime.bundle import DEFAULT_CAP_MASK
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
@@ -261,5 +262,43 @@ def test_ten_tasks_at_once(hostns: Path, scratch_dir: Path, busybox_archive: Pat
         await until(lambda: node.executor.task_states() == {}, 60, "all tasks removed")
         assert node.runtime.list() == []
         assert not any((node.bridge.exec_root / "netns").iterdir())
+
+    run_node_test(hostns, scratch_dir, busybox_archive, cgroup_parent, body)
+
+
+def test_container_spec_security_and_limit_fields_reach_the_container(
+        hostns: Path, scratch_dir: Path, busybox_archive: Path, cgroup_parent: str) -> None:
+    """A task's CapabilityAdd/Drop, Ulimits, Sysctls, Groups, DNSConfig, Hosts and OomScoreAdj (Docker's
+    API spelling) are what the container sees."""
+    probe = ("grep -E '^(CapEff|Groups):' /proc/self/status | tr -d '\\t'; echo nofile=$(ulimit -n);"
+             "echo fwd=$(cat /proc/sys/net/ipv4/ip_forward); echo oom=$(cat /proc/self/oom_score_adj);"
+             "cat /etc/hosts /etc/resolv.conf")
+
+    async def body(node: Node) -> None:
+        t = task("task-sec-1", "10.232.5.7/24", ["sh", "-c", probe])
+        t["Spec"]["ContainerSpec"].update({
+            "CapabilityAdd": ["NET_ADMIN"], "CapabilityDrop": ["CHOWN"],
+            "Ulimits": [{"Name": "nofile", "Soft": 4321, "Hard": 4321}],
+            "Sysctls": {"net.ipv4.ip_forward": "1"}, "Groups": ["staff", "777"], "OomScoreAdj": 99,
+            "DNSConfig": {"Nameservers": ["10.0.0.53"], "Search": ["svc.example"], "Options": ["ndots:3"]},
+            "Hosts": ["10.232.5.99 db db.local", "cache:10.232.5.98"],
+        })
+        t["Spec"]["RestartPolicy"] = {"Condition": "none"}
+        cid = container_id_for("task-sec-1")
+        await node.executor.set_assignments(NODE, [t])
+        await until(lambda: node.states("task-sec-1")[-1:] in (["complete"], ["failed"], ["rejected"]), 30,
+                    "the task to finish")
+        assert node.states("task-sec-1")[-1] == "complete", node.reports
+        out = "".join(r["log"] for r in node.runtime.read_logs(cid) if r["stream"] == "stdout")
+        assert f"CapEff:{(DEFAULT_CAP_MASK & ~1) | (1 << 12):016x}\n" in out, out
+        groups = next(line for line in out.splitlines() if line.startswith("Groups:"))
+        assert sorted(int(g) for g in groups[len("Groups:"):].split()) == [50, 777]
+        for line in ("nofile=4321", "fwd=1", "oom=99", "10.232.5.99\tdb", "10.232.5.99\tdb.local",
+                     "10.232.5.98\tcache", "nameserver 10.0.0.53", "search svc.example", "options ndots:3"):
+            assert line + "\n" in out, (line, out)
+
+        await node.executor.set_assignments(NODE, [])
+        await until(lambda: node.executor.task_states() == {}, 15, "removal")
+        assert node.runtime.list() == []
 
     run_node_test(hostns, scratch_dir, busybox_archive, cgroup_parent, body)
