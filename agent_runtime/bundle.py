@@ -14,13 +14,8 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from agent_runtime.spec import (
-    CAPABILITY_NAMES,
-    ULIMIT_NAMES,
-    ContainerSpec,
-    normalize_capability,
-    sysctl_allowed,
-)
+from agent_runtime.spec import ContainerSpec
+from shoal.containerrules import CAPABILITY_NAMES, ULIMIT_NAMES, normalize_capability, sysctl_allowed
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

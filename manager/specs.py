@@ -18,7 +18,7 @@ import re
 import secrets
 from typing import Any, cast
 
-from agent_runtime.spec import ULIMIT_NAMES, normalize_capability, parse_extra_host, sysctl_allowed
+from shoal.containerrules import ULIMIT_NAMES, normalize_capability, parse_extra_host, sysctl_allowed
 
 __all__ = [
     "SpecError",

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
-from agent_runtime.spec import parse_extra_host
+from shoal.containerrules import parse_extra_host
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
 from shoal.util import now_rfc3339, wait_timeout
 

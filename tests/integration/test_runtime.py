@@ -412,7 +412,7 @@ async def test_oom_score_adj(runtime: Runtime) -> None:
 
 
 async def test_dns_config_and_extra_hosts(runtime: Runtime) -> None:
-    from agent_runtime.spec import parse_extra_host
+    from shoal.containerrules import parse_extra_host
 
     hosts = parse_extra_host("10.200.1.9 db db.local") + parse_extra_host("cache:10.200.1.10")
     code, out, _, _ = await run(runtime, ["sh", "-c", "cat /etc/hosts; echo ---; cat /etc/resolv.conf"],
