@@ -278,8 +278,8 @@ def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path
     """Return the OCI runtime config (a dict for config.json) for ``spec`` over an image's ``config``.
 
     ``rootfs`` is the mounted root filesystem (used to resolve the user and ``groups``); ``container_dir``
-    holds the ``hosts``, ``resolv.conf`` and ``hostname`` files that are bind-mounted (resolv.conf is
-    rewritten here when the spec has ``dns_search``/``dns_options``). Applies ``cap_add``/``cap_drop``
+    holds the ``hosts``, ``resolv.conf`` (see :func:`resolv_conf_text`) and ``hostname`` files that are
+    bind-mounted. Applies ``cap_add``/``cap_drop``
     (process.capabilities), ``ulimits`` (process.rlimits), ``groups`` (process.user.additionalGids),
     ``oom_score_adj`` (process.oomScoreAdj) and ``sysctls`` (linux.sysctl). Raises BundleError.
     """
@@ -303,13 +303,6 @@ def build_config(spec: ContainerSpec, image_config: dict[str, Any], rootfs: Path
                               "kernel.sem, kernel.shm*, fs.mqueue.*) can be set in a container")
     if spec.oom_score_adj is not None and not -1000 <= int(spec.oom_score_adj) <= 1000:
         raise BundleError(f"invalid oom score adjust {spec.oom_score_adj}: must be between -1000 and 1000")
-    if spec.dns_search or spec.dns_options:
-        try:
-            host_resolv = Path("/etc/resolv.conf").read_text()
-        except OSError:
-            host_resolv = ""
-        (container_dir / "resolv.conf").write_text(
-            resolv_conf_text(list(spec.dns), list(spec.dns_search), list(spec.dns_options), host_resolv))
     namespaces: list[dict[str, str]] = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
     namespaces.append({"type": "network", "path": spec.netns} if spec.netns else {"type": "network"})
     resources: dict[str, Any] = {"devices": _DEVICE_RULES}

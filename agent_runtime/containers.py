@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent_runtime.bundle import BundleError, build_config, write_config
+from agent_runtime.bundle import BundleError, build_config, resolv_conf_text, write_config
 from agent_runtime.images import ImageError, ImageStore
 from agent_runtime.oci import libc
 from agent_runtime.oci.cgroups import Cgroup
@@ -94,6 +94,13 @@ def _is_mounted(path: Path) -> bool:
         return any(line.split()[4] == target for line in f)
 
 
+def _host_resolv_conf() -> str:
+    try:
+        return Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return ""
+
+
 def hosts_file(hostname: str, ip: str | None, extra: list[tuple[str, str]]) -> str:
     """Content of the container's /etc/hosts, as Docker writes it, plus ``extra`` (hostname, ip) pairs
     (either order is accepted: the member that parses as an IP address is the address)."""
@@ -109,23 +116,6 @@ def hosts_file(hostname: str, ip: str | None, extra: list[tuple[str, str]]) -> s
             addr, name = b, a
         lines.append(f"{addr}\t{name}")
     return "\n".join(lines) + "\n"
-
-
-def resolv_conf(dns: list[str]) -> str:
-    """resolv.conf for the container: ``dns`` servers, else the host's without loopback servers."""
-    if dns:
-        return "".join(f"nameserver {d}\n" for d in dns)
-    try:
-        host = Path("/etc/resolv.conf").read_text().splitlines()
-    except OSError:
-        host = []
-    out = []
-    for line in host:
-        parts = line.split()
-        if parts[:1] == ["nameserver"] and len(parts) > 1 and (parts[1].startswith("127.") or parts[1] == "::1"):
-            continue
-        out.append(line)
-    return "\n".join(out) + ("\n" if out else "")
 
 
 class Runtime:
@@ -223,7 +213,8 @@ class Runtime:
         libc.mount("overlay", str(d / "rootfs"), "overlay", 0, opts)
         hostname = spec.hostname or spec.id[:12]
         (d / "hosts").write_text(hosts_file(hostname, spec.ip, list(spec.hosts)))
-        (d / "resolv.conf").write_text(resolv_conf(list(spec.dns)))
+        (d / "resolv.conf").write_text(resolv_conf_text(list(spec.dns), list(spec.dns_search),
+                                                        list(spec.dns_options), _host_resolv_conf()))
         (d / "hostname").write_text(hostname + "\n")
         config = build_config(spec, image_config, d / "rootfs", d, self.cgroup_parent)
         write_config(d, config)

@@ -148,12 +148,6 @@ def test_resolv_conf_from_dns_config(rootfs: Path, tmp_path: Path) -> None:
     assert resolv_conf_text([], ["a.example"], [], host) == (
         "nameserver 192.0.2.1\noptions edns0\nsearch a.example\n")
     assert resolv_conf_text([], ["."], [], host) == "nameserver 192.0.2.1\noptions edns0\n"
-    d = tmp_path / "cdir"
-    d.mkdir()
-    build_config(ContainerSpec(id=CID, image="x", command=["sh"], dns=["10.0.0.53"], dns_search=["svc.example"],
-                               dns_options=["ndots:3", "timeout:1"]), {}, rootfs, d, "shoal")
-    assert (d / "resolv.conf").read_text() == (
-        "nameserver 10.0.0.53\nsearch svc.example\noptions ndots:3 timeout:1\n")
 
 
 def test_extra_hosts_both_docker_forms() -> None:
