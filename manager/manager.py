@@ -66,13 +66,18 @@ class Manager:
 
     @staticmethod
     async def init_cluster(data_dir: Path, certs_dir: Path, advertise_addr: str,
-                           description: dict[str, Any], spec: dict[str, Any]) -> str:
+                           description: dict[str, Any], spec: dict[str, Any],
+                           heartbeat_period: float | None = None) -> str:
         """Create a new cluster on this node (``swarm init``): root CA, this node's manager
         certificate, the cluster object and this node, written to a fresh log. Returns the node ID.
 
-        Raises ``ValueError`` (from spec validation) for a bad SwarmSpec; nothing is written then.
+        ``heartbeat_period`` (seconds; shoald's ``--heartbeat-period``) goes into the cluster spec's
+        ``Dispatcher.HeartbeatPeriod`` unless ``spec`` sets one, so ``docker info`` shows the period in
+        force. Raises ``ValueError`` (from spec validation) for a bad SwarmSpec; nothing is written then.
         """
         swarm_spec = default_swarm_spec()
+        if heartbeat_period is not None:
+            swarm_spec["Dispatcher"]["HeartbeatPeriod"] = int(heartbeat_period * 1e9)
         if spec:
             merged = {**swarm_spec, **{k: v for k, v in spec.items() if v not in (None, {}, "")}}
             swarm_spec = validate_swarm_spec(merged)
@@ -117,7 +122,7 @@ class Manager:
         self.log = SingleVoterLog(self.data_dir / "raft")
         self.store = Store(self.log)
         self.ca = RootCA.load(self.certs_dir)
-        self.dispatcher = Dispatcher(self.store, heartbeat_period=self.heartbeat_period,
+        self.dispatcher = Dispatcher(self.store, heartbeat_period=self._spec_heartbeat_period(),
                                      grace_multiplier=self.heartbeat_misses)
         ctx = tlsutil.server_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
                                      self.certs_dir / "ca.crt")
@@ -129,12 +134,27 @@ class Manager:
         await self.server.start(host, port)
         scheduler = Scheduler(self.store)
         scheduler.rebuild()
-        for name, coro in (("orchestrator", Orchestrator(self.store).run()),
+        for name, coro in (("heartbeat-period", self._follow_heartbeat_period()),
+                           ("orchestrator", Orchestrator(self.store).run()),
                            ("scheduler", scheduler.run()),
                            ("reaper", TaskReaper(self.store).run())):
             self._loops.append(asyncio.create_task(coro, name=name))
         log.info("manager %s serving on %s (advertised %s)", self.node_id, self.listen_addr,
                  self.advertise_addr)
+
+    def _spec_heartbeat_period(self) -> float:
+        """The cluster spec's ``Dispatcher.HeartbeatPeriod`` in seconds (the spec is the source of
+        truth; shoald's flag only seeds it at ``swarm init``), else the flag's value."""
+        ns = ((self.cluster.get("Spec") or {}).get("Dispatcher") or {}).get("HeartbeatPeriod")
+        return int(ns) / 1e9 if ns else self.heartbeat_period
+
+    async def _follow_heartbeat_period(self) -> None:
+        """Apply ``swarm update --dispatcher-heartbeat`` live, as Swarm does."""
+        async for _ev in self.store.watch(["cluster"]):
+            period = self._spec_heartbeat_period()
+            if period != self.dispatcher.heartbeat_period:
+                log.info("dispatcher heartbeat period now %.3g s", period)
+                self.dispatcher.heartbeat_period = period
 
     async def _mark_leader(self) -> None:
         def fn(tx: WriteTx) -> None:

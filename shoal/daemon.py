@@ -232,7 +232,7 @@ class Daemon:
         node_id = await Manager.init_cluster(
             data_dir=self.data_root / "manager", certs_dir=self.certs_dir,
             advertise_addr=advertise, description=node_description(self.hostname),
-            spec=body.get("Spec") or {},
+            spec=body.get("Spec") or {}, heartbeat_period=self.args.heartbeat_period,
         )
         self.state.save({"NodeID": node_id, "Role": "manager", "ManagerAddrs": [advertise],
                          "AdvertiseAddr": advertise, "ListenAddr": listen})
