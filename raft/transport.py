@@ -1,0 +1,251 @@
+"""Raft message transport: msgpack frames over TCP (optionally mutual TLS) between managers.
+
+Peers are addressed by Raft node ID → ``"host:port"``. Frames are :mod:`shoal.wire` frames
+(4-byte big-endian length + one msgpack map). A connection opens with
+``{"t": "raft-hello", "from": <node id>, "ch", "addr": <its advertised host:port>}`` and then carries ``{"t": "raft", "m": <message dict>}``
+frames, where the message dict is :func:`raft.core.message_to_dict`.
+
+Design (after etcd's rafthttp, written our way):
+
+- one outbound connection per peer per *channel*; two channels: ``"msg"`` for everything and
+  ``"snap"`` for ``MsgSnap`` chunks, so a large snapshot never queues ahead of heartbeats;
+- :meth:`Transport.send` never blocks: each channel has a bounded queue and a full queue drops
+  the message (Raft retransmits: heartbeats, probes, snapshot chunks are resent);
+- a broken connection is re-dialled with exponential backoff (50 ms doubling up to 2 s);
+- inbound connections are one-way: every frame read is handed to ``on_message``.
+
+Errors: a malformed frame or message closes that inbound connection (logged); nothing is raised
+to the Raft loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from raft.core import Message, message_from_dict, message_to_dict
+from raft.core.messages import MsgSnap
+from shoal.wire import WireError, encode_frame, read_frame
+
+__all__ = ["Transport", "parse_addr"]
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[v6]:port"`` allowed) into ``(host, port)``.
+
+    Raises ValueError naming the address when it has no valid port."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"peer address must be host:port, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Channel:
+    """One outbound connection to one peer with its bounded queue and dialler task."""
+
+    def __init__(self, owner: Transport, peer_id: int, kind: str, maxsize: int) -> None:
+        self.owner = owner
+        self.peer_id = peer_id
+        self.kind = kind
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self.task = asyncio.create_task(self._run(), name=f"raft-send {peer_id}/{kind}")
+
+    def put(self, frame: bytes) -> None:
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            addr = self.owner.peers.get(self.peer_id)
+            if addr is None:
+                return
+            writer: asyncio.StreamWriter | None = None
+            try:
+                host, port = parse_addr(addr)
+                _, w = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        host, port, ssl=self.owner.client_ssl,
+                        server_hostname=self.owner.server_hostname if self.owner.client_ssl else None),
+                    timeout=5.0)
+                writer = w
+                w.write(encode_frame({"t": "raft-hello", "from": self.owner.node_id, "ch": self.kind,
+                                          "addr": self.owner.advertise}))
+                await w.drain()
+                backoff = BACKOFF_MIN
+                while True:
+                    frame = await self.queue.get()
+                    w.write(frame)
+                    while not self.queue.empty():  # batch what is already queued into one drain
+                        w.write(self.queue.get_nowait())
+                    await w.drain()
+            except asyncio.CancelledError:
+                if writer is not None:
+                    writer.close()
+                raise
+            except (OSError, ValueError, WireError, TimeoutError, ssl.SSLError) as e:
+                log.debug("raft link %d→%d (%s) to %s failed: %s", self.owner.node_id, self.peer_id,
+                          self.kind, addr, e)
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+            # Messages queued while disconnected are stale; Raft will resend what matters.
+            while not self.queue.empty():
+                self.queue.get_nowait()
+                self.dropped += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+class Transport:
+    """Sends and receives Raft messages for node ``node_id``.
+
+    ``peers``: ``{node_id: "host:port"}`` of the other members (this node may be included; it
+    is ignored). ``on_message(msg)`` is called on the event loop for every message received.
+    ``server_ssl``/``client_ssl``: TLS contexts for the listener and the dialler (None = plain
+    TCP, for tests on loopback); ``server_hostname`` is the name checked in the peer's
+    certificate (managers' certificates carry the SAN ``swarm-manager``).
+    ``queue_size``: frames buffered per peer and channel before dropping.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        peers: dict[int, str],
+        on_message: Callable[[Message], None],
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        server_hostname: str = "swarm-manager",
+        queue_size: int = 4096,
+    ) -> None:
+        self.node_id = node_id
+        self.advertise = peers.get(node_id, "")
+        self.peers: dict[int, str] = {i: a for i, a in peers.items() if i != node_id}
+        for a in self.peers.values():
+            parse_addr(a)
+        self.on_message = on_message
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
+        self.server_hostname = server_hostname
+        self.queue_size = queue_size
+        self.last_heard: dict[int, float] = {}
+        self._channels: dict[tuple[int, str], _Channel] = {}
+        self._server: asyncio.Server | None = None
+        self._inbound: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one; see :attr:`port`). Raises OSError."""
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.server_ssl)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def add_peer(self, node_id: int, addr: str) -> None:
+        """Add or re-address peer ``node_id`` (ValueError for a bad address)."""
+        if node_id == self.node_id:
+            return
+        parse_addr(addr)
+        if self.peers.get(node_id) != addr:
+            self.peers[node_id] = addr
+            for kind in ("msg", "snap"):
+                ch = self._channels.pop((node_id, kind), None)
+                if ch is not None:
+                    ch.task.cancel()
+
+    def remove_peer(self, node_id: int) -> None:
+        """Forget peer ``node_id`` and close its connections."""
+        self.peers.pop(node_id, None)
+        for kind in ("msg", "snap"):
+            ch = self._channels.pop((node_id, kind), None)
+            if ch is not None:
+                ch.task.cancel()
+
+    def send(self, m: Message) -> None:
+        """Queue ``m`` for ``m.to``; never blocks. Dropped if the peer is unknown or its queue is full."""
+        if self._closed or m.to not in self.peers:
+            return
+        kind = "snap" if isinstance(m, MsgSnap) else "msg"
+        ch = self._channels.get((m.to, kind))
+        if ch is None or ch.task.done():
+            ch = _Channel(self, m.to, kind, self.queue_size)
+            self._channels[(m.to, kind)] = ch
+        try:
+            frame = encode_frame({"t": "raft", "m": message_to_dict(m)})
+        except WireError as e:
+            log.error("cannot encode raft message %s to %d: %s", type(m).__name__, m.to, e)
+            return
+        ch.put(frame)
+
+    def dropped(self) -> int:
+        """Total messages dropped on full or disconnected queues (a metric)."""
+        return sum(c.dropped for c in self._channels.values())
+
+    def reachable(self, within: float) -> set[int]:
+        """Peers heard from in the last ``within`` seconds (monotonic clock)."""
+        now = time.monotonic()
+        return {i for i, t in self.last_heard.items() if now - t <= within and i in self.peers}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inbound.add(task)
+        try:
+            hello = await read_frame(reader)
+            if hello.get("t") != "raft-hello" or not isinstance(hello.get("from"), int):
+                raise WireError(f"expected a raft-hello frame, got {str(hello)[:80]}")
+            frm, addr = hello["from"], hello.get("addr")
+            if frm not in self.peers and isinstance(addr, str) and addr:
+                # A member we have not heard of (e.g. the leader, for a node that just joined):
+                # learn where to answer it.
+                with contextlib.suppress(ValueError):
+                    self.add_peer(frm, addr)
+            while True:
+                f = await read_frame(reader)
+                if f.get("t") != "raft" or not isinstance(f.get("m"), dict):
+                    raise WireError(f"expected a raft frame, got type {f.get('t')!r}")
+                m = message_from_dict(f["m"])
+                self.last_heard[m.frm] = time.monotonic()
+                try:
+                    self.on_message(m)
+                except Exception:  # the Raft loop must not die of one message
+                    log.exception("raft: handling %s from %d failed", type(m).__name__, m.frm)
+        except (WireError, ValueError, KeyError, TypeError, OSError, ssl.SSLError) as e:
+            if not self._closed:
+                log.debug("raft inbound connection closed: %s", e)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._inbound.discard(task)
+            writer.close()
+
+    async def close(self) -> None:
+        """Stop listening, close every connection and stop the dialler tasks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        tasks: list[asyncio.Task[Any]] = [c.task for c in self._channels.values()] + list(self._inbound)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._channels.clear()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
