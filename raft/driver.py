@@ -7,7 +7,8 @@ Follows the driver contract of ``raft/core/README.md`` (etcd-io/raft's RawNode l
 2. every message from :class:`raft.transport.Transport` is stepped into the node;
 3. for each :class:`raft.core.Ready`: persist the snapshot (atomically), the entries and the
    hard state to the WAL with ONE write + fsync for the whole Ready (group commit), in a worker
-   thread; then send the messages; then install the snapshot / apply the committed entries in
+   thread; then send the messages (on the leader, MsgApp/MsgHeartbeat go out before its own
+   write, as thesis §10.2.1 allows: the core counts the leader's entries only once advanced); then install the snapshot / apply the committed entries in
    order (``apply`` callback) and serve confirmed reads; then ``node.advance``;
 4. every ``snapshot_every`` applied entries, the state machine's bytes (``snapshot_source``
    callback) are saved as a snapshot and the log before ``index - keep`` is dropped.
@@ -58,6 +59,7 @@ from raft.core import (
     SnapshotMeta,
     Storage,
 )
+from raft.core.messages import MsgApp, MsgHeartbeat
 from raft.log import LogUnavailable
 from raft.snapshot import Snapshot as DiskSnapshot
 from raft.snapshot import Snapshotter
@@ -436,9 +438,20 @@ class RaftDriver:
                          rd.soft_state.leader, self.node.term)
             self.leader, self.role = rd.soft_state.leader, rd.soft_state.role
             self._changed.set()
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+        early: list[Message] = []
+        late = rd.messages
+        if self.role is Role.LEADER:
+            # Thesis §10.2.1: the leader may replicate in parallel with its own disk write; the
+            # core counts the leader's own entries in the commit quorum only after advance().
+            early = [m for m in rd.messages if isinstance(m, MsgApp | MsgHeartbeat)]
+            late = [m for m in rd.messages if not isinstance(m, MsgApp | MsgHeartbeat)]
+            for m in early:
+                self.transport.send(m)
+        if rd.snapshot is not None or rd.entries or rd.must_sync:
             await asyncio.to_thread(self._persist, rd)
-        for m in rd.messages:
+        elif rd.hard_state is not None:
+            self._persist(rd)  # only the commit index moved: a small write, no fsync
+        for m in late:
             if m.to == self.id:
                 continue
             self.transport.send(m)

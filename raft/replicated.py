@@ -20,7 +20,6 @@ increasing but not contiguous (Raft's no-op and membership entries are not appli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import ssl
@@ -161,8 +160,7 @@ class ReplicatedLog:
             if not self.driver.has_quorum():
                 raise LogUnavailable(f"{self.driver.no_quorum_message()} (entry {index} not committed; "
                                      "outcome unknown)")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), min(0.1, left))
+            await asyncio.wait((fut,), timeout=min(0.1, left))
         fut.result()
         return index
 

@@ -1,0 +1,293 @@
+"""Benchmark of our 3-node Raft (raft.replicated.ReplicatedLog) on loopback, 3 processes.
+
+Prints ``FIGURE <name> <value> <unit>`` lines; never passes or fails on time.
+
+    .venv/bin/python tests/bench/bench_raft.py [--seq 2000] [--conc 32] [--total 12000] [--failovers 3]
+
+Each member is its own process (``--node``; uvloop when available) with its WAL in a fresh temp
+dir and a small client port speaking shoal.wire frames: request ``{"t": "put", "id": n, "v": bytes}``,
+reply ``{"id": n, "ok": bool, "i": index | "err": message}``. The driving process (this one) is
+the client, as etcd's anchor drives etcd with a Python client. Workload (the one of
+``/work/shared/anchors/03_etcd.py``): one client writing 256-byte values sequentially to the
+leader (latency p50/p99), 32 concurrent writers (commits/s), and leader failover (SIGKILL the
+leader → first successful write through a survivor; the killed member is restarted after).
+Default Raft timing: tick 100 ms, heartbeat 1 tick, election 10–20 ticks. Kills only the
+processes it started and removes its temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from raft.driver import DriverConfig  # noqa: E402
+from raft.log import LogUnavailable  # noqa: E402
+from raft.replicated import ReplicatedLog  # noqa: E402
+from shoal.wire import WireError, encode_frame, read_frame  # noqa: E402
+
+VALUE = b"x" * 256
+
+
+# ----------------------------------------------------------------------------- member process
+
+async def serve_node(nid: int, peers: dict[int, str], client_port: int, data: str) -> None:
+    rlog = ReplicatedLog(nid, peers, data, config=DriverConfig(), propose_timeout=3.0)
+    count = 0
+
+    def apply(_e: Any) -> None:
+        nonlocal count
+        count += 1
+
+    rlog.set_apply(apply)
+    await rlog.start()
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def one(f: dict[str, Any]) -> None:
+            try:
+                i = await rlog.propose(f["v"])
+                out: dict[str, Any] = {"id": f["id"], "ok": True, "i": i}
+            except LogUnavailable as e:
+                out = {"id": f["id"], "ok": False, "err": str(e), "leader": rlog.leader_id}
+            writer.write(encode_frame(out))
+
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                f = await read_frame(reader)
+                if f.get("t") == "leader?":
+                    writer.write(encode_frame({"id": f["id"], "ok": True, "leader": rlog.leader_id,
+                                               "is_leader": rlog.is_leader}))
+                    continue
+                t = asyncio.create_task(one(f))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+        except (WireError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", client_port)
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    server.close()
+    await rlog.close()
+
+
+# ----------------------------------------------------------------------------- client side
+
+class Conn:
+    """One pipelined client connection to a member's client port."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.ids = itertools.count(1)
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.task = asyncio.create_task(self._read())
+
+    @staticmethod
+    async def open(port: int) -> Conn:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        return Conn(r, w)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                f = await read_frame(self.reader)
+                fut = self.pending.pop(f["id"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(f)
+        except (WireError, ConnectionError):
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("member connection closed"))
+
+    async def call(self, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        rid = next(self.ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = fut
+        self.writer.write(encode_frame({**body, "id": rid}))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        self.writer.close()
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="bench-raft.")
+        ports = free_ports(6)
+        self.peers = {i + 1: f"127.0.0.1:{ports[i]}" for i in range(3)}
+        self.cports = {i + 1: ports[3 + i] for i in range(3)}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, nid: int) -> None:
+        peers = ",".join(f"{i}={a}" for i, a in self.peers.items())
+        p = subprocess.Popen([sys.executable, __file__, "--node", str(nid), "--peers", peers,
+                              "--client-port", str(self.cports[nid]), "--data", f"{self.dir}/n{nid}"],
+                             stdout=subprocess.PIPE, stderr=open(f"{self.dir}/n{nid}.log", "ab"))
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if b"ready" not in line:
+            raise RuntimeError(f"node {nid} did not start; see {self.dir}/n{nid}.log")
+        self.procs[nid] = p
+
+    def kill(self, nid: int) -> None:
+        p = self.procs.pop(nid)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+    def stop_all(self) -> None:
+        for nid in list(self.procs):
+            p = self.procs.pop(nid)
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def leader(self, timeout: float = 10.0, exclude: int = 0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for nid in self.procs:
+                if nid == exclude:
+                    continue
+                try:
+                    c = await Conn.open(self.cports[nid])
+                    r = await c.call({"t": "leader?"}, 1.0)
+                    await c.close()
+                    if r.get("is_leader"):
+                        return nid
+                except (OSError, TimeoutError, ConnectionError):
+                    pass
+            await asyncio.sleep(0.05)
+        raise RuntimeError("no leader elected")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+async def run(args: argparse.Namespace) -> None:
+    b = Bench()
+    try:
+        for nid in (1, 2, 3):
+            b.start(nid)
+        lead = await b.leader()
+        conn = await Conn.open(b.cports[lead])
+        for _ in range(50):  # warm-up
+            await conn.call({"t": "put", "v": VALUE})
+        lat = []
+        for _ in range(args.seq):
+            t0 = time.perf_counter()
+            r = await conn.call({"t": "put", "v": VALUE})
+            lat.append(time.perf_counter() - t0)
+            if not r["ok"]:
+                raise RuntimeError(r["err"])
+        print(f"FIGURE raft3_seq_put_256B_p50_ms {pct(lat, 50) * 1e3:.2f} ms", flush=True)
+        print(f"FIGURE raft3_seq_put_256B_p99_ms {pct(lat, 99) * 1e3:.2f} ms", flush=True)
+
+        conns = [await Conn.open(b.cports[lead]) for _ in range(args.conc)]
+        per = args.total // args.conc
+
+        async def writer(c: Conn) -> None:
+            for _ in range(per):
+                r = await c.call({"t": "put", "v": VALUE}, 10.0)
+                if not r["ok"]:
+                    raise RuntimeError(r["err"])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(writer(c) for c in conns))
+        dt = time.perf_counter() - t0
+        print(f"FIGURE raft3_conc{args.conc}_puts_per_s {per * args.conc / dt:.0f} puts/s", flush=True)
+        for c in conns + [conn]:
+            await c.close()
+
+        fo = []
+        for _ in range(args.failovers):
+            lead = await b.leader()
+            survivors = [n for n in (1, 2, 3) if n != lead]
+            sconns = {n: await Conn.open(b.cports[n]) for n in survivors}
+            t0 = time.perf_counter()
+            b.kill(lead)
+            done = False
+            while not done:
+                for c in sconns.values():
+                    try:
+                        r = await c.call({"t": "put", "v": VALUE}, 0.2)
+                    except TimeoutError:
+                        continue
+                    if r["ok"]:
+                        done = True
+                        break
+                if not done:
+                    await asyncio.sleep(0.01)
+            fo.append(time.perf_counter() - t0)
+            for c in sconns.values():
+                await c.close()
+            b.start(lead)
+            await asyncio.sleep(1.0)
+        print(f"FIGURE raft3_failover_s median={statistics.median(fo):.2f} min={min(fo):.2f} "
+              f"max={max(fo):.2f} (n={len(fo)})", flush=True)
+    finally:
+        b.stop_all()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seq", type=int, default=2000)
+    ap.add_argument("--conc", type=int, default=32)
+    ap.add_argument("--total", type=int, default=12000)
+    ap.add_argument("--failovers", type=int, default=3)
+    ap.add_argument("--node", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--peers", help=argparse.SUPPRESS)
+    ap.add_argument("--client-port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.node:
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+        peers = {int(k): v for k, v in (x.split("=", 1) for x in args.peers.split(","))}
+        os.makedirs(args.data, exist_ok=True)
+        asyncio.run(serve_node(args.node, peers, args.client_port, args.data))
+        return
+    if shutil.which("etcd") is None:
+        print("FIGURE etcd3_* n/a (etcd not installed: apt-get install etcd-server etcd-client)", flush=True)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
