@@ -12,7 +12,9 @@ Design (after etcd's rafthttp, written our way):
 - :meth:`Transport.send` never blocks: each channel has a bounded queue and a full queue drops
   the message (Raft retransmits: heartbeats, probes, snapshot chunks are resent);
 - a broken connection is re-dialled with exponential backoff (50 ms doubling up to 2 s);
-- inbound connections are one-way: every frame read is handed to ``on_message``.
+- inbound connections are one-way: every frame read is handed to ``on_message``;
+- with TLS, an inbound connection must present a certificate of the cluster CA with
+  OU ``swarm-manager`` (:func:`shoal.tlsutil.peer_identity`), else it is closed.
 
 Errors: a malformed frame or message closes that inbound connection (logged); nothing is raised
 to the Raft loop.
@@ -30,6 +32,7 @@ from typing import Any
 
 from raft.core import Message, message_from_dict, message_to_dict
 from raft.core.messages import MsgSnap
+from shoal.tlsutil import peer_identity
 from shoal.wire import WireError, encode_frame, read_frame
 
 __all__ = ["Transport", "parse_addr"]
@@ -204,6 +207,11 @@ class Transport:
         assert task is not None
         self._inbound.add(task)
         try:
+            if self.server_ssl is not None:
+                obj = writer.get_extra_info("ssl_object")
+                ident = peer_identity(obj if isinstance(obj, ssl.SSLObject) else None)
+                if ident is None or ident[1] != "manager":
+                    raise WireError(f"raft connection refused: peer certificate {ident} is not a manager's")
             hello = await read_frame(reader)
             if hello.get("t") != "raft-hello" or not isinstance(hello.get("from"), int):
                 raise WireError(f"expected a raft-hello frame, got {str(hello)[:80]}")

@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -88,21 +89,22 @@ class Cluster:
         async def cond() -> Member | None:
             leaders = [m for m in self.live() if m.log.is_leader]
             return leaders[0] if len(leaders) == 1 else None
-        return await wait_for(cond, timeout, "a single leader")
+        m: Member = await wait_for(cond, timeout, "a single leader")
+        return m
 
     async def close(self) -> None:
         for m in self.live():
             await m.close()
 
 
-async def wait_for(cond: Callable[[], object], timeout: float, what: str) -> Member:
+async def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         r = cond()
         if asyncio.iscoroutine(r):
             r = await r
         if r:
-            return r  # type: ignore[return-value]
+            return r
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
@@ -240,3 +242,39 @@ async def test_add_voter_and_transfer(tmp_path: Path) -> None:
         if extra is not None:
             await extra.close()
         await c.close()
+
+
+async def test_mutual_tls_transport(tmp_path: Path) -> None:
+    """Three members over mutual TLS with certificates from manager.ca; a worker's certificate
+    is refused by the Raft listener."""
+    from manager.ca import RootCA
+    from shoal.tlsutil import client_context, server_context
+
+    ca = RootCA.create(tmp_path / "ca")
+    ctxs = {}
+    for nid in (1, 2, 3, 9):
+        d = tmp_path / f"certs{nid}"
+        ca.issue_node_files(d, f"node{nid}", "worker" if nid == 9 else "manager", "cluster1")
+        ctxs[nid] = (server_context(d / "node.crt", d / "node.key", d / "ca.crt"),
+                     client_context(d / "node.crt", d / "node.key", d / "ca.crt"))
+    ports = free_ports(3)
+    peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+    logs = [ReplicatedLog(i, peers, tmp_path / f"n{i}", server_ssl=ctxs[i][0], client_ssl=ctxs[i][1])
+            for i in (1, 2, 3)]
+    try:
+        for rl in logs:
+            await rl.start()
+        got: dict[int, list[bytes]] = {1: [], 2: [], 3: []}
+        for i, rl in enumerate(logs, 1):
+            rl.set_apply(lambda e, i=i: got[i].append(e.data))  # type: ignore[misc]
+        lead = await wait_for(lambda: next((rl for rl in logs if rl.is_leader), None), 5.0, "a TLS leader")
+        await lead.propose(b"secure")
+        await wait_for(lambda: all(v == [b"secure"] for v in got.values()), 5.0, "TLS replication")
+        # A worker certificate may not speak Raft.
+        r, w = await asyncio.open_connection("127.0.0.1", ports[0], ssl=ctxs[9][1],
+                                             server_hostname="swarm-manager")
+        assert await asyncio.wait_for(r.read(), 5.0) == b""
+        w.close()
+    finally:
+        for rl in logs:
+            await rl.close()
