@@ -257,8 +257,9 @@ async def run(args: argparse.Namespace) -> None:
                 await c.close()
             b.start(lead)
             await asyncio.sleep(1.0)
-        print(f"FIGURE raft3_failover_s median={statistics.median(fo):.2f} min={min(fo):.2f} "
-              f"max={max(fo):.2f} (n={len(fo)})", flush=True)
+        if fo:
+            print(f"FIGURE raft3_failover_s median={statistics.median(fo):.2f} min={min(fo):.2f} "
+                  f"max={max(fo):.2f} (n={len(fo)})", flush=True)
     finally:
         b.stop_all()
 
