@@ -238,6 +238,13 @@ async def test_add_voter_and_transfer(tmp_path: Path) -> None:
         await wait_for(lambda: extra is not None and extra.log.is_leader, 3.0, "node 4 to lead")
         await extra.log.propose(b"from-4")
         await wait_for(lambda: all(m.values[-1:] == [b"from-4"] for m in c.live()), 5.0, "replication from 4")
+        # Remove old member 1; the other three carry on without it.
+        await extra.log.remove_voter(1, timeout=5.0)
+        assert extra.log.driver.voters == frozenset({2, 3, 4})
+        await c.members[1].close()
+        await extra.log.propose(b"after-remove")
+        await wait_for(lambda: all(m.values[-1:] == [b"after-remove"] for m in c.live())
+                       and extra is not None and extra.values[-1:] == [b"after-remove"], 5.0, "writes after removal")
     finally:
         if extra is not None:
             await extra.close()
