@@ -481,7 +481,10 @@ class RaftDriver:
         self.node.advance(rd)
         if rd.committed_entries or rd.snapshot is not None:
             self._changed.set()
+        # Not before re-applying what was committed on disk at open: a state machine that replayed
+        # it at open (ReplicatedLog's store) is ahead of self.applied until then.
         if (self.cfg.snapshot_every and self.snapshot_source is not None
+                and self.applied >= self.restart_commit
                 and self.applied - self.snap_index >= self.cfg.snapshot_every):
             await self.compact(self.applied, self.snapshot_source())
 

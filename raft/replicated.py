@@ -29,7 +29,7 @@ from pathlib import Path
 
 import msgpack
 
-from raft.core import ConfChangeType, ProposalDropped, Role
+from raft.core import ConfChangeType, LogError, ProposalDropped, Role
 from raft.driver import ADDR_MAGIC, AppliedEntry, DriverConfig, RaftDriver
 from raft.log import LogUnavailable
 from raft.snapshot import Snapshot
@@ -166,8 +166,17 @@ class ReplicatedLog:
 
     async def compact(self, index: int, data: bytes) -> None:
         """Save ``data`` as the state-machine snapshot at applied ``index`` and drop the log
-        before ``index - keep``."""
-        await self.driver.compact(index, data)
+        before ``index - keep``. Waits (up to ``propose_timeout``) until the driver applied
+        ``index`` (after a restart the store replays ahead of it); LogUnavailable otherwise."""
+        deadline = time.monotonic() + self.propose_timeout
+        while self.driver.applied < index:
+            if time.monotonic() >= deadline:
+                raise LogUnavailable(f"cannot snapshot at {index}: only {self.driver.applied} is applied")
+            await self.driver.wait_changed(0.05)
+        try:
+            await self.driver.compact(index, data)
+        except LogError as e:
+            raise LogUnavailable(f"cannot snapshot at {index}: {e}") from e
 
     async def close(self) -> None:
         """Stop the node (pending proposals fail with LogUnavailable). Idempotent."""

@@ -191,6 +191,11 @@ async def test_restart_catches_up_from_wal(cluster: Cluster) -> None:
     assert back.values[:10] == first
     await converge(cluster, first + second)
     assert back.restored == []
+    # The store's own compaction (raft.log interface) at its applied index.
+    idx = back.log.applied_index
+    await back.log.compact(idx, msgpack.packb(back.values))
+    snap = back.log.snapshot()
+    assert snap is not None and snap.index == idx and msgpack.unpackb(snap.data) == first + second
 
 
 async def test_restart_after_compaction_gets_snapshot(tmp_path: Path) -> None:
