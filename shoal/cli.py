@@ -34,32 +34,15 @@ class UsageError(Exception):
 
 # ------------------------------------------------------------------------------ lookups
 def find_service(c: Client, ref: str) -> dict[str, Any]:
-    """The service with ID, name or ID prefix ``ref``; APIError 404 if none."""
-    try:
-        return c.service(ref)
-    except APIError as e:
-        if e.status != 404:
-            raise
-    matches = [s for s in c.services() if s["Spec"].get("Name") == ref] or \
-        [s for s in c.services() if s["ID"].startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    raise APIError(404, f"service {ref} not found")
+    """The service with ID, name or unique ID prefix ``ref``: the daemon resolves it as Docker does
+    (manager/api.py ``_resolve``); APIError 404 if none, 400 if ambiguous."""
+    return c.service(ref)
 
 
 def find_node(c: Client, ref: str) -> dict[str, Any]:
-    """The node with ID, hostname or ID prefix ``ref``; APIError 404 if none."""
-    try:
-        return c.node(ref)
-    except APIError as e:
-        if e.status != 404:
-            raise
-    nodes = c.nodes()
-    matches = [n for n in nodes if n.get("Description", {}).get("Hostname") == ref] or \
-        [n for n in nodes if n["ID"].startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    raise APIError(404, f"node {ref} not found")
+    """The node with ID, hostname or unique ID prefix ``ref`` (resolved by the daemon, as
+    :func:`find_service`); APIError 404 if none, 400 if ambiguous."""
+    return c.node(ref)
 
 
 def manager_addr(c: Client) -> str:
