@@ -30,6 +30,10 @@ NodeHook = Callable[[WriteTx, dict[str, Any]], None]
 """``hook(tx, node)``: called inside the join transaction after the new Node is created (e.g. to
 allocate its ``ShoalBridge`` subnet and ``tx.update`` the node). Raising aborts the join."""
 
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]], Awaitable[None]]
+"""``async def h(reader, writer, first_frame)``: takes over a whole connection whose first frame has
+type ``first_frame["t"]`` (Raft's ``raft-hello``); returns when the connection is done."""
+
 AuthedHandler = Callable[[wire.Peer, str, str, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 """``async def h(peer, node_id, role, body) -> dict | None`` for a registered request type."""
 
@@ -100,6 +104,7 @@ class ManagerServer:
         self._peers: set[wire.Peer] = set()
         self._watchers: set[asyncio.Task[None]] = set()
         self._extra: dict[str, tuple[AuthedHandler, str | None]] = {}
+        self._streams: dict[str, StreamHandler] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -135,11 +140,33 @@ class ManagerServer:
         """Serve request ``type`` with ``handler`` for peers with a node certificate (of ``role`` only, if given)."""
         self._extra[type] = (handler, role)
 
+    def register_stream(self, first_type: str, handler: StreamHandler) -> None:
+        """Hand every connection whose first frame has type ``first_type`` to ``handler`` (which
+        checks the peer's certificate itself); used for Raft messages between managers."""
+        self._streams[first_type] = handler
+
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            first = await asyncio.wait_for(wire.read_frame(reader), self.handshake_timeout)
+        except (wire.WireError, OSError, ssl.SSLError, TimeoutError) as e:
+            log.debug("2377 connection closed before its first frame: %s", e)
+            writer.close()
+            return
+        stream = self._streams.get(str(first.get("t")))
+        if stream is not None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._watchers.add(task)
+            try:
+                await stream(reader, writer, first)
+            finally:
+                if task is not None:
+                    self._watchers.discard(task)
+            return
         peer = wire.Peer(reader, writer, self.handle)
         peer.info["identity"] = tlsutil.peer_identity(peer.ssl_object)
         self._peers.add(peer)
-        peer.start()
+        peer.start(first)
 
         async def watch_close() -> None:
             try:

@@ -63,7 +63,7 @@ from raft.core.messages import MsgApp, MsgHeartbeat
 from raft.log import LogUnavailable
 from raft.snapshot import Snapshot as DiskSnapshot
 from raft.snapshot import Snapshotter
-from raft.transport import Transport, parse_addr
+from raft.transport import PeerCheck, Transport, parse_addr
 
 __all__ = ["ADDR_MAGIC", "AppliedEntry", "DriverConfig", "RaftDriver"]
 
@@ -127,7 +127,7 @@ class RaftDriver:
     entry, in index order; ``restore(index, term, sm_bytes)`` when a snapshot from the leader
     replaces the state; ``snapshot_source() -> bytes`` gives the state machine's bytes at the
     applied index (for automatic snapshots). ``server_ssl``/``client_ssl`` are the TLS contexts
-    (None = plain TCP).
+    (None = plain TCP); ``peer_check`` vets inbound connections (:data:`raft.transport.PeerCheck`).
 
     Opening reads the disk synchronously and raises :class:`raft.wal.WALCorruptError` /
     :class:`raft.snapshot.SnapshotCorruptError` for damage. Call :meth:`start` on the loop.
@@ -147,6 +147,7 @@ class RaftDriver:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         rng: random.Random | None = None,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         if node_id <= 0:
             raise ValueError(f"node ID must be a positive int, got {node_id}")
@@ -204,7 +205,8 @@ class RaftDriver:
         self.applied = snap_index
         self.leader = 0
         self.role = Role.FOLLOWER
-        self.transport = Transport(node_id, self.addrs, self._on_message, server_ssl, client_ssl)
+        self.transport = Transport(node_id, self.addrs, self._on_message, server_ssl, client_ssl,
+                                   peer_check=peer_check)
         self._wake = asyncio.Event()
         self._tick_due = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -229,18 +231,27 @@ class RaftDriver:
             if d.exists():
                 shutil.rmtree(d)
 
-    async def start(self, host: str | None = None, port: int | None = None) -> None:
+    async def start(self, host: str | None = None, port: int | None = None, listen: bool = True) -> None:
         """Listen for peers (default: this node's address in ``peers``; port 0 = any) and run the
-        loop. Raises OSError if the port is taken."""
-        if host is None or port is None:
+        loop. ``listen=False``: another server hands inbound connections to
+        ``self.transport.accept``. A sole voter campaigns at once (no election timeout to wait).
+        Raises OSError if the port is taken."""
+        if not listen:
+            pass
+        elif host is None or port is None:
             own = self.addrs.get(self.id)
             if own is None:
                 raise ValueError(f"no address for node {self.id}: pass host and port")
             h, p = parse_addr(own)
             host = h if host is None else host
             port = p if port is None else port
-        await self.transport.start(host, port)
+        if listen:
+            assert host is not None and port is not None
+            await self.transport.start(host, port)
         loop = asyncio.get_running_loop()
+        if self.node.conf.voters == frozenset({self.id}) and self.node.role is not Role.LEADER:
+            self.node.campaign()
+            self._wake.set()
         self._timer = loop.call_later(self.cfg.tick, self._on_tick)
         self._task = loop.create_task(self._run(), name=f"raft-driver {self.id}")
 

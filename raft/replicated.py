@@ -26,6 +26,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -33,7 +34,7 @@ from raft.core import ConfChangeType, LogError, ProposalDropped, Role
 from raft.driver import ADDR_MAGIC, AppliedEntry, DriverConfig, RaftDriver
 from raft.log import LogUnavailable
 from raft.snapshot import Snapshot
-from raft.transport import parse_addr
+from raft.transport import PeerCheck, parse_addr
 from raft.wal import Entry
 
 __all__ = ["ReplicatedLog", "LogUnavailable"]
@@ -63,13 +64,14 @@ class ReplicatedLog:
         propose_timeout: float = 5.0,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self.propose_timeout = propose_timeout
         self._apply: ApplyFn | None = None
         self._restore: Callable[[Snapshot], None] | None = None
         self.driver = RaftDriver(node_id, peers, directory, apply=self._on_apply, restore=self._on_restore,
                                  config=config, bootstrap=bootstrap, server_ssl=server_ssl,
-                                 client_ssl=client_ssl)
+                                 client_ssl=client_ssl, peer_check=peer_check)
         # Entries committed on disk at open: the store replays them with entries_from(); the
         # driver hands them to _on_apply again after start, so they are skipped there.
         self._replayed_to = self.driver.restart_commit
@@ -106,9 +108,47 @@ class ReplicatedLog:
         every ``config.snapshot_every`` entries."""
         self.driver.snapshot_source = fn
 
-    async def start(self) -> None:
-        """Listen on this node's address and start the Raft loop. Raises OSError."""
-        await self.driver.start()
+    async def start(self, listen: bool = True) -> None:
+        """Start the Raft loop; listen on this node's address unless ``listen`` is False (then
+        another server hands Raft connections to :meth:`accept`). Raises OSError."""
+        await self.driver.start(listen=listen)
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     hello: dict[str, Any]) -> None:
+        """Serve an inbound Raft connection whose ``raft-hello`` frame was already read (see
+        :meth:`raft.transport.Transport.accept`)."""
+        await self.driver.transport.accept(reader, writer, hello)
+
+    @staticmethod
+    def force_new_cluster(directory: Path | str, node_id: int, addr: str,
+                          rebuild: Callable[[Snapshot | None, list[Entry]], bytes]) -> int:
+        """Rewrite the log in ``directory`` so that this node is the only voter (``swarm init
+        --force-new-cluster``; etcd's ``--force-new-cluster`` does the same): every entry in
+        the log counts as committed (as etcd does: the lost majority cannot be asked), the
+        state machine at the last index (``rebuild(snapshot, entries_after_it)`` → bytes) is
+        saved as a snapshot whose configuration is ``{voters: [node_id]}`` and address book
+        ``{node_id: addr}``, and the WAL restarts empty after it. Returns the snapshot index.
+        Run it with the node stopped. Raises WALCorruptError / SnapshotCorruptError for damage.
+        """
+        from raft import wal as walmod
+        from raft.snapshot import Snapshotter
+
+        d = RaftDriver(node_id, {node_id: addr}, directory, bootstrap=False)
+        try:
+            log = d.node.log
+            last, last_term = log.last_index(), log.last_term()
+            entries = [Entry(e.index, e.term, e.data) for e in log.slice(log.offset + 1, last + 1)
+                       if e.type.value == 0 and e.data and not e.data.startswith(ADDR_MAGIC)]
+            sm = rebuild(d.sm_snapshot, entries)
+            term = max(d.node.term, last_term)
+            body = msgpack.packb({"conf": {"voters": [node_id], "learners": []},
+                                  "addrs": {str(node_id): addr}, "sm": sm}, use_bin_type=True)
+            Snapshotter(Path(directory) / "snap").save(Snapshot(last, last_term, body))
+            d._wal.append([], walmod.HardState(term, 0, last))
+            d._replace_wal(last)
+        finally:
+            d._wal.close()
+        return last
 
     def submit(self, data: bytes) -> tuple[int, asyncio.Future[None]]:
         """Propose ``data`` without waiting. Returns ``(index, future)``; the future resolves

@@ -14,7 +14,11 @@ Design (after etcd's rafthttp, written our way):
 - a broken connection is re-dialled with exponential backoff (50 ms doubling up to 2 s);
 - inbound connections are one-way: every frame read is handed to ``on_message``;
 - with TLS, an inbound connection must present a certificate of the cluster CA with
-  OU ``swarm-manager`` (:func:`shoal.tlsutil.peer_identity`), else it is closed.
+  OU ``swarm-manager`` (:func:`shoal.tlsutil.peer_identity`), and ``peer_check`` (if given)
+  must accept the pair (certificate identity, Raft ID in the hello), else it is closed;
+- the transport may listen itself (:meth:`Transport.start`) or be handed connections accepted
+  by another server whose first frame was the hello (:meth:`Transport.accept`: the manager's
+  2377 server does this, so Raft shares the cluster port with the dispatcher and the CA).
 
 Errors: a malformed frame or message closes that inbound connection (logged); nothing is raised
 to the Raft loop.
@@ -35,7 +39,11 @@ from raft.core.messages import MsgSnap
 from shoal.tlsutil import peer_identity
 from shoal.wire import WireError, encode_frame, read_frame
 
-__all__ = ["Transport", "parse_addr"]
+__all__ = ["PeerCheck", "Transport", "parse_addr"]
+
+PeerCheck = Callable[[tuple[str, str] | None, int], str | None]
+"""``check(identity, raft_id) -> None | reason``: ``identity`` is ``(CN, role)`` of the peer's
+certificate (None without TLS), ``raft_id`` the ID its hello claims; return a reason to refuse."""
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +130,8 @@ class Transport:
     ``server_ssl``/``client_ssl``: TLS contexts for the listener and the dialler (None = plain
     TCP, for tests on loopback); ``server_hostname`` is the name checked in the peer's
     certificate (managers' certificates carry the SAN ``swarm-manager``).
-    ``queue_size``: frames buffered per peer and channel before dropping.
+    ``queue_size``: frames buffered per peer and channel before dropping. ``peer_check``: see
+    :data:`PeerCheck` (e.g. the certificate's node ID must map to the claimed Raft ID).
     """
 
     def __init__(
@@ -134,8 +143,10 @@ class Transport:
         client_ssl: ssl.SSLContext | None = None,
         server_hostname: str = "swarm-manager",
         queue_size: int = 4096,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self.node_id = node_id
+        self.peer_check = peer_check
         self.advertise = peers.get(node_id, "")
         self.peers: dict[int, str] = {i: a for i, a in peers.items() if i != node_id}
         for a in self.peers.values():
@@ -203,19 +214,45 @@ class Transport:
         return {i for i, t in self.last_heard.items() if now - t <= within and i in self.peers}
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        obj = writer.get_extra_info("ssl_object")
+        ident = peer_identity(obj) if isinstance(obj, ssl.SSLObject) else None
+        if self.server_ssl is not None and (ident is None or ident[1] != "manager"):
+            log.info("raft connection refused: peer certificate %s is not a manager's", ident)
+            writer.close()
+            return
+        try:
+            hello = await asyncio.wait_for(read_frame(reader), 10.0)
+        except (WireError, OSError, ssl.SSLError, TimeoutError) as e:
+            log.debug("raft inbound connection closed before its hello: %s", e)
+            writer.close()
+            return
+        await self.accept(reader, writer, hello)
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     hello: dict[str, Any]) -> None:
+        """Serve one inbound connection whose first frame ``hello`` was already read (by this
+        transport's listener or by another server sharing the port). Returns when the
+        connection closes; never raises (a refused or malformed connection is logged and closed)."""
         task = asyncio.current_task()
         assert task is not None
         self._inbound.add(task)
         try:
-            if self.server_ssl is not None:
-                obj = writer.get_extra_info("ssl_object")
-                ident = peer_identity(obj if isinstance(obj, ssl.SSLObject) else None)
+            if self._closed:
+                raise WireError("transport closed")
+            ident: tuple[str, str] | None = None
+            obj = writer.get_extra_info("ssl_object")
+            if isinstance(obj, ssl.SSLObject):
+                ident = peer_identity(obj)
+            if self.server_ssl is not None or ident is not None:
                 if ident is None or ident[1] != "manager":
                     raise WireError(f"raft connection refused: peer certificate {ident} is not a manager's")
-            hello = await read_frame(reader)
             if hello.get("t") != "raft-hello" or not isinstance(hello.get("from"), int):
                 raise WireError(f"expected a raft-hello frame, got {str(hello)[:80]}")
             frm, addr = hello["from"], hello.get("addr")
+            if self.peer_check is not None:
+                reason = self.peer_check(ident, frm)
+                if reason is not None:
+                    raise WireError(f"raft connection from {frm} refused: {reason}")
             if frm not in self.peers and isinstance(addr, str) and addr:
                 # A member we have not heard of (e.g. the leader, for a node that just joined):
                 # learn where to answer it.
@@ -226,6 +263,8 @@ class Transport:
                 if f.get("t") != "raft" or not isinstance(f.get("m"), dict):
                     raise WireError(f"expected a raft frame, got type {f.get('t')!r}")
                 m = message_from_dict(f["m"])
+                if m.frm != frm:
+                    raise WireError(f"raft message from {m.frm} on the connection of {frm}")
                 self.last_heard[m.frm] = time.monotonic()
                 try:
                     self.on_message(m)
@@ -233,7 +272,7 @@ class Transport:
                     log.exception("raft: handling %s from %d failed", type(m).__name__, m.frm)
         except (WireError, ValueError, KeyError, TypeError, OSError, ssl.SSLError) as e:
             if not self._closed:
-                log.debug("raft inbound connection closed: %s", e)
+                log.info("raft inbound connection closed: %s", e)
         except asyncio.CancelledError:
             pass
         finally:

@@ -171,12 +171,15 @@ class Peer:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the read loop (and the push worker). Call once."""
+    def start(self, first_frame: dict[str, Any] | None = None) -> None:
+        """Start the read loop (and the push worker). Call once. ``first_frame``: a frame the
+        owner already read from the stream (to route the connection); it is handled first."""
         if self._reader_task is not None:
             raise RuntimeError("Peer.start() called twice")
         self._reader_task = asyncio.create_task(self._read_loop(), name=f"wire-read {self.name}")
         self._push_task = asyncio.create_task(self._push_loop(), name=f"wire-push {self.name}")
+        if first_frame is not None:
+            self._dispatch(first_frame)
 
     async def wait_closed(self) -> None:
         """Wait until the connection is closed."""
