@@ -4,7 +4,8 @@ A snapshot file ``snap-<term:016x>-<index:016x>.snap`` holds
 ``[crc32 u32 BE][msgpack {"index", "term", "data"}]``. Writing follows the usual atomic-file
 recipe (write a temp file, fsync it, rename over, fsync the directory: POSIX rename(2) is atomic),
 so a crash leaves either the old snapshot or the new one, never half of one. Only the newest
-snapshot is kept (swarmkit's KeepOldSnapshots = 0).
+snapshot is kept (swarmkit's KeepOldSnapshots = 0). A failed save (a full disk) removes its temp
+file and leaves the previous snapshot in place.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from pathlib import Path
 
 import msgpack
 
+from raft.wal import recovery_advice
+
 __all__ = ["Snapshot", "Snapshotter", "SnapshotCorruptError"]
 
 _NAME_RE = re.compile(r"^snap-([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
 
 
 class SnapshotCorruptError(Exception):
-    """The newest snapshot file fails its CRC or cannot be decoded (the message names it)."""
+    """The newest snapshot file fails its CRC or cannot be decoded. The message names the file
+    and says how to recover (:func:`raft.wal.recovery_advice`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +65,16 @@ class Snapshotter:
         blob = struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF) + body
         name = f"snap-{snap.term:016x}-{snap.index:016x}.snap"
         tmp = self.dir / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, f"{exc.strerror or exc}: cannot write the Raft snapshot {tmp} "
+                          f"({len(blob)} bytes) in {self.dir}; the previous snapshot and the log are "
+                          "unchanged") from exc
         os.rename(tmp, self.dir / name)
         fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -85,9 +95,13 @@ class Snapshotter:
         index, term, path = files[-1]
         blob = path.read_bytes()
         if len(blob) < 4 or struct.unpack(">I", blob[:4])[0] != zlib.crc32(blob[4:]) & 0xFFFFFFFF:
-            raise SnapshotCorruptError(f"snapshot {path} fails its CRC check; restore it from a backup")
+            raise SnapshotCorruptError(
+                f"snapshot {path} ({len(blob)} bytes, index {index}, term {term}) fails its CRC check: "
+                f"the file is damaged and the state before index {index} cannot be rebuilt from it. "
+                f"{recovery_advice(self.dir.parent)}")
         try:
             d = msgpack.unpackb(blob[4:], raw=False)
             return Snapshot(int(d["index"]), int(d["term"]), bytes(d["data"]))
         except Exception as e:  # noqa: BLE001 - any decode failure means the same thing
-            raise SnapshotCorruptError(f"snapshot {path} cannot be decoded: {e}") from e
+            raise SnapshotCorruptError(f"snapshot {path} cannot be decoded ({e}). "
+                                       f"{recovery_advice(self.dir.parent)}") from e

@@ -22,16 +22,23 @@ Recovery
 A record that is cut short or fails its CRC at the very end of the last segment, with nothing
 valid after it, is a torn write from a crash: the tail is truncated and the log continues.
 A bad record anywhere else (an earlier segment, or valid records following it) means the
-data on disk is damaged: :class:`WALCorruptError` is raised naming the file and offset, and
-nothing is repaired silently.
+data on disk is damaged: :class:`WALCorruptError` is raised naming the file, the byte offset and
+the record number and saying how to recover, and nothing is repaired silently.
 
 Durability: :meth:`WAL.append` writes the whole batch and calls ``fsync`` once (group commit
 is done by the caller batching proposals, see :mod:`raft.log`). New segment files are
 followed by an ``fsync`` of the directory.
+
+Write failures (a full disk, an I/O error): :meth:`WAL.append` cuts the segment back to the
+end of the last complete record (so no half record is left for a later write to follow), marks
+the WAL failed (every later append raises) and raises ``OSError`` with the same ``errno`` and a
+message naming the segment and what to do. Entries acknowledged before the failure are intact;
+reopening the directory (after making room) continues the log.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -56,9 +63,22 @@ _SEGMENT_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 class WALCorruptError(Exception):
     """A record in the middle of the log is damaged (bad CRC, impossible length or type).
 
-    The message names the segment file and byte offset. The log is not repaired: restore the
-    manager from a backup or another manager's copy.
+    The message names the segment file, the byte offset and the record number, and says how to
+    recover (:func:`recovery_advice`). The log is not repaired.
     """
+
+
+def recovery_advice(data_dir: Path) -> str:
+    """The operator's options when the Raft data in ``data_dir`` (the directory holding ``wal/``
+    and ``snap/``) is damaged, as one sentence for error messages. Swarm's own recovery paths:
+    a manager that lost its state rejoins and gets a snapshot from the leader; a cluster that
+    lost its quorum is rebuilt with ``swarm init --force-new-cluster`` on a surviving manager."""
+    return (
+        f"Do not edit the files. To recover: if other managers are healthy, stop this one, move "
+        f"{data_dir} aside and join it to the swarm again (it receives a snapshot from the leader); "
+        f"otherwise restore {data_dir} from a backup or another manager's copy, or run "
+        f"`shoal swarm init --force-new-cluster` on a surviving manager whose log is intact."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +181,7 @@ class WAL:
         self._last_index = 0
         self._hard_state = HardState()
         self._lock = threading.Lock()
+        self._failed: OSError | None = None
 
     # -- opening and recovery -------------------------------------------------------------
 
@@ -193,15 +214,18 @@ class WAL:
             last = i == len(segs) - 1
             buf = seg.path.read_bytes()
             off = 0
+            nrec = 0
             while off < len(buf):
                 parsed = _parse_at(buf, off)
                 if parsed is None:
                     later = _valid_record_after(buf, off + 1)
                     if not last or later is not None:
+                        where = "a later segment follows" if later is None else f"a valid record at byte {later}"
                         raise WALCorruptError(
-                            f"WAL segment {seg.path} is damaged at byte {off} (bad length, type or CRC "
-                            f"with valid records after it); the log cannot be trusted past index "
-                            f"{entries[-1].index if entries else 0}. Restore this manager's data from a backup."
+                            f"WAL segment {seg.path} is damaged at byte {off} (record {nrec + 1} of the file: "
+                            f"bad length, type or CRC, and {where}, so this is not a torn write from a "
+                            f"crash); the log cannot be trusted past index "
+                            f"{entries[-1].index if entries else 0}. {recovery_advice(self.dir.parent)}"
                         )
                     truncated = len(buf) - off
                     with open(seg.path, "r+b") as f:
@@ -209,6 +233,7 @@ class WAL:
                         os.fsync(f.fileno())
                     break
                 rtype, payload, off = parsed
+                nrec += 1
                 if rtype == REC_ENTRY:
                     index, term, data = msgpack.unpackb(payload, raw=False)
                     e = Entry(int(index), int(term), bytes(data))
@@ -253,14 +278,14 @@ class WAL:
         (the caller must then treat the log as unusable: a partial write may be on disk).
         """
         with self._lock:
+            if self._failed is not None:
+                raise OSError(self._failed.errno, f"the write-ahead log in {self.dir} failed earlier and "
+                              f"refuses writes until it is reopened: {self._failed.strerror}")
             expect = self._last_index + 1
             for e in entries:
                 if e.index < 1 or (e.index > expect and (self._last_index > 0 or e is not entries[0])):
                     raise ValueError(f"WAL append: entry index {e.index} leaves a gap after {expect - 1}")
                 expect = e.index + 1
-            if self._fd is None or self._size >= self.segment_bytes:
-                first = entries[0].index if entries else self._last_index + 1
-                self._cut(first)
             buf = bytearray()
             for e in entries:
                 buf += _encode_entry(e)
@@ -268,18 +293,45 @@ class WAL:
                 buf += _encode_hard_state(hard_state)
             if not buf:
                 return
+            if self._fd is None or self._size >= self.segment_bytes:
+                first = entries[0].index if entries else self._last_index + 1
+                try:
+                    self._cut(first)
+                except OSError as exc:
+                    raise self._write_failed(exc, self.dir) from exc
             assert self._fd is not None
-            view = memoryview(buf)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            try:
+                view = memoryview(buf)
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+                if sync:
+                    os.fsync(self._fd)
+            except OSError as exc:
+                raise self._write_failed(exc, self._segments[-1].path) from exc
             self._size += len(buf)
-            if sync:
-                os.fsync(self._fd)
             if entries:
                 self._last_index = entries[-1].index
             if hard_state is not None:
                 self._hard_state = hard_state
+
+    def _write_failed(self, exc: OSError, path: Path) -> OSError:
+        """Record a failed write: cut the segment back to its last complete record (best effort:
+        recovery would drop a torn tail anyway) and return the ``OSError`` to raise."""
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+        reason = exc.strerror or str(exc)
+        advice = (" Free space on that filesystem, then restart the manager: entries acknowledged "
+                  "before this are intact." if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+                  " Fix the cause (dmesg shows I/O errors), then restart the manager: entries "
+                  "acknowledged before this are intact.")
+        err = OSError(exc.errno, f"{reason}: cannot write the Raft write-ahead log {path} in {self.dir}; "
+                      f"the entries being written were not committed here.{advice}")
+        self._failed = err
+        return err
 
     def save_hard_state(self, hs: HardState) -> None:
         """Durably record ``hs`` (one record, one fsync)."""
@@ -292,10 +344,14 @@ class WAL:
         name = f"{seq:016x}-{first_index:016x}.wal"
         tmp = self.dir / (name + ".tmp")
         header = _encode_hard_state(self._hard_state)
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(header)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         os.rename(tmp, self.dir / name)
         _fsync_dir(self.dir)
         if self._fd is not None:
@@ -326,9 +382,12 @@ class WAL:
         """Flush and close the current segment. Idempotent."""
         with self._lock:
             if self._fd is not None:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
+                fd, self._fd = self._fd, None
+                try:
+                    if self._failed is None:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
 
 
 def iter_entries(entries: Iterable[Entry], start: int) -> list[Entry]:
