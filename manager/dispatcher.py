@@ -28,6 +28,7 @@ import contextlib
 import logging
 import random
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +136,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
         self._running = False
+        self.unavailable_reason: Callable[[], str] | None = None
+        """Why sessions cannot open here while stopped (e.g. "this manager is not the leader; the
+        leader is at …"); agents move on to the next manager."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -255,7 +259,8 @@ class Dispatcher:
         Raises ``LookupError`` if the node is not in the store (removed from the cluster).
         """
         if not self._running:
-            raise LookupError("the dispatcher is not running on this manager")
+            why = self.unavailable_reason() if self.unavailable_reason else "the dispatcher is not running"
+            raise LookupError(f"{why} (dispatcher unavailable on this manager)")
         description = body.get("description")
         if description is not None and not isinstance(description, dict):
             raise ValueError("session.open: description must be a map (NodeDescription)")
@@ -312,12 +317,14 @@ class Dispatcher:
         return sorted(out)
 
     def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Record a heartbeat of ``node_id``'s session ``body["session_id"]``; return ``{"period": seconds}``
-        (the next period, jittered). Raises ``LookupError`` for an unknown or replaced session."""
+        """Record a heartbeat of ``node_id``'s session ``body["session_id"]``; return
+        ``{"period": seconds, "managers": ["host:port"]}`` (the next period, jittered; the managers
+        the node may fail over to, as swarmkit's heartbeat carries its manager weights). Raises
+        ``LookupError`` for an unknown or replaced session."""
         self._session(node_id, body)
         period = self.period()
         self._arm(node_id, period * self.grace_multiplier)
-        return {"period": period}
+        return {"period": period, "managers": self.manager_addrs()}
 
     async def leave(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Serve ``session.leave``: the node is leaving the swarm (``swarm leave``). Its session

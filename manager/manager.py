@@ -4,15 +4,27 @@ It owns the replicated log and the store on it, the cluster CA, the dispatcher a
 server, and the reconciling loops (orchestrator, scheduler, task reaper). The loops never call
 each other: each watches the store and writes back through it (swarmkit's shape).
 
-The log is a single-voter Raft log for now (``raft.log.SingleVoterLog``): every change is a
-durable WAL entry before it is applied, so ``kill -9`` of ``shoald`` loses nothing acknowledged.
+The log is a Raft log replicated between the managers (:class:`raft.replicated.ReplicatedLog`);
+Raft's messages share the 2377 mutual-TLS port (the server hands a connection that opens with
+``raft-hello`` to the Raft transport). Only the leader runs the dispatcher and the loops, as
+swarmkit does (SK: manager/manager.go, becomeLeader/becomeFollower): when this node wins an
+election it waits until its store has applied everything committed (a ReadIndex), then starts
+them; when it loses leadership it stops them, and the workers reconnect to the new leader.
+Requests that must run on the leader (a node joining, a manager asking to be added to Raft, an
+API write) are forwarded to it over 2377 (:class:`LeaderLink`).
+
+Raft node IDs are integers; Swarm node IDs are strings: :func:`raft_id` maps one to the other,
+and the transport refuses a connection whose certificate's node ID does not map to the Raft ID
+it claims.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +33,31 @@ from manager.dispatcher import Dispatcher
 from manager.scheduler import Scheduler
 from manager.server import ManagerServer, make_node
 from manager.specs import default_swarm_spec, validate_swarm_spec
-from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
-from shoal import tlsutil
+from manager.store import Store, Unavailable, WriteTx
+from raft.driver import DriverConfig
+from raft.log import LogUnavailable
+from raft.replicated import ReplicatedLog
+from raft.transport import parse_addr
+from shoal import tlsutil, wire
 from shoal.util import new_id, now_rfc3339
 
 log = logging.getLogger(__name__)
+
+DEFAULT_RAFT_TICK = 0.1
+"""Seconds per Raft tick. Swarm ticks once a second (election after 10 ticks: over 10 s to
+replace a dead leader); Shoal ticks every 100 ms with the same tick counts from the SwarmSpec
+(``Raft.ElectionTick`` 10, ``Raft.HeartbeatTick`` 1): heartbeat 100 ms, election 1–2 s."""
+
+ApiExecutor = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
+"""``await execute(method, path_with_query, headers, body) -> (status, headers, body)``: run an
+API request on this node (the daemon provides it; used for requests forwarded by followers)."""
+
+
+def raft_id(node_id: str) -> int:
+    """The Raft member ID (a positive 63-bit int) of Swarm node ``node_id`` (a string): the first
+    8 bytes of its SHA-256, so every manager computes the same mapping without storing it."""
+    v = int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:8], "big") >> 1
+    return v or 1
 
 
 def _split(addr: str, default_port: int = 2377) -> tuple[str, int]:
@@ -36,6 +67,72 @@ def _split(addr: str, default_port: int = 2377) -> tuple[str, int]:
     return host, int(port)
 
 
+def raft_config(spec: dict[str, Any], tick: float = DEFAULT_RAFT_TICK) -> DriverConfig:
+    """Raft timing and compaction from a SwarmSpec's ``Raft`` section (Docker API ``RaftConfig``):
+    ``ElectionTick``, ``HeartbeatTick`` (ticks of ``tick`` seconds), ``SnapshotInterval``
+    (entries between snapshots), ``LogEntriesForSlowFollowers`` (entries kept after one)."""
+    r = (spec or {}).get("Raft") or {}
+    return DriverConfig(
+        tick=tick,
+        heartbeat_tick=int(r.get("HeartbeatTick") or 1),
+        election_tick=int(r.get("ElectionTick") or 10),
+        snapshot_every=int(r.get("SnapshotInterval") or 10_000),
+        keep=int(500 if r.get("LogEntriesForSlowFollowers") is None else r["LogEntriesForSlowFollowers"]),
+    )
+
+
+class LeaderLink:
+    """A 2377 connection from this manager to the current Raft leader, with this manager's
+    certificate, for requests that must run on the leader.
+
+    ``leader_addr()`` returns the leader's ``host:port`` or None (no leader known);
+    ``certs_dir`` holds this node's ``node.crt``/``node.key``/``ca.crt``.
+    """
+
+    def __init__(self, certs_dir: Path, leader_addr: Callable[[], str | None],
+                 no_leader: Callable[[], str]) -> None:
+        self.certs_dir = certs_dir
+        self.leader_addr = leader_addr
+        self.no_leader = no_leader
+        self._peer: wire.Peer | None = None
+        self._addr: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def request(self, type: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        """Send request ``type`` to the leader and return its reply. Raises :class:`Unavailable`
+        when no leader is known or it cannot be reached, :class:`shoal.wire.RemoteError` with
+        the leader's error."""
+        addr = self.leader_addr()
+        if not addr:
+            raise Unavailable(self.no_leader())
+        async with self._lock:
+            if self._peer is None or self._peer.closed or self._addr != addr:
+                if self._peer is not None:
+                    await self._peer.close("leader changed")
+                host, port = parse_addr(addr)
+                ctx = tlsutil.client_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
+                                             self.certs_dir / "ca.crt")
+                try:
+                    self._peer = await wire.connect(host, port, ctx, None, timeout=5.0,
+                                                    server_hostname=tlsutil.MANAGER_SERVER_NAME)
+                except (OSError, wire.WireError) as e:
+                    raise Unavailable(f"cannot reach the leader at {addr}: {e}") from e
+                self._addr = addr
+            peer = self._peer
+        try:
+            return await peer.request(type, body, timeout=timeout)
+        except wire.RemoteError:
+            raise
+        except wire.WireError as e:
+            raise Unavailable(f"the leader at {addr} did not answer: {e}") from e
+
+    async def close(self) -> None:
+        """Close the connection (if any)."""
+        if self._peer is not None:
+            await self._peer.close("manager stopping")
+            self._peer = None
+
+
 class Manager:
     """The manager role of one node.
 
@@ -43,24 +140,37 @@ class Manager:
     ``node.crt``, ``node.key``; ``node_id``: this node's ID; ``advertise_addr``: ``ip:port`` other
     nodes reach this manager at; ``listen_addr``: ``ip:port`` the 2377 server binds;
     ``heartbeat_period``: dispatcher heartbeat period in seconds; ``heartbeat_misses``: periods a
-    node may miss before it is marked down (Swarm: 5 s and 3).
+    node may miss before it is marked down (Swarm: 5 s and 3); ``raft_tick``: seconds per Raft
+    tick (:data:`DEFAULT_RAFT_TICK`); ``force_new_cluster``: rewrite the log so this manager is
+    the only member before starting (``swarm init --force-new-cluster``); ``api_executor``: see
+    :data:`ApiExecutor` (without it, forwarded API requests are refused).
     """
 
     def __init__(self, data_dir: Path, certs_dir: Path, node_id: str, advertise_addr: str,
-                 listen_addr: str, heartbeat_period: float = 5.0, heartbeat_misses: int = 3) -> None:
+                 listen_addr: str, heartbeat_period: float = 5.0, heartbeat_misses: int = 3,
+                 raft_tick: float = DEFAULT_RAFT_TICK, force_new_cluster: bool = False,
+                 api_executor: ApiExecutor | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.certs_dir = Path(certs_dir)
         self.node_id = node_id
+        self.raft_id = raft_id(node_id)
         self.advertise_addr = advertise_addr
         self.listen_addr = listen_addr
         self.heartbeat_period = heartbeat_period
         self.heartbeat_misses = heartbeat_misses
-        self.log: SingleVoterLog | None = None
-        self.store: Store = None  # type: ignore[assignment]  # set by start()
+        self.raft_tick = raft_tick
+        self.force_new_cluster = force_new_cluster
+        self.api_executor = api_executor
+        self.log: ReplicatedLog = None  # type: ignore[assignment]  # set by start()
+        self.store: Store = None  # type: ignore[assignment]
         self.ca: RootCA = None  # type: ignore[assignment]
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.server: ManagerServer | None = None
+        self.leader_link: LeaderLink | None = None
         self._loops: list[asyncio.Task[Any]] = []
+        self._leader_loops: list[asyncio.Task[Any]] = []
+        self._leading = False
+        self._role_task: asyncio.Task[None] | None = None
 
     # -- cluster creation ------------------------------------------------------------------
 
@@ -69,7 +179,8 @@ class Manager:
                            description: dict[str, Any], spec: dict[str, Any],
                            heartbeat_period: float | None = None) -> str:
         """Create a new cluster on this node (``swarm init``): root CA, this node's manager
-        certificate, the cluster object and this node, written to a fresh log. Returns the node ID.
+        certificate, and a Raft log whose only voter is this node, holding the cluster object
+        and this node. Returns the node ID.
 
         ``heartbeat_period`` (seconds; shoald's ``--heartbeat-period``) goes into the cluster spec's
         ``Dispatcher.HeartbeatPeriod`` unless ``spec`` sets one, so ``docker info`` shows the period in
@@ -86,8 +197,10 @@ class Manager:
         node_id = new_id()
         cluster_id = new_id()
         ca.issue_node_files(certs_dir, node_id, "manager", cluster_id)
-        rlog = SingleVoterLog(Path(data_dir) / "raft")
-        store = Store(rlog)
+        rid = raft_id(node_id)
+        rlog = ReplicatedLog(rid, {rid: advertise_addr}, Path(data_dir) / "raft", bootstrap=True,
+                             config=raft_config(swarm_spec))
+        store = Store(rlog, snapshot_interval=0)
         ip, _ = _split(advertise_addr)
         now = now_rfc3339()
 
@@ -104,6 +217,7 @@ class Manager:
             tx.create("nodes", node)
 
         try:
+            await rlog.start(listen=False)
             await store.update(fn)
         finally:
             await store.close()
@@ -111,36 +225,294 @@ class Manager:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open the log and store, then start the dispatcher, the 2377 server and the loops.
+    def _peer_check(self, ident: tuple[str, str] | None, rid: int) -> str | None:
+        if ident is None:
+            return "no certificate"
+        if raft_id(ident[0]) != rid:
+            return f"certificate of node {ident[0]} does not belong to Raft member {rid}"
+        return None
 
-        Raises ``OSError`` if 2377 cannot be bound, ``raft.wal.WALCorruptError`` for a damaged log.
+    async def start(self) -> None:
+        """Open the log and store, serve 2377 (CA, dispatcher sessions, Raft), and follow the
+        Raft role: as leader, run the dispatcher and the loops.
+
+        Raises ``OSError`` if 2377 cannot be bound, ``raft.wal.WALCorruptError`` /
+        ``raft.snapshot.SnapshotCorruptError`` for a damaged log.
         """
+        raft_dir = self.data_dir / "raft"
+        self.ca = RootCA.load(self.certs_dir)
+        if self.force_new_cluster:
+            idx = ReplicatedLog.force_new_cluster(raft_dir, self.raft_id, self.advertise_addr, Store.rebuild)
+            log.warning("forced a new cluster: this manager is the only Raft member, state kept up to "
+                        "index %d", idx)
+        sctx = tlsutil.server_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
+                                      self.certs_dir / "ca.crt")
+        cctx = tlsutil.client_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
+                                      self.certs_dir / "ca.crt")
+        # timing comes from the spec in the log; open once to read it is not possible before
+        # the log is open, so the spec's values apply from the next start (as Swarm's do)
+        cfg = raft_config(self._saved_spec(), self.raft_tick)
+        self.log = ReplicatedLog(self.raft_id, {self.raft_id: self.advertise_addr}, raft_dir,
+                                 bootstrap=False, config=cfg, server_ssl=sctx, client_ssl=cctx,
+                                 peer_check=self._peer_check)
+        self.store = Store(self.log, snapshot_interval=0)
+        self.log.set_restore(self.store.restore)
+        self.log.set_snapshot_source(self.store.snapshot_bytes)
+        self._save_spec()
+        self.dispatcher = Dispatcher(self.store, heartbeat_period=self._spec_heartbeat_period(),
+                                     grace_multiplier=self.heartbeat_misses)
+        self.dispatcher.unavailable_reason = self._not_leader_reason
+        self.leader_link = LeaderLink(self.certs_dir, self.leader_addr, self.log.driver.not_leader_message)
+        self.server = ManagerServer(self.store, self.ca, self.dispatcher, sctx,
+                                    advertise_addr=self.advertise_addr, accept_managers=True)
+        self.server.forward = self._forward_to_leader
+        self.server.register_stream("raft-hello", self.log.accept)
+        self.server.register("raft.join", self._raft_join, role="manager")
+        self.server.register("api.forward", self._api_forward, role="manager")
+        await self.log.start(listen=False)
+        host, port = _split(self.listen_addr)
+        await self.server.start(host, port)
+        self._role_task = asyncio.create_task(self._follow_role(), name="manager-role")
+        log.info("manager %s (raft %d) serving on %s (advertised %s)", self.node_id, self.raft_id,
+                 self.listen_addr, self.advertise_addr)
+
+    def _spec_file(self) -> Path:
+        return self.data_dir / "raft-spec.json"
+
+    def _saved_spec(self) -> dict[str, Any]:
+        import json
+
+        with contextlib.suppress(OSError, ValueError):
+            d = json.loads(self._spec_file().read_text())
+            if isinstance(d, dict):
+                return d
+        return {}
+
+    def _save_spec(self) -> None:
+        """Remember the SwarmSpec's Raft section next to the log, for the timing at next start."""
+        import json
+
+        spec = self.cluster.get("Spec") or {}
+        if spec.get("Raft"):
+            with contextlib.suppress(OSError):
+                self._spec_file().write_text(json.dumps({"Raft": spec["Raft"]}))
+
+    # -- leadership ----------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this manager is the Raft leader now."""
+        return self.log is not None and self.log.is_leader
+
+    def leader_addr(self) -> str | None:
+        """``host:port`` of the leader's 2377 listener, or None while no leader is known."""
+        lid = self.log.leader_id
+        if not lid:
+            return None
+        if lid == self.raft_id:
+            return self.advertise_addr
+        return self.log.driver.addrs.get(lid)
+
+    def _not_leader_reason(self) -> str:
+        addr = self.leader_addr()
+        if addr and addr != self.advertise_addr:
+            return f"this manager is not the leader; the leader is at {addr}"
+        return self.log.driver.not_leader_message()
+
+    async def _follow_role(self) -> None:
+        """Start the leader's work when this node becomes leader, stop it when it steps down;
+        as leader, keep every manager's ``ManagerStatus`` current once a second."""
+        last_status = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.log.driver.wait_changed(0.2)
+            try:
+                if self.log.is_leader and not self._leading:
+                    await self._become_leader()
+                    last_status = loop.time() - 0.5
+                elif not self.log.is_leader and self._leading:
+                    await self._become_follower()
+                if self._leading and loop.time() - last_status >= 1.0:
+                    last_status = loop.time()
+                    await self._update_manager_status()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("manager role change failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _become_leader(self) -> None:
         from manager.orchestrator import Orchestrator
         from manager.reaper import TaskReaper
 
-        self.log = SingleVoterLog(self.data_dir / "raft")
-        self.store = Store(self.log)
-        self.ca = RootCA.load(self.certs_dir)
-        self.dispatcher = Dispatcher(self.store, heartbeat_period=self._spec_heartbeat_period(),
-                                     grace_multiplier=self.heartbeat_misses)
-        ctx = tlsutil.server_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
-                                     self.certs_dir / "ca.crt")
-        self.server = ManagerServer(self.store, self.ca, self.dispatcher, ctx,
-                                    advertise_addr=self.advertise_addr, accept_managers=False)
-        await self._mark_leader()
+        try:
+            await self.log.read_index(timeout=5.0)  # everything committed is applied here
+        except LogUnavailable as e:
+            log.info("won an election but cannot confirm leadership yet: %s", e)
+            return
+        if not self.log.is_leader:
+            return
+        log.info("manager %s is the leader (term %d)", self.node_id, self.log.term)
+        self._leading = True
+        self.dispatcher.heartbeat_period = self._spec_heartbeat_period()
         await self.dispatcher.start()
-        host, port = _split(self.listen_addr)
-        await self.server.start(host, port)
         scheduler = Scheduler(self.store)
         scheduler.rebuild()
         for name, coro in (("heartbeat-period", self._follow_heartbeat_period()),
                            ("orchestrator", Orchestrator(self.store).run()),
                            ("scheduler", scheduler.run()),
                            ("reaper", TaskReaper(self.store).run())):
-            self._loops.append(asyncio.create_task(coro, name=name))
-        log.info("manager %s serving on %s (advertised %s)", self.node_id, self.listen_addr,
-                 self.advertise_addr)
+            self._leader_loops.append(asyncio.create_task(coro, name=name))
+
+    async def _become_follower(self) -> None:
+        log.info("manager %s is no longer the leader: stopping the dispatcher and the loops", self.node_id)
+        self._leading = False
+        await self._stop_leader_loops()
+        await self.dispatcher.stop()
+
+    async def _stop_leader_loops(self) -> None:
+        for t in self._leader_loops:
+            t.cancel()
+        for t in self._leader_loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._leader_loops.clear()
+
+    def manager_statuses(self) -> dict[str, dict[str, Any]]:
+        """``{node_id: ManagerStatus}`` as the leader sees it now (Docker API ``ManagerStatus``:
+        ``Leader``, ``Reachability`` reachable | unreachable | unknown, ``Addr``)."""
+        d = self.log.driver
+        heard = d.transport.reachable(d.cfg.election_timeout * 1.5)
+        members = d.node.conf.nodes()
+        out = {}
+        for n in self.store.view().list("nodes"):
+            if (n.get("Spec") or {}).get("Role") != "manager" and not n.get("ManagerStatus"):
+                continue
+            rid = raft_id(n["ID"])
+            ms = dict(n.get("ManagerStatus") or {})
+            if rid not in members:
+                reach = "unknown"
+            elif rid == self.raft_id or rid in heard:
+                reach = "reachable"
+            else:
+                reach = "unreachable"
+            out[n["ID"]] = {"Leader": rid == self.log.leader_id, "Reachability": reach,
+                            "Addr": d.addrs.get(rid) or ms.get("Addr", "")}
+        return out
+
+    async def _update_manager_status(self) -> None:
+        want = self.manager_statuses()
+
+        def fn(tx: WriteTx) -> None:
+            for nid, ms in want.items():
+                node = tx.get("nodes", nid)
+                if node is None or node.get("ManagerStatus") == ms:
+                    continue
+                node["ManagerStatus"] = ms
+                node.pop("Version", None)
+                tx.update("nodes", node)
+
+        try:
+            await self.store.update(fn)
+        except Unavailable as e:
+            log.info("could not record manager status: %s", e)
+
+    # -- requests that run on the leader ---------------------------------------------------------
+
+    async def _forward_to_leader(self, type: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """For the 2377 server: None when this node is the leader (serve locally), else the
+        leader's reply to the same request."""
+        if self.log.is_leader:
+            return None
+        assert self.leader_link is not None
+        return await self.leader_link.request(type, body, timeout=60.0)
+
+    async def _raft_join(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``raft.join`` ``{"addr": "host:port", "node_id"?}``: add the calling manager (or, when a
+        follower forwards it, ``node_id``) to the Raft configuration as a voter. Runs on the
+        leader; followers forward it."""
+        joiner = str(body.get("node_id") or node_id)
+        addr = body.get("addr")
+        if not isinstance(addr, str):
+            raise ValueError("raft.join: addr (host:port of the joining manager) is required")
+        parse_addr(addr)
+        fwd = await self._forward_to_leader("raft.join", {"addr": addr, "node_id": joiner})
+        if fwd is not None:
+            return fwd
+        node = self.store.view().get("nodes", joiner)
+        if node is None or (node.get("Spec") or {}).get("Role") != "manager":
+            raise PermissionError(f"raft.join: node {joiner} is not a manager of this swarm")
+        rid = raft_id(joiner)
+        if rid in self.log.driver.voters:
+            if self.log.driver.addrs.get(rid) == addr:
+                return {"ok": True}
+            await self.log.remove_voter(rid)
+        try:
+            await self.log.add_voter(rid, addr, timeout=30.0)
+        except LogUnavailable as e:
+            raise Unavailable(str(e)) from e
+        log.info("manager %s (raft %d) at %s added to the Raft cluster", joiner, rid, addr)
+        await self._update_manager_status()
+        return {"ok": True}
+
+    async def join_raft(self, managers: list[str], timeout: float = 60.0) -> None:
+        """Ask the swarm (through any of ``managers``, ``host:port``) to add this manager to the
+        Raft configuration, and wait until this node has caught up. Raises ``RuntimeError``
+        naming the managers tried and their errors."""
+        ctx = tlsutil.client_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
+                                     self.certs_dir / "ca.crt")
+        errors = []
+        for addr in managers:
+            if addr == self.advertise_addr:
+                continue
+            try:
+                host, port = parse_addr(addr)
+                peer = await wire.connect(host, port, ctx, None, timeout=5.0,
+                                          server_hostname=tlsutil.MANAGER_SERVER_NAME)
+            except (OSError, ValueError, wire.WireError) as e:
+                errors.append(f"{addr}: {e}")
+                continue
+            try:
+                await peer.request("raft.join", {"addr": self.advertise_addr}, timeout=timeout)
+                return
+            except wire.WireError as e:
+                errors.append(f"{addr}: {e}")
+            finally:
+                await peer.close()
+        raise RuntimeError("could not join the Raft cluster: " + "; ".join(errors or ["no manager to ask"]))
+
+    async def _api_forward(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``api.forward`` ``{"method", "path", "headers", "body"}``: run an API request a follower
+        received (writes run on the leader). Returns ``{"status", "headers", "body"}``."""
+        if self.api_executor is None:
+            raise LookupError("this manager does not serve forwarded API requests")
+        if not self.log.is_leader:
+            raise LookupError(self._not_leader_reason())
+        method, path = str(body.get("method", "")), str(body.get("path", ""))
+        if method not in ("GET", "POST", "DELETE", "PUT", "HEAD") or not path.startswith("/"):
+            raise ValueError(f"api.forward: bad request line {method!r} {path!r}")
+        headers = {str(k): str(v) for k, v in (body.get("headers") or {}).items()}
+        raw = body.get("body") or b""
+        status, rheaders, rbody = await self.api_executor(method, path, headers, bytes(raw))
+        return {"status": status, "headers": rheaders, "body": rbody}
+
+    async def forward_api(self, method: str, path: str, headers: dict[str, str],
+                          body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Run an API request on the leader (from a follower). Raises :class:`Unavailable`
+        (no leader / unreachable), ``shoal.wire.RemoteError``."""
+        assert self.leader_link is not None
+        r = await self.leader_link.request("api.forward", {"method": method, "path": path,
+                                                           "headers": headers, "body": body}, timeout=120.0)
+        return int(r["status"]), {str(k): str(v) for k, v in (r.get("headers") or {}).items()}, bytes(r.get("body") or b"")
+
+    async def read_barrier(self, timeout: float = 5.0) -> None:
+        """Wait until this manager's store reflects every write committed before the call
+        (ReadIndex, thesis §6.4), so a read of it is linearizable. Raises :class:`Unavailable`
+        ("no quorum: …" / "no leader …")."""
+        try:
+            await self.log.read_index(timeout=timeout)
+        except LogUnavailable as e:
+            raise Unavailable(str(e)) from e
 
     def _spec_heartbeat_period(self) -> float:
         """The cluster spec's ``Dispatcher.HeartbeatPeriod`` in seconds (the spec is the source of
@@ -155,32 +527,24 @@ class Manager:
             if period != self.dispatcher.heartbeat_period:
                 log.info("dispatcher heartbeat period now %.3g s", period)
                 self.dispatcher.heartbeat_period = period
-
-    async def _mark_leader(self) -> None:
-        def fn(tx: WriteTx) -> None:
-            node = tx.get("nodes", self.node_id)
-            if node is None:
-                return
-            ms = node.get("ManagerStatus") or {}
-            want = {"Leader": True, "Reachability": "reachable", "Addr": self.advertise_addr}
-            if ms != want:
-                node["ManagerStatus"] = want
-                tx.update("nodes", node)
-
-        await self.store.update(fn)
+            self._save_spec()
 
     async def stop(self) -> None:
-        """Stop the loops, the server and the dispatcher, then close the log."""
-        for t in self._loops:
-            t.cancel()
-        for t in self._loops:
+        """Stop the role follower, the leader's loops, the server and the dispatcher, then close
+        the log."""
+        if self._role_task is not None:
+            self._role_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._loops.clear()
+                await self._role_task
+            self._role_task = None
+        await self._stop_leader_loops()
+        self._leading = False
         if self.server is not None:
             await self.server.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+        if self.leader_link is not None:
+            await self.leader_link.close()
         if self.store is not None:
             await self.store.close()
 
@@ -219,6 +583,8 @@ class Manager:
         c = self.cluster
         return {
             "Nodes": len(nodes), "Managers": len(managers),
+            "ShoalRaft": {"ID": self.raft_id, "Term": self.log.term, "Leader": self.log.leader_id,
+                     "Applied": self.log.applied_index, "Role": "leader" if self.is_leader else "follower"},
             "RemoteManagers": [{"NodeID": n["ID"], "Addr": (n.get("ManagerStatus") or {}).get("Addr", "")}
                                for n in managers],
             "Cluster": {k: c.get(k) for k in ("ID", "Version", "CreatedAt", "UpdatedAt", "Spec",

@@ -105,6 +105,9 @@ class ManagerServer:
         self._watchers: set[asyncio.Task[None]] = set()
         self._extra: dict[str, tuple[AuthedHandler, str | None]] = {}
         self._streams: dict[str, StreamHandler] = {}
+        self.forward: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None
+        """``await forward(type, body)``: None when this manager should serve a leader-only
+        request itself, else the leader's reply (set by the Manager; ``ca.join`` uses it)."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -216,6 +219,14 @@ class ManagerServer:
         "description": NodeDescription (optional)}``. A wrong, revoked or malformed token raises
         ``PermissionError("invalid join token…")`` and writes nothing.
         """
+        if self.forward is not None:
+            fwd_body = dict(body)
+            if not fwd_body.get("addr"):
+                pa = peer.peer_address
+                fwd_body["addr"] = pa[0] if pa else ""
+            fwd = await self.forward("ca.join", fwd_body)
+            if fwd is not None:
+                return fwd
         token = body.get("token")
         csr = body.get("csr")
         hostname = body.get("hostname")

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from raft.log import LogUnavailable, ReplicatedLog
+from raft.snapshot import Snapshot
 from raft.wal import Entry
 from shoal.util import now_rfc3339
 
@@ -279,7 +280,8 @@ class Store:
 
     The constructor loads the log's snapshot and replays its committed entries, so restarting
     on the same directory gives the same state. ``snapshot_interval``: entries between
-    state-machine snapshots (then the log is compacted).
+    state-machine snapshots (then the log is compacted); 0 = never (the Raft driver takes them
+    itself, from :meth:`snapshot_bytes`).
     """
 
     def __init__(self, log: ReplicatedLog, snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL) -> None:
@@ -293,13 +295,46 @@ class Store:
         self._compacting: asyncio.Task[None] | None = None
         snap = log.snapshot()
         if snap is not None:
-            state = msgpack.unpackb(snap.data, raw=False, strict_map_key=False)
-            for t in TABLES:
-                self._tables[t] = dict(state["tables"].get(t, {}))
-            self.applied_index = self._snap_index = snap.index
+            self._load(snap.index, snap.data)
         for e in log.entries_from(self.applied_index + 1):
             self._apply_entry(e, notify=False)
         log.set_apply(self._on_commit)
+
+    def _load(self, index: int, data: bytes) -> None:
+        state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        for t in TABLES:
+            self._tables[t] = dict(state["tables"].get(t, {}))
+        self.applied_index = self._snap_index = index
+
+    def restore(self, snap: Snapshot) -> None:
+        """Replace the whole state with ``snap`` (a snapshot the Raft leader sent to a follower
+        that fell behind its log; ``snap.data`` is :meth:`snapshot_bytes` of the leader). Watches
+        get no events for it; pending proposals are forgotten (they fail in the log)."""
+        self._tables = {t: {} for t in TABLES}
+        self._pending.clear()
+        self._load(snap.index, snap.data)
+
+    @staticmethod
+    def rebuild(snap: Snapshot | None, entries: Iterable[Entry]) -> bytes:
+        """The :meth:`snapshot_bytes` of the state that ``snap`` (or nothing) plus ``entries``
+        give, without a log (``swarm init --force-new-cluster`` rewrites the log with it)."""
+        ents = list(entries)
+
+        class _Frozen:
+            def __init__(self) -> None:
+                self.snap = snap
+
+            def snapshot(self) -> Snapshot | None:
+                return self.snap
+
+            def entries_from(self, index: int) -> list[Entry]:
+                return [e for e in ents if e.index >= index]
+
+            def set_apply(self, fn: Any) -> None:
+                pass
+
+        st = Store(_Frozen(), snapshot_interval=0)  # type: ignore[arg-type]
+        return st.snapshot_bytes()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -354,7 +389,7 @@ class Store:
 
     def _on_commit(self, entry: Entry) -> None:
         self._apply_entry(entry, notify=True)
-        if entry.index - self._snap_index >= self.snapshot_interval and (
+        if self.snapshot_interval and entry.index - self._snap_index >= self.snapshot_interval and (
             self._compacting is None or self._compacting.done()
         ):
             self._snap_index = entry.index

@@ -3,8 +3,9 @@
 Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,node,service,image}``):
 
     shoal [--host unix:///run/shoal/shoal.sock | tcp://H:P] COMMAND
-    swarm init [--advertise-addr A] [--listen-addr A]   swarm join --token T ADDR
-    swarm join-token [-q] worker|manager                 swarm leave [--force]
+    swarm init [--advertise-addr A] [--listen-addr A] [--force-new-cluster]
+    swarm join --token T ADDR                            swarm leave [--force]
+    swarm join-token [-q] worker|manager
     node ls | inspect NODE… | update --availability active|pause|drain NODE
     service create [flags] IMAGE [COMMAND [ARG…]]        service ls | ps SERVICE… | inspect SERVICE…
     service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
@@ -58,7 +59,7 @@ def manager_addr(c: Client) -> str:
 # ------------------------------------------------------------------------------ swarm
 def cmd_swarm_init(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     listen = a.listen_addr or "0.0.0.0:2377"
-    node_id = c.swarm_init(a.advertise_addr or "", listen)
+    node_id = c.swarm_init(a.advertise_addr or "", listen, force_new_cluster=a.force_new_cluster)
     token = c.swarm_inspect().get("JoinTokens", {}).get("Worker", "")
     addr = manager_addr(c)
     out.write(f"Swarm initialized: current node ({node_id}) is now a manager.\n\n"
@@ -479,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = sw.add_parser("init", help="initialize a swarm; this node becomes its first manager")
     x.add_argument("--advertise-addr", default="")
     x.add_argument("--listen-addr", default="")
+    x.add_argument("--force-new-cluster", action="store_true",
+                   help="on a manager of a swarm that lost its quorum for good: keep this manager's "
+                        "state and make it the only manager")
     x.set_defaults(func=cmd_swarm_init)
     x = sw.add_parser("join", help="join a swarm as a worker or manager (by the token)")
     x.add_argument("--token", required=True)

@@ -180,9 +180,12 @@ class Client:
         return dict(self.request("GET", "/version"))
 
     # -- swarm --------------------------------------------------------------------------------
-    def swarm_init(self, advertise_addr: str = "", listen_addr: str = "0.0.0.0:2377") -> str:
-        """POST /swarm/init; returns the new node ID."""
-        body = {"ListenAddr": listen_addr, "AdvertiseAddr": advertise_addr, "ForceNewCluster": False, "Spec": {}}
+    def swarm_init(self, advertise_addr: str = "", listen_addr: str = "0.0.0.0:2377",
+                   force_new_cluster: bool = False) -> str:
+        """POST /swarm/init; returns the (new) node ID. ``force_new_cluster``: on a manager of a
+        swarm without quorum, keep the state and become its only manager."""
+        body = {"ListenAddr": listen_addr, "AdvertiseAddr": advertise_addr,
+                "ForceNewCluster": force_new_cluster, "Spec": {}}
         return str(self.request("POST", "/swarm/init", body=body))
 
     def swarm_join(self, token: str, remote: str, advertise_addr: str = "", listen_addr: str = "0.0.0.0:2377") -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -150,10 +151,10 @@ class Daemon:
 
     # ---- roles
 
-    async def _start_manager(self) -> None:
+    async def _start_manager(self, force_new_cluster: bool = False) -> None:
         from manager.manager import Manager
 
-        self.manager = Manager(
+        mgr = Manager(
             data_dir=self.data_root / "manager",
             certs_dir=self.certs_dir,
             node_id=self.state.data["NodeID"],
@@ -161,8 +162,33 @@ class Daemon:
             listen_addr=self.state.data.get("ListenAddr") or f"0.0.0.0:{self.args.port}",
             heartbeat_period=self.args.heartbeat_period,
             heartbeat_misses=self.args.heartbeat_misses,
+            raft_tick=self.args.raft_tick,
+            force_new_cluster=force_new_cluster,
+            api_executor=self.execute_api,
         )
-        await self.manager.start()
+        try:
+            await mgr.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await mgr.stop()
+            raise
+        self.manager = mgr
+
+    async def execute_api(self, method: str, path: str, headers: dict[str, str],
+                          body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Run an API request against this daemon's own socket (for requests a follower manager
+        forwarded to this one, the leader). Returns ``(status, headers, body)``."""
+        import aiohttp
+
+        hdrs = {k: v for k, v in headers.items() if k.lower() in FORWARDED_HEADERS}
+        hdrs[FORWARDED_MARK] = "1"
+        conn = aiohttp.UnixConnector(path=str(self.args.socket))
+        async with aiohttp.ClientSession(connector=conn) as session, session.request(
+                method, f"http://shoal{path}", headers=hdrs, data=body or None,
+                timeout=aiohttp.ClientTimeout(total=110)) as resp:
+            data = await resp.read()
+            out = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "location")}
+            return resp.status, out, data
 
     async def _start_agent(self) -> None:
         from worker.agent import Agent
@@ -219,10 +245,24 @@ class Daemon:
         """``POST /swarm/init``: become the first manager of a new cluster. Returns the node ID."""
         from manager.manager import Manager
 
+        if self.state.in_swarm and body.get("ForceNewCluster") and self.state.data.get("Role") == "manager":
+            # recover from a permanent loss of quorum: keep the state, become the only member
+            if self.agent is not None:
+                await self.agent.stop()
+                self.agent = None
+            if self.manager is not None:
+                await self.manager.stop()
+                self.manager = None
+            await self._start_manager(force_new_cluster=True)
+            await self._start_agent()
+            return str(self.state.data["NodeID"])
         if self.state.in_swarm:
             raise SwarmStateError(
                 "This node is already part of a swarm. Use \"docker swarm leave\" to leave this "
                 "swarm and join another one.")
+        if body.get("ForceNewCluster"):
+            raise ValueError("--force-new-cluster recovers a swarm this node is a manager of; this "
+                             "node is not part of a swarm (use `swarm init` without it)")
         advertise = self._advertise_addr(body.get("AdvertiseAddr"), body.get("ListenAddr"))
         listen = body.get("ListenAddr") or f"0.0.0.0:{self.args.port}"
         if ":" not in listen:
@@ -269,6 +309,16 @@ class Daemon:
         self.state.save({"NodeID": node_id, "Role": role, "ManagerAddrs": managers or [remote],
                          "AdvertiseAddr": advertise,
                          "ListenAddr": body.get("ListenAddr") or f"0.0.0.0:{self.args.port}"})
+        if role == "manager":
+            try:
+                await self._start_manager()
+                await self.manager.join_raft(list(dict.fromkeys([remote, *(managers or [])])))
+            except (OSError, RuntimeError) as e:
+                await self._stop_roles()
+                self.state.clear()
+                shutil.rmtree(self.certs_dir, ignore_errors=True)
+                shutil.rmtree(self.data_root / "manager", ignore_errors=True)
+                raise SwarmStateError(f"joined as a manager but could not become a Raft member: {e}") from e
         await self._start_agent()
 
     async def swarm_leave(self, force: bool) -> None:
@@ -411,6 +461,9 @@ def build_app(daemon: Daemon) -> web.Application:
                 return api_error(503, NOT_IN_SWARM)
             if daemon.manager is None:
                 return api_error(503, WORKER_NOT_MANAGER)
+            routed = await _route_to_leader(daemon, request, path)
+            if routed is not None:
+                return routed
         try:
             resp = await handler(request)
         except web.HTTPException as e:
@@ -604,6 +657,56 @@ _BRIDGE_NETWORK: dict[str, Any] = {
 """The one network each node has for now: its local bridge (a /24 of 10.200.0.0/16 per node)."""
 
 
+FORWARDED_HEADERS = ("content-type", "x-registry-auth")
+FORWARDED_MARK = "X-Shoal-Forwarded"
+"""Set on an API request a follower forwarded to the leader: it is never forwarded again."""
+CONSISTENCY_HEADER = "X-Shoal-Consistency"
+"""``X-Shoal-Consistency: local`` on a GET reads this manager's store as it is (no ReadIndex)."""
+
+
+def _leader_only(method: str, path: str) -> bool:
+    """Requests that must run on the Raft leader: every write, and logs (the leader holds the
+    sessions to the nodes that have them)."""
+    return method not in ("GET", "HEAD") or path.endswith("/logs")
+
+
+async def _route_to_leader(daemon: Daemon, request: web.Request, path: str) -> web.StreamResponse | None:
+    """On a follower, forward a leader-only request to the leader and return its response; on
+    any manager, make a GET linearizable with a ReadIndex barrier (unless the caller asked for a
+    local read). None = serve the request here. Errors become 503 with Docker's JSON body."""
+    from manager.store import Unavailable
+
+    mgr = daemon.manager
+    try:
+        if _leader_only(request.method, path):
+            if mgr.is_leader:
+                return None
+            if request.headers.get(FORWARDED_MARK):
+                return api_error(503, "rpc error: code = Unavailable desc = leadership moved while the "
+                                      "request was forwarded; retry")
+            body = await request.read()
+            status, headers, data = await mgr.forward_api(
+                request.method, str(request.rel_url), dict(request.headers), body)
+            resp = web.Response(body=data, status=status)
+            ctype = headers.get("Content-Type") or headers.get("content-type")
+            if ctype:
+                resp.headers["Content-Type"] = ctype
+            return resp
+        if request.headers.get(CONSISTENCY_HEADER, "").lower() != "local":
+            await mgr.read_barrier()
+    except Unavailable as e:
+        return api_error(503, f"rpc error: code = Unavailable desc = {e}")
+    except wire_errors() as e:
+        return api_error(503, f"rpc error: code = Unavailable desc = forwarding to the leader failed: {e}")
+    return None
+
+
+def wire_errors() -> tuple[type[Exception], ...]:
+    from shoal.wire import WireError
+
+    return (WireError,)
+
+
 class _ManagerProxy:
     """Forwards attribute access to the daemon's current ``Manager`` (the role can start later)."""
 
@@ -647,6 +750,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heartbeat-misses", type=int, default=3,
                    help="heartbeats a node may miss before it is marked down (default %(default)s)")
     p.add_argument("--port", type=int, default=2377, help="cluster port (Raft, dispatcher, CA)")
+    p.add_argument("--raft-tick", type=float, default=0.1,
+                   help="seconds per Raft tick (default %(default)s: heartbeat every tick, election "
+                        "after ElectionTick=10-20 ticks, i.e. 1-2 s; Swarm ticks every 1 s)")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 

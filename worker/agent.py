@@ -22,6 +22,7 @@ import contextlib
 import inspect
 import logging
 import random
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL = 0.1  # seconds before the first reconnect
 BACKOFF_MAX = 8.0  # seconds, the cap of the exponential backoff (SK: agent backoff max 8 s)
+LEADER_HINT = re.compile(r"the leader is at (\S+?:\d+)")
+"""How a follower manager's refusal names the leader (manager.Manager._not_leader_reason)."""
 STATUS_BATCH = 0.02  # seconds the agent gathers status reports before sending them
 
 
@@ -174,6 +177,12 @@ class Agent:
             except (wire.WireError, OSError, ValueError) as e:
                 self.last_error = f"{addr}: {e}"
                 log.info("session with %s ended: %s", addr, e)
+                m = LEADER_HINT.search(str(e))
+                if m and m.group(1) != addr:
+                    # a follower manager named the leader: go there next, without backing off
+                    self._learn_managers([], first=m.group(1))
+                    i = 0
+                    backoff = self.backoff_initial
             except Exception as e:  # keep the agent alive whatever happens
                 self.last_error = f"{addr}: {e}"
                 log.exception("session with %s failed", addr)
@@ -213,10 +222,7 @@ class Agent:
             self.session_id = str(reply["session_id"])
             self.heartbeat_period = float(reply["heartbeat_period"])
             self.node = reply.get("node")
-            mgrs = reply.get("managers")
-            if isinstance(mgrs, list) and mgrs:
-                known = [str(m) for m in mgrs]
-                self.managers = known + [m for m in self.managers if m not in known]
+            self._learn_managers(reply.get("managers"))
             self.manager = addr
             self.last_error = ""
             self.connected.set()
@@ -249,6 +255,16 @@ class Agent:
             p = r.get("period")
             if isinstance(p, int | float) and p > 0:
                 self.heartbeat_period = float(p)
+            self._learn_managers(r.get("managers"))
+
+    def _learn_managers(self, mgrs: Any, first: str | None = None) -> None:
+        """Put the managers the swarm lists (and ``first``, e.g. the leader a follower named)
+        ahead of the ones this agent knew, keeping the rest for failover."""
+        known = [str(m) for m in mgrs] if isinstance(mgrs, list) else []
+        if first:
+            known = [first, *[m for m in known if m != first]]
+        if known:
+            self.managers = known + [m for m in self.managers if m not in known]
 
     async def _status_sender(self, peer: wire.Peer) -> None:
         while True:
