@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,22 @@ def _split(addr: str, default_port: int = 2377) -> tuple[str, int]:
     if not host:
         return port, default_port
     return host, int(port)
+
+
+RAFT_SPEC_FILE = "raft-spec.json"
+"""The SwarmSpec's ``Raft`` section, saved next to the log: the Raft timing and compaction must be
+known before the log (which holds the spec) is open. Changes apply at the manager's next start."""
+
+
+def _write_raft_spec(data_dir: Path, spec: dict[str, Any]) -> None:
+    raft = spec.get("Raft")
+    if not raft:
+        return
+    path = data_dir / RAFT_SPEC_FILE
+    with contextlib.suppress(OSError):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"Raft": raft}))
+        os.replace(tmp, path)
 
 
 def raft_config(spec: dict[str, Any], tick: float = DEFAULT_RAFT_TICK) -> DriverConfig:
@@ -221,6 +239,7 @@ class Manager:
             await store.update(fn)
         finally:
             await store.close()
+        _write_raft_spec(Path(data_dir), swarm_spec)
         return node_id
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -264,7 +283,7 @@ class Manager:
         self.dispatcher.unavailable_reason = self._not_leader_reason
         self.leader_link = LeaderLink(self.certs_dir, self.leader_addr, self.log.driver.not_leader_message)
         self.server = ManagerServer(self.store, self.ca, self.dispatcher, sctx,
-                                    advertise_addr=self.advertise_addr, accept_managers=True)
+                                    advertise_addr=self.advertise_addr)
         self.server.forward = self._forward_to_leader
         self.server.register_stream("raft-hello", self.log.accept)
         self.server.register("raft.join", self._raft_join, role="manager")
@@ -276,26 +295,16 @@ class Manager:
         log.info("manager %s (raft %d) serving on %s (advertised %s)", self.node_id, self.raft_id,
                  self.listen_addr, self.advertise_addr)
 
-    def _spec_file(self) -> Path:
-        return self.data_dir / "raft-spec.json"
-
     def _saved_spec(self) -> dict[str, Any]:
-        import json
-
         with contextlib.suppress(OSError, ValueError):
-            d = json.loads(self._spec_file().read_text())
+            d = json.loads((self.data_dir / RAFT_SPEC_FILE).read_text())
             if isinstance(d, dict):
                 return d
         return {}
 
     def _save_spec(self) -> None:
         """Remember the SwarmSpec's Raft section next to the log, for the timing at next start."""
-        import json
-
-        spec = self.cluster.get("Spec") or {}
-        if spec.get("Raft"):
-            with contextlib.suppress(OSError):
-                self._spec_file().write_text(json.dumps({"Raft": spec["Raft"]}))
+        _write_raft_spec(self.data_dir, self.cluster.get("Spec") or {})
 
     # -- leadership ----------------------------------------------------------------------------
 

@@ -76,9 +76,7 @@ class ManagerServer:
     from :func:`shoal.tlsutil.server_context` with the manager's own node certificate;
     ``advertise_addr``: this manager's ``ip:port`` (returned to joiners when the store lists no
     manager); ``node_hook``: see :data:`NodeHook`; ``handshake_timeout``: seconds a client has
-    to finish the TLS handshake; ``accept_managers``: whether a manager token may join (False while
-    the log has a single voter: a second manager could not be served, so the join is refused
-    before anything is written).
+    to finish the TLS handshake.
     """
 
     def __init__(
@@ -90,7 +88,6 @@ class ManagerServer:
         advertise_addr: str = "",
         node_hook: NodeHook | None = None,
         handshake_timeout: float = 10.0,
-        accept_managers: bool = True,
     ) -> None:
         self.store = store
         self.ca = ca
@@ -99,7 +96,6 @@ class ManagerServer:
         self.advertise_addr = advertise_addr
         self.node_hook = node_hook
         self.handshake_timeout = handshake_timeout
-        self.accept_managers = accept_managers
         self._server: asyncio.Server | None = None
         self._peers: set[wire.Peer] = set()
         self._watchers: set[asyncio.Task[None]] = set()
@@ -242,10 +238,6 @@ class ManagerServer:
         role = token_role(token, cluster.get("JoinTokens") or {})
         if role is None:
             raise PermissionError("invalid join token")
-        if role == "manager" and not self.accept_managers:
-            raise PermissionError(
-                "this swarm cannot add managers yet: it runs a single manager until the replicated "
-                "Raft log is in place; join with the worker token (`shoal swarm join-token worker`)")
         cluster_id = cluster["ID"]
         node_id = new_id()
         cert_pem = self.ca.issue(csr, node_id, role, cluster_id)  # ValueError for a bad CSR

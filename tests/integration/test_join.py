@@ -254,18 +254,6 @@ async def test_manager_token_gives_manager_role(mgr: Manager, tmp_path: Path) ->
     assert tlsutil.ROLE_BY_OU["swarm-manager"] == "manager"
 
 
-async def test_manager_token_refused_while_single_voter(mgr: Manager, tmp_path: Path) -> None:
-    """shoald's Manager runs its server with accept_managers=False until Raft replicates: a
-    manager-token join is refused with a clear error and writes nothing (no half-joined node)."""
-    mgr.server.accept_managers = False
-    before = mgr.nodes()
-    index = mgr.store.applied_index
-    with pytest.raises(JoinError, match="cannot add managers yet"):
-        await join(mgr.addr, mgr.tokens()["Manager"], "m2", "10.99.0.13", tmp_path / "m2", timeout=10)
-    assert mgr.nodes() == before and mgr.store.applied_index == index
-    assert not (tmp_path / "m2" / "node.crt").exists()
-
-
 async def test_wrong_revoked_and_foreign_tokens_are_refused(mgr: Manager, tmp_path: Path) -> None:
     before = mgr.nodes()
     index = mgr.store.applied_index
