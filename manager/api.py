@@ -346,16 +346,14 @@ def add_routes(app: web.Application, manager: Any) -> None:
             if cur is None:
                 raise ApiError(404, f"node {n['ID']} not found")
             old_role = (cur.get("Spec") or {}).get("Role")
-            if old_role == "worker" and spec["Role"] == "manager":
-                raise ApiError(400, "rpc error: code = FailedPrecondition desc = promoting a node to manager "
-                                    "needs the replicated Raft log, which this version of shoal does not have yet")
             if old_role == "manager" and spec["Role"] == "worker":
                 managers = tx.find("nodes", lambda o: (o.get("Spec") or {}).get("Role") == "manager")
                 if len(managers) <= 1:
                     raise ApiError(400, "rpc error: code = FailedPrecondition desc = attempting to demote the "
                                         "last manager of the swarm")
-                raise ApiError(400, "rpc error: code = FailedPrecondition desc = demoting a manager needs the "
-                                    "replicated Raft log, which this version of shoal does not have yet")
+                problem = manager.demote_problem(n["ID"])
+                if problem is not None:
+                    raise ApiError(400, f"rpc error: code = FailedPrecondition desc = {problem}")
             cur["Version"] = {"Index": version}
             cur["Spec"] = spec
             tx.update("nodes", cur)

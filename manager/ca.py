@@ -169,6 +169,14 @@ class RootCA:
 
     # -- issuing ----------------------------------------------------------------------------
 
+    def key_pem(self) -> str | None:
+        """The CA private key as PEM (None on a node that only verifies). Managers all hold it,
+        as every Swarm manager can sign; it goes only to nodes that become managers, over mTLS."""
+        if self._key is None:
+            return None
+        return self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()).decode()
+
     @property
     def can_sign(self) -> bool:
         """True when the CA key is loaded."""

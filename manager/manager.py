@@ -288,6 +288,7 @@ class Manager:
         self.server.register_stream("raft-hello", self.log.accept)
         self.server.register("raft.join", self._raft_join, role="manager")
         self.server.register("api.forward", self._api_forward, role="manager")
+        self.server.register("raft.leave", self._raft_leave, role="manager")
         await self.log.start(listen=False)
         host, port = _split(self.listen_addr)
         await self.server.start(host, port)
@@ -343,6 +344,7 @@ class Manager:
                     await self._become_follower()
                 if self._leading and loop.time() - last_status >= 1.0:
                     last_status = loop.time()
+                    await self._reconcile_roles()
                     await self._update_manager_status()
             except asyncio.CancelledError:
                 raise
@@ -387,21 +389,29 @@ class Manager:
                 await t
         self._leader_loops.clear()
 
-    def manager_statuses(self) -> dict[str, dict[str, Any]]:
-        """``{node_id: ManagerStatus}`` as the leader sees it now (Docker API ``ManagerStatus``:
-        ``Leader``, ``Reachability`` reachable | unreachable | unknown, ``Addr``)."""
+    def _reachable(self) -> set[int]:
+        """Raft members this node heard from within 1.5 election timeouts, itself included."""
         d = self.log.driver
-        heard = d.transport.reachable(d.cfg.election_timeout * 1.5)
+        return d.transport.reachable(d.cfg.election_timeout * 1.5) | {self.raft_id}
+
+    def manager_statuses(self) -> dict[str, dict[str, Any] | None]:
+        """``{node_id: ManagerStatus | None}`` as the leader sees it now (Docker API
+        ``ManagerStatus``: ``Leader``, ``Reachability`` reachable | unreachable | unknown,
+        ``Addr``); None for a node demoted and already out of the Raft configuration."""
+        d = self.log.driver
+        heard = self._reachable()
         members = d.node.conf.nodes()
-        out = {}
+        out: dict[str, dict[str, Any] | None] = {}
         for n in self.store.view().list("nodes"):
-            if (n.get("Spec") or {}).get("Role") != "manager" and not n.get("ManagerStatus"):
-                continue
             rid = raft_id(n["ID"])
+            if (n.get("Spec") or {}).get("Role") != "manager" and rid not in members:
+                if n.get("ManagerStatus"):
+                    out[n["ID"]] = None
+                continue
             ms = dict(n.get("ManagerStatus") or {})
             if rid not in members:
                 reach = "unknown"
-            elif rid == self.raft_id or rid in heard:
+            elif rid in heard:
                 reach = "reachable"
             else:
                 reach = "unreachable"
@@ -417,7 +427,10 @@ class Manager:
                 node = tx.get("nodes", nid)
                 if node is None or node.get("ManagerStatus") == ms:
                     continue
-                node["ManagerStatus"] = ms
+                if ms is None:
+                    node.pop("ManagerStatus", None)
+                else:
+                    node["ManagerStatus"] = ms
                 node.pop("Version", None)
                 tx.update("nodes", node)
 
@@ -425,6 +438,83 @@ class Manager:
             await self.store.update(fn)
         except Unavailable as e:
             log.info("could not record manager status: %s", e)
+
+    # -- promotion and demotion ------------------------------------------------------------------
+
+    def demote_problem(self, node_id: str) -> str | None:
+        """Why demoting manager ``node_id`` now would be unsafe (None if it is fine): it must not
+        leave the Raft configuration without a reachable quorum (swarmkit's CanRemoveMember)."""
+        rid = raft_id(node_id)
+        voters = self.log.driver.voters
+        if rid not in voters:
+            return None
+        remaining = voters - {rid}
+        if not remaining:
+            return "attempting to demote the last manager of the swarm"
+        up = len(remaining & self._reachable())
+        if up < len(remaining) // 2 + 1:
+            return (f"can't remove member from the raft: this would result in a loss of quorum "
+                    f"({up} of the {len(remaining)} remaining managers are reachable)")
+        return None
+
+    async def _reconcile_roles(self) -> None:
+        """On the leader: take nodes whose spec says worker out of the Raft configuration
+        (``node demote``); the leader hands leadership to a reachable voter before leaving.
+        Promotion is driven by the promoted node itself (it renews its certificate and asks
+        ``raft.join``)."""
+        members = self.log.driver.node.conf.nodes()
+        for n in self.store.view().list("nodes"):
+            rid = raft_id(n["ID"])
+            if (n.get("Spec") or {}).get("Role") == "manager" or rid not in members:
+                continue
+            await self._remove_member(rid, n["ID"])
+
+    async def _remove_member(self, rid: int, node_id: str) -> None:
+        try:
+            if rid == self.raft_id:
+                others = sorted((self.log.driver.voters - {rid}) & self._reachable())
+                if others:
+                    log.info("handing leadership to raft %d before leaving the Raft cluster", others[0])
+                    await self.log.transfer_leadership(others[0])
+                return
+            await self.log.remove_voter(rid)
+            log.info("node %s (raft %d) removed from the Raft cluster", node_id, rid)
+        except (LogUnavailable, ValueError) as e:
+            log.warning("could not remove node %s (raft %d) from the Raft cluster: %s", node_id, rid, e)
+
+    async def _raft_leave(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``raft.leave`` ``{"node_id"?}``: the calling manager leaves the swarm (``swarm leave
+        --force``): its node becomes a worker in the spec and it is taken out of Raft. Runs on
+        the leader; followers forward it."""
+        leaver = str(body.get("node_id") or node_id)
+        fwd = await self._forward_to_leader("raft.leave", {"node_id": leaver})
+        if fwd is not None:
+            return fwd
+
+        def fn(tx: WriteTx) -> None:
+            node = tx.get("nodes", leaver)
+            if node is None:
+                return
+            node["Spec"] = {**(node.get("Spec") or {}), "Role": "worker"}
+            node.pop("Version", None)
+            tx.update("nodes", node)
+
+        await self.store.update(fn)
+        await self._remove_member(raft_id(leaver), leaver)
+        return {"ok": True}
+
+    async def leave_raft(self, timeout: float = 10.0) -> None:
+        """Leave the Raft cluster before this manager leaves the swarm (best effort: a leader
+        first hands leadership over). Raises :class:`Unavailable` / ``shoal.wire.WireError``."""
+        if self.log.driver.voters == frozenset({self.raft_id}):
+            return
+        if self.log.is_leader:
+            others = sorted((self.log.driver.voters - {self.raft_id}) & self._reachable())
+            if not others:
+                raise Unavailable("no other manager is reachable to take over")
+            await self.log.transfer_leadership(others[0], timeout=timeout)
+        assert self.leader_link is not None
+        await self.leader_link.request("raft.leave", {"node_id": self.node_id}, timeout=timeout)
 
     # -- requests that run on the leader ---------------------------------------------------------
 

@@ -194,12 +194,32 @@ class ManagerServer:
         node_id, role = ident
         if type.startswith("session."):
             return await self.dispatcher.handle(peer, node_id, type, body)
+        if type == "ca.renew":
+            return await self.renew(node_id, body)
         if type in self._extra:
             handler, need = self._extra[type]
             if need is not None and role != need:
                 raise PermissionError(f"{type}: only {need} nodes may call this (this node is a {role})")
             return await handler(peer, node_id, role, body)
         raise LookupError(f"unknown request type {type!r}")
+
+    async def renew(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Serve ``ca.renew`` ``{"csr": pem}`` from an authenticated node: a new certificate for
+        the role the store gives the node now (after ``node promote``/``demote``), as swarmkit's
+        certificate renewal does. Returns ``{"cert", "ca", "role", "ca_key" (managers only)}``.
+        Raises ``LookupError`` for a node that is no longer in the swarm."""
+        csr = body.get("csr")
+        if not isinstance(csr, str):
+            raise ValueError("ca.renew: csr (PEM) is required")
+        node = self.store.view().get("nodes", node_id)
+        if node is None:
+            raise LookupError(f"node {node_id} is not part of this swarm (it was removed); join again")
+        role = (node.get("Spec") or {}).get("Role") or "worker"
+        cert = self.ca.issue(csr, node_id, role, self._cluster()["ID"])
+        out: dict[str, Any] = {"cert": cert, "ca": self.ca.cert_pem, "role": role}
+        if role == "manager":
+            out["ca_key"] = self.ca.key_pem()
+        return out
 
     def _cluster(self) -> dict[str, Any]:
         clusters = self.store.view().list("cluster")
@@ -264,4 +284,8 @@ class ManagerServer:
         await self.store.update(fn)
         log.info("node %s (%s, %s) joined as %s", node_id, description.get("Hostname", "?"), addr, role)
         managers = self.dispatcher.manager_addrs() or ([self.advertise_addr] if self.advertise_addr else [])
-        return {"node_id": node_id, "role": role, "cert": cert_pem, "ca": self.ca.cert_pem, "managers": managers}
+        out: dict[str, Any] = {"node_id": node_id, "role": role, "cert": cert_pem, "ca": self.ca.cert_pem,
+                               "managers": managers}
+        if role == "manager":
+            out["ca_key"] = self.ca.key_pem()  # every manager can sign, as in Swarm
+        return out

@@ -6,7 +6,7 @@ Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,n
     swarm init [--advertise-addr A] [--listen-addr A] [--force-new-cluster]
     swarm join --token T ADDR                            swarm leave [--force]
     swarm join-token [-q] worker|manager
-    node ls | inspect NODE… | update --availability active|pause|drain NODE
+    node ls | inspect NODE… | update --availability active|pause|drain NODE | promote|demote NODE…
     service create [flags] IMAGE [COMMAND [ARG…]]        service ls | ps SERVICE… | inspect SERVICE…
     service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
     image load -i FILE | pull REF | ls
@@ -123,6 +123,24 @@ def cmd_node_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
         spec.setdefault("Labels", {})[k] = v
     c.node_update(node["ID"], node["Version"]["Index"], spec)
     out.write(a.node + "\n")
+    return 0
+
+
+def cmd_node_role(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    """``node promote|demote NODE…`` as docker/cli's node/promote.go and demote.go: a node that
+    already has the role is reported and skipped."""
+    for name in a.nodes:
+        node = find_node(c, name)
+        spec = dict(node.get("Spec") or {})
+        if spec.get("Role") == a.role:
+            out.write(f"Node {name} is already a {a.role}.\n")
+            continue
+        spec["Role"] = a.role
+        c.node_update(node["ID"], node["Version"]["Index"], spec)
+        if a.role == "manager":
+            out.write(f"Node {name} promoted to a manager in the swarm.\n")
+        else:
+            out.write(f"Manager {name} demoted in the swarm.\n")
     return 0
 
 
@@ -511,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--label-add", action="append", metavar="KEY=VALUE")
     x.add_argument("node")
     x.set_defaults(func=cmd_node_update)
+    for verb, role in (("promote", "manager"), ("demote", "worker")):
+        x = nd.add_parser(verb, help=f"make nodes {'managers' if role == 'manager' else 'workers'}")
+        x.add_argument("nodes", nargs="+")
+        x.set_defaults(func=cmd_node_role, role=role)
 
     sv = top.add_parser("service", help="manage services").add_subparsers(dest="cmd", required=True)
     x = sv.add_parser("create", help="create a service")

@@ -141,6 +141,7 @@ class Daemon:
         self.manager: Any = None
         self.agent: Any = None
         self._swarm_lock = asyncio.Lock()
+        self._role_switch: asyncio.Task[None] | None = None
         self.hostname = socket.gethostname()
 
     # ---- status path: executor → agent → dispatcher
@@ -200,8 +201,56 @@ class Daemon:
             executor=self.executor,
             description=node_description(self.hostname),
             advertise_addr=self.state.data.get("AdvertiseAddr", "").rsplit(":", 1)[0],
+            on_node=self._on_node,
         )
         self.agent.start()
+
+    def _on_node(self, node: dict[str, Any]) -> None:
+        """Follow ``node promote``/``demote``: when the spec's role differs from this node's,
+        switch roles in the background (one switch at a time)."""
+        want = (node.get("Spec") or {}).get("Role")
+        if want not in ("manager", "worker") or want == self.state.data.get("Role"):
+            return
+        if self._role_switch is not None and not self._role_switch.done():
+            return
+        self._role_switch = asyncio.create_task(self._switch_role(node), name="role-switch")
+
+    async def _switch_role(self, node: dict[str, Any]) -> None:
+        """Promotion: renew the certificate as a manager (with the CA key), start the manager role
+        and join Raft. Demotion: once the leader took this node out of Raft (its ManagerStatus is
+        gone), stop the manager role, renew the certificate as a worker, drop the manager data."""
+        from worker.join import JoinError, renew_certificate
+
+        want = (node.get("Spec") or {}).get("Role")
+        async with self._swarm_lock:
+            if not self.state.in_swarm or want == self.state.data.get("Role") or self.agent is None:
+                return
+            managers = list(self.agent.managers)
+            try:
+                if want == "manager":
+                    for _ in range(10):  # the manager asked may not have applied the promotion yet
+                        role = await renew_certificate(self.state.data["NodeID"], managers, self.certs_dir)
+                        if role == "manager":
+                            break
+                        await asyncio.sleep(0.5)
+                    else:
+                        return
+                    self.state.save({**self.state.data, "Role": "manager"})
+                    await self._start_manager()
+                    await self.manager.join_raft(managers)
+                    log.info("promoted: this node is now a manager")
+                else:
+                    if node.get("ManagerStatus"):
+                        return  # still a Raft member: the leader removes it first
+                    if self.manager is not None:
+                        await self.manager.stop()
+                        self.manager = None
+                    role = await renew_certificate(self.state.data["NodeID"], managers, self.certs_dir)
+                    self.state.save({**self.state.data, "Role": role})
+                    shutil.rmtree(self.data_root / "manager", ignore_errors=True)
+                    log.info("demoted: this node is now a %s", role)
+            except (JoinError, RuntimeError, OSError) as e:
+                log.warning("role change to %s failed (retried on the next update): %s", want, e)
 
     async def _stop_roles(self, leaving: bool = False) -> None:
         if self.agent is not None:
@@ -330,6 +379,11 @@ class Daemon:
                 "You are attempting to leave the swarm on a node that is participating as a "
                 "manager. Removing the last manager erases all current state of the swarm. Use "
                 "`--force` to ignore this message.")
+        if self.manager is not None:
+            try:
+                await self.manager.leave_raft()
+            except Exception as e:  # forced: leave anyway
+                log.warning("could not leave the Raft cluster cleanly: %s", e)
         await self._stop_roles(leaving=True)
         await self.executor.set_assignments({}, [])
         self.state.clear()

@@ -236,3 +236,13 @@ def write_node_files(certs_dir: Path, ca_pem: str, cert_pem: str, key_pem: str) 
     _write_private(certs_dir / "ca.crt", ca_pem)
     _write_private(certs_dir / "node.crt", cert_pem)
     _write_private(certs_dir / "node.key", key_pem)
+
+
+def write_ca_key(certs_dir: Path, key_pem: str | None) -> None:
+    """Write the cluster CA's private key to ``certs_dir/ca.key`` (mode 0600) on a node that
+    becomes a manager; ``None`` removes it (a node demoted to worker)."""
+    path = certs_dir / "ca.key"
+    if key_pem is None:
+        path.unlink(missing_ok=True)
+    else:
+        _write_private(path, key_pem)

@@ -64,6 +64,9 @@ class Agent:
     NodeDescription, sent on every ``session.open``; ``advertise_addr``: this node's IP as other
     nodes reach it ("" = the address the manager sees).
 
+    ``on_node(node)``: called with this node's Node object whenever the manager pushes it (the
+    daemon follows ``Spec.Role`` changes: ``node promote``/``demote``).
+
     :meth:`start` runs the session loop in the background; :meth:`stop` ends it. :attr:`connected`
     is set while a session is open. Status reports made while disconnected are kept (the
     latest per task) and sent after reconnecting.
@@ -81,6 +84,7 @@ class Agent:
         request_timeout: float = 10.0,
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
+        on_node: Any = None,
     ) -> None:
         if not managers:
             raise ValueError("Agent needs at least one manager address (ip:port)")
@@ -102,6 +106,7 @@ class Agent:
         self.manager: str | None = None  # the manager of the current session
         self.last_error: str = ""
         self.node: dict[str, Any] | None = None
+        self.on_node = on_node
         self._pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._pending_event = asyncio.Event()
         self._peer: wire.Peer | None = None
@@ -298,6 +303,8 @@ class Agent:
             node = body.get("node") or {}
             tasks = body.get("tasks") or []
             self.node = node
+            if self.on_node is not None and node:
+                self.on_node(node)
             async with self._assign_lock:
                 await _maybe_await(self.executor.set_assignments(node, tasks))
             return None

@@ -178,7 +178,54 @@ async def join(
         raise JoinError(f"{where} sent a malformed ca.join reply (missing node_id, role or cert)")
     _check_issued(cert_pem, key_pem, ca_pem, node_id, where)
     write_node_files(Path(certs_dir), ca_pem, cert_pem, key_pem)
+    ca_key = reply.get("ca_key")
+    if role == "manager":
+        if not isinstance(ca_key, str):
+            raise JoinError(f"{where} made this node a manager but did not send the CA key")
+        tlsutil.write_ca_key(Path(certs_dir), ca_key)
     return node_id, str(role), [str(m) for m in managers]
+
+
+async def renew_certificate(node_id: str, managers: list[str], certs_dir: Path | str,
+                            timeout: float = 30.0) -> str:
+    """Get a new certificate for this node's current role in the store (after ``node promote``
+    or ``demote``; swarmkit's node certificate renewal) from any of ``managers`` (``host:port``),
+    authenticated by the current certificate. Writes ``node.crt``/``node.key`` and, for a
+    manager, ``ca.key`` (removed for a worker). Returns the role. Raises :class:`JoinError`
+    naming every manager tried."""
+    d = Path(certs_dir)
+    ca_pem = (d / "ca.crt").read_text()
+    errors = []
+    for addr in managers:
+        try:
+            host, port = split_addr(addr)
+            ctx = tlsutil.client_context(d / "node.crt", d / "node.key", d / "ca.crt")
+            peer = await wire.connect(host, port, ctx, timeout=timeout,
+                                      server_hostname=tlsutil.MANAGER_SERVER_NAME)
+        except (OSError, ValueError, wire.WireError) as e:
+            errors.append(f"{addr}: {e}")
+            continue
+        try:
+            key_pem, csr_pem = generate_key_and_csr()
+            reply = await peer.request("ca.renew", {"csr": csr_pem}, timeout=timeout)
+        except wire.WireError as e:
+            errors.append(f"{addr}: {e}")
+            continue
+        finally:
+            await peer.close()
+        cert_pem, role = reply.get("cert"), reply.get("role")
+        if not isinstance(cert_pem, str) or role not in ("worker", "manager"):
+            errors.append(f"{addr}: malformed ca.renew reply")
+            continue
+        _check_issued(cert_pem, key_pem, ca_pem, node_id, addr)
+        ca_key = reply.get("ca_key") if role == "manager" else None
+        if role == "manager" and not isinstance(ca_key, str):
+            errors.append(f"{addr}: no CA key for a manager")
+            continue
+        write_node_files(d, ca_pem, cert_pem, key_pem)
+        tlsutil.write_ca_key(d, ca_key)
+        return str(role)
+    raise JoinError("could not renew this node's certificate: " + "; ".join(errors or ["no manager known"]))
 
 
 def _check_issued(cert_pem: str, key_pem: str, ca_pem: str, node_id: str, where: str) -> None:
