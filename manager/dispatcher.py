@@ -77,6 +77,8 @@ _VOLATILE = ("Status", "Version", "UpdatedAt")
 def _fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]]) -> bytes:
     """Bytes that change iff something the worker acts on changed (not status/version/timestamps)."""
     n = {k: v for k, v in node.items() if k not in _VOLATILE + ("Description", "ManagerStatus")}
+    # a demoted manager acts when the leader has taken it out of Raft (ManagerStatus removed)
+    n["_raft_member"] = bool(node.get("ManagerStatus"))
     # tasks entering or leaving the set change the list, so they push even if nothing else changed
     ts = [{k: v for k, v in t.items() if k not in _VOLATILE} for t in tasks]
     data: bytes = msgpack.packb([n, ts], use_bin_type=True)
