@@ -152,6 +152,9 @@ def make_app(rlog: ReplicatedLog, kv: KVStore, node_id: int, write_timeout: floa
             index, fut = rlog.submit(KVStore.encode(key, value))
         except LogUnavailable as e:  # refused before it entered the log
             return _json(503, {"message": str(e), "outcome": "not-applied", "leader": rlog.leader_id})
+        # The future may still fail after we answered (a leader change): retrieve its exception so
+        # asyncio does not log "Future exception was never retrieved".
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             await asyncio.wait_for(asyncio.shield(fut), write_timeout)
         except TimeoutError:
@@ -244,9 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         peers = parse_peers(a.peers)
-        parse_addr(a.http)
     except ValueError as e:
-        p.error(str(e))
+        p.error(f"--peers: {e}")
+    try:
+        parse_addr(a.http)
+    except ValueError:
+        p.error(f"--http must be HOST:PORT (e.g. 10.99.0.11:8000), got {a.http!r}")
     if a.id not in peers:
         p.error(f"--id {a.id} is not in --peers ({sorted(peers)}): list this member's own address too")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
