@@ -184,13 +184,18 @@ async def test_nodes(env: tuple[TestClient[web.Request, web.Application], Manage
     assert (await (await client.get("/nodes/h2")).json())["Spec"]["Availability"] == "drain"
     r = await client.post(f"/nodes/h2/update?version={n['Version']['Index']}", json=dict(spec, Availability="nap"))
     assert r.status == 400 and "invalid Availability" in (await r.json())["message"]
-    r = await client.post(f"/nodes/h1/update?version={n['Version']['Index']}", json=dict(spec, Role="manager"))
-    assert r.status == 400 and "Raft" in (await r.json())["message"]
+    n = await (await client.get("/nodes/h2")).json()
+    r = await client.post(f"/nodes/h2/update?version={n['Version']['Index']}", json=dict(n["Spec"], Role="manager"))
+    assert r.status == 200, await r.text()  # promotion: the node itself then renews its certificate
+    n = await (await client.get("/nodes/h2")).json()
+    assert n["Spec"]["Role"] == "manager"
+    r = await client.post(f"/nodes/h2/update?version={n['Version']['Index']}", json=dict(n["Spec"], Role="worker"))
+    assert r.status == 400 and "demote the last manager" in (await r.json())["message"]
     r = await client.delete("/nodes/h3")
     assert r.status == 400 and "is not down" in (await r.json())["message"]
     assert (await client.delete("/nodes/h3?force=true")).status == 200
     assert mgr.store.view().get("nodes", "node3abc") is None
-    assert len(await (await client.get('/nodes?filters={"role":["worker"]}')).json()) == 2
+    assert len(await (await client.get('/nodes?filters={"role":["worker"]}')).json()) == 1
 
 
 async def test_tasks_filters_and_logs(env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble],
