@@ -7,9 +7,15 @@ Follows the driver contract of ``raft/core/README.md`` (etcd-io/raft's RawNode l
 2. every message from :class:`raft.transport.Transport` is stepped into the node;
 3. for each :class:`raft.core.Ready`: persist the snapshot (atomically), the entries and the
    hard state to the WAL with ONE write + fsync for the whole Ready (group commit), in a worker
-   thread; then send the messages (on the leader, MsgApp/MsgHeartbeat go out before its own
-   write, as thesis §10.2.1 allows: the core counts the leader's entries only once advanced); then install the snapshot / apply the committed entries in
-   order (``apply`` callback) and serve confirmed reads; then ``node.advance``;
+   thread; while that write runs, apply the Ready's committed entries in order (``apply``
+   callback): they are on a majority's disks already, and on the leader on its own too (etcd's
+   server applies in parallel with its WAL write the same way); then send the messages (on the
+   leader, MsgApp/MsgHeartbeat go out before its own write, as thesis §10.2.1 allows: the core
+   counts the leader's entries only once advanced); then install a snapshot (after its write)
+   and serve confirmed reads; then ``node.advance``;
+2b. batching: the core runs with ``batch_append`` — proposals and responses stepped during one
+   event-loop turn are sent to each follower as one MsgApp at the end of the turn
+   (``node.flush()`` from a ``call_soon``), not one per proposal;
 4. every ``snapshot_every`` applied entries, the state machine's bytes (``snapshot_source``
    callback) are saved as a snapshot and the log before ``index - keep`` is dropped.
 
@@ -89,7 +95,13 @@ class DriverConfig:
     in ticks (defaults 1 and 10: heartbeat 100 ms, election timeout randomised in
     [10, 20) ticks = 1–2 s); ``snapshot_every`` applied entries between snapshots (Swarm: 10,000)
     and ``keep`` entries kept after one for slow followers (Swarm: 500); 0 disables automatic
-    snapshots. ``max_size_per_msg`` bytes per MsgApp / snapshot chunk.
+    snapshots. ``max_size_per_msg`` bytes per MsgApp / snapshot chunk. ``leader_loss_campaign``:
+    when the leader's connection to this follower is closed or reset by the leader's end (its
+    process died), drop the leader lease and campaign (pre-vote first) after a random 0.5–5
+    ticks (50–500 ms at the default tick; a continuous delay, so two followers rarely collide)
+    rather than a full election timeout (:meth:`raft.core.RawNode.leader_lost` explains why that
+    is safe); silent failures (partitions, a dead machine) still wait for the election timeout.
+    False: only the lease is dropped.
     """
 
     tick: float = 0.1
@@ -99,6 +111,7 @@ class DriverConfig:
     keep: int = 500
     max_size_per_msg: int = 1 << 20
     max_inflight: int = 256
+    leader_loss_campaign: bool = True
 
     @property
     def election_timeout(self) -> float:
@@ -199,15 +212,17 @@ class RaftDriver:
                 self._learn_addr(e.data)
         self.node = RawNode(
             Config(id=node_id, election_tick=self.cfg.election_tick, heartbeat_tick=self.cfg.heartbeat_tick,
-                   max_size_per_msg=self.cfg.max_size_per_msg, max_inflight=self.cfg.max_inflight),
+                   max_size_per_msg=self.cfg.max_size_per_msg, max_inflight=self.cfg.max_inflight,
+                   batch_append=True),
             storage, rng or random.Random())
         self.snap_index = snap_index
         self.applied = snap_index
         self.leader = 0
         self.role = Role.FOLLOWER
         self.transport = Transport(node_id, self.addrs, self._on_message, server_ssl, client_ssl,
-                                   peer_check=peer_check)
+                                   peer_check=peer_check, on_peer_lost=self._on_peer_lost)
         self._wake = asyncio.Event()
+        self._flush_due = False
         self._tick_due = 0
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -216,6 +231,7 @@ class RaftDriver:
         self._read_states: list[tuple[int, bytes]] = []
         self._applied_cond = asyncio.Condition()
         self._changed = asyncio.Event()  # set on leader/role/config/applied changes
+        self._advanced = asyncio.Event()  # set after every node.advance (and on close/failure)
         self._closed = False
         self._failed: BaseException | None = None
         self.fsyncs = 0
@@ -261,6 +277,7 @@ class RaftDriver:
         if self._closed:
             return
         self._closed = True
+        self._advanced.set()
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
@@ -284,8 +301,43 @@ class RaftDriver:
         if self._closed:
             return
         self.node.step(m)
-        self._send_leader_msgs()
+        self._flush_soon()
         self._wake.set()
+
+    def _on_peer_lost(self, peer: int) -> None:
+        """The transport saw ``peer`` close or reset its connection to us (see
+        :meth:`raft.core.RawNode.leader_lost`)."""
+        if self._closed or not self.node.leader_lost(peer):
+            return
+        self._wake.set()
+        if self.cfg.leader_loss_campaign and self.node.promotable():
+            delay = random.uniform(0.5, 5.0) * self.cfg.tick
+            log.info("raft %d: leader %d closed its connection; campaigning in %.0f ms unless a leader "
+                     "shows up", self.id, peer, delay * 1e3)
+            asyncio.get_running_loop().call_later(delay, self._early_campaign)
+
+    def _early_campaign(self) -> None:
+        if self._closed or self.node.role is not Role.FOLLOWER or self.node.leader:
+            return  # a leader (the old one after all, or a new one) was heard from meanwhile
+        try:
+            self.node.campaign()
+        except ProposalDropped:
+            return
+        self._wake.set()
+
+    def _flush_soon(self) -> None:
+        """Send the MsgApps that this event-loop turn's proposals and responses call for at the
+        end of the turn, one per follower (the core's ``batch_append``)."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        if self._closed or self.node.role is not Role.LEADER:
+            return
+        self.node.flush()
+        self._send_leader_msgs()
 
     def _send_leader_msgs(self) -> None:
         """On the leader, send MsgApp/MsgHeartbeat right away rather than after the Ready being
@@ -312,7 +364,7 @@ class RaftDriver:
             raise LogUnavailable(self.not_leader_message())
         idx = self.node.propose(data)
         assert idx is not None
-        self._send_leader_msgs()
+        self._flush_soon()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters[idx] = (self.node.term, fut)
         self._wake.set()
@@ -414,6 +466,7 @@ class RaftDriver:
         except BaseException as e:  # storage failure: the node must stop participating
             log.exception("raft node %d stopped", self.id)
             self._failed = e
+            self._advanced.set()
             self._fail_all(LogUnavailable(f"the Raft log failed: {e}"))
             self.transport.peers.clear()
 
@@ -475,8 +528,19 @@ class RaftDriver:
             late = [m for m in rd.messages if not isinstance(m, MsgApp | MsgHeartbeat)]
             for m in early:
                 self.transport.send(m)
-        if rd.snapshot is not None or rd.entries or rd.must_sync:
-            await asyncio.to_thread(self._persist, rd)
+        applied = False
+        if rd.snapshot is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._persist, rd)
+        elif rd.entries or rd.must_sync:
+            # Apply the committed entries while the write runs: they are durable on a majority
+            # (on the leader on its own disk too), so neither order can lose them.
+            write = asyncio.get_running_loop().run_in_executor(None, self._persist, rd)
+            try:
+                for e in rd.committed_entries:
+                    self._apply(e)
+            finally:
+                await write
+            applied = True
         elif rd.hard_state is not None:
             self._persist(rd)  # only the commit index moved: a small write, no fsync
         for m in late:
@@ -485,11 +549,13 @@ class RaftDriver:
             self.transport.send(m)
         if rd.snapshot is not None:
             self._install(rd.snapshot)
-        for e in rd.committed_entries:
-            self._apply(e)
+        if not applied:
+            for e in rd.committed_entries:
+                self._apply(e)
         self._read_states.extend((r.index, r.context) for r in rd.read_states)
         self._serve_reads()
         self.node.advance(rd)
+        self._advanced.set()
         if rd.committed_entries or rd.snapshot is not None:
             self._changed.set()
         # Not before re-applying what was committed on disk at open: a state machine that replayed
@@ -567,6 +633,12 @@ class RaftDriver:
         applied and persisted; a no-op if it is not after the current snapshot."""
         if index <= self.snap_index:
             return
+        # Entries are applied while their Ready is still being written; the core counts them
+        # applied (and persisted) once that Ready is advanced: wait for it.
+        while (self.node.log.applied < index <= self.applied and not self._closed
+               and self._failed is None):
+            self._advanced.clear()
+            await self._advanced.wait()
         snap = self.node.compact(index, self._wrap_sm(sm), keep=self.cfg.keep)
         await asyncio.to_thread(self._save_snapshot, snap)
         await asyncio.to_thread(self._wal.release_to, max(0, index - self.cfg.keep))

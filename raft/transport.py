@@ -12,7 +12,10 @@ Design (after etcd's rafthttp, written our way):
 - :meth:`Transport.send` never blocks: each channel has a bounded queue and a full queue drops
   the message (Raft retransmits: heartbeats, probes, snapshot chunks are resent);
 - a broken connection is re-dialled with exponential backoff (50 ms doubling up to 2 s);
-- inbound connections are one-way: every frame read is handed to ``on_message``;
+- inbound connections are one-way: every frame read is handed to ``on_message``; when a
+  peer's ``"msg"`` connection ends by the peer's doing (EOF or reset: e.g. its process died),
+  ``on_peer_lost(peer_id)`` is called (the driver uses it to notice a dead leader early);
+- frames queued while a connection was busy go out in one write (one syscall per batch);
 - with TLS, an inbound connection must present a certificate of the cluster CA with
   OU ``swarm-manager`` (:func:`shoal.tlsutil.peer_identity`), and ``peer_check`` (if given)
   must accept the pair (certificate identity, Raft ID in the hello), else it is closed;
@@ -99,9 +102,13 @@ class _Channel:
                 backoff = BACKOFF_MIN
                 while True:
                     frame = await self.queue.get()
-                    w.write(frame)
-                    while not self.queue.empty():  # batch what is already queued into one drain
-                        w.write(self.queue.get_nowait())
+                    if self.queue.empty():
+                        w.write(frame)
+                    else:  # batch what is already queued into one write and one drain
+                        batch = [frame]
+                        while not self.queue.empty():
+                            batch.append(self.queue.get_nowait())
+                        w.write(b"".join(batch))
                     await w.drain()
             except asyncio.CancelledError:
                 if writer is not None:
@@ -132,6 +139,8 @@ class Transport:
     certificate (managers' certificates carry the SAN ``swarm-manager``).
     ``queue_size``: frames buffered per peer and channel before dropping. ``peer_check``: see
     :data:`PeerCheck` (e.g. the certificate's node ID must map to the claimed Raft ID).
+    ``on_peer_lost(peer_id)``: called on the loop when a peer's inbound ``"msg"`` connection is
+    closed or reset by the peer (not by us, not for a malformed frame).
     """
 
     def __init__(
@@ -144,8 +153,10 @@ class Transport:
         server_hostname: str = "swarm-manager",
         queue_size: int = 4096,
         peer_check: PeerCheck | None = None,
+        on_peer_lost: Callable[[int], None] | None = None,
     ) -> None:
         self.node_id = node_id
+        self.on_peer_lost = on_peer_lost
         self.peer_check = peer_check
         self.advertise = peers.get(node_id, "")
         self.peers: dict[int, str] = {i: a for i, a in peers.items() if i != node_id}
@@ -236,6 +247,7 @@ class Transport:
         task = asyncio.current_task()
         assert task is not None
         self._inbound.add(task)
+        frm: int | None = None
         try:
             if self._closed:
                 raise WireError("transport closed")
@@ -273,6 +285,13 @@ class Transport:
         except (WireError, ValueError, KeyError, TypeError, OSError, ssl.SSLError) as e:
             if not self._closed:
                 log.info("raft inbound connection closed: %s", e)
+                by_peer = reader.at_eof() or isinstance(e, ConnectionResetError)
+                if (by_peer and frm is not None and hello.get("ch", "msg") == "msg"
+                        and self.on_peer_lost is not None):
+                    try:
+                        self.on_peer_lost(frm)
+                    except Exception:
+                        log.exception("raft: on_peer_lost(%d) failed", frm)
         except asyncio.CancelledError:
             pass
         finally:

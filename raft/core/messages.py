@@ -413,17 +413,27 @@ _TYPES: dict[str, type[Message]] = {
 }
 
 
+def _field_names(cls: type[Message]) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+_FIELDS: dict[type[Message], tuple[str, ...]] = {}
+
+
 def message_to_dict(m: Message) -> dict[str, Any]:
     """Plain-dict form of ``m`` (msgpack-able): ``{"type": "MsgApp", "term", "from", "to", ...}``;
     entries become ``[index, term, type, data]`` lists and snapshot meta a dict."""
     d: dict[str, Any] = {"type": m.type_name}
-    for f in fields(m):
-        v = getattr(m, f.name)
-        if f.name == "entries":
+    for name in _field_names(type(m)):
+        v = getattr(m, name)
+        if name == "entries":
             v = [e.to_wire() for e in v]
         elif isinstance(v, SnapshotMeta):
             v = v.to_wire()
-        d["from" if f.name == "frm" else f.name] = v
+        d["from" if name == "frm" else name] = v
     return d
 
 
@@ -435,7 +445,7 @@ def message_from_dict(d: dict[str, Any]) -> Message:
     cls = _TYPES.get(d["type"])
     if cls is None:
         raise ValueError(f"unknown message type {d['type']!r}; known: {sorted(_TYPES)}")
-    names = {f.name for f in fields(cls)}
+    names = _field_names(cls)
     kwargs: dict[str, Any] = {}
     for k, v in d.items():
         if k == "type":

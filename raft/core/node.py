@@ -94,7 +94,12 @@ class Config:
     ``pre_vote`` (§9.6), ``check_quorum`` (§6.2): see the module docstring.
     ``max_inflight``: unacknowledged MsgApps per follower in REPLICATE. ``max_size_per_msg``:
     bytes of entries per MsgApp and bytes per snapshot chunk. ``max_committed_size_per_ready``:
-    bytes of committed entries per Ready (0 = no limit).
+    bytes of committed entries per Ready (0 = no limit). ``batch_append``: the leader does not
+    send a MsgApp per proposal or per commit advance; it notes that followers need one and sends
+    one MsgApp per follower (all new entries, the newest commit) when the driver calls
+    :meth:`RawNode.flush` or takes the next :meth:`RawNode.ready` — the batching that keeps the
+    message count per Ready, not per entry (etcd batches proposals the same way in its node
+    loop). Only sends are delayed, so it changes no safety argument.
     """
 
     id: int
@@ -105,6 +110,7 @@ class Config:
     max_inflight: int = 256
     max_size_per_msg: int = 65535
     max_committed_size_per_ready: int = 0
+    batch_append: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError for an ID or tick/limit value out of range."""
@@ -227,6 +233,8 @@ class RawNode:
         self._prev_hs = hs
         self._prev_ss: SoftState | None = None
         self._ready_out: Ready | None = None
+        self._bcast_pending = False  # batch_append: followers need the new entries
+        self._commit_pending = False  # batch_append: followers need the new commit index
         self._reset_randomized_timeout()
 
     # ================================================================== public API
@@ -331,6 +339,43 @@ class RawNode:
         ``index`` is not applied and persisted, or not after the current snapshot."""
         return self.log.compact(index, data, keep)
 
+    def flush(self) -> None:
+        """With ``batch_append``: send the MsgApps that proposals and commit advances since the
+        last flush deferred — one per follower that its flow control allows, carrying every new
+        entry and the newest commit index. :meth:`ready` flushes too; a driver calls this once
+        per batch of inputs (e.g. per event-loop turn) to send sooner. No-op otherwise."""
+        bcast, commit = self._bcast_pending, self._commit_pending
+        self._bcast_pending = self._commit_pending = False
+        if self.role is not Role.LEADER or not (bcast or commit):
+            return
+        for i in sorted(self.prs):
+            if i != self.id:
+                self._send_append(i, send_if_empty=commit)
+
+    def leader_lost(self, peer: int) -> bool:
+        """The driver saw clear evidence that ``peer`` stopped: its connection to us was closed
+        or reset by its end (a crashed process's kernel closes its sockets). If ``peer`` is our
+        leader, this follower forgets it and gives up its leader lease, so it grants pre-votes and
+        votes at once (thesis §4.2.3, §9.6); the driver may then :meth:`campaign` early, after a
+        short random delay, instead of waiting for the election timeout. Returns True if it acted
+        (so the caller may campaign), False otherwise (not our leader, not a follower, or pre-vote
+        or check-quorum off).
+
+        Why it is safe: Raft's safety never depends on when elections start (§5.2, §5.4), and
+        reads here are ReadIndex rounds, not leases (§6.4), so dropping the lease affects only
+        availability. Why an early campaign does not disrupt a leader that is in fact alive (only
+        the connection broke): it starts with a pre-vote (§9.6), which the leader and every
+        follower still in its lease ignore, so no term is bumped; the leader's next heartbeat
+        makes this node a follower again. Without pre-vote and check-quorum there is no such
+        guard, so this does nothing. A network partition or a machine that dies silently resets
+        no connection: those still wait for the election timeout, as etcd does in all cases."""
+        if (self.role is not Role.FOLLOWER or self.lead != peer or peer == 0 or peer == self.id
+                or not (self.cfg.pre_vote and self.cfg.check_quorum)):
+            return False
+        self.lead = 0
+        self.election_elapsed = max(self.election_elapsed, self.cfg.election_tick)  # lease over
+        return True
+
     def step(self, m: Message) -> None:
         """Handle a message from the network. Messages with a stale term are ignored (or answered
         so the sender learns the newer term); a newer term makes this node a follower first
@@ -370,6 +415,8 @@ class RawNode:
         """True when :meth:`ready` has work for the driver."""
         if self._ready_out is not None:
             return False
+        if (self._bcast_pending or self._commit_pending) and self.role is Role.LEADER:
+            return True
         if self._soft_state() != self._prev_ss or self._hard_state() != self._prev_hs:
             return True
         return bool(self.msgs or self.read_states or self.log.unstable_snapshot is not None
@@ -380,6 +427,7 @@ class RawNode:
         previous Ready was not advanced yet."""
         if self._ready_out is not None:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
+        self.flush()
         ss = self._soft_state()
         hs = self._hard_state()
         committed = self.log.next_committed(self.cfg.max_committed_size_per_ready)
@@ -421,7 +469,7 @@ class RawNode:
         if self.role is Role.LEADER:
             me = self.prs.get(self.id)
             if me is not None and me.maybe_update(self.log.stable) and self._maybe_commit():
-                self._bcast_append()
+                self._bcast_append_soon(commit=True)
 
     def status(self) -> dict[str, Any]:
         """A summary for logs and tests: id, term, vote, role, leader, commit, applied, last
@@ -458,6 +506,7 @@ class RawNode:
         self._reset_randomized_timeout()
         self.votes = {}
         self.lead_transferee = 0
+        self._bcast_pending = self._commit_pending = False
         self._reads = []
         self._reads_waiting_commit = []
         self.prs = {}
@@ -672,7 +721,7 @@ class RawNode:
                 raise ProposalDropped(f"membership change refused: {err}") from err
             e = Entry(0, 0, cc.encode(), EntryType.CONF_CHANGE)
         idx = self._append(e)
-        self._bcast_append()
+        self._bcast_append_soon(commit=False)
         return idx
 
     def _append(self, e: Entry) -> int:
@@ -711,6 +760,16 @@ class RawNode:
 
     def _send(self, cls: type[Message], to: int, **kw: Any) -> None:
         self.msgs.append(cls(term=self.term, frm=self.id, to=to, **kw))
+
+    def _bcast_append_soon(self, commit: bool) -> None:
+        """Broadcast new entries (``commit``: or at least the new commit index) now, or at the
+        next :meth:`flush` with ``batch_append``."""
+        if not self.cfg.batch_append:
+            self._bcast_append()
+        elif commit:
+            self._commit_pending = True
+        else:
+            self._bcast_pending = True
 
     def _bcast_append(self) -> None:
         for i in sorted(self.prs):
@@ -835,7 +894,7 @@ class RawNode:
         if self._maybe_commit():
             if self.role is not Role.LEADER:
                 return
-            self._bcast_append()
+            self._bcast_append_soon(commit=True)
         elif old_paused:
             self._send_append(m.frm)
         while self._send_append(m.frm, send_if_empty=False):

@@ -13,14 +13,23 @@ leader (latency p50/p99), 32 concurrent writers (commits/s), and leader failover
 leader → first successful write through a survivor; the killed member is restarted after).
 Default Raft timing: tick 100 ms, heartbeat 1 tick, election 10–20 ticks. Kills only the
 processes it started and removes its temp dir.
+
+``--etcd`` then runs etcd (3 members on 127.0.0.1, the same workload; see
+``tests/bench/bench_raft_etcd.py``) in the same invocation and prints both sides' FIGURE lines and
+a table. It installs what is missing: Debian's ``etcd-server etcd-client`` with apt-get, and a
+virtualenv (``--etcd-venv``, default ``/tmp/bench-raft-etcd-venv``) with PyPI ``etcd3`` and
+``aiohttp``; ``etcd3`` runs on the pure-Python protobuf (``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION
+=python``, as the anchor does), since its generated code predates protobuf 4.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,25 +65,41 @@ async def serve_node(nid: int, peers: dict[int, str], client_port: int, data: st
     await rlog.start()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async def one(f: dict[str, Any]) -> None:
-            try:
-                i = await rlog.propose(f["v"])
-                out: dict[str, Any] = {"id": f["id"], "ok": True, "i": i}
-            except LogUnavailable as e:
-                out = {"id": f["id"], "ok": False, "err": str(e), "leader": rlog.leader_id}
-            writer.write(encode_frame(out))
+        # Writes go through ReplicatedLog.submit, as the manager's store does; replies made during
+        # one event-loop turn leave in one write (as a gRPC server's framer batches them).
+        out: list[bytes] = []
+        loop = asyncio.get_running_loop()
 
-        tasks: set[asyncio.Task[None]] = set()
+        def flush() -> None:
+            if out:
+                writer.write(b"".join(out))
+                out.clear()
+
+        def reply(body: dict[str, Any]) -> None:
+            if not out:
+                loop.call_soon(flush)
+            out.append(encode_frame(body))
+
+        def done(rid: int, index: int, fut: asyncio.Future[None]) -> None:
+            if fut.cancelled():
+                reply({"id": rid, "ok": False, "err": "cancelled"})
+            elif (e := fut.exception()) is not None:
+                reply({"id": rid, "ok": False, "err": str(e), "leader": rlog.leader_id})
+            else:
+                reply({"id": rid, "ok": True, "i": index})
+
         try:
             while True:
                 f = await read_frame(reader)
                 if f.get("t") == "leader?":
-                    writer.write(encode_frame({"id": f["id"], "ok": True, "leader": rlog.leader_id,
-                                               "is_leader": rlog.is_leader}))
+                    reply({"id": f["id"], "ok": True, "leader": rlog.leader_id, "is_leader": rlog.is_leader})
                     continue
-                t = asyncio.create_task(one(f))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
+                try:
+                    index, fut = rlog.submit(f["v"])
+                except LogUnavailable as e:
+                    reply({"id": f["id"], "ok": False, "err": str(e), "leader": rlog.leader_id})
+                    continue
+                fut.add_done_callback(functools.partial(done, f["id"], index))
         except (WireError, ConnectionError):
             pass
         finally:
@@ -198,7 +223,14 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace) -> dict[str, str]:
+    """Our side; returns ``{figure name: "value unit"}`` as printed."""
+    figs: dict[str, str] = {}
+
+    def fig(name: str, text: str) -> None:
+        figs[name] = text
+        print(f"FIGURE {name} {text}", flush=True)
+
     b = Bench()
     try:
         for nid in (1, 2, 3):
@@ -214,8 +246,8 @@ async def run(args: argparse.Namespace) -> None:
             lat.append(time.perf_counter() - t0)
             if not r["ok"]:
                 raise RuntimeError(r["err"])
-        print(f"FIGURE raft3_seq_put_256B_p50_ms {pct(lat, 50) * 1e3:.2f} ms", flush=True)
-        print(f"FIGURE raft3_seq_put_256B_p99_ms {pct(lat, 99) * 1e3:.2f} ms", flush=True)
+        fig("raft3_seq_put_256B_p50_ms", f"{pct(lat, 50) * 1e3:.2f} ms")
+        fig("raft3_seq_put_256B_p99_ms", f"{pct(lat, 99) * 1e3:.2f} ms")
 
         conns = [await Conn.open(b.cports[lead]) for _ in range(args.conc)]
         per = args.total // args.conc
@@ -229,7 +261,7 @@ async def run(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         await asyncio.gather(*(writer(c) for c in conns))
         dt = time.perf_counter() - t0
-        print(f"FIGURE raft3_conc{args.conc}_puts_per_s {per * args.conc / dt:.0f} puts/s", flush=True)
+        fig(f"raft3_conc{args.conc}_puts_per_s", f"{per * args.conc / dt:.0f} puts/s")
         for c in conns + [conn]:
             await c.close()
 
@@ -258,10 +290,92 @@ async def run(args: argparse.Namespace) -> None:
             b.start(lead)
             await asyncio.sleep(1.0)
         if fo:
-            print(f"FIGURE raft3_failover_s median={statistics.median(fo):.2f} min={min(fo):.2f} "
-                  f"max={max(fo):.2f} (n={len(fo)})", flush=True)
+            fig("raft3_failover_s", f"median={statistics.median(fo):.2f} min={min(fo):.2f} "
+                f"max={max(fo):.2f} (n={len(fo)})")
     finally:
         b.stop_all()
+    return figs
+
+
+# ----------------------------------------------------------------------------- etcd side by side
+
+ETCD_SCRIPT = Path(__file__).with_name("bench_raft_etcd.py")
+
+
+def ensure_etcd_env(venv: Path) -> Path:
+    """Install what the etcd side needs when missing: Debian's etcd-server/etcd-client (apt-get,
+    needs root) and a virtualenv at ``venv`` with etcd3 + aiohttp. Returns the venv's python.
+    Raises RuntimeError saying which step failed and how to do it by hand."""
+    if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
+        print("installing etcd-server etcd-client (apt-get)", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        r = subprocess.run(["apt-get", "install", "-y", "etcd-server", "etcd-client"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0 or shutil.which("etcd") is None:
+            raise RuntimeError("could not install etcd (run `apt-get update && apt-get install -y "
+                               f"etcd-server etcd-client` as root):\n{r.stdout[-2000:]}")
+    py = venv / "bin" / "python"
+    check = [str(py), "-c", "import etcd3, aiohttp"]
+    env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+    if not py.exists() or subprocess.run(check, env=env, capture_output=True).returncode != 0:
+        print(f"making the etcd client virtualenv {venv} (etcd3, aiohttp from PyPI)", flush=True)
+        for cmd in ([sys.executable, "-m", "venv", str(venv)],
+                    [str(py), "-m", "pip", "install", "-q", "etcd3", "aiohttp"]):
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{r.stdout[-2000:]}")
+    return py
+
+
+def run_etcd(args: argparse.Namespace) -> dict[str, str]:
+    """Run the etcd side in its own venv; echo and return its ``{figure name: "value unit"}``."""
+    py = ensure_etcd_env(Path(args.etcd_venv))
+    cmd = [str(py), str(ETCD_SCRIPT), "--seq", str(args.seq), "--conc", str(args.conc),
+           "--total", str(args.total), "--failovers", str(args.failovers)]
+    env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+    figs: dict[str, str] = {}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:
+            print(line, end="", flush=True)
+            m = re.match(r"FIGURE (\S+) (.*)$", line.rstrip())
+            if m:
+                figs[m.group(1)] = m.group(2)
+        if p.wait() != 0:
+            raise RuntimeError(f"the etcd side failed (exit {p.returncode}); its output is above")
+    finally:
+        if p.poll() is None:  # we were interrupted: let it kill its members and remove its dir
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return figs
+
+
+def table(ours: dict[str, str], etcd: dict[str, str], conc: int) -> str:
+    """A markdown table of both sides' figures (and the ratio where it means something)."""
+    def num(s: str | None) -> float | None:
+        if s is None:
+            return None
+        m = re.search(r"(?:median=)?([0-9.]+)", s)
+        return float(m.group(1)) if m else None
+
+    rows = [("sequential put p50 (ms)", "seq_put_256B_p50_ms", "ours / etcd"),
+            ("sequential put p99 (ms)", "seq_put_256B_p99_ms", "ours / etcd"),
+            (f"{conc} concurrent writers (puts/s)", f"conc{conc}_puts_per_s", "ours / etcd"),
+            ("kill -9 leader → first write (s), median", "failover_s", "ours / etcd")]
+    out = ["| figure | Shoal Raft | etcd 3.4 | ratio |", "| --- | --- | --- | --- |"]
+    for label, key, _ in rows:
+        a, b = num(ours.get("raft3_" + key)), num(etcd.get("etcd3_" + key))
+        ratio = f"{a / b:.2f}" if a is not None and b else "—"
+        out.append(f"| {label} | {a if a is not None else '—'} | {b if b is not None else '—'} | {ratio} |")
+    gw = num(etcd.get("etcd3_seq_put_256B_gateway_p50_ms"))
+    if gw is not None:
+        out.append(f"| (etcd sequential p50 through the HTTP gateway, ms) | | {gw} | |")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -270,6 +384,8 @@ def main() -> None:
     ap.add_argument("--conc", type=int, default=32)
     ap.add_argument("--total", type=int, default=12000)
     ap.add_argument("--failovers", type=int, default=3)
+    ap.add_argument("--etcd", action="store_true", help="also run etcd with the same workload, side by side")
+    ap.add_argument("--etcd-venv", default="/tmp/bench-raft-etcd-venv", help="virtualenv for the etcd3 client")
     ap.add_argument("--node", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peers", help=argparse.SUPPRESS)
     ap.add_argument("--client-port", type=int, help=argparse.SUPPRESS)
@@ -285,9 +401,11 @@ def main() -> None:
         os.makedirs(args.data, exist_ok=True)
         asyncio.run(serve_node(args.node, peers, args.client_port, args.data))
         return
-    if shutil.which("etcd") is None:
-        print("FIGURE etcd3_* n/a (etcd not installed: apt-get install etcd-server etcd-client)", flush=True)
-    asyncio.run(run(args))
+    ours = asyncio.run(run(args))
+    if args.etcd:
+        etcd = run_etcd(args)
+        print()
+        print(table(ours, etcd, args.conc), flush=True)
 
 
 if __name__ == "__main__":
