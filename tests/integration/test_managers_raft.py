@@ -1,0 +1,484 @@
+"""Three real managers replicating their store through Raft, in one process, on loopback.
+
+Everything on the main path is real: ``Manager.init_cluster`` / ``Manager.start``, joins with
+the MANAGER token through :func:`worker.join.join`, mutual TLS with certificates from the
+cluster CA, the 2377 server carrying both requests and Raft messages, the WAL on disk. Each
+manager listens on its own free port of 127.0.0.1 and advertises that address. The Raft tick
+is :data:`TICK` seconds (election after 10–20 ticks), so an election takes well under a
+second. Every test builds its own swarm in ``tmp_path`` and stops every manager it started in
+a ``finally`` block (:func:`swarm`), so nothing keeps running after a failure.
+
+What is checked (docs/contracts.md, the issue "Raft: replicated managers"): convergence on one
+leader and replication of store writes; ``ManagerStatus``; the CA key on joined managers;
+``ca.join`` sent to a follower runs on the leader; leader failover with the dispatcher moving
+to the new leader and the old leader catching up after a restart; the quorum check on
+demotion and demotion through the store; fast failure of writes and reads without a quorum;
+``--force-new-cluster``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from manager.ca import RootCA
+from manager.manager import Manager, raft_id
+from manager.store import Unavailable, WriteTx
+from shoal import tlsutil, wire
+from shoal.util import new_id
+from tests.waiting import wait_until
+from worker.join import JoinError, join, local_description, renew_certificate
+
+TICK = 0.03
+"""Seconds per Raft tick: heartbeat every 30 ms, election timeout 0.3–0.6 s."""
+
+JOIN_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Member:
+    """One manager node: its directories, identity and address, and the running Manager (or None)."""
+
+    name: str
+    data: Path
+    certs: Path
+    node_id: str
+    addr: str
+    mgr: Manager | None = None
+
+    @property
+    def m(self) -> Manager:
+        """The running Manager (the test fails if this member is stopped)."""
+        assert self.mgr is not None, f"manager {self.name} is not running"
+        return self.mgr
+
+    @property
+    def rid(self) -> int:
+        return raft_id(self.node_id)
+
+
+@dataclass
+class Swarm:
+    """The managers of one test swarm, under ``root``."""
+
+    root: Path
+    members: list[Member] = field(default_factory=list)
+
+    def running(self) -> list[Member]:
+        return [x for x in self.members if x.mgr is not None]
+
+    def leader(self) -> Member | None:
+        """The running member that is leader, if exactly one is."""
+        leaders = [x for x in self.running() if x.m.is_leader]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def followers(self) -> list[Member]:
+        return [x for x in self.running() if not x.m.is_leader]
+
+    async def start(self, x: Member, force_new_cluster: bool = False) -> Manager:
+        """Start (or restart, on the same directories and address) member ``x``."""
+        m = Manager(x.data, x.certs, x.node_id, x.addr, x.addr, heartbeat_period=1.0,
+                    raft_tick=TICK, force_new_cluster=force_new_cluster)
+        try:
+            await m.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await m.stop()
+            raise
+        x.mgr = m
+        return m
+
+    async def stop(self, *xs: Member) -> None:
+        """Stop members ``xs`` (``await Manager.stop()``), concurrently."""
+        ms = [x.mgr for x in xs if x.mgr is not None]
+        for x in xs:
+            x.mgr = None
+        await asyncio.gather(*(m.stop() for m in ms))
+
+    async def init(self, name: str) -> Member:
+        """``swarm init`` on a new member, then start it."""
+        port = free_port()
+        x = Member(name, self.root / name / "data", self.root / name / "certs", "", f"127.0.0.1:{port}")
+        self.members.append(x)
+        x.node_id = await Manager.init_cluster(x.data, x.certs, x.addr, local_description(name), {})
+        await self.start(x)
+        await wait_until(lambda: x.m.is_leader, 5, f"{name} to lead its new swarm")
+        return x
+
+    async def join_manager(self, name: str, via: Member) -> Member:
+        """``swarm join --token <manager token>`` through ``via``, start the manager, join Raft."""
+        port = free_port()
+        x = Member(name, self.root / name / "data", self.root / name / "certs", "", f"127.0.0.1:{port}")
+        self.members.append(x)
+        token = via.m.join_tokens()["Manager"]
+        node_id, role, managers = await join(via.addr, token, name, "127.0.0.1", x.certs,
+                                             description=local_description(name), timeout=JOIN_TIMEOUT)
+        assert role == "manager"
+        x.node_id = node_id
+        await self.start(x)
+        await x.m.join_raft([via.addr, *managers], timeout=JOIN_TIMEOUT)
+        return x
+
+    async def converged(self, timeout: float = 5.0) -> Member:
+        """Wait until every running member knows the same leader and that leader is running and
+        leads; return it."""
+        def ok() -> bool:
+            run = self.running()
+            ld = self.leader()
+            return ld is not None and all(x.m.log.leader_id == ld.rid for x in run)
+
+        await wait_until(ok, timeout, "every running manager to agree on one leader")
+        ld = self.leader()
+        assert ld is not None
+        return ld
+
+    async def close(self) -> None:
+        """Stop every running member."""
+        await self.stop(*self.running())
+
+
+@contextlib.asynccontextmanager
+async def swarm(root: Path, managers: int = 3) -> AsyncIterator[Swarm]:
+    """A swarm of ``managers`` managers (one init, the others joined with the manager token);
+    every manager is stopped on the way out, failure or not."""
+    s = Swarm(root)
+    try:
+        first = await s.init("m1")
+        for i in range(2, managers + 1):
+            await s.join_manager(f"m{i}", first)
+        await wait_until(lambda: len(first.m.log.driver.voters) == managers, 10,
+                         f"{managers} voters in the Raft configuration")
+        yield s
+    finally:
+        await s.close()
+
+
+def service(name: str) -> Callable[[WriteTx], str]:
+    """A store transaction creating service ``name`` (the API's shape, enough for the store);
+    returns its ID."""
+    def fn(tx: WriteTx) -> str:
+        sid = new_id()
+        tx.create("services", {"ID": sid, "Spec": {"Name": name, "Labels": {},
+                                                   "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}},
+                                                   "Mode": {"Replicated": {"Replicas": 0}}}})
+        return sid
+    return fn
+
+
+def has_service(x: Member, sid: str) -> bool:
+    return x.m.store.view().get("services", sid) is not None
+
+
+def cert_ou(certs: Path) -> str:
+    cert = x509.load_pem_x509_certificate((certs / "node.crt").read_bytes())
+    return str(cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value)
+
+
+async def open_session(certs: Path, addr: str) -> dict[str, Any]:
+    """``session.open`` on the manager at ``addr`` with the node certificate in ``certs``;
+    returns the reply (the connection is closed again). Raises ``shoal.wire.RemoteError``."""
+    host, port = addr.rsplit(":", 1)
+    ctx = tlsutil.client_context(certs / "node.crt", certs / "node.key", certs / "ca.crt")
+    peer = await wire.connect(host, int(port), ctx, None, timeout=5.0, server_hostname=tlsutil.MANAGER_SERVER_NAME)
+    try:
+        return await peer.request("session.open", {"description": local_description("w1")}, timeout=5.0)
+    finally:
+        await peer.close()
+
+
+async def eventually(call: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
+    """Retry ``await call()`` until it returns (every 50 ms); after ``timeout`` seconds raise
+    ``AssertionError`` naming ``what`` and the last error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await call()
+        except (wire.WireError, OSError) as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}: {e}") from e
+        await asyncio.sleep(0.05)
+
+
+# -- 1. three managers -------------------------------------------------------------------------
+
+
+async def test_three_managers_elect_one_leader_and_replicate(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        m1, m2, m3 = s.members
+        leader = await s.converged()
+        assert sorted(x.rid for x in s.members) == sorted(leader.m.log.driver.voters)
+        followers = s.followers()
+        assert len(followers) == 2
+
+        sid = await leader.m.store.update(service("web"))
+        await wait_until(lambda: all(has_service(x, sid) for x in s.members), 5,
+                         "the service to be applied on both followers")
+        for x in followers:
+            svc = x.m.store.view().get("services", sid)
+            assert svc is not None and svc["Spec"]["Name"] == "web"
+            assert svc["Version"] == leader.m.store.view().get("services", sid)["Version"]  # type: ignore[index]
+        # the three nodes are in every store, all managers
+        for x in s.members:
+            nodes = {n["ID"]: n for n in x.m.store.view().list("nodes")}
+            assert set(nodes) == {m1.node_id, m2.node_id, m3.node_id}
+            assert all(n["Spec"]["Role"] == "manager" for n in nodes.values())
+
+        def statuses_ok() -> bool:
+            st = leader.m.manager_statuses()
+            vals = [v for v in st.values() if v is not None]
+            return (len(vals) == 3 and sum(1 for v in vals if v["Leader"]) == 1
+                    and all(v["Reachability"] == "reachable" for v in vals))
+
+        await wait_until(statuses_ok, 5, "the leader to see one Leader and every manager reachable")
+        st = leader.m.manager_statuses()
+        assert st[leader.node_id]["Leader"] is True  # type: ignore[index]
+        for x in s.members:
+            assert st[x.node_id]["Addr"] == x.addr  # type: ignore[index]
+        # the leader records them in the store too (what `docker node ls` shows), on every manager
+        await wait_until(lambda: all(
+            (x.m.store.view().get("nodes", leader.node_id) or {}).get("ManagerStatus", {}).get("Leader") is True
+            for x in s.members), 5, "ManagerStatus.Leader of the leader replicated to every store")
+
+        # the joined managers got the CA key: they can issue certificates
+        for x in (m2, m3):
+            assert (x.certs / "ca.key").exists()
+            assert x.m.ca.can_sign
+            ca = RootCA.load(x.certs)
+            _key, csr = tlsutil.generate_key_and_csr()
+            assert ca.issue(csr, "somenode", "worker", x.m.cluster_id).startswith("-----BEGIN CERTIFICATE-----")
+
+
+# -- 2. ca.join forwarded ------------------------------------------------------------------------
+
+
+async def test_worker_join_through_a_follower_is_forwarded_to_the_leader(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        leader = await s.converged()
+        follower = s.followers()[0]
+        token = follower.m.join_tokens()["Worker"]
+        wcerts = tmp_path / "w1"
+        node_id, role, managers = await join(follower.addr, token, "w1", "", wcerts, timeout=JOIN_TIMEOUT)
+        assert role == "worker"
+        assert cert_ou(wcerts) == "swarm-worker"
+        assert not (wcerts / "ca.key").exists()
+        assert managers  # the leader's list of manager addresses
+        # the node was created by the leader's transaction and replicated everywhere
+        await wait_until(lambda: all(x.m.store.view().get("nodes", node_id) is not None for x in s.members),
+                         5, "the joined worker in every manager's store")
+        for x in s.members:
+            n = x.m.store.view().get("nodes", node_id)
+            assert n is not None and n["Spec"]["Role"] == "worker"
+            assert n["Description"]["Hostname"] == "w1"
+            assert n["Status"]["Addr"] == "127.0.0.1"
+        assert leader.m.is_leader  # no leadership change was needed for this
+        # a bad token through the follower is refused by the leader, with nothing written
+        before = len(leader.m.store.view().list("nodes"))
+        with pytest.raises(JoinError, match="invalid join token"):
+            await join(follower.addr, leader.m.ca.join_token(), "w2", "", tmp_path / "w2", timeout=JOIN_TIMEOUT)
+        assert len(leader.m.store.view().list("nodes")) == before
+
+
+# -- 3. failover -----------------------------------------------------------------------------------
+
+
+async def test_leader_stop_elects_a_new_leader_and_the_old_one_catches_up(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        old = await s.converged()
+        wcerts = tmp_path / "w1"
+        await join(old.addr, old.m.join_tokens()["Worker"], "w1", "", wcerts, timeout=JOIN_TIMEOUT)
+        before = await old.m.store.update(service("before"))
+        await wait_until(lambda: all(has_service(x, before) for x in s.members), 5, "the first write everywhere")
+        old_term = old.m.log.term
+
+        t0 = time.monotonic()
+        await s.stop(old)
+        new = await s.converged(5)
+        elected = time.monotonic() - t0
+        assert new is not old and new.m.log.term > old_term
+        assert elected < 5, f"new leader after {elected:.2f} s"
+        # the new leader runs the dispatcher: a worker's session opens there, not on the follower
+        reply = await eventually(lambda: open_session(wcerts, new.addr), 5,
+                                 "a worker session to open on the new leader")
+        assert reply["session_id"] and reply["node"]["Status"]["State"] == "ready"
+        other = next(x for x in s.running() if x is not new)
+        with pytest.raises(wire.RemoteError, match="not the leader"):
+            await open_session(wcerts, other.addr)
+        # writes work with one manager down
+        during = await new.m.store.update(service("during"))
+        await wait_until(lambda: has_service(other, during), 5, "the write on the remaining follower")
+
+        # the old leader restarts on the same directories: a follower that catches up
+        await s.start(old)
+        await s.converged(5)
+        await wait_until(lambda: has_service(old, during), 5, "the restarted manager to catch up")
+        assert not old.m.is_leader and old.m.log.leader_id == new.rid
+        assert has_service(old, before)
+        after = await new.m.store.update(service("after"))
+        await wait_until(lambda: all(has_service(x, after) for x in s.members), 5,
+                         "a write after the restart on all three")
+        with pytest.raises(wire.RemoteError, match="not the leader"):
+            await open_session(wcerts, old.addr)
+
+
+# -- 4. demotion -----------------------------------------------------------------------------------
+
+
+async def test_demotion_checks_quorum_and_goes_through_the_store(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        leader = await s.converged()
+        a, b = s.followers()
+        await wait_until(lambda: leader.m.demote_problem(a.node_id) is None, 5,
+                         "demoting a follower to be allowed with all three up")
+        assert leader.m.demote_problem(b.node_id) is None
+
+        # one manager down: demoting another reachable one would leave 1 of 2 remaining
+        await s.stop(b)
+        await wait_until(lambda: leader.m.demote_problem(a.node_id) is not None, 5,
+                         "the leader to notice the stopped manager")
+        problem = leader.m.demote_problem(a.node_id)
+        assert problem is not None and "loss of quorum" in problem, problem
+        await s.start(b)
+        await s.converged()
+        await wait_until(lambda: leader.m.demote_problem(a.node_id) is None, 5,
+                         "demotion to be allowed again once all three are up")
+
+        # `node demote a`: the spec changes in the store; the leader takes it out of Raft
+        def demote(tx: WriteTx) -> None:
+            n = tx.get("nodes", a.node_id)
+            assert n is not None
+            n["Spec"] = {**n["Spec"], "Role": "worker"}
+            n.pop("Version", None)
+            tx.update("nodes", n)
+
+        await leader.m.store.update(demote)
+        await wait_until(lambda: a.rid not in leader.m.log.driver.voters, 5,
+                         "the leader to remove the demoted manager from the Raft configuration")
+        assert leader.m.log.driver.voters == frozenset({leader.rid, b.rid})
+        await wait_until(lambda: "ManagerStatus" not in (leader.m.store.view().get("nodes", a.node_id) or {}),
+                         5, "the demoted node's ManagerStatus to disappear")
+        assert leader.m.manager_statuses().get(a.node_id) is None
+        await wait_until(lambda: all("ManagerStatus" not in (x.m.store.view().get("nodes", a.node_id) or {})
+                                     for x in (leader, b)), 5, "that change on the other manager too")
+
+        # the demoted node stops its manager role and renews its certificate as a worker
+        await s.stop(a)
+        assert (a.certs / "ca.key").exists()
+        role = await renew_certificate(a.node_id, [b.addr, leader.addr], a.certs)
+        assert role == "worker"
+        assert not (a.certs / "ca.key").exists()
+        assert cert_ou(a.certs) == "swarm-worker"
+        # the two remaining managers still write
+        sid = await leader.m.store.update(service("after-demotion"))
+        await wait_until(lambda: has_service(b, sid), 5, "a write with two managers")
+
+
+# -- 5. quorum loss ------------------------------------------------------------------------------
+
+IN_FLIGHT_BUG = (
+    "a write submitted on the leader in the ~1.5 election timeouts before it notices the lost quorum "
+    "never finishes: ReplicatedLog.submit accepts it (has_quorum() is still true), the leader then "
+    "steps down (check-quorum) but RaftDriver keeps the entry's waiter until that index is applied, "
+    "which never happens without a quorum, and Store.update awaits that future with no deadline "
+    "(ReplicatedLog.propose has the sliced quorum check, Store.update does not use it)")
+
+
+@pytest.mark.parametrize("survivor", [
+    "follower",
+    pytest.param("leader", marks=pytest.mark.xfail(strict=True, raises=TimeoutError, reason=IN_FLIGHT_BUG)),
+])
+async def test_losing_quorum_fails_a_write_at_once(tmp_path: Path, survivor: str) -> None:
+    async with swarm(tmp_path) as s:
+        leader = await s.converged()
+        sid = await leader.m.store.update(service("kept"))
+        await wait_until(lambda: all(has_service(x, sid) for x in s.members), 5, "the write everywhere")
+        keep = leader if survivor == "leader" else s.followers()[0]
+
+        await s.stop(*(x for x in s.members if x is not keep))
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable) as ei:
+            await asyncio.wait_for(keep.m.store.update(service("lost")), 10)
+        took = time.monotonic() - t0
+        msg = str(ei.value)
+        assert msg.startswith(("no quorum", "not the leader", "no leader")), msg
+        assert took < 10, f"the write failed only after {took:.1f} s"
+
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable):
+            await keep.m.read_barrier(timeout=3.0)
+        assert time.monotonic() - t0 < 10
+        assert has_service(keep, sid)  # what was committed stays
+
+
+async def test_losing_quorum_is_noticed_then_writes_and_reads_fail_fast(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        leader = await s.converged()
+        sid = await leader.m.store.update(service("kept"))
+        await wait_until(lambda: all(has_service(x, sid) for x in s.members), 5, "the write everywhere")
+
+        t0 = time.monotonic()
+        await s.stop(*s.followers())
+        # the leader notices within ~1.5 election timeouts and steps down (check-quorum)
+        await wait_until(lambda: not leader.m.log.driver.has_quorum() and not leader.m.is_leader, 10,
+                         "the survivor to notice it lost the quorum")
+        assert time.monotonic() - t0 < 10
+        t1 = time.monotonic()
+        with pytest.raises(Unavailable) as ei:
+            await asyncio.wait_for(leader.m.store.update(service("lost")), 10)
+        msg = str(ei.value)
+        assert msg.startswith(("no quorum", "not the leader", "no leader")), msg
+        assert time.monotonic() - t1 < 1, "a write without a quorum must be refused at once"
+        with pytest.raises(Unavailable, match="no quorum|no leader|not the leader|not confirmed"):
+            await leader.m.read_barrier(timeout=3.0)
+        assert time.monotonic() - t0 < 10
+        assert has_service(leader, sid)
+        assert leader.m.store.view().find_by_name("services", "lost") is None
+
+
+# -- 6. force new cluster ----------------------------------------------------------------------
+
+
+async def test_force_new_cluster_keeps_the_state_and_writes_alone(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        leader = await s.converged()
+        sid = await leader.m.store.update(service("survivor"))
+        await wait_until(lambda: all(has_service(x, sid) for x in s.members), 5, "the write everywhere")
+        nodes = {x.node_id for x in s.members}
+        cluster_id = leader.m.cluster_id
+        await s.close()
+
+        x = s.members[1]  # any manager will do: this one was a follower
+        m = await s.start(x, force_new_cluster=True)
+        await wait_until(lambda: m.is_leader, 5, "the forced manager to lead alone")
+        assert m.log.driver.voters == frozenset({x.rid})
+        assert has_service(x, sid)
+        assert {n["ID"] for n in m.store.view().list("nodes")} == nodes
+        assert m.cluster_id == cluster_id
+        sid2 = await asyncio.wait_for(m.store.update(service("after-force")), 5)
+        await m.read_barrier()
+        assert has_service(x, sid2)
+
+        # and it stays that way across a normal restart
+        await s.stop(x)
+        m = await s.start(x)
+        await wait_until(lambda: m.is_leader, 5, "the forced manager to lead again after a restart")
+        assert m.log.driver.voters == frozenset({x.rid})
+        assert has_service(x, sid) and has_service(x, sid2)
