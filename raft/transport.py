@@ -15,7 +15,9 @@ Design (after etcd's rafthttp, written our way):
 - inbound connections are one-way: every frame read is handed to ``on_message``; when a
   peer's ``"msg"`` connection ends by the peer's doing (EOF or reset: e.g. its process died),
   ``on_peer_lost(peer_id)`` is called (the driver uses it to notice a dead leader early);
-- frames queued while a connection was busy go out in one write (one syscall per batch);
+- a frame for a connected peer with nothing queued and little unsent is written to the socket
+  at once (no task switch: the leader's MsgApp is on the wire before its own fsync starts);
+  otherwise it is queued, and frames queued while a connection was busy go out in one write;
 - with TLS, an inbound connection must present a certificate of the cluster CA with
   OU ``swarm-manager`` (:func:`shoal.tlsutil.peer_identity`), and ``peer_check`` (if given)
   must accept the pair (certificate identity, Raft ID in the hello), else it is closed;
@@ -52,6 +54,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
+_CLOSED = b""  # queued by _Channel._watch: the connection is gone (a real frame is never empty)
+DIRECT_WRITE_LIMIT = 256 * 1024
+"""Bytes unsent on a connection above which frames go through the bounded queue again."""
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -73,9 +78,17 @@ class _Channel:
         self.kind = kind
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
         self.dropped = 0
+        self.writer: asyncio.StreamWriter | None = None  # set while connected (hello sent)
         self.task = asyncio.create_task(self._run(), name=f"raft-send {peer_id}/{kind}")
 
     def put(self, frame: bytes) -> None:
+        w = self.writer
+        if (w is not None and self.queue.empty() and not w.is_closing()
+                and w.transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT):
+            # Order is kept: the queue is empty, and the sender task writes a frame in the same
+            # step that takes it off the queue.
+            w.write(frame)
+            return
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
@@ -88,9 +101,10 @@ class _Channel:
             if addr is None:
                 return
             writer: asyncio.StreamWriter | None = None
+            watch: asyncio.Task[None] | None = None
             try:
                 host, port = parse_addr(addr)
-                _, w = await asyncio.wait_for(
+                r, w = await asyncio.wait_for(
                     asyncio.open_connection(
                         host, port, ssl=self.owner.client_ssl,
                         server_hostname=self.owner.server_hostname if self.owner.client_ssl else None),
@@ -100,8 +114,12 @@ class _Channel:
                                           "addr": self.owner.advertise}))
                 await w.drain()
                 backoff = BACKOFF_MIN
+                self.writer = w
+                watch = asyncio.create_task(self._watch(r))
                 while True:
                     frame = await self.queue.get()
+                    if frame is _CLOSED:
+                        raise ConnectionResetError("the peer closed the connection")
                     if self.queue.empty():
                         w.write(frame)
                     else:  # batch what is already queued into one write and one drain
@@ -111,12 +129,19 @@ class _Channel:
                         w.write(b"".join(batch))
                     await w.drain()
             except asyncio.CancelledError:
+                self.writer = None
+                if watch is not None:
+                    watch.cancel()
                 if writer is not None:
                     writer.close()
                 raise
-            except (OSError, ValueError, WireError, TimeoutError, ssl.SSLError) as e:
+            except (OSError, ValueError, WireError, TimeoutError, ssl.SSLError, RuntimeError) as e:
+                # RuntimeError: uvloop's write on a transport it already closed
                 log.debug("raft link %d→%d (%s) to %s failed: %s", self.owner.node_id, self.peer_id,
                           self.kind, addr, e)
+            self.writer = None
+            if watch is not None:
+                watch.cancel()
             if writer is not None:
                 writer.close()
                 with contextlib.suppress(Exception):
@@ -127,6 +152,16 @@ class _Channel:
                 self.dropped += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _watch(self, reader: asyncio.StreamReader) -> None:
+        """Notice at once when the peer closes or resets our outbound connection (it never
+        writes on it, so a read returns only then): otherwise the next frame, e.g. the one vote
+        reply of an election, would be lost on the dead connection before we redial."""
+        with contextlib.suppress(Exception):
+            await reader.read(1)
+        self.writer = None
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(_CLOSED)
 
 
 class Transport:

@@ -339,18 +339,28 @@ class RawNode:
         ``index`` is not applied and persisted, or not after the current snapshot."""
         return self.log.compact(index, data, keep)
 
-    def flush(self) -> None:
+    @property
+    def commit_pending(self) -> bool:
+        """With ``batch_append``: a commit advance that followers were not sent yet."""
+        return self._commit_pending and self.role is Role.LEADER
+
+    def flush(self, commit: bool = True) -> None:
         """With ``batch_append``: send the MsgApps that proposals and commit advances since the
         last flush deferred — one per follower that its flow control allows, carrying every new
-        entry and the newest commit index. :meth:`ready` flushes too; a driver calls this once
-        per batch of inputs (e.g. per event-loop turn) to send sooner. No-op otherwise."""
-        bcast, commit = self._bcast_pending, self._commit_pending
+        entry and the newest commit index. ``commit=False``: a commit advance with no new entries
+        to ride on stays pending (see :attr:`commit_pending`; the driver sends it a moment later
+        with ``flush()``, and heartbeats carry the commit index too). :meth:`ready` does
+        ``flush(commit=False)``; a driver calls this once per batch of inputs (e.g. per
+        event-loop turn) to send sooner. No-op otherwise."""
+        bcast, pend_commit = self._bcast_pending, self._commit_pending
+        if not bcast and not (commit and pend_commit):
+            return
         self._bcast_pending = self._commit_pending = False
-        if self.role is not Role.LEADER or not (bcast or commit):
+        if self.role is not Role.LEADER:
             return
         for i in sorted(self.prs):
             if i != self.id:
-                self._send_append(i, send_if_empty=commit)
+                self._send_append(i, send_if_empty=pend_commit)
 
     def leader_lost(self, peer: int) -> bool:
         """The driver saw clear evidence that ``peer`` stopped: its connection to us was closed
@@ -415,7 +425,7 @@ class RawNode:
         """True when :meth:`ready` has work for the driver."""
         if self._ready_out is not None:
             return False
-        if (self._bcast_pending or self._commit_pending) and self.role is Role.LEADER:
+        if self._bcast_pending and self.role is Role.LEADER:
             return True
         if self._soft_state() != self._prev_ss or self._hard_state() != self._prev_hs:
             return True
@@ -427,7 +437,7 @@ class RawNode:
         previous Ready was not advanced yet."""
         if self._ready_out is not None:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
-        self.flush()
+        self.flush(commit=False)
         ss = self._soft_state()
         hs = self._hard_state()
         committed = self.log.next_committed(self.cfg.max_committed_size_per_ready)

@@ -3,6 +3,7 @@
 Prints ``FIGURE <name> <value> <unit>`` lines; never passes or fails on time.
 
     .venv/bin/python tests/bench/bench_raft.py [--seq 2000] [--conc 32] [--total 12000] [--failovers 3]
+        [--timeout-failovers 3] [--etcd] [--keep-logs DIR]
 
 Each member is its own process (``--node``; uvloop when available) with its WAL in a fresh temp
 dir and a small client port speaking shoal.wire frames: request ``{"t": "put", "id": n, "v": bytes}``,
@@ -11,8 +12,13 @@ the client, as etcd's anchor drives etcd with a Python client. Workload (the one
 ``/work/shared/anchors/03_etcd.py``): one client writing 256-byte values sequentially to the
 leader (latency p50/p99), 32 concurrent writers (commits/s), and leader failover (SIGKILL the
 leader → first successful write through a survivor; the killed member is restarted after).
-Default Raft timing: tick 100 ms, heartbeat 1 tick, election 10–20 ticks. Kills only the
-processes it started and removes its temp dir.
+Default Raft timing: tick 100 ms, heartbeat 1 tick, election 10–20 ticks. Failover is measured
+twice: with the defaults (a follower that sees the dead leader's connection closed campaigns
+early, ``DriverConfig.leader_loss_campaign``), then ``--timeout-failovers`` more times with that
+off (members restarted with ``--no-early-campaign``): only the election timeout, the case of
+failures that close no connection. The leader's "entries per WAL write+fsync" line shows the
+group commit at work. Kills only the processes it started and removes its temp dir (``--keep-logs``
+copies the members' logs out first).
 
 ``--etcd`` then runs etcd (3 members on 127.0.0.1, the same workload; see
 ``tests/bench/bench_raft_etcd.py``) in the same invocation and prints both sides' FIGURE lines and
@@ -28,6 +34,7 @@ import argparse
 import asyncio
 import functools
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -53,8 +60,10 @@ VALUE = b"x" * 256
 
 # ----------------------------------------------------------------------------- member process
 
-async def serve_node(nid: int, peers: dict[int, str], client_port: int, data: str) -> None:
-    rlog = ReplicatedLog(nid, peers, data, config=DriverConfig(), propose_timeout=3.0)
+async def serve_node(nid: int, peers: dict[int, str], client_port: int, data: str,
+                     early_campaign: bool = True) -> None:
+    rlog = ReplicatedLog(nid, peers, data, config=DriverConfig(leader_loss_campaign=early_campaign),
+                         propose_timeout=3.0)
     count = 0
 
     def apply(_e: Any) -> None:
@@ -91,6 +100,11 @@ async def serve_node(nid: int, peers: dict[int, str], client_port: int, data: st
         try:
             while True:
                 f = await read_frame(reader)
+                if f.get("t") == "stats":
+                    d = rlog.driver
+                    reply({"id": f["id"], "ok": True, "fsyncs": d.fsyncs, "applied": d.applied,
+                           "dropped": d.transport.dropped()})
+                    continue
                 if f.get("t") == "leader?":
                     reply({"id": f["id"], "ok": True, "leader": rlog.leader_id, "is_leader": rlog.is_leader})
                     continue
@@ -162,17 +176,26 @@ class Bench:
         self.peers = {i + 1: f"127.0.0.1:{ports[i]}" for i in range(3)}
         self.cports = {i + 1: ports[3 + i] for i in range(3)}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.keep_logs = ""
+        self.early_campaign = True
 
     def start(self, nid: int) -> None:
         peers = ",".join(f"{i}={a}" for i, a in self.peers.items())
+        extra = [] if self.early_campaign else ["--no-early-campaign"]
         p = subprocess.Popen([sys.executable, __file__, "--node", str(nid), "--peers", peers,
-                              "--client-port", str(self.cports[nid]), "--data", f"{self.dir}/n{nid}"],
+                              "--client-port", str(self.cports[nid]), "--data", f"{self.dir}/n{nid}",
+                              *extra],
                              stdout=subprocess.PIPE, stderr=open(f"{self.dir}/n{nid}.log", "ab"))
         assert p.stdout is not None
         line = p.stdout.readline()
         if b"ready" not in line:
             raise RuntimeError(f"node {nid} did not start; see {self.dir}/n{nid}.log")
         self.procs[nid] = p
+
+    def stop(self, nid: int) -> None:
+        p = self.procs.pop(nid)
+        p.terminate()
+        p.wait(10)
 
     def kill(self, nid: int) -> None:
         p = self.procs.pop(nid)
@@ -188,6 +211,10 @@ class Bench:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if self.keep_logs:
+            os.makedirs(self.keep_logs, exist_ok=True)
+            for f in Path(self.dir).glob("n*.log"):
+                shutil.copy(f, self.keep_logs)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     async def leader(self, timeout: float = 10.0, exclude: int = 0) -> int:
@@ -232,6 +259,7 @@ async def run(args: argparse.Namespace) -> dict[str, str]:
         print(f"FIGURE {name} {text}", flush=True)
 
     b = Bench()
+    b.keep_logs = args.keep_logs
     try:
         for nid in (1, 2, 3):
             b.start(nid)
@@ -258,40 +286,64 @@ async def run(args: argparse.Namespace) -> dict[str, str]:
                 if not r["ok"]:
                     raise RuntimeError(r["err"])
 
+        st0 = await conn.call({"t": "stats"})
         t0 = time.perf_counter()
         await asyncio.gather(*(writer(c) for c in conns))
         dt = time.perf_counter() - t0
+        st1 = await conn.call({"t": "stats"})
+        n_sync = max(1, st1["fsyncs"] - st0["fsyncs"])
+        print(f"leader: {per * args.conc / n_sync:.1f} entries per WAL write+fsync "
+              f"({n_sync} writes for {per * args.conc} puts), {st1['dropped']} frames dropped", flush=True)
         fig(f"raft3_conc{args.conc}_puts_per_s", f"{per * args.conc / dt:.0f} puts/s")
         for c in conns + [conn]:
             await c.close()
 
-        fo = []
-        for _ in range(args.failovers):
-            lead = await b.leader()
-            survivors = [n for n in (1, 2, 3) if n != lead]
-            sconns = {n: await Conn.open(b.cports[n]) for n in survivors}
-            t0 = time.perf_counter()
-            b.kill(lead)
-            done = False
-            while not done:
+        async def failovers(n: int) -> list[float]:
+            fo: list[float] = []
+            for _ in range(n):
+                lead = await b.leader()
+                survivors = [i for i in (1, 2, 3) if i != lead]
+                sconns = {i: await Conn.open(b.cports[i]) for i in survivors}
+                t0 = time.perf_counter()
+                b.kill(lead)
+                done = False
+                while not done:
+                    for c in sconns.values():
+                        try:
+                            r = await c.call({"t": "put", "v": VALUE}, 0.2)
+                        except TimeoutError:
+                            continue
+                        if r["ok"]:
+                            done = True
+                            break
+                    if not done:
+                        await asyncio.sleep(0.01)
+                fo.append(time.perf_counter() - t0)
+                print(f"failover: killed leader {lead}, first write after {fo[-1]:.3f} s", flush=True)
                 for c in sconns.values():
-                    try:
-                        r = await c.call({"t": "put", "v": VALUE}, 0.2)
-                    except TimeoutError:
-                        continue
-                    if r["ok"]:
-                        done = True
-                        break
-                if not done:
-                    await asyncio.sleep(0.01)
-            fo.append(time.perf_counter() - t0)
-            for c in sconns.values():
-                await c.close()
-            b.start(lead)
-            await asyncio.sleep(1.0)
+                    await c.close()
+                b.start(lead)
+                await asyncio.sleep(1.0)
+            return fo
+
+        def summary(fo: list[float]) -> str:
+            return (f"median={statistics.median(fo):.2f} min={min(fo):.2f} max={max(fo):.2f} "
+                    f"(n={len(fo)})")
+
+        fo = await failovers(args.failovers)
         if fo:
-            fig("raft3_failover_s", f"median={statistics.median(fo):.2f} min={min(fo):.2f} "
-                f"max={max(fo):.2f} (n={len(fo)})")
+            fig("raft3_failover_s", summary(fo))
+        if args.timeout_failovers:
+            # The same with leader_loss_campaign off: only the election timeout (as etcd), the
+            # figure for failures that close no connection (partitions, dead machines).
+            b.early_campaign = False
+            for nid in (1, 2, 3):
+                b.stop(nid)
+                b.start(nid)
+                await b.leader()
+            await asyncio.sleep(1.0)
+            fo = await failovers(args.timeout_failovers)
+            fig("raft3_failover_timeout_only_s", summary(fo))
     finally:
         b.stop_all()
     return figs
@@ -366,10 +418,13 @@ def table(ours: dict[str, str], etcd: dict[str, str], conc: int) -> str:
     rows = [("sequential put p50 (ms)", "seq_put_256B_p50_ms", "ours / etcd"),
             ("sequential put p99 (ms)", "seq_put_256B_p99_ms", "ours / etcd"),
             (f"{conc} concurrent writers (puts/s)", f"conc{conc}_puts_per_s", "ours / etcd"),
-            ("kill -9 leader → first write (s), median", "failover_s", "ours / etcd")]
+            ("kill -9 leader → first write (s), median", "failover_s", "ours / etcd"),
+            ("… with our early campaign off: election timeout only (s), median", "failover_timeout_only_s",
+             "ours / etcd")]
     out = ["| figure | Shoal Raft | etcd 3.4 | ratio |", "| --- | --- | --- | --- |"]
     for label, key, _ in rows:
-        a, b = num(ours.get("raft3_" + key)), num(etcd.get("etcd3_" + key))
+        a = num(ours.get("raft3_" + key))
+        b = num(etcd.get("etcd3_" + key.replace("_timeout_only", "")))
         ratio = f"{a / b:.2f}" if a is not None and b else "—"
         out.append(f"| {label} | {a if a is not None else '—'} | {b if b is not None else '—'} | {ratio} |")
     gw = num(etcd.get("etcd3_seq_put_256B_gateway_p50_ms"))
@@ -386,6 +441,10 @@ def main() -> None:
     ap.add_argument("--failovers", type=int, default=3)
     ap.add_argument("--etcd", action="store_true", help="also run etcd with the same workload, side by side")
     ap.add_argument("--etcd-venv", default="/tmp/bench-raft-etcd-venv", help="virtualenv for the etcd3 client")
+    ap.add_argument("--keep-logs", default="", help="copy the members' logs to this directory at the end")
+    ap.add_argument("--timeout-failovers", type=int, default=3,
+                    help="failovers with the early campaign off (election timeout only)")
+    ap.add_argument("--no-early-campaign", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--node", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--peers", help=argparse.SUPPRESS)
     ap.add_argument("--client-port", type=int, help=argparse.SUPPRESS)
@@ -397,9 +456,10 @@ def main() -> None:
             uvloop.install()
         except ImportError:
             pass
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         peers = {int(k): v for k, v in (x.split("=", 1) for x in args.peers.split(","))}
         os.makedirs(args.data, exist_ok=True)
-        asyncio.run(serve_node(args.node, peers, args.client_port, args.data))
+        asyncio.run(serve_node(args.node, peers, args.client_port, args.data, not args.no_early_campaign))
         return
     ours = asyncio.run(run(args))
     if args.etcd:

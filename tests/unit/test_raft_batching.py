@@ -72,7 +72,7 @@ def test_without_batch_append_each_proposal_is_sent_at_once() -> None:
     assert len(appends(r, 2)) == 3 and len(appends(r, 3)) == 3
 
 
-def test_batch_append_commit_advance_reaches_followers_at_ready() -> None:
+def test_batch_append_commit_advance_waits_for_flush_or_new_entries() -> None:
     r = leader_of_three(batch_append=True)
     idx = r.propose(b"x")
     assert idx is not None
@@ -81,11 +81,30 @@ def test_batch_append_commit_advance_reaches_followers_at_ready() -> None:
     r.advance(rd)
     r.step(MsgAppResp(term=r.term, frm=2, to=1, index=idx))
     assert r.log.committed == idx
-    assert appends(r, 3) == []  # the commit index waits for the flush
+    assert appends(r, 3) == [] and r.commit_pending  # the commit index waits for a flush
     rd = r.ready()
-    sent = [m for m in rd.messages if isinstance(m, MsgApp)]
-    assert {m.to for m in sent} == {2, 3} and all(m.commit == idx for m in sent)
     assert [e.index for e in rd.committed_entries][-1] == idx
+    assert not [m for m in rd.messages if isinstance(m, MsgApp)]  # ready() leaves it pending
+    r.advance(rd)
+    r.flush()
+    sent = [m for m in r.msgs if isinstance(m, MsgApp)]
+    assert {m.to for m in sent} == {2, 3} and all(m.commit == idx for m in sent)
+    assert not r.commit_pending
+
+
+def test_batch_append_new_entries_carry_a_pending_commit() -> None:
+    r = leader_of_three(batch_append=True)
+    idx = r.propose(b"x")
+    assert idx is not None
+    r.advance(r.ready())
+    r.step(MsgAppResp(term=r.term, frm=2, to=1, index=idx))
+    assert r.commit_pending
+    r.msgs.clear()
+    r.propose(b"y")
+    r.flush(commit=False)
+    sent = [m for m in r.msgs if isinstance(m, MsgApp)]
+    assert {m.to for m in sent} == {2, 3} and all(m.commit == idx for m in sent)
+    assert not r.commit_pending
 
 
 def follower(**kw: object) -> RawNode:
