@@ -402,8 +402,13 @@ def test_kill_leader_new_leader_and_writes_then_it_rejoins(mc: MCluster) -> None
 
     def write() -> bool:
         h = survivors[len(written) % 2]
-        written.append(h)
-        set_label(cl(h, 10.0), "t3.after-kill", "1")
+        a = time.monotonic()
+        try:
+            set_label(cl(h, 10.0), "t3.after-kill", "1")
+        except Exception as e:
+            written.append(f"{h} +{a - t0:.2f}s {time.monotonic() - a:.2f}s {e}")
+            raise
+        written.append(f"{h} +{a - t0:.2f}s {time.monotonic() - a:.2f}s ok")
         return True
 
     with ThreadPoolExecutor(3) as ex:
@@ -412,7 +417,8 @@ def test_kill_leader_new_leader_and_writes_then_it_rejoins(mc: MCluster) -> None
         fc = ex.submit(measure, write, 30, t0, 0.05)
         t_raft, t_reported, t_write = fa.result(), fb.result(), fc.result()
     print(f"BENCH lab failover (kill -9 of the leader {old}, --raft-tick 0.1): Raft leader elected "
-          f"{t_raft} s, Leader in GET /nodes {t_reported} s, first acknowledged write {t_write} s")
+          f"{t_raft} s, Leader in GET /nodes {t_reported} s, first acknowledged write {t_write} s; "
+          f"write attempts: {written}")
     assert t_raft is not None and t_raft < 10, t_raft
     assert t_reported is not None and t_reported < 10, t_reported
     assert t_write is not None and t_write < 10, t_write
