@@ -108,7 +108,7 @@ class DriverConfig:
     ticks (50–500 ms at the default tick; a continuous delay, so two followers rarely collide)
     rather than a full election timeout (:meth:`raft.core.RawNode.leader_lost` explains why that
     is safe); silent failures (partitions, a dead machine) still wait for the election timeout.
-    False: only the lease is dropped. ``inline_write_entries``: a Ready with at most this many
+    False: a closed connection means nothing (election timeout only, as etcd). ``inline_write_entries``: a Ready with at most this many
     entries (and no snapshot) is written and fsynced on the event loop itself while recent
     fsyncs took under 2 ms: handing a small write to a worker thread and back costs more
     (about 0.1 ms here) than the fsync it overlaps; bigger Readies, or a slow disk, go to the
@@ -323,10 +323,10 @@ class RaftDriver:
     def _on_peer_lost(self, peer: int) -> None:
         """The transport saw ``peer`` close or reset its connection to us (see
         :meth:`raft.core.RawNode.leader_lost`)."""
-        if self._closed or not self.node.leader_lost(peer):
+        if self._closed or not self.cfg.leader_loss_campaign or not self.node.leader_lost(peer):
             return
         self._wake.set()
-        if self.cfg.leader_loss_campaign and self.node.promotable():
+        if self.node.promotable():
             delay = random.uniform(0.5, 5.0) * self.cfg.tick
             log.info("raft %d: leader %d closed its connection; campaigning in %.0f ms unless a leader "
                      "shows up", self.id, peer, delay * 1e3)
@@ -549,6 +549,13 @@ class RaftDriver:
             if rd.soft_state.leader != self.leader or rd.soft_state.role is not self.role:
                 log.info("raft %d: role %s, leader %d, term %d", self.id, rd.soft_state.role.value,
                          rd.soft_state.leader, self.node.term)
+            if self.role is Role.LEADER and rd.soft_state.role is not Role.LEADER:
+                # Stepped down (check-quorum, a newer term, a transfer): entries proposed here
+                # may still commit under the next leader or be lost; their proposers must not
+                # wait for ever.
+                self._fail_waiters(LogUnavailable(
+                    f"{self.no_quorum_message() if not self.has_quorum() else 'leadership lost'} "
+                    "before the entry committed; its outcome is unknown"))
             self.leader, self.role = rd.soft_state.leader, rd.soft_state.role
             self._changed.set()
         early: list[Message] = []
@@ -682,11 +689,15 @@ class RaftDriver:
         self.sm_snapshot = DiskSnapshot(index, snap.term, sm)
         self.snap_index = index
 
-    def _fail_all(self, err: LogUnavailable) -> None:
+    def _fail_waiters(self, err: LogUnavailable) -> None:
+        """Fail every proposal waiting for its commit with ``err``."""
         for _, fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(err)
         self._waiters.clear()
+
+    def _fail_all(self, err: LogUnavailable) -> None:
+        self._fail_waiters(err)
         for fut in self._reads.values():
             if not fut.done():
                 fut.set_exception(err)

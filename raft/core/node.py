@@ -382,8 +382,7 @@ class RawNode:
         if (self.role is not Role.FOLLOWER or self.lead != peer or peer == 0 or peer == self.id
                 or not (self.cfg.pre_vote and self.cfg.check_quorum)):
             return False
-        self.lead = 0
-        self.election_elapsed = max(self.election_elapsed, self.cfg.election_tick)  # lease over
+        self.lead = 0  # no leader known: not in a lease (see step), the election timer runs on
         return True
 
     def step(self, m: Message) -> None:

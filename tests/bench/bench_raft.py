@@ -3,7 +3,7 @@
 Prints ``FIGURE <name> <value> <unit>`` lines; never passes or fails on time.
 
     .venv/bin/python tests/bench/bench_raft.py [--seq 2000] [--conc 32] [--total 12000] [--failovers 3]
-        [--timeout-failovers 3] [--etcd] [--keep-logs DIR]
+        [--timeout-failovers 3] [--etcd [--rounds 1]] [--keep-logs DIR]
 
 Each member is its own process (``--node``; uvloop when available) with its WAL in a fresh temp
 dir and a small client port speaking shoal.wire frames: request ``{"t": "put", "id": n, "v": bytes}``,
@@ -22,7 +22,8 @@ copies the members' logs out first).
 
 ``--etcd`` then runs etcd (3 members on 127.0.0.1, the same workload; see
 ``tests/bench/bench_raft_etcd.py``) in the same invocation and prints both sides' FIGURE lines and
-a table. It installs what is missing: Debian's ``etcd-server etcd-client`` with apt-get, and a
+a table; ``--rounds N`` alternates the two sides N times (the box is shared and noisy) and the
+table gives medians over the rounds. It installs what is missing: Debian's ``etcd-server etcd-client`` with apt-get, and a
 virtualenv (``--etcd-venv``, default ``/tmp/bench-raft-etcd-venv``) with PyPI ``etcd3`` and
 ``aiohttp``; ``etcd3`` runs on the pure-Python protobuf (``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION
 =python``, as the anchor does), since its generated code predates protobuf 4.
@@ -407,29 +408,38 @@ def run_etcd(args: argparse.Namespace) -> dict[str, str]:
     return figs
 
 
-def table(ours: dict[str, str], etcd: dict[str, str], conc: int) -> str:
-    """A markdown table of both sides' figures (and the ratio where it means something)."""
+def table(ours: list[dict[str, str]], etcd: list[dict[str, str]], conc: int) -> str:
+    """A markdown table of both sides' figures: the median over the rounds (each round's value in
+    brackets when there are several) and the ratio ours / etcd of the medians."""
     def num(s: str | None) -> float | None:
         if s is None:
             return None
         m = re.search(r"(?:median=)?([0-9.]+)", s)
         return float(m.group(1)) if m else None
 
-    rows = [("sequential put p50 (ms)", "seq_put_256B_p50_ms", "ours / etcd"),
-            ("sequential put p99 (ms)", "seq_put_256B_p99_ms", "ours / etcd"),
-            (f"{conc} concurrent writers (puts/s)", f"conc{conc}_puts_per_s", "ours / etcd"),
-            ("kill -9 leader → first write (s), median", "failover_s", "ours / etcd"),
-            ("… with our early campaign off: election timeout only (s), median", "failover_timeout_only_s",
-             "ours / etcd")]
-    out = ["| figure | Shoal Raft | etcd 3.4 | ratio |", "| --- | --- | --- | --- |"]
-    for label, key, _ in rows:
-        a = num(ours.get("raft3_" + key))
-        b = num(etcd.get("etcd3_" + key.replace("_timeout_only", "")))
+    def cell(rounds: list[dict[str, str]], key: str) -> tuple[float | None, str]:
+        xs = [x for x in (num(r.get(key)) for r in rounds) if x is not None]
+        if not xs:
+            return None, "—"
+        med = statistics.median(xs)
+        text = f"{med:g}"
+        if len(xs) > 1:
+            text += " (" + ", ".join(f"{x:g}" for x in xs) + ")"
+        return med, text
+
+    rows = [("sequential put p50 (ms)", "seq_put_256B_p50_ms"),
+            ("sequential put p99 (ms)", "seq_put_256B_p99_ms"),
+            (f"{conc} concurrent writers (puts/s)", f"conc{conc}_puts_per_s"),
+            ("kill -9 leader → first write (s), median", "failover_s"),
+            ("… ours with the early campaign off: election timeout only (s)", "failover_timeout_only_s")]
+    out = ["| figure | Shoal Raft | etcd 3.4 | ours / etcd |", "| --- | --- | --- | --- |"]
+    for label, key in rows:
+        a, ta = cell(ours, "raft3_" + key)
+        b, tb = cell(etcd, "etcd3_" + key.replace("_timeout_only", ""))
         ratio = f"{a / b:.2f}" if a is not None and b else "—"
-        out.append(f"| {label} | {a if a is not None else '—'} | {b if b is not None else '—'} | {ratio} |")
-    gw = num(etcd.get("etcd3_seq_put_256B_gateway_p50_ms"))
-    if gw is not None:
-        out.append(f"| (etcd sequential p50 through the HTTP gateway, ms) | | {gw} | |")
+        out.append(f"| {label} | {ta} | {tb} | {ratio} |")
+    _, gw = cell(etcd, "etcd3_seq_put_256B_gateway_p50_ms")
+    out.append(f"| (etcd sequential p50 through its HTTP gateway with aiohttp, ms) | | {gw} | |")
     return "\n".join(out)
 
 
@@ -440,6 +450,7 @@ def main() -> None:
     ap.add_argument("--total", type=int, default=12000)
     ap.add_argument("--failovers", type=int, default=3)
     ap.add_argument("--etcd", action="store_true", help="also run etcd with the same workload, side by side")
+    ap.add_argument("--rounds", type=int, default=1, help="with --etcd: rounds of (ours, etcd), alternated")
     ap.add_argument("--etcd-venv", default="/tmp/bench-raft-etcd-venv", help="virtualenv for the etcd3 client")
     ap.add_argument("--keep-logs", default="", help="copy the members' logs to this directory at the end")
     ap.add_argument("--timeout-failovers", type=int, default=3,
@@ -461,11 +472,18 @@ def main() -> None:
         os.makedirs(args.data, exist_ok=True)
         asyncio.run(serve_node(args.node, peers, args.client_port, args.data, not args.no_early_campaign))
         return
-    ours = asyncio.run(run(args))
-    if args.etcd:
-        etcd = run_etcd(args)
-        print()
-        print(table(ours, etcd, args.conc), flush=True)
+    if not args.etcd:
+        asyncio.run(run(args))
+        return
+    ours: list[dict[str, str]] = []
+    etcd: list[dict[str, str]] = []
+    for r in range(args.rounds):  # alternate the sides so that noise on the box hits both
+        print(f"--- round {r + 1}/{args.rounds}: Shoal Raft", flush=True)
+        ours.append(asyncio.run(run(args)))
+        print(f"--- round {r + 1}/{args.rounds}: etcd", flush=True)
+        etcd.append(run_etcd(args))
+    print()
+    print(table(ours, etcd, args.conc), flush=True)
 
 
 if __name__ == "__main__":
