@@ -34,7 +34,7 @@ from typing import Any
 
 import msgpack
 
-from manager.store import Store, StoreError, WriteTx
+from manager.store import Store, StoreError, Unavailable, WriteTx
 from shoal import wire
 from shoal.taskstate import STATE_ORDER, state_order
 from shoal.util import now_rfc3339
@@ -234,7 +234,10 @@ class Dispatcher:
         (already authenticated by its certificate) on ``peer``. Raises ``LookupError`` for an
         unknown request or session, ``ValueError`` for a malformed body (sent back as errors)."""
         if type == "session.open":
-            return await self.open_session(peer, node_id, body)
+            try:
+                return await self.open_session(peer, node_id, body)
+            except Unavailable as e:  # leadership just moved: the agent tries the next manager
+                raise LookupError(f"cannot open a session here now: {e}") from e
         if type == "session.heartbeat":
             return self.heartbeat(node_id, body)
         if type == "session.status":

@@ -378,6 +378,8 @@ class Store:
             if obj is not None:
                 obj["Version"] = {"Index": index}
             self._pending[(table, id)] = (index, obj)
+        # if our caller is cancelled, the log's verdict is still consumed (no "never retrieved")
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             await asyncio.shield(fut)
         except LogUnavailable as e:

@@ -261,7 +261,9 @@ class ReplicatedLog:
                 await self.driver.wait_changed(0.05)
                 continue
             try:
-                return await asyncio.wait_for(fut, min(1.0, max(0.01, deadline - time.monotonic())))
+                # short slices: a ReadIndex sent to a leader that just died is re-sent (to the
+                # new leader) soon after the election rather than after a long wait
+                return await asyncio.wait_for(fut, min(0.25, max(0.01, deadline - time.monotonic())))
             except TimeoutError:
                 self.driver.forget_read(ctx)
                 if time.monotonic() >= deadline:
