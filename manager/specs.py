@@ -649,5 +649,15 @@ def validate_swarm_spec(spec: Any) -> dict[str, Any]:
     exp = ca.get("NodeCertExpiry")
     if exp is not None and _int(exp, "CAConfig.NodeCertExpiry") < 0:
         raise SpecError("node certificate expiry cannot be negative")
+    raft = _obj(out.get("Raft"), "Raft")
+    for field, low in (("SnapshotInterval", 1), ("KeepOldSnapshots", 0), ("LogEntriesForSlowFollowers", 0),
+                       ("ElectionTick", 1), ("HeartbeatTick", 1)):
+        v = raft.get(field)
+        if v is not None and _int(v, f"RaftConfig.{field}") < low:
+            raise SpecError(f"RaftConfig.{field} must be at least {low}, got {v}")
+    et, ht = raft.get("ElectionTick"), raft.get("HeartbeatTick")
+    if et is not None and ht is not None and et <= ht:
+        raise SpecError(f"RaftConfig.ElectionTick ({et}) must be greater than RaftConfig.HeartbeatTick ({ht}): "
+                        "a follower must hear several heartbeats within one election timeout")
     _labels(out.get("Labels"), "SwarmSpec.Labels")
     return out

@@ -171,3 +171,17 @@ def test_mounts_bind_and_tmpfs_are_accepted() -> None:
 def test_ignored_fields_are_refused(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         validate_service_spec(spec)
+
+
+@pytest.mark.parametrize("raft, words", [
+    ({"ElectionTick": 1, "HeartbeatTick": 1}, "must be greater than RaftConfig.HeartbeatTick"),
+    ({"SnapshotInterval": 0}, "SnapshotInterval must be at least 1"),
+    ({"LogEntriesForSlowFollowers": -1}, "LogEntriesForSlowFollowers must be at least 0"),
+    ({"HeartbeatTick": 0}, "HeartbeatTick must be at least 1"),
+])
+def test_swarm_spec_raft_section_is_checked(raft: dict[str, int], words: str) -> None:
+    """Raft timing and compaction settings (Docker API RaftConfig) that cannot work are refused."""
+    with pytest.raises(SpecError, match=words):
+        validate_swarm_spec({"Raft": raft})
+    ok = validate_swarm_spec({"Raft": {"SnapshotInterval": 5000, "ElectionTick": 20, "HeartbeatTick": 2}})
+    assert ok["Raft"]["SnapshotInterval"] == 5000
