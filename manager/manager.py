@@ -632,9 +632,11 @@ class Manager:
         """Stop the role follower, the leader's loops, the server and the dispatcher, then close
         the log."""
         if self._role_task is not None:
-            self._role_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._role_task
+            # Cancel until it has ended: on Python 3.11, asyncio.wait_for (in the driver's
+            # wait_changed) loses a cancellation that arrives as its event fires.
+            while not self._role_task.done():
+                self._role_task.cancel()
+                await asyncio.wait((self._role_task,), timeout=0.5)
             self._role_task = None
         await self._stop_leader_loops()
         self._leading = False
