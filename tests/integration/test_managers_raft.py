@@ -39,12 +39,33 @@ from shoal.util import new_id
 from tests.waiting import wait_until
 from worker.join import JoinError, join, local_description, renew_certificate
 
+pytestmark = pytest.mark.timeout(60)
+
 TICK = 0.03
 """Seconds per Raft tick: heartbeat every 30 ms, election timeout 0.3–0.6 s."""
 
 JOIN_TIMEOUT = 10.0
 
 T = TypeVar("T")
+
+
+STOP_TIMEOUT = 15.0
+
+
+def pending_tasks() -> str:
+    """Every unfinished asyncio task with the chain of awaits it is suspended in (for hang
+    reports), innermost last."""
+    out = []
+    for t in asyncio.all_tasks():
+        chain: list[str] = []
+        co: Any = t.get_coro()
+        while co is not None and len(chain) < 12:
+            f = getattr(co, "cr_frame", None) or getattr(co, "gi_frame", None)
+            if f is not None:
+                chain.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}")
+            co = getattr(co, "cr_await", None) or getattr(co, "gi_yieldfrom", None)
+        out.append(f"[{t.get_name()}] " + " -> ".join(chain))
+    return "; ".join(out)
 
 
 def free_port() -> int:
@@ -108,11 +129,20 @@ class Swarm:
         return m
 
     async def stop(self, *xs: Member) -> None:
-        """Stop members ``xs`` (``await Manager.stop()``), concurrently."""
-        ms = [x.mgr for x in xs if x.mgr is not None]
+        """Stop members ``xs`` (``await Manager.stop()``), concurrently. A stop that takes more
+        than :data:`STOP_TIMEOUT` seconds fails the test, naming the tasks still running."""
+        ms = [(x.name, x.mgr) for x in xs if x.mgr is not None]
         for x in xs:
             x.mgr = None
-        await asyncio.gather(*(m.stop() for m in ms))
+
+        async def one(name: str, m: Manager) -> None:
+            try:
+                await asyncio.wait_for(asyncio.shield(m.stop()), STOP_TIMEOUT)
+            except TimeoutError:
+                raise AssertionError(f"Manager.stop() of {name} did not return within {STOP_TIMEOUT} s; "
+                                     f"tasks: {pending_tasks()}") from None
+
+        await asyncio.gather(*(one(n, m) for n, m in ms))
 
     async def init(self, name: str) -> Member:
         """``swarm init`` on a new member, then start it."""
@@ -158,13 +188,15 @@ class Swarm:
 
 @contextlib.asynccontextmanager
 async def swarm(root: Path, managers: int = 3) -> AsyncIterator[Swarm]:
-    """A swarm of ``managers`` managers (one init, the others joined with the manager token);
-    every manager is stopped on the way out, failure or not."""
+    """A swarm of ``managers`` managers (one init, the others joined with the manager token,
+    each through the manager joined before it: from the third on, through a follower, so
+    ``ca.join`` and ``raft.join`` are forwarded to the leader); every manager is stopped on the
+    way out, failure or not."""
     s = Swarm(root)
     try:
         first = await s.init("m1")
         for i in range(2, managers + 1):
-            await s.join_manager(f"m{i}", first)
+            await s.join_manager(f"m{i}", s.members[-1])
         await wait_until(lambda: len(first.m.log.driver.voters) == managers, 10,
                          f"{managers} voters in the Raft configuration")
         yield s
@@ -182,6 +214,12 @@ def service(name: str) -> Callable[[WriteTx], str]:
                                                    "Mode": {"Replicated": {"Replicas": 0}}}})
         return sid
     return fn
+
+
+async def write(m: Manager, fn: Callable[[WriteTx], T], timeout: float = 5.0) -> T:
+    """``await m.store.update(fn)`` with a deadline: a write that neither commits nor fails within
+    ``timeout`` seconds fails the test (``TimeoutError``) instead of hanging it."""
+    return await asyncio.wait_for(m.store.update(fn), timeout)
 
 
 def has_service(x: Member, sid: str) -> bool:
@@ -229,7 +267,7 @@ async def test_three_managers_elect_one_leader_and_replicate(tmp_path: Path) -> 
         followers = s.followers()
         assert len(followers) == 2
 
-        sid = await leader.m.store.update(service("web"))
+        sid = await write(leader.m, service("web"))
         await wait_until(lambda: all(has_service(x, sid) for x in s.members), 5,
                          "the service to be applied on both followers")
         for x in followers:
@@ -305,7 +343,7 @@ async def test_leader_stop_elects_a_new_leader_and_the_old_one_catches_up(tmp_pa
         old = await s.converged()
         wcerts = tmp_path / "w1"
         await join(old.addr, old.m.join_tokens()["Worker"], "w1", "", wcerts, timeout=JOIN_TIMEOUT)
-        before = await old.m.store.update(service("before"))
+        before = await write(old.m, service("before"))
         await wait_until(lambda: all(has_service(x, before) for x in s.members), 5, "the first write everywhere")
         old_term = old.m.log.term
 
@@ -323,7 +361,7 @@ async def test_leader_stop_elects_a_new_leader_and_the_old_one_catches_up(tmp_pa
         with pytest.raises(wire.RemoteError, match="not the leader"):
             await open_session(wcerts, other.addr)
         # writes work with one manager down
-        during = await new.m.store.update(service("during"))
+        during = await write(new.m, service("during"))
         await wait_until(lambda: has_service(other, during), 5, "the write on the remaining follower")
 
         # the old leader restarts on the same directories: a follower that catches up
@@ -332,7 +370,7 @@ async def test_leader_stop_elects_a_new_leader_and_the_old_one_catches_up(tmp_pa
         await wait_until(lambda: has_service(old, during), 5, "the restarted manager to catch up")
         assert not old.m.is_leader and old.m.log.leader_id == new.rid
         assert has_service(old, before)
-        after = await new.m.store.update(service("after"))
+        after = await write(new.m, service("after"))
         await wait_until(lambda: all(has_service(x, after) for x in s.members), 5,
                          "a write after the restart on all three")
         with pytest.raises(wire.RemoteError, match="not the leader"):
@@ -369,7 +407,7 @@ async def test_demotion_checks_quorum_and_goes_through_the_store(tmp_path: Path)
             n.pop("Version", None)
             tx.update("nodes", n)
 
-        await leader.m.store.update(demote)
+        await write(leader.m, demote)
         await wait_until(lambda: a.rid not in leader.m.log.driver.voters, 5,
                          "the leader to remove the demoted manager from the Raft configuration")
         assert leader.m.log.driver.voters == frozenset({leader.rid, b.rid})
@@ -387,38 +425,34 @@ async def test_demotion_checks_quorum_and_goes_through_the_store(tmp_path: Path)
         assert not (a.certs / "ca.key").exists()
         assert cert_ou(a.certs) == "swarm-worker"
         # the two remaining managers still write
-        sid = await leader.m.store.update(service("after-demotion"))
+        sid = await write(leader.m, service("after-demotion"))
         await wait_until(lambda: has_service(b, sid), 5, "a write with two managers")
 
 
 # -- 5. quorum loss ------------------------------------------------------------------------------
 
-IN_FLIGHT_BUG = (
-    "a write submitted on the leader in the ~1.5 election timeouts before it notices the lost quorum "
-    "never finishes: ReplicatedLog.submit accepts it (has_quorum() is still true), the leader then "
-    "steps down (check-quorum) but RaftDriver keeps the entry's waiter until that index is applied, "
-    "which never happens without a quorum, and Store.update awaits that future with no deadline "
-    "(ReplicatedLog.propose has the sliced quorum check, Store.update does not use it)")
+async def lose_quorum(s: Swarm, survivor: str) -> tuple[Member, str]:
+    """Write a service, stop the two managers other than the ``survivor`` (``leader`` |
+    ``follower``) and return the survivor and the service's ID."""
+    leader = await s.converged()
+    sid = await write(leader.m, service("kept"))
+    await wait_until(lambda: all(has_service(x, sid) for x in s.members), 5, "the write everywhere")
+    keep = leader if survivor == "leader" else s.followers()[0]
+    await s.stop(*(x for x in s.members if x is not keep))
+    return keep, sid
 
 
-@pytest.mark.parametrize("survivor", [
-    "follower",
-    pytest.param("leader", marks=pytest.mark.xfail(strict=True, raises=TimeoutError, reason=IN_FLIGHT_BUG)),
-])
+@pytest.mark.parametrize("survivor", ["follower", "leader"])
 async def test_losing_quorum_fails_a_write_at_once(tmp_path: Path, survivor: str) -> None:
     async with swarm(tmp_path) as s:
-        leader = await s.converged()
-        sid = await leader.m.store.update(service("kept"))
-        await wait_until(lambda: all(has_service(x, sid) for x in s.members), 5, "the write everywhere")
-        keep = leader if survivor == "leader" else s.followers()[0]
-
-        await s.stop(*(x for x in s.members if x is not keep))
+        keep, sid = await lose_quorum(s, survivor)
         t0 = time.monotonic()
         with pytest.raises(Unavailable) as ei:
-            await asyncio.wait_for(keep.m.store.update(service("lost")), 10)
+            await write(keep.m, service("lost"), 10)
         took = time.monotonic() - t0
         msg = str(ei.value)
-        assert msg.startswith(("no quorum", "not the leader", "no leader")), msg
+        # "leadership lost": a write in flight on the leader as it steps down (see the next test)
+        assert msg.startswith(("no quorum", "not the leader", "no leader", "leadership lost")), msg
         assert took < 10, f"the write failed only after {took:.1f} s"
 
         t0 = time.monotonic()
@@ -428,10 +462,23 @@ async def test_losing_quorum_fails_a_write_at_once(tmp_path: Path, survivor: str
         assert has_service(keep, sid)  # what was committed stays
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "raft/driver.py fails a stepped-down leader's waiting proposals with 'leadership lost before the "
+    "entry committed; its outcome is unknown' rather than 'no quorum: 1 of 3 managers reachable …': "
+    "check-quorum steps down after one election timeout, but has_quorum() still counts peers heard "
+    "within 1.5 election timeouts at that moment"))
+async def test_a_write_in_flight_when_the_quorum_goes_says_no_quorum(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        keep, _ = await lose_quorum(s, "leader")
+        with pytest.raises(Unavailable) as ei:
+            await write(keep.m, service("lost"), 10)
+        assert str(ei.value).startswith(("no quorum", "not the leader", "no leader")), str(ei.value)
+
+
 async def test_losing_quorum_is_noticed_then_writes_and_reads_fail_fast(tmp_path: Path) -> None:
     async with swarm(tmp_path) as s:
         leader = await s.converged()
-        sid = await leader.m.store.update(service("kept"))
+        sid = await write(leader.m, service("kept"))
         await wait_until(lambda: all(has_service(x, sid) for x in s.members), 5, "the write everywhere")
 
         t0 = time.monotonic()
@@ -442,7 +489,7 @@ async def test_losing_quorum_is_noticed_then_writes_and_reads_fail_fast(tmp_path
         assert time.monotonic() - t0 < 10
         t1 = time.monotonic()
         with pytest.raises(Unavailable) as ei:
-            await asyncio.wait_for(leader.m.store.update(service("lost")), 10)
+            await write(leader.m, service("lost"), 10)
         msg = str(ei.value)
         assert msg.startswith(("no quorum", "not the leader", "no leader")), msg
         assert time.monotonic() - t1 < 1, "a write without a quorum must be refused at once"
@@ -459,7 +506,7 @@ async def test_losing_quorum_is_noticed_then_writes_and_reads_fail_fast(tmp_path
 async def test_force_new_cluster_keeps_the_state_and_writes_alone(tmp_path: Path) -> None:
     async with swarm(tmp_path) as s:
         leader = await s.converged()
-        sid = await leader.m.store.update(service("survivor"))
+        sid = await write(leader.m, service("survivor"))
         await wait_until(lambda: all(has_service(x, sid) for x in s.members), 5, "the write everywhere")
         nodes = {x.node_id for x in s.members}
         cluster_id = leader.m.cluster_id
@@ -472,7 +519,7 @@ async def test_force_new_cluster_keeps_the_state_and_writes_alone(tmp_path: Path
         assert has_service(x, sid)
         assert {n["ID"] for n in m.store.view().list("nodes")} == nodes
         assert m.cluster_id == cluster_id
-        sid2 = await asyncio.wait_for(m.store.update(service("after-force")), 5)
+        sid2 = await write(m, service("after-force"))
         await m.read_barrier()
         assert has_service(x, sid2)
 
