@@ -473,8 +473,13 @@ class RaftDriver:
     async def wait_changed(self, timeout: float) -> None:
         """Wait until leader/role/configuration/applied index change or ``timeout`` s pass."""
         self._changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives
+        # in the same loop turn as the event (the caller's task then never stops).
+        waiter = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait((waiter,), timeout=timeout)
+        finally:
+            waiter.cancel()
 
     # ------------------------------------------------------------------ the loop
 

@@ -98,7 +98,7 @@ class _Channel:
         backoff = BACKOFF_MIN
         while True:
             addr = self.owner.peers.get(self.peer_id)
-            if addr is None:
+            if addr is None or self.owner._closed:
                 return
             writer: asyncio.StreamWriter | None = None
             watch: asyncio.Task[None] | None = None
@@ -144,12 +144,21 @@ class _Channel:
                 watch.cancel()
             if writer is not None:
                 writer.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), 1.0)
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for loses a cancellation that
+                # arrives as the inner future completes (Transport.close would then wait for ever).
+                closing = asyncio.ensure_future(writer.wait_closed())
+                await asyncio.wait((closing,), timeout=1.0)
+                if not closing.done():
+                    closing.cancel()
+                elif not closing.cancelled() and closing.exception() is not None:
+                    log.debug("raft link %d→%d: close: %s", self.owner.node_id, self.peer_id,
+                              closing.exception())
             # Messages queued while disconnected are stale; Raft will resend what matters.
             while not self.queue.empty():
                 self.queue.get_nowait()
                 self.dropped += 1
+            if self.owner._closed:
+                return
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
