@@ -110,6 +110,9 @@ class _Channel:
                         server_hostname=self.owner.server_hostname if self.owner.client_ssl else None),
                     timeout=5.0)
                 writer = w
+                if self.owner._closed:  # closed while dialling (wait_for may have lost the cancel)
+                    w.close()
+                    return
                 w.write(encode_frame({"t": "raft-hello", "from": self.owner.node_id, "ch": self.kind,
                                           "addr": self.owner.advertise}))
                 await w.drain()
