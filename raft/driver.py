@@ -448,14 +448,15 @@ class RaftDriver:
         """Voters of the configuration in force here."""
         return self.node.conf.voters
 
-    def reachable_voters(self) -> int:
-        """How many voters (this node included) were heard from within 1.5 election timeouts."""
-        heard = self.transport.reachable(self.cfg.election_timeout * 1.5)
+    def reachable_voters(self, within: float | None = None) -> int:
+        """How many voters (this node included) were heard from within ``within`` seconds
+        (default 1.5 election timeouts)."""
+        heard = self.transport.reachable(self.cfg.election_timeout * 1.5 if within is None else within)
         return sum(1 for v in self.voters if v == self.id or v in heard)
 
-    def no_quorum_message(self) -> str:
-        """``"no quorum: N of M managers reachable"``."""
-        return f"no quorum: {self.reachable_voters()} of {len(self.voters)} managers reachable"
+    def no_quorum_message(self, within: float | None = None) -> str:
+        """``"no quorum: N of M managers reachable"`` (heard from within ``within`` seconds)."""
+        return f"no quorum: {self.reachable_voters(within)} of {len(self.voters)} managers reachable"
 
     def has_quorum(self) -> bool:
         """True when a majority of the voters was heard from recently."""
@@ -558,9 +559,12 @@ class RaftDriver:
                 # Stepped down (check-quorum, a newer term, a transfer): entries proposed here
                 # may still commit under the next leader or be lost; their proposers must not
                 # wait for ever.
-                self._fail_waiters(LogUnavailable(
-                    f"{self.no_quorum_message() if not self.has_quorum() else 'leadership lost'} "
-                    "before the entry committed; its outcome is unknown"))
+                # Check-quorum steps down when fewer than a majority were heard from within one
+                # election timeout: count over the same window to name the cause.
+                within = self.cfg.election_timeout
+                lost = self.reachable_voters(within) * 2 <= len(self.voters)
+                why = f"{self.no_quorum_message(within)}: leadership lost" if lost else "leadership lost"
+                self._fail_waiters(LogUnavailable(f"{why} before the entry committed; its outcome is unknown"))
             self.leader, self.role = rd.soft_state.leader, rd.soft_state.role
             self._changed.set()
         early: list[Message] = []
