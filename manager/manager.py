@@ -289,6 +289,7 @@ class Manager:
         self.server.register("raft.join", self._raft_join, role="manager")
         self.server.register("api.forward", self._api_forward, role="manager")
         self.server.register("raft.leave", self._raft_leave, role="manager")
+        self.server.register("logs.collect", self._logs_collect, role="manager")
         await self.log.start(listen=False)
         host, port = _split(self.listen_addr)
         await self.server.start(host, port)
@@ -554,6 +555,18 @@ class Manager:
         await self._update_manager_status()
         return {"ok": True}
 
+    async def _logs_collect(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``logs.collect`` ``{"task_ids", "tail", "since", "timestamps"}`` from a follower manager:
+        :meth:`read_logs` here (the leader). Returns ``{"lines": [...]}``."""
+        if not self.log.is_leader:
+            raise LookupError(self._not_leader_reason())
+        ids = body.get("task_ids")
+        if not isinstance(ids, list):
+            raise ValueError("logs.collect: task_ids must be a list")
+        lines = await self.read_logs([str(t) for t in ids], int(body.get("tail", -1)),
+                                     float(body.get("since", 0.0) or 0.0), bool(body.get("timestamps")))
+        return {"lines": lines}
+
     async def join_raft(self, managers: list[str], timeout: float = 60.0) -> None:
         """Ask the swarm (through any of ``managers``, ``host:port``) to add this manager to the
         Raft configuration, and wait until this node has caught up. Raises ``RuntimeError``
@@ -697,7 +710,14 @@ class Manager:
                         timestamps: bool = False) -> list[dict[str, Any]]:
         """Collect log lines of ``task_ids`` from the nodes they ran on (``logs.read`` over each
         node's session). Returns ``[{"task_id", "node_id", "stream", "time", "log"}]`` sorted by
-        time. Nodes without a session are skipped (their lines are not reachable)."""
+        time. Nodes without a session are skipped (their lines are not reachable). On a follower
+        the leader (which holds the sessions) collects them (``logs.collect`` over 2377).
+        Raises :class:`Unavailable` when no leader can be reached."""
+        if self.log is not None and not self.log.is_leader:
+            assert self.leader_link is not None
+            r = await self.leader_link.request("logs.collect", {
+                "task_ids": task_ids, "tail": tail, "since": since, "timestamps": timestamps}, timeout=60.0)
+            return list(r.get("lines") or [])
         view = self.store.view()
         by_node: dict[str, list[str]] = {}
         for tid in task_ids:

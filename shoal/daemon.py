@@ -719,9 +719,9 @@ CONSISTENCY_HEADER = "X-Shoal-Consistency"
 
 
 def _leader_only(method: str, path: str) -> bool:
-    """Requests that must run on the Raft leader: every write, and logs (the leader holds the
-    sessions to the nodes that have them)."""
-    return method not in ("GET", "HEAD") or path.endswith("/logs")
+    """Requests that must run on the Raft leader: every write. (Logs are served by any manager:
+    a follower's ``Manager.read_logs`` asks the leader for the lines, so ``--follow`` streams.)"""
+    return method not in ("GET", "HEAD")
 
 
 async def _route_to_leader(daemon: Daemon, request: web.Request, path: str) -> web.StreamResponse | None:

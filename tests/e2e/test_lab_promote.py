@@ -58,6 +58,15 @@ def test_promote_demote_and_force_new_cluster(lab_up: lab.LabState) -> None:
     assert r.returncode == 0, r.stderr
     assert [s["Spec"]["Name"] for s in client("h3").services()] == ["keep"]
 
+    # logs through a follower: the leader collects them from the nodes' sessions
+    r = shoal("h2", "service", "create", "--name", "talk", "--replicas", "2", lab.IMAGE,
+              "sh", "-c", "echo hello-from-$(hostname); sleep 1000", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: shoal("h3", "service", "logs", "talk").stdout.count("hello-from-") == 2, 30,
+               "both tasks' lines through follower h3")
+    r = shoal("h3", "service", "rm", "talk")
+    assert r.returncode == 0, r.stderr
+
     # with h3's daemon dead, demoting h2 would leave h1 alone of two voters: refused
     lab.kill_daemon(lab_up, lab_up.host("h3"))
     wait_until(lambda: statuses("h1").get("h3") == "Unreachable", 30, "h3 Unreachable")
