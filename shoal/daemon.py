@@ -375,10 +375,18 @@ class Daemon:
         if not self.state.in_swarm:
             raise SwarmStateError("This node is not part of a swarm")
         if self.state.data.get("Role") == "manager" and not force:
-            raise SwarmStateError(
-                "You are attempting to leave the swarm on a node that is participating as a "
-                "manager. Removing the last manager erases all current state of the swarm. Use "
-                "`--force` to ignore this message.")
+            msg = ("You are attempting to leave the swarm on a node that is participating as a "
+                   "manager. ")
+            voters = self.manager.log.driver.voters if self.manager is not None else frozenset()
+            if len(voters) <= 1:
+                msg += "Removing the last manager erases all current state of the swarm. "
+            else:
+                reachable = self.manager.log.driver.reachable_voters()
+                msg += (f"Removing this node leaves {reachable - 1} managers out of {len(voters) - 1}. "
+                        "Without a Raft quorum your swarm will be inaccessible. The only way to restore "
+                        "a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. "
+                        "Demote it first (`shoal node demote`) to leave cleanly. ")
+            raise SwarmStateError(msg + "Use `--force` to ignore this message.")
         if self.manager is not None:
             try:
                 await self.manager.leave_raft()
