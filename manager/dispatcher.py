@@ -74,6 +74,12 @@ def assignment_set(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 _VOLATILE = ("Status", "Version", "UpdatedAt")
 
 
+def _manager_addr(node: dict[str, Any] | None) -> str | None:
+    """``ManagerStatus.Addr`` of ``node`` (None for a worker or no node)."""
+    a = ((node or {}).get("ManagerStatus") or {}).get("Addr")
+    return a if isinstance(a, str) else None
+
+
 def _fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]]) -> bytes:
     """Bytes that change iff something the worker acts on changed (not status/version/timestamps)."""
     n = {k: v for k, v in node.items() if k not in _VOLATILE + ("Description", "ManagerStatus")}
@@ -139,6 +145,7 @@ class Dispatcher:
         self._watch_task: asyncio.Task[None] | None = None
         self._running = False
         self.unavailable_reason: Callable[[], str] | None = None
+        self._announced: list[str] = []
         """Why sessions cannot open here while stopped (e.g. "this manager is not the leader; the
         leader is at …"); agents move on to the next manager."""
 
@@ -374,6 +381,8 @@ class Dispatcher:
                         if nid and nid in self._sessions:
                             self._mark_dirty(nid)
                 elif ev.table == "nodes":
+                    if _manager_addr(ev.obj) != _manager_addr(ev.old) or ev.action == "delete":
+                        self._announce_managers()
                     nid = ev.obj.get("ID")
                     if nid in self._sessions:
                         self._mark_dirty(nid)
@@ -383,6 +392,22 @@ class Dispatcher:
                                 await s.peer.close("node removed from the swarm")
         finally:
             watch.close()
+
+    def _announce_managers(self) -> None:
+        """Push the manager list to every session when it changes (a manager joined, was
+        promoted, demoted or removed), so every agent can fail over to any manager at once
+        rather than after its next heartbeat."""
+        managers = self.manager_addrs()
+        if managers == self._announced:
+            return
+        self._announced = managers
+        for s in list(self._sessions.values()):
+            if s.peer is not None:
+                self._spawn(self._send_managers(s.peer, managers), "dispatcher-managers")
+
+    async def _send_managers(self, peer: wire.Peer, managers: list[str]) -> None:
+        with contextlib.suppress(wire.WireError):
+            await peer.send("managers", {"managers": managers})
 
     def _mark_dirty(self, node_id: str) -> None:
         self._dirty.add(node_id)

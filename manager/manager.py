@@ -365,6 +365,8 @@ class Manager:
         if not self.log.is_leader:
             return
         log.info("manager %s is the leader (term %d)", self.node_id, self.log.term)
+        if self.force_new_cluster:
+            await self._demote_lost_managers()
         self._leading = True
         self.dispatcher.heartbeat_period = self._spec_heartbeat_period()
         await self.dispatcher.start()
@@ -375,6 +377,26 @@ class Manager:
                            ("scheduler", scheduler.run()),
                            ("reaper", TaskReaper(self.store).run())):
             self._leader_loops.append(asyncio.create_task(coro, name=name))
+
+    async def _demote_lost_managers(self) -> None:
+        """After ``--force-new-cluster``: the other managers of the old cluster are no Raft
+        members any more; make them workers in the spec, so that when one comes back its
+        daemon switches to the worker role (its node is pushed without ManagerStatus) instead
+        of waiting for a quorum that no longer exists. ``node promote`` brings one back."""
+
+        def fn(tx: WriteTx) -> None:
+            for n in tx.list("nodes"):
+                if n["ID"] != self.node_id and (n.get("Spec") or {}).get("Role") == "manager":
+                    n["Spec"] = {**n["Spec"], "Role": "worker"}
+                    n.pop("ManagerStatus", None)
+                    n.pop("Version", None)
+                    tx.update("nodes", n)
+
+        try:
+            await self.store.update(fn)
+            self.force_new_cluster = False
+        except Unavailable as e:
+            log.warning("could not demote the managers lost with the old cluster: %s", e)
 
     async def _become_follower(self) -> None:
         log.info("manager %s is no longer the leader: stopping the dispatcher and the loops", self.node_id)
@@ -449,10 +471,16 @@ class Manager:
         voters = self.log.driver.voters
         if rid not in voters:
             return None
-        remaining = voters - {rid}
+        # managers already demoted in the spec but not yet out of Raft are leaving too
+        leaving = {raft_id(n["ID"]) for n in self.store.view().list("nodes")
+                   if (n.get("Spec") or {}).get("Role") != "manager"}
+        remaining = voters - {rid} - leaving
         if not remaining:
             return "attempting to demote the last manager of the swarm"
-        up = len(remaining & self._reachable())
+        # heard from within one election timeout (the leader's check-quorum window)
+        d = self.log.driver
+        recent = d.transport.reachable(d.cfg.election_timeout) | {self.raft_id}
+        up = len(remaining & recent)
         if up < len(remaining) // 2 + 1:
             return (f"can't remove member from the raft: this would result in a loss of quorum "
                     f"({up} of the {len(remaining)} remaining managers are reachable)")
@@ -689,6 +717,16 @@ class Manager:
             raise ValueError(f"unknown role {role!r}: expected worker or manager")
         return make_token(self.ca.digest)
 
+    def quorum_error(self) -> str:
+        """"" when this manager can serve the API, else why not ("no quorum: …" / "no leader …"),
+        for ``/info``'s ``Swarm.Error``."""
+        d = self.log.driver
+        if not d.has_quorum():
+            return d.no_quorum_message()
+        if not d.node.leader:
+            return d.not_leader_message()
+        return ""
+
     def swarm_info(self) -> dict[str, Any]:
         """The manager-only part of ``/info``'s ``Swarm`` section (Docker API ``SwarmInfo``)."""
         view = self.store.view()
@@ -696,6 +734,7 @@ class Manager:
         managers = [n for n in nodes if n.get("Spec", {}).get("Role") == "manager"]
         c = self.cluster
         return {
+            "Error": self.quorum_error(),
             "Nodes": len(nodes), "Managers": len(managers),
             "ShoalRaft": {"ID": self.raft_id, "Term": self.log.term, "Leader": self.log.leader_id,
                      "Applied": self.log.applied_index, "Role": "leader" if self.is_leader else "follower"},

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -52,6 +53,14 @@ certificate (None without TLS), ``raft_id`` the ID its hello claims; return a re
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = 2.0
+"""Seconds a dial may take before it is abandoned and retried (after the backoff)."""
+USER_TIMEOUT = 3.0
+"""Seconds data may stay unacknowledged on a connection before the kernel drops it
+(``TCP_USER_TIMEOUT``, tcp(7)). The leader sends heartbeats every 100 ms, so a link cut silently
+(nftables drop, a dead host) is noticed within this; otherwise TCP's retransmission backoff keeps
+the dead connection for minutes and the link comes back long after the network did."""
+
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 _CLOSED = b""  # queued by _Channel._watch: the connection is gone (a real frame is never empty)
@@ -67,6 +76,16 @@ def parse_addr(addr: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"peer address must be host:port, got {addr!r}")
     return host.strip("[]"), int(port)
+
+
+def _set_user_timeout(w: asyncio.StreamWriter, seconds: float) -> None:
+    """Set ``TCP_USER_TIMEOUT`` on the connection's socket (best effort; Linux only)."""
+    sock = w.get_extra_info("socket")
+    opt = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is None or opt is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, opt, int(seconds * 1000))
 
 
 class _Channel:
@@ -108,8 +127,9 @@ class _Channel:
                     asyncio.open_connection(
                         host, port, ssl=self.owner.client_ssl,
                         server_hostname=self.owner.server_hostname if self.owner.client_ssl else None),
-                    timeout=5.0)
+                    timeout=CONNECT_TIMEOUT)
                 writer = w
+                _set_user_timeout(w, USER_TIMEOUT)
                 if self.owner._closed:  # closed while dialling (wait_for may have lost the cancel)
                     w.close()
                     return

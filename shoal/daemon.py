@@ -194,9 +194,13 @@ class Daemon:
     async def _start_agent(self) -> None:
         from worker.agent import Agent
 
+        managers = list(self.state.data["ManagerAddrs"])
+        own = self.state.data.get("AdvertiseAddr")
+        if self.state.data.get("Role") == "manager" and own and own not in managers:
+            managers.append(own)  # a manager's agent can always try its own manager
         self.agent = Agent(
             node_id=self.state.data["NodeID"],
-            managers=list(self.state.data["ManagerAddrs"]),
+            managers=managers,
             certs_dir=self.certs_dir,
             executor=self.executor,
             description=node_description(self.hostname),
@@ -238,6 +242,9 @@ class Daemon:
                     self.state.save({**self.state.data, "Role": "manager"})
                     await self._start_manager()
                     await self.manager.join_raft(managers)
+                    own = self.state.data.get("AdvertiseAddr")
+                    if own and own not in self.agent.managers:
+                        self.agent.managers.append(own)
                     log.info("promoted: this node is now a manager")
                 else:
                     if node.get("ManagerStatus"):

@@ -308,6 +308,9 @@ class Agent:
             async with self._assign_lock:
                 await _maybe_await(self.executor.set_assignments(node, tasks))
             return None
+        if type == "managers":  # the swarm's manager list changed: fail over to any of them
+            self._learn_managers(body.get("managers"))
+            return None
         if type == "logs.read":
             task_ids = body.get("task_ids") or []
             if not isinstance(task_ids, list):

@@ -210,6 +210,16 @@ async def test_restart_after_compaction_gets_snapshot(tmp_path: Path) -> None:
         await victim.close()
         second = await write(lead, 60, "t")
         assert lead.log.snapshot() is not None and lead.log.snapshot().index > 20  # type: ignore[union-attr]
+        # MsgApps built while the victim was down wait in the leader's send queue until a dial
+        # fails; if the victim came back first they would still carry the entries it lacks
+        # (valid Raft, but no snapshot). Wait until the queue was dropped by a failed dial.
+        chans = lead.log.driver.transport._channels
+
+        async def queue_dropped() -> bool:
+            ch = chans.get((victim.nid, "msg"))
+            return ch is None or ch.queue.empty()
+
+        await wait_for(queue_dropped, 5.0, "the leader's queue to the stopped member to be dropped")
         back = await c.start(victim.nid)
         await converge(c, first + second, timeout=8.0)
         assert back.restored, "the restarted member should have installed the leader's snapshot"
