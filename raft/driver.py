@@ -138,7 +138,15 @@ def _encode_entry(e: Entry) -> walmod.Entry:
 def _decode_entry(e: walmod.Entry) -> Entry:
     if not e.data:
         raise walmod.WALCorruptError(f"WAL entry {e.index} has no type byte")
-    return Entry(e.index, e.term, e.data[1:], EntryType(e.data[0]))
+    try:
+        kind = EntryType(e.data[0])
+    except ValueError:
+        raise walmod.WALCorruptError(
+            f"WAL entry {e.index} has an unknown entry type byte {e.data[0]:#04x}: this log was not "
+            "written by the Raft driver (a single-manager log from an older Shoal?); it cannot be "
+            "opened as a replicated log. Start a new swarm, or move the directory aside and rejoin "
+            "as a manager") from None
+    return Entry(e.index, e.term, e.data[1:], kind)
 
 
 class RaftDriver:

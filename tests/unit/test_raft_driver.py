@@ -300,3 +300,16 @@ async def test_mutual_tls_transport(tmp_path: Path) -> None:
     finally:
         for rl in logs:
             await rl.close()
+
+
+async def test_a_single_voter_log_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """A write-ahead log written by raft.log.SingleVoterLog (no entry type byte) is not opened as
+    a replicated log: the error says what the directory is and what to do."""
+    from raft.log import SingleVoterLog
+    from raft.wal import WALCorruptError
+
+    old = SingleVoterLog(tmp_path / "old")
+    await old.propose(msgpack.packb({"ts": "t", "ops": []}))
+    await old.close()
+    with pytest.raises(WALCorruptError, match="not written by the Raft driver.*Start a new swarm"):
+        ReplicatedLog(1, {1: "127.0.0.1:1"}, tmp_path / "old", bootstrap=False)
