@@ -206,8 +206,14 @@ class Daemon:
             description=node_description(self.hostname),
             advertise_addr=self.state.data.get("AdvertiseAddr", "").rsplit(":", 1)[0],
             on_node=self._on_node,
+            on_managers=self._on_managers,
         )
         self.agent.start()
+
+    def _on_managers(self, managers: list[str]) -> None:
+        """Remember the managers the agent learned, for the next start."""
+        if self.state.in_swarm and managers and managers != self.state.data.get("ManagerAddrs"):
+            self.state.save({**self.state.data, "ManagerAddrs": list(managers)})
 
     def _on_node(self, node: dict[str, Any]) -> None:
         """Follow ``node promote``/``demote``: when the spec's role differs from this node's,

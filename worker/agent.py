@@ -65,7 +65,9 @@ class Agent:
     nodes reach it ("" = the address the manager sees).
 
     ``on_node(node)``: called with this node's Node object whenever the manager pushes it (the
-    daemon follows ``Spec.Role`` changes: ``node promote``/``demote``).
+    daemon follows ``Spec.Role`` changes: ``node promote``/``demote``). ``on_managers(list)``:
+    called when the known manager list changes (the daemon keeps it in ``state.json``, so a
+    restarted node can reach managers that joined after it, as Swarm's state.json does).
 
     :meth:`start` runs the session loop in the background; :meth:`stop` ends it. :attr:`connected`
     is set while a session is open. Status reports made while disconnected are kept (the
@@ -85,6 +87,7 @@ class Agent:
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
         on_node: Any = None,
+        on_managers: Any = None,
     ) -> None:
         if not managers:
             raise ValueError("Agent needs at least one manager address (ip:port)")
@@ -107,6 +110,7 @@ class Agent:
         self.last_error: str = ""
         self.node: dict[str, Any] | None = None
         self.on_node = on_node
+        self.on_managers = on_managers
         self._pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._pending_event = asyncio.Event()
         self._peer: wire.Peer | None = None
@@ -269,7 +273,11 @@ class Agent:
         if first:
             known = [first, *[m for m in known if m != first]]
         if known:
-            self.managers = known + [m for m in self.managers if m not in known]
+            new = known + [m for m in self.managers if m not in known]
+            if new != self.managers:
+                self.managers = new
+                if self.on_managers is not None:
+                    self.on_managers(list(new))
 
     async def _status_sender(self, peer: wire.Peer) -> None:
         while True:

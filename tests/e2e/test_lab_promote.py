@@ -3,8 +3,9 @@
 
 A swarm of workers h2/h3 under manager h1: promoting them makes three Raft managers (each renews
 its certificate as a manager and joins Raft); demoting the leader hands leadership over and
-takes it out of Raft; a demotion that would lose quorum is refused; after losing two managers
-for good, ``--force-new-cluster`` on the survivor makes it the only manager with its state.
+takes it out of Raft; a demotion that would lose quorum is refused; after losing a majority
+for good, ``--force-new-cluster`` on the survivor makes it the only manager with its state, and
+a lost manager that comes back turns into a worker (it can be promoted again).
 """
 
 from __future__ import annotations
@@ -105,3 +106,12 @@ def test_promote_demote_and_force_new_cluster(lab_up: lab.LabState) -> None:
     r = shoal(other, "service", "create", "--detach", "--name", "after", lab.IMAGE, "sleep", "1000")
     assert r.returncode == 0, r.stderr
     assert sorted(s["Spec"]["Name"] for s in client(other).services()) == ["after", "keep"]
+
+    # the lost manager comes back: it is no member of the new cluster, so it turns into a worker
+    lab.start_daemon(lab_up, lab_up.host(leader))
+    wait_until(lambda: role_of(leader) == "worker", 60, f"{leader} to come back as a worker")
+    wait_until(lambda: statuses(other) == {"h1": "", leader: "", other: "Leader"}, 30,
+               f"{other} the only manager")
+    r = shoal(other, "node", "promote", leader)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: statuses(other).get(leader) == "Reachable", 60, f"{leader} a manager again")
