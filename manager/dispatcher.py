@@ -321,12 +321,7 @@ class Dispatcher:
 
     def manager_addrs(self) -> list[str]:
         """Return the ``ip:port`` of every manager node in the store (``ManagerStatus.Addr``)."""
-        out = []
-        for n in self.store.view().list("nodes"):
-            a = (n.get("ManagerStatus") or {}).get("Addr")
-            if isinstance(a, str) and a:
-                out.append(a)
-        return sorted(out)
+        return sorted(a for n in self.store.view().list("nodes") if (a := _manager_addr(n)))
 
     def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Record a heartbeat of ``node_id``'s session ``body["session_id"]``; return

@@ -128,11 +128,8 @@ class LeaderLink:
                 if self._peer is not None:
                     await self._peer.close("leader changed")
                 host, port = parse_addr(addr)
-                ctx = tlsutil.client_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
-                                             self.certs_dir / "ca.crt")
                 try:
-                    self._peer = await wire.connect(host, port, ctx, None, timeout=5.0,
-                                                    server_hostname=tlsutil.MANAGER_SERVER_NAME)
+                    self._peer = await wire.connect_node(host, port, self.certs_dir, timeout=5.0)
                 except (OSError, wire.WireError) as e:
                     raise Unavailable(f"cannot reach the leader at {addr}: {e}") from e
                 self._addr = addr
@@ -264,10 +261,8 @@ class Manager:
             idx = ReplicatedLog.force_new_cluster(raft_dir, self.raft_id, self.advertise_addr, Store.rebuild)
             log.warning("forced a new cluster: this manager is the only Raft member, state kept up to "
                         "index %d", idx)
-        sctx = tlsutil.server_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
-                                      self.certs_dir / "ca.crt")
-        cctx = tlsutil.client_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
-                                      self.certs_dir / "ca.crt")
+        sctx = tlsutil.node_server_context(self.certs_dir)
+        cctx = tlsutil.node_client_context(self.certs_dir)
         # timing comes from the spec in the log; open once to read it is not possible before
         # the log is open, so the spec's values apply from the next start (as Swarm's do)
         cfg = raft_config(self._saved_spec(), self.raft_tick)
@@ -412,10 +407,16 @@ class Manager:
                 await t
         self._leader_loops.clear()
 
-    def _reachable(self) -> set[int]:
-        """Raft members this node heard from within 1.5 election timeouts, itself included."""
+    def _reachable(self, within: float | None = None) -> set[int]:
+        """Raft members this node heard from within ``within`` seconds (default 1.5 election
+        timeouts), itself included."""
         d = self.log.driver
-        return d.transport.reachable(d.cfg.election_timeout * 1.5) | {self.raft_id}
+        return d.transport.reachable(d.cfg.election_timeout * 1.5 if within is None else within) | {self.raft_id}
+
+    def _handover_target(self) -> int | None:
+        """A reachable voter other than this one to hand leadership to (None if there is none)."""
+        others = sorted((self.log.driver.voters - {self.raft_id}) & self._reachable())
+        return others[0] if others else None
 
     def manager_statuses(self) -> dict[str, dict[str, Any] | None]:
         """``{node_id: ManagerStatus | None}`` as the leader sees it now (Docker API
@@ -478,9 +479,7 @@ class Manager:
         if not remaining:
             return "attempting to demote the last manager of the swarm"
         # heard from within one election timeout (the leader's check-quorum window)
-        d = self.log.driver
-        recent = d.transport.reachable(d.cfg.election_timeout) | {self.raft_id}
-        up = len(remaining & recent)
+        up = len(remaining & self._reachable(self.log.driver.cfg.election_timeout))
         if up < len(remaining) // 2 + 1:
             return (f"can't remove member from the raft: this would result in a loss of quorum "
                     f"({up} of the {len(remaining)} remaining managers are reachable)")
@@ -501,10 +500,10 @@ class Manager:
     async def _remove_member(self, rid: int, node_id: str) -> None:
         try:
             if rid == self.raft_id:
-                others = sorted((self.log.driver.voters - {rid}) & self._reachable())
-                if others:
-                    log.info("handing leadership to raft %d before leaving the Raft cluster", others[0])
-                    await self.log.transfer_leadership(others[0])
+                to = self._handover_target()
+                if to is not None:
+                    log.info("handing leadership to raft %d before leaving the Raft cluster", to)
+                    await self.log.transfer_leadership(to)
                 return
             await self.log.remove_voter(rid)
             log.info("node %s (raft %d) removed from the Raft cluster", node_id, rid)
@@ -538,10 +537,10 @@ class Manager:
         if self.log.driver.voters == frozenset({self.raft_id}):
             return
         if self.log.is_leader:
-            others = sorted((self.log.driver.voters - {self.raft_id}) & self._reachable())
-            if not others:
+            to = self._handover_target()
+            if to is None:
                 raise Unavailable("no other manager is reachable to take over")
-            await self.log.transfer_leadership(others[0], timeout=timeout)
+            await self.log.transfer_leadership(to, timeout=timeout)
         assert self.leader_link is not None
         await self.leader_link.request("raft.leave", {"node_id": self.node_id}, timeout=timeout)
 
@@ -599,16 +598,13 @@ class Manager:
         """Ask the swarm (through any of ``managers``, ``host:port``) to add this manager to the
         Raft configuration, and wait until this node has caught up. Raises ``RuntimeError``
         naming the managers tried and their errors."""
-        ctx = tlsutil.client_context(self.certs_dir / "node.crt", self.certs_dir / "node.key",
-                                     self.certs_dir / "ca.crt")
         errors = []
         for addr in managers:
             if addr == self.advertise_addr:
                 continue
             try:
                 host, port = parse_addr(addr)
-                peer = await wire.connect(host, port, ctx, None, timeout=5.0,
-                                          server_hostname=tlsutil.MANAGER_SERVER_NAME)
+                peer = await wire.connect_node(host, port, self.certs_dir, timeout=5.0)
             except (OSError, ValueError, wire.WireError) as e:
                 errors.append(f"{addr}: {e}")
                 continue

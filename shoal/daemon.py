@@ -31,6 +31,7 @@ from aiohttp import web
 
 from shoal import __version__
 from shoal.util import now_rfc3339
+from shoal.wire import WireError
 
 log = logging.getLogger("shoald")
 
@@ -771,15 +772,9 @@ async def _route_to_leader(daemon: Daemon, request: web.Request, path: str) -> w
             await mgr.read_barrier()
     except Unavailable as e:
         return api_error(503, f"rpc error: code = Unavailable desc = {e}")
-    except wire_errors() as e:
+    except WireError as e:
         return api_error(503, f"rpc error: code = Unavailable desc = forwarding to the leader failed: {e}")
     return None
-
-
-def wire_errors() -> tuple[type[Exception], ...]:
-    from shoal.wire import WireError
-
-    return (WireError,)
 
 
 class _ManagerProxy:

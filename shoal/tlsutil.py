@@ -86,6 +86,20 @@ def client_context(
     return ctx
 
 
+def node_server_context(certs_dir: PathLike) -> ssl.SSLContext:
+    """:func:`server_context` for the node certificate in ``certs_dir`` (``node.crt``,
+    ``node.key``, ``ca.crt``, as :func:`write_node_files` lays them out)."""
+    d = Path(certs_dir)
+    return server_context(d / "node.crt", d / "node.key", d / "ca.crt")
+
+
+def node_client_context(certs_dir: PathLike) -> ssl.SSLContext:
+    """:func:`client_context` presenting the node certificate in ``certs_dir`` and verifying
+    managers against its ``ca.crt`` (mutual TLS on 2377)."""
+    d = Path(certs_dir)
+    return client_context(d / "node.crt", d / "node.key", d / "ca.crt")
+
+
 def _subject_fields(cert: Mapping[str, object]) -> dict[str, str]:
     out: dict[str, str] = {}
     subject = cert.get("subject") or ()

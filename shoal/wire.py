@@ -29,6 +29,7 @@ from typing import Any
 
 import msgpack
 
+from shoal import tlsutil
 from shoal.util import wait_timeout
 
 log = logging.getLogger(__name__)
@@ -366,3 +367,17 @@ async def connect(
     peer = Peer(reader, writer, handler, name=where)
     peer.start()
     return peer
+
+
+async def connect_node(
+    host: str,
+    port: int,
+    certs_dir: tlsutil.PathLike,
+    handler: Handler | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Peer:
+    """:func:`connect` to a manager's 2377 as this node: mutual TLS with the node certificate in
+    ``certs_dir`` (:func:`shoal.tlsutil.node_client_context`), the manager verified against the
+    cluster CA under its name :data:`shoal.tlsutil.MANAGER_SERVER_NAME`. Raises as :func:`connect`."""
+    return await connect(host, port, tlsutil.node_client_context(certs_dir), handler, timeout=timeout,
+                         server_hostname=tlsutil.MANAGER_SERVER_NAME)

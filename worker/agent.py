@@ -27,7 +27,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 
-from shoal import tlsutil, wire
+from shoal import wire
 from worker.join import split_addr
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,6 @@ class Agent:
 
     # -- the session loop -------------------------------------------------------------------
 
-    def _ssl_context(self) -> Any:
-        d = self.certs_dir
-        return tlsutil.client_context(d / "node.crt", d / "node.key", d / "ca.crt")
-
     async def _run(self) -> None:
         backoff = self.backoff_initial
         i = 0
@@ -213,14 +209,7 @@ class Agent:
     async def _session(self, addr: str) -> bool:
         """Run one session with ``addr`` until it breaks; return whether it was opened."""
         host, port = split_addr(addr)
-        peer = await wire.connect(
-            host,
-            port,
-            self._ssl_context(),
-            self._handle,
-            timeout=self.connect_timeout,
-            server_hostname=tlsutil.MANAGER_SERVER_NAME,
-        )
+        peer = await wire.connect_node(host, port, self.certs_dir, self._handle, timeout=self.connect_timeout)
         self._peer = peer
         try:
             reply = await peer.request(

@@ -199,9 +199,7 @@ async def renew_certificate(node_id: str, managers: list[str], certs_dir: Path |
     for addr in managers:
         try:
             host, port = split_addr(addr)
-            ctx = tlsutil.client_context(d / "node.crt", d / "node.key", d / "ca.crt")
-            peer = await wire.connect(host, port, ctx, timeout=timeout,
-                                      server_hostname=tlsutil.MANAGER_SERVER_NAME)
+            peer = await wire.connect_node(host, port, d, timeout=timeout)
         except (OSError, ValueError, wire.WireError) as e:
             errors.append(f"{addr}: {e}")
             continue
