@@ -40,7 +40,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from raft.driver import DriverConfig  # noqa: E402
 from raft.log import LogUnavailable  # noqa: E402
 from raft.replicated import ReplicatedLog  # noqa: E402
 from shoal.wire import WireError, encode_frame, read_frame  # noqa: E402
+from tests.ports import free_ports  # noqa: E402
 
 VALUE = b"x" * 256
 
@@ -234,16 +234,6 @@ class Bench:
                     pass
             await asyncio.sleep(0.05)
         raise RuntimeError("no leader elected")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def pct(xs: list[float], p: float) -> float:

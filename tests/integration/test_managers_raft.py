@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from manager.manager import Manager, raft_id
 from manager.store import Unavailable, WriteTx
 from shoal import tlsutil, wire
 from shoal.util import new_id
+from tests.ports import free_port
 from tests.waiting import wait_until
 from worker.join import JoinError, join, local_description, renew_certificate
 
@@ -66,13 +66,6 @@ def pending_tasks() -> str:
             co = getattr(co, "cr_await", None) or getattr(co, "gi_yieldfrom", None)
         out.append(f"[{t.get_name()}] " + " -> ".join(chain))
     return "; ".join(out)
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -24,14 +23,9 @@ from agent_runtime.images import ImageError, ImageStore
 from agent_runtime.oci.cgroups import Cgroup
 from shoal.util import new_container_id
 from tests.integration.conftest import make_busybox_oci_archive, require_root
+from tests.ports import free_port
 
 pytestmark = pytest.mark.root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

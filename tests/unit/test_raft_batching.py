@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from raft.core import Config, RawNode, Role, Storage
 from raft.core.messages import MsgApp, MsgAppResp, MsgPreVote
 from raft.driver import DriverConfig
 from raft.replicated import ReplicatedLog
+from tests.ports import free_ports
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -158,16 +158,6 @@ def test_a_live_leaders_heartbeat_ends_the_early_campaign_without_a_new_term() -
 
 
 # ----------------------------------------------------------------------------- real sockets
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
 
 @pytest.fixture
 async def three(tmp_path: Path) -> AsyncIterator[dict[int, ReplicatedLog]]:

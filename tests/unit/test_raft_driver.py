@@ -7,7 +7,6 @@ applied values). Every wait has a deadline; every node is closed at the end, eve
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,20 +20,9 @@ from raft.log import LogUnavailable
 from raft.replicated import ReplicatedLog
 from raft.snapshot import Snapshot
 from raft.wal import Entry
+from tests.ports import free_ports
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Member:

@@ -19,7 +19,6 @@ import resource
 import select
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import pytest
 from raft.replicated import ReplicatedLog
 from raft.snapshot import SnapshotCorruptError
 from raft.wal import WAL, Entry, HardState, WALCorruptError
+from tests.ports import free_port
 from tests.unit.raft_writer import open_log, wait_leader
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,13 +38,6 @@ pytestmark = pytest.mark.timeout(60)
 WRITER = Path(__file__).with_name("raft_writer.py")
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = struct.Struct(">IIB")  # the WAL record header: length, crc, type (raft/wal.py)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def records(seg: Path) -> list[tuple[int, int, int]]:
