@@ -62,6 +62,11 @@ def raft_id(node_id: str) -> int:
     return v or 1
 
 
+def _is_manager(node: dict[str, Any]) -> bool:
+    """Whether the node's spec makes it a manager (``Spec.Role``)."""
+    return bool((node.get("Spec") or {}).get("Role") == "manager")
+
+
 def _split(addr: str, default_port: int = 2377) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     if not host:
@@ -381,7 +386,7 @@ class Manager:
 
         def fn(tx: WriteTx) -> None:
             for n in tx.list("nodes"):
-                if n["ID"] != self.node_id and (n.get("Spec") or {}).get("Role") == "manager":
+                if n["ID"] != self.node_id and _is_manager(n):
                     n["Spec"] = {**n["Spec"], "Role": "worker"}
                     n.pop("ManagerStatus", None)
                     n.pop("Version", None)
@@ -426,9 +431,11 @@ class Manager:
         heard = self._reachable()
         members = d.node.conf.nodes()
         out: dict[str, dict[str, Any] | None] = {}
-        for n in self.store.view().list("nodes"):
+        # only managers, Raft members and nodes still showing a ManagerStatus (not every worker)
+        for n in self.store.view().find("nodes", lambda n: _is_manager(n) or bool(n.get("ManagerStatus"))
+                                        or raft_id(n["ID"]) in members):
             rid = raft_id(n["ID"])
-            if (n.get("Spec") or {}).get("Role") != "manager" and rid not in members:
+            if not _is_manager(n) and rid not in members:
                 if n.get("ManagerStatus"):
                     out[n["ID"]] = None
                 continue
@@ -473,8 +480,7 @@ class Manager:
         if rid not in voters:
             return None
         # managers already demoted in the spec but not yet out of Raft are leaving too
-        leaving = {raft_id(n["ID"]) for n in self.store.view().list("nodes")
-                   if (n.get("Spec") or {}).get("Role") != "manager"}
+        leaving = {raft_id(n["ID"]) for n in self.store.view().find("nodes", lambda n: not _is_manager(n))}
         remaining = voters - {rid} - leaving
         if not remaining:
             return "attempting to demote the last manager of the swarm"
@@ -491,11 +497,8 @@ class Manager:
         Promotion is driven by the promoted node itself (it renews its certificate and asks
         ``raft.join``)."""
         members = self.log.driver.node.conf.nodes()
-        for n in self.store.view().list("nodes"):
-            rid = raft_id(n["ID"])
-            if (n.get("Spec") or {}).get("Role") == "manager" or rid not in members:
-                continue
-            await self._remove_member(rid, n["ID"])
+        for n in self.store.view().find("nodes", lambda n: not _is_manager(n) and raft_id(n["ID"]) in members):
+            await self._remove_member(raft_id(n["ID"]), n["ID"])
 
     async def _remove_member(self, rid: int, node_id: str) -> None:
         try:
@@ -567,7 +570,7 @@ class Manager:
         if fwd is not None:
             return fwd
         node = self.store.view().get("nodes", joiner)
-        if node is None or (node.get("Spec") or {}).get("Role") != "manager":
+        if node is None or not _is_manager(node):
             raise PermissionError(f"raft.join: node {joiner} is not a manager of this swarm")
         rid = raft_id(joiner)
         if rid in self.log.driver.voters:
