@@ -54,7 +54,7 @@ class FakeRegistry:
                 {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "size": len(self.manifest),
                  "digest": _digest(self.manifest), "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
         self.blobs = {_digest(self.config): self.config,
-                      _digest(self.layer): (b"tampered" + self.layer) if corrupt_layer else self.layer}
+                      _digest(self.layer): (b"tampered" + self.layer[len(b"tampered"):]) if corrupt_layer else self.layer}
         self.token_requests: list[dict[str, str]] = []
         self.base = ""
 
