@@ -221,7 +221,8 @@ class Image:
     (``busybox:latest``, ``10.99.0.2:5000/busybox:latest``). ``repo_digests``: ``name@sha256:…``
     of the manifests (top-level, as fetched or as named by an archive's index) this image was
     pulled or loaded from, as Docker's ``RepoDigests`` (familiar names). ``created``: the config's
-    RFC 3339 creation time, if any."""
+    RFC 3339 creation time, if any. ``diff_ids``: the config's layer digests (uncompressed, lowest
+    first); ``architecture``, ``os_name``: the config's platform."""
 
     ref: str
     id: str
@@ -231,6 +232,9 @@ class Image:
     repo_tags: list[str] = field(default_factory=list)
     created: str | None = None
     repo_digests: list[str] = field(default_factory=list)
+    diff_ids: list[str] = field(default_factory=list)
+    architecture: str = "amd64"
+    os_name: str = "linux"
 
     @property
     def familiar_repo_tags(self) -> list[str]:
@@ -385,7 +389,9 @@ class ImageStore:
         return Image(ref=ref, id=image_id, config=meta.get("config") or {},
                      layers=[self.root / "layers" / _hexof(c) for c in meta["chain_ids"]],
                      size=int(meta.get("size", 0)), repo_tags=tags, created=meta.get("created"),
-                     repo_digests=list(meta.get("repo_digests") or []))
+                     repo_digests=list(meta.get("repo_digests") or []),
+                     diff_ids=list(meta.get("diff_ids") or []),
+                     architecture=str(meta.get("architecture") or "amd64"), os_name=str(meta.get("os") or "linux"))
 
     def get(self, ref: str) -> Image | None:
         """The image stored under ``ref`` (normalised) or with ID ``sha256:…`` (or a 12+ hex prefix); None if absent."""

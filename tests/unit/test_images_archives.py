@@ -36,10 +36,14 @@ def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def docker_save(path: Path, tag: str, layer: bytes, diff_id: str | None = None, cmd: str = "app") -> Path:
+def docker_save(path: Path, tag: str, layer: bytes, diff_id: str | None = None, cmd: str = "app",
+                created: str | None = None) -> Path:
     """A ``docker save`` archive of one image with one layer; ``diff_id`` may lie about it."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": [cmd]},
-                         "rootfs": {"type": "layers", "diff_ids": [diff_id or _sha(layer)]}}).encode()
+    config_doc: dict[str, Any] = {"architecture": "amd64", "os": "linux", "config": {"Cmd": [cmd]},
+                                  "rootfs": {"type": "layers", "diff_ids": [diff_id or _sha(layer)]}}
+    if created is not None:
+        config_doc["created"] = created
+    config = json.dumps(config_doc).encode()
     cid = hashlib.sha256(config).hexdigest()
     manifest = json.dumps([{"Config": f"{cid}.json", "RepoTags": [tag], "Layers": ["l/layer.tar"]}]).encode()
     path.write_bytes(_tar([(f"{cid}.json", config), ("l/layer.tar", layer), ("manifest.json", manifest)]))
