@@ -357,7 +357,7 @@ def unpack_layer(blob: Path, dest: Path, diff_id: str | None = None, max_size: i
             reader.drain()
     except ImageError:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError, OverflowError, zlib.error, lzma.LZMAError) as e:
         raise ImageError(f"layer {label}: cannot unpack: {e}") from e
     for path, mtime in reversed(u.dir_times):
         if os.path.isdir(path) and not os.path.islink(path):
