@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from manager.orchestrator import parse_rfc3339, service_status
+from manager.orchestrator import service_status
 from manager.specs import (
     SpecError,
     service_spec_with_defaults,
@@ -38,7 +38,7 @@ from manager.specs import (
     validate_swarm_spec,
 )
 from manager.store import Conflict, NotFound, ReadTx, Store, Unavailable, WriteTx
-from shoal.util import new_id, now_rfc3339
+from shoal.util import new_id, now_rfc3339, parse_rfc3339
 
 __all__ = ["add_routes", "ApiError", "parse_filters", "mux_frame"]
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from calendar import timegm
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +49,7 @@ from manager.loop import reconcile_loop
 from manager.specs import service_spec_with_defaults, task_spec_with_defaults
 from manager.store import Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import new_id, now_rfc3339
+from shoal.util import new_id, now_rfc3339, parse_rfc3339
 
 __all__ = ["Plan", "UpdateProgress", "OLD_TASK_TIMEOUT", "update_config", "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
 
@@ -60,22 +59,6 @@ Obj = dict[str, Any]
 
 _ORDER = STATE_ORDER
 _ENDED = TERMINAL_STATES
-
-
-def parse_rfc3339(ts: str | None) -> float:
-    """Seconds since the epoch of an RFC 3339 UTC timestamp such as
-    ``2026-11-29T16:56:02.123456789Z``; 0.0 if missing or malformed."""
-    if not ts:
-        return 0.0
-    try:
-        main, _, rest = ts.partition(".")
-        frac = rest.rstrip("Z")
-        if not rest:
-            main = main.rstrip("Z")
-        secs = timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
-        return secs + (float("0." + frac) if frac.isdigit() else 0.0)
-    except ValueError:
-        return 0.0
 
 
 def task_name(service_name: str, slot: int, task_id: str) -> str:

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from manager.loop import reconcile_loop
-from manager.orchestrator import parse_rfc3339
 from manager.store import Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
+from shoal.util import parse_rfc3339
 
 __all__ = ["reap", "TaskReaper", "DEFAULT_RETENTION"]
 

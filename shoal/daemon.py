@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from shoal import __version__
-from shoal.util import now_rfc3339
+from shoal.util import is_rfc3339, now_rfc3339, parse_bytes, parse_rfc3339
 from shoal.wire import WireError
 
 log = logging.getLogger("shoald")
@@ -132,7 +132,8 @@ class Daemon:
         self.exec_root.mkdir(parents=True, exist_ok=True)
         self.state = LocalState(self.data_root / "state.json")
         self.certs_dir = self.data_root / "certs"
-        self.images = ImageStore(self.data_root / "images", list(args.insecure_registry or []))
+        self.images = ImageStore(self.data_root / "images", list(args.insecure_registry or []),
+                                 max_layer_size=args.max_layer_size)
         self.runtime = Runtime(
             self.data_root / "containers", self.exec_root, self.images,
             cgroup_parent=args.cgroup_parent, oci_runtime=args.runtime,
@@ -621,13 +622,17 @@ def build_app(daemon: Daemon) -> web.Application:
         return web.json_response(list(by_id.values()))
 
     def image_summary(img: Any) -> dict[str, Any]:
+        """``ImageSummary`` of the Engine API: ``Created`` in seconds since the epoch (the config
+        holds it as RFC 3339, as every image on Docker Hub does)."""
         tags = list(img.familiar_repo_tags or [img.ref])
         return {"Id": img.id, "RepoTags": tags, "RepoDigests": list(img.repo_digests), "ParentId": "",
-                "Created": int(getattr(img, "created", 0) or 0), "Size": img.size, "SharedSize": -1,
+                "Created": int(parse_rfc3339(img.created)), "Size": img.size, "SharedSize": -1,
                 "VirtualSize": img.size, "Labels": (img.config or {}).get("Labels") or {}, "Containers": -1}
 
     @both("GET", "/images/{name:.*}/json")
     async def image_inspect(request: web.Request) -> web.Response:
+        """``ImageInspect``: ``Created`` is the config's RFC 3339 time as stored (Go's zero time
+        when the image has none, as Docker prints it), ``RootFS.Layers`` the diff_ids."""
         name = request.match_info["name"]
         try:
             img = daemon.images.get(name)
@@ -636,14 +641,15 @@ def build_app(daemon: Daemon) -> web.Application:
         if img is None:
             return api_error(404, f"No such image: {name}")
         out = image_summary(img)
+        created = img.created if is_rfc3339(img.created) else "0001-01-01T00:00:00Z"
         return web.json_response({
             "Id": out["Id"], "RepoTags": out["RepoTags"], "RepoDigests": out["RepoDigests"], "Parent": "",
-            "Comment": "",
-            "Created": now_rfc3339(out["Created"]) if out["Created"] else "", "Container": "",
-            "DockerVersion": "", "Author": "", "Config": img.config, "Architecture": _go_arch(),
-            "Os": "linux", "Size": img.size, "VirtualSize": img.size,
+            "Comment": "", "Created": created, "Container": "",
+            "DockerVersion": "", "Author": "", "Config": img.config, "Architecture": img.architecture,
+            "Os": img.os_name, "Size": img.size, "VirtualSize": img.size,
             "GraphDriver": {"Name": "overlay2", "Data": {"LowerDir": ":".join(str(p) for p in img.layers)}},
-            "RootFS": {"Type": "layers", "Layers": []}, "Metadata": {"LastTagTime": ""}})
+            "RootFS": {"Type": "layers", "Layers": list(img.diff_ids)},
+            "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"}})
 
     @both("GET", "/networks")
     async def networks(request: web.Request) -> web.Response:
@@ -677,7 +683,8 @@ def build_app(daemon: Daemon) -> web.Application:
         finally:
             os.unlink(tmp)
         text = "".join(json.dumps({"stream": f"Loaded image: {r}\n"}) + "\n" for r in refs)
-        return web.Response(text=text, content_type="application/json")
+        # exactly "application/json" (no charset): the docker CLI renders the stream only then
+        return web.Response(body=text.encode(), content_type="application/json")
 
     @both("POST", "/images/create")
     async def images_create(request: web.Request) -> web.StreamResponse:
@@ -806,6 +813,13 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- entry point
 
 
+def _byte_size(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shoald", description="The Shoal daemon (one per host).")
     p.add_argument("--data-root", default="/var/lib/shoal", help="persistent state (default %(default)s)")
@@ -815,6 +829,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cgroup-parent", default="shoal", help="cgroup under which containers live")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                    help="registry reached over plain HTTP (repeatable)")
+    p.add_argument("--max-layer-size", type=_byte_size, default="8g", metavar="SIZE",
+                   help="largest image layer accepted, uncompressed (e.g. 8g, 512m; default 8g)")
     p.add_argument("--heartbeat-period", type=float, default=5.0,
                    help="dispatcher heartbeat period in seconds (node down after 3 missed)")
     p.add_argument("--heartbeat-misses", type=int, default=3,

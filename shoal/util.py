@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import calendar
+import re
 import secrets
 import time
 from collections.abc import Awaitable
@@ -22,6 +24,49 @@ def now_rfc3339(t: float | None = None) -> str:
         ns = int(t * 1_000_000_000)
     sec, frac = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9})\d*)?"
+                      r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$")
+
+
+def is_rfc3339(ts: str | None) -> bool:
+    """Whether ``ts`` is an RFC 3339 timestamp :func:`parse_rfc3339` reads."""
+    return bool(_RFC3339.match(ts or ""))
+
+
+def parse_rfc3339(ts: str | None) -> float:
+    """Seconds since the epoch of an RFC 3339 timestamp: ``2026-11-29T16:56:02.123456789Z``,
+    ``2023-05-18T17:08:35+02:00``, fractions of any length (nanoseconds as Docker writes them),
+    no zone meaning UTC. 0.0 if ``ts`` is empty, None or malformed (Go's zero time included)."""
+    m = _RFC3339.match(ts or "")
+    if not m:
+        return 0.0
+    y, mo, d, h, mi, s, frac, _z, sign, oh, om = m.groups()
+    try:
+        secs = calendar.timegm((int(y), int(mo), int(d), int(h), int(mi), int(s), 0, 0, 0))
+    except (ValueError, OverflowError):
+        return 0.0
+    if sign:
+        secs -= (1 if sign == "+" else -1) * (int(oh) * 3600 + int(om) * 60)
+    return max(0.0, secs + (int(frac) / 10 ** len(frac) if frac else 0.0))
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+               "g": 1 << 30, "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """A size as Docker's ``units.RAMInBytes`` reads it: ``512``, ``64k``, ``10m``, ``1.5g``,
+    ``8GiB`` (powers of 1024, case-insensitive) → bytes. Raises ValueError naming the text for
+    anything else, or a size that is not positive."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m:
+        raise ValueError(f"invalid size {text!r}: use a number of bytes, or with a unit k, m, g (e.g. 10m)")
+    value = int(float(m.group(1)) * _BYTE_UNITS[m.group(2)])
+    if value <= 0:
+        raise ValueError(f"invalid size {text!r}: it must be more than 0 bytes")
+    return value
 
 
 def new_id(length: int = 25) -> str:

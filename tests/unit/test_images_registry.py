@@ -12,10 +12,11 @@ import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from agent_runtime.images import ImageError, ImageStore
+from agent_runtime.images import ImageError, ImageStore, _Registry
 
 
 def _digest(b: bytes) -> str:
@@ -54,9 +55,12 @@ class FakeRegistry:
                 {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "size": len(self.manifest),
                  "digest": _digest(self.manifest), "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
         self.blobs = {_digest(self.config): self.config,
-                      _digest(self.layer): (b"tampered" + self.layer) if corrupt_layer else self.layer}
+                      _digest(self.layer): (b"tampered" + self.layer[len(b"tampered"):]) if corrupt_layer else self.layer}
         self.token_requests: list[dict[str, str]] = []
         self.base = ""
+        self.extra_manifests: dict[str, bytes] = {}  # tag -> body, served as is
+        self.token_body = b'{"token": "tok123"}'
+
 
     def _authorized(self, req: web.Request) -> bool:
         return req.headers.get("Authorization") == "Bearer tok123"
@@ -69,7 +73,7 @@ class FakeRegistry:
 
     async def h_token(self, req: web.Request) -> web.Response:
         self.token_requests.append(dict(req.query))
-        return web.json_response({"token": "tok123"})
+        return web.Response(body=self.token_body, content_type="application/json")
 
     async def h_manifest(self, req: web.Request) -> web.Response:
         if not self._authorized(req):
@@ -78,6 +82,9 @@ class FakeRegistry:
         if req.match_info["repo"] != "team/app":
             return web.json_response({"errors": [{"code": "NAME_UNKNOWN",
                                                   "message": "repository name not known to registry"}]}, status=404)
+        if ref in self.extra_manifests:
+            return web.Response(body=self.extra_manifests[ref],
+                                content_type="application/vnd.docker.distribution.manifest.v2+json")
         if ref == "v1":
             return web.Response(body=self.listing,
                                 content_type="application/vnd.docker.distribution.manifest.list.v2+json")
@@ -152,3 +159,45 @@ async def test_corrupt_blob_is_rejected(tmp_path: Path) -> None:
         assert store.list() == []
     finally:
         await runner.cleanup()
+
+
+async def test_registry_input_is_bounded(fake: tuple[FakeRegistry, str], tmp_path: Path) -> None:
+    """Manifests over 4 MiB, token replies over 1 MiB, blobs longer or shorter than their
+    descriptor, and layers over the store's size cap are refused (issue 7)."""
+    reg, addr = fake
+    store = ImageStore(tmp_path / "store")
+    reg.extra_manifests["huge"] = b'{"schemaVersion": 2, "pad": "' + b"x" * (5 << 20) + b'"}'
+    with pytest.raises(ImageError, match="over the 4194304-byte limit"):
+        await store.pull(f"{addr}/team/app:huge")
+
+    layer = reg.blobs[_digest(reg.layer)]
+    for served, words in ((layer + b"trailing junk", "longer than its descriptor says"),
+                          (layer[:-5], "its descriptor says")):
+        reg.blobs[_digest(reg.layer)] = served
+        with pytest.raises(ImageError, match=words):
+            await store.pull(f"{addr}/team/app:v1")
+        assert list((tmp_path / "store/blobs/sha256").glob(_digest(reg.layer)[7:])) == []
+    reg.blobs[_digest(reg.layer)] = layer
+
+    small = ImageStore(tmp_path / "small", max_layer_size=16)
+    with pytest.raises(ImageError, match="over the 16-byte limit"):
+        await small.pull(f"{addr}/team/app:v1")
+
+    reg.token_body = b'{"token": "' + b"t" * (2 << 20) + b'"}'
+    with pytest.raises(ImageError, match="token reply .* over the 1048576-byte limit"):
+        await ImageStore(tmp_path / "fresh").pull(f"{addr}/team/app:v1")
+
+
+@pytest.mark.parametrize("realm,words", [
+    ("http://auth.example.com/token", "is plain HTTP"),
+    ("file:///etc/shadow", "is not an http(s) URL"),
+    ("gopher://auth.example.com/x", "is not an http(s) URL"),
+])
+async def test_token_realm_follows_the_registry_scheme_rules(realm: str, words: str) -> None:
+    """A registry reached over HTTPS cannot send the client to a plain-HTTP (or other) realm; no
+    request is made to it."""
+    async with aiohttp.ClientSession() as session:
+        reg = _Registry(session, "registry.example.com", lambda host: False)
+        assert reg.base == "https://registry.example.com"
+        with pytest.raises(ImageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            await reg._token(f'Bearer realm="{realm}",service="x"', "team/app")
