@@ -36,6 +36,7 @@ from agent_runtime.bundle import BundleError, build_config, resolv_conf_text, wr
 from agent_runtime.images import ImageError, ImageStore
 from agent_runtime.oci import libc
 from agent_runtime.oci.cgroups import Cgroup
+from agent_runtime.oci.runtime import RuntimeError_, check_rootfs_links
 from agent_runtime.shim import proc_start_time
 from agent_runtime.spec import ContainerSpec, ContainerState
 from shoal.util import now_rfc3339
@@ -217,6 +218,10 @@ class Runtime:
                                                         list(spec.dns_options), _host_resolv_conf()))
         (d / "hostname").write_text(hostname + "\n")
         config = build_config(spec, image_config, d / "rootfs", d, self.cgroup_parent)
+        try:
+            check_rootfs_links(config)  # for runc too: it would follow an image's /dev link on the host
+        except RuntimeError_ as e:
+            raise ContainerError(f"container {spec.id}: {e}") from None
         write_config(d, config)
         meta = {"spec": spec.to_dict(), "image_id": image_id, "created_at": now_rfc3339(),
                 "oci_runtime": self.oci_runtime, "cgroups_path": config["linux"]["cgroupsPath"]}
