@@ -5,7 +5,7 @@ the details the spec leaves open, what runc does (documented in its libcontainer
 default /dev nodes bound from the host, /dev/{fd,stdin,stdout,stderr,ptmx} symlinks,
 ``pivot_root(".", ".")`` then a lazy unmount of the old root, masked paths covered by
 /dev/null or a read-only tmpfs. Implemented: namespaces (new, or joining a network/pid namespace by
-path), cgroups v1/v2 resources (memory, cpu, pids, v1 devices), mounts, sysctl, rlimits,
+path), cgroups v1/v2 resources (memory, cpu, pids, devices: v1 files or a v2 eBPF program), mounts, sysctl, rlimits,
 oomScoreAdj, capabilities (bounding/effective/permitted/inheritable/ambient), no_new_privs, user and
 groups, hostname. Not implemented: seccomp, user namespaces, terminals, hooks, AppArmor/SELinux,
 ``linux.devices`` (extra device nodes).
@@ -531,8 +531,12 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str, *, exec_fi
     code: int | None = None
     started = False
     try:
-        cg.create()
-        cg.apply(linux.get("resources") or {})
+        try:
+            cg.create()
+            cg.apply(linux.get("resources") or {})
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            raise RuntimeError_(f"cgroup {cg.rel}: {e.strerror or e}{where}; the container is not started") from None
         if pidns_path:
             fd = os.open(pidns_path, os.O_RDONLY)
             libc.setns(fd, libc.CLONE_NEWPID)
