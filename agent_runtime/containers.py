@@ -39,7 +39,7 @@ from agent_runtime.oci.cgroups import Cgroup
 from agent_runtime.oci.runtime import RuntimeError_, check_rootfs_links
 from agent_runtime.shim import proc_start_time
 from agent_runtime.spec import ContainerSpec, ContainerState
-from shoal.util import now_rfc3339
+from shoal.util import now_rfc3339, private_dir
 
 __all__ = ["ContainerError", "ContainerNotFound", "ContainerSpec", "ContainerState", "Runtime"]
 
@@ -136,8 +136,16 @@ class Runtime:
         self.images = images
         self.cgroup_parent = cgroup_parent
         self.oci_runtime = oci_runtime
-        self.root.mkdir(parents=True, exist_ok=True)
+        # The containers' directories (rootfs mounts, upper dirs, bundles, logs) and the OCI runtimes'
+        # state are root's only (0700, fixed on existing ones too): a setuid binary or a device node
+        # in a container's rootfs is not reachable by other local users, as under Docker's data root.
+        private_dir(self.root)
+        for sub in self.root.iterdir():
+            if sub.is_dir() and not sub.is_symlink():
+                private_dir(sub)
         self.exec_root.mkdir(parents=True, exist_ok=True)
+        for name in ("runc", "shoal-oci"):
+            private_dir(self.exec_root / name)
         if oci_runtime == "runc":
             self.runtime_cmd = shutil.which("runc") or "/usr/sbin/runc"
             self.runtime_root = str(self.exec_root / "runc")
@@ -185,7 +193,7 @@ class Runtime:
         if img is None:
             img = await self.images.pull(spec.image)
         try:
-            d.mkdir()
+            d.mkdir(mode=0o700)
         except FileExistsError as e:
             raise ContainerError(f"container {spec.id} already exists") from e
         try:

@@ -32,6 +32,8 @@ from typing import IO, Any
 
 import aiohttp
 
+from shoal.util import private_dir
+
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -308,8 +310,10 @@ class ImageStore:
     def __init__(self, root: Path, insecure_registries: list[str] | None = None) -> None:
         self.root = Path(root)
         self.insecure = set(insecure_registries or [])
-        for d in ("blobs/sha256", "layers", "images", "tmp"):
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        # 0700 all the way down to the layers, fixed on existing stores too: an image's setuid
+        # binaries and device nodes are reachable by root only (Docker keeps image/ and overlay2/ 0700/0710)
+        for d in ("", "blobs", "blobs/sha256", "layers", "images", "tmp"):
+            private_dir(self.root / d)
         self._pulls: dict[str, asyncio.Future[Image]] = {}
         self._blob_futs: dict[str, asyncio.Future[Path]] = {}
         self._layer_locks: dict[str, threading.Lock] = {}
