@@ -14,6 +14,7 @@ import resource
 from pathlib import Path
 from typing import Any
 
+from agent_runtime.oci.inroot import read_in_root
 from agent_runtime.spec import ContainerSpec
 from shoal.containerrules import CAPABILITY_NAMES, ULIMIT_NAMES, normalize_capability, sysctl_allowed
 
@@ -56,11 +57,31 @@ class BundleError(ValueError):
     """The spec cannot be turned into a runnable bundle (no command, unknown user …)."""
 
 
-def _read_db(path: Path) -> list[list[str]]:
+_DB_LIMIT = 16 << 20
+"""Largest /etc/passwd or /etc/group of an image that is read (bytes)."""
+
+
+def _read_db(rootfs: Path, path: str, numeric: tuple[int, ...]) -> list[list[str]]:
+    """Lines of the image's ``path`` (``/etc/passwd``, ``/etc/group``) split on ``:``, keeping only
+    those whose fields at ``numeric`` are decimal numbers; the file is resolved inside ``rootfs``
+    (agent_runtime.oci.inroot: a link to a host file or to /dev/zero is never read) and must be a
+    regular file; missing → ``[]``. Raises BundleError when over 16 MiB."""
     try:
-        return [line.split(":") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+        data = read_in_root(str(rootfs), path, _DB_LIMIT)
+    except ValueError as e:
+        raise BundleError(str(e)) from None
     except OSError:
         return []
+    if data is None:
+        return []
+    out = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        ent = line.split(":")
+        if line.startswith("#") or len(ent) <= max(numeric):
+            continue
+        if all(ent[i].isdecimal() and ent[i].isascii() for i in numeric):
+            out.append(ent)
+    return out
 
 
 def resolve_user(user: str | None, rootfs: Path) -> tuple[int, int, list[int]]:
@@ -71,8 +92,8 @@ def resolve_user(user: str | None, rootfs: Path) -> tuple[int, int, list[int]]:
     if not user:
         return 0, 0, []
     name, _, group = user.partition(":")
-    passwd = _read_db(rootfs / "etc/passwd")
-    groups = _read_db(rootfs / "etc/group")
+    passwd = _read_db(rootfs, "/etc/passwd", (2, 3))
+    groups = _read_db(rootfs, "/etc/group", (2,))
     uid: int | None = None
     gid: int | None = None
     uname: str | None = None
@@ -164,7 +185,7 @@ def additional_gids(groups: list[str], rootfs: Path, base: list[int]) -> list[in
     """``base`` (the user's memberships) plus ``groups`` (Docker's GroupAdd: names looked up in
     ``rootfs``/etc/group, or numbers), without duplicates. Raises BundleError for an unknown name."""
     out = list(base)
-    db = _read_db(rootfs / "etc/group") if groups else []
+    db = _read_db(rootfs, "/etc/group", (2,)) if groups else []
     for g in groups:
         g = str(g)
         if g.isdigit():

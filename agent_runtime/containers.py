@@ -36,9 +36,10 @@ from agent_runtime.bundle import BundleError, build_config, resolv_conf_text, wr
 from agent_runtime.images import ImageError, ImageStore
 from agent_runtime.oci import libc
 from agent_runtime.oci.cgroups import Cgroup
+from agent_runtime.oci.runtime import RuntimeError_, check_rootfs_links
 from agent_runtime.shim import proc_start_time
 from agent_runtime.spec import ContainerSpec, ContainerState
-from shoal.util import now_rfc3339
+from shoal.util import now_rfc3339, private_dir
 
 __all__ = ["ContainerError", "ContainerNotFound", "ContainerSpec", "ContainerState", "Runtime"]
 
@@ -135,8 +136,16 @@ class Runtime:
         self.images = images
         self.cgroup_parent = cgroup_parent
         self.oci_runtime = oci_runtime
-        self.root.mkdir(parents=True, exist_ok=True)
+        # The containers' directories (rootfs mounts, upper dirs, bundles, logs) and the OCI runtimes'
+        # state are root's only (0700, fixed on existing ones too): a setuid binary or a device node
+        # in a container's rootfs is not reachable by other local users, as under Docker's data root.
+        private_dir(self.root)
+        for sub in self.root.iterdir():
+            if sub.is_dir() and not sub.is_symlink():
+                private_dir(sub)
         self.exec_root.mkdir(parents=True, exist_ok=True)
+        for name in ("runc", "shoal-oci"):
+            private_dir(self.exec_root / name)
         if oci_runtime == "runc":
             self.runtime_cmd = shutil.which("runc") or "/usr/sbin/runc"
             self.runtime_root = str(self.exec_root / "runc")
@@ -184,7 +193,7 @@ class Runtime:
         if img is None:
             img = await self.images.pull(spec.image)
         try:
-            d.mkdir()
+            d.mkdir(mode=0o700)
         except FileExistsError as e:
             raise ContainerError(f"container {spec.id} already exists") from e
         try:
@@ -217,6 +226,10 @@ class Runtime:
                                                         list(spec.dns_options), _host_resolv_conf()))
         (d / "hostname").write_text(hostname + "\n")
         config = build_config(spec, image_config, d / "rootfs", d, self.cgroup_parent)
+        try:
+            check_rootfs_links(config)  # for runc too: it would follow an image's /dev link on the host
+        except RuntimeError_ as e:
+            raise ContainerError(f"container {spec.id}: {e}") from None
         write_config(d, config)
         meta = {"spec": spec.to_dict(), "image_id": image_id, "created_at": now_rfc3339(),
                 "oci_runtime": self.oci_runtime, "cgroups_path": config["linux"]["cgroupsPath"]}

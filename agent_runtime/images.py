@@ -37,6 +37,7 @@ import jsonschema
 from agent_runtime.layers import MAX_LAYER_SIZE, BoundedTarInfo
 from agent_runtime.layers import ImageError as ImageError  # re-exported: every caller catches it from here
 from agent_runtime.layers import unpack_layer as unpack_layer
+from shoal.util import private_dir
 
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -358,8 +359,10 @@ class ImageStore:
         self.root = Path(root)
         self.insecure = set(insecure_registries or [])
         self.max_layer_size = max_layer_size
-        for d in ("blobs/sha256", "layers", "images", "tmp"):
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        # 0700 all the way down to the layers, fixed on existing stores too: an image's setuid
+        # binaries and device nodes are reachable by root only (Docker keeps image/ and overlay2/ 0700/0710)
+        for d in ("", "blobs", "blobs/sha256", "layers", "images", "tmp"):
+            private_dir(self.root / d)
         self._pulls: dict[str, asyncio.Future[Image]] = {}
         self._blob_futs: dict[str, asyncio.Future[Path]] = {}
         self._layer_locks: dict[str, threading.Lock] = {}

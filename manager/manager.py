@@ -41,7 +41,7 @@ from raft.log import LogUnavailable
 from raft.replicated import ReplicatedLog
 from raft.transport import parse_addr
 from shoal import tlsutil, wire
-from shoal.util import new_id, now_rfc3339
+from shoal.util import new_id, now_rfc3339, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Manager:
         if spec:
             merged = {**swarm_spec, **{k: v for k, v in spec.items() if v not in (None, {}, "")}}
             swarm_spec = validate_swarm_spec(merged)
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         ca = RootCA.create(certs_dir)
         node_id = new_id()
         cluster_id = new_id()
@@ -261,6 +261,7 @@ class Manager:
         ``raft.snapshot.SnapshotCorruptError`` for a damaged log.
         """
         raft_dir = self.data_dir / "raft"
+        private_dir(self.data_dir)  # the log holds the join tokens and the cluster's secrets: root only
         self.ca = RootCA.load(self.certs_dir)
         if self.force_new_cluster:
             idx = ReplicatedLog.force_new_cluster(raft_dir, self.raft_id, self.advertise_addr, Store.rebuild)

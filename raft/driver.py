@@ -73,6 +73,7 @@ from raft.log import LogUnavailable
 from raft.snapshot import Snapshot as DiskSnapshot
 from raft.snapshot import Snapshotter
 from raft.transport import PeerCheck, Transport, parse_addr
+from shoal.util import private_dir
 
 __all__ = ["ADDR_MAGIC", "AppliedEntry", "DriverConfig", "RaftDriver"]
 
@@ -187,7 +188,7 @@ class RaftDriver:
         self.id = node_id
         self.cfg = config or DriverConfig()
         self.dir = Path(data_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         self.apply_fn = apply
         self.restore_fn = restore
         self.snapshot_source = snapshot_source

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from raft.snapshot import Snapshot, Snapshotter
 from raft.wal import DEFAULT_SEGMENT_BYTES, WAL, Entry, HardState
+from shoal.util import private_dir
 
 __all__ = ["LogUnavailable", "ReplicatedLog", "SingleVoterLog", "Snapshot", "Entry"]
 
@@ -93,7 +94,7 @@ class SingleVoterLog:
 
     def __init__(self, directory: Path | str, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         self._snapshotter = Snapshotter(self.dir / "snap")
         self._snapshot = self._snapshotter.load()
         self._wal, rec = WAL.open(self.dir / "wal", segment_bytes)

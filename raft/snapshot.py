@@ -20,6 +20,7 @@ from pathlib import Path
 import msgpack
 
 from raft.wal import recovery_advice
+from shoal.util import private_dir, private_file
 
 __all__ = ["Snapshot", "Snapshotter", "SnapshotCorruptError"]
 
@@ -45,7 +46,9 @@ class Snapshotter:
 
     def __init__(self, directory: Path | str) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
+        for _index, _term, path in self._files():
+            private_file(path)  # 0644 when written by an older Shoal
 
     def _files(self) -> list[tuple[int, int, Path]]:
         out = []
@@ -66,7 +69,7 @@ class Snapshotter:
         name = f"snap-{snap.term:016x}-{snap.index:016x}.snap"
         tmp = self.dir / (name + ".tmp")
         try:
-            with open(tmp, "wb") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                 f.write(blob)
                 f.flush()
                 os.fsync(f.fileno())

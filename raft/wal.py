@@ -50,6 +50,8 @@ from pathlib import Path
 
 import msgpack
 
+from shoal.util import private_dir, private_file
+
 __all__ = ["Entry", "HardState", "WAL", "WALCorruptError", "WALRecovery"]
 
 REC_ENTRY = 1
@@ -194,7 +196,7 @@ class WAL:
         torn tail, ``OSError`` for I/O failures.
         """
         wal = cls(Path(directory), segment_bytes)
-        wal.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(wal.dir)
         rec = wal._recover()
         return wal, rec
 
@@ -204,6 +206,7 @@ class WAL:
             m = _SEGMENT_RE.match(name)
             if m:
                 segs.append(_Segment(int(m.group(1), 16), int(m.group(2), 16), self.dir / name))
+                private_file(self.dir / name)  # 0644 when written by an older Shoal
             elif name.endswith(".wal.tmp"):
                 os.unlink(self.dir / name)
         segs.sort(key=lambda s: s.seq)
@@ -345,7 +348,7 @@ class WAL:
         tmp = self.dir / (name + ".tmp")
         header = _encode_hard_state(self._hard_state)
         try:
-            with open(tmp, "wb") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                 f.write(header)
                 f.flush()
                 os.fsync(f.fileno())

@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from shoal import __version__
-from shoal.util import is_rfc3339, now_rfc3339, parse_bytes, parse_rfc3339
+from shoal.util import is_rfc3339, now_rfc3339, parse_bytes, parse_rfc3339, private_dir, private_file
 from shoal.wire import WireError
 
 log = logging.getLogger("shoald")
@@ -99,6 +99,20 @@ class LocalState:
         self.path.unlink(missing_ok=True)
 
 
+def secure_data_root(data_root: Path) -> None:
+    """Make ``data_root`` and give it and what the daemon keeps directly under it the modes Docker
+    gives its own (root only): the data root, ``certs/`` and ``manager/`` (and its ``raft/``) 0700,
+    ``state.json`` and the certificates and keys 0600. Fixes a data root made by an older Shoal; the
+    image store and the containers' directories fix their own (agent_runtime)."""
+    private_dir(data_root)
+    private_file(data_root / "state.json")
+    for sub in ("certs", "manager", "manager/raft"):
+        if (data_root / sub).is_dir():
+            private_dir(data_root / sub)
+    for name in ("ca.crt", "ca.key", "node.crt", "node.key"):
+        private_file(data_root / "certs" / name)
+
+
 def node_description(hostname: str | None = None) -> dict[str, Any]:
     """This host's ``Node.Description`` (Docker API shape): hostname, platform, resources, engine."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -128,7 +142,7 @@ class Daemon:
         self.args = args
         self.data_root = Path(args.data_root)
         self.exec_root = Path(args.exec_root)
-        self.data_root.mkdir(parents=True, exist_ok=True)
+        secure_data_root(self.data_root)
         self.exec_root.mkdir(parents=True, exist_ok=True)
         self.state = LocalState(self.data_root / "state.json")
         self.certs_dir = self.data_root / "certs"

@@ -1,13 +1,16 @@
-"""Small helpers shared by every part of Shoal (time formats, IDs)."""
+"""Small helpers shared by every part of Shoal (time formats, IDs, private directories)."""
 
 from __future__ import annotations
 
 import asyncio
 import calendar
+import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -91,3 +94,27 @@ async def wait_timeout(aw: Awaitable[T], timeout: float | None) -> T:
         return await aw
     async with asyncio.timeout(timeout):
         return await aw
+
+
+def private_dir(path: Path | str, mode: int = 0o700) -> Path:
+    """Make the directory ``path`` (and missing parents) and give it ``mode`` (default 0700: only
+    root may traverse it), fixing the mode of an existing one, e.g. a data root made by an older
+    Shoal. Docker keeps its data root and image store the same way (0700/0710), so a setuid binary
+    or a device node inside an image is not reachable by other local users. A symlink (an admin's
+    data root elsewhere) is followed. Raises ``OSError`` (``FileExistsError`` for a file)."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True, mode=mode)
+    if stat.S_IMODE(os.stat(p).st_mode) != mode:
+        os.chmod(p, mode)
+    return p
+
+
+def private_file(path: Path | str) -> None:
+    """Give the existing file ``path`` mode 0600 (no-op when missing): state written by an older
+    Shoal with the default 0644."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != 0o600:
+        os.chmod(path, 0o600)

@@ -2,7 +2,8 @@
 
 Follows the kernel documentation: Documentation/admin-guide/cgroup-v1/{memory,pids}.rst,
 cgroup-v1 CFS bandwidth (``cpu.cfs_quota_us``/``cpu.cfs_period_us``), and cgroup-v2.rst
-(``memory.max``, ``cpu.max``, ``pids.max``, ``cgroup.kill``). The OCI runtime spec's
+(``memory.max``, ``cpu.max``, ``pids.max``, ``cgroup.kill``), cgroup-v1/devices.rst and, on
+v2, a device eBPF program (agent_runtime.oci.devicefilter). The OCI runtime spec's
 ``linux.resources`` object is the input; ``cgroupsPath`` is taken relative to the root of
 each hierarchy (as runc's cgroupfs driver does for an absolute path).
 """
@@ -14,6 +15,8 @@ import os
 import signal
 import time
 from typing import Any
+
+from agent_runtime.oci.devicefilter import DeviceFilterError, attach, fold
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -121,7 +124,9 @@ class Cgroup:
                     pass
 
     def apply(self, res: dict[str, Any]) -> None:
-        """Write OCI ``linux.resources`` (memory.limit/swap, cpu.quota/period, pids.limit)."""
+        """Write OCI ``linux.resources`` (memory.limit/swap, cpu.quota/period, pids.limit) and enforce
+        ``devices`` (see :meth:`apply_devices`)."""
+        self.apply_devices(list(res.get("devices") or []))
         mem = res.get("memory") or {}
         cpu = res.get("cpu") or {}
         pids = res.get("pids") or {}
@@ -142,14 +147,6 @@ class Cgroup:
             if plimit is not None and plimit > 0:
                 _write(os.path.join(d, "pids.max"), str(plimit))
             return
-        if res.get("devices") and "devices" in self.dirs:
-            d = self.dirs["devices"]
-            for rule in res["devices"]:
-                typ = rule.get("type") or "a"
-                line = "a" if typ == "a" else (
-                    f"{typ} {'*' if rule.get('major') is None else rule['major']}:"
-                    f"{'*' if rule.get('minor') is None else rule['minor']} {rule.get('access') or 'rwm'}")
-                _write(os.path.join(d, "devices.allow" if rule.get("allow") else "devices.deny"), line)
         if limit is not None and limit > 0 and "memory" in self.dirs:
             d = self.dirs["memory"]
             _write(os.path.join(d, "memory.limit_in_bytes"), str(limit))
@@ -162,6 +159,30 @@ class Cgroup:
             _write(os.path.join(d, "cpu.cfs_quota_us"), str(quota))
         if plimit is not None and plimit > 0 and "pids" in self.dirs:
             _write(os.path.join(self.dirs["pids"], "pids.max"), str(plimit))
+
+    def apply_devices(self, rules: list[dict[str, Any]]) -> None:
+        """Enforce the OCI device rules (``linux.resources.devices``) before any process joins: the v1
+        ``devices.allow``/``devices.deny`` files when the v1 devices controller is mounted, else a
+        ``BPF_CGROUP_DEVICE`` program on the cgroup2 directory (v2, or the unified hierarchy of a
+        hybrid host), as runc does (libcontainer/cgroups/devices). Never skipped: raises
+        ``DeviceFilterError`` (an OSError) when the rules are malformed or cannot be applied."""
+        if not rules:
+            return
+        fold(rules)  # validates every rule, for v1 too
+        if not self.v2 and "devices" in self.dirs:
+            d = self.dirs["devices"]
+            for rule in rules:
+                typ = rule.get("type") or "a"
+                major, minor = rule.get("major"), rule.get("minor")
+                line = "a" if typ == "a" else (
+                    f"{typ} {'*' if major is None or major == -1 else major}:"
+                    f"{'*' if minor is None or minor == -1 else minor} {rule.get('access') or 'rwm'}")
+                _write(os.path.join(d, "devices.allow" if rule.get("allow") else "devices.deny"), line)
+            return
+        if "unified" not in self.dirs:
+            raise DeviceFilterError(errno.ENOTSUP, "neither the cgroup v1 devices controller nor a cgroup2 hierarchy "
+                                    "is mounted: the device rules cannot be enforced")
+        attach(self.dirs["unified"], rules)
 
     def add(self, pid: int) -> None:
         """Move process ``pid`` (host PID) into the cgroup in every hierarchy."""

@@ -3,7 +3,7 @@
 Python 3.11 has no ``os.unshare``/``os.setns``; these wrappers call glibc directly and raise
 ``OSError`` (with errno and a message naming the call and its arguments) on failure.
 Constants and semantics follow the Linux man pages: unshare(2), setns(2), mount(2), umount(2),
-pivot_root(2), sethostname(2), prctl(2), capset(2), capabilities(7).
+pivot_root(2), sethostname(2), prctl(2), capset(2), capabilities(7), bpf(2).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 SYS_PIVOT_ROOT = 155  # x86_64
 SYS_CAPSET = 126  # x86_64
+SYS_BPF = 321  # x86_64
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 CAPABILITIES = {
@@ -121,6 +122,13 @@ def pivot_root(new_root: str, put_old: str) -> None:
     """pivot_root(2) through syscall(2) (glibc has no wrapper)."""
     ret = _libc.syscall(ctypes.c_long(SYS_PIVOT_ROOT), _b(new_root), _b(put_old))
     _check(ret, f"pivot_root({new_root!r}, {put_old!r})")
+
+
+def bpf(cmd: int, attr: int, size: int) -> int:
+    """bpf(2) through syscall(2): ``cmd`` (``BPF_PROG_LOAD`` …) with the ``union bpf_attr`` at address
+    ``attr`` of ``size`` bytes; returns the call's result (a new fd, close-on-exec, for loads)."""
+    ret = _libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(cmd), ctypes.c_void_p(attr), ctypes.c_uint(size))
+    return _check(ret, f"bpf(cmd={cmd})")
 
 
 def sethostname(name: str) -> None:

@@ -5,7 +5,7 @@ the details the spec leaves open, what runc does (documented in its libcontainer
 default /dev nodes bound from the host, /dev/{fd,stdin,stdout,stderr,ptmx} symlinks,
 ``pivot_root(".", ".")`` then a lazy unmount of the old root, masked paths covered by
 /dev/null or a read-only tmpfs. Implemented: namespaces (new, or joining a network/pid namespace by
-path), cgroups v1/v2 resources (memory, cpu, pids, v1 devices), mounts, sysctl, rlimits,
+path), cgroups v1/v2 resources (memory, cpu, pids, devices: v1 files or a v2 eBPF program), mounts, sysctl, rlimits,
 oomScoreAdj, capabilities (bounding/effective/permitted/inheritable/ambient), no_new_privs, user and
 groups, hostname. Not implemented: seccomp, user namespaces, terminals, hooks, AppArmor/SELinux,
 ``linux.devices`` (extra device nodes).
@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from agent_runtime.oci import libc
-from agent_runtime.oci.cgroups import Cgroup
+from agent_runtime.oci.cgroups import Cgroup, is_v2, v1_hierarchies
+from agent_runtime.oci.inroot import SymlinkRefused, open_in_root
 
 _MOUNT_FLAGS: dict[str, tuple[bool, int]] = {
     # option: (clear?, flag)
@@ -96,31 +97,6 @@ def load_config(bundle: str) -> dict[str, Any]:
     return cfg
 
 
-def secure_join(root: str, path: str) -> str:
-    """Join ``path`` under ``root`` resolving symlinks as if ``root`` were ``/`` (no escape via ``..`` or links)."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        p = parts.pop(0)
-        if p == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        cand = os.path.join(root, *resolved, p)
-        if os.path.islink(cand):
-            hops += 1
-            if hops > 255:
-                raise OSError(40, f"too many symlinks resolving {path!r} in {root!r}")
-            target = os.readlink(cand)
-            if target.startswith("/"):
-                resolved = []
-            parts = [t for t in target.split("/") if t and t != "."] + parts
-            continue
-        resolved.append(p)
-    return os.path.join(root, *resolved)
-
-
 def _parse_options(options: list[str]) -> tuple[int, int, str]:
     flags = 0
     prop = 0
@@ -136,94 +112,160 @@ def _parse_options(options: list[str]) -> tuple[int, int, str]:
     return flags, prop, ",".join(data)
 
 
-def _mount_cgroup(target: str, flags: int, cgroup_rel: str) -> None:
+_KERNEL_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue"})
+
+
+def _strict(dest: str, mtype: str) -> bool:
+    """True where the runtime will not follow a symlink of the image: its kernel filesystems and
+    everything at or under /dev (runc refuses proc and sysfs on anything but an ordinary directory)."""
+    d = os.path.normpath("/" + dest.lstrip("/"))
+    return mtype in _KERNEL_FS or d == "/dev" or d.startswith("/dev/")
+
+
+def _open_target(root_fd: int, dest: str, create: str | None, strict: bool) -> int:
+    """O_PATH descriptor of ``dest`` inside the rootfs (see agent_runtime.oci.inroot); RuntimeError_
+    when ``strict`` and the path passes through a symlink, or when it cannot be made."""
+    try:
+        return open_in_root(root_fd, dest, create=create, no_symlinks=strict)
+    except SymlinkRefused as e:
+        raise _refusal(e, dest) from None
+    except OSError as e:
+        raise RuntimeError_(f"rootfs: cannot prepare {dest}: {e.strerror or e}") from None
+
+
+def check_rootfs_links(cfg: dict[str, Any]) -> None:
+    """Refuse (RuntimeError_) a rootfs where a path the runtime prepares itself — a kernel filesystem's
+    mount point, /dev and anything under it, the default /dev nodes — is or passes through a symlink.
+
+    A host-side check made when the bundle is written, for every OCI runtime (runc 1.1 creates its
+    /dev symlinks through such a link on the host), on the rootfs of ``cfg["root"]["path"]``;
+    ``shoal-oci`` checks again as it prepares each path. Missing paths are fine (they are made).
+    """
+    rootfs = cfg["root"]["path"]
+    dests = [str(m.get("destination")) for m in cfg.get("mounts") or []
+             if _strict(str(m.get("destination") or "/"), m.get("type") or "")]
+    dests += ["/dev"] + ["/dev/" + name for name in _DEFAULT_DEVICES]
+    root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for dest in dests:
+            try:
+                os.close(open_in_root(root_fd, dest, no_symlinks=True))
+            except SymlinkRefused as e:
+                raise _refusal(e, dest) from None
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+    finally:
+        os.close(root_fd)
+
+
+def _refusal(e: SymlinkRefused, dest: str) -> RuntimeError_:
+    where = e.link if os.path.normpath(e.link) == os.path.normpath(dest) else f"{e.link} (on the way to {dest})"
+    return RuntimeError_(
+        f"rootfs: {where} is a symlink to {e.target!r}; the runtime mounts kernel filesystems and /dev "
+        "only on real directories of the image and does not follow its links there: make it a "
+        "directory (or remove it) in the image")
+
+
+def _mount_at(root_fd: int, dest: str, strict: bool, source: str | None, fstype: str | None, flags: int,
+              data: str | None = None, create: str | None = None) -> None:
+    """mount(2) onto ``dest`` inside the rootfs through ``/proc/self/fd/N`` of a descriptor opened by
+    :func:`_open_target`, so the kernel never looks the destination up by name (runc's WithProcfd).
+    A later call on the same ``dest`` (remount, propagation) opens it again and so reaches the new
+    mount on top."""
+    fd = _open_target(root_fd, dest, create, strict)
+    try:
+        libc.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
+def _mount_cgroup(root_fd: int, dest: str, flags: int, cgroup_rel: str) -> None:
     """Mount the container's view of /sys/fs/cgroup: cgroup2 on v2; on v1 a tmpfs holding a bind of the
     container's own cgroup directory of each hierarchy (as runc does without a cgroup namespace)."""
-    from agent_runtime.oci.cgroups import is_v2, v1_hierarchies
-
-    os.makedirs(target, exist_ok=True)
     ro = flags & libc.MS_RDONLY
     if is_v2():
-        libc.mount("cgroup2", target, "cgroup2", flags)
+        _mount_at(root_fd, dest, True, "cgroup2", "cgroup2", flags, create="dir")
         return
-    libc.mount("tmpfs", target, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=755")
-    for ctrl, mnt in v1_hierarchies().items():
-        name = os.path.basename(mnt)
+    _mount_at(root_fd, dest, True, "tmpfs", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=755",
+              create="dir")
+    for mnt in v1_hierarchies().values():
         src = os.path.join(mnt, cgroup_rel)
         if not os.path.isdir(src):
             continue
-        dst = os.path.join(target, name)
-        os.makedirs(dst, exist_ok=True)
-        libc.mount(src, dst, None, libc.MS_BIND)
-        libc.mount(None, dst, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & ~libc.MS_REC) | ro)
-        del ctrl
+        dst = dest.rstrip("/") + "/" + os.path.basename(mnt)
+        _mount_at(root_fd, dst, True, src, None, libc.MS_BIND, create="dir")
+        _mount_at(root_fd, dst, True, None, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & ~libc.MS_REC) | ro)
 
 
-def _mount_one(rootfs: str, m: dict[str, Any], cgroup_rel: str) -> None:
-    dest = m["destination"]
+def _mount_one(root_fd: int, m: dict[str, Any], cgroup_rel: str) -> None:
+    dest = m.get("destination")
+    if not isinstance(dest, str) or not dest.startswith("/"):
+        raise RuntimeError_(f"mount destination {dest!r} must be an absolute path")
     mtype = m.get("type") or ""
     source = m.get("source") or mtype
     flags, prop, data = _parse_options(list(m.get("options") or []))
-    target = secure_join(rootfs, dest)
+    strict = _strict(dest, mtype)
     if flags & libc.MS_BIND or mtype == "bind":
         flags |= libc.MS_BIND
         if not os.path.exists(source):
             raise RuntimeError_(f"bind mount source {source!r} for {dest!r} does not exist")
-        if os.path.isdir(source):
-            os.makedirs(target, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            if not os.path.exists(target):
-                open(target, "a").close()
-        libc.mount(source, target, None, flags & (libc.MS_BIND | libc.MS_REC))
+        create = "dir" if os.path.isdir(source) else "file"
+        _mount_at(root_fd, dest, strict, source, None, flags & (libc.MS_BIND | libc.MS_REC), create=create)
         extra = flags & ~(libc.MS_BIND | libc.MS_REC)
         if extra:
-            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & ~libc.MS_REC))
+            _mount_at(root_fd, dest, strict, None, None, libc.MS_BIND | libc.MS_REMOUNT | (flags & ~libc.MS_REC))
     elif mtype == "cgroup":
-        _mount_cgroup(target, flags, cgroup_rel)
+        _mount_cgroup(root_fd, dest, flags, cgroup_rel)
     else:
-        os.makedirs(target, exist_ok=True)
         try:
-            libc.mount(source, target, mtype, flags, data or None)
+            _mount_at(root_fd, dest, strict, source, mtype, flags, data or None, create="dir")
         except OSError:
-            if mtype == "sysfs" and dest == "/sys":
+            if mtype == "sysfs" and os.path.normpath(dest) == "/sys":
                 # Without a private network namespace sysfs cannot be mounted; bind it as runc does.
-                libc.mount("/sys", target, None, libc.MS_BIND | libc.MS_REC)
-                libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC)
+                _mount_at(root_fd, dest, strict, "/sys", None, libc.MS_BIND | libc.MS_REC)
+                _mount_at(root_fd, dest, strict, None, None,
+                          libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC)
             elif mtype == "mqueue":
                 return
             else:
                 raise
     if prop:
-        libc.mount(None, target, None, prop)
+        _mount_at(root_fd, dest, strict, None, None, prop)
 
 
-def _setup_dev(rootfs: str) -> None:
-    dev = os.path.join(rootfs, "dev")
-    os.makedirs(dev, exist_ok=True)
-    for name in _DEFAULT_DEVICES:
-        host = "/dev/" + name
-        target = os.path.join(dev, name)
-        if not os.path.exists(host):
-            continue
-        if os.path.lexists(target) and stat.S_ISCHR(os.lstat(target).st_mode):
-            continue
-        if not os.path.exists(target):
-            open(target, "a").close()
-        libc.mount(host, target, None, libc.MS_BIND)
-    links = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
-             "stderr": "/proc/self/fd/2"}
-    if os.path.exists("/proc/kcore"):
-        links["core"] = "/proc/kcore"
-    if os.path.isdir(os.path.join(dev, "pts")):
-        links["ptmx"] = "pts/ptmx"
-    for name, target in links.items():
-        path = os.path.join(dev, name)
-        if os.path.lexists(path):
-            if name == "ptmx":
+def _setup_dev(root_fd: int) -> None:
+    """runc's default /dev: the host's null, zero, full, random, urandom and tty bound onto files of the
+    container's /dev, and the fd/stdin/stdout/stderr/core/ptmx symlinks. Every path is opened inside
+    the rootfs and none may pass through a symlink (RuntimeError_ otherwise)."""
+    dev = _open_target(root_fd, "/dev", "dir", True)
+    try:
+        for name in _DEFAULT_DEVICES:
+            host = "/dev/" + name
+            if not os.path.exists(host):
                 continue
-            continue
-        os.symlink(target, path)
+            fd = _open_target(root_fd, host, "file", True)
+            try:
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    continue
+                libc.mount(host, f"/proc/self/fd/{fd}", None, libc.MS_BIND)
+            finally:
+                os.close(fd)
+        links = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+                 "stderr": "/proc/self/fd/2"}
+        if os.path.exists("/proc/kcore"):
+            links["core"] = "/proc/kcore"
+        try:
+            if stat.S_ISDIR(os.stat("pts", dir_fd=dev, follow_symlinks=False).st_mode):
+                links["ptmx"] = "pts/ptmx"
+        except FileNotFoundError:
+            pass
+        for name, target in links.items():
+            try:
+                os.symlink(target, name, dir_fd=dev)  # symlinkat(2) never follows ``name``
+            except FileExistsError:
+                pass
+    finally:
+        os.close(dev)
 
 
 def _pivot(rootfs: str) -> None:
@@ -296,21 +338,29 @@ def _rlim(v: Any) -> int:
     return resource.RLIM_INFINITY if n >= 2**63 or n < 0 else n
 
 
-def _fail(msg: str, code: int = 1) -> NoReturn:
+def _fail(msg: str, code: int = 1, sync_fd: int = -1) -> NoReturn:
+    """End the container's init with ``code``: the message goes to the parent through ``sync_fd``
+    while the rootfs is being prepared (the start then fails with it), to stderr afterwards."""
     try:
-        os.write(2, f"shoal-oci: {msg}\n".encode())
+        if sync_fd >= 0:
+            os.write(sync_fd, msg.encode())
+        else:
+            os.write(2, f"shoal-oci: {msg}\n".encode())
     finally:
         os._exit(code)
 
 
 def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: int,
-                   exec_fifo: str | None = None) -> NoReturn:
+                   exec_fifo: str | None = None, sync_fd: int = -1) -> NoReturn:
     """Run in the forked child (PID 1 of the new pid namespace, already in its cgroup); never returns.
 
     Joins/creates the remaining namespaces, builds the root filesystem, drops privileges and
     execs ``process.args``. With ``exec_fifo`` (``create``), it blocks just before the exec until
-    ``start`` opens that FIFO, as runc does. Exits 127 if the executable is missing, 126 if not
-    executable, 1 for any other setup error (message on stderr).
+    ``start`` opens that FIFO, as runc does. Once the namespaces, mounts, ``pivot_root``, sysctls,
+    masked paths and hostname are in place it writes one NUL byte to ``sync_fd`` and closes it; an
+    error before that is written there instead (the parent refuses the start with it) and the init
+    exits 1. Later it exits 127 if the executable is missing, 126 if not executable, 1 for any other
+    error (message on stderr).
     """
     try:
         fifo_fd = os.open(exec_fifo, os.O_PATH | os.O_CLOEXEC) if exec_fifo else -1
@@ -326,9 +376,14 @@ def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: i
             prop = _PROPAGATION.get(linux.get("rootfsPropagation") or "rprivate", libc.MS_PRIVATE | libc.MS_REC)
             libc.mount(None, "/", None, prop | libc.MS_REC)
             libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
-            for m in cfg.get("mounts") or []:
-                _mount_one(rootfs, m, str(linux.get("cgroupsPath") or "").strip("/"))
-            _setup_dev(rootfs)
+            # Opened after the bind so that lookups from it see the mounts made below.
+            root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for m in cfg.get("mounts") or []:
+                    _mount_one(root_fd, m, str(linux.get("cgroupsPath") or "").strip("/"))
+                _setup_dev(root_fd)
+            finally:
+                os.close(root_fd)
             _pivot(rootfs)
             for key, value in (linux.get("sysctl") or {}).items():
                 if "/" in key or ".." in key or not key.strip("."):
@@ -344,6 +399,10 @@ def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: i
             os.chdir("/")
         if cfg.get("hostname") and unshare_flags & libc.CLONE_NEWUTS:
             libc.sethostname(cfg["hostname"])
+        if sync_fd >= 0:
+            os.write(sync_fd, b"\0")
+            os.close(sync_fd)
+            sync_fd = -1
         for rl in process.get("rlimits") or []:
             kind = _RLIMITS.get(rl["type"])
             if kind is None:
@@ -402,17 +461,18 @@ def container_init(cfg: dict[str, Any], netns_path: str | None, unshare_flags: i
         except OSError as e:
             _fail(f'exec: "{args[0]}": {e.strerror}', 126)
     except RuntimeError_ as e:
-        _fail(str(e))
+        _fail(str(e), sync_fd=sync_fd)
     except OSError as e:
-        _fail(f"container init: {e}")
+        _fail(f"container init: {e}", sync_fd=sync_fd)
     except Exception as e:  # noqa: BLE001 - anything else must still end the child
-        _fail(f"container init: {type(e).__name__}: {e}")
+        _fail(f"container init: {type(e).__name__}: {e}", sync_fd=sync_fd)
     os._exit(1)
 
 
 def _atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600) through a temporary file and a rename."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
         f.write(text)
     os.replace(tmp, path)
 
@@ -426,8 +486,9 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str, *, exec_fi
     The cgroup and the state directory ``<state_root>/<id>`` are removed before returning, unless
     ``keep_state`` (``create``: the state then says ``stopped`` with the exit code until ``delete``).
     ``exec_fifo`` makes the container wait before its exec until ``start`` (``<state>/exec.fifo``);
-    ``on_ready`` is called once the container process exists and the state is written.
-    Raises RuntimeError_ for a bad bundle.
+    ``on_ready`` is called once the container's root filesystem is ready (its init waits for the
+    exec) and the pid file and state are written. Raises RuntimeError_ for a bad bundle and for a
+    rootfs the init refused to prepare (nothing is left then: no process, cgroup or state).
     """
     cfg = load_config(bundle)
     if cfg["process"].get("terminal"):
@@ -456,7 +517,8 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str, *, exec_fi
             flags |= libc.NAMESPACE_FLAGS[t]
     state_dir = os.path.join(state_root, cid)
     try:
-        os.makedirs(state_dir)
+        os.makedirs(state_root, mode=0o700, exist_ok=True)
+        os.mkdir(state_dir, 0o700)
     except FileExistsError as e:
         raise RuntimeError_(f"container {cid!r} already exists in {state_root}") from e
     cg = Cgroup(linux.get("cgroupsPath") or f"/shoal-oci/{cid}")
@@ -464,11 +526,17 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str, *, exec_fi
     if fifo:
         os.mkfifo(fifo, 0o622)
     go_r, go_w = os.pipe()
+    sync_r, sync_w = os.pipe()  # both close-on-exec: the init's end closes at its exec at the latest
     pid = -1
     code: int | None = None
+    started = False
     try:
-        cg.create()
-        cg.apply(linux.get("resources") or {})
+        try:
+            cg.create()
+            cg.apply(linux.get("resources") or {})
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            raise RuntimeError_(f"cgroup {cg.rel}: {e.strerror or e}{where}; the container is not started") from None
         if pidns_path:
             fd = os.open(pidns_path, os.O_RDONLY)
             libc.setns(fd, libc.CLONE_NEWPID)
@@ -480,22 +548,19 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str, *, exec_fi
         pid = os.fork()
         if pid == 0:
             os.close(go_w)
+            os.close(sync_r)
             for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                       signal.SIGUSR2, signal.SIGPIPE):
                 signal.signal(s, signal.SIG_DFL)
             if os.read(go_r, 1) != b"1":
                 os._exit(1)
             os.close(go_r)
-            container_init(cfg, netns_path, flags & ~libc.CLONE_NEWPID, fifo)
+            container_init(cfg, netns_path, flags & ~libc.CLONE_NEWPID, fifo, sync_w)
         os.close(go_r)
         go_r = -1
+        os.close(sync_w)
+        sync_w = -1
         cg.add(pid)
-        if pid_file:
-            _atomic_write(pid_file, str(pid))
-        _atomic_write(os.path.join(state_dir, "state.json"), json.dumps({
-            "ociVersion": cfg.get("ociVersion", "1.0.2"), "id": cid, "pid": pid, "bundle": os.path.abspath(bundle),
-            "cgroupsPath": cg.rel, "created": time.time(),
-        }))
 
         def forward(signum: int, _frame: Any) -> None:
             try:
@@ -508,6 +573,23 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str, *, exec_fi
         os.write(go_w, b"1")
         os.close(go_w)
         go_w = -1
+        # The init prepares the rootfs, then sends one NUL byte, or an error message and exits.
+        report = b""
+        while chunk := os.read(sync_r, 65536):
+            report += chunk
+        if report != b"\0":
+            _, status = os.waitpid(pid, 0)
+            pid = -1
+            raise RuntimeError_(report.decode(errors="replace") or
+                                f"container init exited (status {os.waitstatus_to_exitcode(status)}) "
+                                "before its root filesystem was ready")
+        if pid_file:
+            _atomic_write(pid_file, str(pid))
+        _atomic_write(os.path.join(state_dir, "state.json"), json.dumps({
+            "ociVersion": cfg.get("ociVersion", "1.0.2"), "id": cid, "pid": pid, "bundle": os.path.abspath(bundle),
+            "cgroupsPath": cg.rel, "created": time.time(),
+        }))
+        started = True
         if on_ready is not None:
             on_ready()
         _, status = os.waitpid(pid, 0)
@@ -523,14 +605,14 @@ def run(bundle: str, cid: str, pid_file: str | None, state_root: str, *, exec_fi
                 pass
         raise
     finally:
-        for fd in (go_r, go_w):
+        for fd in (go_r, go_w, sync_r, sync_w):
             if fd >= 0:
                 os.close(fd)
         try:
             cg.destroy()
         except OSError as e:
             print(f"shoal-oci: warning: {e}", file=sys.stderr)
-        if keep_state and pid > 0:
+        if keep_state and started:
             try:
                 with open(os.path.join(state_dir, "state.json")) as f:
                     st = json.load(f)
