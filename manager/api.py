@@ -533,9 +533,10 @@ def add_routes(app: web.Application, manager: Any) -> None:
 
         ``tasks_now()`` gives the tasks whose logs to read (None once the service or task is
         gone). Lines come in bounded pages (``manager.read_logs_page``); the next page continues
-        from each task's cursor. With ``follow``, the nodes are polled every ``LOG_FOLLOW_POLL``
-        seconds (at once while pages are pending) until the client goes away or the source is
-        removed."""
+        from each task's cursor (without ``follow`` the pages go on until none is pending, so
+        lines written meanwhile are sent too). With ``follow``, the nodes are polled every
+        ``LOG_FOLLOW_POLL`` seconds (at once while pages are pending) until the client goes away
+        or the source is removed. Lines of different tasks are in time order within a page only."""
         stdout, stderr = _bool(request, "stdout"), _bool(request, "stderr")
         if not (stdout or stderr):
             raise ApiError(400, "Bad parameters: you must choose at least one stream")
