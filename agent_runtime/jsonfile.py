@@ -190,12 +190,13 @@ class LogWriter:
 class LogPage:
     """One read: ``records`` oldest first (``{"log", "stream", "time"}``); ``cursor`` the position
     after them (or where the read would have started, when it returned none), to pass to the next
-    read; ``more`` True when the read stopped at its budget with records left after the cursor."""
+    read; ``more`` True when the read stopped at its budget with records left after the cursor;
+    ``used`` the bytes the records counted against the budget."""
 
-    __slots__ = ("records", "cursor", "more")
+    __slots__ = ("records", "cursor", "more", "used")
 
-    def __init__(self, records: list[dict[str, Any]], cursor: str, more: bool) -> None:
-        self.records, self.cursor, self.more = records, cursor, more
+    def __init__(self, records: list[dict[str, Any]], cursor: str, more: bool, used: int = 0) -> None:
+        self.records, self.cursor, self.more, self.used = records, cursor, more, used
 
     def __repr__(self) -> str:
         return f"LogPage({len(self.records)} records, cursor={self.cursor!r}, more={self.more})"
@@ -421,13 +422,13 @@ def _forward(files: _Files, start: _File | None, off: int, limit: int) -> LogPag
             if line is not None:
                 cost = len(line) + RECORD_COST
                 if used + cost > limit and (records or limit <= 0):
-                    return LogPage(records, _make_cursor(f, pos), True)
+                    return LogPage(records, _make_cursor(f, pos), True, used)
                 rec = _decode(line)
                 if rec is not None:
                     records.append(rec)
                     used += cost
             pos = end
-    return LogPage(records, _make_cursor(f, pos), False)
+    return LogPage(records, _make_cursor(f, pos), False, used)
 
 
 def file_count(path: str | os.PathLike[str]) -> int:

@@ -214,14 +214,17 @@ class Executor:
         Tasks in ``cursors`` (task ID → cursor of an earlier reply) get the records written after
         their cursor; the others the last ``tail`` records (-1 = all) not older than ``since``
         (seconds since the epoch). At most ``limit`` bytes (:data:`LOG_PAGE_LIMIT` when None or
-        larger) are returned for all tasks together, each task's records oldest first, the lines
-        sorted by time. Returns ``{"lines": [{"task_id", "stream", "time", "log"}], "cursors":
+        larger) are returned for all tasks together (an equal share each; a task returns at least one
+        record when it has any and the budget is not spent), each task's records oldest first, the
+        lines sorted by time. Returns ``{"lines": [{"task_id", "stream", "time", "log"}], "cursors":
         {task_id: cursor}, "more": bool}``: ``cursors`` has every task with a container on this node
         (where its next read continues), ``more`` is True when some task has records left after its
         cursor (read again at once). Tasks without a container here contribute nothing. Raises
         ``agent_runtime.containers.ContainerError`` for a malformed cursor.
         """
         budget = LOG_PAGE_LIMIT if limit is None else max(0, min(int(limit), LOG_PAGE_LIMIT))
+        # an equal share each, so one busy task cannot keep the others waiting page after page
+        share = budget // max(1, len(task_ids)) if budget else 0
         cursors = cursors or {}
         out: list[dict[str, Any]] = []
         new_cursors: dict[str, str] = {}
@@ -231,13 +234,13 @@ class Executor:
             cid = ctl.cid if ctl is not None else container_id_for(tid)
             if await self._container_state(cid) is None:
                 continue
-            page = await _call(self.runtime.read_log_page, cid, tail, since, cursors.get(tid), budget)
+            page = await _call(self.runtime.read_log_page, cid, tail, since, cursors.get(tid),
+                               max(1, min(share, budget)) if budget else 0)
             for rec in page.records:
                 line = {"task_id": tid, "stream": rec.get("stream", "stdout"), "time": rec.get("time", ""),
                         "log": rec.get("log", "")}
                 out.append(line)
-                budget -= len(line["log"]) + len(line["time"]) + 128
-            budget = max(0, budget)
+            budget = max(0, budget - page.used)
             new_cursors[tid] = page.cursor
             more = more or page.more
         out.sort(key=lambda d: d["time"])

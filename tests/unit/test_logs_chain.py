@@ -251,3 +251,18 @@ async def test_service_create_refuses_other_log_drivers_and_bad_options_with_400
     r = await client.post("/services/create", json=spec("small", {"Name": "json-file", "Options": {
         "max-size": "64k", "max-file": "2"}}))
     assert r.status == 201, await r.text()
+
+
+async def test_a_busy_task_does_not_starve_the_others_on_its_node(
+        chain: tuple[Client, dict[str, Node], Dispatcher, Manager], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, nodes, _, _ = chain
+    monkeypatch.setattr(executor_module, "LOG_PAGE_LIMIT", 20_000)
+    busy, quiet = nodes["n1"].container("task1", 10**7, 2), nodes["n1"].container("task3", 10**7, 2)
+    for i in range(2000):
+        busy.feed("stdout", f"busy {i}\n".encode())
+    for i in range(20):
+        quiet.feed("stdout", f"quiet {i}\n".encode())
+    page = await nodes["n1"].executor.read_logs_page(["task1", "task3"])
+    logs = [ln["log"] for ln in page["lines"]]
+    assert [x for x in logs if x.startswith("quiet")] == [f"quiet {i}\n" for i in range(20)] and page["more"]
+    assert 0 < sum(x.startswith("busy") for x in logs) < 100
