@@ -46,14 +46,14 @@ from shoal.util import new_id, now_rfc3339
 log = logging.getLogger(__name__)
 
 DEFAULT_RAFT_TICK = 0.1
+"""Seconds per Raft tick. Swarm ticks once a second (election after 10 ticks: over 10 s to
+replace a dead leader); Shoal ticks every 100 ms with the same tick counts from the SwarmSpec
+(``Raft.ElectionTick`` 10, ``Raft.HeartbeatTick`` 1): heartbeat 100 ms, election 1–2 s."""
 LOG_PAGE_LIMIT = 4 * 1024 * 1024
 """Bytes of log lines one ``read_logs_page`` asks the nodes for, all nodes together (each node's
 runtime caps its reply at the same 4 MiB)."""
 LOG_PAGE_MIN_PER_NODE = 256 * 1024
 """The share of :data:`LOG_PAGE_LIMIT` a node gets at least, however many nodes a service spans."""
-"""Seconds per Raft tick. Swarm ticks once a second (election after 10 ticks: over 10 s to
-replace a dead leader); Shoal ticks every 100 ms with the same tick counts from the SwarmSpec
-(``Raft.ElectionTick`` 10, ``Raft.HeartbeatTick`` 1): heartbeat 100 ms, election 1–2 s."""
 
 ApiExecutor = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 """``await execute(method, path_with_query, headers, body) -> (status, headers, body)``: run an

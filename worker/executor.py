@@ -223,17 +223,19 @@ class Executor:
         ``agent_runtime.containers.ContainerError`` for a malformed cursor.
         """
         budget = LOG_PAGE_LIMIT if limit is None else max(0, min(int(limit), LOG_PAGE_LIMIT))
-        # an equal share each, so one busy task cannot keep the others waiting page after page
-        share = budget // max(1, len(task_ids)) if budget else 0
         cursors = cursors or {}
+        here: list[tuple[str, str]] = []
+        for tid in dict.fromkeys(task_ids):
+            ctl = self._controllers.get(tid)
+            cid = ctl.cid if ctl is not None else container_id_for(tid)
+            if await self._container_state(cid) is not None:
+                here.append((tid, cid))
+        # an equal share each, so one busy task cannot keep the others waiting page after page
+        share = budget // max(1, len(here)) if budget else 0
         out: list[dict[str, Any]] = []
         new_cursors: dict[str, str] = {}
         more = False
-        for tid in task_ids:
-            ctl = self._controllers.get(tid)
-            cid = ctl.cid if ctl is not None else container_id_for(tid)
-            if await self._container_state(cid) is None:
-                continue
+        for tid, cid in here:
             page = await _call(self.runtime.read_log_page, cid, tail, since, cursors.get(tid),
                                max(1, min(share, budget)) if budget else 0)
             for rec in page.records:
