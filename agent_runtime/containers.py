@@ -7,7 +7,8 @@ Each container lives in ``root/<id>/``::
     rootfs/          overlayfs mount: lowerdir = image layers (shared), upper/ + work/ per container
     hosts resolv.conf hostname   bind-mounted into the container's /etc
     shim.json        written by the shim (status, pid, exit_code, times)
-    container.log    Docker json-file log lines
+    container.log    Docker json-file log lines, rotated to container.log.1 … by size
+                     (agent_runtime.jsonfile; the sizes are fixed at create, in container.json)
 
 The overlay is mounted in the mount namespace of the caller (shoald). The shim (``shoal-shim``)
 is detached (setsid + double fork), so containers survive a daemon restart; a new ``Runtime`` on
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import datetime
 import ipaddress
 import json
 import os
@@ -34,11 +34,13 @@ from typing import Any
 
 from agent_runtime.bundle import BundleError, build_config, resolv_conf_text, write_config
 from agent_runtime.images import ImageError, ImageStore
+from agent_runtime.jsonfile import READ_LIMIT, LogPage, read_page
 from agent_runtime.oci import libc
 from agent_runtime.oci.cgroups import Cgroup
 from agent_runtime.oci.runtime import RuntimeError_, check_rootfs_links
 from agent_runtime.shim import proc_start_time
 from agent_runtime.spec import ContainerSpec, ContainerState
+from shoal.logopts import LogOptError, effective
 from shoal.util import now_rfc3339, private_dir
 
 __all__ = ["ContainerError", "ContainerNotFound", "ContainerSpec", "ContainerState", "Runtime"]
@@ -52,15 +54,6 @@ class ContainerError(Exception):
 
 class ContainerNotFound(ContainerError):
     """No container with that ID under this runtime's root."""
-
-
-def _parse_time(ts: str) -> float:
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", ts)
-    if not m:
-        return 0.0
-    base = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
-    frac = float("0." + m.group(2)) if m.group(2) else 0.0
-    return base.timestamp() + frac
 
 
 _CODE_ROOT = str(Path(__file__).resolve().parents[1])
@@ -124,13 +117,18 @@ class Runtime:
 
     ``exec_root`` holds runtime state (runc's ``--root``, shoal-oci's state dir). ``cgroup_parent``
     is the cgroup under which each container's cgroup ``<parent>/<id>`` is made. ``oci_runtime``
-    picks ``shoal`` (shoal-oci from this venv) or ``runc`` (/usr/sbin/runc).
+    picks ``shoal`` (shoal-oci from this venv) or ``runc`` (/usr/sbin/runc). ``log_opts`` are the
+    daemon's json-file defaults (``{"max-size": "10m", "max-file": "3"}``, :mod:`shoal.logopts`); a
+    container's ``spec.log_opts`` override them key by key. Raises ValueError for a bad runtime name
+    or log option.
     """
 
     def __init__(self, root: Path, exec_root: Path, images: ImageStore, cgroup_parent: str = "shoal",
-                 oci_runtime: str = "shoal") -> None:
+                 oci_runtime: str = "shoal", log_opts: dict[str, str] | None = None) -> None:
         if oci_runtime not in ("shoal", "runc"):
             raise ValueError(f"oci_runtime must be 'shoal' or 'runc', not {oci_runtime!r}")
+        effective(None, log_opts)  # a bad daemon option fails here, not at the first container
+        self.log_opts = dict(log_opts or {})
         self.root = Path(root)
         self.exec_root = Path(exec_root)
         self.images = images
@@ -186,9 +184,14 @@ class Runtime:
         """Prepare the container: overlay snapshot at ``root/<id>/rootfs`` and the OCI bundle.
 
         Pulls the image if it is not stored. Raises ContainerError (already exists, bad spec such as an
-        unknown user or no command) or ImageError (image cannot be pulled). Nothing is left on failure.
+        unknown user, no command or a bad log option) or ImageError (image cannot be pulled). Nothing
+        is left on failure.
         """
         d = self._dir(spec.id)
+        try:
+            log_size, log_files = effective(spec.log_opts, self.log_opts)
+        except LogOptError as e:
+            raise ContainerError(f"container {spec.id}: {e}") from e
         img = self.images.get(spec.image)
         if img is None:
             img = await self.images.pull(spec.image)
@@ -197,7 +200,8 @@ class Runtime:
         except FileExistsError as e:
             raise ContainerError(f"container {spec.id} already exists") from e
         try:
-            await asyncio.to_thread(self._prepare, spec, d, img.config, img.layers, img.id)
+            await asyncio.to_thread(self._prepare, spec, d, img.config, img.layers, img.id,
+                                    {"max-size": log_size, "max-file": log_files})
         except BaseException as e:
             await asyncio.to_thread(self._cleanup_dir, spec.id)
             if isinstance(e, BundleError):
@@ -208,7 +212,7 @@ class Runtime:
         return ContainerState(id=spec.id, status="created")
 
     def _prepare(self, spec: ContainerSpec, d: Path, image_config: dict[str, Any], layers: list[Path],
-                 image_id: str) -> None:
+                 image_id: str, log_config: dict[str, int]) -> None:
         for sub in ("rootfs", "upper", "work"):
             (d / sub).mkdir()
         if not layers:
@@ -232,7 +236,8 @@ class Runtime:
             raise ContainerError(f"container {spec.id}: {e}") from None
         write_config(d, config)
         meta = {"spec": spec.to_dict(), "image_id": image_id, "created_at": now_rfc3339(),
-                "oci_runtime": self.oci_runtime, "cgroups_path": config["linux"]["cgroupsPath"]}
+                "oci_runtime": self.oci_runtime, "cgroups_path": config["linux"]["cgroupsPath"],
+                "log_config": log_config}
         tmp = d / "container.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, d / "container.json")
@@ -247,12 +252,14 @@ class Runtime:
         ``created`` state or the shim cannot be started.
         """
         d = self._dir(cid)
-        self._meta(cid)
+        meta = self._meta(cid)
         if self._shim(cid) is not None:
             raise ContainerError(f"container {cid} was already started")
+        log_size, log_files = self._log_config(cid, meta)
         argv = shim_argv() + [
             "--id", cid, "--bundle", str(d), "--log", str(d / "container.log"), "--state", str(d / "shim.json"),
-            "--runtime", self.runtime_cmd, "--runtime-root", self.runtime_root]
+            "--runtime", self.runtime_cmd, "--runtime-root", self.runtime_root,
+            "--log-max-size", str(log_size), "--log-max-file", str(log_files)]
         proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
@@ -260,6 +267,17 @@ class Runtime:
         if proc.returncode != 0:
             raise ContainerError(f"container {cid}: shim failed: {err.decode(errors='replace').strip()}")
         return self.state(cid)
+
+    def _log_config(self, cid: str, meta: dict[str, Any]) -> tuple[int, int]:
+        """``(max_size, max_file)`` fixed at create; a container created before they were recorded
+        takes its spec's options over this runtime's defaults."""
+        lc = meta.get("log_config")
+        if isinstance(lc, dict) and isinstance(lc.get("max-size"), int) and isinstance(lc.get("max-file"), int):
+            return max(1, lc["max-size"]), max(1, lc["max-file"])
+        try:
+            return effective(ContainerSpec.from_dict(meta.get("spec") or {}).log_opts, self.log_opts)
+        except (LogOptError, TypeError) as e:
+            raise ContainerError(f"container {cid}: {e}") from e
 
     def state(self, cid: str) -> ContainerState:
         """Current state of container ``cid`` (re-read from disk). Raises ContainerNotFound."""
@@ -400,26 +418,30 @@ class Runtime:
         """The ContainerSpec the container was created from. Raises ContainerNotFound."""
         return ContainerSpec.from_dict(self._meta(cid)["spec"])
 
-    def read_logs(self, cid: str, tail: int = -1, since: float = 0.0) -> builtins.list[dict[str, str]]:
-        """Log records ``{"log", "stream", "time"}`` of the container, oldest first; ``tail`` ≥ 0 keeps the
-        last N, ``since`` (seconds since the epoch) drops older records."""
+    def read_log_page(self, cid: str, tail: int = -1, since: float = 0.0, cursor: str | None = None,
+                      limit: int = READ_LIMIT) -> LogPage:
+        """One bounded read of the container's log (:func:`agent_runtime.jsonfile.read_page`): the last
+        ``tail`` records (-1 = all) not older than ``since`` (seconds since the epoch), or with
+        ``cursor`` the records after it; at most ``limit`` bytes. Returns a LogPage (``records``
+        ``{"log", "stream", "time"}`` oldest first, ``cursor`` to continue from, ``more``). Raises
+        ContainerNotFound, or ContainerError for a malformed cursor or an unreadable log."""
         path = self.log_path(cid)
         self._meta(cid)
-        out: builtins.list[dict[str, str]] = []
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    if since and _parse_time(rec.get("time", "")) < since:
-                        continue
-                    out.append(rec)
-        except FileNotFoundError:
-            return []
-        if tail >= 0:
-            out = out[-tail:] if tail else []
+            return read_page(path, tail, since, cursor, limit)
+        except (ValueError, OSError) as e:
+            raise ContainerError(f"container {cid}: cannot read its log: {e}") from e
+
+    def read_logs(self, cid: str, tail: int = -1, since: float = 0.0) -> builtins.list[dict[str, Any]]:
+        """All log records ``{"log", "stream", "time"}`` of the container, oldest first; ``tail`` ≥ 0
+        keeps the last N, ``since`` (seconds since the epoch) drops older records. Reads page by page
+        (:meth:`read_log_page`) but returns everything kept, up to max-size × max-file bytes: callers
+        that must bound memory use :meth:`read_log_page`."""
+        page = self.read_log_page(cid, tail, since)
+        out = list(page.records)
+        while page.more:
+            page = self.read_log_page(cid, cursor=page.cursor)
+            out.extend(page.records)
         return out
 
 

@@ -1,13 +1,16 @@
 """shoal-shim: one process per container that outlives shoald (as containerd-shim does).
 
     shoal-shim --id ID --bundle DIR --log FILE --state FILE --runtime shoal|PATH [--runtime-root DIR]
+               [--log-max-size BYTES] [--log-max-file N]
 
 The first process forks, the child calls setsid(2) and forks again; the grandchild is the shim.
 The shim runs ``<runtime> [--root R] run --pid-file <dir>/init.pid --bundle DIR ID`` with stdin
 from /dev/null and stdout/stderr on pipes (``--runtime shoal`` runs the same code as ``shoal-oci run``,
 ``agent_runtime.oci.runtime.run``, in a forked child instead of exec'ing a second Python: this saves
 a Python start-up per container), turns every line into a Docker json-file log record
-(``{"log": "...\\n", "stream": "stdout"|"stderr", "time": RFC 3339}``), reaps the runtime and
+(``{"log": "...\\n", "stream": "stdout"|"stderr", "time": RFC 3339}``) in FILE, rotated when it would
+grow past ``--log-max-size`` bytes and keeping ``--log-max-file`` files (agent_runtime.jsonfile;
+defaults 10 MiB × 3), reaps the runtime and
 writes ``shim.json`` atomically at each step:
 
     {"status": "running"|"exited", "shim_pid", "pid", "pid_start", "exit_code", "started_at",
@@ -28,12 +31,8 @@ import sys
 import time
 from typing import Any
 
-
-def now_rfc3339() -> str:
-    """Now as RFC 3339 UTC with nanoseconds (as shoal.util.now_rfc3339; kept here so the shim starts fast)."""
-    ns = time.time_ns()
-    sec, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+from agent_runtime.jsonfile import LogWriter, now_rfc3339
+from shoal.logopts import DEFAULT_MAX_FILE, DEFAULT_MAX_SIZE
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -54,39 +53,6 @@ def write_state(path: str, st: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-class _LogWriter:
-    def __init__(self, path: str) -> None:
-        self.f = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the shim
-        self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
-        self.last_stderr = ""
-
-    def feed(self, stream: str, data: bytes) -> None:
-        buf = self.partial[stream] + data
-        *lines, rest = buf.split(b"\n")
-        out = []
-        for line in lines:
-            out.append(self._record(stream, line + b"\n"))
-        # Docker splits very long lines at 16 KiB; keep memory bounded the same way.
-        while len(rest) >= 16384:
-            out.append(self._record(stream, rest[:16384]))
-            rest = rest[16384:]
-        self.partial[stream] = rest
-        if out:
-            self.f.write(b"".join(out))
-
-    def _record(self, stream: str, line: bytes) -> bytes:
-        text = line.decode("utf-8", errors="replace")
-        if stream == "stderr" and text.strip():
-            self.last_stderr = text.strip()
-        return (json.dumps({"log": text, "stream": stream, "time": now_rfc3339()}) + "\n").encode()
-
-    def flush(self) -> None:
-        for stream, rest in self.partial.items():
-            if rest:
-                self.f.write(self._record(stream, rest))
-        self.partial = {"stdout": b"", "stderr": b""}
-
-
 class _Args:
     id: str
     bundle: str
@@ -94,12 +60,14 @@ class _Args:
     state: str
     runtime: str
     runtime_root: str | None = None
+    log_max_size: str = str(DEFAULT_MAX_SIZE)
+    log_max_file: str = str(DEFAULT_MAX_FILE)
 
 
 def _parse(argv: list[str]) -> _Args:
     a = _Args()
     names = {"--id": "id", "--bundle": "bundle", "--log": "log", "--state": "state", "--runtime": "runtime",
-             "--runtime-root": "runtime_root"}
+             "--runtime-root": "runtime_root", "--log-max-size": "log_max_size", "--log-max-file": "log_max_file"}
     it = iter(argv)
     for tok in it:
         key, eq, val = tok.partition("=")
@@ -114,6 +82,10 @@ def _parse(argv: list[str]) -> _Args:
     for req in ("id", "bundle", "log", "state", "runtime"):
         if not hasattr(a, req):
             raise SystemExit(f"shoal-shim: --{req.replace('_', '-')} is required")
+    for opt in ("log_max_size", "log_max_file"):
+        val = getattr(a, opt)
+        if not (val.isascii() and val.isdigit()) or int(val) < 1:
+            raise SystemExit(f"shoal-shim: --{opt.replace('_', '-')} must be a whole number of at least 1, not {val!r}")
     return a
 
 
@@ -183,7 +155,7 @@ def _serve(a: _Args, ready_w: int) -> int:
     write_state(a.state, st)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    log = _LogWriter(a.log)
+    log = LogWriter(a.log, int(a.log_max_size), int(a.log_max_file))
     try:
         proc = _Child(a, pid_file, out_w, err_w, [out_r, err_r, ready_w])
     except OSError as e:

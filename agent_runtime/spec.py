@@ -34,6 +34,10 @@ class ContainerSpec:
     supplementary groups (names from the image's /etc/group, or numbers); ``dns_search``/``dns_options``
     resolv.conf ``search``/``options`` (with ``dns`` they replace the host's resolv.conf);
     ``oom_score_adj`` the process's /proc/self/oom_score_adj (-1000..1000, None = inherit).
+
+    ``log_opts`` are the container's json-file log options (Docker's ``--log-opt``:
+    ``{"max-size": "10m", "max-file": "3"}``, see :mod:`shoal.logopts`); a key left out takes the
+    runtime's default. A container.json written before this field existed loads with ``{}``.
     """
 
     id: str
@@ -63,6 +67,7 @@ class ContainerSpec:
     dns_search: list[str] = field(default_factory=list)
     dns_options: list[str] = field(default_factory=list)
     oom_score_adj: int | None = None
+    log_opts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of all fields (tuples become lists)."""

@@ -7,7 +7,8 @@ plus JSON ``{"message": ...}``. Every route is also served under ``/v{version}/`
 ``add_routes(app, manager)`` needs from ``manager`` (see docs/contracts.md): ``store``
 (:class:`manager.store.Store`), ``cluster_id``, ``node_id``, ``join_tokens() -> {"Worker",
 "Manager"}``, ``ca_cert_pem``, ``await read_logs(task_ids, tail, since, timestamps) ->
-[{"task_id", "stream", "time", "log", "node_id"?}]``, and optionally
+[{"task_id", "stream", "time", "log", "node_id"?}]`` or, preferred when present, ``await
+read_logs_page(task_ids, tail, since, timestamps, cursors) -> {"lines", "cursors", "more"}``, and optionally
 ``rotate_join_token(role) -> str`` for ``/swarm/update?rotate…Token=true``. Attribute access may
 raise (the daemon's proxy raises its own "not in a swarm" error, which it turns into 503).
 
@@ -48,7 +49,7 @@ Obj = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 INVALID_ARGUMENT = "rpc error: code = InvalidArgument desc = "
-LOG_FOLLOW_POLL = 1.0  # seconds between polls of the nodes for `logs --follow`
+LOG_FOLLOW_POLL = 1.0  # seconds between polls of the nodes for `logs --follow` (none while pages are pending)
 
 
 class ApiError(Exception):
@@ -531,8 +532,11 @@ def add_routes(app: web.Application, manager: Any) -> None:
         key-sorted ``com.docker.swarm.{node,service,task}.id`` attributes the CLI parses.
 
         ``tasks_now()`` gives the tasks whose logs to read (None once the service or task is
-        gone). With ``follow``, the nodes are polled every ``LOG_FOLLOW_POLL`` seconds for lines
-        newer than the last one sent, until the client goes away or the source is removed."""
+        gone). Lines come in bounded pages (``manager.read_logs_page``); the next page continues
+        from each task's cursor (without ``follow`` the pages go on until none is pending, so
+        lines written meanwhile are sent too). With ``follow``, the nodes are polled every
+        ``LOG_FOLLOW_POLL`` seconds (at once while pages are pending) until the client goes away
+        or the source is removed. Lines of different tasks are in time order within a page only."""
         stdout, stderr = _bool(request, "stdout"), _bool(request, "stderr")
         if not (stdout or stderr):
             raise ApiError(400, "Bad parameters: you must choose at least one stream")
@@ -555,15 +559,20 @@ def add_routes(app: web.Application, manager: Any) -> None:
             if not since:
                 raise ApiError(400, f"invalid since value {since_raw!r}: use a UNIX timestamp") from None
 
-        async def read(tasks: list[Obj], tail: int, since: float) -> list[Obj]:
+        async def read(tasks: list[Obj], tail: int, since: float,
+                       cursors: dict[str, str]) -> tuple[list[Obj], dict[str, str], bool]:
+            """One page: (lines, the tasks' new cursors, more pages pending)."""
             ids = [str(t["ID"]) for t in tasks]
             if not ids:
-                return []
+                return [], {}, False
             try:
-                lines: list[Obj] = await manager.read_logs(ids, tail, since, timestamps)
+                read_page = getattr(manager, "read_logs_page", None)
+                if read_page is None:  # a manager without pages: every line at once, no cursors
+                    return list(await manager.read_logs(ids, tail, since, timestamps)), {}, False
+                page = await read_page(ids, tail, since, timestamps, {i: cursors[i] for i in ids if i in cursors})
             except Exception as e:  # noqa: BLE001 - reported to the client as Docker does
                 raise ApiError(500, f"Error grabbing logs: {e}") from e
-            return lines
+            return list(page.get("lines") or []), dict(page.get("cursors") or {}), bool(page.get("more"))
 
         def frames(lines: list[Obj], by_id: dict[str, Obj]) -> bytes:
             buf = bytearray()
@@ -589,45 +598,61 @@ def add_routes(app: web.Application, manager: Any) -> None:
                 buf += mux_frame(stream, (prefix + msg).encode())
             return bytes(buf)
 
-        async def follow_stream(resp: web.StreamResponse, lines: list[Obj]) -> None:
-            """Poll for newer lines until the source is gone or the client goes away."""
-            last = max([parse_rfc3339(str(ln.get("time", ""))) for ln in lines] + [since])
-            sent_at_last = {(ln.get("task_id"), ln.get("time"), ln.get("stream"), ln.get("log")) for ln in lines
-                            if parse_rfc3339(str(ln.get("time", ""))) >= last}
+        def key(ln: Obj) -> tuple[Any, ...]:
+            return (ln.get("task_id"), ln.get("time"), ln.get("stream"), ln.get("log"))
+
+        async def pump(resp: web.StreamResponse, tasks: list[Obj], lines: list[Obj], cursors: dict[str, str],
+                       more: bool) -> None:
+            """Write the first read, then (follow, or more pages) read on from each task's cursor: the
+            position after its last line sent, which survives rotation. Tasks without a cursor (a node
+            of an older version, a task not reached yet) are read by time as before: lines not older
+            than the newest time seen among them, minus those already sent at that time."""
+            by_time = [ln for ln in lines if str(ln.get("task_id")) not in cursors]
+            last = max([parse_rfc3339(str(ln.get("time", ""))) for ln in by_time] + [since])
+            sent_at_last = {key(ln) for ln in by_time if parse_rfc3339(str(ln.get("time", ""))) >= last}
+            await resp.write(frames(lines, {str(t["ID"]): t for t in tasks}))
             try:
-                while True:
-                    await asyncio.sleep(LOG_FOLLOW_POLL)
-                    if request.transport is None or request.transport.is_closing():
-                        break
-                    current = tasks_now()
-                    if current is None:
-                        break
-                    new = []
-                    for ln in await read(current, -1, last):
-                        key = (ln.get("task_id"), ln.get("time"), ln.get("stream"), ln.get("log"))
-                        ts = parse_rfc3339(str(ln.get("time", "")))
-                        if ts < last or (ts == last and key in sent_at_last):
-                            continue
-                        new.append(ln)
-                    if not new:
-                        continue
-                    newest = max(parse_rfc3339(str(ln.get("time", ""))) for ln in new)
-                    if newest > last:
-                        last, sent_at_last = newest, set()
-                    sent_at_last |= {(ln.get("task_id"), ln.get("time"), ln.get("stream"), ln.get("log"))
-                                     for ln in new if parse_rfc3339(str(ln.get("time", ""))) >= last}
-                    await resp.write(frames(new, {str(t["ID"]): t for t in current}))
+                await pump_more(resp, cursors, more, last, sent_at_last)
             except ApiError as e:
                 log.info("log stream ended: %s", e)
 
+        async def pump_more(resp: web.StreamResponse, cursors: dict[str, str], more: bool, last: float,
+                            sent_at_last: set[tuple[Any, ...]]) -> None:
+            while follow or more:
+                if not more:
+                    await asyncio.sleep(LOG_FOLLOW_POLL)
+                if request.transport is None or request.transport.is_closing():
+                    break
+                current = tasks_now()
+                if current is None:
+                    break
+                if not follow:  # only the pages left of what was there: tasks read by cursor
+                    current = [t for t in current if str(t["ID"]) in cursors]
+                had_cursor = set(cursors)
+                lines, got, more = await read(current, -1, last, cursors)
+                cursors.update(got)
+                new = []
+                for ln in lines:
+                    if str(ln.get("task_id")) in had_cursor:
+                        new.append(ln)
+                        continue
+                    ts = parse_rfc3339(str(ln.get("time", "")))
+                    if ts < last or (ts == last and key(ln) in sent_at_last):
+                        continue
+                    new.append(ln)
+                    if ts > last:
+                        last, sent_at_last = ts, set()
+                    if ts == last:
+                        sent_at_last.add(key(ln))
+                if new:
+                    await resp.write(frames(new, {str(t["ID"]): t for t in current}))
+
         tasks = tasks_now() or []
-        lines = await read(tasks, tail, since)
+        first = await read(tasks, tail, since, {})  # an error here is the response's status, not a cut stream
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/vnd.docker.multiplexed-stream"})
         await resp.prepare(request)
         try:
-            await resp.write(frames(lines, {str(t["ID"]): t for t in tasks}))
-            if follow:
-                await follow_stream(resp, lines)
+            await pump(resp, tasks, *first)
             if request.transport is None or request.transport.is_closing():
                 log.info("log stream ended: client went away")
                 return resp

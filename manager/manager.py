@@ -49,6 +49,11 @@ DEFAULT_RAFT_TICK = 0.1
 """Seconds per Raft tick. Swarm ticks once a second (election after 10 ticks: over 10 s to
 replace a dead leader); Shoal ticks every 100 ms with the same tick counts from the SwarmSpec
 (``Raft.ElectionTick`` 10, ``Raft.HeartbeatTick`` 1): heartbeat 100 ms, election 1–2 s."""
+LOG_PAGE_LIMIT = 4 * 1024 * 1024
+"""Bytes of log lines one ``read_logs_page`` asks the nodes for, all nodes together (each node's
+runtime caps its reply at the same 4 MiB)."""
+LOG_PAGE_MIN_PER_NODE = 256 * 1024
+"""The share of :data:`LOG_PAGE_LIMIT` a node gets at least, however many nodes a service spans."""
 
 ApiExecutor = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 """``await execute(method, path_with_query, headers, body) -> (status, headers, body)``: run an
@@ -587,16 +592,18 @@ class Manager:
         return {"ok": True}
 
     async def _logs_collect(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
-        """``logs.collect`` ``{"task_ids", "tail", "since", "timestamps"}`` from a follower manager:
-        :meth:`read_logs` here (the leader). Returns ``{"lines": [...]}``."""
+        """``logs.collect`` ``{"task_ids", "tail", "since", "timestamps", "cursors"?, "limit"?}`` from a
+        follower manager: :meth:`read_logs_page` here (the leader). Returns ``{"lines", "cursors", "more"}``."""
         if not self.log.is_leader:
             raise LookupError(self._not_leader_reason())
         ids = body.get("task_ids")
         if not isinstance(ids, list):
             raise ValueError("logs.collect: task_ids must be a list")
-        lines = await self.read_logs([str(t) for t in ids], int(body.get("tail", -1)),
-                                     float(body.get("since", 0.0) or 0.0), bool(body.get("timestamps")))
-        return {"lines": lines}
+        limit = body.get("limit")
+        return await self.read_logs_page([str(t) for t in ids], int(body.get("tail", -1)),
+                                         float(body.get("since", 0.0) or 0.0), bool(body.get("timestamps")),
+                                         _cursor_map(body.get("cursors")),
+                                         limit if isinstance(limit, int) and not isinstance(limit, bool) else None)
 
     async def join_raft(self, managers: list[str], timeout: float = 60.0) -> None:
         """Ask the swarm (through any of ``managers``, ``host:port``) to add this manager to the
@@ -747,36 +754,67 @@ class Manager:
 
     async def read_logs(self, task_ids: list[str], tail: int = -1, since: float = 0.0,
                         timestamps: bool = False) -> list[dict[str, Any]]:
-        """Collect log lines of ``task_ids`` from the nodes they ran on (``logs.read`` over each
-        node's session). Returns ``[{"task_id", "node_id", "stream", "time", "log"}]`` sorted by
-        time. Nodes without a session are skipped (their lines are not reachable). On a follower
-        the leader (which holds the sessions) collects them (``logs.collect`` over 2377).
-        Raises :class:`Unavailable` when no leader can be reached."""
+        """The lines of one :meth:`read_logs_page` without cursors: ``[{"task_id", "node_id", "stream",
+        "time", "log"}]`` sorted by time, at most about :data:`LOG_PAGE_LIMIT` bytes of them."""
+        page = await self.read_logs_page(task_ids, tail, since, timestamps)
+        return list(page["lines"])
+
+    async def read_logs_page(self, task_ids: list[str], tail: int = -1, since: float = 0.0,
+                             timestamps: bool = False, cursors: dict[str, str] | None = None,
+                             limit: int | None = None) -> dict[str, Any]:
+        """Collect one bounded page of log lines of ``task_ids`` from the nodes they ran on (``logs.read``
+        over each node's session).
+
+        Tasks in ``cursors`` (task ID → the cursor a previous page gave) continue after it; the others
+        get their last ``tail`` lines (-1 = all) not older than ``since``. ``limit`` (bytes, default
+        :data:`LOG_PAGE_LIMIT`) is shared out between the nodes, each getting at least
+        :data:`LOG_PAGE_MIN_PER_NODE`. Returns ``{"lines": [{"task_id", "node_id", "stream", "time",
+        "log"}] sorted by time, "cursors": {task_id: cursor}, "more": bool}``; a node of an older
+        version answers without cursors (its tasks are then missing from ``cursors``; read them by
+        ``since`` as before), and ``more`` says some node has lines left (ask again with the cursors).
+        Nodes without a session are skipped (their lines are not reachable). On a follower the leader
+        (which holds the sessions) collects them (``logs.collect`` over 2377). Raises
+        :class:`Unavailable` when no leader can be reached."""
+        cursors = dict(cursors or {})
+        limit = LOG_PAGE_LIMIT if limit is None else max(0, min(limit, LOG_PAGE_LIMIT))
         if self.log is not None and not self.log.is_leader:
             assert self.leader_link is not None
             r = await self.leader_link.request("logs.collect", {
-                "task_ids": task_ids, "tail": tail, "since": since, "timestamps": timestamps}, timeout=60.0)
-            return list(r.get("lines") or [])
+                "task_ids": task_ids, "tail": tail, "since": since, "timestamps": timestamps,
+                "cursors": cursors, "limit": limit}, timeout=60.0)
+            return {"lines": list(r.get("lines") or []), "cursors": _cursor_map(r.get("cursors")),
+                    "more": bool(r.get("more"))}
         view = self.store.view()
         by_node: dict[str, list[str]] = {}
         for tid in task_ids:
             t = view.get("tasks", tid)
             if t is not None and t.get("NodeID"):
                 by_node.setdefault(t["NodeID"], []).append(tid)
+        per_node = max(LOG_PAGE_MIN_PER_NODE, limit // max(1, len(by_node))) if limit else 0
 
-        async def one(node_id: str, tids: list[str]) -> list[dict[str, Any]]:
+        async def one(node_id: str, tids: list[str]) -> dict[str, Any]:
+            body = {"task_ids": tids, "tail": tail, "since": since, "timestamps": timestamps,
+                    "cursors": {t: cursors[t] for t in tids if t in cursors}, "limit": per_node}
             try:
-                res = await self.dispatcher.request_logs(
-                    node_id, {"task_ids": tids, "tail": tail, "since": since, "timestamps": timestamps})
+                res = await self.dispatcher.request_logs(node_id, body)
             except Exception as e:  # a node that is down or gone: skip its lines
                 log.info("logs from node %s unavailable: %s", node_id, e)
-                return []
+                return {}
             lines = list(res.get("lines") or [])
             for ln in lines:
                 ln["node_id"] = node_id
-            return lines
+            got = {t: c for t, c in _cursor_map(res.get("cursors")).items() if t in tids}
+            return {"lines": lines, "cursors": got, "more": bool(res.get("more"))}
 
         parts = await asyncio.gather(*(one(n, t) for n, t in by_node.items()))
-        out = [ln for part in parts for ln in part]
+        out = [ln for part in parts for ln in part.get("lines", [])]
         out.sort(key=lambda ln: ln.get("time", ""))
-        return out
+        new_cursors = {t: c for part in parts for t, c in part.get("cursors", {}).items()}
+        return {"lines": out, "cursors": new_cursors, "more": any(part.get("more") for part in parts)}
+
+
+def _cursor_map(v: Any) -> dict[str, str]:
+    """A ``{task_id: cursor}`` map from a peer: anything that is not a map of strings is dropped."""
+    if not isinstance(v, dict):
+        return {}
+    return {k: c for k, c in v.items() if isinstance(k, str) and isinstance(c, str) and len(c) <= 64}

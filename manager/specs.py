@@ -19,6 +19,7 @@ import secrets
 from typing import Any, cast
 
 from shoal.containerrules import ULIMIT_NAMES, normalize_capability, parse_extra_host, sysctl_allowed
+from shoal.logopts import LogOptError, check_driver, check_options
 
 __all__ = [
     "SpecError",
@@ -453,14 +454,15 @@ def _validate_security_and_limits(cs: dict[str, Any]) -> None:
 
 
 def _validate_log_driver(ld: Any) -> None:
-    """Only the json-file driver (without options) is implemented: refuse any other LogDriver."""
+    """``TaskTemplate.LogDriver`` ``{"Name": "json-file" | "", "Options": {"max-size", "max-file"}}``
+    (what ``docker service create --log-driver json-file --log-opt max-size=1m`` sends): any other
+    driver, an unknown option or a bad value is refused (shoal.logopts)."""
     ld = _obj(ld, "TaskTemplate.LogDriver")
-    name = ld.get("Name")
-    if name not in (None, "", "json-file"):
-        raise SpecError(f"log driver {name!r} is not supported by shoal: containers log in json-file format; "
-                        "remove --log-driver")
-    if ld.get("Options"):
-        raise SpecError("log driver options are not supported by shoal yet: remove --log-opt")
+    try:
+        check_driver(ld.get("Name"))
+        check_options(ld.get("Options"))
+    except LogOptError as e:
+        raise SpecError(f"TaskTemplate.LogDriver: {e}") from None
 
 
 def validate_task_spec(ts: Any) -> dict[str, Any]:

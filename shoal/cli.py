@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from shoal import format as fmt
 from shoal.client import APIError, Client, ConnectError
+from shoal.logopts import LOG_DRIVER, check_driver, parse_flags
 
 ACTIVE_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
 FAILED_STATES = ("failed", "rejected")
@@ -198,6 +199,10 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
             task["RestartPolicy"] = restart
         if a.constraint:
             task["Placement"] = {"Constraints": list(a.constraint)}
+        if a.log_driver or a.log_opt:
+            # as docker/cli's logDriverOptions; --log-opt alone means the only driver, json-file
+            check_driver(a.log_driver)
+            task["LogDriver"] = {"Name": a.log_driver or LOG_DRIVER, "Options": parse_flags(a.log_opt or [])}
         mode: dict[str, Any] = {"Global": {}} if a.mode == "global" else \
             {"Replicated": {"Replicas": 1 if a.replicas is None else a.replicas}}
         spec: dict[str, Any] = {"Name": a.name or "", "Labels": {}, "TaskTemplate": task, "Mode": mode,
@@ -556,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--stop-grace-period", default="", metavar="DURATION")
     x.add_argument("--stop-signal", default="")
     x.add_argument("--constraint", action="append", metavar="EXPR", help="e.g. node.hostname==h2")
+    x.add_argument("--log-driver", default="", metavar="DRIVER", help="json-file (the only one)")
+    x.add_argument("--log-opt", action="append", metavar="KEY=VALUE",
+                   help="json-file option: max-size=10m, max-file=3 (repeatable)")
     x.add_argument("image", metavar="IMAGE")
     x.add_argument("args", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     x.set_defaults(func=cmd_service_create)

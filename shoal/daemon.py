@@ -30,7 +30,8 @@ from typing import Any
 from aiohttp import web
 
 from shoal import __version__
-from shoal.util import is_rfc3339, now_rfc3339, parse_bytes, parse_rfc3339, private_dir, private_file
+from shoal.logopts import LogOptError, parse_flags
+from shoal.util import is_rfc3339, now_rfc3339, parse_rfc3339, parse_size, private_dir, private_file
 from shoal.wire import WireError
 
 log = logging.getLogger("shoald")
@@ -151,6 +152,7 @@ class Daemon:
         self.runtime = Runtime(
             self.data_root / "containers", self.exec_root, self.images,
             cgroup_parent=args.cgroup_parent, oci_runtime=args.runtime,
+            log_opts=args.log_opts,
         )
         self.bridge = LocalBridge("shoal0", self.exec_root)
         self.executor = Executor(self.runtime, self.images, self.bridge, self._report)
@@ -828,10 +830,14 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 def _byte_size(text: str) -> int:
+    """``--max-layer-size``: a positive size in binary units (``8g``, ``512m``)."""
     try:
-        return parse_bytes(text)
+        size = parse_size(text, binary=True)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: it must be more than 0 bytes")
+    return size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -854,7 +860,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds per Raft tick (default %(default)s: heartbeat every tick, election "
                         "after ElectionTick=10-20 ticks, i.e. 1-2 s; Swarm ticks every 1 s)")
     p.add_argument("--log-level", default="info")
-    return p.parse_args(argv)
+    p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="default json-file option of containers: max-size=10m (rotate a container's log "
+                        "when it would pass this size), max-file=3 (files kept); repeatable, a service's "
+                        "--log-opt overrides it (default max-size 10 MiB, max-file 3)")
+    args = p.parse_args(argv)
+    try:
+        args.log_opts = parse_flags(args.log_opt)
+    except LogOptError as e:
+        p.error(f"--log-opt: {e}")
+    return args
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from shoal.util import parse_size
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], padding: int = 3) -> str:
     """Return ``headers`` and ``rows`` as a tabwriter-style table (lines end with ``\\n``)."""
@@ -106,18 +108,12 @@ def pretty_json(obj: Any) -> str:
     return json.dumps(obj, indent=4)
 
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
-
-
 def parse_bytes(s: str) -> int:
     """go-units RAMInBytes: ``"64M"`` → 67108864, ``"1g"``, ``"512k"``, ``"100"``; binary units.
 
     Raises ValueError with the accepted form.
     """
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtpb]?)(?:i?b)?\s*", s.lower())
-    if not m:
-        raise ValueError(f"invalid size {s!r}: use a number with an optional unit b, k, m, g, t (e.g. 64M)")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    return parse_size(s, binary=True)
 
 
 _DUR = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,

@@ -55,21 +55,21 @@ def parse_rfc3339(ts: str | None) -> float:
     return max(0.0, secs + (int(frac) / 10 ** len(frac) if frac else 0.0))
 
 
-_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-               "g": 1 << 30, "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+) ?([kmgtp]?)(i?b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = "kmgtp"
 
 
-def parse_bytes(text: str) -> int:
-    """A size as Docker's ``units.RAMInBytes`` reads it: ``512``, ``64k``, ``10m``, ``1.5g``,
-    ``8GiB`` (powers of 1024, case-insensitive) → bytes. Raises ValueError naming the text for
-    anything else, or a size that is not positive."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text.lower())
-    if not m:
-        raise ValueError(f"invalid size {text!r}: use a number of bytes, or with a unit k, m, g (e.g. 10m)")
-    value = int(float(m.group(1)) * _BYTE_UNITS[m.group(2)])
-    if value <= 0:
-        raise ValueError(f"invalid size {text!r}: it must be more than 0 bytes")
-    return value
+def parse_size(text: str, binary: bool) -> int:
+    """A size as Docker's go-units reads it, in bytes: a number (fractions allowed) and an
+    optional unit ``k``, ``m``, ``g``, ``t``, ``p`` (``kb``, ``KiB`` the same), case-insensitive.
+    ``binary``: 1024-based, as ``RAMInBytes`` (memory limits, ``--max-layer-size``); else
+    1000-based, as ``FromHumanSize`` (json-file's ``max-size``). Raises ValueError naming the text."""
+    m = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    if m is None or (m.group(3) and m.group(3).lower() == "ib" and not m.group(2)):
+        raise ValueError(f"invalid size {text!r}: use a number of bytes with an optional unit k, m or g "
+                         "(e.g. 10m, 512k)")
+    unit = m.group(2).lower()
+    return int(float(m.group(1)) * ((1024 if binary else 1000) ** (_SIZE_UNITS.index(unit) + 1) if unit else 1))
 
 
 def new_id(length: int = 25) -> str:

@@ -10,7 +10,9 @@ The executor interface the agent uses (docs/contracts.md, worker/):
 
 - ``await executor.set_assignments(node: dict, tasks: list[dict])`` (a plain function is also
   accepted): the complete set of this node's tasks, every time it changes;
-- ``await executor.read_logs(task_ids, tail, since, timestamps) -> list[dict]`` for ``logs.read``;
+- ``await executor.read_logs_page(task_ids, tail, since, cursors, limit) -> {"lines", "cursors", "more"}``
+  for ``logs.read`` (an executor with only ``read_logs(task_ids, tail, since, timestamps) -> list[dict]``
+  is still served: its reply has no cursors);
 - the executor reports each task state move by calling :meth:`Agent.report` (give it
   ``report=lambda tid, st: agent.report(tid, st)``).
 """
@@ -309,12 +311,29 @@ class Agent:
             self._learn_managers(body.get("managers"))
             return None
         if type == "logs.read":
-            task_ids = body.get("task_ids") or []
-            if not isinstance(task_ids, list):
-                raise ValueError("logs.read: task_ids must be a list")
-            tail = int(body.get("tail", -1))
-            since = float(body.get("since", 0.0) or 0.0)
-            timestamps = bool(body.get("timestamps", False))
-            lines = await _maybe_await(self.executor.read_logs([str(t) for t in task_ids], tail, since, timestamps))
-            return {"lines": lines}
+            return await self._logs_read(body)
         raise LookupError(f"unknown request type {type!r}")
+
+    async def _logs_read(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``logs.read`` ``{"task_ids", "tail", "since", "timestamps", "cursors"?, "limit"?}`` →
+        ``{"lines", "cursors", "more"}`` (docs/contracts.md); a manager that sends no cursors gets the
+        last ``tail`` lines since ``since``, at most one page of them."""
+        task_ids = body.get("task_ids") or []
+        if not isinstance(task_ids, list):
+            raise ValueError("logs.read: task_ids must be a list")
+        tail = int(body.get("tail", -1))
+        since = float(body.get("since", 0.0) or 0.0)
+        timestamps = bool(body.get("timestamps", False))
+        cursors = body.get("cursors") or {}
+        if not isinstance(cursors, dict) or not all(isinstance(c, str) for c in cursors.values()):
+            raise ValueError("logs.read: cursors must map task IDs to cursor strings")
+        limit = body.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise ValueError("logs.read: limit must be a number of bytes")
+        ids = [str(t) for t in task_ids]
+        read_page = getattr(self.executor, "read_logs_page", None)
+        if read_page is None:
+            return {"lines": await _maybe_await(self.executor.read_logs(ids, tail, since, timestamps))}
+        page: dict[str, Any] = await _maybe_await(
+            read_page(ids, tail, since, {str(k): v for k, v in cursors.items()}, limit))
+        return page

@@ -36,6 +36,7 @@ from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
 from shoal.containerrules import parse_extra_host
+from shoal.logopts import check_driver, check_options
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
 from shoal.util import now_rfc3339, wait_timeout
 
@@ -45,6 +46,10 @@ except ImportError:  # pragma: no cover - before agent_runtime.containers lands
     from agent_runtime.spec import ContainerSpec
 
 log = logging.getLogger("shoal.worker.executor")
+
+LOG_PAGE_LIMIT = 4 * 1024 * 1024
+"""Bytes of log records one ``read_logs_page`` returns at most, all tasks together (as
+agent_runtime.jsonfile.READ_LIMIT; a manager may ask for less)."""
 
 T = TypeVar("T")
 
@@ -200,6 +205,48 @@ class Executor:
                             "time": line.get("time", ""), "log": line.get("log", "")})
         out.sort(key=lambda d: d["time"])
         return out
+
+    async def read_logs_page(self, task_ids: list[str], tail: int = -1, since: float = 0.0,
+                             cursors: dict[str, str] | None = None,
+                             limit: int | None = None) -> dict[str, Any]:
+        """One bounded read of the given tasks' logs (the ``logs.read`` reply).
+
+        Tasks in ``cursors`` (task ID → cursor of an earlier reply) get the records written after
+        their cursor; the others the last ``tail`` records (-1 = all) not older than ``since``
+        (seconds since the epoch). At most ``limit`` bytes (:data:`LOG_PAGE_LIMIT` when None or
+        larger) are returned for all tasks together (an equal share each; a task returns at least one
+        record when it has any and the budget is not spent), each task's records oldest first, the
+        lines sorted by time. Returns ``{"lines": [{"task_id", "stream", "time", "log"}], "cursors":
+        {task_id: cursor}, "more": bool}``: ``cursors`` has every task with a container on this node
+        (where its next read continues), ``more`` is True when some task has records left after its
+        cursor (read again at once). Tasks without a container here contribute nothing. Raises
+        ``agent_runtime.containers.ContainerError`` for a malformed cursor.
+        """
+        budget = LOG_PAGE_LIMIT if limit is None else max(0, min(int(limit), LOG_PAGE_LIMIT))
+        cursors = cursors or {}
+        here: list[tuple[str, str]] = []
+        for tid in dict.fromkeys(task_ids):
+            ctl = self._controllers.get(tid)
+            cid = ctl.cid if ctl is not None else container_id_for(tid)
+            if await self._container_state(cid) is not None:
+                here.append((tid, cid))
+        # an equal share each, so one busy task cannot keep the others waiting page after page
+        share = budget // max(1, len(here)) if budget else 0
+        out: list[dict[str, Any]] = []
+        new_cursors: dict[str, str] = {}
+        more = False
+        for tid, cid in here:
+            page = await _call(self.runtime.read_log_page, cid, tail, since, cursors.get(tid),
+                               max(1, min(share, budget)) if budget else 0)
+            for rec in page.records:
+                line = {"task_id": tid, "stream": rec.get("stream", "stdout"), "time": rec.get("time", ""),
+                        "log": rec.get("log", "")}
+                out.append(line)
+            budget = max(0, budget - page.used)
+            new_cursors[tid] = page.cursor
+            more = more or page.more
+        out.sort(key=lambda d: d["time"])
+        return {"lines": out, "cursors": new_cursors, "more": more}
 
     async def close(self) -> None:
         """Stop the controllers (not the containers: they keep running for the next daemon run)."""
@@ -553,6 +600,12 @@ class _Controller:
         for line in spec.get("Hosts") or []:  # "IP_ADDRESS HOSTNAME [ALIAS…]" or "HOSTNAME:IP"
             hosts.extend(parse_extra_host(str(line)))
         dns = spec.get("DNSConfig") or {}
+        # swarmkit's Task.LogDriver (the service's or the cluster's default) wins over the spec's
+        driver = self.task.get("LogDriver") or (self.task.get("Spec") or {}).get("LogDriver") or {}
+        if not isinstance(driver, dict):
+            raise ValueError(f"task LogDriver must be an object, got {type(driver).__name__}")
+        check_driver(driver.get("Name"))
+        log_opts = check_options(driver.get("Options"))
         caps_add = spec.get("CapabilityAdd") or []
         caps_drop = spec.get("CapabilityDrop") or []
         kw: dict[str, Any] = dict(
@@ -570,7 +623,8 @@ class _Controller:
                      for u in spec.get("Ulimits") or []],
             sysctls={str(k): str(v) for k, v in (spec.get("Sysctls") or {}).items()},
             groups=[str(g) for g in spec.get("Groups") or []],
-            oom_score_adj=int(spec["OomScoreAdj"]) if spec.get("OomScoreAdj") is not None else None)
+            oom_score_adj=int(spec["OomScoreAdj"]) if spec.get("OomScoreAdj") is not None else None,
+            log_opts=log_opts)
         names = {f.name for f in dc_fields(ContainerSpec)}
         if ip is not None:
             if "ip" in names:

@@ -25,9 +25,11 @@ def test_supported_fields_are_accepted() -> None:
         Privileges={"CredentialSpec": None, "SELinuxContext": None, "NoNewPrivileges": False,
                     "Seccomp": {"Mode": "default"}, "AppArmor": {"Mode": "default"}},
     ))
-    s = _cs()
-    s["TaskTemplate"]["LogDriver"] = {"Name": "json-file"}
-    validate_service_spec(s)
+    for driver in ({"Name": "json-file"}, {"Name": ""}, {"Name": "json-file", "Options": {"max-size": "1m"}},
+                   {"Name": "json-file", "Options": {"max-size": "64k", "max-file": "2"}}):
+        s = _cs()
+        s["TaskTemplate"]["LogDriver"] = driver
+        validate_service_spec(s)
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -60,10 +62,15 @@ def test_unsupported_or_bad_values_are_400(fields: dict[str, Any], message: str)
 
 
 @pytest.mark.parametrize("driver, message", [
-    ({"Name": "syslog"}, "log driver 'syslog' is not supported"),
-    ({"Name": "json-file", "Options": {"max-size": "1m"}}, "log driver options are not supported"),
+    ({"Name": "syslog"}, "log driver 'syslog' is not supported by shoal: the only log driver is 'json-file'"),
+    ({"Name": "json-file", "Options": {"compress": "true"}}, "unknown log opt 'compress' for the json-file"),
+    ({"Name": "json-file", "Options": {"max-size": "1q"}}, "invalid size '1q'"),
+    ({"Name": "json-file", "Options": {"max-size": "0"}}, "max-size must be a positive number"),
+    ({"Name": "json-file", "Options": {"max-file": "0"}}, "max-file cannot be less than 1"),
+    ({"Name": "json-file", "Options": {"max-file": 3}}, "log opt max-file must be a string"),
+    ({"Name": "json-file", "Options": ["max-size=1m"]}, "cannot unmarshal|must be a map"),
 ])
-def test_log_driver_other_than_json_file_is_400(driver: dict[str, Any], message: str) -> None:
+def test_log_driver_other_than_json_file_or_bad_options_are_400(driver: dict[str, Any], message: str) -> None:
     s = _cs()
     s["TaskTemplate"]["LogDriver"] = driver
     with pytest.raises(SpecError, match=message):

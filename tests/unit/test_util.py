@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.util import is_rfc3339, now_rfc3339, parse_bytes, parse_rfc3339
+from shoal.util import is_rfc3339, now_rfc3339, parse_rfc3339, parse_size
 
 
 @pytest.mark.parametrize("text,want", [
@@ -30,12 +30,16 @@ def test_parse_rfc3339_round_trips_now() -> None:
 
 
 @pytest.mark.parametrize("text,want", [("512", 512), ("64k", 65536), ("10m", 10 << 20), ("10MB", 10 << 20),
-                                       ("1.5g", 3 << 29), ("8GiB", 8 << 30), (" 2 k ", 2048)])
-def test_parse_bytes(text: str, want: int) -> None:
-    assert parse_bytes(text) == want
+                                       ("1.5g", 3 << 29), ("8GiB", 8 << 30), (" 2 k ", 2048), ("0", 0)])
+def test_parse_size_binary(text: str, want: int) -> None:
+    assert parse_size(text, binary=True) == want
 
 
-@pytest.mark.parametrize("text", ["", "x", "-1", "0", "10q", "1e9"])
-def test_parse_bytes_refuses(text: str) -> None:
+def test_parse_size_decimal() -> None:
+    assert parse_size("10m", binary=False) == 10_000_000 and parse_size("64KiB", binary=False) == 64_000
+
+
+@pytest.mark.parametrize("text", ["", "x", "-1", "10q", "1e9", "10ib"])
+def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="invalid size"):
-        parse_bytes(text)
+        parse_size(text, binary=True)
