@@ -316,5 +316,6 @@ class Agent:
             since = float(body.get("since", 0.0) or 0.0)
             timestamps = bool(body.get("timestamps", False))
             lines = await _maybe_await(self.executor.read_logs([str(t) for t in task_ids], tail, since, timestamps))
-            return {"lines": lines}
+            # the newest lines that fit the manager's limit for a worker's frame (shoal.wire.WORKER_LIMITS)
+            return {"lines": wire.fit_log_lines(list(lines))}
         raise LookupError(f"unknown request type {type!r}")
