@@ -145,7 +145,9 @@ class ManagerServer:
     ``advertise_addr``: this manager's ``ip:port`` (returned to joiners when the store lists no
     manager); ``node_hook``: see :data:`NodeHook`; ``handshake_timeout``: seconds a client has
     to finish the TLS handshake; ``first_frame_timeout``, ``max_preauth``, ``max_per_node``: see
-    the module doc (:data:`FIRST_FRAME_TIMEOUT`, :data:`MAX_PREAUTH`, :data:`MAX_PER_NODE`).
+    the module doc (:data:`FIRST_FRAME_TIMEOUT`, :data:`MAX_PREAUTH`, :data:`MAX_PER_NODE`);
+    ``write_timeout``: seconds a peer may read nothing of what it is sent before it is
+    disconnected (:data:`shoal.wire.WRITE_TIMEOUT`).
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class ManagerServer:
         first_frame_timeout: float = FIRST_FRAME_TIMEOUT,
         max_preauth: int = MAX_PREAUTH,
         max_per_node: int = MAX_PER_NODE,
+        write_timeout: float | None = wire.WRITE_TIMEOUT,
     ) -> None:
         self.store = store
         self.ca = ca
@@ -171,6 +174,7 @@ class ManagerServer:
         self.first_frame_timeout = first_frame_timeout
         self.max_preauth = max_preauth
         self.max_per_node = max_per_node
+        self.write_timeout = write_timeout
         self._server: asyncio.Server | None = None
         self._peers: set[wire.Peer] = set()
         self._conns: set[asyncio.Task[Any]] = set()
@@ -200,6 +204,11 @@ class ManagerServer:
         if self._server is None or not self._server.sockets:
             return 0
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def peers(self) -> tuple[wire.Peer, ...]:
+        """The request connections open now (Raft streams excluded)."""
+        return tuple(self._peers)
 
     @property
     def preauth_connections(self) -> int:
@@ -321,7 +330,7 @@ class ManagerServer:
             await stream(reader, writer, first)
             return
         peer = wire.Peer(reader, writer, self.handle, name=who, limits=limits, push_handler=self._push,
-                         max_inflight=1 if ident is None else wire.MAX_INFLIGHT,
+                         max_inflight=1 if ident is None else wire.MAX_INFLIGHT, write_timeout=self.write_timeout,
                          idle_timeout=self.first_frame_timeout if ident is None else None)
         peer.info["identity"] = ident
         self._peers.add(peer)
@@ -333,6 +342,8 @@ class ManagerServer:
             self.dispatcher.connection_lost(peer)
         if ident is None and peer.close_reason not in ("connection closed by peer", "manager stopping", "closed locally"):
             self._refusals.info("2377: closed the connection from %s: %s", who, peer.close_reason)
+        else:
+            log.debug("2377: connection of %s closed: %s", who, peer.close_reason)
         await peer.close(peer.close_reason)
 
     async def _refuse_removed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
