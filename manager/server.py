@@ -340,7 +340,8 @@ class ManagerServer:
         finally:
             self._peers.discard(peer)
             self.dispatcher.connection_lost(peer)
-        if ident is None and peer.close_reason not in ("connection closed by peer", "manager stopping", "closed locally"):
+        if peer.close_reason.startswith("unexpected push") or (
+                ident is None and peer.close_reason not in ("connection closed by peer", "manager stopping")):
             self._refusals.info("2377: closed the connection from %s: %s", who, peer.close_reason)
         else:
             log.debug("2377: connection of %s closed: %s", who, peer.close_reason)
@@ -364,10 +365,9 @@ class ManagerServer:
         wire.abort(writer)
 
     async def _push(self, peer: wire.Peer, type: str, body: dict[str, Any]) -> None:
-        """Pushes to the manager: it serves none (agents and managers only send requests)."""
-        self._refusals.info("2377: closed the connection from %s: it sent a push %r (the manager takes "
-                            "requests only)", peer.name, type[:64])
-        raise wire.Refused(f"unexpected push {type[:64]!r}")
+        """Pushes to the manager: it serves none (agents and managers only send requests); the
+        connection is closed (and its end logged with this reason)."""
+        raise wire.Refused(f"unexpected push {type[:64]!r}: the manager takes requests only")
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -381,8 +381,6 @@ class ManagerServer:
                 return {"cert": self.ca.cert_pem}
             if type == "ca.join":
                 return await self.join(peer, body)
-            self._refusals.info("2377: closed the connection from %s: it asked for %r without a node "
-                                "certificate", peer.name, type[:64])
             raise wire.Refused(
                 f"{type[:64]}: this call needs a node certificate issued by this swarm's CA; join the swarm first"
             )

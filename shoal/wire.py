@@ -143,7 +143,9 @@ def fit_log_lines(lines: list[dict[str, Any]], max_bytes: int = LOGS_REPLY_BYTES
     total = 0
     keep = 0
     for ln in reversed(lines):
-        size = 48 + sum(len(v) for v in ln.values() if isinstance(v, str | bytes))
+        # msgpack keys and headers ~48 bytes; UTF-8 takes up to 4 bytes a character
+        size = 48 + sum(len(v) if isinstance(v, bytes) or v.isascii() else 4 * len(v)
+                        for v in ln.values() if isinstance(v, str | bytes))
         if keep >= max_lines or total + size > max_bytes:
             break
         total += size

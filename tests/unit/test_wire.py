@@ -384,3 +384,14 @@ async def test_a_reply_too_large_is_answered_with_an_error(monkeypatch: pytest.M
                 await client.request("echo", {"n": 2000}, timeout=5)
         finally:
             await client.close()
+
+
+def test_log_lines_are_cut_to_fit_a_worker_frame() -> None:
+    line = {"task_id": "t" * 25, "stream": "stdout", "time": "2026-01-01T00:00:00.000000000Z"}
+    for text in ("é" * 1000, "x" * 1000, "日本" * 500):
+        lines = [dict(line, log=f"{i} {text}") for i in range(20_000)]  # 20-60 MB encoded
+        kept = wire.fit_log_lines(lines)
+        assert kept and kept[-1] is lines[-1] and kept == lines[len(lines) - len(kept):]  # the newest
+        assert len(wire.encode_frame({"t": "reply", "id": 1, "b": {"lines": kept}})) < wire.WORKER_LIMITS.frame
+    short = [dict(line, log="hi")] * 300_000
+    assert len(wire.fit_log_lines(short, max_bytes=10**9)) == wire.LOGS_REPLY_LINES
