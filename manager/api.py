@@ -29,6 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
+from manager.ca import blacklist_node
 from manager.orchestrator import service_status
 from manager.specs import (
     SpecError,
@@ -323,7 +324,9 @@ def add_routes(app: web.Application, manager: Any) -> None:
 
     @route("DELETE", "/nodes/{id}")
     async def node_remove(request: web.Request) -> web.StreamResponse:
-        """DELETE /nodes/{id}?force=: a node must be down (or ``force``) and not a manager."""
+        """DELETE /nodes/{id}?force=: a node must be down (or ``force``) and not a manager. The
+        node's ID goes into the cluster's ``BlacklistedCertificates``, so its certificate is
+        refused on 2377 at once (manager.ca.blacklist_node)."""
         force = _bool(request, "force")
         n = _resolve(store().view(), "nodes", request.match_info["id"], "node", _node_names)
         if (n.get("Spec") or {}).get("Role") == "manager" or n.get("ManagerStatus"):
@@ -332,7 +335,16 @@ def add_routes(app: web.Application, manager: Any) -> None:
         if not force and (n.get("Status") or {}).get("State") != "down":
             raise ApiError(400, f"rpc error: code = FailedPrecondition desc = node {n['ID']} is not down and "
                                 "can't be removed")
-        await update(lambda tx: tx.delete("nodes", n["ID"]))
+        def fn(tx: WriteTx) -> None:
+            # its certificate stays valid for up to 90 days: refuse it on 2377 from now on
+            # (SK: controlapi RemoveNode adds it to Cluster.BlacklistedCertificates)
+            for c in tx.list("cluster"):
+                blacklist_node(c, n["ID"])
+                c.pop("Version", None)
+                tx.update("cluster", c)
+            tx.delete("nodes", n["ID"])
+
+        await update(fn)
         return web.Response(status=200)
 
     @route("POST", "/nodes/{id}/update")

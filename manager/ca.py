@@ -56,6 +56,54 @@ BACKDATE = dt.timedelta(hours=1)  # SK: ca/certificates.go CertBackdate
 
 ROLES = ("worker", "manager")
 
+BLACKLIST = "BlacklistedCertificates"
+"""The Cluster object's map of removed nodes whose certificates are refused:
+``{node_id: {"Expiry": RFC 3339}}`` (swarmkit's ``Cluster.BlacklistedCertificates``; not shown by
+the API)."""
+
+
+def _parse_time(s: object) -> dt.datetime | None:
+    if not isinstance(s, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(s)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
+def blacklist_node(cluster: dict[str, object], node_id: str, now: dt.datetime | None = None) -> None:
+    """Record in ``cluster`` (a Cluster object, changed in place) that node ``node_id`` was
+    removed from the swarm, so its certificates are refused on 2377 until they expire:
+    ``cluster[BLACKLIST][node_id] = {"Expiry": now + NODE_VALIDITY}`` (no certificate issued
+    before now outlives that). Entries already past their expiry are dropped.
+    SK: manager/controlapi/node.go RemoveNode, expireBlacklistedCerts."""
+    now = now or dt.datetime.now(dt.UTC)
+    old = cluster.get(BLACKLIST)
+    entries = dict(old) if isinstance(old, dict) else {}
+    kept: dict[str, object] = {}
+    for nid, e in entries.items():
+        exp = _parse_time(e.get("Expiry")) if isinstance(e, dict) else None
+        if exp is None or exp > now:
+            kept[str(nid)] = e
+    expiry = (now + NODE_VALIDITY).astimezone(dt.UTC)
+    kept[node_id] = {"Expiry": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    cluster[BLACKLIST] = kept
+
+
+def is_blacklisted(cluster: dict[str, object] | None, node_id: str, now: dt.datetime | None = None) -> bool:
+    """Whether ``cluster``'s :data:`BLACKLIST` holds ``node_id`` with an expiry still ahead
+    (an entry without a readable expiry counts as current)."""
+    entries = (cluster or {}).get(BLACKLIST)
+    if not isinstance(entries, dict):
+        return False
+    e = entries.get(node_id)
+    if e is None:
+        return False
+    exp = _parse_time(e.get("Expiry")) if isinstance(e, dict) else None
+    return exp is None or exp > (now or dt.datetime.now(dt.UTC))
+
+
 def make_token(root_digest: bytes, secret: bytes | None = None) -> str:
     """Return a ``SWMTKN-1-…`` join token for the root CA with sha256 digest ``root_digest``.
 

@@ -16,6 +16,12 @@ SWARM-FACTS 1.3):
   the node object itself) changes, pushes the node its complete set, coalescing bursts of
   changes (``coalesce`` seconds, 30 ms by default). Changes that touch only ``Status``,
   ``Version`` or ``UpdatedAt`` of a task do not cause a push (as SK: ``TasksEqualStable``).
+- Pushes to one session go out one at a time (:class:`_Session` ``outbox``): while one is being
+  written, a newer assignment set or manager list replaces the one waiting, so a node that
+  reads slowly (or not at all) costs at most one unsent message of each kind, never a queue
+  (the connection's own write timeout closes it if it reads nothing).
+- A node's ``Description`` (merged from ``session.open``) is at most :data:`MAX_DESCRIPTION`
+  bytes encoded.
 - ``session.status`` updates are batched (at most ``batch_interval`` = 100 ms) into one store
   transaction that applies only forward moves of ``Status.State`` (SWARM-FACTS 1.1: the state is
   a Lamport clock) and only to tasks assigned to the reporting node.
@@ -46,6 +52,8 @@ DEFAULT_GRACE_MULTIPLIER = 3  # SK: defaultGracePeriodMultiplier
 JITTER = 0.10  # ±10 % of the period per beat (SK: 500 ms of 5 s)
 MAX_BATCH_INTERVAL = 0.1  # seconds, SK: maxBatchInterval
 MAX_BATCH_ITEMS = 10000  # SK: maxBatchItems
+MAX_DESCRIPTION = 64 * 1024
+"""Bytes (msgpack) a node's ``Description`` may take in the store."""
 
 TASK_STATES = STATE_ORDER
 TERMINAL_FROM = STATE_ORDER["complete"]
@@ -97,6 +105,9 @@ class _Session:
     session_id: str
     peer: wire.Peer | None
     last_sent: bytes | None = None
+    outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Push type → the newest body not yet written (one per type: a newer one replaces it)."""
+    sender: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -288,7 +299,12 @@ class Dispatcher:
                     f"node {node_id} is not part of this swarm (was it removed?); leave the swarm and join again"
                 )
             if description:
-                node["Description"] = {**(node.get("Description") or {}), **description}
+                merged = {**(node.get("Description") or {}), **description}
+                size = len(msgpack.packb(merged, use_bin_type=True))
+                if size > MAX_DESCRIPTION:
+                    raise ValueError(f"session.open: the node description takes {size} bytes, over the "
+                                     f"{MAX_DESCRIPTION}-byte limit")
+                node["Description"] = merged
             node["Status"] = {"State": "ready", "Message": "", "Addr": addr}
             node.pop("Version", None)
             tx.update("nodes", node)
@@ -397,12 +413,35 @@ class Dispatcher:
             return
         self._announced = managers
         for s in list(self._sessions.values()):
-            if s.peer is not None:
-                self._spawn(self._send_managers(s.peer, managers), "dispatcher-managers")
+            self._enqueue(s, "managers", {"managers": managers})
 
-    async def _send_managers(self, peer: wire.Peer, managers: list[str]) -> None:
-        with contextlib.suppress(wire.WireError):
-            await peer.send("managers", {"managers": managers})
+    def _enqueue(self, s: _Session, type: str, body: dict[str, Any]) -> None:
+        """Send push ``type`` to session ``s`` after what is being written to it now; an unsent
+        one of the same type is replaced (both kinds of push carry the complete state)."""
+        if s.peer is None or s.peer.closed:
+            return
+        s.outbox[type] = body
+        if s.sender is None or s.sender.done():
+            s.sender = asyncio.create_task(self._send_outbox(s), name=f"dispatcher-push {s.node_id}")
+            self._tasks.add(s.sender)
+            s.sender.add_done_callback(self._tasks.discard)
+
+    async def _send_outbox(self, s: _Session) -> None:
+        while s.outbox:
+            peer = s.peer
+            if peer is None:
+                s.outbox.clear()
+                s.last_sent = None
+                return
+            type = next(iter(s.outbox))
+            body = s.outbox.pop(type)
+            try:
+                await peer.send(type, body)
+            except wire.WireError as e:
+                s.outbox.clear()
+                s.last_sent = None  # resend everything to the next connection
+                log.info("could not push %s to node %s: %s", type, s.node_id, e)
+                return
 
     def _mark_dirty(self, node_id: str) -> None:
         self._dirty.add(node_id)
@@ -426,16 +465,7 @@ class Dispatcher:
             if fp == s.last_sent:
                 continue
             s.last_sent = fp
-            self._spawn(self._push(s, node, tasks), f"dispatcher-assign {node_id}")
-
-    async def _push(self, s: _Session, node: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
-        if s.peer is None:
-            return
-        try:
-            await s.peer.send("assignments", {"node": node, "tasks": tasks})
-        except wire.WireError as e:
-            s.last_sent = None
-            log.info("could not push assignments to node %s: %s", s.node_id, e)
+            self._enqueue(s, "assignments", {"node": node, "tasks": tasks})
 
     # -- status updates ---------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from manager.ca import RootCA, make_token
+from manager.ca import RootCA, is_blacklisted, make_token
 from manager.dispatcher import Dispatcher
 from manager.scheduler import Scheduler
 from manager.server import ManagerServer, make_node
@@ -50,10 +50,15 @@ DEFAULT_RAFT_TICK = 0.1
 replace a dead leader); Shoal ticks every 100 ms with the same tick counts from the SwarmSpec
 (``Raft.ElectionTick`` 10, ``Raft.HeartbeatTick`` 1): heartbeat 100 ms, election 1–2 s."""
 LOG_PAGE_LIMIT = 4 * 1024 * 1024
-"""Bytes of log lines one ``read_logs_page`` asks the nodes for, all nodes together (each node's
-runtime caps its reply at the same 4 MiB)."""
+"""Bytes of log lines one ``read_logs_page`` asks the nodes for, all nodes together (each node
+caps its reply at :data:`shoal.wire.LOGS_REPLY_BYTES`, and the page fits a follower's
+``logs.collect`` reply within :data:`shoal.wire.MANAGER_LIMITS`)."""
 LOG_PAGE_MIN_PER_NODE = 256 * 1024
 """The share of :data:`LOG_PAGE_LIMIT` a node gets at least, however many nodes a service spans."""
+
+FORWARD_MAX_BODY = wire.MANAGER_LIMITS.frame - 64 * 1024
+"""Bytes of an API request body a follower forwards to the leader (``api.forward`` must fit the
+leader's :data:`shoal.wire.MANAGER_LIMITS` with its headers)."""
 
 ApiExecutor = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 """``await execute(method, path_with_query, headers, body) -> (status, headers, body)``: run an
@@ -252,11 +257,40 @@ class Manager:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _peer_check(self, ident: tuple[str, str] | None, rid: int) -> str | None:
+        """Vet an inbound Raft connection (:data:`raft.transport.PeerCheck`): the certificate's
+        node ID must map to the Raft ID it claims, must not be a removed node's, and the node
+        must be a current member: in this node's Raft configuration; or, when it is not (this
+        node has no configuration yet — a joiner hearing from the leader — or lags behind a
+        member that joined since), not a node this store knows to be demoted."""
         if ident is None:
             return "no certificate"
-        if raft_id(ident[0]) != rid:
-            return f"certificate of node {ident[0]} does not belong to Raft member {rid}"
+        node_id = ident[0]
+        if raft_id(node_id) != rid:
+            return f"certificate of node {node_id} does not belong to Raft member {rid}"
+        view = self.store.view() if self.store is not None else None
+        clusters = view.list("cluster") if view is not None else []
+        if clusters and is_blacklisted(clusters[0], node_id):
+            return f"node {node_id} was removed from the swarm"
+        members = self.log.driver.node.conf.nodes() if self.log is not None else frozenset()
+        if rid in members or not members:
+            return None
+        node = view.get("nodes", node_id) if view is not None else None
+        if node is not None and not _is_manager(node):
+            role = (node.get("Spec") or {}).get("Role") or "worker"
+            return f"node {node_id} is not a Raft member (it is a {role} now)"
         return None
+
+    async def _current_role(self, node_id: str) -> str | None:
+        """The node's ``Spec.Role`` now (for the 2377 server's role checks). A follower's store
+        may lag behind the leader's (a manager that just joined or was promoted): when it says
+        the node is no manager, ask for a read barrier first and look again."""
+        assert self.server is not None
+        role = await self.server.store_role(node_id)
+        if role != "manager" and not self.is_leader:
+            with contextlib.suppress(Unavailable):
+                await self.read_barrier(timeout=2.0)
+                role = await self.server.store_role(node_id)
+        return role
 
     async def start(self) -> None:
         """Open the log and store, serve 2377 (CA, dispatcher sessions, Raft), and follow the
@@ -291,6 +325,7 @@ class Manager:
         self.server = ManagerServer(self.store, self.ca, self.dispatcher, sctx,
                                     advertise_addr=self.advertise_addr)
         self.server.forward = self._forward_to_leader
+        self.server.current_role = self._current_role
         self.server.register_stream("raft-hello", self.log.accept)
         self.server.register("raft.join", self._raft_join, role="manager")
         self.server.register("api.forward", self._api_forward, role="manager")
@@ -520,16 +555,16 @@ class Manager:
             log.warning("could not remove node %s (raft %d) from the Raft cluster: %s", node_id, rid, e)
 
     async def _raft_leave(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
-        """``raft.leave`` ``{"node_id"?}``: the calling manager leaves the swarm (``swarm leave
-        --force``): its node becomes a worker in the spec and it is taken out of Raft. Runs on
-        the leader; followers forward it."""
-        leaver = str(body.get("node_id") or node_id)
-        fwd = await self._forward_to_leader("raft.leave", {"node_id": leaver})
-        if fwd is not None:
-            return fwd
+        """``raft.leave`` ``{}``: the calling manager — the node of the certificate, whatever the
+        body says — leaves the swarm (``swarm leave --force``): its node becomes a worker in the
+        spec and it is taken out of Raft. Served by the leader only: a follower answers "not the
+        leader" (it never forwards a leave, so no manager can make another one leave); the
+        leaving manager asks the leader directly (:meth:`leave_raft`)."""
+        if not self.log.is_leader:
+            raise LookupError(self._not_leader_reason())
 
         def fn(tx: WriteTx) -> None:
-            node = tx.get("nodes", leaver)
+            node = tx.get("nodes", node_id)
             if node is None:
                 return
             node["Spec"] = {**(node.get("Spec") or {}), "Role": "worker"}
@@ -537,21 +572,32 @@ class Manager:
             tx.update("nodes", node)
 
         await self.store.update(fn)
-        await self._remove_member(raft_id(leaver), leaver)
+        await self._remove_member(raft_id(node_id), node_id)
         return {"ok": True}
 
     async def leave_raft(self, timeout: float = 10.0) -> None:
         """Leave the Raft cluster before this manager leaves the swarm (best effort: a leader
-        first hands leadership over). Raises :class:`Unavailable` / ``shoal.wire.WireError``."""
+        first hands leadership over), asking the leader itself (``raft.leave``); retried while
+        leadership moves. Raises :class:`Unavailable` / ``shoal.wire.WireError``."""
         if self.log.driver.voters == frozenset({self.raft_id}):
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if self.log.is_leader:
             to = self._handover_target()
             if to is None:
                 raise Unavailable("no other manager is reachable to take over")
             await self.log.transfer_leadership(to, timeout=timeout)
         assert self.leader_link is not None
-        await self.leader_link.request("raft.leave", {"node_id": self.node_id}, timeout=timeout)
+        while True:
+            try:
+                await self.leader_link.request("raft.leave", {}, timeout=max(0.5, deadline - loop.time()))
+                return
+            except (wire.RemoteError, Unavailable) as e:
+                moving = isinstance(e, Unavailable) or "not the leader" in e.msg or "no leader" in e.msg
+                if not moving or loop.time() >= deadline:
+                    raise
+            await self.log.driver.wait_changed(0.1)
 
     # -- requests that run on the leader ---------------------------------------------------------
 
@@ -566,7 +612,9 @@ class Manager:
     async def _raft_join(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
         """``raft.join`` ``{"addr": "host:port", "node_id"?}``: add the calling manager (or, when a
         follower forwards it, ``node_id``) to the Raft configuration as a voter. Runs on the
-        leader; followers forward it."""
+        leader; followers forward it. The 2377 server lets only current managers (certificate
+        and ``Spec.Role``) call it, and the node added must be a manager in the store: a node
+        that is not one cannot get itself or another node into Raft."""
         joiner = str(body.get("node_id") or node_id)
         addr = body.get("addr")
         if not isinstance(addr, str):
@@ -646,8 +694,12 @@ class Manager:
     async def forward_api(self, method: str, path: str, headers: dict[str, str],
                           body: bytes) -> tuple[int, dict[str, str], bytes]:
         """Run an API request on the leader (from a follower). Raises :class:`Unavailable`
-        (no leader / unreachable), ``shoal.wire.RemoteError``."""
+        (no leader / unreachable), ``shoal.wire.RemoteError``, ``shoal.wire.WireError`` for a
+        request too large to forward (over :data:`FORWARD_MAX_BODY`)."""
         assert self.leader_link is not None
+        if len(body) > FORWARD_MAX_BODY:
+            raise wire.WireError(f"the request body of {len(body)} bytes is over the {FORWARD_MAX_BODY}-byte "
+                                 "limit for requests forwarded to the leader; send it to the leader")
         r = await self.leader_link.request("api.forward", {"method": method, "path": path,
                                                            "headers": headers, "body": body}, timeout=120.0)
         return int(r["status"]), {str(k): str(v) for k, v in (r.get("headers") or {}).items()}, bytes(r.get("body") or b"")

@@ -4,7 +4,26 @@ Protocol: docs/contracts.md, "The 2377 protocol". TLS with ``CERT_OPTIONAL``: a 
 client certificate may only call ``ca.root`` and ``ca.join``; every other call needs a node
 certificate issued by this cluster's CA (its CN is the node ID, its OU the role;
 :func:`shoal.tlsutil.peer_identity`). Extra request types (e.g. Raft between managers) can be
-added with :meth:`ManagerServer.register`.
+added with :meth:`ManagerServer.register`; one registered for a role is served only when the
+certificate's OU *and* the node's current ``Spec.Role`` in the store say that role, so a node
+demoted or removed loses its rights at once, not when its certificate expires.
+
+Every peer is treated as hostile until proven otherwise:
+
+- without a certificate (:data:`shoal.wire.PREAUTH_LIMITS`): frames of at most 64 KiB, the
+  first within ``first_frame_timeout`` seconds and each next one within as long of the previous
+  reply, one request at a time, at most ``max_preauth`` such connections at once (more are
+  closed at once); anything but ``ca.root``/``ca.join`` is answered with an error and the
+  connection closed; what gets such a peer closed is logged on one line (no traceback), and
+  at most once per :data:`LOG_EVERY` seconds;
+- with a certificate: the limits of its current role (:data:`shoal.wire.WORKER_LIMITS`,
+  :data:`shoal.wire.MANAGER_LIMITS`), at most ``max_per_node`` connections per node; a node
+  ``node rm`` put in the cluster's ``BlacklistedCertificates`` is refused ("node X was removed
+  from the swarm") and disconnected; the manager serves no pushes (a push closes the
+  connection).
+
+The TLS handshake itself is bounded by ``handshake_timeout`` (asyncio aborts a connection that
+has not finished it); connections are counted once it is done.
 """
 
 from __future__ import annotations
@@ -13,18 +32,35 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from manager.ca import RootCA, parse_token, token_matches_ca, token_role
+from manager.ca import RootCA, is_blacklisted, parse_token, token_matches_ca, token_role
 from manager.dispatcher import Dispatcher
 from manager.store import Store, WriteTx
 from shoal import tlsutil, wire
-from shoal.util import new_id, now_rfc3339
+from shoal.util import new_id, now_rfc3339, wait_timeout
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 2377
+
+FIRST_FRAME_TIMEOUT = 5.0
+"""Seconds a new connection has to send its first frame (and a peer without a certificate to
+send each next one once its previous request was answered)."""
+
+MAX_PREAUTH = 64
+"""Connections without a node certificate open at once; more are closed at once."""
+
+MAX_PER_NODE = 32
+"""Connections with the same node certificate open at once; more are closed at once."""
+
+LOG_EVERY = 10.0
+"""Seconds between two log lines about refused connections (the rest are counted)."""
+
+ANON_CALLS = ("ca.root", "ca.join")
+"""What a peer without a node certificate may call."""
 
 NodeHook = Callable[[WriteTx, dict[str, Any]], None]
 """``hook(tx, node)``: called inside the join transaction after the new Node is created (e.g. to
@@ -36,6 +72,38 @@ type ``first_frame["t"]`` (Raft's ``raft-hello``); returns when the connection i
 
 AuthedHandler = Callable[[wire.Peer, str, str, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 """``async def h(peer, node_id, role, body) -> dict | None`` for a registered request type."""
+
+RoleLookup = Callable[[str], Awaitable[str | None]]
+"""``await current_role(node_id)``: the node's ``Spec.Role`` now (``manager`` | ``worker``), None
+when the node is not in the swarm."""
+
+
+class _Throttled:
+    """One log line at info at most every ``every`` seconds; the lines held back meanwhile are
+    counted and reported with the next one."""
+
+    def __init__(self, logger: logging.Logger, every: float = LOG_EVERY) -> None:
+        self.log = logger
+        self.every = every
+        self._last = -float("inf")
+        self._held = 0
+
+    def info(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._held += 1
+            return
+        if self._held:
+            msg += " (and %d similar since the last such line)"
+            args = (*args, self._held)
+        self._last, self._held = now, 0
+        self.log.info(msg, *args)
+
+
+def _role(node: dict[str, Any] | None) -> str | None:
+    if node is None:
+        return None
+    return str((node.get("Spec") or {}).get("Role") or "worker")
 
 
 def make_node(
@@ -76,7 +144,10 @@ class ManagerServer:
     from :func:`shoal.tlsutil.server_context` with the manager's own node certificate;
     ``advertise_addr``: this manager's ``ip:port`` (returned to joiners when the store lists no
     manager); ``node_hook``: see :data:`NodeHook`; ``handshake_timeout``: seconds a client has
-    to finish the TLS handshake.
+    to finish the TLS handshake; ``first_frame_timeout``, ``max_preauth``, ``max_per_node``: see
+    the module doc (:data:`FIRST_FRAME_TIMEOUT`, :data:`MAX_PREAUTH`, :data:`MAX_PER_NODE`);
+    ``write_timeout``: seconds a peer may read nothing of what it is sent before it is
+    disconnected (:data:`shoal.wire.WRITE_TIMEOUT`).
     """
 
     def __init__(
@@ -88,6 +159,10 @@ class ManagerServer:
         advertise_addr: str = "",
         node_hook: NodeHook | None = None,
         handshake_timeout: float = 10.0,
+        first_frame_timeout: float = FIRST_FRAME_TIMEOUT,
+        max_preauth: int = MAX_PREAUTH,
+        max_per_node: int = MAX_PER_NODE,
+        write_timeout: float | None = wire.WRITE_TIMEOUT,
     ) -> None:
         self.store = store
         self.ca = ca
@@ -96,14 +171,24 @@ class ManagerServer:
         self.advertise_addr = advertise_addr
         self.node_hook = node_hook
         self.handshake_timeout = handshake_timeout
+        self.first_frame_timeout = first_frame_timeout
+        self.max_preauth = max_preauth
+        self.max_per_node = max_per_node
+        self.write_timeout = write_timeout
         self._server: asyncio.Server | None = None
         self._peers: set[wire.Peer] = set()
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._conns: set[asyncio.Task[Any]] = set()
+        self._preauth = 0
+        self._per_node: dict[str, int] = {}
         self._extra: dict[str, tuple[AuthedHandler, str | None]] = {}
         self._streams: dict[str, StreamHandler] = {}
+        self._refusals = _Throttled(log)
         self.forward: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any] | None]] | None = None
         """``await forward(type, body)``: None when this manager should serve a leader-only
         request itself, else the leader's reply (set by the Manager; ``ca.join`` uses it)."""
+        self.current_role: RoleLookup = self.store_role
+        """How a registered call's role is checked (the Manager adds a read barrier on a
+        follower, whose store may lag); see :data:`RoleLookup`."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -120,13 +205,23 @@ class ManagerServer:
             return 0
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def peers(self) -> tuple[wire.Peer, ...]:
+        """The request connections open now (Raft streams excluded)."""
+        return tuple(self._peers)
+
+    @property
+    def preauth_connections(self) -> int:
+        """Connections without a node certificate open now."""
+        return self._preauth
+
     async def stop(self) -> None:
         """Stop listening and close every connection."""
         if self._server is not None:
             self._server.close()
         for p in list(self._peers):
             await p.close("manager stopping")
-        for t in list(self._watchers):
+        for t in list(self._conns):
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
@@ -136,7 +231,8 @@ class ManagerServer:
             self._server = None
 
     def register(self, type: str, handler: AuthedHandler, role: str | None = None) -> None:
-        """Serve request ``type`` with ``handler`` for peers with a node certificate (of ``role`` only, if given)."""
+        """Serve request ``type`` with ``handler`` for peers with a node certificate (of ``role``
+        only, if given: both the certificate and the node's current ``Spec.Role`` must say it)."""
         self._extra[type] = (handler, role)
 
     def register_stream(self, first_type: str, handler: StreamHandler) -> None:
@@ -144,64 +240,175 @@ class ManagerServer:
         checks the peer's certificate itself); used for Raft messages between managers."""
         self._streams[first_type] = handler
 
+    # -- who the peer is ----------------------------------------------------------------------
+
+    async def store_role(self, node_id: str) -> str | None:
+        """The node's ``Spec.Role`` in this manager's store now; None if it is not in the swarm."""
+        return _role(self.store.view().get("nodes", node_id))
+
+    def removed(self, node_id: str) -> bool:
+        """Whether ``node rm`` put ``node_id`` in the cluster's ``BlacklistedCertificates`` (and
+        its entry has not expired)."""
+        clusters = self.store.view().list("cluster")
+        return bool(clusters) and is_blacklisted(clusters[0], node_id)
+
+    def _limits(self, ident: tuple[str, str] | None) -> wire.Limits:
+        """Frame limits for a peer: by its certificate, and a manager's only while the store
+        still says it is one."""
+        if ident is None:
+            return wire.PREAUTH_LIMITS
+        if ident[1] == "manager" and _role(self.store.view().get("nodes", ident[0])) == "manager":
+            return wire.MANAGER_LIMITS
+        return wire.WORKER_LIMITS
+
+    # -- connections --------------------------------------------------------------------------
+
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+        obj = writer.get_extra_info("ssl_object")
+        ident = tlsutil.peer_identity(obj if isinstance(obj, ssl.SSLObject) else None)
+        pn = writer.get_extra_info("peername")
+        where = f"{pn[0]}:{pn[1]}" if isinstance(pn, tuple) and len(pn) >= 2 else "?"
+        counted: str | None = None
         try:
-            first = await asyncio.wait_for(wire.read_frame(reader), self.handshake_timeout)
+            if ident is None:
+                if self._preauth >= self.max_preauth:
+                    self._refusals.info("2377: closed a connection from %s at once: %d connections without "
+                                        "a node certificate are open already", where, self._preauth)
+                    wire.abort(writer)
+                    return
+                self._preauth += 1
+                counted = ""
+            else:
+                node_id = ident[0]
+                if self._per_node.get(node_id, 0) >= self.max_per_node:
+                    self._refusals.info("2377: closed a connection of node %s from %s at once: it has %d open",
+                                        node_id, where, self._per_node[node_id])
+                    wire.abort(writer)
+                    return
+                self._per_node[node_id] = self._per_node.get(node_id, 0) + 1
+                counted = node_id
+                if self.removed(node_id):
+                    await self._refuse_removed(reader, writer, node_id, where)
+                    return
+            await self._serve_connection(reader, writer, ident, where)
+        except asyncio.CancelledError:
+            wire.abort(writer)
+        except Exception:  # never let one connection's failure reach the event loop's handler
+            log.exception("2377: connection from %s failed", where)
+            wire.abort(writer)
+        finally:
+            if counted == "":
+                self._preauth -= 1
+            elif counted:
+                left = self._per_node.get(counted, 1) - 1
+                if left > 0:
+                    self._per_node[counted] = left
+                else:
+                    self._per_node.pop(counted, None)
+            if task is not None:
+                self._conns.discard(task)
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                ident: tuple[str, str] | None, where: str) -> None:
+        limits = self._limits(ident)
+        who = f"{where} (no certificate)" if ident is None else f"node {ident[0]} at {where}"
+        try:
+            first = await wait_timeout(wire.read_frame(reader, limits), self.first_frame_timeout)
         except (wire.WireError, OSError, ssl.SSLError, TimeoutError) as e:
-            log.debug("2377 connection closed before its first frame: %s", e)
-            writer.close()
+            why = f"no frame within {self.first_frame_timeout:g} s" if isinstance(e, TimeoutError) else str(e)
+            if ident is None:
+                self._refusals.info("2377: closed the connection from %s: %s", who, why)
+            else:
+                log.debug("2377: closed the connection from %s before its first frame: %s", who, why)
+            wire.abort(writer)
             return
         stream = self._streams.get(str(first.get("t")))
         if stream is not None:
-            task = asyncio.current_task()
-            if task is not None:
-                self._watchers.add(task)
-            try:
-                await stream(reader, writer, first)
-            finally:
-                if task is not None:
-                    self._watchers.discard(task)
+            await stream(reader, writer, first)
             return
-        peer = wire.Peer(reader, writer, self.handle)
-        peer.info["identity"] = tlsutil.peer_identity(peer.ssl_object)
+        peer = wire.Peer(reader, writer, self.handle, name=who, limits=limits, push_handler=self._push,
+                         max_inflight=1 if ident is None else wire.MAX_INFLIGHT, write_timeout=self.write_timeout,
+                         idle_timeout=self.first_frame_timeout if ident is None else None)
+        peer.info["identity"] = ident
         self._peers.add(peer)
         peer.start(first)
+        try:
+            await peer.wait_closed()
+        finally:
+            self._peers.discard(peer)
+            self.dispatcher.connection_lost(peer)
+        if peer.close_reason.startswith("unexpected push") or (
+                ident is None and peer.close_reason not in ("connection closed by peer", "manager stopping")):
+            self._refusals.info("2377: closed the connection from %s: %s", who, peer.close_reason)
+        else:
+            log.debug("2377: connection of %s closed: %s", who, peer.close_reason)
+        await peer.close(peer.close_reason)
 
-        async def watch_close() -> None:
-            try:
-                await peer.wait_closed()
-            finally:
-                self._peers.discard(peer)
-                self.dispatcher.connection_lost(peer)
+    async def _refuse_removed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              node_id: str, where: str) -> None:
+        """A connection with the certificate of a removed node: answer its first request with
+        the error, then close."""
+        msg = f"node {node_id} was removed from the swarm"
+        self._refusals.info("2377: refused a connection from %s: %s", where, msg)
+        with contextlib.suppress(Exception):
+            first = await wait_timeout(wire.read_frame(reader, wire.PREAUTH_LIMITS), self.first_frame_timeout)
+            rid = first.get("id")
+            if isinstance(rid, int) and first.get("t") not in ("reply", "error"):
+                writer.write(wire.encode_frame({"t": "error", "id": rid, "msg": msg}))
+                await wait_timeout(writer.drain(), self.first_frame_timeout)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), wire.CLOSE_LINGER)
+        wire.abort(writer)
 
-        t = asyncio.create_task(watch_close(), name=f"2377-conn {peer.name}")
-        self._watchers.add(t)
-        t.add_done_callback(self._watchers.discard)
+    async def _push(self, peer: wire.Peer, type: str, body: dict[str, Any]) -> None:
+        """Pushes to the manager: it serves none (agents and managers only send requests); the
+        connection is closed (and its end logged with this reason)."""
+        raise wire.Refused(f"unexpected push {type[:64]!r}: the manager takes requests only")
 
     # -- requests ---------------------------------------------------------------------------
 
     async def handle(self, peer: wire.Peer, type: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """Route one request from ``peer`` (see the module doc). Errors reach the peer as ``{"t": "error"}``."""
+        """Route one request from ``peer`` (see the module doc). Errors reach the peer as
+        ``{"t": "error"}``; a peer without a certificate that asks for anything but
+        :data:`ANON_CALLS`, and a removed node, are answered and then disconnected."""
+        ident = peer.info.get("identity")
+        if ident is None:
+            if type == "ca.root":
+                return {"cert": self.ca.cert_pem}
+            if type == "ca.join":
+                return await self.join(peer, body)
+            raise wire.Refused(
+                f"{type[:64]}: this call needs a node certificate issued by this swarm's CA; join the swarm first"
+            )
+        node_id, cert_role = ident
+        if self.removed(node_id):
+            msg = f"node {node_id} was removed from the swarm"
+            self._refusals.info("2377: closed the connection from %s: %s", peer.name, msg)
+            raise wire.Refused(msg)
         if type == "ca.root":
             return {"cert": self.ca.cert_pem}
         if type == "ca.join":
             return await self.join(peer, body)
-        ident = peer.info.get("identity")
-        if ident is None:
-            raise PermissionError(
-                f"{type}: this call needs a node certificate issued by this swarm's CA; join the swarm first"
-            )
-        node_id, role = ident
         if type.startswith("session."):
             return await self.dispatcher.handle(peer, node_id, type, body)
         if type == "ca.renew":
             return await self.renew(node_id, body)
         if type in self._extra:
             handler, need = self._extra[type]
-            if need is not None and role != need:
-                raise PermissionError(f"{type}: only {need} nodes may call this (this node is a {role})")
-            return await handler(peer, node_id, role, body)
-        raise LookupError(f"unknown request type {type!r}")
+            if need is not None:
+                if cert_role != need:
+                    raise PermissionError(f"{type}: only {need} nodes may call this (this node is a {cert_role})")
+                role = await self.current_role(node_id)
+                if role != need:
+                    now = "is not part of this swarm" if role is None else f"is a {role} now"
+                    raise PermissionError(f"{type}: only {need} nodes may call this (node {node_id} {now}; "
+                                          f"its certificate still says {cert_role})")
+            return await handler(peer, node_id, cert_role, body)
+        raise LookupError(f"unknown request type {type[:64]!r}")
 
     async def renew(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Serve ``ca.renew`` ``{"csr": pem}`` from an authenticated node: a new certificate for

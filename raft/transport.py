@@ -20,7 +20,14 @@ Design (after etcd's rafthttp, written our way):
   otherwise it is queued, and frames queued while a connection was busy go out in one write;
 - with TLS, an inbound connection must present a certificate of the cluster CA with
   OU ``swarm-manager`` (:func:`shoal.tlsutil.peer_identity`), and ``peer_check`` (if given)
-  must accept the pair (certificate identity, Raft ID in the hello), else it is closed;
+  must accept the pair (certificate identity, Raft ID in the hello), else it is closed (the
+  manager's check: the node is a current member and was not removed); when a peer is removed
+  (:meth:`Transport.remove_peer`, on a configuration change) its inbound connections are closed
+  too, so a member taken out of the configuration is heard no more;
+- inbound frames are read within :data:`shoal.wire.RAFT_LIMITS` (64 MiB: a MsgApp carries at
+  least one entry, as large as the largest store transaction; snapshots come in chunks of the
+  driver's ``max_size_per_msg``, 1 MiB), and one at a time: a peer that sends faster than the
+  Raft loop steps its messages is slowed by TCP;
 - the transport may listen itself (:meth:`Transport.start`) or be handed connections accepted
   by another server whose first frame was the hello (:meth:`Transport.accept`: the manager's
   2377 server does this, so Raft shares the cluster port with the dispatcher and the CA).
@@ -43,7 +50,7 @@ from typing import Any
 from raft.core import Message, message_from_dict, message_to_dict
 from raft.core.messages import MsgSnap
 from shoal.tlsutil import peer_identity
-from shoal.wire import WireError, encode_frame, read_frame
+from shoal.wire import RAFT_LIMITS, WireError, encode_frame, read_frame
 
 __all__ = ["PeerCheck", "Transport", "parse_addr"]
 
@@ -238,6 +245,7 @@ class Transport:
         self._channels: dict[tuple[int, str], _Channel] = {}
         self._server: asyncio.Server | None = None
         self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound_from: dict[int, set[asyncio.Task[None]]] = {}
         self._closed = False
         self.port = 0
 
@@ -259,12 +267,17 @@ class Transport:
                     ch.task.cancel()
 
     def remove_peer(self, node_id: int) -> None:
-        """Forget peer ``node_id`` and close its connections."""
+        """Forget peer ``node_id`` and close its connections, outbound and inbound."""
         self.peers.pop(node_id, None)
         for kind in ("msg", "snap"):
             ch = self._channels.pop((node_id, kind), None)
             if ch is not None:
                 ch.task.cancel()
+        inbound = self._inbound_from.pop(node_id, set())
+        if inbound:
+            log.info("raft: closing %d inbound connection(s) of %d: no longer a member", len(inbound), node_id)
+        for t in inbound:
+            t.cancel()
 
     def send(self, m: Message) -> None:
         """Queue ``m`` for ``m.to``; never blocks. Dropped if the peer is unknown or its queue is full."""
@@ -299,7 +312,7 @@ class Transport:
             writer.close()
             return
         try:
-            hello = await asyncio.wait_for(read_frame(reader), 10.0)
+            hello = await asyncio.wait_for(read_frame(reader, RAFT_LIMITS), 10.0)
         except (WireError, OSError, ssl.SSLError, TimeoutError) as e:
             log.debug("raft inbound connection closed before its hello: %s", e)
             writer.close()
@@ -332,13 +345,14 @@ class Transport:
                 reason = self.peer_check(ident, frm)
                 if reason is not None:
                     raise WireError(f"raft connection from {frm} refused: {reason}")
+            self._inbound_from.setdefault(frm, set()).add(task)
             if frm not in self.peers and isinstance(addr, str) and addr:
                 # A member we have not heard of (e.g. the leader, for a node that just joined):
                 # learn where to answer it.
                 with contextlib.suppress(ValueError):
                     self.add_peer(frm, addr)
             while True:
-                f = await read_frame(reader)
+                f = await read_frame(reader, RAFT_LIMITS)
                 if f.get("t") != "raft" or not isinstance(f.get("m"), dict):
                     raise WireError(f"expected a raft frame, got type {f.get('t')!r}")
                 m = message_from_dict(f["m"])
@@ -363,6 +377,12 @@ class Transport:
             pass
         finally:
             self._inbound.discard(task)
+            if frm is not None:
+                mine = self._inbound_from.get(frm)
+                if mine is not None:
+                    mine.discard(task)
+                    if not mine:
+                        del self._inbound_from[frm]
             writer.close()
 
     async def close(self) -> None:

@@ -332,8 +332,9 @@ class Agent:
             raise ValueError("logs.read: limit must be a number of bytes")
         ids = [str(t) for t in task_ids]
         read_page = getattr(self.executor, "read_logs_page", None)
-        if read_page is None:
-            return {"lines": await _maybe_await(self.executor.read_logs(ids, tail, since, timestamps))}
+        if read_page is None:  # an executor without pages: the newest lines that fit one reply
+            lines = await _maybe_await(self.executor.read_logs(ids, tail, since, timestamps))
+            return {"lines": wire.fit_log_lines(list(lines))}
         page: dict[str, Any] = await _maybe_await(
             read_page(ids, tail, since, {str(k): v for k, v in cursors.items()}, limit))
         return page

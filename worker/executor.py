@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
+from shoal import wire
 from shoal.containerrules import parse_extra_host
 from shoal.logopts import check_driver, check_options
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
@@ -47,9 +48,11 @@ except ImportError:  # pragma: no cover - before agent_runtime.containers lands
 
 log = logging.getLogger("shoal.worker.executor")
 
-LOG_PAGE_LIMIT = 4 * 1024 * 1024
-"""Bytes of log records one ``read_logs_page`` returns at most, all tasks together (as
-agent_runtime.jsonfile.READ_LIMIT; a manager may ask for less)."""
+LOG_PAGE_LIMIT = wire.LOGS_REPLY_BYTES
+"""Bytes of log records one ``read_logs_page`` returns at most, all tasks together: a record
+counts its JSON line plus ``RECORD_COST``, more than it takes in msgpack, so the ``logs.read``
+reply fits the manager's limit for a worker's frame (``shoal.wire.WORKER_LIMITS``); a manager may
+ask for less."""
 
 T = TypeVar("T")
 

@@ -8,23 +8,28 @@ states the way the real executor does, without running containers. No root neede
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import ssl
 import stat
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
-from manager.ca import RootCA
+from manager.ca import RootCA, blacklist_node
 from manager.dispatcher import Dispatcher
 from manager.server import ManagerServer, make_node
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
 from shoal import tlsutil, wire
 from shoal.util import new_id
+from tests.memory import PeakRss
 from tests.waiting import wait_until as wait_for
 from worker.agent import Agent
 from worker.join import JoinError, join, local_description
@@ -398,3 +403,229 @@ def test_join_and_session_on_uvloop(tmp_path: Path) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+# -- the cluster port against hostile peers (issue 7) --------------------------------------------
+
+
+async def raw_tls(mgr: Manager, certs: Path | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection to the manager's 2377 that the test drives frame by frame: without a
+    client certificate, or with the node certificate in ``certs``."""
+    if certs is None:
+        ctx = tlsutil.client_context(ca_pem=mgr.ca.cert_pem)
+    else:
+        ctx = tlsutil.client_context(certs / "node.crt", certs / "node.key", certs / "ca.crt")
+    return await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", mgr.server.port, ssl=ctx, server_hostname=tlsutil.MANAGER_SERVER_NAME), 5)
+
+
+async def read_until_closed(r: asyncio.StreamReader, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Read frames until the server closes the connection; return them. Fails the test if the
+    connection is still open after ``timeout`` seconds."""
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                frames.append(await wire.read_frame(r))
+            except (wire.WireError, OSError, ssl.SSLError):
+                return frames
+
+
+MILLION_MAPS = b"\xdd" + struct.pack(">I", 1_000_000) + b"\x80" * 1_000_000
+
+
+def frame_with_raw_body(t: str, rid: int, body: bytes) -> bytes:
+    """``{"t": t, "id": rid, "b": <body>}`` with ``body`` given as raw msgpack bytes."""
+    data = b"\x83" + msgpack.packb("t") + msgpack.packb(t) + msgpack.packb("id") + msgpack.packb(rid) \
+        + msgpack.packb("b") + body
+    return struct.pack(">I", len(data)) + data
+
+
+async def test_oversized_first_frame_without_certificate_is_closed_and_logged_once(
+        mgr: Manager, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    r, w = await raw_tls(mgr)
+    try:
+        # a well-formed ca.root, padded to 70 KB: over the 64 KiB a peer without a certificate may send
+        w.write(wire.encode_frame({"t": "ca.root", "id": 1, "b": {"pad": "x" * 70_000}}))
+        assert await read_until_closed(r) == []  # closed, not answered
+    finally:
+        w.close()
+    lines = [rec for rec in caplog.records if "frame over pre-authentication limit" in rec.getMessage()]
+    assert len(lines) == 1, [rec.getMessage() for rec in caplog.records]
+    assert lines[0].levelno == logging.INFO and "65536" in lines[0].getMessage()
+    assert not [rec for rec in caplog.records if rec.exc_info]
+    await wait_for(lambda: mgr.server.preauth_connections == 0, 5, "the connection to be forgotten")
+
+
+@pytest.mark.parametrize("who", ["no certificate", "worker"])
+async def test_a_million_empty_maps_on_2377_is_refused_with_bounded_memory(
+        mgr: Manager, tmp_path: Path, who: str) -> None:
+    certs = None
+    if who == "worker":
+        certs = tmp_path / "w"
+        await join(mgr.addr, mgr.tokens()["Worker"], "w", "", certs, timeout=10)
+    r, w = await raw_tls(mgr, certs)
+    try:
+        with PeakRss() as mem:
+            w.write(frame_with_raw_body("session.heartbeat", 1, MILLION_MAPS))
+            assert await read_until_closed(r, 10) == []
+        assert mem.growth < 50 * 1024 * 1024
+    finally:
+        w.close()
+    # the server is fine
+    r, w = await raw_tls(mgr)
+    try:
+        w.write(wire.encode_frame({"t": "ca.root", "id": 1, "b": {}}))
+        assert (await wire.read_frame(r))["b"]["cert"] == mgr.ca.cert_pem
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("who", ["no certificate", "worker"])
+async def test_a_connection_without_a_first_frame_is_closed(mgr: Manager, tmp_path: Path, who: str) -> None:
+    certs = None
+    if who == "worker":
+        certs = tmp_path / "w"
+        await join(mgr.addr, mgr.tokens()["Worker"], "w", "", certs, timeout=10)
+    mgr.server.first_frame_timeout = 0.3
+    r, w = await raw_tls(mgr, certs)
+    try:
+        t0 = time.monotonic()
+        assert await read_until_closed(r, 5) == []
+        assert time.monotonic() - t0 < 3
+    finally:
+        w.close()
+
+
+async def test_unauthenticated_connections_are_capped(mgr: Manager, tmp_path: Path) -> None:
+    wcerts = tmp_path / "w"
+    await join(mgr.addr, mgr.tokens()["Worker"], "w", "", wcerts, timeout=10)
+    mgr.server.max_preauth = 3
+    idle = [await raw_tls(mgr) for _ in range(3)]
+    try:
+        await wait_for(lambda: mgr.server.preauth_connections == 3, 5, "three unauthenticated connections")
+        r, w = await raw_tls(mgr)  # the fourth is closed at once, without a word
+        w.write(wire.encode_frame({"t": "ca.root", "id": 1, "b": {}}))
+        t0 = time.monotonic()
+        assert await read_until_closed(r) == []
+        assert time.monotonic() - t0 < 2
+        w.close()
+        # a node with a certificate still gets in
+        r, w = await raw_tls(mgr, wcerts)
+        w.write(wire.encode_frame({"t": "ca.root", "id": 1, "b": {}}))
+        assert (await wire.read_frame(r))["b"]["cert"] == mgr.ca.cert_pem
+        w.close()
+    finally:
+        for _, iw in idle:
+            iw.close()
+    # once they are gone, joins work again
+    await wait_for(lambda: mgr.server.preauth_connections == 0, 5, "the idle connections to be forgotten")
+    await join(mgr.addr, mgr.tokens()["Worker"], "w2", "", tmp_path / "w2", timeout=10)
+
+
+async def test_garbage_without_a_certificate_is_one_log_line_not_tracebacks(
+        mgr: Manager, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    garbage = [
+        wire.encode_frame({"t": "session.open", "id": 1, "b": {}}),  # a call that needs a certificate
+        wire.encode_frame({"t": "session.status", "b": {"updates": []}}),  # a push
+        struct.pack(">I", 3) + b"\xc1\xc1\xc1",  # not msgpack
+        wire.encode_frame({"id": 1, "b": {}}),  # no type
+        struct.pack(">I", 5) + b"\x93\x01\x02\x03\x04",  # not a map, trailing bytes
+    ]
+    replies = []
+    for _ in range(8):
+        for g in garbage:
+            r, w = await raw_tls(mgr)
+            w.write(g)
+            replies.append(await read_until_closed(r))
+            w.close()
+    # a request is answered (once) before the connection is closed
+    assert replies[0] == [{"t": "error", "id": 1, "msg": "session.open: this call needs a node certificate "
+                                                         "issued by this swarm's CA; join the swarm first"}]
+    assert all(rep == [] for i, rep in enumerate(replies) if i % len(garbage) != 0)
+    assert not [rec for rec in caplog.records if rec.exc_info], "no tracebacks"
+    ours = [rec for rec in caplog.records if rec.name.startswith(("manager", "shoal")) and rec.levelno >= logging.INFO]
+    assert 1 <= len(ours) <= 2, [rec.getMessage() for rec in ours]  # throttled: one line per 10 s
+
+
+async def test_a_flooding_worker_that_does_not_read_is_bounded_and_disconnected(
+        mgr: Manager, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="manager.server")
+    wcerts = tmp_path / "w"
+    await join(mgr.addr, mgr.tokens()["Worker"], "w", "", wcerts, timeout=10)
+    mgr.server.write_timeout = 0.5
+    r, w = await raw_tls(mgr, wcerts)
+    try:
+        most = 0
+        for i in range(1, 20_001):  # ~14 MB of replies that are never read
+            w.write(wire.encode_frame({"t": "ca.root", "id": i, "b": {}}))
+            if i % 500 == 0:
+                await asyncio.sleep(0)
+                most = max([most, *(p.inflight for p in mgr.server.peers)])
+        await wait_for(lambda: not mgr.server.peers, 15, "the server to drop the connection")
+        assert most <= wire.MAX_INFLIGHT
+        assert any("read nothing for 0.5 s" in rec.getMessage() for rec in caplog.records)
+    finally:
+        w.close()
+
+
+async def test_a_removed_node_is_refused_on_2377(mgr: Manager, tmp_path: Path) -> None:
+    wcerts = tmp_path / "w"
+    node_id, _, _ = await join(mgr.addr, mgr.tokens()["Worker"], "w", "", wcerts, timeout=10)
+    old = await wire.connect_node("127.0.0.1", mgr.server.port, wcerts, timeout=5)
+    try:
+        assert (await old.request("session.open", {}))["session_id"]
+
+        def node_rm(tx: WriteTx) -> None:  # what DELETE /nodes/{id} writes (manager.api node_remove)
+            c = tx.get("cluster", mgr.cluster_id)
+            assert c is not None
+            blacklist_node(c, node_id)
+            tx.update("cluster", c)
+            tx.delete("nodes", node_id)
+
+        await mgr.store.update(node_rm)
+        # a new connection with its certificate: refused with the reason, then closed
+        p = await wire.connect_node("127.0.0.1", mgr.server.port, wcerts, timeout=5)
+        try:
+            with pytest.raises(wire.RemoteError, match=f"^node {node_id} was removed from the swarm$"):
+                await p.request("ca.renew", {"csr": "x"})
+            await asyncio.wait_for(p.wait_closed(), 5)
+        finally:
+            await p.close()
+        # a connection opened before: its next request is refused the same way and it is closed
+        if not old.closed:
+            with pytest.raises(wire.WireError, match="removed from the swarm|closed"):
+                await old.request("ca.root", {})
+            await asyncio.wait_for(old.wait_closed(), 5)
+    finally:
+        await old.close()
+
+
+async def test_a_demoted_manager_loses_manager_calls_at_once(mgr: Manager, tmp_path: Path) -> None:
+    async def ping(peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": node_id}
+
+    mgr.server.register("raft.ping", ping, role="manager")
+    mcerts = tmp_path / "m"
+    mid, _, _ = await join(mgr.addr, mgr.tokens()["Manager"], "m", "", mcerts, timeout=10)
+    p = await wire.connect_node("127.0.0.1", mgr.server.port, mcerts, timeout=5)
+    try:
+        assert await p.request("raft.ping", {}) == {"pong": mid}
+
+        def demote(tx: WriteTx) -> None:
+            n = tx.get("nodes", mid)
+            assert n is not None
+            n["Spec"]["Role"] = "worker"
+            tx.update("nodes", n)
+
+        await mgr.store.update(demote)
+        with pytest.raises(wire.RemoteError, match=rf"raft.ping: only manager nodes may call this \(node {mid} "
+                                                   r"is a worker now; its certificate still says manager\)"):
+            await p.request("raft.ping", {})
+        await mgr.store.update(lambda tx: tx.delete("nodes", mid))
+        with pytest.raises(wire.RemoteError, match=f"node {mid} is not part of this swarm"):
+            await p.request("raft.ping", {})
+    finally:
+        await p.close()

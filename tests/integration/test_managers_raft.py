@@ -30,9 +30,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from manager.ca import RootCA
+from manager.ca import RootCA, blacklist_node
 from manager.manager import Manager, raft_id
 from manager.store import Unavailable, WriteTx
+from raft.core import message_to_dict
+from raft.core.messages import MsgVote
 from shoal import tlsutil, wire
 from shoal.util import new_id
 from tests.ports import free_port
@@ -516,3 +518,97 @@ async def test_force_new_cluster_keeps_the_state_and_writes_alone(tmp_path: Path
         await wait_until(lambda: m.is_leader, 5, "the forced manager to lead again after a restart")
         assert m.log.driver.voters == frozenset({x.rid})
         assert has_service(x, sid) and has_service(x, sid2)
+
+
+# -- 7. ex-managers lose their rights at once (issue 7) -----------------------------------------
+
+
+async def call_as(certs: Path, addr: str, type: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Request ``type`` on the manager at ``addr`` with the node certificate in ``certs``."""
+    host, port = addr.rsplit(":", 1)
+    p = await wire.connect_node(host, int(port), certs, timeout=5.0)
+    try:
+        return await p.request(type, body, timeout=10.0)
+    finally:
+        await p.close()
+
+
+def set_role(node_id: str, role: str) -> Callable[[WriteTx], None]:
+    def fn(tx: WriteTx) -> None:
+        n = tx.get("nodes", node_id)
+        assert n is not None
+        n["Spec"] = {**n["Spec"], "Role": role}
+        n.pop("Version", None)
+        tx.update("nodes", n)
+    return fn
+
+
+async def test_a_demoted_manager_loses_manager_calls_and_raft_at_once(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        leader = await s.converged()
+        a, b = s.followers()
+        await write(leader.m, set_role(a.node_id, "worker"))  # `node demote a`
+        await wait_until(lambda: a.rid not in leader.m.log.driver.voters and all(
+            (x.m.store.view().get("nodes", a.node_id) or {})["Spec"]["Role"] == "worker" for x in (leader, b)),
+            5, "the demotion applied everywhere and a out of the Raft configuration")
+        await s.stop(a)  # what its daemon does; its certificate still says manager
+        assert cert_ou(a.certs) == "swarm-manager"
+        refused = (rf"only manager nodes may call this \(node {a.node_id} is a worker now; "
+                   r"its certificate still says manager\)")
+        for x in (leader, b):
+            for t, body in (("api.forward", {"method": "GET", "path": "/info", "headers": {}, "body": b""}),
+                            ("raft.join", {"addr": a.addr}),
+                            ("logs.collect", {"task_ids": []})):
+                with pytest.raises(wire.RemoteError, match=refused):
+                    await call_as(a.certs, x.addr, t, body)
+        assert a.rid not in leader.m.log.driver.voters
+
+        # its Raft messages are refused too: a vote in a much higher term (a leadership
+        # transfer's, which skips the leader's stickiness) would depose the leader
+        term = leader.m.log.term
+        host, port = leader.addr.rsplit(":", 1)
+        r, w = await asyncio.open_connection(host, int(port), ssl=tlsutil.node_client_context(a.certs),
+                                             server_hostname=tlsutil.MANAGER_SERVER_NAME)
+        try:
+            w.write(wire.encode_frame({"t": "raft-hello", "from": a.rid, "ch": "msg", "addr": a.addr}))
+            vote = MsgVote(term=term + 100, frm=a.rid, to=leader.rid, index=10**9, log_term=term + 99,
+                           transfer=True)
+            w.write(wire.encode_frame({"t": "raft", "m": message_to_dict(vote)}))
+            async with asyncio.timeout(5):
+                assert await r.read() == b""  # closed
+        finally:
+            w.close()
+        assert leader.m.is_leader and leader.m.log.term == term
+
+        # `node rm a`: even its connections are refused now
+        def node_rm(tx: WriteTx) -> None:
+            c = tx.get("cluster", leader.m.cluster_id)
+            assert c is not None
+            blacklist_node(c, a.node_id)
+            tx.update("cluster", c)
+            tx.delete("nodes", a.node_id)
+
+        await write(leader.m, node_rm)
+        await wait_until(lambda: b.m.store.view().get("nodes", a.node_id) is None, 5, "the removal on b")
+        for x in (leader, b):
+            with pytest.raises(wire.RemoteError, match=f"^node {a.node_id} was removed from the swarm$"):
+                await call_as(a.certs, x.addr, "ca.renew", {"csr": "x"})
+
+
+async def test_raft_leave_removes_the_caller_only(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        leader = await s.converged()
+        a, b = s.followers()
+        # a follower does not forward a leave (it would carry someone's ID): the leaver asks the leader
+        with pytest.raises(wire.RemoteError, match="not the leader"):
+            await call_as(a.certs, b.addr, "raft.leave", {"node_id": b.node_id})
+        # the body's node ID is ignored: a leaves, b stays
+        assert await call_as(a.certs, leader.addr, "raft.leave", {"node_id": b.node_id}) == {"ok": True}
+        await wait_until(lambda: a.rid not in leader.m.log.driver.voters, 5, "a out of the Raft configuration")
+        view = leader.m.store.view()
+        assert view.get("nodes", a.node_id)["Spec"]["Role"] == "worker"  # type: ignore[index]
+        assert view.get("nodes", b.node_id)["Spec"]["Role"] == "manager"  # type: ignore[index]
+        assert leader.m.log.driver.voters == frozenset({leader.rid, b.rid})
+        # what `swarm leave --force` on a manager runs: through the leader
+        await b.m.leave_raft()
+        await wait_until(lambda: leader.m.log.driver.voters == frozenset({leader.rid}), 5, "b out too")

@@ -5,6 +5,7 @@ routes use); the orchestrator and scheduler loops run for real where a test need
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import struct
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 import manager.api as api_module
 from manager.api import add_routes
+from manager.ca import blacklist_node, is_blacklisted
 from manager.orchestrator import Orchestrator
 from manager.scheduler import Scheduler
 from manager.specs import default_swarm_spec
@@ -343,3 +345,22 @@ async def test_docker_py_service_mode_and_scale(env: tuple[TestClient[web.Reques
         assert spec["Mode"] == {"Replicated": {"Replicas": 3}}
     finally:
         dc.close()
+
+
+async def test_node_rm_refuses_the_node_certificate_from_now_on(
+        env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble]) -> None:
+    client, mgr = env
+    assert (await client.delete("/nodes/h3?force=true")).status == 200
+    c = mgr.store.view().get("cluster", "cluster1")
+    assert c is not None
+    assert is_blacklisted(c, "node3abc") and not is_blacklisted(c, "node2abc")
+    # until the last certificate issued to it has expired (90 days), then the entry may go
+    exp = dt.datetime.fromisoformat(c["BlacklistedCertificates"]["node3abc"]["Expiry"])
+    left = exp - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(days=89) < left <= dt.timedelta(days=90)
+    assert not is_blacklisted(c, "node3abc", now=exp + dt.timedelta(seconds=1))
+    assert "BlacklistedCertificates" not in await (await client.get("/swarm")).json()
+    # an expired entry is dropped at the next removal
+    c2 = dict(c, BlacklistedCertificates={"old": {"Expiry": "2000-01-01T00:00:00Z"}})
+    blacklist_node(c2, "x")
+    assert set(c2["BlacklistedCertificates"]) == {"x"}

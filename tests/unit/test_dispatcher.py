@@ -376,3 +376,26 @@ async def test_leave_marks_the_node_down_at_once(env: Env) -> None:
     assert n["Status"]["Message"] == "node left the swarm"
     with pytest.raises(wire.RemoteError):
         await fn.heartbeat()  # the session is gone
+
+
+async def test_a_node_that_does_not_read_costs_one_pending_push_not_a_queue(env: Env) -> None:
+    """Every assignment change while the node reads nothing: one push is being written, the
+    newest set waits (replacing older ones), and no task or message piles up per change."""
+    await env.add_node("n1")
+    for i in range(10):
+        await env.add_task(f"t{i}", "n1")
+    r, w = await asyncio.open_connection("127.0.0.1", env.port)
+    try:
+        w.write(wire.encode_frame({"t": "session.open", "id": 1, "b": {"as": "n1"}}))
+        assert (await wire.read_frame(r))["t"] == "reply"
+        # from now on the node reads nothing; each change makes a ~500 KB assignment set
+        most_tasks = 0
+        for k in range(40):
+            await env.modify_task(f"t{k % 10}", lambda t, k=k: t["Spec"]["ContainerSpec"].update(  # type: ignore[misc]
+                Env=[f"K={k}", "PAD=" + "p" * 50_000]))
+            await asyncio.sleep(0.04)  # past the 30 ms coalescing: every change is its own push
+            most_tasks = max(most_tasks, len(env.d._tasks))
+        assert most_tasks <= 2, f"{most_tasks} push tasks for one node"
+        assert len(env.d._sessions["n1"].outbox) <= 1
+    finally:
+        w.close()

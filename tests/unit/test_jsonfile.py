@@ -19,7 +19,7 @@ from agent_runtime.containers import ContainerError, Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.jsonfile import LogWriter, file_count, parse_cursor, parse_time, read_page
 from agent_runtime.spec import ContainerSpec
-from shoal import logopts
+from shoal import logopts, wire
 from shoal.logopts import LogOptError, check_driver, check_options, effective, parse_flags, parse_size
 from shoal.util import now_rfc3339
 
@@ -375,3 +375,22 @@ async def test_runtime_create_refuses_a_bad_log_option(tmp_path: Path) -> None:
     with pytest.raises(ContainerError, match="max-size must be a positive number"):
         await rt.create(ContainerSpec(id=cid, image="busybox", log_opts={"max-size": "0"}))
     assert not (rt.root / cid).exists()
+
+
+@pytest.mark.parametrize("line", [b"x\n", "\U0001f600".encode() * 4000 + b"\n", b"y" * 20000 + b"\n"],
+                         ids=["tiny lines", "4-byte characters", "16 KiB records"])
+def test_a_full_page_fits_a_workers_logs_read_reply(log: Path, line: bytes) -> None:
+    """A page of the worker's size (shoal.wire.LOGS_REPLY_BYTES) of the worst records — tiny
+    ones (per-record overhead), 4-byte characters, 16 KiB ones — encoded as the agent's
+    ``logs.read`` reply, is read by the manager within ``WORKER_LIMITS`` (the reply is never cut,
+    which would lose lines behind the cursor)."""
+    w = jsonfile.LogWriter(log, max_size=1 << 30, max_file=1)
+    for _ in range(2 * wire.LOGS_REPLY_BYTES // len(line * 64) + 1):
+        w.feed("stdout", line * 64)
+    w.close()
+    page = jsonfile.read_page(log, limit=wire.LOGS_REPLY_BYTES)
+    assert page.more and page.records
+    reply = {"lines": [{"task_id": "t" * 25, "stream": r["stream"], "time": r["time"], "log": r["log"]}
+                       for r in page.records], "cursors": {"t" * 25: page.cursor}, "more": True}
+    frame = wire.encode_frame({"t": "reply", "id": 1, "b": reply})
+    assert wire.decode_frame(frame[4:], wire.WORKER_LIMITS)["b"]["lines"][-1]["log"] == page.records[-1]["log"]

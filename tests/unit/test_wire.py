@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from shoal import wire
 from shoal.wire import Peer, RemoteError, WireError
+from tests.memory import PeakRss
+from tests.waiting import wait_until
 
 
 async def _pair(
@@ -83,7 +85,7 @@ def test_encode_frame_too_big(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_read_frame_rejects_oversize_and_garbage() -> None:
     r = asyncio.StreamReader()
     r.feed_data(struct.pack(">I", wire.MAX_FRAME + 1))
-    with pytest.raises(WireError, match="over the"):
+    with pytest.raises(WireError, match="frame over default limit: 67108865 bytes"):
         await wire.read_frame(r)
     r = asyncio.StreamReader()
     body = msgpack.packb([1, 2])
@@ -212,3 +214,184 @@ def test_frame_roundtrip_property(body: dict[str, Any]) -> None:
         return await wire.read_frame(r)
 
     assert asyncio.run(decode()) == body
+
+
+# -- bounds on what a peer can make us hold (issue 7) ------------------------------------------
+
+
+def _frame_with_body(body: bytes) -> bytes:
+    """A frame ``{"t": "x", "b": <body>}`` where ``body`` is raw msgpack bytes."""
+    data = b"\x82\xa1t\xa1x\xa1b" + body
+    return struct.pack(">I", len(data)) + data
+
+
+MILLION_MAPS = b"\xdd" + struct.pack(">I", 1_000_000) + b"\x80" * 1_000_000
+"""msgpack: an array32 of a million empty maps (~1 MB; ~70 MB of Python dicts if decoded)."""
+
+
+async def test_a_million_empty_maps_is_a_wire_error_with_bounded_memory() -> None:
+    frame = _frame_with_body(MILLION_MAPS)
+    assert len(frame) < wire.WORKER_LIMITS.frame  # under every byte limit of an authenticated peer
+    for limits in (wire.DEFAULT_LIMITS, wire.RAFT_LIMITS, wire.MANAGER_LIMITS, wire.WORKER_LIMITS):
+        r = asyncio.StreamReader()
+        r.feed_data(frame)
+        with PeakRss() as mem, pytest.raises(WireError, match=f"frame over {limits.name} limit: 1000000 "
+                                                             "exceeds max_array_len"):
+            await wire.read_frame(r, limits)
+        assert mem.growth < 50 * 1024 * 1024
+
+
+async def test_nested_maps_are_counted_for_untrusted_peers() -> None:
+    # 16 arrays of 65536 empty maps: each array is under the per-array limit, the whole is not
+    inner = b"\xdc" + struct.pack(">H", 65535) + b"\x80" * 65535
+    body = b"\xdc" + struct.pack(">H", 16) + inner * 16
+    frame = _frame_with_body(body)
+    r = asyncio.StreamReader()
+    r.feed_data(frame)
+    with PeakRss() as mem, pytest.raises(WireError, match="frame over worker limit: more than 262144 maps and arrays"):
+        await wire.read_frame(r, wire.WORKER_LIMITS)
+    assert mem.growth < 50 * 1024 * 1024
+
+
+async def test_pre_authentication_limits() -> None:
+    r = asyncio.StreamReader()
+    r.feed_data(struct.pack(">I", 64 * 1024 + 1))
+    with pytest.raises(WireError, match=r"frame over pre-authentication limit: 65537 bytes, at most 65536"):
+        await wire.read_frame(r, wire.PREAUTH_LIMITS)
+    for body, what in ((msgpack.packb("x" * 20000), "max_str_len"), (msgpack.packb(b"x" * 20000), "max_bin_len"),
+                       (msgpack.packb(list(range(2000))), "max_array_len"),
+                       (msgpack.packb(msgpack.ExtType(1, b"x")), "max_ext_len")):
+        r = asyncio.StreamReader()
+        r.feed_data(_frame_with_body(body))
+        with pytest.raises(WireError, match=f"frame over pre-authentication limit: .*{what}"):
+            await wire.read_frame(r, wire.PREAUTH_LIMITS)
+    # what ca.join carries fits
+    r = asyncio.StreamReader()
+    r.feed_data(wire.encode_frame({"t": "ca.join", "id": 1, "b": {"token": "SWMTKN-1-" + "a" * 76,
+                                                                  "csr": "c" * 800, "hostname": "h",
+                                                                  "description": {"Engine": {"Plugins": []}}}}))
+    assert (await wire.read_frame(r, wire.PREAUTH_LIMITS))["t"] == "ca.join"
+
+
+@contextlib.asynccontextmanager
+async def raw_server(**peer_kw: Any) -> AsyncIterator[tuple[int, list[Peer], dict[str, Any]]]:
+    """A plain TCP server whose connections are Peers with ``peer_kw``; the handler blocks
+    requests of type ``block`` and pushes until ``state["release"]`` is set, and echoes
+    ``echo`` requests (``{"n": bytes}`` → that many bytes back)."""
+    peers: list[Peer] = []
+    state: dict[str, Any] = {"release": asyncio.Event(), "served": 0, "max_inflight": 0}
+
+    async def handler(peer: Peer, t: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        state["max_inflight"] = max(state["max_inflight"], peer.inflight)
+        if t == "echo":
+            return {"blob": b"x" * int(body.get("n", 0))}
+        await state["release"].wait()
+        state["served"] += 1
+        return {}
+
+    async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        p = Peer(r, w, handler, name="server-side", **peer_kw)
+        peers.append(p)
+        p.start()
+
+    srv = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    try:
+        yield srv.sockets[0].getsockname()[1], peers, state
+    finally:
+        for p in peers:
+            await p.close()
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_request_flood_is_back_pressured_not_buffered() -> None:
+    async with raw_server(max_inflight=8) as (port, peers, state):
+        client = await wire.connect("127.0.0.1", port, None, timeout=5)
+        try:
+            calls = [asyncio.create_task(client.request("block", {"pad": b"p" * 1000}, timeout=30))
+                     for _ in range(500)]
+            await wait_until(lambda: peers and peers[0].inflight == 8, 5, "8 requests in flight")
+            await asyncio.sleep(0.2)  # the other 492 stay in TCP buffers (the server stopped reading)
+            assert peers[0].inflight == 8 and state["served"] == 0
+            state["release"].set()
+            await asyncio.wait_for(asyncio.gather(*calls), 20)
+            assert state["served"] == 500 and state["max_inflight"] <= 8
+        finally:
+            await client.close()
+
+
+async def test_a_peer_that_does_not_read_is_disconnected() -> None:
+    async with raw_server(max_inflight=4, write_timeout=0.5) as (port, peers, _):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            # ask for 256 KiB replies again and again, and never read one
+            for i in range(1, 400):
+                w.write(wire.encode_frame({"t": "echo", "id": i, "b": {"n": 256 * 1024}}))
+            await wait_until(lambda: peers and peers[0].closed, 15, "the server to drop the connection")
+            assert peers[0].close_reason.startswith("the peer read nothing for 0.5 s"), peers[0].close_reason
+            assert peers[0].inflight <= 4
+        finally:
+            w.close()
+
+
+async def test_a_push_flood_is_disconnected() -> None:
+    async with raw_server(max_pushes=16) as (port, peers, _):
+        client = await wire.connect("127.0.0.1", port, None, timeout=5)
+        try:
+            for i in range(100):
+                with contextlib.suppress(WireError):
+                    await client.send("block", {"i": i})
+            await wait_until(lambda: peers and peers[0].closed, 5, "the server to drop the connection")
+            assert peers[0].close_reason == ("16 pushes waiting to be handled: the peer sends them faster "
+                                             "than they are handled")
+            assert peers[0].pushes_waiting <= 17
+        finally:
+            await client.close()
+
+
+async def test_idle_timeout_closes_a_silent_peer() -> None:
+    async with raw_server(idle_timeout=0.3) as (port, peers, _):
+        client = await wire.connect("127.0.0.1", port, None, timeout=5)
+        try:
+            assert (await client.request("echo", {"n": 1}))["blob"] == b"x"
+            await asyncio.wait_for(client.wait_closed(), 5)
+            assert peers[0].close_reason == "no frame within 0.3 s"
+        finally:
+            await client.close()
+
+
+async def test_refused_answers_then_closes_and_frames_without_type_close() -> None:
+    async def h(peer: Peer, t: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        raise wire.Refused("go away")
+
+    async with pair(h) as (client, sp):
+        with pytest.raises(RemoteError, match="go away"):
+            await client.request("x", {})
+        await asyncio.wait_for(client.wait_closed(), 5)
+        assert sp[0].close_reason == "go away"
+    async with pair(echo) as (client, sp):
+        await client._write({"id": 5, "b": {}})
+        await asyncio.wait_for(client.wait_closed(), 5)
+        assert sp[0].close_reason == "malformed frame: no type"
+
+
+async def test_a_reply_too_large_is_answered_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with raw_server() as (port, _, _):
+        client = await wire.connect("127.0.0.1", port, None, timeout=5)
+        try:
+            monkeypatch.setattr(wire, "MAX_FRAME", 1000)
+            with pytest.raises(RemoteError, match="the reply to 'echo' could not be sent: frame of .* exceeds"):
+                await client.request("echo", {"n": 2000}, timeout=5)
+        finally:
+            await client.close()
+
+
+def test_log_lines_are_cut_to_fit_a_worker_frame() -> None:
+    line = {"task_id": "t" * 25, "stream": "stdout", "time": "2026-01-01T00:00:00.000000000Z"}
+    for text in ("é" * 1000, "x" * 1000, "日本" * 500):
+        lines = [dict(line, log=f"{i} {text}") for i in range(20_000)]  # 20-60 MB encoded
+        kept = wire.fit_log_lines(lines)
+        assert kept and kept[-1] is lines[-1] and kept == lines[len(lines) - len(kept):]  # the newest
+        assert len(wire.encode_frame({"t": "reply", "id": 1, "b": {"lines": kept}})) < wire.WORKER_LIMITS.frame
+    short = [dict(line, log="hi")] * 300_000
+    assert len(wire.fit_log_lines(short, max_bytes=10**9)) == wire.LOGS_REPLY_LINES
