@@ -3,6 +3,7 @@ an image store, and skip-unless-root. Everything made here is removed at the end
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -11,11 +12,15 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from agent_runtime.containers import Runtime
+from agent_runtime.images import ImageStore
+from agent_runtime.oci.cgroups import Cgroup
 
 BUSYBOX = "/usr/bin/busybox"
 TEST_REF = "shoal.test/busybox:latest"
@@ -155,3 +160,33 @@ def scratch_dir() -> Iterator[Path]:
             base.rmdir()  # only when no other test session is using it
         except OSError:
             pass
+
+
+async def cleanup_runtime(rt: Runtime, cgroup_parent: str) -> None:
+    """Remove every container of ``rt`` and its cgroup parent, going on past failures (printed)."""
+    for st in rt.list():
+        try:
+            await rt.remove(st.id)
+        except Exception as e:  # noqa: BLE001 - keep cleaning the others
+            print(f"cleanup of {st.id} failed: {e}")
+    try:
+        Cgroup("/" + cgroup_parent).destroy(timeout=5)
+    except OSError as e:
+        print(f"cleanup of cgroup {cgroup_parent} failed: {e}")
+
+
+@contextlib.asynccontextmanager
+async def scratch_runtime(scratch_dir: Path, busybox_archive: Path, name: str = "shoal-test",
+                          **kwargs: Any) -> AsyncIterator[Runtime]:
+    """A Runtime (shoal-oci) on ``scratch_dir`` with the busybox test image loaded, under a
+    cgroup parent of its own (``<name>-<pid>-<random>``); ``kwargs`` go to Runtime (e.g.
+    ``log_opts``). Everything it made is removed on exit, even on failure."""
+    require_root()
+    images = ImageStore(scratch_dir / "images")
+    assert images.load(busybox_archive) == [TEST_REF]
+    parent = f"{name}-{os.getpid()}-{os.urandom(3).hex()}"
+    rt = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, parent, "shoal", **kwargs)
+    try:
+        yield rt
+    finally:
+        await cleanup_runtime(rt, parent)

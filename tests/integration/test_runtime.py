@@ -22,35 +22,16 @@ from agent_runtime.containers import ContainerSpec, Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
 from shoal.util import new_container_id
-from tests.integration.conftest import TEST_REF, require_root
+from tests.integration.conftest import TEST_REF, cleanup_runtime, require_root, scratch_runtime
 
 pytestmark = pytest.mark.root
-
-
-async def _cleanup_runtime(rt: Runtime, cgroup_parent: str) -> None:
-    for st in rt.list():
-        try:
-            await rt.remove(st.id)
-        except Exception as e:  # noqa: BLE001 - keep cleaning the others
-            print(f"cleanup of {st.id} failed: {e}")
-    try:
-        Cgroup("/" + cgroup_parent).destroy(timeout=5)
-    except OSError as e:
-        print(f"cleanup of cgroup {cgroup_parent} failed: {e}")
 
 
 @pytest.fixture
 async def runtime(scratch_dir: Path, busybox_archive: Path) -> AsyncIterator[Runtime]:
     """A Runtime on a scratch root with the busybox image loaded, using shoal-oci."""
-    require_root()
-    images = ImageStore(scratch_dir / "images")
-    assert images.load(busybox_archive) == [TEST_REF]
-    parent = f"shoal-test-{os.getpid()}-{os.urandom(3).hex()}"
-    rt = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, parent, "shoal")
-    try:
+    async with scratch_runtime(scratch_dir, busybox_archive, "shoal-test") as rt:
         yield rt
-    finally:
-        await _cleanup_runtime(rt, parent)
 
 
 async def wait_for(cond, timeout: float, what: str, interval: float = 0.02):  # type: ignore[no-untyped-def]
@@ -292,7 +273,7 @@ def test_start_returns_promptly_under_uvloop(scratch_dir: Path, busybox_archive:
             st = await rt.stop(cid, timeout=0.5)
             assert st.exit_code == 137
         finally:
-            await _cleanup_runtime(rt, parent)
+            await cleanup_runtime(rt, parent)
 
     loop = uvloop.new_event_loop()
     try:

@@ -19,11 +19,10 @@ import pytest
 
 from agent_runtime.bundle import _DEVICE_RULES
 from agent_runtime.containers import ContainerSpec, Runtime
-from agent_runtime.images import ImageStore
 from agent_runtime.oci import cgroups
 from agent_runtime.oci.cgroups import Cgroup
 from shoal.util import new_container_id
-from tests.integration.conftest import BUSYBOX, TEST_REF, require_root
+from tests.integration.conftest import BUSYBOX, TEST_REF, require_root, scratch_runtime
 
 pytestmark = pytest.mark.root
 
@@ -77,17 +76,8 @@ def test_v2_device_program_denies_block_device_and_allows_dev_null(
 
 @pytest.fixture
 async def runtime(scratch_dir: Path, busybox_archive: Path) -> AsyncIterator[Runtime]:
-    require_root()
-    images = ImageStore(scratch_dir / "images")
-    images.load(busybox_archive)
-    parent = f"shoal-test-dev-{os.getpid()}-{os.urandom(3).hex()}"
-    rt = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, parent, "shoal")
-    try:
+    async with scratch_runtime(scratch_dir, busybox_archive, "shoal-test-dev") as rt:
         yield rt
-    finally:
-        for st in rt.list():
-            await rt.remove(st.id)
-        Cgroup("/" + parent).destroy()
 
 
 async def test_default_container_cannot_read_a_block_device(runtime: Runtime) -> None:

@@ -27,7 +27,7 @@ from agent_runtime.containers import ContainerError, ContainerSpec, Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
 from shoal.util import new_container_id
-from tests.integration.conftest import TEST_REF, busybox_layer, require_root
+from tests.integration.conftest import TEST_REF, busybox_layer, require_root, scratch_runtime
 
 pytestmark = pytest.mark.root
 
@@ -52,20 +52,8 @@ def _mounts_under(path: Path) -> list[str]:
 
 @pytest.fixture
 async def runtime(scratch_dir: Path, busybox_archive: Path) -> AsyncIterator[Runtime]:
-    require_root()
-    images = ImageStore(scratch_dir / "images")
-    images.load(busybox_archive)
-    parent = f"shoal-test-hostile-{os.getpid()}-{os.urandom(3).hex()}"
-    rt = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, parent, "shoal")
-    try:
+    async with scratch_runtime(scratch_dir, busybox_archive, "shoal-test-hostile") as rt:
         yield rt
-    finally:
-        for st in rt.list():
-            try:
-                await rt.remove(st.id)
-            except Exception as e:  # noqa: BLE001 - keep cleaning the others
-                print(f"cleanup of {st.id} failed: {e}")
-        Cgroup("/" + parent).destroy()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,10 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent_runtime.containers import ContainerSpec, Runtime
-from agent_runtime.images import ImageStore
-from agent_runtime.oci.cgroups import Cgroup
 from shoal.util import new_container_id
-from tests.integration.conftest import TEST_REF, require_root
+from tests.integration.conftest import TEST_REF, scratch_runtime
 
 pytestmark = pytest.mark.root
 
@@ -25,24 +22,8 @@ pytestmark = pytest.mark.root
 @pytest.fixture
 async def runtime(scratch_dir: Path, busybox_archive: Path) -> AsyncIterator[Runtime]:
     """A Runtime (shoal-oci) whose daemon default is ``--log-opt max-size=16k --log-opt max-file=3``."""
-    require_root()
-    images = ImageStore(scratch_dir / "images")
-    images.load(busybox_archive)
-    parent = f"shoal-test-{os.getpid()}-{os.urandom(3).hex()}"
-    rt = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, parent, "shoal",
-                 log_opts={"max-size": "16k", "max-file": "3"})
-    try:
+    async with scratch_runtime(scratch_dir, busybox_archive, "shoal-test", log_opts={"max-size": "16k", "max-file": "3"}) as rt:
         yield rt
-    finally:
-        for st in rt.list():
-            try:
-                await rt.remove(st.id)
-            except Exception as e:  # noqa: BLE001 - keep cleaning the others
-                print(f"cleanup of {st.id} failed: {e}")
-        try:
-            Cgroup("/" + parent).destroy(timeout=5)
-        except OSError as e:
-            print(f"cleanup of cgroup {parent} failed: {e}")
 
 
 def _log_files(rt: Runtime, cid: str) -> dict[str, int]:
