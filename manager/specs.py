@@ -547,7 +547,10 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
     ep = _obj(spec.get("EndpointSpec"), "EndpointSpec")
     if ep.get("Mode") not in (None, "", "vip", "dnsrr"):
         raise SpecError(f"invalid endpoint mode {ep.get('Mode')!r} (use vip or dnsrr)")
-    for p in ep.get("Ports") or []:
+    ports = ep.get("Ports")
+    if ports is not None and not isinstance(ports, list):
+        raise SpecError("json: cannot unmarshal into Go struct field EndpointSpec.Ports of type []swarm.PortConfig")
+    for p in ports or []:
         p = _obj(p, "EndpointSpec.Ports[]")
         if p.get("TargetPort") is not None:
             t = _uint(p["TargetPort"], "PortConfig.TargetPort", "uint32")
@@ -587,7 +590,8 @@ def service_spec_with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
         merged = dict(default)
         merged.update({k: v for k, v in (spec.get(key) or {}).items() if v is not None and v != ""})
         spec[key] = merged
-    spec.setdefault("EndpointSpec", {"Mode": "vip"})
+    if not isinstance(spec.get("EndpointSpec"), dict):  # missing or null
+        spec["EndpointSpec"] = {"Mode": "vip"}
     if not spec["EndpointSpec"].get("Mode"):
         spec["EndpointSpec"]["Mode"] = "vip"
     return spec
@@ -638,6 +642,11 @@ def validate_swarm_spec(spec: Any) -> dict[str, Any]:
     for k, v in spec.items():
         if v is not None:
             out[k] = copy.deepcopy(v)
+    if not isinstance(out.get("Name"), str):
+        raise SpecError(f"json: cannot unmarshal {type(out.get('Name')).__name__} into Go struct field "
+                        "SwarmSpec.Name of type string")
+    for section in ("TaskDefaults", "EncryptionConfig"):
+        _obj(out.get(section), section)
     orch = _obj(out.get("Orchestration"), "Orchestration")
     if orch.get("TaskHistoryRetentionLimit") is not None:
         _int(orch["TaskHistoryRetentionLimit"], "OrchestrationConfig.TaskHistoryRetentionLimit")
