@@ -32,9 +32,16 @@ __all__ = [
     "canonicalize_keys",
     "SERVICE_SPEC_SCHEMA",
     "SECOND",
+    "MAX_REPLICAS",
 ]
 
 SECOND = 1_000_000_000  # nanoseconds, the API's duration unit
+MAX_REPLICAS = 100_000
+"""Most tasks a replicated service may ask for (``Mode.Replicated.Replicas``). Swarm takes any
+uint64 and then tries to create that many tasks; Shoal keeps every task of a service in the
+store, so it refuses more than this (split a larger workload over several services). The
+orchestrator creates tasks in bounded batches (:data:`manager.orchestrator.MAX_TASK_WRITES_PER_PASS`),
+so even the largest allowed scale-up never stalls the leader for long."""
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 DEFAULT_RESTART_POLICY: dict[str, Any] = {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0, "Window": 0}
@@ -540,7 +547,10 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
         rep = _obj(mode["Replicated"], "Mode.Replicated")
         if rep.get("Replicas") is None:
             rep["Replicas"] = 1
-        _uint(rep["Replicas"], "ServiceSpec.Mode.Replicated.Replicas")
+        replicas = _uint(rep["Replicas"], "ServiceSpec.Mode.Replicated.Replicas")
+        if replicas > MAX_REPLICAS:
+            raise SpecError(f"Replicas {replicas} is over the limit of {MAX_REPLICAS} tasks per service: ask for "
+                            f"at most {MAX_REPLICAS}, or split the workload over several services")
         mode["Replicated"] = rep
     _validate_update_config(spec.get("UpdateConfig"), "UpdateConfig", ("continue", "pause", "rollback"))
     _validate_update_config(spec.get("RollbackConfig"), "RollbackConfig", ("continue", "pause"))

@@ -185,3 +185,16 @@ def test_swarm_spec_raft_section_is_checked(raft: dict[str, int], words: str) ->
         validate_swarm_spec({"Raft": raft})
     ok = validate_swarm_spec({"Raft": {"SnapshotInterval": 5000, "ElectionTick": 20, "HeartbeatTick": 2}})
     assert ok["Raft"]["SnapshotInterval"] == 5000
+
+
+def test_replicas_are_capped_per_service() -> None:
+    """Issue 7: a documented cap (MAX_REPLICAS = 100,000) instead of any uint64."""
+    from manager.specs import MAX_REPLICAS
+
+    assert MAX_REPLICAS == 100_000
+    ok = validate_service_spec(_spec(Mode={"Replicated": {"Replicas": MAX_REPLICAS}}))
+    assert ok["Mode"]["Replicated"]["Replicas"] == MAX_REPLICAS
+    for n in (MAX_REPLICAS + 1, 2**63, 2**64 - 1):
+        with pytest.raises(SpecError) as e:
+            validate_service_spec(_spec(Mode={"replicated": {"replicas": n}}))
+        assert f"Replicas {n} is over the limit of 100000 tasks per service" in str(e.value)
