@@ -1,7 +1,8 @@
 """How long a large scale-up stalls the leader's event loop (issue 7): a service scaled from 0
 to N replicas (default 20,000) on the in-process harness — a real Store on a one-voter log (WAL
 with fsync, in a temp dir), the orchestrator, and with ``--loops all`` the scheduler and task
-reaper too, as on a leader — with ten ready nodes and no workers (tasks stop at ``assigned``).
+reaper too, as on a leader — with 100 ready nodes (each node's bridge /24 holds 253 tasks) and no
+workers (tasks stop at ``assigned``).
 
 A probe coroutine sleeps 2 ms at a time; the longest gap between its wake-ups beyond that is the
 longest stall of the event loop. Prints ``FIGURE <name> <value> <unit>`` lines; never passes or
@@ -56,10 +57,10 @@ def p99(values: list[float]) -> float:
 
 
 def node(i: int) -> dict[str, Any]:
-    return {"ID": f"node{i:02d}", "Spec": {"Role": "worker", "Availability": "active", "Labels": {}},
-            "Description": {"Hostname": f"h{i:02d}", "Platform": {"OS": "linux", "Architecture": "x86_64"},
+    return {"ID": f"node{i:03d}", "Spec": {"Role": "worker", "Availability": "active", "Labels": {}},
+            "Description": {"Hostname": f"h{i:03d}", "Platform": {"OS": "linux", "Architecture": "x86_64"},
                             "Resources": {"NanoCPUs": 0, "MemoryBytes": 0}},
-            "Status": {"State": "ready", "Addr": f"10.0.0.{i + 1}"}}
+            "Status": {"State": "ready", "Addr": f"10.0.{i // 250}.{i % 250 + 1}"}}
 
 
 async def run(replicas: int, unbatched: bool, loops: str) -> None:
@@ -76,7 +77,7 @@ async def run(replicas: int, unbatched: bool, loops: str) -> None:
         store = Store(log, snapshot_interval=0)
 
         def setup(tx: WriteTx) -> None:
-            for i in range(10):
+            for i in range(100):
                 tx.create("nodes", node(i))
             tx.create("services", {"ID": "svc1", "Spec": {
                 "Name": "web", "Mode": {"Replicated": {"Replicas": 0}},
