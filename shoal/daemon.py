@@ -253,9 +253,20 @@ class Daemon:
                         await asyncio.sleep(0.5)
                     else:
                         return
-                    self.state.save({**self.state.data, "Role": "manager"})
-                    await self._start_manager()
-                    await self.manager.join_raft(managers)
+                    # state.json says manager only once the manager serves and is a Raft member:
+                    # a promotion that fails (the cluster port in use) leaves a worker that
+                    # restarts as one, and the next node update tries again
+                    data = {**self.state.data, "Role": "manager"}
+                    try:
+                        await self._start_manager(state=data)
+                        await self.manager.join_raft(managers)
+                    except BaseException:
+                        if self.manager is not None:
+                            with contextlib.suppress(Exception):
+                                await self.manager.stop()
+                            self.manager = None
+                        raise
+                    self.state.save(data)
                     own = self.state.data.get("AdvertiseAddr")
                     if own and own not in self.agent.managers:
                         self.agent.managers.append(own)

@@ -282,3 +282,46 @@ async def test_cli_prints_the_busy_port_as_an_error_response(tmp_path: Path, cap
     finally:
         await runner.cleanup()
         await d.stop()
+
+
+async def test_a_promotion_on_a_busy_port_leaves_a_worker_that_restarts_as_one(tmp_path: Path) -> None:
+    """`node promote` of a node whose cluster port is taken: its manager cannot start, so
+    state.json still says worker (a restart comes back as a worker, no crash); once the port is
+    free, the next node update promotes it."""
+    mport, jport = free_port(), free_port()
+    async with running_daemon(tmp_path / "m", mport) as (m, mc):
+        r = await mc.post("/swarm/init", json={"ListenAddr": f"127.0.0.1:{mport}", "AdvertiseAddr": "127.0.0.1"})
+        assert r.status == 200, await r.text()
+        assert m.manager is not None
+        await wait_until(lambda: m.manager.is_leader, 10, "the first manager to lead")
+        tokens = (await (await mc.get("/swarm")).json())["JoinTokens"]
+        body = {"RemoteAddrs": [f"127.0.0.1:{mport}"], "ListenAddr": f"127.0.0.1:{jport}",
+                "AdvertiseAddr": "127.0.0.1", "JoinToken": tokens["Worker"]}
+
+        async def set_spec(node_id: str, **spec: Any) -> None:
+            n = await (await mc.get(f"/nodes/{node_id}")).json()
+            r = await mc.post(f"/nodes/{node_id}/update?version={n['Version']['Index']}", json={**n["Spec"], **spec})
+            assert r.status == 200, await r.text()
+
+        with listening(jport, "127.0.0.1"):
+            async with running_daemon(tmp_path / "j", jport) as (j, jc):
+                r = await jc.post("/swarm/join", json=body)
+                assert r.status == 200, await r.text()
+                jid = j.state.data["NodeID"]
+                await wait_until(lambda: j.agent is not None and j.agent.connected.is_set(), 10, "the session")
+                await set_spec(jid, Role="manager")
+                # the node renews its certificate as a manager, then cannot listen
+                await wait_until(lambda: (j.certs_dir / "ca.key").exists(), 15, "the manager certificate")
+                await wait_until(lambda: j._role_switch is not None and j._role_switch.done(), 15, "the switch to end")
+                assert j.manager is None and j.state.data["Role"] == "worker"
+            async with running_daemon(tmp_path / "j", jport) as (j2, _):
+                assert j2.state.data["Role"] == "worker" and j2.manager is None  # restarted as a worker
+                await wait_until(lambda: j2.agent is not None and j2.agent.connected.is_set(), 10, "the session")
+        # the port is free now: the next update of the node promotes it
+        async with running_daemon(tmp_path / "j", jport) as (j3, _):
+            await wait_until(lambda: j3.agent is not None and j3.agent.connected.is_set(), 10, "the session")
+            await set_spec(jid, Labels={"retry": "1"})
+            await wait_until(lambda: j3.state.data["Role"] == "manager" and j3.manager is not None, 20,
+                             "the promotion")
+            assert (await (await mc.get(f"/nodes/{jid}")).json())["ManagerStatus"]["Reachability"] in (
+                "reachable", "unknown")
