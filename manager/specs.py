@@ -56,8 +56,11 @@ DEFAULT_UPDATE_CONFIG: dict[str, Any] = {
 }
 DEFAULT_ROLLBACK_CONFIG: dict[str, Any] = dict(DEFAULT_UPDATE_CONFIG)
 
-# swarmkit's controlapi validateAnnotations: a DNS label-like name, at most 63 characters.
-_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
+# swarmkit's controlapi validateAnnotations: a DNS label-like name, at most 63 characters:
+# letters, digits, '-' and '_', starting and ending with a letter or digit. (Written without
+# nested quantifiers: Python's backtracking engine took seconds — and 2^n steps — on a name like
+# "aaaa…a!" with the form swarmkit uses, which Go's linear-time regexp runs safely.)
+_NAME_RE = re.compile(r"[a-zA-Z0-9](?:[-_a-zA-Z0-9]*[a-zA-Z0-9])?")
 # distribution/reference grammar (github.com/distribution/reference regexp.go), simplified:
 # [domain[:port]/]path-component(/path-component)*[:tag][@algorithm:hex]
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -65,7 +68,8 @@ _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-
 _REFERENCE_RE = re.compile(
     rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$"
 )
-_CONSTRAINT_RE = re.compile(r"^\s*([\w.\-]+)\s*(==|!=)\s*(.*?)\s*$")
+_CONSTRAINT_KEY_RE = re.compile(r"[\w.\-]+")
+_CONSTRAINT_OP_RE = re.compile(r"==|!=")
 
 _ADJ = ["admiring", "brave", "clever", "eager", "festive", "gallant", "happy", "jolly", "keen", "lucid",
         "nifty", "quirky", "serene", "sharp", "tender", "vibrant", "wizardly", "zealous"]
@@ -240,7 +244,7 @@ def validate_name(name: Any) -> None:
     """Raise :class:`SpecError` unless ``name`` is a valid object name (swarmkit rules)."""
     if not isinstance(name, str) or not name:
         raise SpecError("meta: name must be provided")
-    if len(name) > 63 or not _NAME_RE.match(name):
+    if len(name) > 63 or not _NAME_RE.fullmatch(name):
         raise SpecError("name must be valid as a DNS name component")
 
 
@@ -253,10 +257,14 @@ def parse_constraint(expr: str) -> tuple[str, str, str]:
     """
     if not isinstance(expr, str):
         raise SpecError("constraint must be a string")
-    m = _CONSTRAINT_RE.match(expr)
-    if not m:
+    # split at the first operator (as swarmkit does), not with one backtracking regex: the form
+    # ``^\s*(key)\s*(op)\s*(.*?)\s*$`` took cubic time on long runs of spaces
+    m = _CONSTRAINT_OP_RE.search(expr)
+    key = expr[:m.start()].strip() if m else ""
+    value = expr[m.end():].strip() if m else ""
+    if m is None or not _CONSTRAINT_KEY_RE.fullmatch(key) or "\n" in value:
         raise SpecError("constraint expected one operator from ==, !=")
-    key, op, value = m.group(1), m.group(2), m.group(3)
+    op = m.group()
     if not value:
         raise SpecError(f"constraint {expr!r}: value must not be empty")
     lk = key.lower()
