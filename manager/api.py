@@ -40,9 +40,11 @@ from manager.specs import (
     validate_swarm_spec,
 )
 from manager.store import Conflict, NotFound, ReadTx, Store, Unavailable, WriteTx
+from shoal.boundedjson import MAX_JSON_BYTES, InvalidJSON
+from shoal.boundedjson import loads as bounded_loads
 from shoal.util import new_id, now_rfc3339, parse_rfc3339
 
-__all__ = ["add_routes", "ApiError", "parse_filters", "mux_frame"]
+__all__ = ["add_routes", "ApiError", "parse_filters", "mux_frame", "read_body", "read_json"]
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +83,56 @@ def _store_error(e: Exception) -> ApiError:
     return ApiError(500, msg)
 
 
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body too large: the limit is {limit} bytes ({limit / 1048576:g} MiB) "
+                         "for an API request with a JSON body")
+
+
+async def read_body(request: web.Request, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The request body, read in chunks and never more than ``limit`` bytes (whatever the
+    application's ``client_max_size``). Raises :class:`ApiError` 413 when the body (by its
+    ``Content-Length`` or as it arrives) is larger."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    if not request.body_exists:
+        return b""
+    buf = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        buf += chunk
+        if len(buf) > limit:
+            raise _too_large(limit)
+    return bytes(buf)
+
+
+async def read_json(request: web.Request, allow_empty: bool = False) -> Any:
+    """Read and decode the JSON body of ``request`` through the bounded decoder
+    (:func:`shoal.boundedjson.loads`: size, nesting depth, Go's number and string rules).
+    An empty body is None when ``allow_empty``, else a 400. Raises :class:`ApiError` 400 (or
+    413 for a body over :data:`shoal.boundedjson.MAX_JSON_BYTES`) with the reason."""
+    raw = await read_body(request)
     if not raw.strip():
+        if allow_empty:
+            return None
         raise ApiError(400, "invalid JSON: got EOF while reading request body")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"invalid JSON: {e}") from None
+        return bounded_loads(raw)
+    except InvalidJSON as e:
+        raise ApiError(413 if e.too_large else 400, str(e)) from None
+
+
+async def _json_body(request: web.Request) -> Any:
+    return await read_json(request)
 
 
 def parse_filters(raw: str | None) -> dict[str, list[str]]:
     """Parse Docker's ``filters`` query parameter: JSON ``{"key": ["v", …]}`` or the older
-    ``{"key": {"v": true}}``. Raises :class:`ApiError` 400 if malformed."""
+    ``{"key": {"v": true}}``, through the bounded decoder. Raises :class:`ApiError` 400 if
+    malformed."""
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
+        data = bounded_loads(raw, "filters")
+    except InvalidJSON as e:
         raise ApiError(400, f"invalid filter: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid filter: must be a JSON object of lists")

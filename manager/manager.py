@@ -114,6 +114,19 @@ def raft_config(spec: dict[str, Any], tick: float = DEFAULT_RAFT_TICK) -> Driver
     )
 
 
+def initial_swarm_spec(spec: dict[str, Any], heartbeat_period: float | None = None) -> dict[str, Any]:
+    """The SwarmSpec of a new cluster: swarmkit's defaults, ``heartbeat_period`` (seconds) as
+    ``Dispatcher.HeartbeatPeriod``, then the sections ``spec`` (from ``swarm init``) sets.
+    Raises :class:`manager.specs.SpecError` (a ``ValueError``) for a bad spec."""
+    swarm_spec = default_swarm_spec()
+    if heartbeat_period is not None:
+        swarm_spec["Dispatcher"]["HeartbeatPeriod"] = int(heartbeat_period * 1e9)
+    if spec:
+        merged = {**swarm_spec, **{k: v for k, v in spec.items() if v not in (None, {}, "")}}
+        swarm_spec = validate_swarm_spec(merged)
+    return swarm_spec
+
+
 class LeaderLink:
     """A 2377 connection from this manager to the current Raft leader, with this manager's
     certificate, for requests that must run on the leader.
@@ -216,12 +229,7 @@ class Manager:
         ``Dispatcher.HeartbeatPeriod`` unless ``spec`` sets one, so ``docker info`` shows the period in
         force. Raises ``ValueError`` (from spec validation) for a bad SwarmSpec; nothing is written then.
         """
-        swarm_spec = default_swarm_spec()
-        if heartbeat_period is not None:
-            swarm_spec["Dispatcher"]["HeartbeatPeriod"] = int(heartbeat_period * 1e9)
-        if spec:
-            merged = {**swarm_spec, **{k: v for k, v in spec.items() if v not in (None, {}, "")}}
-            swarm_spec = validate_swarm_spec(merged)
+        swarm_spec = initial_swarm_spec(spec, heartbeat_period)
         private_dir(data_dir)
         ca = RootCA.create(certs_dir)
         node_id = new_id()

@@ -32,6 +32,13 @@ design/task_model.md; SWARM-FACTS 1.1, 1.5):
 - Tasks of a removed service get desired ``remove``.
 - Allocator step: ``new`` → ``pending`` (nothing to allocate before placement for the local
   bridge; overlay allocation will go here).
+- Bounded passes (as swarmkit batches its store writes, SK: manager/state/store/batch.go,
+  ``MaxChangesPerTransaction`` and ``MaxTransactionBytes``): a pass writes at most
+  :data:`MAX_TASK_WRITES_PER_PASS` tasks and about :data:`manager.store.MAX_TRANSACTION_BYTES`
+  bytes. Work that does not fit (a scale-up to thousands of slots, a service removal, a node
+  loss) is left for the next pass (``Plan.more``), which the loop runs once the store is quiet
+  again: the leader's event loop gets back control between batches, and every Raft entry stays
+  small enough to replicate.
 
 :func:`reconcile` is the pure core; :class:`Orchestrator` is the loop over the store.
 """
@@ -45,13 +52,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from manager.loop import reconcile_loop
 from manager.specs import service_spec_with_defaults, task_spec_with_defaults
-from manager.store import Store, WriteTx
+from manager.store import MAX_TRANSACTION_BYTES, Store, WriteTx
 from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
 from shoal.util import new_id, now_rfc3339, parse_rfc3339
 
-__all__ = ["Plan", "UpdateProgress", "OLD_TASK_TIMEOUT", "update_config", "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
+__all__ = ["Plan", "UpdateProgress", "WriteBudget", "OLD_TASK_TIMEOUT", "MAX_TASK_WRITES_PER_PASS", "update_config",
+           "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +109,44 @@ def new_task(service: Obj, slot: int, now: str, id_gen: Callable[[], str] = new_
         "DesiredState": "running",
         "NetworksAttachments": [],
     }
+
+
+MAX_TASK_WRITES_PER_PASS = 200
+"""Most tasks one orchestrator pass creates or updates (swarmkit's ``MaxChangesPerTransaction``
+is 200 too). Measured in tests/bench/bench_orchestrator_batches.py (BENCHMARKS.md)."""
+
+
+class WriteBudget:
+    """How many task writes (``writes``) and about how many bytes (``nbytes``, msgpack size of
+    the objects written) one :func:`reconcile` pass may still spend; None = unbounded.
+    ``more`` is set once something was refused: the pass left work for the next one."""
+
+    def __init__(self, writes: int | None = None, nbytes: int | None = None) -> None:
+        self.writes, self.nbytes = writes, nbytes
+        self.more = False
+        self._spent = False
+
+    def take(self, n: int, size: int) -> bool:
+        """Spend ``n`` writes of about ``size`` bytes each, or refuse (False, ``more`` set).
+        The first take of a pass is never refused for its size alone, so a pass always moves."""
+        if n <= 0:
+            return True
+        if self.more:
+            return False  # once something waits for the next pass, so does everything after it
+        if (self.writes is not None and n > self.writes) or \
+                (self.nbytes is not None and n * size > self.nbytes and self._spent):
+            self.more = True
+            return False
+        if self.writes is not None:
+            self.writes -= n
+        if self.nbytes is not None:
+            self.nbytes -= n * size
+        self._spent = True
+        return True
+
+
+def _packed_size(obj: Obj) -> int:
+    return len(msgpack.packb(obj, use_bin_type=True))
 
 
 OLD_TASK_TIMEOUT = 60.0
@@ -150,14 +198,17 @@ class UpdateProgress:
 @dataclass
 class Plan:
     """What :func:`reconcile` decided: tasks to create and to update and services to update
-    (full objects), the time (epoch s) at which to look again (None = no timer), and the
-    rolling-update progress to carry into the next pass (service ID → :class:`UpdateProgress`)."""
+    (full objects), the time (epoch s) at which to look again (None = no timer), the
+    rolling-update progress to carry into the next pass (service ID → :class:`UpdateProgress`),
+    and whether work was left for the next pass (``more``)."""
 
     create: list[Obj] = field(default_factory=list)
     update: list[Obj] = field(default_factory=list)
     services: list[Obj] = field(default_factory=list)
     wake_at: float | None = None
     progress: dict[str, UpdateProgress] = field(default_factory=dict)
+    more: bool = False
+    """The pass hit its :class:`WriteBudget`: run another pass soon to go on."""
 
     def _wake(self, t: float) -> None:
         self.wake_at = t if self.wake_at is None else min(self.wake_at, t)
@@ -215,9 +266,23 @@ class _Ctx:
     """What one reconcile pass shares with the rolling-update step."""
 
     def __init__(self, plan: Plan, now: float, ts_now: str, id_gen: Callable[[], str],
-                 node_by_id: dict[str, Obj], set_desired: Callable[[Obj, str], None]) -> None:
+                 node_by_id: dict[str, Obj], set_desired: Callable[[Obj, str], None],
+                 budget: WriteBudget) -> None:
         self.plan, self.now, self.ts_now, self.id_gen = plan, now, ts_now, id_gen
         self.node_by_id, self.set_desired = node_by_id, set_desired
+        self.budget = budget
+        self.service: Obj = {}
+        self._task_size: int | None = None
+
+    def start_service(self, svc: Obj) -> None:
+        self.service, self._task_size = svc, None
+
+    @property
+    def task_size(self) -> int:
+        """msgpack bytes of one task of the service being reconciled (computed when first needed)."""
+        if self._task_size is None:
+            self._task_size = _packed_size(new_task(self.service, 1, self.ts_now, lambda: "x" * 25))
+        return self._task_size
 
 
 def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | None,
@@ -232,12 +297,19 @@ def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | N
     if ustate in ("paused", "rollback_paused"):
         return None  # stays paused until the next `service update` resets UpdateStatus
     rollback = ustate == "rollback_started"
-    by_id = {str(t["ID"]): t for ts in slots.values() for t in ts}
+    version = (svc.get("Version") or {}).get("Index")
+
+    def out_of_date(t: Obj) -> bool:
+        # a task made from the service at its current stored version has the current template
+        # (the store gives every write a new index): skip the deep comparison for it
+        if version is not None and (t.get("SpecVersion") or {}).get("Index") == version:
+            return False
+        return t.get("Spec") != template
 
     def dirty_slots(p: UpdateProgress | None) -> list[int]:
         busy = set() if p is None else set(p.stopping) | set(p.in_flight)
-        return [s for s, cur in sorted(occupied.items())
-                if s not in busy and s not in replaced and cur.get("Spec") != template]
+        return [s for s in sorted(occupied)
+                if s not in busy and s not in replaced and out_of_date(occupied[s])]
 
     if prog is not None and (prog.target != template or prog.rollback != rollback):
         prog = None  # superseded by a newer spec: start over toward it
@@ -251,6 +323,7 @@ def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | N
         if status is None or ustate in ("completed", "rollback_completed"):
             _set_update_status(svc, plan, {"State": "updating", "StartedAt": ctx.ts_now,
                                            "Message": "update in progress"})
+    by_id = {str(t["ID"]): t for ts in slots.values() for t in ts}
     cfg = update_config(svc, rollback)
     monitor = int(cfg.get("Monitor") or 0) / 1e9
     delay = int(cfg.get("Delay") or 0) / 1e9
@@ -281,6 +354,8 @@ def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | N
         give_up_at = prog.stop_asked_at.get(slot, now) + OLD_TASK_TIMEOUT
         if old is None or _state(old) in _ENDED or not old.get("NodeID") or _node_lost(old, ctx.node_by_id) \
                 or now >= give_up_at:
+            if slot not in occupied and not ctx.budget.take(1, ctx.task_size):
+                continue  # the next pass creates it
             del prog.stopping[slot]
             prog.stop_asked_at.pop(slot, None)
             if slot in occupied:  # something else (a restart) filled it meanwhile
@@ -304,6 +379,8 @@ def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | N
         if t is not None and _ORDER.get(st, 0) < _ORDER["running"] and _desired(t) <= _ORDER["running"] \
                 and not _node_lost(t, ctx.node_by_id):
             continue
+        if st == "running" and not ctx.budget.take(len(prog.start_first_old.get(slot, [])), ctx.task_size):
+            continue  # the old tasks are shut down in the next pass
         del prog.in_flight[slot]
         for old_id in prog.start_first_old.pop(slot, []):
             old = by_id.get(old_id)
@@ -324,6 +401,8 @@ def _rolling_update(ctx: _Ctx, svc: Obj, template: Obj, prog: UpdateProgress | N
     for slot in dirty[:max(free, 0)]:
         old = occupied[slot]
         others = [t for t in slots.get(slot, []) if t is not old and _desired(t) <= _ORDER["running"]]
+        if not ctx.budget.take(2 + len(others), ctx.task_size):
+            break  # the next pass hands out more
         if order == "start-first":
             t = new_task(svc, slot, ctx.ts_now, ctx.id_gen)
             plan.create.append(t)
@@ -390,14 +469,19 @@ def _fail(ctx: _Ctx, svc: Obj, rollback: bool, action: str, task_id: str) -> Non
 
 def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj], now: float,
               id_gen: Callable[[], str] = new_id,
-              progress: dict[str, UpdateProgress] | None = None) -> Plan:
+              progress: dict[str, UpdateProgress] | None = None,
+              budget: WriteBudget | None = None) -> Plan:
     """Compute the store changes that move replicated services toward their specs.
 
     ``now`` is epoch seconds (timestamps written are ``now`` in RFC 3339). Deterministic given
     its inputs: ``id_gen`` makes task IDs, ``progress`` is the rolling-update state returned
-    by the previous pass as ``Plan.progress`` (not modified; None = none). Modifies the task
-    and service dicts it is given (pass copies, as ``tx.list`` returns).
+    by the previous pass as ``Plan.progress`` (not modified; None = none). ``budget`` bounds
+    the task writes of the pass (None = unbounded); what does not fit is left for the next pass
+    (``Plan.more``), each unit (a slot's replacement, a slot scaled away, a new slot) whole.
+    Sets keys of the task and service dicts it is given but never changes a value inside them
+    (pass copies, at least of the top level, as ``tx.list_shallow`` returns).
     """
+    budget = budget if budget is not None else WriteBudget()
     plan = Plan()
     ts_now = now_rfc3339(now)
     svc_by_id = {str(s["ID"]): s for s in services}
@@ -412,13 +496,13 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
             t["DesiredState"] = desired
             updated[str(t["ID"])] = t
 
-    ctx = _Ctx(plan, now, ts_now, id_gen, node_by_id, set_desired)
+    ctx = _Ctx(plan, now, ts_now, id_gen, node_by_id, set_desired, budget)
 
     for t in tasks:
         sid = str(t.get("ServiceID", ""))
         if sid not in svc_by_id:
             # service removed: every task of it goes away
-            if _desired(t) < _ORDER["remove"]:
+            if _desired(t) < _ORDER["remove"] and budget.take(1, _packed_size(t)):
                 set_desired(t, "remove")
             continue
         by_service.setdefault(sid, []).append(t)
@@ -428,6 +512,7 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
             continue
         want = _replicas(svc)
         template = _comparable_spec(((svc.get("Spec") or {}).get("TaskTemplate")) or {})
+        ctx.start_service(svc)
         prog = old_progress.get(sid)
         if prog is not None and prog.target != template:
             prog = None
@@ -436,15 +521,21 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
             slots.setdefault(int(t.get("Slot") or 0), []).append(t)
         keep_old = {i for ids in (prog.start_first_old.values() if prog else []) for i in ids}
         occupied: dict[int, Obj] = {}
+        running_order = _ORDER["running"]
         for slot, ts in slots.items():
-            current = [t for t in ts if _desired(t) <= _ORDER["running"]]
+            if len(ts) == 1:  # the common case, kept cheap: a pass looks at every slot
+                if _desired(ts[0]) <= running_order:
+                    occupied[slot] = ts[0]
+                continue
+            current = [t for t in ts if _desired(t) <= running_order]
             if not current:
                 continue
-            current.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
+            if len(current) > 1:
+                current.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
             live = [t for t in current if _state(t) not in _ENDED]
             keep = (live or current)[-1]
             for extra in current:  # at most one current task per slot (start-first: two for a while)
-                if extra is not keep and str(extra["ID"]) not in keep_old:
+                if extra is not keep and str(extra["ID"]) not in keep_old and budget.take(1, ctx.task_size):
                     set_desired(extra, "shutdown")
             occupied[slot] = keep
 
@@ -453,25 +544,34 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
         used = sorted(set(occupied) | reserved)
         if len(used) > want:
             for slot in used[want:]:
+                if not budget.take(len(slots.get(slot, [])), ctx.task_size):
+                    break
                 for t in slots.get(slot, []):
                     set_desired(t, "remove")
                 occupied.pop(slot, None)
                 reserved.discard(slot)
                 if prog:
                     prog.forget_slot(slot)
+            if len(set(occupied) | reserved) > want:
+                # the rest of the scale-down is for the next pass; nothing else of this service now
+                if prog is not None:
+                    plan.progress[sid] = prog
+                continue
 
         replaced: set[int] = set()
-        for slot, cur in sorted(occupied.items()):
-            history = [t for t in slots[slot] if t is not cur]
+        for slot in sorted(occupied):  # (sorting the keys alone: much cheaper than the items)
+            cur = occupied[slot]
             state = _state(cur)
-            node = node_by_id.get(str(cur.get("NodeID") or "")) if cur.get("NodeID") else None
+            node_id = cur.get("NodeID")
             replace = False
-            if cur.get("NodeID") and state not in _ENDED:
+            if node_id and state not in _ENDED:
+                node = node_by_id.get(str(node_id))
                 node_gone = node is None or ((node.get("Status") or {}).get("State") == "down")
                 drained = node is not None and ((node.get("Spec") or {}).get("Availability") == "drain")
                 if node_gone or drained:
                     replace = True
             if not replace and state in _ENDED:
+                history = [t for t in slots[slot] if t is not cur]
                 ok, delay = _should_restart(cur, history, now)
                 if not ok:
                     continue
@@ -481,6 +581,8 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
                     continue
                 replace = True
             if replace:
+                if not budget.take(2, ctx.task_size):
+                    continue  # replaced in the next pass
                 set_desired(cur, "shutdown")
                 t = new_task(svc, slot, ts_now, id_gen)
                 plan.create.append(t)
@@ -500,6 +602,8 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
         slot = 1
         while missing > 0:
             if slot not in occupied and slot not in reserved:
+                if not budget.take(1, ctx.task_size):
+                    break  # the next pass creates the rest
                 plan.create.append(new_task(svc, slot, ts_now, id_gen))
                 occupied[slot] = plan.create[-1]
                 missing -= 1
@@ -511,10 +615,12 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
         t["Status"] = dict(pending_status)
     for t in tasks_list(by_service):
         tid = str(t["ID"])
-        if _state(t) == "new" and _desired(t) <= _ORDER["running"] and tid not in updated:
+        if _state(t) == "new" and _desired(t) <= _ORDER["running"] and tid not in updated \
+                and budget.take(1, _packed_size(t)):
             t["Status"] = dict(pending_status)
             updated[tid] = t
     plan.update = list(updated.values())
+    plan.more = budget.more
     return plan
 
 
@@ -537,22 +643,29 @@ def service_status(service: Obj, tasks: Iterable[Obj], nodes: Iterable[Obj]) -> 
 
 class Orchestrator:
     """The orchestration loop over ``store``: watches services, tasks and nodes, debounces
-    (``debounce`` s, default 0.02), and commits each :func:`reconcile` plan in one update.
-    Wakes itself for delayed restarts, update delays and monitor windows; keeps the rolling
-    update progress between passes (``progress``). ``clock`` gives epoch seconds (injected in
-    tests). ``await run()`` until cancelled."""
+    (``debounce`` s, default 0.02), and commits each :func:`reconcile` plan in one update of at
+    most ``max_writes`` tasks (:data:`MAX_TASK_WRITES_PER_PASS`) and about
+    :data:`manager.store.MAX_TRANSACTION_BYTES`; when a pass leaves work (``Plan.more``) the next
+    one follows as soon as the store is quiet for ``debounce``. Wakes itself for delayed
+    restarts, update delays and monitor windows; keeps the rolling update progress between
+    passes (``progress``). ``clock`` gives epoch seconds (injected in tests). ``await run()``
+    until cancelled."""
 
-    def __init__(self, store: Store, debounce: float = 0.02, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, debounce: float = 0.02, clock: Callable[[], float] = time.time,
+                 max_writes: int = MAX_TASK_WRITES_PER_PASS) -> None:
         self.store = store
         self.debounce = debounce
         self.clock = clock
+        self.max_writes = max_writes
         self._wake_at: float | None = None
         self.progress: dict[str, UpdateProgress] = {}
         self.passes = 0
 
     def _pass(self, tx: WriteTx) -> Plan:
-        plan = reconcile(tx.list("services"), tx.list("tasks"), tx.list("nodes"), self.clock(),
-                         progress=self.progress)
+        # headroom under the transaction limit for the service objects a pass may also write
+        budget = WriteBudget(self.max_writes, MAX_TRANSACTION_BYTES * 3 // 4)
+        plan = reconcile(tx.list_shallow("services"), tx.list_shallow("tasks"), tx.list_shallow("nodes"),
+                         self.clock(), progress=self.progress, budget=budget)
         for t in plan.create:
             tx.create("tasks", t)
         for t in plan.update:
@@ -566,7 +679,7 @@ class Orchestrator:
         once the pass is committed."""
         self.passes += 1
         plan = await self.store.update(self._pass)
-        self._wake_at = plan.wake_at
+        self._wake_at = self.clock() if plan.more else plan.wake_at
         self.progress = plan.progress
         return plan
 

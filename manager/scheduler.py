@@ -362,7 +362,9 @@ class Scheduler:
                     log.error("node %s: %s", n["ID"], e)
                     continue
                 tx.update("nodes", n)
-        tasks = tx.list("tasks")
+        # shallow copies: this pass reads every task but only sets keys of the pending ones it
+        # places (ReadTx.list_shallow), so it does not deep-copy the whole table each time
+        tasks = tx.list_shallow("tasks")
         pending = [
             t for t in tasks
             if _state(t) == "pending" and not t.get("NodeID")

@@ -439,8 +439,10 @@ class ManagerServer:
         and return ``{"node_id", "role", "cert", "ca", "managers"}``.
 
         ``body``: ``{"token", "csr": pem, "hostname", "addr": advertised IP or "",
-        "description": NodeDescription (optional)}``. A wrong, revoked or malformed token raises
-        ``PermissionError("invalid join token…")`` and writes nothing.
+        "description": NodeDescription (optional), "cannot_manage": reason (optional: the node
+        cannot serve as a manager, e.g. its listen address is in use)}``. A wrong, revoked or
+        malformed token raises ``PermissionError("invalid join token…")`` and writes nothing; so
+        does a manager token with ``cannot_manage`` (``PermissionError`` quoting the reason).
         """
         if self.forward is not None:
             fwd_body = dict(body)
@@ -465,6 +467,9 @@ class ManagerServer:
         role = token_role(token, cluster.get("JoinTokens") or {})
         if role is None:
             raise PermissionError("invalid join token")
+        cannot_manage = body.get("cannot_manage")
+        if role == "manager" and cannot_manage:
+            raise PermissionError(f"this node cannot join as a manager: {str(cannot_manage)[:500]}")
         cluster_id = cluster["ID"]
         node_id = new_id()
         cert_pem = self.ca.issue(csr, node_id, role, cluster_id)  # ValueError for a bad CSR

@@ -33,9 +33,16 @@ __all__ = [
     "canonicalize_keys",
     "SERVICE_SPEC_SCHEMA",
     "SECOND",
+    "MAX_REPLICAS",
 ]
 
 SECOND = 1_000_000_000  # nanoseconds, the API's duration unit
+MAX_REPLICAS = 100_000
+"""Most tasks a replicated service may ask for (``Mode.Replicated.Replicas``). Swarm takes any
+uint64 and then tries to create that many tasks; Shoal keeps every task of a service in the
+store, so it refuses more than this (split a larger workload over several services). The
+orchestrator creates tasks in bounded batches (:data:`manager.orchestrator.MAX_TASK_WRITES_PER_PASS`),
+so even the largest allowed scale-up never stalls the leader for long."""
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 DEFAULT_RESTART_POLICY: dict[str, Any] = {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0, "Window": 0}
@@ -50,8 +57,11 @@ DEFAULT_UPDATE_CONFIG: dict[str, Any] = {
 }
 DEFAULT_ROLLBACK_CONFIG: dict[str, Any] = dict(DEFAULT_UPDATE_CONFIG)
 
-# swarmkit's controlapi validateAnnotations: a DNS label-like name, at most 63 characters.
-_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
+# swarmkit's controlapi validateAnnotations: a DNS label-like name, at most 63 characters:
+# letters, digits, '-' and '_', starting and ending with a letter or digit. (Written without
+# nested quantifiers: Python's backtracking engine took seconds — and 2^n steps — on a name like
+# "aaaa…a!" with the form swarmkit uses, which Go's linear-time regexp runs safely.)
+_NAME_RE = re.compile(r"[a-zA-Z0-9](?:[-_a-zA-Z0-9]*[a-zA-Z0-9])?")
 # distribution/reference grammar (github.com/distribution/reference regexp.go), simplified:
 # [domain[:port]/]path-component(/path-component)*[:tag][@algorithm:hex]
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -59,7 +69,8 @@ _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-
 _REFERENCE_RE = re.compile(
     rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$"
 )
-_CONSTRAINT_RE = re.compile(r"^\s*([\w.\-]+)\s*(==|!=)\s*(.*?)\s*$")
+_CONSTRAINT_KEY_RE = re.compile(r"[\w.\-]+")
+_CONSTRAINT_OP_RE = re.compile(r"==|!=")
 
 _ADJ = ["admiring", "brave", "clever", "eager", "festive", "gallant", "happy", "jolly", "keen", "lucid",
         "nifty", "quirky", "serene", "sharp", "tender", "vibrant", "wizardly", "zealous"]
@@ -234,7 +245,7 @@ def validate_name(name: Any) -> None:
     """Raise :class:`SpecError` unless ``name`` is a valid object name (swarmkit rules)."""
     if not isinstance(name, str) or not name:
         raise SpecError("meta: name must be provided")
-    if len(name) > 63 or not _NAME_RE.match(name):
+    if len(name) > 63 or not _NAME_RE.fullmatch(name):
         raise SpecError("name must be valid as a DNS name component")
 
 
@@ -247,10 +258,14 @@ def parse_constraint(expr: str) -> tuple[str, str, str]:
     """
     if not isinstance(expr, str):
         raise SpecError("constraint must be a string")
-    m = _CONSTRAINT_RE.match(expr)
-    if not m:
+    # split at the first operator (as swarmkit does), not with one backtracking regex: the form
+    # ``^\s*(key)\s*(op)\s*(.*?)\s*$`` took cubic time on long runs of spaces
+    m = _CONSTRAINT_OP_RE.search(expr)
+    key = expr[:m.start()].strip() if m else ""
+    value = expr[m.end():].strip() if m else ""
+    if m is None or not _CONSTRAINT_KEY_RE.fullmatch(key) or "\n" in value:
         raise SpecError("constraint expected one operator from ==, !=")
-    key, op, value = m.group(1), m.group(2), m.group(3)
+    op = m.group()
     if not value:
         raise SpecError(f"constraint {expr!r}: value must not be empty")
     lk = key.lower()
@@ -542,14 +557,20 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
         rep = _obj(mode["Replicated"], "Mode.Replicated")
         if rep.get("Replicas") is None:
             rep["Replicas"] = 1
-        _uint(rep["Replicas"], "ServiceSpec.Mode.Replicated.Replicas")
+        replicas = _uint(rep["Replicas"], "ServiceSpec.Mode.Replicated.Replicas")
+        if replicas > MAX_REPLICAS:
+            raise SpecError(f"Replicas {replicas} is over the limit of {MAX_REPLICAS} tasks per service: ask for "
+                            f"at most {MAX_REPLICAS}, or split the workload over several services")
         mode["Replicated"] = rep
     _validate_update_config(spec.get("UpdateConfig"), "UpdateConfig", ("continue", "pause", "rollback"))
     _validate_update_config(spec.get("RollbackConfig"), "RollbackConfig", ("continue", "pause"))
     ep = _obj(spec.get("EndpointSpec"), "EndpointSpec")
     if ep.get("Mode") not in (None, "", "vip", "dnsrr"):
         raise SpecError(f"invalid endpoint mode {ep.get('Mode')!r} (use vip or dnsrr)")
-    for p in ep.get("Ports") or []:
+    ports = ep.get("Ports")
+    if ports is not None and not isinstance(ports, list):
+        raise SpecError("json: cannot unmarshal into Go struct field EndpointSpec.Ports of type []swarm.PortConfig")
+    for p in ports or []:
         p = _obj(p, "EndpointSpec.Ports[]")
         if p.get("TargetPort") is not None:
             t = _uint(p["TargetPort"], "PortConfig.TargetPort", "uint32")
@@ -589,7 +610,8 @@ def service_spec_with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
         merged = dict(default)
         merged.update({k: v for k, v in (spec.get(key) or {}).items() if v is not None and v != ""})
         spec[key] = merged
-    spec.setdefault("EndpointSpec", {"Mode": "vip"})
+    if not isinstance(spec.get("EndpointSpec"), dict):  # missing or null
+        spec["EndpointSpec"] = {"Mode": "vip"}
     if not spec["EndpointSpec"].get("Mode"):
         spec["EndpointSpec"]["Mode"] = "vip"
     return spec
@@ -640,6 +662,11 @@ def validate_swarm_spec(spec: Any) -> dict[str, Any]:
     for k, v in spec.items():
         if v is not None:
             out[k] = copy.deepcopy(v)
+    if not isinstance(out.get("Name"), str):
+        raise SpecError(f"json: cannot unmarshal {type(out.get('Name')).__name__} into Go struct field "
+                        "SwarmSpec.Name of type string")
+    for section in ("TaskDefaults", "EncryptionConfig"):
+        _obj(out.get(section), section)
     orch = _obj(out.get("Orchestration"), "Orchestration")
     if orch.get("TaskHistoryRetentionLimit") is not None:
         _int(orch["TaskHistoryRetentionLimit"], "OrchestrationConfig.TaskHistoryRetentionLimit")

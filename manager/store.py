@@ -34,12 +34,19 @@ from raft.snapshot import Snapshot
 from raft.wal import Entry
 from shoal.util import now_rfc3339
 
-__all__ = ["Store", "ReadTx", "WriteTx", "Watch", "Event", "StoreError", "Conflict", "NotFound", "Unavailable", "TABLES"]
+__all__ = ["Store", "ReadTx", "WriteTx", "Watch", "Event", "StoreError", "Conflict", "NotFound", "Unavailable", "TABLES",
+           "MAX_TRANSACTION_BYTES"]
 
 log = logging.getLogger(__name__)
 
 TABLES = ("nodes", "services", "tasks", "cluster")
 DEFAULT_SNAPSHOT_INTERVAL = 10000  # entries between state-machine snapshots (swarmkit's SnapshotInterval)
+MAX_TRANSACTION_BYTES = 1_572_864
+"""The size (bytes of the msgpack log entry) a loop that writes many objects keeps each
+transaction under: swarmkit's ``MaxTransactionBytes`` (1.5 MiB, SK: manager/state/store/
+memory.go), so a Raft entry is cheap to replicate and to apply. The orchestrator batches to it;
+:meth:`Store.update` does not refuse larger transactions (the dispatcher's status batches and a
+service spec near the API's 4 MiB body limit can be larger)."""
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -167,6 +174,14 @@ class ReadTx:
         _check_table(table)
         return [_copy(o) for o in self._raw_items(table)]
 
+    def list_shallow(self, table: str) -> builtins.list[Obj]:
+        """Every object of ``table`` as a new top-level dict whose values are shared with the
+        store: no deep copy, for a loop that reads a whole table on every pass (the orchestrator).
+        The caller may set or delete keys of these dicts but must never change a value inside
+        them (a nested dict or list): that would change the store behind the log's back."""
+        _check_table(table)
+        return [dict(o) for o in self._raw_items(table)]
+
     def find(self, table: str, pred: Callable[[Obj], bool]) -> builtins.list[Obj]:
         """The objects of ``table`` for which ``pred(obj)`` is true. ``pred`` sees the stored
         object and must not modify it."""
@@ -204,9 +219,14 @@ class WriteTx(ReadTx):
         return self._store._tables[table].get(id)
 
     def _raw_items(self, table: str) -> Iterable[Obj]:
+        pending = [i for (t, i) in self._store._pending if t == table]
+        written = [i for (t, i) in self._writes if t == table]
+        if not pending and not written:  # nothing overlays the committed table: read it as it is
+            yield from self._store._tables[table].values()
+            return
         ids = set(self._store._tables[table])
-        ids.update(i for (t, i) in self._store._pending if t == table)
-        ids.update(i for (t, i) in self._writes if t == table)
+        ids.update(pending)
+        ids.update(written)
         for i in ids:
             o = self._raw(table, i)
             if o is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -29,7 +30,9 @@ from typing import Any
 
 from aiohttp import web
 
-from shoal import __version__
+from manager.api import ApiError, read_body, read_json
+from shoal import __version__, listenaddr
+from shoal.boundedjson import MAX_JSON_BYTES
 from shoal.logopts import LogOptError, parse_flags
 from shoal.util import is_rfc3339, now_rfc3339, parse_rfc3339, parse_size, private_dir, private_file
 from shoal.wire import WireError
@@ -170,15 +173,19 @@ class Daemon:
 
     # ---- roles
 
-    async def _start_manager(self, force_new_cluster: bool = False) -> None:
+    async def _start_manager(self, force_new_cluster: bool = False, state: dict[str, Any] | None = None) -> None:
+        """Start the manager role from ``state`` (default: ``state.json``'s). Raises what
+        ``Manager.start`` raises (``OSError`` when the cluster port cannot be bound), after
+        stopping what it started."""
         from manager.manager import Manager
 
+        data = self.state.data if state is None else state
         mgr = Manager(
             data_dir=self.data_root / "manager",
             certs_dir=self.certs_dir,
-            node_id=self.state.data["NodeID"],
-            advertise_addr=self.state.data["AdvertiseAddr"],
-            listen_addr=self.state.data.get("ListenAddr") or f"0.0.0.0:{self.args.port}",
+            node_id=data["NodeID"],
+            advertise_addr=data["AdvertiseAddr"],
+            listen_addr=data.get("ListenAddr") or f"0.0.0.0:{self.args.port}",
             heartbeat_period=self.args.heartbeat_period,
             heartbeat_misses=self.args.heartbeat_misses,
             raft_tick=self.args.raft_tick,
@@ -263,9 +270,20 @@ class Daemon:
                         await asyncio.sleep(0.5)
                     else:
                         return
-                    self.state.save({**self.state.data, "Role": "manager"})
-                    await self._start_manager()
-                    await self.manager.join_raft(managers)
+                    # state.json says manager only once the manager serves and is a Raft member:
+                    # a promotion that fails (the cluster port in use) leaves a worker that
+                    # restarts as one, and the next node update tries again
+                    data = {**self.state.data, "Role": "manager"}
+                    try:
+                        await self._start_manager(state=data)
+                        await self.manager.join_raft(managers)
+                    except BaseException:
+                        if self.manager is not None:
+                            with contextlib.suppress(Exception):
+                                await self.manager.stop()
+                            self.manager = None
+                        raise
+                    self.state.save(data)
                     own = self.state.data.get("AdvertiseAddr")
                     if own and own not in self.agent.managers:
                         self.agent.managers.append(own)
@@ -306,26 +324,38 @@ class Daemon:
 
     # ---- swarm init / join / leave
 
-    def _advertise_addr(self, requested: str | None, listen: str | None) -> str:
-        addr = requested or ""
-        if not addr and listen and not listen.startswith("0.0.0.0"):
-            addr = listen
-        if not addr:
-            addrs = [a for a in _local_ipv4_addrs() if not a.startswith("127.")]
-            if len(addrs) != 1:
-                raise ValueError(
-                    "could not choose an IP address to advertise since this system has "
-                    f"{'multiple' if addrs else 'no'} addresses ({', '.join(addrs) or 'none'}) "
-                    "- specify one with --advertise-addr")
-            addr = addrs[0]
-        host, _, port = addr.partition(":")
-        return f"{host}:{port or self.args.port}"
+    def _discard_swarm_files(self) -> None:
+        """Remove ``certs/`` and ``manager/`` of a swarm this node is not in (what an init or
+        join that failed, or was interrupted before ``state.json`` was written, left behind)."""
+        for d in (self.certs_dir, self.data_root / "manager"):
+            if d.exists():
+                log.warning("removing %s: left by a swarm init/join that did not finish", d)
+                shutil.rmtree(d, ignore_errors=True)
+
+    async def _addresses(self, body: dict[str, Any]) -> tuple[str, str, list[listenaddr.Interface]]:
+        """``(listen "ip:port", advertise "ip:port" or "", interfaces)`` for an init/join
+        request, by Docker's rules (:mod:`shoal.listenaddr`); the advertised address is left
+        empty when the request gives none and the listen address is ``0.0.0.0`` (the caller
+        picks). Raises :class:`shoal.listenaddr.AddrError` (a ``ValueError``: HTTP 400)."""
+        ifaces = await listenaddr.local_interfaces()
+        lhost, lport = listenaddr.resolve_listen_addr(_body_str(body, "ListenAddr"), self.args.port, ifaces)
+        adv = _body_str(body, "AdvertiseAddr")
+        if not adv and lhost == "0.0.0.0":
+            return f"{lhost}:{lport}", "", ifaces
+        ahost, aport = listenaddr.resolve_advertise_addr(adv, lhost, lport, ifaces)
+        return f"{lhost}:{lport}", f"{ahost}:{aport}", ifaces
 
     async def swarm_init(self, body: dict[str, Any]) -> str:
-        """``POST /swarm/init``: become the first manager of a new cluster. Returns the node ID."""
-        from manager.manager import Manager
+        """``POST /swarm/init``: become the first manager of a new cluster. Returns the node ID.
 
-        if self.state.in_swarm and body.get("ForceNewCluster") and self.state.data.get("Role") == "manager":
+        ``state.json`` is written only once the manager serves: if anything fails before (a bad
+        address, the cluster port in use, a bad spec), ``certs/`` and ``manager/`` are removed
+        again and the node is still not in a swarm. Raises ``ValueError`` (HTTP 400) for bad
+        input and a busy listen address, :class:`SwarmStateError` (503) in a swarm already."""
+        from manager.manager import Manager, initial_swarm_spec
+
+        force = _body_bool(body, "ForceNewCluster")
+        if self.state.in_swarm and force and self.state.data.get("Role") == "manager":
             # recover from a permanent loss of quorum: keep the state, become the only member
             if self.agent is not None:
                 await self.agent.stop()
@@ -340,65 +370,100 @@ class Daemon:
             raise SwarmStateError(
                 "This node is already part of a swarm. Use \"docker swarm leave\" to leave this "
                 "swarm and join another one.")
-        if body.get("ForceNewCluster"):
+        if force:
             raise ValueError("--force-new-cluster recovers a swarm this node is a manager of; this "
                              "node is not part of a swarm (use `swarm init` without it)")
-        advertise = self._advertise_addr(body.get("AdvertiseAddr"), body.get("ListenAddr"))
-        listen = body.get("ListenAddr") or f"0.0.0.0:{self.args.port}"
-        if ":" not in listen:
-            listen = f"{listen}:{self.args.port}"
-        if listen.startswith("0.0.0.0:") is False and listen.split(":")[0] not in _local_ipv4_addrs():
-            raise ValueError(f"listen address {listen} is not an address of this host")
-        node_id = await Manager.init_cluster(
-            data_dir=self.data_root / "manager", certs_dir=self.certs_dir,
-            advertise_addr=advertise, description=node_description(self.hostname),
-            spec=body.get("Spec") or {}, heartbeat_period=self.args.heartbeat_period,
-        )
-        self.state.save({"NodeID": node_id, "Role": "manager", "ManagerAddrs": [advertise],
-                         "AdvertiseAddr": advertise, "ListenAddr": listen})
-        await self._start_manager()
+        spec = body.get("Spec")
+        if spec is not None and not isinstance(spec, dict):
+            raise ValueError(f"json: cannot unmarshal {_json_type(spec)} into Go struct field InitRequest.Spec "
+                             "of type swarm.Spec")
+        initial_swarm_spec(spec or {})  # a bad spec is refused before anything is bound or written
+        listen, advertise, ifaces = await self._addresses(body)
+        if not advertise:
+            ip = listenaddr.system_addr(ifaces, exclude=[self.bridge.name])
+            advertise = f"{ip}:{listen.rsplit(':', 1)[1]}"
+        lhost, lport = listenaddr.split_host_port(listen, self.args.port, "--listen-addr")
+        listenaddr.check_listen_free(lhost, lport)
+        self._discard_swarm_files()
+        try:
+            node_id = await Manager.init_cluster(
+                data_dir=self.data_root / "manager", certs_dir=self.certs_dir,
+                advertise_addr=advertise, description=node_description(self.hostname),
+                spec=spec or {}, heartbeat_period=self.args.heartbeat_period,
+            )
+            data = {"NodeID": node_id, "Role": "manager", "ManagerAddrs": [advertise],
+                    "AdvertiseAddr": advertise, "ListenAddr": listen}
+            await self._start_manager(state=data)
+            self.state.save(data)
+        except BaseException as e:
+            if self.manager is not None:
+                with contextlib.suppress(Exception):
+                    await self.manager.stop()
+                self.manager = None
+            self.state.clear()
+            self._discard_swarm_files()
+            if isinstance(e, OSError) and e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                raise ValueError(listenaddr.listen_error(lhost, lport, e)) from e
+            raise
         await self._start_agent()
         return node_id
 
     async def swarm_join(self, body: dict[str, Any]) -> None:
-        """``POST /swarm/join``: join with a token; a manager token makes this node a manager."""
+        """``POST /swarm/join``: join with a token; a manager token makes this node a manager.
+
+        ``state.json`` is written only once this node is in: for a manager, once its manager
+        serves and is a Raft member. When the listen address is busy the join says so to the
+        manager, which refuses a manager token then (a worker does not listen). Raises
+        ``ValueError`` (400) for bad input, :class:`SwarmStateError` (503) when the join fails."""
         from worker.join import JoinError, join
 
         if self.state.in_swarm:
             raise SwarmStateError(
                 "This node is already part of a swarm. Use \"docker swarm leave\" to leave this "
                 "swarm and join another one.")
-        remotes = body.get("RemoteAddrs") or []
-        token = body.get("JoinToken") or ""
+        remotes = _body_str_list(body, "RemoteAddrs", "JoinRequest")
+        token = _body_str(body, "JoinToken")
         if not remotes:
             raise ValueError("at least 1 RemoteAddr is required to join")
         if not token:
             raise ValueError("a join token is required to join a swarm (--token)")
         remote = remotes[0] if ":" in remotes[0] else f"{remotes[0]}:2377"
-        advertise = body.get("AdvertiseAddr") or ""
+        listen, advertise, _ = await self._addresses(body)
+        lhost, lport = listenaddr.split_host_port(listen, self.args.port, "--listen-addr")
         if not advertise:
-            advertise = _route_source_addr(remote.rsplit(":", 1)[0]) or ""
-        if advertise and ":" not in advertise:
-            advertise = f"{advertise}:{self.args.port}"
+            # as Docker lets the manager see the joining node's address: the source address of
+            # this host's route to the manager
+            src = _route_source_addr(remote.rsplit(":", 1)[0])
+            advertise = f"{src}:{lport}" if src else ""
+        busy: str | None = None
+        try:
+            listenaddr.check_listen_free(lhost, lport)
+        except listenaddr.AddrError as e:
+            busy = str(e)
+        self._discard_swarm_files()
         try:
             node_id, role, managers = await join(
                 remote, token, self.hostname, advertise.rsplit(":", 1)[0], self.certs_dir,
-                description=node_description(self.hostname))
+                description=node_description(self.hostname), cannot_manage=busy or "")
         except JoinError as e:
+            self._discard_swarm_files()
+            if busy and busy in str(e):
+                raise ValueError(f"{busy} (the join token is a manager token: a manager serves the cluster "
+                                 "port there)") from e
             raise SwarmStateError(str(e)) from e
-        self.state.save({"NodeID": node_id, "Role": role, "ManagerAddrs": managers or [remote],
-                         "AdvertiseAddr": advertise,
-                         "ListenAddr": body.get("ListenAddr") or f"0.0.0.0:{self.args.port}"})
+        data = {"NodeID": node_id, "Role": role, "ManagerAddrs": managers or [remote],
+                "AdvertiseAddr": advertise, "ListenAddr": listen}
         if role == "manager":
             try:
-                await self._start_manager()
+                await self._start_manager(state=data)
                 await self.manager.join_raft(list(dict.fromkeys([remote, *(managers or [])])))
             except (OSError, RuntimeError) as e:
                 await self._stop_roles()
-                self.state.clear()
-                shutil.rmtree(self.certs_dir, ignore_errors=True)
-                shutil.rmtree(self.data_root / "manager", ignore_errors=True)
+                self._discard_swarm_files()
+                if isinstance(e, OSError) and e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                    raise ValueError(listenaddr.listen_error(lhost, lport, e)) from e
                 raise SwarmStateError(f"joined as a manager but could not become a Raft member: {e}") from e
+        self.state.save(data)
         await self._start_agent()
 
     async def swarm_leave(self, force: bool) -> None:
@@ -519,14 +584,6 @@ def _cgroup_v2_only() -> bool:
     return Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
 
-def _local_ipv4_addrs() -> list[str]:
-    """IPv4 addresses of this network namespace's interfaces (via pyroute2 netlink)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)]
-
-
 def _route_source_addr(dest: str) -> str | None:
     """The source address the kernel would use to reach ``dest`` (a UDP connect, no packet sent)."""
     try:
@@ -563,17 +620,25 @@ def build_app(daemon: Daemon) -> web.Application:
             if e.status >= 400 and e.content_type != "application/json":
                 return api_error(e.status, e.reason if e.status != 404 else "page not found")
             raise
-        except json.JSONDecodeError as e:
-            return api_error(400, f"invalid JSON in request body: {e}")
+        except ApiError as e:
+            return api_error(e.status, e.message)
         except SwarmStateError as e:
             return api_error(503, str(e))
         except ValueError as e:
             return api_error(400, str(e))
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as e:
+            # a bug, not bad input: the traceback goes to the log, the client gets Docker's shape
+            log.exception("%s %s failed", request.method, request.path)
+            return api_error(500, f"internal error serving {request.method} {path}: {type(e).__name__}: {e}")
         resp.headers.setdefault("Api-Version", API_VERSION)
         resp.headers.setdefault("Server", f"Shoal/{__version__} (linux)")
         return resp
 
-    app = web.Application(middlewares=[middleware], client_max_size=1024**3)
+    # JSON bodies are read through manager.api.read_body (MAX_JSON_BYTES); this is the backstop
+    # for any other read. `images/load` streams request.content, which this does not limit.
+    app = web.Application(middlewares=[middleware], client_max_size=MAX_JSON_BYTES)
     routes = web.RouteTableDef()
 
     def both(method: str, path: str) -> Callable[[Any], Any]:
@@ -687,10 +752,19 @@ def build_app(daemon: Daemon) -> web.Application:
     async def images_load(request: web.Request) -> web.StreamResponse:
         from agent_runtime.images import ImageError
 
+        cap = int(daemon.args.max_image_archive_size)
+        too_big = (f"the image archive is larger than this daemon accepts ({cap} bytes; shoald "
+                   "--max-image-archive-size)")
+        if request.content_length is not None and request.content_length > cap:
+            return api_error(413, too_big)
         fd, tmp = tempfile.mkstemp(dir=daemon.data_root, prefix=".load-", suffix=".tar")
         try:
+            size = 0
             with os.fdopen(fd, "wb") as f:
                 async for chunk in request.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    if size > cap:
+                        return api_error(413, too_big)
                     f.write(chunk)
             try:
                 refs = await asyncio.to_thread(daemon.images.load, Path(tmp))
@@ -783,7 +857,7 @@ async def _route_to_leader(daemon: Daemon, request: web.Request, path: str) -> w
             if request.headers.get(FORWARDED_MARK):
                 return api_error(503, "rpc error: code = Unavailable desc = leadership moved while the "
                                       "request was forwarded; retry")
-            body = await request.read()
+            body = await read_body(request)
             status, headers, data = await mgr.forward_api(
                 request.method, str(request.rel_url), dict(request.headers), body)
             resp = web.Response(body=data, status=status)
@@ -797,6 +871,8 @@ async def _route_to_leader(daemon: Daemon, request: web.Request, path: str) -> w
         return api_error(503, f"rpc error: code = Unavailable desc = {e}")
     except WireError as e:
         return api_error(503, f"rpc error: code = Unavailable desc = forwarding to the leader failed: {e}")
+    except ApiError as e:
+        return api_error(e.status, e.message)
     return None
 
 
@@ -814,23 +890,58 @@ class _ManagerProxy:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
+    """The request's JSON object body through the bounded decoder (an empty body is ``{}``).
+    Raises :class:`manager.api.ApiError` (400/413) or ``ValueError`` (400)."""
+    body = await read_json(request, allow_empty=True)
+    if body is None:
         return {}
-    try:
-        body = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"invalid JSON in request body: {e}") from None
     if not isinstance(body, dict):
-        raise ValueError("the request body must be a JSON object")
+        raise ValueError(f"the request body must be a JSON object, got {_json_type(body)}")
     return body
+
+
+def _json_type(v: Any) -> str:
+    """The JSON type name of a decoded value, as Go's decoder names it in errors."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _body_str(body: dict[str, Any], key: str, struct: str = "InitRequest") -> str:
+    """``body[key]`` as a string ("" when missing or null); ``ValueError`` for another type."""
+    v = body.get(key)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise ValueError(f"json: cannot unmarshal {_json_type(v)} into Go struct field {struct}.{key} of type string")
+    return v
+
+
+def _body_bool(body: dict[str, Any], key: str, struct: str = "InitRequest") -> bool:
+    v = body.get(key)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise ValueError(f"json: cannot unmarshal {_json_type(v)} into Go struct field {struct}.{key} of type bool")
+    return v
+
+
+def _body_str_list(body: dict[str, Any], key: str, struct: str) -> list[str]:
+    v = body.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"json: cannot unmarshal {_json_type(v)} into Go struct field {struct}.{key} of type []string")
+    return v
 
 
 # ---------------------------------------------------------------------------- entry point
 
 
 def _byte_size(text: str) -> int:
-    """``--max-layer-size``: a positive size in binary units (``8g``, ``512m``)."""
+    """``--max-layer-size``, ``--max-image-archive-size``: a positive size in binary units (``8g``, ``512m``)."""
     try:
         size = parse_size(text, binary=True)
     except ValueError as e:
@@ -856,6 +967,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heartbeat-misses", type=int, default=3,
                    help="heartbeats a node may miss before it is marked down (default %(default)s)")
     p.add_argument("--port", type=int, default=2377, help="cluster port (Raft, dispatcher, CA)")
+    p.add_argument("--max-image-archive-size", type=_byte_size, default="16g", metavar="SIZE",
+                   help="largest archive `image load` accepts, streamed to disk (bytes, or with a k/m/g/t "
+                        "suffix; default 16g)")
     p.add_argument("--raft-tick", type=float, default=0.1,
                    help="seconds per Raft tick (default %(default)s: heartbeat every tick, election "
                         "after ElectionTick=10-20 ticks, i.e. 1-2 s; Swarm ticks every 1 s)")

@@ -98,13 +98,17 @@ async def join(
     certs_dir: Path | str,
     description: dict[str, Any] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    cannot_manage: str = "",
 ) -> tuple[str, str, list[str]]:
     """Join the swarm of the manager at ``remote_addr`` (``"ip:port"``; port defaults to 2377) with ``token``.
 
     ``hostname``: this node's hostname (``Description.Hostname``); ``advertise_addr``: the IP
     other nodes reach this one at ("" = whatever address the manager sees); ``certs_dir``: where
     ``ca.crt``, ``node.crt`` and ``node.key`` are written (only on success); ``description``:
-    NodeDescription (default :func:`local_description`); ``timeout``: seconds for the whole join.
+    NodeDescription (default :func:`local_description`); ``timeout``: seconds for the whole join;
+    ``cannot_manage``: why this node could not serve as a manager (e.g. its listen address is in
+    use), "" if it can: the manager then refuses a manager token with this reason, before it
+    adds the node, instead of making it a manager that never comes up.
 
     Returns ``(node_id, role, managers)`` with ``managers`` a list of ``"ip:port"``.
     Raises ``ValueError`` for a malformed token or address (before any network traffic), and
@@ -158,11 +162,11 @@ async def join(
             except wire.WireError as e:
                 raise JoinError(str(e)) from e
             try:
-                reply = await peer.request(
-                    "ca.join",
-                    {"token": token, "csr": csr_pem, "hostname": hostname, "addr": advertise_addr, "description": desc},
-                    timeout=left(),
-                )
+                req: dict[str, Any] = {"token": token, "csr": csr_pem, "hostname": hostname,
+                                       "addr": advertise_addr, "description": desc}
+                if cannot_manage:
+                    req["cannot_manage"] = cannot_manage
+                reply = await peer.request("ca.join", req, timeout=left())
             except wire.RemoteError as e:
                 raise JoinError(f"{where} refused the join: {e.msg}") from e
             except wire.WireError as e:

@@ -259,6 +259,22 @@ async def test_manager_token_gives_manager_role(mgr: Manager, tmp_path: Path) ->
     assert tlsutil.ROLE_BY_OU["swarm-manager"] == "manager"
 
 
+async def test_a_node_that_cannot_manage_is_refused_a_manager_token(mgr: Manager, tmp_path: Path) -> None:
+    """Issue 7: a joiner whose listen address is busy says so (``cannot_manage``); a manager
+    token is then refused before the node is added (it would be a manager that never comes up),
+    while a worker token, which needs no listener, is accepted."""
+    before, index = mgr.nodes(), mgr.store.applied_index
+    why = "listen address 0.0.0.0:2377 is already in use: another process listens on port 2377"
+    with pytest.raises(JoinError, match=f"refused the join: this node cannot join as a manager: {why}"):
+        await join(mgr.addr, mgr.tokens()["Manager"], "m2", "10.99.0.13", tmp_path / "m2", timeout=10,
+                   cannot_manage=why)
+    assert mgr.nodes() == before and mgr.store.applied_index == index
+    assert not (tmp_path / "m2").exists()
+    node_id, role, _ = await join(mgr.addr, mgr.tokens()["Worker"], "w2", "10.99.0.14", tmp_path / "w2",
+                                  timeout=10, cannot_manage=why)
+    assert role == "worker" and mgr.node(node_id)["Spec"]["Role"] == "worker"
+
+
 async def test_wrong_revoked_and_foreign_tokens_are_refused(mgr: Manager, tmp_path: Path) -> None:
     before = mgr.nodes()
     index = mgr.store.applied_index

@@ -109,6 +109,7 @@ def test_rolling_update_respects_parallelism() -> None:
     tasks = [running(old, i, "n1") for i in (1, 2, 3)]
     new = svc(3)
     new["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] = "busybox:1.36"
+    new["Version"] = {"Index": 8}  # the store gives the updated service a new index
     plan = reconcile([new], copy.deepcopy(tasks), [node("n1")], NOW, ids())
     assert plan.create == []
     assert [(t["Slot"], t["DesiredState"]) for t in plan.update] == [(1, "shutdown")]  # default Parallelism 1

@@ -41,8 +41,9 @@ def service(replicas: int = 3, image: str = "busybox:1", **update: Any) -> Obj:
 
 class Cluster:
     """Deterministic harness for :func:`reconcile`: holds services, tasks and nodes, applies
-    each plan as the store would (``CreatedAt`` = the pass's time) and carries the update
-    progress between passes. ``worker(tid, state)`` plays the worker."""
+    each plan as the store would (``CreatedAt`` = the pass's time, a new ``Version.Index`` for
+    every service written) and carries the update progress between passes. ``worker(tid,
+    state)`` plays the worker."""
 
     def __init__(self, svc: Obj, nodes: int = 3) -> None:
         self.now = T0
@@ -71,15 +72,21 @@ class Cluster:
         for t in plan.update:
             self.tasks[t["ID"]] = t
         for s in plan.services:
-            self.services[s["ID"]] = s
+            self.services[s["ID"]] = self.stored(s)
         self.progress = plan.progress
         self.wake_at = plan.wake_at
         return plan
 
+    def stored(self, s: Obj) -> Obj:
+        """``s`` with the next ``Version.Index``, as the store gives every object it writes."""
+        self.version = getattr(self, "version", 1) + 1
+        s["Version"] = {"Index": self.version}
+        return s
+
     def user_update(self, **changes: Any) -> None:
         """What POST /services/{id}/update does: PreviousSpec = Spec, new Spec, UpdateStatus
         cleared (``rollback=True``: swap back and set rollback_started)."""
-        s = self.services["s1"]
+        s = self.stored(self.services["s1"])
         if changes.pop("rollback", False):
             s["Spec"], s["PreviousSpec"] = s["PreviousSpec"], s["Spec"]
             s["UpdateStatus"] = {"State": "rollback_started", "StartedAt": now_rfc3339(self.now),

@@ -185,3 +185,61 @@ def test_swarm_spec_raft_section_is_checked(raft: dict[str, int], words: str) ->
         validate_swarm_spec({"Raft": raft})
     ok = validate_swarm_spec({"Raft": {"SnapshotInterval": 5000, "ElectionTick": 20, "HeartbeatTick": 2}})
     assert ok["Raft"]["SnapshotInterval"] == 5000
+
+
+def test_replicas_are_capped_per_service() -> None:
+    """Issue 7: a documented cap (MAX_REPLICAS = 100,000) instead of any uint64."""
+    from manager.specs import MAX_REPLICAS
+
+    assert MAX_REPLICAS == 100_000
+    ok = validate_service_spec(_spec(Mode={"Replicated": {"Replicas": MAX_REPLICAS}}))
+    assert ok["Mode"]["Replicated"]["Replicas"] == MAX_REPLICAS
+    for n in (MAX_REPLICAS + 1, 2**63, 2**64 - 1):
+        with pytest.raises(SpecError) as e:
+            validate_service_spec(_spec(Mode={"replicated": {"replicas": n}}))
+        assert f"Replicas {n} is over the limit of 100000 tasks per service" in str(e.value)
+
+
+# Inputs on which the earlier regular expressions backtracked for seconds to forever (Python's
+# engine is not linear-time like Go's): a 62-character name ending in a bad character took ~2^34
+# steps, a constraint with long runs of spaces cubic time — one request would hang the manager.
+HOSTILE_TEXT = [
+    ("Name", "a" * 62 + "!", "name must be valid as a DNS name component"),
+    ("Constraint", "node.id==" + " " * 20_000 + "x" + " " * 20_000 + "\n!", "constraint expected one operator"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), HOSTILE_TEXT)
+def test_hostile_names_and_constraints_are_refused_without_backtracking(field: str, value: str, message: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    spec = _spec(Name=value) if field == "Name" else \
+        _spec(TaskTemplate={"ContainerSpec": {"Image": "busybox"}, "Placement": {"Constraints": [value]}})
+    code = ("import json, sys\nfrom manager.specs import SpecError, validate_service_spec\n"
+            "try:\n    validate_service_spec(json.loads(sys.stdin.read()))\n"
+            "except SpecError as e:\n    print(e)\n")
+    # in a child with a deadline far above the milliseconds it takes, so a regression fails
+    # instead of hanging the test run (the old expressions never finished)
+    p = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec), capture_output=True, text=True,
+                       timeout=60)
+    assert message in p.stdout, p.stderr
+    with pytest.raises(SpecError, match=message):
+        validate_service_spec(spec)
+
+
+def test_names_and_constraints_still_parse_as_before() -> None:
+    from manager.specs import parse_constraint, validate_name
+
+    for ok in ("a", "web", "web-1", "my_svc-2", "A1_b", "x" * 63):
+        validate_name(ok)
+    for bad in ("-a", "a-", "_a", "a_", "a b", "é", "a" * 64, "a!"):
+        with pytest.raises(SpecError):
+            validate_name(bad)
+    assert parse_constraint(" node.labels.zone == eu-1 ") == ("node.labels.zone", "==", "eu-1")
+    assert parse_constraint("node.id!=x==y") == ("node.id", "!=", "x==y")
+    assert parse_constraint("node.role==manager\n") == ("node.role", "==", "manager")
+    for bad in ("node.role=manager", "node role==x", "==x", "node.role==a\nb"):
+        with pytest.raises(SpecError, match="constraint expected one operator"):
+            parse_constraint(bad)
