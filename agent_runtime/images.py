@@ -37,6 +37,7 @@ import jsonschema
 from agent_runtime.layers import MAX_LAYER_SIZE, BoundedTarInfo
 from agent_runtime.layers import ImageError as ImageError  # re-exported: every caller catches it from here
 from agent_runtime.layers import unpack_layer as unpack_layer
+from shoal import boundedjson
 from shoal.util import private_dir
 
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -108,14 +109,15 @@ DOCKER_SAVE_SCHEMA: dict[str, Any] = {
 
 
 def parse_json(raw: bytes, schema: dict[str, Any], what: str) -> Any:
-    """Decode ``raw`` as JSON and check it against ``schema``; returns the document.
+    """Decode ``raw`` as JSON (:func:`shoal.boundedjson.loads`: at most :data:`MAX_CONFIG_BYTES`,
+    64 levels) and check it against ``schema``; returns the document.
 
     Raises ImageError naming ``what``, the field and the problem for invalid JSON (including
-    nesting too deep to decode) or a document of the wrong shape."""
+    nesting too deep) or a document of the wrong shape."""
     try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise ImageError(f"{what} is not valid JSON: {e}") from None
+        doc = boundedjson.loads(raw, what, max_bytes=MAX_CONFIG_BYTES)
+    except boundedjson.InvalidJSON as e:
+        raise ImageError(str(e)) from None
     return check_shape(doc, schema, what)
 
 
@@ -530,7 +532,7 @@ class ImageStore:
 
     # ---- load -----------------------------------------------------------------------------------
 
-    def load(self, archive: Path) -> builtins.list[str]:
+    def load(self, archive: Path, label: str | None = None) -> builtins.list[str]:
         """Load an OCI image-layout archive or a ``docker save`` tar; returns the refs it tagged.
 
         Refs come from ``RepoTags`` (docker save) or the ``io.containerd.image.name`` /
@@ -538,13 +540,14 @@ class ImageStore:
         Only regular files of the archive are read, each within its limit (JSON documents
         :data:`MAX_MANIFEST_BYTES`, configs :data:`MAX_CONFIG_BYTES`, layers the store's
         ``max_layer_size``), and every JSON document is checked against its schema first.
+        ``label`` names the archive in messages (default: its file name).
         Raises ImageError for an unreadable, malformed or inconsistent archive.
         """
-        what = f"image archive {Path(archive).name}"
+        what = label or f"image archive {Path(archive).name}"
         try:
             tf = tarfile.open(archive, "r:*", tarinfo=BoundedTarInfo)
         except (OSError, tarfile.TarError, ImageError) as e:
-            raise ImageError(f"cannot read image archive {archive}: {e}") from e
+            raise ImageError(f"cannot read {label or f'image archive {archive}'}: {e}") from e
         try:
             with tf:
                 return self._load(tf, what, Path(archive).name.split(".")[0].lower() or "image")

@@ -767,7 +767,7 @@ def build_app(daemon: Daemon) -> web.Application:
                         return api_error(413, too_big)
                     f.write(chunk)
             try:
-                refs = await asyncio.to_thread(daemon.images.load, Path(tmp))
+                refs = await asyncio.to_thread(daemon.images.load, Path(tmp), "the uploaded image archive")
             except ImageError as e:
                 return api_error(400, str(e))
         finally:

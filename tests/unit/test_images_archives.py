@@ -104,7 +104,7 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
                                     "missing entry 'nope.json'"),
     "manifest.json is a symlink loop": (_symlinked_manifest_json(), "neither an OCI image archive"),
     "manifest.json nested 100000 deep": (_tar([("manifest.json", b"[" * 100_000 + b"]" * 100_000)]),
-                                         "manifest.json is not valid JSON"),
+                                         "manifest.json: nesting too deep"),
     "index.json manifests is an object": (_oci({"manifests": {"a": 1}}), "index.json is malformed at manifests"),
     "index.json descriptor with a bad digest": (_oci({"manifests": [{"digest": "md5:00"}]}),
                                                 "index.json is malformed at manifests/0/digest"),
