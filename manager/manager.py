@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -114,6 +115,12 @@ def raft_config(spec: dict[str, Any], tick: float = DEFAULT_RAFT_TICK) -> Driver
     )
 
 
+_ZERO_IS_DEFAULT = {("Raft", "ElectionTick"), ("Raft", "HeartbeatTick"), ("Raft", "SnapshotInterval"),
+                    ("Dispatcher", "HeartbeatPeriod"), ("CAConfig", "NodeCertExpiry")}
+"""SwarmSpec fields a ``swarm init`` sends as 0 when not given: 0 is not a valid value for
+them, so they keep swarmkit's default (a 0 elsewhere, e.g. TaskHistoryRetentionLimit, is kept)."""
+
+
 def initial_swarm_spec(spec: dict[str, Any], heartbeat_period: float | None = None) -> dict[str, Any]:
     """The SwarmSpec of a new cluster: swarmkit's defaults, ``heartbeat_period`` (seconds) as
     ``Dispatcher.HeartbeatPeriod``, then the sections ``spec`` (from ``swarm init``) sets.
@@ -122,7 +129,16 @@ def initial_swarm_spec(spec: dict[str, Any], heartbeat_period: float | None = No
     if heartbeat_period is not None:
         swarm_spec["Dispatcher"]["HeartbeatPeriod"] = int(heartbeat_period * 1e9)
     if spec:
-        merged = {**swarm_spec, **{k: v for k, v in spec.items() if v not in (None, {}, "")}}
+        # a null value keeps the default, and so does a zero where zero means "not set" (the
+        # engine sanitizes an init request the same way): the docker CLI sends every section,
+        # with Raft.ElectionTick and HeartbeatTick 0 when `swarm init` is not told them
+        merged = copy.deepcopy(swarm_spec)
+        for key, value in spec.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update({k: v for k, v in value.items()
+                                    if v is not None and not (v == 0 and (key, k) in _ZERO_IS_DEFAULT)})
+            elif value not in (None, {}, ""):
+                merged[key] = value
         swarm_spec = validate_swarm_spec(merged)
     return swarm_spec
 

@@ -24,6 +24,7 @@ from shoal import listenaddr
 from shoal.daemon import Daemon, build_app, parse_args
 from shoal.listenaddr import AddrError, Interface
 from tests.ports import free_port
+from tests.unit.test_orchestrator_cli import DOCKER, docker
 from tests.waiting import wait_until
 
 Client = TestClient[web.Request, web.Application]
@@ -325,3 +326,33 @@ async def test_a_promotion_on_a_busy_port_leaves_a_worker_that_restarts_as_one(t
                              "the promotion")
             assert (await (await mc.get(f"/nodes/{jid}")).json())["ManagerStatus"]["Reachability"] in (
                 "reachable", "unknown")
+
+
+@pytest.mark.skipif(DOCKER is None, reason="no docker CLI on PATH")
+async def test_docker_swarm_init_with_the_clis_zero_raft_ticks(tmp_path: Path) -> None:
+    """`docker swarm init` sends every SwarmSpec section, with Raft.ElectionTick and
+    HeartbeatTick 0 when they are not given: those keep swarmkit's defaults (before: 400
+    "RaftConfig.ElectionTick must be at least 1, got 0"), as the engine sanitizes an init."""
+    port = free_port()
+    d = Daemon(daemon_args(tmp_path, port))
+    await d.start()
+    runner = web.AppRunner(build_app(d))
+    await runner.setup()
+    sock = tmp_path / "api.sock"
+    await web.UnixSite(runner, str(sock)).start()
+    host = f"unix://{sock}"
+    try:
+        rc, out, err = await docker(host, tmp_path, "swarm", "init", "--advertise-addr", "127.0.0.1",
+                                    "--listen-addr", f"127.0.0.1:{port}")
+        assert rc == 0 and "Swarm initialized" in out, (out, err)
+        assert d.manager is not None
+        spec = d.manager.cluster["Spec"]
+        assert (spec["Raft"]["ElectionTick"], spec["Raft"]["HeartbeatTick"]) == (10, 1)
+        assert spec["Orchestration"]["TaskHistoryRetentionLimit"] == 5
+        rc, out, err = await docker(host, tmp_path, "info", "--format", "{{.Swarm.LocalNodeState}}")
+        assert (rc, out.strip()) == (0, "active"), err
+        rc, out, err = await docker(host, tmp_path, "swarm", "leave", "--force")
+        assert rc == 0, (out, err)
+    finally:
+        await runner.cleanup()
+        await d.stop()
