@@ -16,7 +16,7 @@ from typing import Any
 
 from agent_runtime.oci.inroot import read_in_root
 from agent_runtime.spec import ContainerSpec
-from shoal.containerrules import CAPABILITY_NAMES, ULIMIT_NAMES, normalize_capability, sysctl_allowed
+from shoal.base.containerrules import CAPABILITY_NAMES, ULIMIT_NAMES, normalize_capability, sysctl_allowed
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -40,8 +40,8 @@ from agent_runtime.oci.cgroups import Cgroup
 from agent_runtime.oci.runtime import RuntimeError_, check_rootfs_links
 from agent_runtime.shim import proc_start_time
 from agent_runtime.spec import ContainerSpec, ContainerState
-from shoal.logopts import LogOptError, effective
-from shoal.util import now_rfc3339, private_dir
+from shoal.base.logopts import LogOptError, effective
+from shoal.base.util import now_rfc3339, private_dir
 
 __all__ = ["ContainerError", "ContainerNotFound", "ContainerSpec", "ContainerState", "Runtime"]
 
@@ -118,7 +118,7 @@ class Runtime:
     ``exec_root`` holds runtime state (runc's ``--root``, shoal-oci's state dir). ``cgroup_parent``
     is the cgroup under which each container's cgroup ``<parent>/<id>`` is made. ``oci_runtime``
     picks ``shoal`` (shoal-oci from this venv) or ``runc`` (/usr/sbin/runc). ``log_opts`` are the
-    daemon's json-file defaults (``{"max-size": "10m", "max-file": "3"}``, :mod:`shoal.logopts`); a
+    daemon's json-file defaults (``{"max-size": "10m", "max-file": "3"}``, :mod:`shoal.base.logopts`); a
     container's ``spec.log_opts`` override them key by key. Raises ValueError for a bad runtime name
     or log option.
     """

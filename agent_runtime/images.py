@@ -37,8 +37,8 @@ import jsonschema
 from agent_runtime.layers import MAX_LAYER_SIZE, BoundedTarInfo
 from agent_runtime.layers import ImageError as ImageError  # re-exported: every caller catches it from here
 from agent_runtime.layers import unpack_layer as unpack_layer
-from shoal import boundedjson
-from shoal.util import private_dir
+from shoal.base import boundedjson
+from shoal.base.util import private_dir
 
 MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -109,7 +109,7 @@ DOCKER_SAVE_SCHEMA: dict[str, Any] = {
 
 
 def parse_json(raw: bytes, schema: dict[str, Any], what: str) -> Any:
-    """Decode ``raw`` as JSON (:func:`shoal.boundedjson.loads`: at most :data:`MAX_CONFIG_BYTES`,
+    """Decode ``raw`` as JSON (:func:`shoal.base.boundedjson.loads`: at most :data:`MAX_CONFIG_BYTES`,
     64 levels) and check it against ``schema``; returns the document.
 
     Raises ImageError naming ``what``, the field and the problem for invalid JSON (including

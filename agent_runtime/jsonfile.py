@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from shoal.logopts import DEFAULT_MAX_FILE, DEFAULT_MAX_SIZE
+from shoal.base.logopts import DEFAULT_MAX_FILE, DEFAULT_MAX_SIZE
 
 LOG_NAME = "container.log"
 LINE_CHUNK = 16 * 1024
@@ -57,7 +57,7 @@ CHECK_BYTES = 64
 
 
 def now_rfc3339() -> str:
-    """Now as RFC 3339 UTC with nanoseconds (as shoal.util.now_rfc3339; kept here so the shim starts fast)."""
+    """Now as RFC 3339 UTC with nanoseconds (as shoal.base.util.now_rfc3339; kept here so the shim starts fast)."""
     ns = time.time_ns()
     sec, frac = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"

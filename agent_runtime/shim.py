@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from agent_runtime.jsonfile import LogWriter, now_rfc3339
-from shoal.logopts import DEFAULT_MAX_FILE, DEFAULT_MAX_SIZE
+from shoal.base.logopts import DEFAULT_MAX_FILE, DEFAULT_MAX_SIZE
 
 
 def proc_start_time(pid: int) -> int | None:

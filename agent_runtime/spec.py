@@ -36,7 +36,7 @@ class ContainerSpec:
     ``oom_score_adj`` the process's /proc/self/oom_score_adj (-1000..1000, None = inherit).
 
     ``log_opts`` are the container's json-file log options (Docker's ``--log-opt``:
-    ``{"max-size": "10m", "max-file": "3"}``, see :mod:`shoal.logopts`); a key left out takes the
+    ``{"max-size": "10m", "max-file": "3"}``, see :mod:`shoal.base.logopts`); a key left out takes the
     runtime's default. A container.json written before this field existed loads with ``{}``.
     """
 

@@ -40,9 +40,9 @@ from manager.specs import (
     validate_swarm_spec,
 )
 from manager.store import Conflict, NotFound, ReadTx, Store, Unavailable, WriteTx
-from shoal.boundedjson import MAX_JSON_BYTES, InvalidJSON
-from shoal.boundedjson import loads as bounded_loads
-from shoal.util import new_id, now_rfc3339, parse_rfc3339
+from shoal.base.boundedjson import MAX_JSON_BYTES, InvalidJSON
+from shoal.base.boundedjson import loads as bounded_loads
+from shoal.base.util import new_id, now_rfc3339, parse_rfc3339
 
 __all__ = ["add_routes", "ApiError", "parse_filters", "mux_frame", "read_body", "read_json"]
 
@@ -106,9 +106,9 @@ async def read_body(request: web.Request, limit: int = MAX_JSON_BYTES) -> bytes:
 
 async def read_json(request: web.Request, allow_empty: bool = False) -> Any:
     """Read and decode the JSON body of ``request`` through the bounded decoder
-    (:func:`shoal.boundedjson.loads`: size, nesting depth, Go's number and string rules).
+    (:func:`shoal.base.boundedjson.loads`: size, nesting depth, Go's number and string rules).
     An empty body is None when ``allow_empty``, else a 400. Raises :class:`ApiError` 400 (or
-    413 for a body over :data:`shoal.boundedjson.MAX_JSON_BYTES`) with the reason."""
+    413 for a body over :data:`shoal.base.boundedjson.MAX_JSON_BYTES`) with the reason."""
     raw = await read_body(request)
     if not raw.strip():
         if allow_empty:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shoal.tlsutil import (  # re-exported: the token and key helpers live in shoal.tlsutil (shared with worker/)
+from shoal.rpc.tlsutil import (  # re-exported: the token and key helpers live in shoal.rpc.tlsutil (shared with worker/)
     DIGEST_LEN,
     OU_BY_ROLE,
     SECRET_BYTES,

@@ -41,9 +41,9 @@ from typing import Any
 import msgpack
 
 from manager.store import Store, StoreError, Unavailable, WriteTx
-from shoal import wire
-from shoal.taskstate import STATE_ORDER, state_order
-from shoal.util import now_rfc3339
+from shoal.base.taskstate import STATE_ORDER, state_order
+from shoal.base.util import now_rfc3339
+from shoal.rpc import wire
 
 log = logging.getLogger(__name__)
 
@@ -551,8 +551,8 @@ class Dispatcher:
         ``{"lines": [{"task_id", "stream", "time", "log"}]}``.
 
         ``body``: ``{"task_ids": [...], "tail": int | -1, "since": float, "timestamps": bool}``.
-        Raises ``LookupError`` if the node has no live session, :class:`shoal.wire.WireError`
-        (or :class:`shoal.wire.RemoteError`) if the request fails or times out.
+        Raises ``LookupError`` if the node has no live session, :class:`shoal.rpc.wire.WireError`
+        (or :class:`shoal.rpc.wire.RemoteError`) if the request fails or times out.
         """
         s = self._sessions.get(node_id)
         if s is None or s.peer is None or s.peer.closed:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from manager.store import Store
-from shoal.util import wait_timeout
+from shoal.base.util import wait_timeout
 
 
 async def reconcile_loop(store: Store, tables: Iterable[str], tick: Callable[[], Awaitable[object]],
@@ -17,7 +17,7 @@ async def reconcile_loop(store: Store, tables: Iterable[str], tick: Callable[[],
     after ``debounce`` seconds without a change — or when ``wake_in()`` seconds (None = never)
     have passed with no change. A failing pass is logged (``what`` names the loop) and the loop
     goes on. Runs until cancelled or the store closes; cancellation is never lost (it waits
-    with :func:`shoal.util.wait_timeout`, not ``asyncio.wait_for``).
+    with :func:`shoal.base.util.wait_timeout`, not ``asyncio.wait_for``).
     """
     watch = store.watch(tables)
 

@@ -41,8 +41,8 @@ from raft.driver import DriverConfig
 from raft.log import LogUnavailable
 from raft.replicated import ReplicatedLog
 from raft.transport import parse_addr
-from shoal import tlsutil, wire
-from shoal.util import new_id, now_rfc3339, private_dir
+from shoal.base.util import new_id, now_rfc3339, private_dir
+from shoal.rpc import tlsutil, wire
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,14 @@ replace a dead leader); Shoal ticks every 100 ms with the same tick counts from 
 (``Raft.ElectionTick`` 10, ``Raft.HeartbeatTick`` 1): heartbeat 100 ms, election 1–2 s."""
 LOG_PAGE_LIMIT = 4 * 1024 * 1024
 """Bytes of log lines one ``read_logs_page`` asks the nodes for, all nodes together (each node
-caps its reply at :data:`shoal.wire.LOGS_REPLY_BYTES`, and the page fits a follower's
-``logs.collect`` reply within :data:`shoal.wire.MANAGER_LIMITS`)."""
+caps its reply at :data:`shoal.rpc.wire.LOGS_REPLY_BYTES`, and the page fits a follower's
+``logs.collect`` reply within :data:`shoal.rpc.wire.MANAGER_LIMITS`)."""
 LOG_PAGE_MIN_PER_NODE = 256 * 1024
 """The share of :data:`LOG_PAGE_LIMIT` a node gets at least, however many nodes a service spans."""
 
 FORWARD_MAX_BODY = wire.MANAGER_LIMITS.frame - 64 * 1024
 """Bytes of an API request body a follower forwards to the leader (``api.forward`` must fit the
-leader's :data:`shoal.wire.MANAGER_LIMITS` with its headers)."""
+leader's :data:`shoal.rpc.wire.MANAGER_LIMITS` with its headers)."""
 
 ApiExecutor = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 """``await execute(method, path_with_query, headers, body) -> (status, headers, body)``: run an
@@ -162,7 +162,7 @@ class LeaderLink:
 
     async def request(self, type: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
         """Send request ``type`` to the leader and return its reply. Raises :class:`Unavailable`
-        when no leader is known or it cannot be reached, :class:`shoal.wire.RemoteError` with
+        when no leader is known or it cannot be reached, :class:`shoal.rpc.wire.RemoteError` with
         the leader's error."""
         addr = self.leader_addr()
         if not addr:
@@ -602,7 +602,7 @@ class Manager:
     async def leave_raft(self, timeout: float = 10.0) -> None:
         """Leave the Raft cluster before this manager leaves the swarm (best effort: a leader
         first hands leadership over), asking the leader itself (``raft.leave``); retried while
-        leadership moves. Raises :class:`Unavailable` / ``shoal.wire.WireError``."""
+        leadership moves. Raises :class:`Unavailable` / ``shoal.rpc.wire.WireError``."""
         if self.log.driver.voters == frozenset({self.raft_id}):
             return
         loop = asyncio.get_running_loop()
@@ -718,7 +718,7 @@ class Manager:
     async def forward_api(self, method: str, path: str, headers: dict[str, str],
                           body: bytes) -> tuple[int, dict[str, str], bytes]:
         """Run an API request on the leader (from a follower). Raises :class:`Unavailable`
-        (no leader / unreachable), ``shoal.wire.RemoteError``, ``shoal.wire.WireError`` for a
+        (no leader / unreachable), ``shoal.rpc.wire.RemoteError``, ``shoal.rpc.wire.WireError`` for a
         request too large to forward (over :data:`FORWARD_MAX_BODY`)."""
         assert self.leader_link is not None
         if len(body) > FORWARD_MAX_BODY:

@@ -57,8 +57,8 @@ import msgpack
 from manager.loop import reconcile_loop
 from manager.specs import service_spec_with_defaults, task_spec_with_defaults
 from manager.store import MAX_TRANSACTION_BYTES, Store, WriteTx
-from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import new_id, now_rfc3339, parse_rfc3339
+from shoal.base.taskstate import STATE_ORDER, TERMINAL_STATES
+from shoal.base.util import new_id, now_rfc3339, parse_rfc3339
 
 __all__ = ["Plan", "UpdateProgress", "WriteBudget", "OLD_TASK_TIMEOUT", "MAX_TASK_WRITES_PER_PASS", "update_config",
            "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]

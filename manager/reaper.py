@@ -19,8 +19,8 @@ from typing import Any
 
 from manager.loop import reconcile_loop
 from manager.store import Store, WriteTx
-from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import parse_rfc3339
+from shoal.base.taskstate import STATE_ORDER, TERMINAL_STATES
+from shoal.base.util import parse_rfc3339
 
 __all__ = ["reap", "TaskReaper", "DEFAULT_RETENTION"]
 

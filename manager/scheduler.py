@@ -26,8 +26,8 @@ from typing import Any
 from manager.ipam import BridgeIPAM, IPAMError
 from manager.specs import SpecError, parse_constraint
 from manager.store import Store, WriteTx
-from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import now_rfc3339, wait_timeout
+from shoal.base.taskstate import STATE_ORDER, TERMINAL_STATES
+from shoal.base.util import now_rfc3339, wait_timeout
 
 __all__ = [
     "NodeInfo",

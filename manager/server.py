@@ -3,21 +3,21 @@
 Protocol: docs/contracts.md, "The 2377 protocol". TLS with ``CERT_OPTIONAL``: a peer without a
 client certificate may only call ``ca.root`` and ``ca.join``; every other call needs a node
 certificate issued by this cluster's CA (its CN is the node ID, its OU the role;
-:func:`shoal.tlsutil.peer_identity`). Extra request types (e.g. Raft between managers) can be
+:func:`shoal.rpc.tlsutil.peer_identity`). Extra request types (e.g. Raft between managers) can be
 added with :meth:`ManagerServer.register`; one registered for a role is served only when the
 certificate's OU *and* the node's current ``Spec.Role`` in the store say that role, so a node
 demoted or removed loses its rights at once, not when its certificate expires.
 
 Every peer is treated as hostile until proven otherwise:
 
-- without a certificate (:data:`shoal.wire.PREAUTH_LIMITS`): frames of at most 64 KiB, the
+- without a certificate (:data:`shoal.rpc.wire.PREAUTH_LIMITS`): frames of at most 64 KiB, the
   first within ``first_frame_timeout`` seconds and each next one within as long of the previous
   reply, one request at a time, at most ``max_preauth`` such connections at once (more are
   closed at once); anything but ``ca.root``/``ca.join`` is answered with an error and the
   connection closed; what gets such a peer closed is logged on one line (no traceback), and
   at most once per :data:`LOG_EVERY` seconds;
-- with a certificate: the limits of its current role (:data:`shoal.wire.WORKER_LIMITS`,
-  :data:`shoal.wire.MANAGER_LIMITS`), at most ``max_per_node`` connections per node; a node
+- with a certificate: the limits of its current role (:data:`shoal.rpc.wire.WORKER_LIMITS`,
+  :data:`shoal.rpc.wire.MANAGER_LIMITS`), at most ``max_per_node`` connections per node; a node
   ``node rm`` put in the cluster's ``BlacklistedCertificates`` is refused ("node X was removed
   from the swarm") and disconnected; the manager serves no pushes (a push closes the
   connection).
@@ -39,8 +39,8 @@ from typing import Any
 from manager.ca import RootCA, is_blacklisted, parse_token, token_matches_ca, token_role
 from manager.dispatcher import Dispatcher
 from manager.store import Store, WriteTx
-from shoal import tlsutil, wire
-from shoal.util import new_id, now_rfc3339, wait_timeout
+from shoal.base.util import new_id, now_rfc3339, wait_timeout
+from shoal.rpc import tlsutil, wire
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +141,13 @@ class ManagerServer:
     """The asyncio TLS server on 2377.
 
     ``store``, ``ca`` (must hold its key to serve ``ca.join``), ``dispatcher``; ``ssl_context``
-    from :func:`shoal.tlsutil.server_context` with the manager's own node certificate;
+    from :func:`shoal.rpc.tlsutil.server_context` with the manager's own node certificate;
     ``advertise_addr``: this manager's ``ip:port`` (returned to joiners when the store lists no
     manager); ``node_hook``: see :data:`NodeHook`; ``handshake_timeout``: seconds a client has
     to finish the TLS handshake; ``first_frame_timeout``, ``max_preauth``, ``max_per_node``: see
     the module doc (:data:`FIRST_FRAME_TIMEOUT`, :data:`MAX_PREAUTH`, :data:`MAX_PER_NODE`);
     ``write_timeout``: seconds a peer may read nothing of what it is sent before it is
-    disconnected (:data:`shoal.wire.WRITE_TIMEOUT`).
+    disconnected (:data:`shoal.rpc.wire.WRITE_TIMEOUT`).
     """
 
     def __init__(

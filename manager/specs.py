@@ -18,8 +18,8 @@ import re
 import secrets
 from typing import Any, cast
 
-from shoal.containerrules import ULIMIT_NAMES, normalize_capability, parse_extra_host, sysctl_allowed
-from shoal.logopts import LogOptError, check_driver, check_options
+from shoal.base.containerrules import ULIMIT_NAMES, normalize_capability, parse_extra_host, sysctl_allowed
+from shoal.base.logopts import LogOptError, check_driver, check_options
 
 __all__ = [
     "SpecError",
@@ -471,7 +471,7 @@ def _validate_security_and_limits(cs: dict[str, Any]) -> None:
 def _validate_log_driver(ld: Any) -> None:
     """``TaskTemplate.LogDriver`` ``{"Name": "json-file" | "", "Options": {"max-size", "max-file"}}``
     (what ``docker service create --log-driver json-file --log-opt max-size=1m`` sends): any other
-    driver, an unknown option or a bad value is refused (shoal.logopts)."""
+    driver, an unknown option or a bad value is refused (shoal.base.logopts)."""
     ld = _obj(ld, "TaskTemplate.LogDriver")
     try:
         check_driver(ld.get("Name"))

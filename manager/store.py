@@ -32,7 +32,7 @@ import msgpack
 from raft.log import LogUnavailable, ReplicatedLog
 from raft.snapshot import Snapshot
 from raft.wal import Entry
-from shoal.util import now_rfc3339
+from shoal.base.util import now_rfc3339
 
 __all__ = ["Store", "ReadTx", "WriteTx", "Watch", "Event", "StoreError", "Conflict", "NotFound", "Unavailable", "TABLES",
            "MAX_TRANSACTION_BYTES"]

@@ -73,7 +73,7 @@ from raft.log import LogUnavailable
 from raft.snapshot import Snapshot as DiskSnapshot
 from raft.snapshot import Snapshotter
 from raft.transport import PeerCheck, Transport, parse_addr
-from shoal.util import private_dir
+from shoal.base.util import private_dir
 
 __all__ = ["ADDR_MAGIC", "AppliedEntry", "DriverConfig", "RaftDriver"]
 

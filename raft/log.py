@@ -26,7 +26,7 @@ from typing import Protocol
 
 from raft.snapshot import Snapshot, Snapshotter
 from raft.wal import DEFAULT_SEGMENT_BYTES, WAL, Entry, HardState
-from shoal.util import private_dir
+from shoal.base.util import private_dir
 
 __all__ = ["LogUnavailable", "ReplicatedLog", "SingleVoterLog", "Snapshot", "Entry"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgpack
 
 from raft.wal import recovery_advice
-from shoal.util import private_dir, private_file
+from shoal.base.util import private_dir, private_file
 
 __all__ = ["Snapshot", "Snapshotter", "SnapshotCorruptError"]
 

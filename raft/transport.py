@@ -1,6 +1,6 @@
 """Raft message transport: msgpack frames over TCP (optionally mutual TLS) between managers.
 
-Peers are addressed by Raft node ID → ``"host:port"``. Frames are :mod:`shoal.wire` frames
+Peers are addressed by Raft node ID → ``"host:port"``. Frames are :mod:`shoal.rpc.wire` frames
 (4-byte big-endian length + one msgpack map). A connection opens with
 ``{"t": "raft-hello", "from": <node id>, "ch", "addr": <its advertised host:port>}`` and then carries ``{"t": "raft", "m": <message dict>}``
 frames, where the message dict is :func:`raft.core.message_to_dict`.
@@ -19,12 +19,12 @@ Design (after etcd's rafthttp, written our way):
   at once (no task switch: the leader's MsgApp is on the wire before its own fsync starts);
   otherwise it is queued, and frames queued while a connection was busy go out in one write;
 - with TLS, an inbound connection must present a certificate of the cluster CA with
-  OU ``swarm-manager`` (:func:`shoal.tlsutil.peer_identity`), and ``peer_check`` (if given)
+  OU ``swarm-manager`` (:func:`shoal.rpc.tlsutil.peer_identity`), and ``peer_check`` (if given)
   must accept the pair (certificate identity, Raft ID in the hello), else it is closed (the
   manager's check: the node is a current member and was not removed); when a peer is removed
   (:meth:`Transport.remove_peer`, on a configuration change) its inbound connections are closed
   too, so a member taken out of the configuration is heard no more;
-- inbound frames are read within :data:`shoal.wire.RAFT_LIMITS` (64 MiB: a MsgApp carries at
+- inbound frames are read within :data:`shoal.rpc.wire.RAFT_LIMITS` (64 MiB: a MsgApp carries at
   least one entry, as large as the largest store transaction; snapshots come in chunks of the
   driver's ``max_size_per_msg``, 1 MiB), and one at a time: a peer that sends faster than the
   Raft loop steps its messages is slowed by TCP;
@@ -49,8 +49,8 @@ from typing import Any
 
 from raft.core import Message, message_from_dict, message_to_dict
 from raft.core.messages import MsgSnap
-from shoal.tlsutil import peer_identity
-from shoal.wire import RAFT_LIMITS, WireError, encode_frame, read_frame
+from shoal.rpc.tlsutil import peer_identity
+from shoal.rpc.wire import RAFT_LIMITS, WireError, encode_frame, read_frame
 
 __all__ = ["PeerCheck", "Transport", "parse_addr"]
 

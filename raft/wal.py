@@ -50,7 +50,7 @@ from pathlib import Path
 
 import msgpack
 
-from shoal.util import private_dir, private_file
+from shoal.base.util import private_dir, private_file
 
 __all__ = ["Entry", "HardState", "WAL", "WALCorruptError", "WALRecovery"]
 

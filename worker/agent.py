@@ -29,7 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 
-from shoal import wire
+from shoal.rpc import wire
 from worker.join import split_addr
 
 log = logging.getLogger(__name__)

@@ -35,11 +35,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
-from shoal import wire
-from shoal.containerrules import parse_extra_host
-from shoal.logopts import check_driver, check_options
-from shoal.taskstate import STATE_ORDER, TERMINAL_STATES
-from shoal.util import now_rfc3339, wait_timeout
+from shoal.base.containerrules import parse_extra_host
+from shoal.base.logopts import check_driver, check_options
+from shoal.base.taskstate import STATE_ORDER, TERMINAL_STATES
+from shoal.base.util import now_rfc3339, wait_timeout
+from shoal.rpc import wire
 
 try:  # the runtime's dataclass (docs/contracts.md, agent_runtime section)
     from agent_runtime.containers import ContainerSpec
@@ -51,7 +51,7 @@ log = logging.getLogger("shoal.worker.executor")
 LOG_PAGE_LIMIT = wire.LOGS_REPLY_BYTES
 """Bytes of log records one ``read_logs_page`` returns at most, all tasks together: a record
 counts its JSON line plus ``RECORD_COST``, more than it takes in msgpack, so the ``logs.read``
-reply fits the manager's limit for a worker's frame (``shoal.wire.WORKER_LIMITS``); a manager may
+reply fits the manager's limit for a worker's frame (``shoal.rpc.wire.WORKER_LIMITS``); a manager may
 ask for less."""
 
 T = TypeVar("T")

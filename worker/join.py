@@ -18,8 +18,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from shoal import tlsutil, wire
-from shoal.tlsutil import (
+from shoal.rpc import tlsutil, wire
+from shoal.rpc.tlsutil import (
     DIGEST_LEN,
     cert_digest,
     generate_key_and_csr,

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from deploy.lab import lab
-from shoal.client import Client
+from shoal.cli.client import Client
 
 
 def sh(host: str, *cmd: str, capture: bool = False) -> str:

@@ -259,7 +259,7 @@ def _shquote(s: str) -> str:
 
 def ping(host: str, timeout: float = 1.0) -> bool:
     """True when lab host ``host``'s socket answers GET /_ping."""
-    from shoal.client import Client
+    from shoal.cli.client import Client
 
     return Client(f"unix://{socket_path(host)}", timeout=timeout).ping().strip() == "OK"
 

@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from deploy.lab import lab  # noqa: E402
-from shoal.client import APIError, Client  # noqa: E402
+from shoal.cli.client import APIError, Client  # noqa: E402
 
 POLL = 0.05
 SWARM_NETNS = "shoal-bench-dockerd"

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from agent_runtime.containers import ContainerSpec, Runtime  # noqa: E402
 from agent_runtime.images import ImageStore  # noqa: E402
 from agent_runtime.oci.cgroups import Cgroup  # noqa: E402
-from shoal.util import new_container_id  # noqa: E402
+from shoal.base.util import new_container_id  # noqa: E402
 from tests.integration.conftest import TEST_REF, make_busybox_oci_archive  # noqa: E402
 
 RUNTIMES = {"shoal": str(Path(sys.executable).parent / "shoal-oci"), "runc": shutil.which("runc") or "/usr/sbin/runc"}

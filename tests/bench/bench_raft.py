@@ -6,7 +6,7 @@ Prints ``FIGURE <name> <value> <unit>`` lines; never passes or fails on time.
         [--timeout-failovers 3] [--etcd [--rounds 1]] [--keep-logs DIR]
 
 Each member is its own process (``--node``; uvloop when available) with its WAL in a fresh temp
-dir and a small client port speaking shoal.wire frames: request ``{"t": "put", "id": n, "v": bytes}``,
+dir and a small client port speaking shoal.rpc.wire frames: request ``{"t": "put", "id": n, "v": bytes}``,
 reply ``{"id": n, "ok": bool, "i": index | "err": message}``. The driving process (this one) is
 the client, as etcd's anchor drives etcd with a Python client. Workload (the one of
 ``/work/shared/anchors/03_etcd.py``): one client writing 256-byte values sequentially to the
@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from raft.driver import DriverConfig  # noqa: E402
 from raft.log import LogUnavailable  # noqa: E402
 from raft.replicated import ReplicatedLog  # noqa: E402
-from shoal.wire import WireError, encode_frame, read_frame  # noqa: E402
+from shoal.rpc.wire import WireError, encode_frame, read_frame  # noqa: E402
 from tests.ports import free_ports  # noqa: E402
 
 VALUE = b"x" * 256

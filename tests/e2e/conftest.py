@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from deploy.lab import lab
-from shoal.client import Client
+from shoal.cli.client import Client
 
 HEARTBEAT = 1.0  # seconds; a node is down after 3 missed beats
 T = TypeVar("T")

@@ -14,7 +14,7 @@ import pytest
 
 from deploy.lab import lab
 from deploy.lab.demo import whoami_all
-from shoal.client import APIError
+from shoal.cli.client import APIError
 from tests.e2e.conftest import Cluster, client, shoal, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]

@@ -38,7 +38,7 @@ import pytest
 
 from deploy.lab import lab
 from raft.linearizability import Operation, check_history
-from shoal.client import APIError, Client, ConnectError
+from shoal.cli.client import APIError, Client, ConnectError
 from tests.e2e.conftest import shoal, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]

@@ -27,8 +27,8 @@ from manager.dispatcher import Dispatcher
 from manager.server import ManagerServer, make_node
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
-from shoal import tlsutil, wire
-from shoal.util import new_id
+from shoal.base.util import new_id
+from shoal.rpc import tlsutil, wire
 from tests.memory import PeakRss
 from tests.waiting import wait_until as wait_for
 from worker.agent import Agent

@@ -24,7 +24,9 @@ SCRIPT = r'''
 import asyncio, json, sys
 import uvloop
 from aiohttp.test_utils import TestClient, TestServer
-from shoal.daemon import Daemon, build_app, parse_args
+from shoal.daemon.daemon import Daemon
+from shoal.daemon.http.app import build_app
+from shoal.daemon.main import parse_args
 
 async def main():
     root, port = sys.argv[1], sys.argv[2]

@@ -35,8 +35,8 @@ from manager.manager import Manager, raft_id
 from manager.store import Unavailable, WriteTx
 from raft.core import message_to_dict
 from raft.core.messages import MsgVote
-from shoal import tlsutil, wire
-from shoal.util import new_id
+from shoal.base.util import new_id
+from shoal.rpc import tlsutil, wire
 from tests.ports import free_port
 from tests.waiting import wait_until
 from worker.join import JoinError, join, local_description, renew_certificate
@@ -228,7 +228,7 @@ def cert_ou(certs: Path) -> str:
 
 async def open_session(certs: Path, addr: str) -> dict[str, Any]:
     """``session.open`` on the manager at ``addr`` with the node certificate in ``certs``;
-    returns the reply (the connection is closed again). Raises ``shoal.wire.RemoteError``."""
+    returns the reply (the connection is closed again). Raises ``shoal.rpc.wire.RemoteError``."""
     host, port = addr.rsplit(":", 1)
     ctx = tlsutil.client_context(certs / "node.crt", certs / "node.key", certs / "ca.crt")
     peer = await wire.connect(host, int(port), ctx, None, timeout=5.0, server_hostname=tlsutil.MANAGER_SERVER_NAME)

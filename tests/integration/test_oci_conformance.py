@@ -18,7 +18,7 @@ from agent_runtime.bundle import DEFAULT_CAP_MASK
 from agent_runtime.containers import ContainerSpec, Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
-from shoal.util import new_container_id
+from shoal.base.util import new_container_id
 from tests.integration.conftest import TEST_REF, require_root
 
 pytestmark = pytest.mark.root

@@ -21,7 +21,7 @@ from agent_runtime.bundle import DEFAULT_CAP_MASK
 from agent_runtime.containers import ContainerSpec, Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
-from shoal.util import new_container_id
+from shoal.base.util import new_container_id
 from tests.integration.conftest import TEST_REF, cleanup_runtime, require_root, scratch_runtime
 
 pytestmark = pytest.mark.root
@@ -393,7 +393,7 @@ async def test_oom_score_adj(runtime: Runtime) -> None:
 
 
 async def test_dns_config_and_extra_hosts(runtime: Runtime) -> None:
-    from shoal.containerrules import parse_extra_host
+    from shoal.base.containerrules import parse_extra_host
 
     hosts = parse_extra_host("10.200.1.9 db db.local") + parse_extra_host("cache:10.200.1.10")
     code, out, _, _ = await run(runtime, ["sh", "-c", "cat /etc/hosts; echo ---; cat /etc/resolv.conf"],

@@ -21,7 +21,7 @@ from agent_runtime.bundle import _DEVICE_RULES
 from agent_runtime.containers import ContainerSpec, Runtime
 from agent_runtime.oci import cgroups
 from agent_runtime.oci.cgroups import Cgroup
-from shoal.util import new_container_id
+from shoal.base.util import new_container_id
 from tests.integration.conftest import BUSYBOX, TEST_REF, require_root, scratch_runtime
 
 pytestmark = pytest.mark.root

@@ -26,7 +26,7 @@ import pytest
 from agent_runtime.containers import ContainerError, ContainerSpec, Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
-from shoal.util import new_container_id
+from shoal.base.util import new_container_id
 from tests.integration.conftest import TEST_REF, busybox_layer, require_root, scratch_runtime
 
 pytestmark = pytest.mark.root

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent_runtime.containers import ContainerSpec, Runtime
-from shoal.util import new_container_id
+from shoal.base.util import new_container_id
 from tests.integration.conftest import TEST_REF, scratch_runtime
 
 pytestmark = pytest.mark.root

@@ -21,7 +21,7 @@ import pytest
 from agent_runtime.containers import ContainerSpec, Runtime
 from agent_runtime.images import ImageError, ImageStore
 from agent_runtime.oci.cgroups import Cgroup
-from shoal.util import new_container_id
+from shoal.base.util import new_container_id
 from tests.integration.conftest import make_busybox_oci_archive, require_root
 from tests.ports import free_port
 

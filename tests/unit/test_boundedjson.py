@@ -1,4 +1,4 @@
-"""shoal.boundedjson: the one decoder for JSON from API clients (bodies, filters, X-Registry-Auth)."""
+"""shoal.base.boundedjson: the one decoder for JSON from API clients (bodies, filters, X-Registry-Auth)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from shoal.boundedjson import MAX_JSON_DEPTH, InvalidJSON, decode_registry_auth, loads
+from shoal.base.boundedjson import MAX_JSON_DEPTH, InvalidJSON, decode_registry_auth, loads
 
 
 def test_ordinary_documents_decode_as_json_does() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for manager.ca: root CA, node certificates, join tokens, and shoal.tlsutil on top of them."""
+"""Unit tests for manager.ca: root CA, node certificates, join tokens, and shoal.rpc.tlsutil on top of them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from manager import ca as camod
 from manager.ca import RootCA, make_token, parse_token, token_matches_ca, token_role
-from shoal import tlsutil, wire
+from shoal.rpc import tlsutil, wire
 
 TOKEN_RE = re.compile(r"^SWMTKN-1-([0-9a-z]{50})-([0-9a-z]{25})$")
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from shoal import cli
-from shoal import format as fmt
-from shoal.client import Client, ConnectError
+from shoal.cli import commands as cli
+from shoal.cli import format as fmt
+from shoal.cli.client import Client, ConnectError
 
 Route = Callable[[str, str, bytes], tuple[int, Any]]
 
@@ -258,7 +258,7 @@ def test_service_ps_and_ls_tables(api: tuple[str, dict[Any, Any]]) -> None:
 def _recent() -> str:
     import time
 
-    from shoal.util import now_rfc3339
+    from shoal.base.util import now_rfc3339
 
     return now_rfc3339(time.time() - 5)
 

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from shoal.daemon import Daemon, build_app, parse_args
+from shoal.daemon.daemon import Daemon
+from shoal.daemon.http.app import build_app
+from shoal.daemon.main import parse_args
 
 
 @pytest.fixture

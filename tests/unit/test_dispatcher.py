@@ -1,6 +1,6 @@
 """Dispatcher tests against the real Store (single-voter WAL in a temp dir) over real loopback connections.
 
-The node side here is a bare :class:`shoal.wire.Peer` driven by the test (no agent, no TLS);
+The node side here is a bare :class:`shoal.rpc.wire.Peer` driven by the test (no agent, no TLS);
 the node ID travels in each request's ``as`` field and a small routing server (``SessionHarness``,
 a test double of manager.server without TLS) hands it to the dispatcher.
 """
@@ -19,7 +19,7 @@ from manager.dispatcher import Dispatcher, assignment_set, state_order
 from manager.server import make_node
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
-from shoal import wire
+from shoal.rpc import wire
 from tests.waiting import wait_until as wait_for
 
 PERIOD = 0.2

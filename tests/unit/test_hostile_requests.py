@@ -22,8 +22,10 @@ from manager.manager import raft_config
 from manager.specs import default_swarm_spec
 from manager.store import Store
 from raft.log import SingleVoterLog
-from shoal.boundedjson import MAX_JSON_BYTES, MAX_JSON_DEPTH
-from shoal.daemon import Daemon, build_app, parse_args
+from shoal.base.boundedjson import MAX_JSON_BYTES, MAX_JSON_DEPTH
+from shoal.daemon.daemon import Daemon
+from shoal.daemon.http.app import build_app
+from shoal.daemon.main import parse_args
 from tests.ports import free_port
 from tests.unit.test_api import ManagerTestDouble, _node, creating
 

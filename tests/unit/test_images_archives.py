@@ -18,7 +18,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from agent_runtime.images import ImageError, ImageStore
-from shoal.daemon import Daemon, build_app, parse_args
+from shoal.daemon.daemon import Daemon
+from shoal.daemon.http.app import build_app
+from shoal.daemon.main import parse_args
 
 
 def _tar(entries: list[tuple[str, bytes]]) -> bytes:

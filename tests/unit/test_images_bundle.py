@@ -151,7 +151,7 @@ def test_resolv_conf_from_dns_config(rootfs: Path, tmp_path: Path) -> None:
 
 
 def test_extra_hosts_both_docker_forms() -> None:
-    from shoal.containerrules import parse_extra_host
+    from shoal.base.containerrules import parse_extra_host
 
     pairs = parse_extra_host("10.0.0.9 db db.local") + parse_extra_host("cache:10.0.0.10")
     assert pairs == [("db", "10.0.0.9"), ("db.local", "10.0.0.9"), ("cache", "10.0.0.10")]

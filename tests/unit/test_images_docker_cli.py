@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from shoal.daemon import Daemon, build_app, parse_args
+from shoal.daemon.daemon import Daemon
+from shoal.daemon.http.app import build_app
+from shoal.daemon.main import parse_args
 from tests.unit.test_images_archives import _tar, docker_save
 from tests.unit.test_orchestrator_cli import DOCKER, docker
 

@@ -1,4 +1,4 @@
-"""Container logs in Docker's json-file format (agent_runtime.jsonfile, shoal.logopts): rotation by size in
+"""Container logs in Docker's json-file format (agent_runtime.jsonfile, shoal.base.logopts): rotation by size in
 the shim's writer, reading the tail from the end, follow by cursor across rotations, bounded reads."""
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from agent_runtime.containers import ContainerError, Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.jsonfile import LogWriter, file_count, parse_cursor, parse_time, read_page
 from agent_runtime.spec import ContainerSpec
-from shoal import logopts, wire
-from shoal.logopts import LogOptError, check_driver, check_options, effective, parse_flags, parse_size
-from shoal.util import now_rfc3339
+from shoal.base import logopts
+from shoal.base.logopts import LogOptError, check_driver, check_options, effective, parse_flags, parse_size
+from shoal.base.util import now_rfc3339
+from shoal.rpc import wire
 
 
 def _files(p: Path) -> list[Path]:
@@ -380,7 +381,7 @@ async def test_runtime_create_refuses_a_bad_log_option(tmp_path: Path) -> None:
 @pytest.mark.parametrize("line", [b"x\n", "\U0001f600".encode() * 4000 + b"\n", b"y" * 20000 + b"\n"],
                          ids=["tiny lines", "4-byte characters", "16 KiB records"])
 def test_a_full_page_fits_a_workers_logs_read_reply(log: Path, line: bytes) -> None:
-    """A page of the worker's size (shoal.wire.LOGS_REPLY_BYTES) of the worst records — tiny
+    """A page of the worker's size (shoal.rpc.wire.LOGS_REPLY_BYTES) of the worst records — tiny
     ones (per-record overhead), 4-byte characters, 16 KiB ones — encoded as the agent's
     ``logs.read`` reply, is read by the manager within ``WORKER_LIMITS`` (the reply is never cut,
     which would lose lines behind the cursor)."""

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal import cli
-from shoal.daemon import Daemon, parse_args
+from shoal.cli import commands as cli
+from shoal.daemon.daemon import Daemon
+from shoal.daemon.main import parse_args
 
 
 def test_daemon_log_opts_become_the_runtime_defaults(tmp_path: Path) -> None:

@@ -29,8 +29,8 @@ from manager.manager import Manager
 from manager.specs import default_swarm_spec
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
-from shoal import wire
-from shoal.util import now_rfc3339
+from shoal.base.util import now_rfc3339
+from shoal.rpc import wire
 from worker.agent import Agent
 from worker.executor import Executor, container_id_for
 

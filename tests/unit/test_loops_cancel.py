@@ -2,7 +2,7 @@
 
 On Python 3.11, ``asyncio.wait_for`` could swallow a cancellation that landed just as the
 watched event arrived, and the loop then waited forever (a hang seen under load in CI). The
-loops now wait with ``shoal.util.wait_timeout``; this stresses cancel-while-busy many times.
+loops now wait with ``shoal.base.util.wait_timeout``; this stresses cancel-while-busy many times.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
-from shoal.util import wait_timeout
+from shoal.base.util import wait_timeout
 
 
 async def test_wait_timeout_returns_times_out_and_is_cancellable() -> None:

@@ -15,7 +15,7 @@ from manager.reaper import TaskReaper, reap
 from manager.scheduler import Scheduler
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
-from shoal.util import now_rfc3339
+from shoal.base.util import now_rfc3339
 
 NOW = 1_800_000_000.0
 

@@ -18,7 +18,7 @@ from manager.orchestrator import MAX_TASK_WRITES_PER_PASS, Orchestrator, WriteBu
 from manager.specs import MAX_REPLICAS
 from manager.store import MAX_TRANSACTION_BYTES, Store, WriteTx
 from raft.log import SingleVoterLog
-from shoal.util import now_rfc3339
+from shoal.base.util import now_rfc3339
 from tests.waiting import wait_until
 
 NOW = 1_800_000_000.0

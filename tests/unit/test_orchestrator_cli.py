@@ -3,7 +3,7 @@ loops on a real Store: it polls GET /services/{id} and /tasks?filters={"_up-to-d
 the rolling update converges, and fails when UpdateStatus is paused (CLI:
 cli/command/service/progress/progress.go). The workers are ``WorkerDouble`` (a test double
 that writes task states to the store); ``/_ping`` is served by a small test stand-in of
-shoal.daemon's. Skipped when no `docker` binary is on PATH."""
+shoald's. Skipped when no `docker` binary is on PATH."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ from manager.scheduler import Scheduler
 from manager.specs import SECOND, task_spec_with_defaults
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
-from shoal.taskstate import STATE_ORDER
-from shoal.util import now_rfc3339
+from shoal.base.taskstate import STATE_ORDER
+from shoal.base.util import now_rfc3339
 
 T0 = 1_800_000_000.0
 Obj = dict[str, Any]

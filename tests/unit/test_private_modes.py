@@ -18,8 +18,8 @@ from agent_runtime.images import ImageStore
 from raft.log import SingleVoterLog
 from raft.snapshot import Snapshot, Snapshotter
 from raft.wal import WAL, Entry, HardState
-from shoal import tlsutil
-from shoal.daemon import LocalState, secure_data_root
+from shoal.daemon.daemon import LocalState, secure_data_root
+from shoal.rpc import tlsutil
 
 
 def mode(p: Path) -> int:

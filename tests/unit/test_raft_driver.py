@@ -258,7 +258,7 @@ async def test_mutual_tls_transport(tmp_path: Path) -> None:
     """Three members over mutual TLS with certificates from manager.ca; a worker's certificate
     is refused by the Raft listener."""
     from manager.ca import RootCA
-    from shoal.tlsutil import client_context, server_context
+    from shoal.rpc.tlsutil import client_context, server_context
 
     ca = RootCA.create(tmp_path / "ca")
     ctxs = {}

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from raft.core import Message
 from raft.core.messages import MsgHeartbeat
 from raft.transport import Transport
-from shoal import wire
+from shoal.rpc import wire
 from tests.memory import PeakRss
 from tests.waiting import wait_until
 

@@ -1,5 +1,5 @@
 """`swarm init` / `swarm join` as shoald serves them (issue 7): the addresses follow Docker's
-rules (shoal.listenaddr), the interface lookup works on uvloop, and a busy listen address is a
+rules (shoal.daemon.listenaddr), the interface lookup works on uvloop, and a busy listen address is a
 clean 400 that leaves the node out of any swarm — no state.json, certs/ or manager/, and a
 restarted daemon comes back not in a swarm.
 
@@ -20,9 +20,11 @@ import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from shoal import listenaddr
-from shoal.daemon import Daemon, build_app, parse_args
-from shoal.listenaddr import AddrError, Interface
+from shoal.daemon import listenaddr
+from shoal.daemon.daemon import Daemon
+from shoal.daemon.http.app import build_app
+from shoal.daemon.listenaddr import AddrError, Interface
+from shoal.daemon.main import parse_args
 from tests.ports import free_port
 from tests.unit.test_orchestrator_cli import DOCKER, docker
 from tests.waiting import wait_until
@@ -261,7 +263,7 @@ def test_init_without_an_address_on_uvloop(tmp_path: Path) -> None:
 async def test_cli_prints_the_busy_port_as_an_error_response(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`shoal swarm init` against shoald's API on its unix socket: the daemon's 400 is printed as
     Docker's CLI prints it, and the exit status is 1."""
-    from shoal import cli
+    from shoal.cli import commands as cli
 
     port = free_port()
     d = Daemon(daemon_args(tmp_path, port))

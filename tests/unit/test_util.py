@@ -1,10 +1,10 @@
-"""shoal.util's parsers: RFC 3339 times as images and Docker write them, and Docker's sizes."""
+"""shoal.base.util's parsers: RFC 3339 times as images and Docker write them, and Docker's sizes."""
 
 from __future__ import annotations
 
 import pytest
 
-from shoal.util import is_rfc3339, now_rfc3339, parse_rfc3339, parse_size
+from shoal.base.util import is_rfc3339, now_rfc3339, parse_rfc3339, parse_size
 
 
 @pytest.mark.parametrize("text,want", [

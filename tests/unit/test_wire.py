@@ -1,4 +1,4 @@
-"""Unit tests for shoal.wire: frames, request/reply, pushes, errors, timeouts, close."""
+"""Unit tests for shoal.rpc.wire: frames, request/reply, pushes, errors, timeouts, close."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal import wire
-from shoal.wire import Peer, RemoteError, WireError
+from shoal.rpc import wire
+from shoal.rpc.wire import Peer, RemoteError, WireError
 from tests.memory import PeakRss
 from tests.waiting import wait_until
 

@@ -22,9 +22,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-from shoal import format as fmt
-from shoal.client import APIError, Client, ConnectError
-from shoal.logopts import LOG_DRIVER, check_driver, parse_flags
+from shoal.base.logopts import LOG_DRIVER, check_driver, parse_flags
+from shoal.cli import format as fmt
+from shoal.cli.client import APIError, Client, ConnectError
 
 ACTIVE_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
 FAILED_STATES = ("failed", "rejected")

@@ -39,8 +39,8 @@ from typing import Any
 
 import msgpack
 
-from shoal import tlsutil
-from shoal.util import wait_timeout
+from shoal.base.util import wait_timeout
+from shoal.rpc import tlsutil
 
 log = logging.getLogger(__name__)
 
@@ -621,7 +621,7 @@ async def connect_node(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Peer:
     """:func:`connect` to a manager's 2377 as this node: mutual TLS with the node certificate in
-    ``certs_dir`` (:func:`shoal.tlsutil.node_client_context`), the manager verified against the
-    cluster CA under its name :data:`shoal.tlsutil.MANAGER_SERVER_NAME`. Raises as :func:`connect`."""
+    ``certs_dir`` (:func:`shoal.rpc.tlsutil.node_client_context`), the manager verified against the
+    cluster CA under its name :data:`shoal.rpc.tlsutil.MANAGER_SERVER_NAME`. Raises as :func:`connect`."""
     return await connect(host, port, tlsutil.node_client_context(certs_dir), handler, timeout=timeout,
                          server_hostname=tlsutil.MANAGER_SERVER_NAME)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from shoal.util import parse_size
+from shoal.base.util import parse_size
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], padding: int = 3) -> str:

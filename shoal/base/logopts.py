@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from shoal import util
+from shoal.base import util
 
 LOG_DRIVER = "json-file"
 """The only log driver: Docker's default, one JSON object a line."""
