@@ -13,7 +13,8 @@ HOSTS ?= 3
 
 ## demo: install what is needed, bring a 3-host lab up and run the demo on it (leaves it running)
 demo: venv
-	@echo "== steps 1-2: Debian packages and .venv are in place; the busybox image is built if missing"
+	@echo "== step 1: the Debian packages and .venv/ are in place"
+	@echo "== step 2: the busybox image (built by shoal-lab up if missing)"
 	@echo "== step 3: shoal-lab up --hosts $(HOSTS)"
 	$(BIN)/shoal-lab up --hosts $(HOSTS)
 	$(BIN)/shoal-lab demo
@@ -28,6 +29,7 @@ test: venv lint
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy $(PACKAGES)
+	$(BIN)/lint-imports
 
 ## down: remove the lab (processes, mounts, cgroups, namespaces, links, nftables tables); safe to repeat
 down:

@@ -318,6 +318,10 @@ def up(n: int, runtime: str = "shoal", heartbeat_period: float | None = None,
         raise LabError(f"--hosts must be between 1 and 200, got {n}")
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, bridges, cgroups)")
+    old = LabState.load()
+    if old is not None and old.hosts:
+        log(f"lab: a lab is already up ({len(old.hosts)} hosts: "
+            + ", ".join(h.name for h in old.hosts) + "); replacing it (its swarm and services are gone)")
     down(quiet=True)
     for d in (DATA, RUN, LOGS):
         d.mkdir(parents=True, exist_ok=True)
