@@ -13,25 +13,47 @@ allow the flow or a join is refused.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import logging
 import shutil
 import socket
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from manager.manager import Manager, initial_swarm_spec
+from overlaynet.bridge import LocalBridge
 from shoal.daemon import listenaddr
 from shoal.daemon.errors import SwarmStateError
 from shoal.daemon.request import body_bool, body_str, body_str_list, json_type
+from shoal.daemon.state import LocalState
 from shoal.daemon.sysinfo import node_description
+from worker.executor import Executor
 from worker.join import JoinError, join
 
-if TYPE_CHECKING:
-    from shoal.daemon.daemon import Daemon
+__all__ = ["ALREADY_IN_SWARM", "Daemon", "discard_swarm_files", "route_source_addr", "swarm_init",
+           "swarm_join", "swarm_leave"]
 
-__all__ = ["ALREADY_IN_SWARM", "discard_swarm_files", "route_source_addr", "swarm_init", "swarm_join",
-           "swarm_leave"]
+
+class Daemon(Protocol):
+    """What the flows use of :class:`shoal.daemon.daemon.Daemon` (that class satisfies it)."""
+
+    args: argparse.Namespace
+    data_root: Path
+    certs_dir: Path
+    hostname: str
+    state: LocalState
+    bridge: LocalBridge
+    executor: Executor
+    manager: Any
+
+    async def start_manager_role(self, force_new_cluster: bool = False,
+                                 state: dict[str, Any] | None = None) -> None: ...
+
+    async def start_worker_role(self) -> None: ...
+
+    async def stop_roles(self, leaving: bool = False) -> None: ...
 
 log = logging.getLogger("shoald")
 
