@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from shoal.daemon.daemon import Daemon
 from shoal.daemon.http import unsupported
@@ -48,8 +48,12 @@ async def expect(r: Any, status: int, message: str, exact: bool = True) -> None:
 
 
 def _concrete(path: str) -> str:
-    """A request path for a route pattern: every ``{placeholder}`` becomes a name."""
-    return re.sub(r"\{[^}]*\}", "some-name", path)
+    """A request path for a route pattern: ``{version}`` becomes 1.41, every other placeholder a name."""
+    return re.sub(r"\{[^}]*\}", "some-name", re.sub(r"\{version[^}]*\}", "1.41", path))
+
+
+def _ours(route: Any) -> bool:
+    return getattr(route.handler, "__name__", "") == "not_implemented"
 
 
 class _Leader:
@@ -107,7 +111,7 @@ async def test_messages_name_the_feature_and_the_alternative(
 async def test_paths_docker_lacks_stay_page_not_found(
         env: tuple[TestClient[Any, Any], Daemon, web.Application]) -> None:
     client, _, _ = env
-    for path in ("/frobnicate", "/v1.41/frobnicate", "/containers", "/v1.41/containers/abc/frobnicate",
+    for path in ("/frobnicate", "/v1.41/frobnicate", "/containers", "/v1.41/container/json",
                  "/secrets/a/b", "/exec/abc", "/v1.41/system/frobnicate"):
         await expect(await client.get(path), 404, "page not found")
 
@@ -115,7 +119,7 @@ async def test_paths_docker_lacks_stay_page_not_found(
 async def test_served_routes_are_not_shadowed(
         env: tuple[TestClient[Any, Any], Daemon, web.Application]) -> None:
     client, _, app = env
-    ours = [r for r in app.router.routes() if getattr(r.handler, "__name__", "") == "not_implemented"]
+    ours = [r for r in app.router.routes() if _ours(r)]
     # every entry of the table is registered (plain and under /v{version}): none is a served route
     assert len(ours) == 2 * sum(len(item.routes) for item in unsupported.UNSUPPORTED)
     r = await client.get("/v1.41/images/json")
@@ -128,6 +132,20 @@ async def test_served_routes_are_not_shadowed(
     await expect(await client.post("/v1.41/services/create", json={}), 503, "not a swarm manager", exact=False)
     r = await client.get("/v1.41/_ping")
     assert r.status == 200 and await r.text() == "OK"
+
+
+async def test_no_table_pattern_catches_a_request_of_a_served_route(
+        env: tuple[TestClient[Any, Any], Daemon, web.Application]) -> None:
+    # aiohttp tries the routes with the longest static prefix first: a table pattern more specific
+    # than a served one would win; resolve a request for every served route to be sure
+    _, _, app = env
+    served = [r for r in app.router.routes() if not _ours(r) and r.resource is not None]
+    assert len(served) > 40
+    for route in served:
+        assert route.resource is not None
+        path = _concrete(route.resource.canonical)
+        match = await app.router.resolve(make_mocked_request(route.method, path, app=app))
+        assert not _ours(match.route), (route.method, path)
 
 
 @pytest.fixture

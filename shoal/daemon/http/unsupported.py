@@ -4,8 +4,11 @@ so that a user of the docker CLI can tell a missing feature from a bug. Paths th
 does not have stay 404 ``page not found`` (the application's middleware renders that), as Docker's.
 
 :func:`add_routes` registers the table below, plain and under ``/v{version}``, after the routes
-Shoal serves: a served route always wins (aiohttp resolves routes in registration order), and an
-entry whose method and path Shoal serves is skipped.
+Shoal serves, and skips an entry whose method and path Shoal serves. aiohttp tries the routes with
+the longest static prefix first and, among those, in registration order: a served route wins as
+long as no entry is more specific than it (a static path where Shoal serves a pattern);
+tests/unit/test_unsupported_routes.py resolves a request of every served route to check that. When
+Shoal starts serving a route, remove its entry here.
 
 Docs followed: Docker Engine API v1.41 (the route list of moby's ``api/server/router/*``).
 """
@@ -41,27 +44,27 @@ _ONE_BRIDGE = ("each node has one local bridge network for now (overlay networks
 UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("containers", _AS_SERVICE, (
         ("GET", "/containers/json"), ("POST", "/containers/create"),
-        ("GET", "/containers/{name}/json"), ("GET", "/containers/{name}/top"),
-        ("GET", "/containers/{name}/changes"), ("POST", "/containers/{name}/start"),
-        ("POST", "/containers/{name}/stop"), ("POST", "/containers/{name}/restart"),
-        ("POST", "/containers/{name}/kill"), ("POST", "/containers/{name}/update"),
-        ("POST", "/containers/{name}/rename"), ("POST", "/containers/{name}/pause"),
-        ("POST", "/containers/{name}/unpause"), ("POST", "/containers/{name}/resize"),
-        ("POST", "/containers/{name}/attach"), ("GET", "/containers/{name}/attach/ws"),
-        ("POST", "/containers/{name}/wait"), ("DELETE", "/containers/{name}"),
+        ("GET", "/containers/{name:.*}/json"), ("GET", "/containers/{name:.*}/top"),
+        ("GET", "/containers/{name:.*}/changes"), ("POST", "/containers/{name:.*}/start"),
+        ("POST", "/containers/{name:.*}/stop"), ("POST", "/containers/{name:.*}/restart"),
+        ("POST", "/containers/{name:.*}/kill"), ("POST", "/containers/{name:.*}/update"),
+        ("POST", "/containers/{name:.*}/rename"), ("POST", "/containers/{name:.*}/pause"),
+        ("POST", "/containers/{name:.*}/unpause"), ("POST", "/containers/{name:.*}/resize"),
+        ("POST", "/containers/{name:.*}/attach"), ("GET", "/containers/{name:.*}/attach/ws"),
+        ("POST", "/containers/{name:.*}/wait"), ("DELETE", "/containers/{name:.*}"),
         ("POST", "/containers/prune"), ("POST", "/commit"),
     )),
     Unsupported("container logs", "a service's logs are served: docker service logs SERVICE", (
-        ("GET", "/containers/{name}/logs"),
+        ("GET", "/containers/{name:.*}/logs"),
     )),
-    Unsupported("container stats", "", (("GET", "/containers/{name}/stats"),)),
+    Unsupported("container stats", "", (("GET", "/containers/{name:.*}/stats"),)),
     Unsupported("copying files from and to containers (docker cp, docker export)", "", (
-        ("HEAD", "/containers/{name}/archive"), ("GET", "/containers/{name}/archive"),
-        ("PUT", "/containers/{name}/archive"), ("GET", "/containers/{name}/export"),
+        ("HEAD", "/containers/{name:.*}/archive"), ("GET", "/containers/{name:.*}/archive"),
+        ("PUT", "/containers/{name:.*}/archive"), ("GET", "/containers/{name:.*}/export"),
     ), verb="is"),
     Unsupported("exec", "", (
-        ("POST", "/containers/{name}/exec"), ("POST", "/exec/{id}/start"),
-        ("POST", "/exec/{id}/resize"), ("GET", "/exec/{id}/json"),
+        ("POST", "/containers/{name:.*}/exec"), ("POST", "/exec/{id:.*}/start"),
+        ("POST", "/exec/{id:.*}/resize"), ("GET", "/exec/{id:.*}/json"),
     ), verb="is"),
     Unsupported("volumes", "mount a host directory or a tmpfs into a service (docker service create "
                            "--mount type=bind,source=/host/dir,target=/dir or --mount type=tmpfs,target=/dir)", (
@@ -107,8 +110,8 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
         ("GET", "/images/{name:.*}/get"), ("GET", "/images/get"),
     ), verb="is"),
     Unsupported("removing, connecting and pruning networks", _ONE_BRIDGE, (
-        ("DELETE", "/networks/{id}"), ("POST", "/networks/{id}/connect"),
-        ("POST", "/networks/{id}/disconnect"), ("POST", "/networks/prune"),
+        ("DELETE", "/networks/{id:.*}"), ("POST", "/networks/{id:.*}/connect"),
+        ("POST", "/networks/{id:.*}/disconnect"), ("POST", "/networks/prune"),
     ), verb="is"),
     Unsupported("swarm autolock (docker swarm unlock, unlock-key)", "", (
         ("GET", "/swarm/unlockkey"), ("POST", "/swarm/unlock"),
