@@ -27,11 +27,13 @@ import os
 import re
 import selectors
 import signal
+import subprocess
 import sys
 import time
 from typing import Any
 
 from agent_runtime.jsonfile import LogWriter, now_rfc3339
+from agent_runtime.oci.runtime import RuntimeError_, run
 from shoal.base.logopts import DEFAULT_MAX_FILE, DEFAULT_MAX_SIZE
 
 
@@ -95,8 +97,6 @@ class _Child:
     def __init__(self, a: _Args, pid_file: str, out_w: int, err_w: int, close: list[int]) -> None:
         self.returncode: int | None = None
         if a.runtime != "shoal":
-            import subprocess
-
             argv = [a.runtime]
             if a.runtime_root:
                 argv += ["--root", a.runtime_root]
@@ -106,8 +106,6 @@ class _Child:
             self.pid = p.pid
             p.returncode = 0  # we reap it ourselves below; keep Popen's __del__ quiet
             return
-        from agent_runtime.oci.runtime import RuntimeError_, run
-
         pid = os.fork()
         if pid == 0:
             code = 1

@@ -35,16 +35,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
+from agent_runtime.spec import ContainerSpec  # the runtime's dataclass (docs/contracts.md, agent_runtime)
 from shoal.base.containerrules import parse_extra_host
 from shoal.base.logopts import check_driver, check_options
 from shoal.base.taskstate import STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import now_rfc3339, wait_timeout
 from shoal.rpc import wire
-
-try:  # the runtime's dataclass (docs/contracts.md, agent_runtime section)
-    from agent_runtime.containers import ContainerSpec
-except ImportError:  # pragma: no cover - before agent_runtime.containers lands
-    from agent_runtime.spec import ContainerSpec
 
 log = logging.getLogger("shoal.worker.executor")
 

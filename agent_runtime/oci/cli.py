@@ -24,6 +24,9 @@ import select
 import signal
 import sys
 
+from agent_runtime.oci.cgroups import Cgroup
+from agent_runtime.oci.runtime import RuntimeError_, run
+
 DEFAULT_ROOT = "/run/shoal-oci"
 
 
@@ -66,8 +69,6 @@ def _alive(pid: int) -> bool:
 
 
 def _create(a: argparse.Namespace) -> int:
-    from agent_runtime.oci.runtime import RuntimeError_, run
-
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -158,8 +159,6 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "run":
         if a.detach:
             raise SystemExit("shoal-oci: run --detach is not supported; run in the foreground (the shim does)")
-        from agent_runtime.oci.runtime import RuntimeError_, run
-
         try:
             code = run(a.bundle, a.id, a.pid_file, a.root)
         except RuntimeError_ as e:
@@ -196,8 +195,6 @@ def main(argv: list[str] | None = None) -> None:
             if not a.force:
                 raise SystemExit(f"shoal-oci: container {a.id!r} is running; stop it or use --force")
             os.kill(int(str(st["pid"])), signal.SIGKILL)
-        from agent_runtime.oci.cgroups import Cgroup
-
         if st.get("cgroupsPath"):
             Cgroup(str(st["cgroupsPath"])).destroy()
         for f in os.listdir(path):

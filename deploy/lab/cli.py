@@ -14,6 +14,7 @@ import signal
 import sys
 
 from deploy.lab import lab
+from deploy.lab.demo import demo
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
             argv2, env = lab.exec_argv(args.host, cmd)
             os.execvpe(argv2[0], argv2, env)
         elif args.cmd == "demo":
-            from deploy.lab.demo import demo
-
             demo(args.replicas)
         elif args.cmd in ("start", "kill"):
             st = lab.LabState.load()

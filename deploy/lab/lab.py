@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from deploy.images import build_busybox
+from shoal.cli.client import Client
 
 BRIDGE = "shoal-lab0"
 GATEWAY = "10.99.0.1"
@@ -223,8 +227,6 @@ def start_registry() -> int:
 
 def ensure_image() -> None:
     """Build the busybox image if missing and push it to the lab registry with skopeo."""
-    from deploy.images import build_busybox
-
     layout = build_busybox.DEFAULT_OUT / "busybox-oci"
     if not (layout / "index.json").exists():
         log(f"lab: building the busybox image into {layout} (deploy/images/build_busybox.py)")
@@ -252,15 +254,11 @@ def shoald_argv(i: int, runtime: str, heartbeat_period: float | None, extra: Seq
 
 
 def _shquote(s: str) -> str:
-    import shlex
-
     return shlex.quote(s)
 
 
 def ping(host: str, timeout: float = 1.0) -> bool:
     """True when lab host ``host``'s socket answers GET /_ping."""
-    from shoal.cli.client import Client
-
     return Client(f"unix://{socket_path(host)}", timeout=timeout).ping().strip() == "OK"
 
 

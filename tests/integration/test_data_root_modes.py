@@ -19,7 +19,7 @@ from agent_runtime.containers import ContainerSpec, Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
 from shoal.base.util import new_container_id
-from shoal.daemon.daemon import secure_data_root
+from shoal.daemon.state import secure_data_root
 from tests.integration.conftest import BUSYBOX, TEST_REF, require_root
 
 pytestmark = pytest.mark.root

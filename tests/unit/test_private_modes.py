@@ -18,7 +18,7 @@ from agent_runtime.images import ImageStore
 from raft.log import SingleVoterLog
 from raft.snapshot import Snapshot, Snapshotter
 from raft.wal import WAL, Entry, HardState
-from shoal.daemon.daemon import LocalState, secure_data_root
+from shoal.daemon.state import LocalState, secure_data_root
 from shoal.rpc import tlsutil
 
 

@@ -27,6 +27,7 @@ from shoal.daemon.daemon import (
     log,
 )
 from shoal.daemon.errors import NOT_IN_SWARM, WORKER_NOT_MANAGER, SwarmStateError, api_error
+from shoal.daemon.http import unsupported
 from shoal.daemon.request import json_type
 from shoal.rpc.wire import WireError
 
@@ -263,6 +264,7 @@ def build_app(daemon: Daemon) -> web.Application:
 
     app.add_routes(routes)
     add_routes(app, _ManagerProxy(daemon))
+    unsupported.add_routes(app)
     return app
 
 
