@@ -4,7 +4,7 @@ A Raft cluster of one voter commits an entry as soon as it is durable on that vo
 (a quorum of one), so :class:`SingleVoterLog` is a write-ahead log with Raft's shape: entries
 ``(index, term, data)``, a hard state, snapshots, and the ``propose`` → committed → applied
 pipeline. The Raft issue replaces it with a replicated log behind the same interface
-(:class:`ReplicatedLog` protocol below).
+(:class:`Log` protocol below; the real one is :class:`raft.replicated.ReplicatedLog`).
 
 Split between decisions and I/O: :class:`_Batcher` is the pure part (which proposals go into
 the next write, what indexes they get, what the hard state becomes); ``SingleVoterLog``'s
@@ -28,7 +28,7 @@ from raft.snapshot import Snapshot, Snapshotter
 from raft.wal import DEFAULT_SEGMENT_BYTES, WAL, Entry, HardState
 from shoal.base.util import private_dir
 
-__all__ = ["LogUnavailable", "ReplicatedLog", "SingleVoterLog", "Snapshot", "Entry"]
+__all__ = ["LogUnavailable", "Log", "SingleVoterLog", "Snapshot", "Entry"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class LogUnavailable(Exception):
     this node is not the leader / has no quorum. The message says which."""
 
 
-class ReplicatedLog(Protocol):
+class Log(Protocol):
     """What :class:`manager.store.Store` needs from the log.
 
     - ``snapshot()``: the newest snapshot or None; ``entries_from(i)``: committed entries with
@@ -141,7 +141,7 @@ class SingleVoterLog:
         return [e for e in self._entries if e.index >= index and e.index not in pending]
 
     def set_apply(self, fn: ApplyFn) -> None:
-        """Register the state machine's apply callback (see :class:`ReplicatedLog`)."""
+        """Register the state machine's apply callback (see :class:`Log`)."""
         self._apply = fn
 
     # -- proposing --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 import manager.api as api_module
-import manager.manager as manager_module
+import manager.logbroker as logbroker_module
 import worker.executor as executor_module
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
@@ -185,8 +185,8 @@ async def test_follow_by_cursor_across_rotations_sends_every_line_once(
 async def test_logs_come_in_bounded_pages_and_all_arrive(
         chain: tuple[Client, dict[str, Node], Dispatcher, Manager], monkeypatch: pytest.MonkeyPatch) -> None:
     client, nodes, disp, m = chain
-    monkeypatch.setattr(manager_module, "LOG_PAGE_LIMIT", 40_000)
-    monkeypatch.setattr(manager_module, "LOG_PAGE_MIN_PER_NODE", 10_000)
+    monkeypatch.setattr(logbroker_module, "LOG_PAGE_LIMIT", 40_000)
+    monkeypatch.setattr(logbroker_module, "LOG_PAGE_MIN_PER_NODE", 10_000)
     w1 = nodes["n1"].container("task1", 10**7, 2)
     w2 = nodes["n2"].container("task2", 10**7, 2)
     for i in range(3000):
