@@ -15,7 +15,7 @@ from pathlib import Path
 from manager.store import Store
 from raft.replicated import DriverConfig, ReplicatedLog
 
-__all__ = ["open_log", "open_store", "start_leader"]
+__all__ = ["open_log", "open_store", "start_leader", "store_on"]
 
 RAFT_ID = 1
 """The Raft ID of the test node."""
@@ -40,11 +40,16 @@ async def start_leader(log: ReplicatedLog) -> None:
 
 
 async def open_store(directory: Path | str, *, snapshot_every: int = 10_000) -> Store:
-    """A started Store on :func:`open_log` (``directory``) wired as the daemon wires it: the
-    driver takes state-machine snapshots every ``snapshot_every`` applied entries (the Store
-    itself never does), a snapshot from a leader would replace the state. ``await
-    store.close()`` closes the log too."""
-    log = open_log(directory, DriverConfig(snapshot_every=snapshot_every))
+    """A started Store on :func:`open_log` (``directory``) wired as the daemon wires it
+    (:func:`store_on`); the driver takes state-machine snapshots every ``snapshot_every`` applied
+    entries. ``await store.close()`` closes the log too."""
+    return await store_on(open_log(directory, DriverConfig(snapshot_every=snapshot_every)))
+
+
+async def store_on(log: ReplicatedLog) -> Store:
+    """A Store on ``log`` (not started yet), wired as :class:`manager.manager.Manager` wires it:
+    the driver takes the state-machine snapshots (the Store itself never does), a snapshot from a
+    leader replaces the state; then the log is started and is the leader."""
     store = Store(log, snapshot_interval=0)
     log.set_restore(store.restore)
     log.set_snapshot_source(store.snapshot_bytes)

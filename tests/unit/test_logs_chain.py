@@ -27,10 +27,10 @@ from agent_runtime.spec import ContainerSpec
 from manager.api import add_routes
 from manager.manager import Manager
 from manager.specs import default_swarm_spec
-from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
+from manager.store import WriteTx
 from shoal.base.util import now_rfc3339
 from shoal.rpc import wire
+from tests.stores import open_store
 from worker.agent import Agent
 from worker.executor import Executor, container_id_for
 
@@ -108,7 +108,7 @@ class Api:
 
 @pytest.fixture
 async def chain(tmp_path: Path) -> AsyncIterator[tuple[Client, dict[str, Node], Dispatcher, Manager]]:
-    store = Store(SingleVoterLog(tmp_path / "raft"))
+    store = await open_store(tmp_path / "raft")
     await store.update(lambda tx: tx.create("cluster", {"ID": "cluster1", "Spec": default_swarm_spec()}))
     nodes = {n: Node(tmp_path / n, n) for n in ("n1", "n2")}
     disp = Dispatcher({n: node.agent for n, node in nodes.items()})
