@@ -18,7 +18,7 @@ from manager.store import Unavailable
 from raft.replicated import parse_addr
 from shoal.rpc import wire
 
-__all__ = ["LeaderLink"]
+__all__ = ["LeaderLink", "join_raft"]
 
 
 class LeaderLink:
@@ -76,3 +76,28 @@ class LeaderLink:
         if self._peer is not None:
             await self._peer.close("manager stopping")
             self._peer = None
+
+
+async def join_raft(managers: list[str], advertise_addr: str, certs_dir: Path, timeout: float = 60.0) -> None:
+    """Ask the swarm (through any of ``managers``, ``host:port``) to add this manager (listening at
+    ``advertise_addr``, with the certificate in ``certs_dir``) to the Raft configuration
+    (``raft.join``, which the leader serves), and wait until this node has caught up. Raises ``RuntimeError``
+    naming the managers tried and their errors."""
+    errors = []
+    for addr in managers:
+        if addr == advertise_addr:
+            continue
+        try:
+            host, port = parse_addr(addr)
+            peer = await wire.connect_node(host, port, certs_dir, timeout=5.0)
+        except (OSError, ValueError, wire.WireError) as e:
+            errors.append(f"{addr}: {e}")
+            continue
+        try:
+            await peer.request("raft.join", {"addr": advertise_addr}, timeout=timeout)
+            return
+        except wire.WireError as e:
+            errors.append(f"{addr}: {e}")
+        finally:
+            await peer.close()
+    raise RuntimeError("could not join the Raft cluster: " + "; ".join(errors or ["no manager to ask"]))

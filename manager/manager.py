@@ -22,35 +22,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from manager.ca import RootCA, is_blacklisted, make_token
+from manager.ca import RootCA, make_token
+from manager.clusterconfig import (
+    DEFAULT_RAFT_TICK,
+    init_cluster,
+    raft_config,
+    read_raft_spec,
+    split_addr,
+    write_raft_spec,
+)
+from manager.clusterconfig import (
+    initial_swarm_spec as initial_swarm_spec,  # shoald's (it checks a spec early)
+)
 from manager.dispatcher import Dispatcher
-from manager.leaderlink import LeaderLink
+from manager.leaderlink import LeaderLink, join_raft
 from manager.logbroker import LogBroker
-from manager.membership import Membership, is_manager, raft_id
+from manager.membership import Membership, raft_id
 from manager.orchestrator import Orchestrator
 from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
-from manager.server import ManagerServer, make_node
-from manager.specs import default_swarm_spec, validate_swarm_spec
-from manager.store import Store, Unavailable, WriteTx
-from raft.replicated import DriverConfig, LogUnavailable, ReplicatedLog, parse_addr
-from shoal.base.util import new_id, now_rfc3339, private_dir
+from manager.server import ManagerServer
+from manager.store import Store, Unavailable
+from raft.replicated import LogUnavailable, ReplicatedLog, parse_addr
+from shoal.base.util import private_dir
 from shoal.rpc import tlsutil, wire
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RAFT_TICK = 0.1
-"""Seconds per Raft tick. Swarm ticks once a second (election after 10 ticks: over 10 s to
-replace a dead leader); Shoal ticks every 100 ms with the same tick counts from the SwarmSpec
-(``Raft.ElectionTick`` 10, ``Raft.HeartbeatTick`` 1): heartbeat 100 ms, election 1–2 s."""
 FORWARD_MAX_BODY = wire.MANAGER_LIMITS.frame - 64 * 1024
 """Bytes of an API request body a follower forwards to the leader (``api.forward`` must fit the
 leader's :data:`shoal.rpc.wire.MANAGER_LIMITS` with its headers)."""
@@ -58,71 +61,6 @@ leader's :data:`shoal.rpc.wire.MANAGER_LIMITS` with its headers)."""
 ApiExecutor = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 """``await execute(method, path_with_query, headers, body) -> (status, headers, body)``: run an
 API request on this node (the daemon provides it; used for requests forwarded by followers)."""
-
-
-def _split(addr: str, default_port: int = 2377) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    if not host:
-        return port, default_port
-    return host, int(port)
-
-
-RAFT_SPEC_FILE = "raft-spec.json"
-"""The SwarmSpec's ``Raft`` section, saved next to the log: the Raft timing and compaction must be
-known before the log (which holds the spec) is open. Changes apply at the manager's next start."""
-
-
-def _write_raft_spec(data_dir: Path, spec: dict[str, Any]) -> None:
-    raft = spec.get("Raft")
-    if not raft:
-        return
-    path = data_dir / RAFT_SPEC_FILE
-    with contextlib.suppress(OSError):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"Raft": raft}))
-        os.replace(tmp, path)
-
-
-def raft_config(spec: dict[str, Any], tick: float = DEFAULT_RAFT_TICK) -> DriverConfig:
-    """Raft timing and compaction from a SwarmSpec's ``Raft`` section (Docker API ``RaftConfig``):
-    ``ElectionTick``, ``HeartbeatTick`` (ticks of ``tick`` seconds), ``SnapshotInterval``
-    (entries between snapshots), ``LogEntriesForSlowFollowers`` (entries kept after one)."""
-    r = (spec or {}).get("Raft") or {}
-    return DriverConfig(
-        tick=tick,
-        heartbeat_tick=int(r.get("HeartbeatTick") or 1),
-        election_tick=int(r.get("ElectionTick") or 10),
-        snapshot_every=int(r.get("SnapshotInterval") or 10_000),
-        keep=int(500 if r.get("LogEntriesForSlowFollowers") is None else r["LogEntriesForSlowFollowers"]),
-    )
-
-
-_ZERO_IS_DEFAULT = {("Raft", "ElectionTick"), ("Raft", "HeartbeatTick"), ("Raft", "SnapshotInterval"),
-                    ("Dispatcher", "HeartbeatPeriod"), ("CAConfig", "NodeCertExpiry")}
-"""SwarmSpec fields a ``swarm init`` sends as 0 when not given: 0 is not a valid value for
-them, so they keep swarmkit's default (a 0 elsewhere, e.g. TaskHistoryRetentionLimit, is kept)."""
-
-
-def initial_swarm_spec(spec: dict[str, Any], heartbeat_period: float | None = None) -> dict[str, Any]:
-    """The SwarmSpec of a new cluster: swarmkit's defaults, ``heartbeat_period`` (seconds) as
-    ``Dispatcher.HeartbeatPeriod``, then the sections ``spec`` (from ``swarm init``) sets.
-    Raises :class:`manager.specs.SpecError` (a ``ValueError``) for a bad spec."""
-    swarm_spec = default_swarm_spec()
-    if heartbeat_period is not None:
-        swarm_spec["Dispatcher"]["HeartbeatPeriod"] = int(heartbeat_period * 1e9)
-    if spec:
-        # a null value keeps the default, and so does a zero where zero means "not set" (the
-        # engine sanitizes an init request the same way): the docker CLI sends every section,
-        # with Raft.ElectionTick and HeartbeatTick 0 when `swarm init` is not told them
-        merged = copy.deepcopy(swarm_spec)
-        for key, value in spec.items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key].update({k: v for k, v in value.items()
-                                    if v is not None and not (v == 0 and (key, k) in _ZERO_IS_DEFAULT)})
-            elif value not in (None, {}, ""):
-                merged[key] = value
-        swarm_spec = validate_swarm_spec(merged)
-    return swarm_spec
 
 
 class Manager:
@@ -171,72 +109,17 @@ class Manager:
     async def init_cluster(data_dir: Path, certs_dir: Path, advertise_addr: str,
                            description: dict[str, Any], spec: dict[str, Any],
                            heartbeat_period: float | None = None) -> str:
-        """Create a new cluster on this node (``swarm init``): root CA, this node's manager
-        certificate, and a Raft log whose only voter is this node, holding the cluster object
-        and this node. Returns the node ID.
-
-        ``heartbeat_period`` (seconds; shoald's ``--heartbeat-period``) goes into the cluster spec's
-        ``Dispatcher.HeartbeatPeriod`` unless ``spec`` sets one, so ``docker info`` shows the period in
-        force. Raises ``ValueError`` (from spec validation) for a bad SwarmSpec; nothing is written then.
-        """
-        swarm_spec = initial_swarm_spec(spec, heartbeat_period)
-        private_dir(data_dir)
-        ca = RootCA.create(certs_dir)
-        node_id = new_id()
-        cluster_id = new_id()
-        ca.issue_node_files(certs_dir, node_id, "manager", cluster_id)
-        rid = raft_id(node_id)
-        rlog = ReplicatedLog(rid, {rid: advertise_addr}, Path(data_dir) / "raft", bootstrap=True,
-                             config=raft_config(swarm_spec))
-        store = Store(rlog, snapshot_interval=0)
-        ip, _ = _split(advertise_addr)
-        now = now_rfc3339()
-
-        def fn(tx: WriteTx) -> None:
-            tx.create("cluster", {
-                "ID": cluster_id, "CreatedAt": now, "Spec": swarm_spec,
-                "JoinTokens": ca.new_join_tokens(),
-                "TLSInfo": {"TrustRoot": ca.cert_pem, "CertIssuerSubject": "", "CertIssuerPublicKey": ""},
-                "RootRotationInProgress": False, "DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24,
-                "DataPathPort": 4789,
-            })
-            node = make_node(node_id, "manager", description, ip, advertise_addr)
-            node["ManagerStatus"] = {"Leader": True, "Reachability": "reachable", "Addr": advertise_addr}
-            tx.create("nodes", node)
-
-        try:
-            await rlog.start(listen=False)
-            await store.update(fn)
-        finally:
-            await store.close()
-        _write_raft_spec(Path(data_dir), swarm_spec)
-        return node_id
+        """``swarm init``: :func:`manager.clusterconfig.init_cluster`. Returns the node ID."""
+        return await init_cluster(data_dir, certs_dir, advertise_addr, description, spec, heartbeat_period)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _peer_check(self, ident: tuple[str, str] | None, rid: int) -> str | None:
-        """Vet an inbound Raft connection (:data:`raft.transport.PeerCheck`): the certificate's
-        node ID must map to the Raft ID it claims, must not be a removed node's, and the node
-        must be a current member: in this node's Raft configuration; or, when it is not (this
-        node has no configuration yet — a joiner hearing from the leader — or lags behind a
-        member that joined since), not a node this store knows to be demoted."""
-        if ident is None:
-            return "no certificate"
-        node_id = ident[0]
-        if raft_id(node_id) != rid:
-            return f"certificate of node {node_id} does not belong to Raft member {rid}"
-        view = self.store.view() if self.store is not None else None
-        clusters = view.list("cluster") if view is not None else []
-        if clusters and is_blacklisted(clusters[0], node_id):
-            return f"node {node_id} was removed from the swarm"
-        members = self.log.members() if self.log is not None else frozenset()
-        if rid in members or not members:
-            return None
-        node = view.get("nodes", node_id) if view is not None else None
-        if node is not None and not is_manager(node):
-            role = (node.get("Spec") or {}).get("Role") or "worker"
-            return f"node {node_id} is not a Raft member (it is a {role} now)"
-        return None
+        """Vet an inbound Raft connection (:data:`raft.transport.PeerCheck`;
+        :meth:`manager.membership.Membership.peer_problem`)."""
+        if self.membership is None:
+            return "this manager is not started"
+        return self.membership.peer_problem(ident, rid)
 
     async def _current_role(self, node_id: str) -> str | None:
         """The node's ``Spec.Role`` now (for the 2377 server's role checks). A follower's store
@@ -291,22 +174,18 @@ class Manager:
         self.server.register("raft.leave", self._raft_leave, role="manager")
         self.server.register("logs.collect", self._logs_collect, role="manager")
         await self.log.start(listen=False)
-        host, port = _split(self.listen_addr)
+        host, port = split_addr(self.listen_addr)
         await self.server.start(host, port)
         self._role_task = asyncio.create_task(self._follow_role(), name="manager-role")
         log.info("manager %s (raft %d) serving on %s (advertised %s)", self.node_id, self.raft_id,
                  self.listen_addr, self.advertise_addr)
 
     def _saved_spec(self) -> dict[str, Any]:
-        with contextlib.suppress(OSError, ValueError):
-            d = json.loads((self.data_dir / RAFT_SPEC_FILE).read_text())
-            if isinstance(d, dict):
-                return d
-        return {}
+        return read_raft_spec(self.data_dir)
 
     def _save_spec(self) -> None:
         """Remember the SwarmSpec's Raft section next to the log, for the timing at next start."""
-        _write_raft_spec(self.data_dir, self.cluster.get("Spec") or {})
+        write_raft_spec(self.data_dir, self.cluster.get("Spec") or {})
 
     # -- leadership ----------------------------------------------------------------------------
 
@@ -485,27 +364,9 @@ class Manager:
         return await self._logs().collect(body)
 
     async def join_raft(self, managers: list[str], timeout: float = 60.0) -> None:
-        """Ask the swarm (through any of ``managers``, ``host:port``) to add this manager to the
-        Raft configuration, and wait until this node has caught up. Raises ``RuntimeError``
-        naming the managers tried and their errors."""
-        errors = []
-        for addr in managers:
-            if addr == self.advertise_addr:
-                continue
-            try:
-                host, port = parse_addr(addr)
-                peer = await wire.connect_node(host, port, self.certs_dir, timeout=5.0)
-            except (OSError, ValueError, wire.WireError) as e:
-                errors.append(f"{addr}: {e}")
-                continue
-            try:
-                await peer.request("raft.join", {"addr": self.advertise_addr}, timeout=timeout)
-                return
-            except wire.WireError as e:
-                errors.append(f"{addr}: {e}")
-            finally:
-                await peer.close()
-        raise RuntimeError("could not join the Raft cluster: " + "; ".join(errors or ["no manager to ask"]))
+        """Ask the swarm (through any of ``managers``) to add this manager to the Raft configuration
+        (:func:`manager.leaderlink.join_raft`). Raises ``RuntimeError``."""
+        await join_raft(managers, self.advertise_addr, self.certs_dir, timeout)
 
     async def _api_forward(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
         """``api.forward`` ``{"method", "path", "headers", "body"}``: run an API request a follower

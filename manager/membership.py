@@ -25,6 +25,7 @@ import hashlib
 import logging
 from typing import Any, Protocol
 
+from manager.ca import is_blacklisted
 from manager.store import Store, Unavailable, WriteTx
 from raft.replicated import LogUnavailable
 
@@ -150,6 +151,32 @@ class Membership:
         if up < len(remaining) // 2 + 1:
             return (f"can't remove member from the raft: this would result in a loss of quorum "
                     f"({up} of the {len(remaining)} remaining managers are reachable)")
+        return None
+
+    def peer_problem(self, ident: tuple[str, str] | None, rid: int) -> str | None:
+        """Vet an inbound Raft connection (the Raft transport's peer check; ``ident``: the
+        certificate's ``(node_id, role)``, ``rid``: the Raft ID it claims): None to accept, else
+        why not. The certificate's node ID must map to the Raft ID it claims, must not be a
+        removed node's, and the node must be a current member: in this node's Raft
+        configuration; or, when it is not (this node has no configuration yet — a joiner
+        hearing from the leader — or lags behind a member that joined since), not a node this
+        store knows to be demoted."""
+        if ident is None:
+            return "no certificate"
+        node_id = ident[0]
+        if raft_id(node_id) != rid:
+            return f"certificate of node {node_id} does not belong to Raft member {rid}"
+        view = self.store.view()
+        clusters = view.list("cluster")
+        if clusters and is_blacklisted(clusters[0], node_id):
+            return f"node {node_id} was removed from the swarm"
+        members = self.raft.members()
+        if rid in members or not members:
+            return None
+        node = view.get("nodes", node_id)
+        if node is not None and not is_manager(node):
+            role = (node.get("Spec") or {}).get("Role") or "worker"
+            return f"node {node_id} is not a Raft member (it is a {role} now)"
         return None
 
     # -- changing (on the leader) ---------------------------------------------------------------

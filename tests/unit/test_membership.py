@@ -242,3 +242,16 @@ async def test_manager_manager_status_on_the_daemons_log(tmp_path: Path) -> None
         assert m.manager_statuses() == {N1: m.manager_status(N1)}
     finally:
         await store.close()
+
+
+async def test_peer_check_of_inbound_raft_connections(store: Store) -> None:
+    raft, m = three(store)
+    assert m.peer_problem(None, R2) == "no certificate"
+    assert m.peer_problem((N2, "manager"), R3) == f"certificate of node {N2} does not belong to Raft member {R3}"
+    assert m.peer_problem((N2, "manager"), R2) is None
+    # not in the configuration (yet): fine unless the store knows the node was demoted
+    rw = raft_id("worker1")
+    assert m.peer_problem(("worker1", "manager"), rw) == "node worker1 is not a Raft member (it is a worker now)"
+    assert m.peer_problem(("newmanager", "manager"), raft_id("newmanager")) is None
+    raft.voters_.clear()  # no configuration yet (a joiner): anyone the certificate vouches for
+    assert m.peer_problem(("worker1", "manager"), rw) is None
