@@ -11,7 +11,13 @@ swarmkit does (SK: manager/manager.go, becomeLeader/becomeFollower): when this n
 election it waits until its store has applied everything committed (a ReadIndex), then starts
 them; when it loses leadership it stops them, and the workers reconnect to the new leader.
 Requests that must run on the leader (a node joining, a manager asking to be added to Raft, an
-API write) are forwarded to it over 2377 (:class:`LeaderLink`).
+API write) are forwarded to it over 2377 (:class:`manager.leaderlink.LeaderLink`).
+
+This module keeps the wiring and the leadership loop. Raft is reached only through its facade,
+:class:`raft.replicated.ReplicatedLog`; the membership rules (promote, demote, the quorum check,
+handing leadership over, role reconciliation, ManagerStatus) are :mod:`manager.membership`'s,
+the logs of services and tasks :mod:`manager.logbroker`'s, cluster creation and the Raft
+settings of the spec :mod:`manager.clusterconfig`'s.
 
 Raft node IDs are integers; Swarm node IDs are strings: :func:`raft_id` maps one to the other,
 and the transport refuses a connection whose certificate's node ID does not map to the Raft ID

@@ -29,9 +29,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from raft.log import Log, LogUnavailable
-from raft.snapshot import Snapshot
-from raft.wal import Entry
+from raft.log import Entry, Log, LogUnavailable, Snapshot
 from shoal.base.util import now_rfc3339
 
 __all__ = ["Store", "ReadTx", "WriteTx", "Watch", "Event", "StoreError", "Conflict", "NotFound", "Unavailable", "TABLES",
