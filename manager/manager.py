@@ -289,8 +289,10 @@ class Manager:
         """Docker's ``ManagerStatus`` (``Leader``, ``Reachability``, ``Addr``) of node ``node_id``
         computed from Raft at call time, None for a node that is no manager
         (:meth:`manager.membership.Membership.manager_status`). For ``node ls`` / ``node
-        inspect``: the copy in the store lags up to a second behind a leader change."""
-        assert self.membership is not None
+        inspect``: the copy in the store lags up to a second behind a leader change. None too
+        while the manager is not started."""
+        if self.membership is None:
+            return None
         return self.membership.manager_status(node_id)
 
     def demote_problem(self, node_id: str) -> str | None:
