@@ -11,7 +11,13 @@ swarmkit does (SK: manager/manager.go, becomeLeader/becomeFollower): when this n
 election it waits until its store has applied everything committed (a ReadIndex), then starts
 them; when it loses leadership it stops them, and the workers reconnect to the new leader.
 Requests that must run on the leader (a node joining, a manager asking to be added to Raft, an
-API write) are forwarded to it over 2377 (:class:`LeaderLink`).
+API write) are forwarded to it over 2377 (:class:`manager.leaderlink.LeaderLink`).
+
+This module keeps the wiring and the leadership loop. Raft is reached only through its facade,
+:class:`raft.replicated.ReplicatedLog`; the membership rules (promote, demote, the quorum check,
+handing leadership over, role reconciliation, ManagerStatus) are :mod:`manager.membership`'s,
+the logs of services and tasks :mod:`manager.logbroker`'s, cluster creation and the Raft
+settings of the spec :mod:`manager.clusterconfig`'s.
 
 Raft node IDs are integers; Swarm node IDs are strings: :func:`raft_id` maps one to the other,
 and the transport refuses a connection whose certificate's node ID does not map to the Raft ID
@@ -22,40 +28,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from manager.ca import RootCA, is_blacklisted, make_token
+from manager.ca import RootCA, make_token
+from manager.clusterconfig import (
+    DEFAULT_RAFT_TICK,
+    init_cluster,
+    raft_config,
+    read_raft_spec,
+    split_addr,
+    write_raft_spec,
+)
+from manager.clusterconfig import (
+    initial_swarm_spec as initial_swarm_spec,  # shoald's (it checks a spec early)
+)
 from manager.dispatcher import Dispatcher
+from manager.leaderlink import LeaderLink, join_raft
+from manager.logbroker import LogBroker
+from manager.membership import Membership, raft_id
+from manager.orchestrator import Orchestrator
+from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
-from manager.server import ManagerServer, make_node
-from manager.specs import default_swarm_spec, validate_swarm_spec
-from manager.store import Store, Unavailable, WriteTx
-from raft.driver import DriverConfig
-from raft.log import LogUnavailable
-from raft.replicated import ReplicatedLog
-from raft.transport import parse_addr
-from shoal.base.util import new_id, now_rfc3339, private_dir
+from manager.server import ManagerServer
+from manager.store import Store, Unavailable
+from raft.replicated import LogUnavailable, ReplicatedLog, parse_addr
+from shoal.base.util import private_dir
 from shoal.rpc import tlsutil, wire
 
 log = logging.getLogger(__name__)
-
-DEFAULT_RAFT_TICK = 0.1
-"""Seconds per Raft tick. Swarm ticks once a second (election after 10 ticks: over 10 s to
-replace a dead leader); Shoal ticks every 100 ms with the same tick counts from the SwarmSpec
-(``Raft.ElectionTick`` 10, ``Raft.HeartbeatTick`` 1): heartbeat 100 ms, election 1–2 s."""
-LOG_PAGE_LIMIT = 4 * 1024 * 1024
-"""Bytes of log lines one ``read_logs_page`` asks the nodes for, all nodes together (each node
-caps its reply at :data:`shoal.rpc.wire.LOGS_REPLY_BYTES`, and the page fits a follower's
-``logs.collect`` reply within :data:`shoal.rpc.wire.MANAGER_LIMITS`)."""
-LOG_PAGE_MIN_PER_NODE = 256 * 1024
-"""The share of :data:`LOG_PAGE_LIMIT` a node gets at least, however many nodes a service spans."""
 
 FORWARD_MAX_BODY = wire.MANAGER_LIMITS.frame - 64 * 1024
 """Bytes of an API request body a follower forwards to the leader (``api.forward`` must fit the
@@ -64,132 +67,6 @@ leader's :data:`shoal.rpc.wire.MANAGER_LIMITS` with its headers)."""
 ApiExecutor = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
 """``await execute(method, path_with_query, headers, body) -> (status, headers, body)``: run an
 API request on this node (the daemon provides it; used for requests forwarded by followers)."""
-
-
-def raft_id(node_id: str) -> int:
-    """The Raft member ID (a positive 63-bit int) of Swarm node ``node_id`` (a string): the first
-    8 bytes of its SHA-256, so every manager computes the same mapping without storing it."""
-    v = int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:8], "big") >> 1
-    return v or 1
-
-
-def _is_manager(node: dict[str, Any]) -> bool:
-    """Whether the node's spec makes it a manager (``Spec.Role``)."""
-    return bool((node.get("Spec") or {}).get("Role") == "manager")
-
-
-def _split(addr: str, default_port: int = 2377) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    if not host:
-        return port, default_port
-    return host, int(port)
-
-
-RAFT_SPEC_FILE = "raft-spec.json"
-"""The SwarmSpec's ``Raft`` section, saved next to the log: the Raft timing and compaction must be
-known before the log (which holds the spec) is open. Changes apply at the manager's next start."""
-
-
-def _write_raft_spec(data_dir: Path, spec: dict[str, Any]) -> None:
-    raft = spec.get("Raft")
-    if not raft:
-        return
-    path = data_dir / RAFT_SPEC_FILE
-    with contextlib.suppress(OSError):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"Raft": raft}))
-        os.replace(tmp, path)
-
-
-def raft_config(spec: dict[str, Any], tick: float = DEFAULT_RAFT_TICK) -> DriverConfig:
-    """Raft timing and compaction from a SwarmSpec's ``Raft`` section (Docker API ``RaftConfig``):
-    ``ElectionTick``, ``HeartbeatTick`` (ticks of ``tick`` seconds), ``SnapshotInterval``
-    (entries between snapshots), ``LogEntriesForSlowFollowers`` (entries kept after one)."""
-    r = (spec or {}).get("Raft") or {}
-    return DriverConfig(
-        tick=tick,
-        heartbeat_tick=int(r.get("HeartbeatTick") or 1),
-        election_tick=int(r.get("ElectionTick") or 10),
-        snapshot_every=int(r.get("SnapshotInterval") or 10_000),
-        keep=int(500 if r.get("LogEntriesForSlowFollowers") is None else r["LogEntriesForSlowFollowers"]),
-    )
-
-
-_ZERO_IS_DEFAULT = {("Raft", "ElectionTick"), ("Raft", "HeartbeatTick"), ("Raft", "SnapshotInterval"),
-                    ("Dispatcher", "HeartbeatPeriod"), ("CAConfig", "NodeCertExpiry")}
-"""SwarmSpec fields a ``swarm init`` sends as 0 when not given: 0 is not a valid value for
-them, so they keep swarmkit's default (a 0 elsewhere, e.g. TaskHistoryRetentionLimit, is kept)."""
-
-
-def initial_swarm_spec(spec: dict[str, Any], heartbeat_period: float | None = None) -> dict[str, Any]:
-    """The SwarmSpec of a new cluster: swarmkit's defaults, ``heartbeat_period`` (seconds) as
-    ``Dispatcher.HeartbeatPeriod``, then the sections ``spec`` (from ``swarm init``) sets.
-    Raises :class:`manager.specs.SpecError` (a ``ValueError``) for a bad spec."""
-    swarm_spec = default_swarm_spec()
-    if heartbeat_period is not None:
-        swarm_spec["Dispatcher"]["HeartbeatPeriod"] = int(heartbeat_period * 1e9)
-    if spec:
-        # a null value keeps the default, and so does a zero where zero means "not set" (the
-        # engine sanitizes an init request the same way): the docker CLI sends every section,
-        # with Raft.ElectionTick and HeartbeatTick 0 when `swarm init` is not told them
-        merged = copy.deepcopy(swarm_spec)
-        for key, value in spec.items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key].update({k: v for k, v in value.items()
-                                    if v is not None and not (v == 0 and (key, k) in _ZERO_IS_DEFAULT)})
-            elif value not in (None, {}, ""):
-                merged[key] = value
-        swarm_spec = validate_swarm_spec(merged)
-    return swarm_spec
-
-
-class LeaderLink:
-    """A 2377 connection from this manager to the current Raft leader, with this manager's
-    certificate, for requests that must run on the leader.
-
-    ``leader_addr()`` returns the leader's ``host:port`` or None (no leader known);
-    ``certs_dir`` holds this node's ``node.crt``/``node.key``/``ca.crt``.
-    """
-
-    def __init__(self, certs_dir: Path, leader_addr: Callable[[], str | None],
-                 no_leader: Callable[[], str]) -> None:
-        self.certs_dir = certs_dir
-        self.leader_addr = leader_addr
-        self.no_leader = no_leader
-        self._peer: wire.Peer | None = None
-        self._addr: str | None = None
-        self._lock = asyncio.Lock()
-
-    async def request(self, type: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-        """Send request ``type`` to the leader and return its reply. Raises :class:`Unavailable`
-        when no leader is known or it cannot be reached, :class:`shoal.rpc.wire.RemoteError` with
-        the leader's error."""
-        addr = self.leader_addr()
-        if not addr:
-            raise Unavailable(self.no_leader())
-        async with self._lock:
-            if self._peer is None or self._peer.closed or self._addr != addr:
-                if self._peer is not None:
-                    await self._peer.close("leader changed")
-                host, port = parse_addr(addr)
-                try:
-                    self._peer = await wire.connect_node(host, port, self.certs_dir, timeout=5.0)
-                except (OSError, wire.WireError) as e:
-                    raise Unavailable(f"cannot reach the leader at {addr}: {e}") from e
-                self._addr = addr
-            peer = self._peer
-        try:
-            return await peer.request(type, body, timeout=timeout)
-        except wire.RemoteError:
-            raise
-        except wire.WireError as e:
-            raise Unavailable(f"the leader at {addr} did not answer: {e}") from e
-
-    async def close(self) -> None:
-        """Close the connection (if any)."""
-        if self._peer is not None:
-            await self._peer.close("manager stopping")
-            self._peer = None
 
 
 class Manager:
@@ -226,6 +103,7 @@ class Manager:
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.server: ManagerServer | None = None
         self.leader_link: LeaderLink | None = None
+        self.membership: Membership | None = None
         self._loops: list[asyncio.Task[Any]] = []
         self._leader_loops: list[asyncio.Task[Any]] = []
         self._leading = False
@@ -237,72 +115,17 @@ class Manager:
     async def init_cluster(data_dir: Path, certs_dir: Path, advertise_addr: str,
                            description: dict[str, Any], spec: dict[str, Any],
                            heartbeat_period: float | None = None) -> str:
-        """Create a new cluster on this node (``swarm init``): root CA, this node's manager
-        certificate, and a Raft log whose only voter is this node, holding the cluster object
-        and this node. Returns the node ID.
-
-        ``heartbeat_period`` (seconds; shoald's ``--heartbeat-period``) goes into the cluster spec's
-        ``Dispatcher.HeartbeatPeriod`` unless ``spec`` sets one, so ``docker info`` shows the period in
-        force. Raises ``ValueError`` (from spec validation) for a bad SwarmSpec; nothing is written then.
-        """
-        swarm_spec = initial_swarm_spec(spec, heartbeat_period)
-        private_dir(data_dir)
-        ca = RootCA.create(certs_dir)
-        node_id = new_id()
-        cluster_id = new_id()
-        ca.issue_node_files(certs_dir, node_id, "manager", cluster_id)
-        rid = raft_id(node_id)
-        rlog = ReplicatedLog(rid, {rid: advertise_addr}, Path(data_dir) / "raft", bootstrap=True,
-                             config=raft_config(swarm_spec))
-        store = Store(rlog, snapshot_interval=0)
-        ip, _ = _split(advertise_addr)
-        now = now_rfc3339()
-
-        def fn(tx: WriteTx) -> None:
-            tx.create("cluster", {
-                "ID": cluster_id, "CreatedAt": now, "Spec": swarm_spec,
-                "JoinTokens": ca.new_join_tokens(),
-                "TLSInfo": {"TrustRoot": ca.cert_pem, "CertIssuerSubject": "", "CertIssuerPublicKey": ""},
-                "RootRotationInProgress": False, "DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24,
-                "DataPathPort": 4789,
-            })
-            node = make_node(node_id, "manager", description, ip, advertise_addr)
-            node["ManagerStatus"] = {"Leader": True, "Reachability": "reachable", "Addr": advertise_addr}
-            tx.create("nodes", node)
-
-        try:
-            await rlog.start(listen=False)
-            await store.update(fn)
-        finally:
-            await store.close()
-        _write_raft_spec(Path(data_dir), swarm_spec)
-        return node_id
+        """``swarm init``: :func:`manager.clusterconfig.init_cluster`. Returns the node ID."""
+        return await init_cluster(data_dir, certs_dir, advertise_addr, description, spec, heartbeat_period)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _peer_check(self, ident: tuple[str, str] | None, rid: int) -> str | None:
-        """Vet an inbound Raft connection (:data:`raft.transport.PeerCheck`): the certificate's
-        node ID must map to the Raft ID it claims, must not be a removed node's, and the node
-        must be a current member: in this node's Raft configuration; or, when it is not (this
-        node has no configuration yet — a joiner hearing from the leader — or lags behind a
-        member that joined since), not a node this store knows to be demoted."""
-        if ident is None:
-            return "no certificate"
-        node_id = ident[0]
-        if raft_id(node_id) != rid:
-            return f"certificate of node {node_id} does not belong to Raft member {rid}"
-        view = self.store.view() if self.store is not None else None
-        clusters = view.list("cluster") if view is not None else []
-        if clusters and is_blacklisted(clusters[0], node_id):
-            return f"node {node_id} was removed from the swarm"
-        members = self.log.driver.node.conf.nodes() if self.log is not None else frozenset()
-        if rid in members or not members:
-            return None
-        node = view.get("nodes", node_id) if view is not None else None
-        if node is not None and not _is_manager(node):
-            role = (node.get("Spec") or {}).get("Role") or "worker"
-            return f"node {node_id} is not a Raft member (it is a {role} now)"
-        return None
+        """Vet an inbound Raft connection (:data:`raft.transport.PeerCheck`;
+        :meth:`manager.membership.Membership.peer_problem`)."""
+        if self.membership is None:
+            return "this manager is not started"
+        return self.membership.peer_problem(ident, rid)
 
     async def _current_role(self, node_id: str) -> str | None:
         """The node's ``Spec.Role`` now (for the 2377 server's role checks). A follower's store
@@ -345,7 +168,8 @@ class Manager:
         self.dispatcher = Dispatcher(self.store, heartbeat_period=self._spec_heartbeat_period(),
                                      grace_multiplier=self.heartbeat_misses)
         self.dispatcher.unavailable_reason = self._not_leader_reason
-        self.leader_link = LeaderLink(self.certs_dir, self.leader_addr, self.log.driver.not_leader_message)
+        self.membership = Membership(self.log, self.store, self.node_id)
+        self.leader_link = LeaderLink(self.certs_dir, self.leader_addr, self.log.not_leader_message)
         self.server = ManagerServer(self.store, self.ca, self.dispatcher, sctx,
                                     advertise_addr=self.advertise_addr)
         self.server.forward = self._forward_to_leader
@@ -356,22 +180,18 @@ class Manager:
         self.server.register("raft.leave", self._raft_leave, role="manager")
         self.server.register("logs.collect", self._logs_collect, role="manager")
         await self.log.start(listen=False)
-        host, port = _split(self.listen_addr)
+        host, port = split_addr(self.listen_addr)
         await self.server.start(host, port)
         self._role_task = asyncio.create_task(self._follow_role(), name="manager-role")
         log.info("manager %s (raft %d) serving on %s (advertised %s)", self.node_id, self.raft_id,
                  self.listen_addr, self.advertise_addr)
 
     def _saved_spec(self) -> dict[str, Any]:
-        with contextlib.suppress(OSError, ValueError):
-            d = json.loads((self.data_dir / RAFT_SPEC_FILE).read_text())
-            if isinstance(d, dict):
-                return d
-        return {}
+        return read_raft_spec(self.data_dir)
 
     def _save_spec(self) -> None:
         """Remember the SwarmSpec's Raft section next to the log, for the timing at next start."""
-        _write_raft_spec(self.data_dir, self.cluster.get("Spec") or {})
+        write_raft_spec(self.data_dir, self.cluster.get("Spec") or {})
 
     # -- leadership ----------------------------------------------------------------------------
 
@@ -387,13 +207,13 @@ class Manager:
             return None
         if lid == self.raft_id:
             return self.advertise_addr
-        return self.log.driver.addrs.get(lid)
+        return self.log.addr(lid)
 
     def _not_leader_reason(self) -> str:
         addr = self.leader_addr()
         if addr and addr != self.advertise_addr:
             return f"this manager is not the leader; the leader is at {addr}"
-        return self.log.driver.not_leader_message()
+        return self.log.not_leader_message()
 
     async def _follow_role(self) -> None:
         """Start the leader's work when this node becomes leader, stop it when it steps down;
@@ -401,7 +221,7 @@ class Manager:
         last_status = 0.0
         loop = asyncio.get_running_loop()
         while True:
-            await self.log.driver.wait_changed(0.2)
+            await self.log.wait_changed(0.2)
             try:
                 if self.log.is_leader and not self._leading:
                     await self._become_leader()
@@ -410,8 +230,9 @@ class Manager:
                     await self._become_follower()
                 if self._leading and loop.time() - last_status >= 1.0:
                     last_status = loop.time()
-                    await self._reconcile_roles()
-                    await self._update_manager_status()
+                    assert self.membership is not None
+                    await self.membership.reconcile_roles()
+                    await self.membership.update_manager_status()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -419,9 +240,6 @@ class Manager:
                 await asyncio.sleep(0.5)
 
     async def _become_leader(self) -> None:
-        from manager.orchestrator import Orchestrator
-        from manager.reaper import TaskReaper
-
         try:
             await self.log.read_index(timeout=5.0)  # everything committed is applied here
         except LogUnavailable as e:
@@ -431,7 +249,9 @@ class Manager:
             return
         log.info("manager %s is the leader (term %d)", self.node_id, self.log.term)
         if self.force_new_cluster:
-            await self._demote_lost_managers()
+            assert self.membership is not None
+            if await self.membership.demote_lost_managers():
+                self.force_new_cluster = False
         self._leading = True
         self.dispatcher.heartbeat_period = self._spec_heartbeat_period()
         await self.dispatcher.start()
@@ -442,26 +262,6 @@ class Manager:
                            ("scheduler", scheduler.run()),
                            ("reaper", TaskReaper(self.store).run())):
             self._leader_loops.append(asyncio.create_task(coro, name=name))
-
-    async def _demote_lost_managers(self) -> None:
-        """After ``--force-new-cluster``: the other managers of the old cluster are no Raft
-        members any more; make them workers in the spec, so that when one comes back its
-        daemon switches to the worker role (its node is pushed without ManagerStatus) instead
-        of waiting for a quorum that no longer exists. ``node promote`` brings one back."""
-
-        def fn(tx: WriteTx) -> None:
-            for n in tx.list("nodes"):
-                if n["ID"] != self.node_id and _is_manager(n):
-                    n["Spec"] = {**n["Spec"], "Role": "worker"}
-                    n.pop("ManagerStatus", None)
-                    n.pop("Version", None)
-                    tx.update("nodes", n)
-
-        try:
-            await self.store.update(fn)
-            self.force_new_cluster = False
-        except Unavailable as e:
-            log.warning("could not demote the managers lost with the old cluster: %s", e)
 
     async def _become_follower(self) -> None:
         log.info("manager %s is no longer the leader: stopping the dispatcher and the loops", self.node_id)
@@ -477,106 +277,29 @@ class Manager:
                 await t
         self._leader_loops.clear()
 
-    def _reachable(self, within: float | None = None) -> set[int]:
-        """Raft members this node heard from within ``within`` seconds (default 1.5 election
-        timeouts), itself included."""
-        d = self.log.driver
-        return d.transport.reachable(d.cfg.election_timeout * 1.5 if within is None else within) | {self.raft_id}
-
-    def _handover_target(self) -> int | None:
-        """A reachable voter other than this one to hand leadership to (None if there is none)."""
-        others = sorted((self.log.driver.voters - {self.raft_id}) & self._reachable())
-        return others[0] if others else None
+    # -- membership (the rules are manager/membership.py's) ---------------------------------------
 
     def manager_statuses(self) -> dict[str, dict[str, Any] | None]:
-        """``{node_id: ManagerStatus | None}`` as the leader sees it now (Docker API
-        ``ManagerStatus``: ``Leader``, ``Reachability`` reachable | unreachable | unknown,
-        ``Addr``); None for a node demoted and already out of the Raft configuration."""
-        d = self.log.driver
-        heard = self._reachable()
-        members = d.node.conf.nodes()
-        out: dict[str, dict[str, Any] | None] = {}
-        # only managers, Raft members and nodes still showing a ManagerStatus (not every worker)
-        for n in self.store.view().find("nodes", lambda n: _is_manager(n) or bool(n.get("ManagerStatus"))
-                                        or raft_id(n["ID"]) in members):
-            rid = raft_id(n["ID"])
-            if not _is_manager(n) and rid not in members:
-                if n.get("ManagerStatus"):
-                    out[n["ID"]] = None
-                continue
-            ms = dict(n.get("ManagerStatus") or {})
-            if rid not in members:
-                reach = "unknown"
-            elif rid in heard:
-                reach = "reachable"
-            else:
-                reach = "unreachable"
-            out[n["ID"]] = {"Leader": rid == self.log.leader_id, "Reachability": reach,
-                            "Addr": d.addrs.get(rid) or ms.get("Addr", "")}
-        return out
+        """``{node_id: ManagerStatus | None}`` as the leader sees it now
+        (:meth:`manager.membership.Membership.manager_statuses`)."""
+        assert self.membership is not None
+        return self.membership.manager_statuses()
 
-    async def _update_manager_status(self) -> None:
-        want = self.manager_statuses()
-
-        def fn(tx: WriteTx) -> None:
-            for nid, ms in want.items():
-                node = tx.get("nodes", nid)
-                if node is None or node.get("ManagerStatus") == ms:
-                    continue
-                if ms is None:
-                    node.pop("ManagerStatus", None)
-                else:
-                    node["ManagerStatus"] = ms
-                node.pop("Version", None)
-                tx.update("nodes", node)
-
-        try:
-            await self.store.update(fn)
-        except Unavailable as e:
-            log.info("could not record manager status: %s", e)
-
-    # -- promotion and demotion ------------------------------------------------------------------
+    def manager_status(self, node_id: str) -> dict[str, Any] | None:
+        """Docker's ``ManagerStatus`` (``Leader``, ``Reachability``, ``Addr``) of node ``node_id``
+        computed from Raft at call time, None for a node that is no manager
+        (:meth:`manager.membership.Membership.manager_status`). For ``node ls`` / ``node
+        inspect``: the copy in the store lags up to a second behind a leader change. None too
+        while the manager is not started."""
+        if self.membership is None:
+            return None
+        return self.membership.manager_status(node_id)
 
     def demote_problem(self, node_id: str) -> str | None:
-        """Why demoting manager ``node_id`` now would be unsafe (None if it is fine): it must not
-        leave the Raft configuration without a reachable quorum (swarmkit's CanRemoveMember)."""
-        rid = raft_id(node_id)
-        voters = self.log.driver.voters
-        if rid not in voters:
-            return None
-        # managers already demoted in the spec but not yet out of Raft are leaving too
-        leaving = {raft_id(n["ID"]) for n in self.store.view().find("nodes", lambda n: not _is_manager(n))}
-        remaining = voters - {rid} - leaving
-        if not remaining:
-            return "attempting to demote the last manager of the swarm"
-        # heard from within one election timeout (the leader's check-quorum window)
-        up = len(remaining & self._reachable(self.log.driver.cfg.election_timeout))
-        if up < len(remaining) // 2 + 1:
-            return (f"can't remove member from the raft: this would result in a loss of quorum "
-                    f"({up} of the {len(remaining)} remaining managers are reachable)")
-        return None
-
-    async def _reconcile_roles(self) -> None:
-        """On the leader: take nodes whose spec says worker out of the Raft configuration
-        (``node demote``); the leader hands leadership to a reachable voter before leaving.
-        Promotion is driven by the promoted node itself (it renews its certificate and asks
-        ``raft.join``)."""
-        members = self.log.driver.node.conf.nodes()
-        for n in self.store.view().find("nodes", lambda n: not _is_manager(n) and raft_id(n["ID"]) in members):
-            await self._remove_member(raft_id(n["ID"]), n["ID"])
-
-    async def _remove_member(self, rid: int, node_id: str) -> None:
-        try:
-            if rid == self.raft_id:
-                to = self._handover_target()
-                if to is not None:
-                    log.info("handing leadership to raft %d before leaving the Raft cluster", to)
-                    await self.log.transfer_leadership(to)
-                return
-            await self.log.remove_voter(rid)
-            log.info("node %s (raft %d) removed from the Raft cluster", node_id, rid)
-        except (LogUnavailable, ValueError) as e:
-            log.warning("could not remove node %s (raft %d) from the Raft cluster: %s", node_id, rid, e)
+        """Why demoting manager ``node_id`` now would be unsafe, None if it is fine
+        (:meth:`manager.membership.Membership.demote_problem`)."""
+        assert self.membership is not None
+        return self.membership.demote_problem(node_id)
 
     async def _raft_leave(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
         """``raft.leave`` ``{}``: the calling manager — the node of the certificate, whatever the
@@ -586,29 +309,21 @@ class Manager:
         leaving manager asks the leader directly (:meth:`leave_raft`)."""
         if not self.log.is_leader:
             raise LookupError(self._not_leader_reason())
-
-        def fn(tx: WriteTx) -> None:
-            node = tx.get("nodes", node_id)
-            if node is None:
-                return
-            node["Spec"] = {**(node.get("Spec") or {}), "Role": "worker"}
-            node.pop("Version", None)
-            tx.update("nodes", node)
-
-        await self.store.update(fn)
-        await self._remove_member(raft_id(node_id), node_id)
+        assert self.membership is not None
+        await self.membership.leave(node_id)
         return {"ok": True}
 
     async def leave_raft(self, timeout: float = 10.0) -> None:
         """Leave the Raft cluster before this manager leaves the swarm (best effort: a leader
         first hands leadership over), asking the leader itself (``raft.leave``); retried while
         leadership moves. Raises :class:`Unavailable` / ``shoal.rpc.wire.WireError``."""
-        if self.log.driver.voters == frozenset({self.raft_id}):
+        if self.log.voters() == frozenset({self.raft_id}):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.log.is_leader:
-            to = self._handover_target()
+            assert self.membership is not None
+            to = self.membership.handover_target()
             if to is None:
                 raise Unavailable("no other manager is reachable to take over")
             await self.log.transfer_leadership(to, timeout=timeout)
@@ -621,17 +336,15 @@ class Manager:
                 moving = isinstance(e, Unavailable) or "not the leader" in e.msg or "no leader" in e.msg
                 if not moving or loop.time() >= deadline:
                     raise
-            await self.log.driver.wait_changed(0.1)
+            await self.log.wait_changed(0.1)
 
     # -- requests that run on the leader ---------------------------------------------------------
 
     async def _forward_to_leader(self, type: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """For the 2377 server: None when this node is the leader (serve locally), else the
         leader's reply to the same request."""
-        if self.log.is_leader:
-            return None
         assert self.leader_link is not None
-        return await self.leader_link.request(type, body, timeout=60.0)
+        return await self.leader_link.forward(self.log.is_leader, type, body)
 
     async def _raft_join(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
         """``raft.join`` ``{"addr": "host:port", "node_id"?}``: add the calling manager (or, when a
@@ -647,20 +360,8 @@ class Manager:
         fwd = await self._forward_to_leader("raft.join", {"addr": addr, "node_id": joiner})
         if fwd is not None:
             return fwd
-        node = self.store.view().get("nodes", joiner)
-        if node is None or not _is_manager(node):
-            raise PermissionError(f"raft.join: node {joiner} is not a manager of this swarm")
-        rid = raft_id(joiner)
-        if rid in self.log.driver.voters:
-            if self.log.driver.addrs.get(rid) == addr:
-                return {"ok": True}
-            await self.log.remove_voter(rid)
-        try:
-            await self.log.add_voter(rid, addr, timeout=30.0)
-        except LogUnavailable as e:
-            raise Unavailable(str(e)) from e
-        log.info("manager %s (raft %d) at %s added to the Raft cluster", joiner, rid, addr)
-        await self._update_manager_status()
+        assert self.membership is not None
+        await self.membership.add_manager(joiner, addr)
         return {"ok": True}
 
     async def _logs_collect(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -668,37 +369,12 @@ class Manager:
         follower manager: :meth:`read_logs_page` here (the leader). Returns ``{"lines", "cursors", "more"}``."""
         if not self.log.is_leader:
             raise LookupError(self._not_leader_reason())
-        ids = body.get("task_ids")
-        if not isinstance(ids, list):
-            raise ValueError("logs.collect: task_ids must be a list")
-        limit = body.get("limit")
-        return await self.read_logs_page([str(t) for t in ids], int(body.get("tail", -1)),
-                                         float(body.get("since", 0.0) or 0.0), bool(body.get("timestamps")),
-                                         _cursor_map(body.get("cursors")),
-                                         limit if isinstance(limit, int) and not isinstance(limit, bool) else None)
+        return await self._logs().collect(body)
 
     async def join_raft(self, managers: list[str], timeout: float = 60.0) -> None:
-        """Ask the swarm (through any of ``managers``, ``host:port``) to add this manager to the
-        Raft configuration, and wait until this node has caught up. Raises ``RuntimeError``
-        naming the managers tried and their errors."""
-        errors = []
-        for addr in managers:
-            if addr == self.advertise_addr:
-                continue
-            try:
-                host, port = parse_addr(addr)
-                peer = await wire.connect_node(host, port, self.certs_dir, timeout=5.0)
-            except (OSError, ValueError, wire.WireError) as e:
-                errors.append(f"{addr}: {e}")
-                continue
-            try:
-                await peer.request("raft.join", {"addr": self.advertise_addr}, timeout=timeout)
-                return
-            except wire.WireError as e:
-                errors.append(f"{addr}: {e}")
-            finally:
-                await peer.close()
-        raise RuntimeError("could not join the Raft cluster: " + "; ".join(errors or ["no manager to ask"]))
+        """Ask the swarm (through any of ``managers``) to add this manager to the Raft configuration
+        (:func:`manager.leaderlink.join_raft`). Raises ``RuntimeError``."""
+        await join_raft(managers, self.advertise_addr, self.certs_dir, timeout)
 
     async def _api_forward(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
         """``api.forward`` ``{"method", "path", "headers", "body"}``: run an API request a follower
@@ -803,11 +479,10 @@ class Manager:
     def quorum_error(self) -> str:
         """"" when this manager can serve the API, else why not ("no quorum: …" / "no leader …"),
         for ``/info``'s ``Swarm.Error``."""
-        d = self.log.driver
-        if not d.has_quorum():
-            return d.no_quorum_message()
-        if not d.node.leader:
-            return d.not_leader_message()
+        if not self.log.has_quorum():
+            return self.log.no_quorum_message()
+        if not self.log.leader_id:
+            return self.log.not_leader_message()
         return ""
 
     def swarm_info(self) -> dict[str, Any]:
@@ -828,69 +503,21 @@ class Manager:
                                               "DefaultAddrPool", "SubnetSize", "DataPathPort")},
         }
 
+    # -- logs (manager/logbroker.py) ----------------------------------------------------------------
+
+    def _logs(self) -> LogBroker:
+        return LogBroker(self.store, self.dispatcher, self.leader_link,
+                         lambda: self.log is None or self.log.is_leader)
+
     async def read_logs(self, task_ids: list[str], tail: int = -1, since: float = 0.0,
                         timestamps: bool = False) -> list[dict[str, Any]]:
-        """The lines of one :meth:`read_logs_page` without cursors: ``[{"task_id", "node_id", "stream",
-        "time", "log"}]`` sorted by time, at most about :data:`LOG_PAGE_LIMIT` bytes of them."""
-        page = await self.read_logs_page(task_ids, tail, since, timestamps)
-        return list(page["lines"])
+        """The lines of one :meth:`read_logs_page` without cursors
+        (:meth:`manager.logbroker.LogBroker.read_logs`)."""
+        return await self._logs().read_logs(task_ids, tail, since, timestamps)
 
     async def read_logs_page(self, task_ids: list[str], tail: int = -1, since: float = 0.0,
                              timestamps: bool = False, cursors: dict[str, str] | None = None,
                              limit: int | None = None) -> dict[str, Any]:
-        """Collect one bounded page of log lines of ``task_ids`` from the nodes they ran on (``logs.read``
-        over each node's session).
-
-        Tasks in ``cursors`` (task ID → the cursor a previous page gave) continue after it; the others
-        get their last ``tail`` lines (-1 = all) not older than ``since``. ``limit`` (bytes, default
-        :data:`LOG_PAGE_LIMIT`) is shared out between the nodes, each getting at least
-        :data:`LOG_PAGE_MIN_PER_NODE`. Returns ``{"lines": [{"task_id", "node_id", "stream", "time",
-        "log"}] sorted by time, "cursors": {task_id: cursor}, "more": bool}``; a node of an older
-        version answers without cursors (its tasks are then missing from ``cursors``; read them by
-        ``since`` as before), and ``more`` says some node has lines left (ask again with the cursors).
-        Nodes without a session are skipped (their lines are not reachable). On a follower the leader
-        (which holds the sessions) collects them (``logs.collect`` over 2377). Raises
-        :class:`Unavailable` when no leader can be reached."""
-        cursors = dict(cursors or {})
-        limit = LOG_PAGE_LIMIT if limit is None else max(0, min(limit, LOG_PAGE_LIMIT))
-        if self.log is not None and not self.log.is_leader:
-            assert self.leader_link is not None
-            r = await self.leader_link.request("logs.collect", {
-                "task_ids": task_ids, "tail": tail, "since": since, "timestamps": timestamps,
-                "cursors": cursors, "limit": limit}, timeout=60.0)
-            return {"lines": list(r.get("lines") or []), "cursors": _cursor_map(r.get("cursors")),
-                    "more": bool(r.get("more"))}
-        view = self.store.view()
-        by_node: dict[str, list[str]] = {}
-        for tid in task_ids:
-            t = view.get("tasks", tid)
-            if t is not None and t.get("NodeID"):
-                by_node.setdefault(t["NodeID"], []).append(tid)
-        per_node = max(LOG_PAGE_MIN_PER_NODE, limit // max(1, len(by_node))) if limit else 0
-
-        async def one(node_id: str, tids: list[str]) -> dict[str, Any]:
-            body = {"task_ids": tids, "tail": tail, "since": since, "timestamps": timestamps,
-                    "cursors": {t: cursors[t] for t in tids if t in cursors}, "limit": per_node}
-            try:
-                res = await self.dispatcher.request_logs(node_id, body)
-            except Exception as e:  # a node that is down or gone: skip its lines
-                log.info("logs from node %s unavailable: %s", node_id, e)
-                return {}
-            lines = list(res.get("lines") or [])
-            for ln in lines:
-                ln["node_id"] = node_id
-            got = {t: c for t, c in _cursor_map(res.get("cursors")).items() if t in tids}
-            return {"lines": lines, "cursors": got, "more": bool(res.get("more"))}
-
-        parts = await asyncio.gather(*(one(n, t) for n, t in by_node.items()))
-        out = [ln for part in parts for ln in part.get("lines", [])]
-        out.sort(key=lambda ln: ln.get("time", ""))
-        new_cursors = {t: c for part in parts for t, c in part.get("cursors", {}).items()}
-        return {"lines": out, "cursors": new_cursors, "more": any(part.get("more") for part in parts)}
-
-
-def _cursor_map(v: Any) -> dict[str, str]:
-    """A ``{task_id: cursor}`` map from a peer: anything that is not a map of strings is dropped."""
-    if not isinstance(v, dict):
-        return {}
-    return {k: c for k, c in v.items() if isinstance(k, str) and isinstance(c, str) and len(c) <= 64}
+        """One bounded page of log lines of ``task_ids`` from the nodes they ran on, collected by the
+        leader (:meth:`manager.logbroker.LogBroker.read_logs_page`)."""
+        return await self._logs().read_logs_page(task_ids, tail, since, timestamps, cursors, limit)

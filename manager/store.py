@@ -29,9 +29,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from raft.log import LogUnavailable, ReplicatedLog
-from raft.snapshot import Snapshot
-from raft.wal import Entry
+from raft.log import Entry, Log, LogUnavailable, Snapshot
 from shoal.base.util import now_rfc3339
 
 __all__ = ["Store", "ReadTx", "WriteTx", "Watch", "Event", "StoreError", "Conflict", "NotFound", "Unavailable", "TABLES",
@@ -295,8 +293,8 @@ class WriteTx(ReadTx):
 
 
 class Store:
-    """The state machine over ``log`` (a :class:`raft.log.ReplicatedLog`, e.g.
-    :class:`raft.log.SingleVoterLog`).
+    """The state machine over ``log`` (a :class:`raft.log.Log`: in managers and in the unit tests
+    a :class:`raft.replicated.ReplicatedLog`).
 
     The constructor loads the log's snapshot and replays its committed entries, so restarting
     on the same directory gives the same state. ``snapshot_interval``: entries between
@@ -304,7 +302,7 @@ class Store:
     itself, from :meth:`snapshot_bytes`).
     """
 
-    def __init__(self, log: ReplicatedLog, snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL) -> None:
+    def __init__(self, log: Log, snapshot_interval: int = DEFAULT_SNAPSHOT_INTERVAL) -> None:
         self._log = log
         self.snapshot_interval = snapshot_interval
         self._tables: dict[str, dict[str, Obj]] = {t: {} for t in TABLES}

@@ -1,9 +1,13 @@
-"""``ReplicatedLog``: the :class:`raft.log.ReplicatedLog` interface on top of :class:`RaftDriver`.
+"""``ReplicatedLog``: the :class:`raft.log.Log` interface on top of :class:`RaftDriver`, and the
+facade the manager uses of Raft.
 
-The manager's store can swap :class:`raft.log.SingleVoterLog` for this class (docs/contracts.md,
-``raft.log``): ``snapshot()``, ``entries_from(index)``, ``set_apply(fn)``, ``submit(data)``,
-``await propose(data)``, ``await compact(index, data)``, ``await close()``, errors as
-:class:`raft.log.LogUnavailable`. Differences a caller must know:
+This module is the only one of ``raft/`` the manager imports (``raft.driver``, ``raft.transport``
+and ``raft.core`` stay behind it; the few names of theirs the manager needs, :class:`DriverConfig`
+and :func:`parse_addr`, are re-exported here). The store proposes through the
+:class:`raft.log.Log` part (docs/contracts.md, ``raft.log``): ``snapshot()``,
+``entries_from(index)``, ``set_apply(fn)``, ``submit(data)``, ``await propose(data)``,
+``await compact(index, data)``, ``await close()``, errors as :class:`raft.log.LogUnavailable`
+(also importable from here). Differences a caller must know:
 
 - ``await start()`` must be called (on the event loop) after ``set_apply``/``set_restore``;
 - ``set_restore(fn(snapshot))``: a snapshot sent by the leader replaces the state machine
@@ -12,6 +16,14 @@ The manager's store can swap :class:`raft.log.SingleVoterLog` for this class (do
   <id> at <addr>"); without a quorum LogUnavailable("no quorum: N of M managers reachable");
 - ``await read_index()`` for linearizable reads (thesis §6.4), ``leader_id``, ``term``,
   ``is_leader``; membership with ``add_voter``, ``remove_voter``, ``transfer_leadership``.
+
+The membership facade (what ``manager/membership.py`` and ``manager/manager.py`` use; their
+Protocol ``manager.membership.RaftMembers`` lists it): ``id``, ``election_timeout``,
+``voters()``, ``members()``, ``addr(id)``, ``reachable(within)``, ``leader_id``, ``is_leader``,
+``has_quorum()``, ``no_quorum_message()``, ``not_leader_message()``, ``await wait_changed(t)``,
+``await add_voter(id, addr)``, ``await remove_voter(id)``, ``await transfer_leadership(to)``,
+``await read_index()``. A single voter (``peers`` = this node only) campaigns as it starts and
+is the leader before the first proposal: the unit tests build their store on it.
 
 Entries given to ``apply`` are :class:`raft.wal.Entry` ``(index, term, data)``; indexes are
 increasing but not contiguous (Raft's no-op and membership entries are not application entries).
@@ -33,11 +45,11 @@ import msgpack
 from raft.core import ConfChangeType, LogError, ProposalDropped, Role
 from raft.driver import ADDR_MAGIC, AppliedEntry, DriverConfig, RaftDriver
 from raft.log import LogUnavailable
-from raft.snapshot import Snapshot
+from raft.snapshot import Snapshot, Snapshotter
 from raft.transport import PeerCheck, parse_addr
-from raft.wal import Entry
+from raft.wal import Entry, HardState
 
-__all__ = ["ReplicatedLog", "LogUnavailable"]
+__all__ = ["ReplicatedLog", "LogUnavailable", "DriverConfig", "parse_addr"]
 
 ApplyFn = Callable[[Entry], None]
 
@@ -78,7 +90,7 @@ class ReplicatedLog:
         self._ctx = itertools.count(1)
         self._nonce = os.urandom(4)
 
-    # -- the SingleVoterLog interface -------------------------------------------------------
+    # -- the raft.log.Log interface (what the store uses) -----------------------------------
 
     def snapshot(self) -> Snapshot | None:
         """The newest state-machine snapshot (index, term, data), or None."""
@@ -130,9 +142,6 @@ class ReplicatedLog:
         ``{node_id: addr}``, and the WAL restarts empty after it. Returns the snapshot index.
         Run it with the node stopped. Raises WALCorruptError / SnapshotCorruptError for damage.
         """
-        from raft import wal as walmod
-        from raft.snapshot import Snapshotter
-
         d = RaftDriver(node_id, {node_id: addr}, directory, bootstrap=False)
         try:
             log = d.node.log
@@ -144,7 +153,7 @@ class ReplicatedLog:
             body = msgpack.packb({"conf": {"voters": [node_id], "learners": []},
                                   "addrs": {str(node_id): addr}, "sm": sm}, use_bin_type=True)
             Snapshotter(Path(directory) / "snap").save(Snapshot(last, last_term, body))
-            d._wal.append([], walmod.HardState(term, 0, last))
+            d._wal.append([], HardState(term, 0, last))
             d._replace_wal(last)
         finally:
             d._wal.close()
@@ -244,6 +253,63 @@ class ReplicatedLog:
         """Highest index applied here."""
         return self.driver.applied
 
+    # -- the membership facade (manager/membership.py) --------------------------------------
+
+    @property
+    def id(self) -> int:
+        """This node's Raft ID."""
+        return self.driver.id
+
+    @property
+    def election_timeout(self) -> float:
+        """The base election timeout in seconds (``election_tick * tick``); the leader's
+        check-quorum window (etcd's CheckQuorum: a leader that heard from no majority within it
+        steps down)."""
+        return self.driver.cfg.election_timeout
+
+    def voters(self) -> frozenset[int]:
+        """Raft IDs of the voters of the configuration in force here (etcd's
+        ``ConfState.Voters``; a learner being caught up by :meth:`add_voter` is not one yet)."""
+        return self.driver.voters
+
+    def members(self) -> frozenset[int]:
+        """Raft IDs of every member of the configuration in force here: voters and learners.
+        Empty on a node that has not received a configuration yet (a joiner before the leader
+        added it)."""
+        return self.driver.node.conf.nodes()
+
+    def addr(self, node_id: int) -> str | None:
+        """``host:port`` of member ``node_id`` from the replicated address book, or None."""
+        return self.driver.addrs.get(node_id)
+
+    def reachable(self, within: float | None = None) -> set[int]:
+        """Raft IDs of the members this node heard from in the last ``within`` seconds (default
+        1.5 election timeouts), this node included. On the leader every voter answers its
+        heartbeats, so this is the cluster's view (swarmkit's ``Reachability``); a follower
+        hears from the leader only."""
+        d = self.driver
+        return d.transport.reachable(d.cfg.election_timeout * 1.5 if within is None else within) | {d.id}
+
+    def has_quorum(self) -> bool:
+        """True when a majority of the voters (this node included) was heard from within 1.5
+        election timeouts."""
+        return self.driver.has_quorum()
+
+    def no_quorum_message(self) -> str:
+        """``"no quorum: N of M managers reachable"``: the text of the LogUnavailable a write
+        gets without a quorum."""
+        return self.driver.no_quorum_message()
+
+    def not_leader_message(self) -> str:
+        """Why this node cannot take a write: ``"not the leader; the leader is <id> at <addr>"``,
+        the no-quorum text, or ``"no leader elected yet (an election is in progress); retry"``."""
+        return self.driver.not_leader_message()
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Wait until the leader, role, configuration or applied index change, or ``timeout``
+        seconds pass (whichever first; no error either way)."""
+        await self.driver.wait_changed(timeout)
+
     async def read_index(self, timeout: float | None = None) -> int:
         """Linearizable read point (thesis §6.4): returns an index such that, once it is applied
         here (it is, on return), reading the local state machine is linearizable. Works on
@@ -273,8 +339,9 @@ class ReplicatedLog:
     async def add_voter(self, node_id: int, addr: str, timeout: float = 30.0) -> None:
         """On the leader: add ``node_id`` listening at ``addr`` — replicate its address, add it as
         a learner, wait until it caught up with the commit index, then make it a voter (thesis
-        §4.2.1). Raises LogUnavailable (not the leader, no quorum, timeout), ValueError (bad
-        address, already a voter)."""
+        §4.2.1; etcd's learner promotion, which swarmkit does not have: a new member never counts
+        toward the quorum before it holds the log). Raises LogUnavailable (not the leader, no
+        quorum, timeout), ValueError (bad address, already a voter)."""
         parse_addr(addr)
         if node_id in self.driver.voters:
             raise ValueError(f"node {node_id} is already a voter")
@@ -295,7 +362,9 @@ class ReplicatedLog:
         await self._conf_change(ConfChangeType.ADD_VOTER, node_id, deadline)
 
     async def remove_voter(self, node_id: int, timeout: float = 10.0) -> None:
-        """On the leader: remove voter ``node_id`` (thesis §4.1). Raises LogUnavailable,
+        """On the leader: remove voter ``node_id`` (thesis §4.1; one member per configuration
+        change, as etcd and swarmkit). The quorum check before it (swarmkit's
+        ``CanRemoveMember``) is the caller's: ``manager.membership``. Raises LogUnavailable,
         ValueError (not a voter / last voter)."""
         await self._conf_change(ConfChangeType.REMOVE_VOTER, node_id, time.monotonic() + timeout)
 

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from manager.orchestrator import Orchestrator, Plan, reconcile  # noqa: E402
 from manager.reaper import TaskReaper  # noqa: E402
 from manager.scheduler import Scheduler  # noqa: E402
-from manager.store import Store, WriteTx  # noqa: E402
-from raft.log import SingleVoterLog  # noqa: E402
+from manager.store import WriteTx  # noqa: E402
+from tests.stores import open_log, store_on  # noqa: E402
 
 
 class UnbatchedOrchestrator(Orchestrator):
@@ -65,7 +65,7 @@ def node(i: int) -> dict[str, Any]:
 
 async def run(replicas: int, unbatched: bool, loops: str) -> None:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-orch-") as d:
-        log = SingleVoterLog(Path(d) / "raft")
+        log = open_log(Path(d) / "raft")
         entry_sizes: list[int] = []
         submit = log.submit
 
@@ -74,7 +74,7 @@ async def run(replicas: int, unbatched: bool, loops: str) -> None:
             return submit(data)
 
         log.submit = measuring_submit  # type: ignore[method-assign]
-        store = Store(log, snapshot_interval=0)
+        store = await store_on(log)
 
         def setup(tx: WriteTx) -> None:
             for i in range(100):

@@ -26,10 +26,10 @@ from manager.ca import RootCA, blacklist_node
 from manager.dispatcher import Dispatcher
 from manager.server import ManagerServer, make_node
 from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
 from shoal.base.util import new_id
 from shoal.rpc import tlsutil, wire
 from tests.memory import PeakRss
+from tests.stores import open_store
 from tests.waiting import wait_until as wait_for
 from worker.agent import Agent
 from worker.join import JoinError, join, local_description
@@ -96,7 +96,7 @@ async def start_manager(d: Path, period: float = PERIOD, port: int = 0) -> Manag
         ca = RootCA.load(certs)
     else:
         ca = RootCA.create(certs)
-    store = Store(SingleVoterLog(d / "raft"))
+    store = await open_store(d / "raft")
     clusters = store.view().list("cluster")
     mgr_id = ""
     if clusters:

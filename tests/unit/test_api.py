@@ -25,7 +25,7 @@ from manager.orchestrator import Orchestrator
 from manager.scheduler import Scheduler
 from manager.specs import default_swarm_spec
 from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
+from tests.stores import open_store
 
 
 def creating(table: str, *objs: dict[str, Any]) -> Callable[[WriteTx], None]:
@@ -66,7 +66,7 @@ SPEC = {"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "busybox", "A
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], ManagerTestDouble]]:
-    store = Store(SingleVoterLog(tmp_path / "raft"))
+    store = await open_store(tmp_path / "raft")
     await store.update(lambda tx: tx.create("cluster", {"ID": "cluster1", "Spec": default_swarm_spec()}))
     await store.update(creating("nodes", *[_node(f"node{i}abc", f"h{i}") for i in (1, 2, 3)]))
     mgr = ManagerTestDouble(store)

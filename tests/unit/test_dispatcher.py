@@ -18,8 +18,8 @@ import pytest
 from manager.dispatcher import Dispatcher, assignment_set, state_order
 from manager.server import make_node
 from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
 from shoal.rpc import wire
+from tests.stores import open_store
 from tests.waiting import wait_until as wait_for
 
 PERIOD = 0.2
@@ -128,7 +128,7 @@ class Env:
 
 
 async def _env(tmp_path: Path, period: float) -> AsyncIterator[Env]:
-    store = Store(SingleVoterLog(tmp_path / "raft"))
+    store = await open_store(tmp_path / "raft")
     d = Dispatcher(store, heartbeat_period=period, grace_multiplier=3)
     await d.start()
     h = SessionHarness(d)
@@ -234,7 +234,7 @@ async def test_connection_loss_then_down_after_grace_and_quick_reconnect(fast: E
 
 
 async def test_nodes_up_at_start_get_a_deadline(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path / "raft"))
+    store = await open_store(tmp_path / "raft")
     n = make_node("old", "worker", {}, "10.0.0.5")
     n["Status"]["State"] = "ready"
     await store.update(lambda tx: tx.create("nodes", n))

@@ -20,13 +20,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from manager.manager import raft_config
 from manager.specs import default_swarm_spec
-from manager.store import Store
-from raft.log import SingleVoterLog
 from shoal.base.boundedjson import MAX_JSON_BYTES, MAX_JSON_DEPTH
 from shoal.daemon.daemon import Daemon
 from shoal.daemon.http.app import build_app
 from shoal.daemon.main import parse_args
 from tests.ports import free_port
+from tests.stores import open_store
 from tests.unit.test_api import ManagerTestDouble, _node, creating
 
 Client = TestClient[web.Request, web.Application]
@@ -88,7 +87,7 @@ def mutated(v: Any, path: tuple[Any, ...], value: Any) -> Any:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[tuple[Client, ManagerTestDouble, Daemon]]:
-    store = Store(SingleVoterLog(tmp_path / "raft"))
+    store = await open_store(tmp_path / "raft")
     await store.update(lambda tx: tx.create("cluster", {"ID": "cluster1", "Spec": default_swarm_spec()}))
     await store.update(creating("nodes", *[_node(f"node{i}abc", f"h{i}") for i in (1, 2)]))
     mgr = ManagerTestDouble(store)

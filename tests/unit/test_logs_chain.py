@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 import manager.api as api_module
-import manager.manager as manager_module
+import manager.logbroker as logbroker_module
 import worker.executor as executor_module
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
@@ -27,10 +27,10 @@ from agent_runtime.spec import ContainerSpec
 from manager.api import add_routes
 from manager.manager import Manager
 from manager.specs import default_swarm_spec
-from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
+from manager.store import WriteTx
 from shoal.base.util import now_rfc3339
 from shoal.rpc import wire
+from tests.stores import open_store
 from worker.agent import Agent
 from worker.executor import Executor, container_id_for
 
@@ -108,7 +108,7 @@ class Api:
 
 @pytest.fixture
 async def chain(tmp_path: Path) -> AsyncIterator[tuple[Client, dict[str, Node], Dispatcher, Manager]]:
-    store = Store(SingleVoterLog(tmp_path / "raft"))
+    store = await open_store(tmp_path / "raft")
     await store.update(lambda tx: tx.create("cluster", {"ID": "cluster1", "Spec": default_swarm_spec()}))
     nodes = {n: Node(tmp_path / n, n) for n in ("n1", "n2")}
     disp = Dispatcher({n: node.agent for n, node in nodes.items()})
@@ -185,8 +185,8 @@ async def test_follow_by_cursor_across_rotations_sends_every_line_once(
 async def test_logs_come_in_bounded_pages_and_all_arrive(
         chain: tuple[Client, dict[str, Node], Dispatcher, Manager], monkeypatch: pytest.MonkeyPatch) -> None:
     client, nodes, disp, m = chain
-    monkeypatch.setattr(manager_module, "LOG_PAGE_LIMIT", 40_000)
-    monkeypatch.setattr(manager_module, "LOG_PAGE_MIN_PER_NODE", 10_000)
+    monkeypatch.setattr(logbroker_module, "LOG_PAGE_LIMIT", 40_000)
+    monkeypatch.setattr(logbroker_module, "LOG_PAGE_MIN_PER_NODE", 10_000)
     w1 = nodes["n1"].container("task1", 10**7, 2)
     w2 = nodes["n2"].container("task2", 10**7, 2)
     for i in range(3000):

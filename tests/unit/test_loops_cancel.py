@@ -13,9 +13,9 @@ from pathlib import Path
 from manager.orchestrator import Orchestrator
 from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
-from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
+from manager.store import WriteTx
 from shoal.base.util import wait_timeout
+from tests.stores import open_store
 
 
 async def test_wait_timeout_returns_times_out_and_is_cancellable() -> None:
@@ -35,7 +35,7 @@ async def test_wait_timeout_returns_times_out_and_is_cancellable() -> None:
 
 
 async def test_loops_stop_when_cancelled_under_a_stream_of_events(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path / "raft"))
+    store = await open_store(tmp_path / "raft")
     stop = asyncio.Event()
 
     async def churn() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 from manager.orchestrator import Orchestrator, new_task, reconcile, service_status
 from manager.reaper import TaskReaper, reap
 from manager.scheduler import Scheduler
-from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
+from manager.store import WriteTx
 from shoal.base.util import now_rfc3339
+from tests.stores import open_store
 
 NOW = 1_800_000_000.0
 
@@ -153,7 +153,7 @@ def test_reaper_rules() -> None:
 
 
 async def test_loops_converge_scale_and_remove(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path))
+    store = await open_store(tmp_path)
     await store.update(creating("nodes", *[node(f"n{i}") for i in (1, 2, 3)]))
     loops: list[Any] = [Orchestrator(store, debounce=0.005), Scheduler(store, debounce=0.005), TaskReaper(store, debounce=0.005)]
     runners = [asyncio.create_task(lp.run()) for lp in loops]

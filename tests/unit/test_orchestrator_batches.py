@@ -16,9 +16,9 @@ import msgpack
 
 from manager.orchestrator import MAX_TASK_WRITES_PER_PASS, Orchestrator, WriteBudget, new_task, reconcile
 from manager.specs import MAX_REPLICAS
-from manager.store import MAX_TRANSACTION_BYTES, Store, WriteTx
-from raft.log import SingleVoterLog
+from manager.store import MAX_TRANSACTION_BYTES, WriteTx
 from shoal.base.util import now_rfc3339
+from tests.stores import open_log, store_on
 from tests.waiting import wait_until
 
 NOW = 1_800_000_000.0
@@ -121,7 +121,7 @@ async def test_the_loop_goes_on_by_itself_in_bounded_transactions(tmp_path: Path
     """The Orchestrator loop on a real store: a scale-up to 3,000 is written in passes of at
     most MAX_TASK_WRITES_PER_PASS tasks, each one Raft entry under MAX_TRANSACTION_BYTES, and
     the loop runs the next pass by itself (no other change to wake it) until all slots exist."""
-    log = SingleVoterLog(tmp_path / "raft")
+    log = open_log(tmp_path / "raft")
     entries: list[int] = []
     submit = log.submit
 
@@ -130,7 +130,7 @@ async def test_the_loop_goes_on_by_itself_in_bounded_transactions(tmp_path: Path
         return submit(data)
 
     log.submit = measuring  # type: ignore[method-assign]
-    store = Store(log)
+    store = await store_on(log)
     orch = Orchestrator(store, debounce=0.005)
     creates: list[int] = []
     tick = orch.tick

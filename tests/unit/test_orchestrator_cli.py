@@ -24,7 +24,7 @@ from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
 from manager.specs import SECOND, default_swarm_spec
 from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
+from tests.stores import open_store
 from tests.unit.test_orchestrator_update import WorkerDouble
 
 DOCKER = shutil.which("docker")
@@ -55,7 +55,7 @@ def _fails(task: dict[str, Any]) -> bool:
 async def sock() -> AsyncIterator[tuple[str, Store, Path]]:
     """A unix socket serving the swarm routes, with the loops and a worker double running."""
     base = Path(tempfile.mkdtemp(prefix="shoal-orch-"))
-    store = Store(SingleVoterLog(base / "raft"))
+    store = await open_store(base / "raft")
     app = web.Application()
     add_routes(app, ManagerDouble(store))
 

@@ -22,9 +22,9 @@ from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
 from manager.specs import SECOND, task_spec_with_defaults
 from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
 from shoal.base.taskstate import STATE_ORDER
 from shoal.base.util import now_rfc3339
+from tests.stores import open_store
 
 T0 = 1_800_000_000.0
 Obj = dict[str, Any]
@@ -479,7 +479,7 @@ class WorkerDouble:
 
 @pytest.mark.asyncio
 async def test_loops_roll_stop_first_on_a_real_store(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path))
+    store = await open_store(tmp_path)
     nodes = [{"ID": f"n{i}", "Spec": {"Role": "worker", "Availability": "active"}, "Status": {"State": "ready"},
               "Description": {"Hostname": f"n{i}"}} for i in (1, 2, 3)]
 

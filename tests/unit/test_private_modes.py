@@ -15,11 +15,11 @@ import pytest
 
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
-from raft.log import SingleVoterLog
 from raft.snapshot import Snapshot, Snapshotter
 from raft.wal import WAL, Entry, HardState
 from shoal.daemon.state import LocalState, secure_data_root
 from shoal.rpc import tlsutil
+from tests.stores import open_log, start_leader
 
 
 def mode(p: Path) -> int:
@@ -64,8 +64,9 @@ def test_wal_and_snapshots_of_an_older_shoal_are_fixed_on_open(tmp_path: Path) -
 
 
 async def test_single_voter_log_directory(tmp_path: Path) -> None:
-    log = SingleVoterLog(tmp_path / "raft", segment_bytes=4096)
+    log = open_log(tmp_path / "raft")
     try:
+        await start_leader(log)
         assert await asyncio.wait_for(log.propose(b"secret"), 10) >= 1
     finally:
         await log.close()

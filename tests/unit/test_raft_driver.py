@@ -19,7 +19,7 @@ from raft.driver import DriverConfig
 from raft.log import LogUnavailable
 from raft.replicated import ReplicatedLog
 from raft.snapshot import Snapshot
-from raft.wal import Entry
+from raft.wal import WAL, Entry, HardState, WALCorruptError
 from tests.ports import free_ports
 
 pytestmark = pytest.mark.timeout(120)
@@ -291,13 +291,11 @@ async def test_mutual_tls_transport(tmp_path: Path) -> None:
 
 
 async def test_a_single_voter_log_is_refused_with_a_clear_error(tmp_path: Path) -> None:
-    """A write-ahead log written by raft.log.SingleVoterLog (no entry type byte) is not opened as
-    a replicated log: the error says what the directory is and what to do."""
-    from raft.log import SingleVoterLog
-    from raft.wal import WALCorruptError
-
-    old = SingleVoterLog(tmp_path / "old")
-    await old.propose(msgpack.packb({"ts": "t", "ops": []}))
-    await old.close()
+    """A write-ahead log written by the single-voter log of older Shoals (entries as the store
+    wrote them, no entry type byte) is not opened as a replicated log: the error says what the
+    directory is and what to do."""
+    wal, _ = WAL.open(tmp_path / "old" / "wal")
+    wal.append([Entry(1, 1, msgpack.packb({"ts": "t", "ops": []}))], HardState(term=1, vote=1, commit=1))
+    wal.close()
     with pytest.raises(WALCorruptError, match="not written by the Raft driver.*Start a new swarm"):
         ReplicatedLog(1, {1: "127.0.0.1:1"}, tmp_path / "old", bootstrap=False)

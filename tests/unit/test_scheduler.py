@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from manager.scheduler import Scheduler, build_node_infos, schedule
-from manager.store import Store, WriteTx
-from raft.log import SingleVoterLog
+from manager.store import WriteTx
+from tests.stores import open_store
 
 
 def creating(table: str, *objs: dict[str, Any]) -> Callable[[WriteTx], None]:
@@ -65,7 +65,7 @@ def test_filters_and_explanations() -> None:
 
 
 async def test_loop_assigns_with_bridge_addresses(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path))
+    store = await open_store(tmp_path)
     await store.update(creating("nodes", *[node(f"n{i}", f"h{i}") for i in (1, 2, 3)]))
     sched = Scheduler(store, debounce=0.01)
     runner = asyncio.create_task(sched.run())

@@ -1,4 +1,4 @@
-"""Tests of manager.store.Store on a real single-voter WAL in a temp directory."""
+"""Tests of manager.store.Store on a real single-voter ReplicatedLog in a temp directory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from manager.store import Conflict, NotFound, Store, Unavailable, WriteTx
-from raft.log import SingleVoterLog
+from tests.stores import open_log, open_store
 
 
 def creating(table: str, *objs: dict[str, Any]) -> Callable[[WriteTx], None]:
@@ -26,11 +26,12 @@ def _svc(id: str, name: str, replicas: int = 1) -> dict[str, Any]:
 
 
 async def test_create_get_version_and_timestamps(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path))
+    store = await open_store(tmp_path)
     await store.update(lambda tx: tx.create("services", _svc("s1", "web")))
     obj = store.view().get("services", "s1")
     assert obj is not None
-    assert obj["Version"]["Index"] == 1
+    # the index of the log entry that wrote it (Raft's configuration and no-op entries come first)
+    assert obj["Version"]["Index"] == store.applied_index > 0
     assert obj["CreatedAt"] == obj["UpdatedAt"] and obj["CreatedAt"].endswith("Z")
     # copies: mutating what we got does not change the store
     obj["Spec"]["Name"] = "changed"
@@ -44,14 +45,15 @@ async def test_create_get_version_and_timestamps(tmp_path: Path) -> None:
 
     await store.update(scale)
     obj2 = store.view().get("services", "s1")
-    assert obj2 is not None and obj2["Version"]["Index"] == 2
+    assert obj2 is not None and obj2["Version"]["Index"] == store.applied_index > obj["Version"]["Index"]
     assert obj2["CreatedAt"] == obj["CreatedAt"]
     await store.close()
 
 
 async def test_conflicts_and_not_found(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path))
+    store = await open_store(tmp_path)
     await store.update(lambda tx: tx.create("services", _svc("s1", "web")))
+    first = store.applied_index
     with pytest.raises(Conflict, match="name conflicts"):
         await store.update(lambda tx: tx.create("services", _svc("s2", "web")))
     assert store.view().get("services", "s2") is None
@@ -72,12 +74,12 @@ async def test_conflicts_and_not_found(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         await store.update(boom)
     assert store.view().get("tasks", "t1") is None
-    assert store.applied_index == 1
+    assert store.applied_index == first
     await store.close()
 
 
 async def test_service_names_conflict_case_insensitively(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path))
+    store = await open_store(tmp_path)
     await store.update(lambda tx: tx.create("services", _svc("s1", "web")))
     with pytest.raises(Conflict, match="rpc error: code = AlreadyExists desc = name conflicts with an existing object"):
         await store.update(lambda tx: tx.create("services", _svc("s2", "WEB")))
@@ -96,14 +98,14 @@ async def test_service_names_conflict_case_insensitively(tmp_path: Path) -> None
 
 
 async def test_restart_gives_identical_state(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path))
+    store = await open_store(tmp_path)
     await store.update(lambda tx: tx.create("cluster", {"ID": "c1", "Spec": {"Name": "default"}}))
     await store.update(lambda tx: tx.create("services", _svc("s1", "web")))
     await asyncio.gather(*(store.update(creating("tasks", {"ID": f"t{i}", "ServiceID": "s1"})) for i in range(20)))
     await store.update(lambda tx: tx.delete("tasks", "t3"))
     before = {t: sorted(store.view().list(t), key=lambda o: o["ID"]) for t in ("nodes", "services", "tasks", "cluster")}
     await store.close()
-    store2 = Store(SingleVoterLog(tmp_path))
+    store2 = await open_store(tmp_path)
     after = {t: sorted(store2.view().list(t), key=lambda o: o["ID"]) for t in ("nodes", "services", "tasks", "cluster")}
     assert after == before
     assert store2.applied_index == store.applied_index
@@ -111,21 +113,21 @@ async def test_restart_gives_identical_state(tmp_path: Path) -> None:
 
 
 async def test_snapshot_then_restart(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path), snapshot_interval=10)
+    store = await open_store(tmp_path, snapshot_every=10)
     for i in range(25):
         await store.update(creating("tasks", {"ID": f"t{i}"}))
     before = sorted(store.view().list("tasks"), key=lambda o: o["ID"])
     await store.close()
-    log = SingleVoterLog(tmp_path)
+    log = open_log(tmp_path)
     snap = log.snapshot()
     assert snap is not None and snap.index >= 10
-    store2 = Store(log)
+    store2 = Store(log, snapshot_interval=0)
     assert sorted(store2.view().list("tasks"), key=lambda o: o["ID"]) == before
     await store2.close()
 
 
 async def test_watch_and_concurrent_updates_see_each_other(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path))
+    store = await open_store(tmp_path)
     w = store.watch(["services"])
 
     def make(name: str):  # type: ignore[no-untyped-def]
@@ -151,7 +153,7 @@ async def test_watch_and_concurrent_updates_see_each_other(tmp_path: Path) -> No
 
 
 async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
-    store = Store(SingleVoterLog(tmp_path))
+    store = await open_store(tmp_path)
     await store.close()
     with pytest.raises(Unavailable):
         await store.update(lambda tx: tx.create("tasks", {"ID": "x"}))
