@@ -210,11 +210,11 @@ async def swarm_leave(daemon: Daemon, force: bool) -> None:
     if state.data.get("Role") == "manager" and not force:
         msg = ("You are attempting to leave the swarm on a node that is participating as a "
                "manager. ")
-        voters = daemon.manager.log.driver.voters if daemon.manager is not None else frozenset()
+        voters = daemon.manager.log.voters() if daemon.manager is not None else frozenset()
         if len(voters) <= 1:
             msg += "Removing the last manager erases all current state of the swarm. "
         else:
-            reachable = daemon.manager.log.driver.reachable_voters()
+            reachable = len(daemon.manager.log.reachable() & voters)
             msg += (f"Removing this node leaves {reachable - 1} managers out of {len(voters) - 1}. "
                     "Without a Raft quorum your swarm will be inaccessible. The only way to restore "
                     "a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. "
