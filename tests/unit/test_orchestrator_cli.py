@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from manager.api import add_routes
+from shoal.daemon.http.app import add_swarm_routes as add_routes
 from manager.orchestrator import Orchestrator
 from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
