@@ -19,13 +19,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 import shoal.daemon.http.logs as logs_module
-from shoal.daemon.http.app import add_swarm_routes as add_routes
 from manager.ca import blacklist_node, is_blacklisted
 from manager.orchestrator import Orchestrator
 from manager.scheduler import Scheduler
 from manager.specs import default_swarm_spec
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
+from shoal.daemon.http.app import add_swarm_routes as add_routes
 
 
 def creating(table: str, *objs: dict[str, Any]) -> Callable[[WriteTx], None]:

@@ -17,19 +17,19 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import shoal.daemon.http.logs as logs_module
 import manager.manager as manager_module
+import shoal.daemon.http.logs as logs_module
 import worker.executor as executor_module
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.jsonfile import LogWriter, file_count, parse_time
 from agent_runtime.spec import ContainerSpec
-from shoal.daemon.http.app import add_swarm_routes as add_routes
 from manager.manager import Manager
 from manager.specs import default_swarm_spec
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
 from shoal.base.util import now_rfc3339
+from shoal.daemon.http.app import add_swarm_routes as add_routes
 from shoal.rpc import wire
 from worker.agent import Agent
 from worker.executor import Executor, container_id_for

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from shoal.daemon.http.app import add_swarm_routes as add_routes
 from manager.orchestrator import Orchestrator
 from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
 from manager.specs import SECOND, default_swarm_spec
 from manager.store import Store, WriteTx
 from raft.log import SingleVoterLog
+from shoal.daemon.http.app import add_swarm_routes as add_routes
 from tests.unit.test_orchestrator_update import WorkerDouble
 
 DOCKER = shutil.which("docker")
