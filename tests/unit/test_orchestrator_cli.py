@@ -1,4 +1,4 @@
-"""The docker CLI's own `service update` (without --detach) against manager.api + the real
+"""The docker CLI's own `service update` (without --detach) against the swarm routes (shoal.daemon.http) + the real
 loops on a real Store: it polls GET /services/{id} and /tasks?filters={"_up-to-date":…} until
 the rolling update converges, and fails when UpdateStatus is paused (CLI:
 cli/command/service/progress/progress.go). The workers are ``WorkerDouble`` (a test double
