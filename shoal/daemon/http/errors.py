@@ -73,8 +73,8 @@ async def read_json(request: web.Request, *, empty_is_object: bool, require_obje
     """The JSON body of ``request`` through the bounded decoder
     (:func:`shoal.base.boundedjson.loads`: size, nesting depth, Go's number and string rules).
 
-    An empty (or blank) body is ``{}`` when ``empty_is_object`` (where Docker accepts no body:
-    ``/swarm/init``, ``/swarm/join``), else a 400 ``invalid JSON: got EOF while reading request
+    An empty (or blank) body, or JSON ``null``, is ``{}`` when ``empty_is_object`` (where Docker
+    accepts no body: ``/swarm/init``, ``/swarm/join``), else an empty body is a 400 ``invalid JSON: got EOF while reading request
     body`` (the specs of ``/swarm/update``, ``/nodes/{id}/update``, ``/services/create``,
     ``/services/{id}/update``). With ``require_object``, a body that is not a JSON object is a
     400 ``the request body must be a JSON object, got {type}`` (otherwise the control API's spec
@@ -89,6 +89,8 @@ async def read_json(request: web.Request, *, empty_is_object: bool, require_obje
         body = bounded_loads(raw)
     except InvalidJSON as e:
         raise HttpError(413 if e.too_large else 400, str(e)) from None
+    if body is None and empty_is_object:  # JSON null is an empty request for Go's decoder
+        return {}
     if require_object and not isinstance(body, dict):
         raise HttpError(400, f"the request body must be a JSON object, got {json_type(body)}")
     return body
