@@ -59,7 +59,6 @@ def _precheck_spec(validate: Callable[[Any], dict[str, Any]]) -> Callable[[Any, 
 
 
 def _precheck_service_update(ctx: Any, args: dict[str, Any]) -> None:
-    services.find(ctx.store, str(args.get("ref", "")))
     if not args.get("rollback"):
         spec(validate_service_spec, args.get("spec_body"))
 
@@ -71,9 +70,10 @@ PRECHECKS: dict[str, Callable[[Any, dict[str, Any]], None]] = {
     "services.update": _precheck_service_update,
 }
 """What a follower checks before it sends a call to the leader: the spec, validated as the leader
-will (the same :class:`InvalidArgument`, in the same order), so a hostile body (integers msgpack
-cannot carry, arrays over :data:`shoal.rpc.wire.MANAGER_LIMITS`) is a 400 from the follower, not a
-failed forward."""
+will (the same :class:`InvalidArgument`), so a hostile body (integers msgpack cannot carry, arrays
+over :data:`shoal.rpc.wire.MANAGER_LIMITS`) is a 400 from the follower, not a failed forward. The
+follower resolves no object (its store may lag the leader's): a bad spec for a service that does
+not exist is a 400 from a follower where the leader answers 404."""
 
 LEADERSHIP_MOVED = UNAVAILABLE + "leadership moved while the request was forwarded; retry"
 

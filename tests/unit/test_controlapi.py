@@ -274,3 +274,21 @@ async def test_the_handler_refuses_when_not_the_leader_and_decodes_unknown_error
         control.decode_reply({"error": {"type": "SomethingNew", "message": "strange"}})
     assert e.value.status == 500
     assert control.decode_reply({"result": {"Warnings": []}}) == {"Warnings": []}
+
+
+async def test_a_follower_resolves_nothing_in_its_own_store(ctx: Ctx, tmp_path: Path) -> None:
+    """A follower's store may lag the leader's: the object named is looked up on the leader only."""
+    sid = (await services.create(ctx, spec_body=SPEC))["ID"]
+    lagging = Store(SingleVoterLog(tmp_path / "lagging"))
+    try:
+        follower = Ctx(lagging, leader=False)
+        follower.leader_link = LinkToLeader(ctx)
+        s = services.inspect(ctx.store, sid)
+        scaled = dict(SPEC, Mode={"Replicated": {"Replicas": 2}})
+        await control.Control(follower).call("services.update", {"ref": "web", "version": s["Version"]["Index"],
+                                                                 "spec_body": scaled})
+        assert services.inspect(ctx.store, sid)["Spec"]["Mode"] == {"Replicated": {"Replicas": 2}}
+        await control.Control(follower).call("services.remove", {"ref": sid})
+        assert services.tasks_of(ctx.store, sid) is None
+    finally:
+        await lagging.close()
