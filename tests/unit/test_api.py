@@ -1,6 +1,7 @@
 """Tests of the swarm routes (shoal.daemon.http.{swarm,nodes,services,tasks} over
-manager.controlapi) with aiohttp's test client against a real Store on a temp WAL. ``ManagerTestDouble`` stands in for manager.manager.Manager (only the attributes the
-routes use); the orchestrator and scheduler loops run for real where a test needs tasks."""
+manager.controlapi) with aiohttp's test client against a real Store on a temp WAL.
+``ManagerTestDouble`` stands in for manager.manager.Manager (only the attributes the routes
+use); the orchestrator and scheduler loops run for real where a test needs tasks."""
 
 from __future__ import annotations
 
