@@ -10,8 +10,9 @@ Raft's messages share the 2377 mutual-TLS port (the server hands a connection th
 swarmkit does (SK: manager/manager.go, becomeLeader/becomeFollower): when this node wins an
 election it waits until its store has applied everything committed (a ReadIndex), then starts
 them; when it loses leadership it stops them, and the workers reconnect to the new leader.
-Requests that must run on the leader (a node joining, a manager asking to be added to Raft, an
-API write) are forwarded to it over 2377 (:class:`manager.leaderlink.LeaderLink`).
+Requests that must run on the leader (a node joining, a manager asking to be added to Raft, a
+control API write: ``control.call``, :mod:`manager.controlapi.control`) are forwarded to it over
+2377 (:class:`manager.leaderlink.LeaderLink`).
 
 This module keeps the wiring and the leadership loop. Raft is reached only through its facade,
 :class:`raft.replicated.ReplicatedLog`; the membership rules (promote, demote, the quorum check,
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from manager.clusterconfig import (
 from manager.clusterconfig import (
     initial_swarm_spec as initial_swarm_spec,  # shoald's (it checks a spec early)
 )
+from manager.controlapi import control
 from manager.dispatcher import Dispatcher
 from manager.leaderlink import LeaderLink, join_raft
 from manager.logbroker import LogBroker
@@ -60,13 +61,6 @@ from shoal.rpc import tlsutil, wire
 
 log = logging.getLogger(__name__)
 
-FORWARD_MAX_BODY = wire.MANAGER_LIMITS.frame - 64 * 1024
-"""Bytes of an API request body a follower forwards to the leader (``api.forward`` must fit the
-leader's :data:`shoal.rpc.wire.MANAGER_LIMITS` with its headers)."""
-
-ApiExecutor = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
-"""``await execute(method, path_with_query, headers, body) -> (status, headers, body)``: run an
-API request on this node (the daemon provides it; used for requests forwarded by followers)."""
 
 
 class Manager:
@@ -78,14 +72,12 @@ class Manager:
     ``heartbeat_period``: dispatcher heartbeat period in seconds; ``heartbeat_misses``: periods a
     node may miss before it is marked down (Swarm: 5 s and 3); ``raft_tick``: seconds per Raft
     tick (:data:`DEFAULT_RAFT_TICK`); ``force_new_cluster``: rewrite the log so this manager is
-    the only member before starting (``swarm init --force-new-cluster``); ``api_executor``: see
-    :data:`ApiExecutor` (without it, forwarded API requests are refused).
+    the only member before starting (``swarm init --force-new-cluster``).
     """
 
     def __init__(self, data_dir: Path, certs_dir: Path, node_id: str, advertise_addr: str,
                  listen_addr: str, heartbeat_period: float = 5.0, heartbeat_misses: int = 3,
-                 raft_tick: float = DEFAULT_RAFT_TICK, force_new_cluster: bool = False,
-                 api_executor: ApiExecutor | None = None) -> None:
+                 raft_tick: float = DEFAULT_RAFT_TICK, force_new_cluster: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.certs_dir = Path(certs_dir)
         self.node_id = node_id
@@ -96,7 +88,6 @@ class Manager:
         self.heartbeat_misses = heartbeat_misses
         self.raft_tick = raft_tick
         self.force_new_cluster = force_new_cluster
-        self.api_executor = api_executor
         self.log: ReplicatedLog = None  # type: ignore[assignment]  # set by start()
         self.store: Store = None  # type: ignore[assignment]
         self.ca: RootCA = None  # type: ignore[assignment]
@@ -176,7 +167,7 @@ class Manager:
         self.server.current_role = self._current_role
         self.server.register_stream("raft-hello", self.log.accept)
         self.server.register("raft.join", self._raft_join, role="manager")
-        self.server.register("api.forward", self._api_forward, role="manager")
+        self.server.register(control.MESSAGE, control.handler(self), role="manager")
         self.server.register("raft.leave", self._raft_leave, role="manager")
         self.server.register("logs.collect", self._logs_collect, role="manager")
         await self.log.start(listen=False)
@@ -375,34 +366,6 @@ class Manager:
         """Ask the swarm (through any of ``managers``) to add this manager to the Raft configuration
         (:func:`manager.leaderlink.join_raft`). Raises ``RuntimeError``."""
         await join_raft(managers, self.advertise_addr, self.certs_dir, timeout)
-
-    async def _api_forward(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
-        """``api.forward`` ``{"method", "path", "headers", "body"}``: run an API request a follower
-        received (writes run on the leader). Returns ``{"status", "headers", "body"}``."""
-        if self.api_executor is None:
-            raise LookupError("this manager does not serve forwarded API requests")
-        if not self.log.is_leader:
-            raise LookupError(self._not_leader_reason())
-        method, path = str(body.get("method", "")), str(body.get("path", ""))
-        if method not in ("GET", "POST", "DELETE", "PUT", "HEAD") or not path.startswith("/"):
-            raise ValueError(f"api.forward: bad request line {method!r} {path!r}")
-        headers = {str(k): str(v) for k, v in (body.get("headers") or {}).items()}
-        raw = body.get("body") or b""
-        status, rheaders, rbody = await self.api_executor(method, path, headers, bytes(raw))
-        return {"status": status, "headers": rheaders, "body": rbody}
-
-    async def forward_api(self, method: str, path: str, headers: dict[str, str],
-                          body: bytes) -> tuple[int, dict[str, str], bytes]:
-        """Run an API request on the leader (from a follower). Raises :class:`Unavailable`
-        (no leader / unreachable), ``shoal.rpc.wire.RemoteError``, ``shoal.rpc.wire.WireError`` for a
-        request too large to forward (over :data:`FORWARD_MAX_BODY`)."""
-        assert self.leader_link is not None
-        if len(body) > FORWARD_MAX_BODY:
-            raise wire.WireError(f"the request body of {len(body)} bytes is over the {FORWARD_MAX_BODY}-byte "
-                                 "limit for requests forwarded to the leader; send it to the leader")
-        r = await self.leader_link.request("api.forward", {"method": method, "path": path,
-                                                           "headers": headers, "body": body}, timeout=120.0)
-        return int(r["status"]), {str(k): str(v) for k, v in (r.get("headers") or {}).items()}, bytes(r.get("body") or b"")
 
     async def read_barrier(self, timeout: float = 5.0) -> None:
         """Wait until this manager's store reflects every write committed before the call

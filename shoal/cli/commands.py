@@ -37,7 +37,7 @@ class UsageError(Exception):
 # ------------------------------------------------------------------------------ lookups
 def find_service(c: Client, ref: str) -> dict[str, Any]:
     """The service with ID, name or unique ID prefix ``ref``: the daemon resolves it as Docker does
-    (manager/api.py ``_resolve``); APIError 404 if none, 400 if ambiguous."""
+    (manager/controlapi/common.py ``resolve``); APIError 404 if none, 400 if ambiguous."""
     return c.service(ref)
 
 

@@ -23,8 +23,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
 from manager.manager import Manager
@@ -36,15 +34,11 @@ from worker.agent import Agent
 from worker.executor import Executor
 from worker.join import JoinError, renew_certificate
 
-__all__ = ["API_VERSION", "CONSISTENCY_HEADER", "FORWARDED_HEADERS", "FORWARDED_MARK", "MIN_API_VERSION",
-           "Daemon", "log"]
+__all__ = ["API_VERSION", "CONSISTENCY_HEADER", "MIN_API_VERSION", "Daemon", "log"]
 
 log = logging.getLogger("shoald")
 
 
-FORWARDED_HEADERS = ("content-type", "x-registry-auth")
-FORWARDED_MARK = "X-Shoal-Forwarded"
-"""Set on an API request a follower forwarded to the leader: it is never forwarded again."""
 CONSISTENCY_HEADER = "X-Shoal-Consistency"
 """``X-Shoal-Consistency: local`` on a GET reads this manager's store as it is (no ReadIndex)."""
 
@@ -105,7 +99,6 @@ class Daemon:
             heartbeat_misses=self.args.heartbeat_misses,
             raft_tick=self.args.raft_tick,
             force_new_cluster=force_new_cluster,
-            api_executor=self.execute_api,
         )
         try:
             await mgr.start()
@@ -114,20 +107,6 @@ class Daemon:
                 await mgr.stop()
             raise
         self.manager = mgr
-
-    async def execute_api(self, method: str, path: str, headers: dict[str, str],
-                          body: bytes) -> tuple[int, dict[str, str], bytes]:
-        """Run an API request against this daemon's own socket (for requests a follower manager
-        forwarded to this one, the leader). Returns ``(status, headers, body)``."""
-        hdrs = {k: v for k, v in headers.items() if k.lower() in FORWARDED_HEADERS}
-        hdrs[FORWARDED_MARK] = "1"
-        conn = aiohttp.UnixConnector(path=str(self.args.socket))
-        async with aiohttp.ClientSession(connector=conn) as session, session.request(
-                method, f"http://shoal{path}", headers=hdrs, data=body or None,
-                timeout=aiohttp.ClientTimeout(total=110)) as resp:
-            data = await resp.read()
-            out = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "location")}
-            return resp.status, out, data
 
     async def start_worker_role(self) -> None:
         """Start the worker role (the agent, talking to the managers ``state.json`` records; a

@@ -118,7 +118,7 @@ cuts to :data:`LOGS_REPLY_BYTES`)."""
 
 MANAGER_LIMITS = Limits("manager", 16 * MiB, 16 * MiB, 16 * MiB, 512 * KiB, 512 * KiB)
 """A manager reading another current manager's requests and replies over a :class:`Peer`
-(``api.forward`` with an API request body, ``logs.collect`` replies, forwarded ``ca.join``)."""
+(``control.call`` with a control API call's arguments, ``logs.collect`` replies, forwarded ``ca.join``)."""
 
 RAFT_LIMITS = Limits("Raft", MAX_FRAME, MAX_FRAME, MAX_FRAME, 512 * KiB, 512 * KiB)
 """Raft messages between current members: an entry is as large as the largest store

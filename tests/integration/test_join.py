@@ -594,7 +594,7 @@ async def test_a_removed_node_is_refused_on_2377(mgr: Manager, tmp_path: Path) -
     try:
         assert (await old.request("session.open", {}))["session_id"]
 
-        def node_rm(tx: WriteTx) -> None:  # what DELETE /nodes/{id} writes (manager.api node_remove)
+        def node_rm(tx: WriteTx) -> None:  # what DELETE /nodes/{id} writes (manager.controlapi.nodes.remove)
             c = tx.get("cluster", mgr.cluster_id)
             assert c is not None
             blacklist_node(c, node_id)

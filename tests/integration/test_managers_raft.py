@@ -13,7 +13,8 @@ leader and replication of store writes; ``ManagerStatus``; the CA key on joined 
 ``ca.join`` sent to a follower runs on the leader; leader failover with the dispatcher moving
 to the new leader and the old leader catching up after a restart; the quorum check on
 demotion and demotion through the store; fast failure of writes and reads without a quorum;
-``--force-new-cluster``.
+``--force-new-cluster``; a write through a follower's API runs on the leader as a
+``control.call``, which only managers may send.
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from manager.ca import RootCA, blacklist_node
+from manager.controlapi import control
 from manager.manager import Manager, raft_id
 from manager.store import Unavailable, WriteTx
 from raft.core import message_to_dict
 from raft.core.messages import MsgVote
 from shoal.base.util import new_id
+from shoal.daemon.http.app import add_swarm_routes
 from shoal.rpc import tlsutil, wire
 from tests.ports import free_port
 from tests.waiting import wait_until
@@ -556,7 +561,7 @@ async def test_a_demoted_manager_loses_manager_calls_and_raft_at_once(tmp_path: 
         refused = (rf"only manager nodes may call this \(node {a.node_id} is a worker now; "
                    r"its certificate still says manager\)")
         for x in (leader, b):
-            for t, body in (("api.forward", {"method": "GET", "path": "/info", "headers": {}, "body": b""}),
+            for t, body in (("control.call", {"call": "services.remove", "args": {"ref": "x"}}),
                             ("raft.join", {"addr": a.addr}),
                             ("logs.collect", {"task_ids": []})):
                 with pytest.raises(wire.RemoteError, match=refused):
@@ -612,3 +617,82 @@ async def test_raft_leave_removes_the_caller_only(tmp_path: Path) -> None:
         # what `swarm leave --force` on a manager runs: through the leader
         await b.m.leave_raft()
         await wait_until(lambda: leader.m.log.driver.voters == frozenset({leader.rid}), 5, "b out too")
+
+
+# -- 8. the control API on a follower: control.call to the leader ---------------------------------
+
+
+SPEC = {"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}},
+        "Mode": {"Replicated": {"Replicas": 0}}}
+
+
+async def test_a_write_through_a_followers_api_reaches_the_leader_as_a_control_call(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        leader = await s.converged()
+        follower = s.followers()[0]
+        calls: list[dict[str, Any]] = []
+        serve = control.handler(leader.m)
+
+        async def spy(peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
+            calls.append({"from": node_id, **body})
+            return await serve(peer, node_id, role, body)
+
+        assert leader.m.server is not None
+        leader.m.server.register(control.MESSAGE, spy, role="manager")
+        app = web.Application()
+        add_swarm_routes(app, follower.m)
+        async with TestClient(TestServer(app)) as client:
+            r = await client.post("/services/create", json=SPEC)
+            assert r.status == 201, await r.text()
+            sid = (await r.json())["ID"]
+            assert has_service(leader, sid)  # committed by the leader before the answer
+            assert calls == [{"from": follower.node_id, "call": "services.create", "args": {"spec_body": SPEC}}]
+            await wait_until(lambda: has_service(follower, sid), 5, "the service on the follower")
+
+            # the leader's errors come back as the same class: status and message as on the leader
+            r = await client.post(f"/services/{sid}/update?version=1", json=SPEC)
+            assert r.status == 500 and r.headers["Content-Type"] == "application/json"
+            assert "out of sequence" in (await r.json())["message"]
+            r = await client.delete(f"/nodes/{leader.node_id}")
+            assert r.status == 400
+            assert (await r.json())["message"] == (
+                f"rpc error: code = FailedPrecondition desc = node {leader.node_id} is a cluster manager and "
+                "is a member of the raft cluster. It must be demoted to worker before removal")
+            assert [c["call"] for c in calls] == ["services.create", "services.update", "nodes.remove"]
+
+            # a spec the leader would refuse is refused by the follower with the same message
+            r = await client.post("/services/create", json={"Name": "x", "TaskTemplate": {"ContainerSpec": {}}})
+            assert r.status == 400 and "InvalidArgument" in (await r.json())["message"]
+            assert len(calls) == 3
+
+            r = await client.delete(f"/services/{sid}")
+            assert r.status == 200
+            assert not has_service(leader, sid)
+            assert calls[-1]["call"] == "services.remove"
+
+
+async def test_a_workers_control_call_is_refused(tmp_path: Path) -> None:
+    async with swarm(tmp_path) as s:
+        leader = await s.converged()
+        wcerts = tmp_path / "w1"
+        node_id, role, _ = await join(leader.addr, leader.m.join_tokens()["Worker"], "w1", "", wcerts,
+                                      timeout=JOIN_TIMEOUT)
+        assert role == "worker"
+        for x in s.members:
+            with pytest.raises(wire.RemoteError, match=r"control\.call: only manager nodes may call this "
+                                                       r"\(this node is a worker\)"):
+                await call_as(wcerts, x.addr, control.MESSAGE, {"call": "services.create", "args": {"spec_body": SPEC}})
+        assert leader.m.store.view().list("services") == []
+
+        # between managers, a call or argument the registry does not know is an InvalidArgument
+        follower = s.followers()[0]
+        r = await call_as(follower.certs, leader.addr, control.MESSAGE, {"call": "services.create",
+                                                                        "args": {"spec_body": SPEC, "x": 1}})
+        assert r == {"error": {"type": "InvalidArgument",
+                               "message": "services.create: unknown argument 'x'"}}
+        r = await call_as(follower.certs, leader.addr, control.MESSAGE, {"call": "nodes.list", "args": {}})
+        assert r["error"]["type"] == "InvalidArgument"
+        # a follower answers "leadership moved" rather than run a call it is sent
+        r = await call_as(leader.certs, follower.addr, control.MESSAGE, {"call": "services.remove",
+                                                                        "args": {"ref": "x"}})
+        assert r == {"error": {"type": "Unavailable", "message": control.LEADERSHIP_MOVED}}

@@ -1,6 +1,7 @@
-"""Tests of manager.api (the swarm routes) with aiohttp's test client against a real Store on a
-temp WAL. ``ManagerTestDouble`` stands in for manager.manager.Manager (only the attributes the
-routes use); the orchestrator and scheduler loops run for real where a test needs tasks."""
+"""Tests of the swarm routes (shoal.daemon.http.{swarm,nodes,services,tasks} over
+manager.controlapi) with aiohttp's test client against a real Store on a temp WAL.
+``ManagerTestDouble`` stands in for manager.manager.Manager (only the attributes the routes
+use); the orchestrator and scheduler loops run for real where a test needs tasks."""
 
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import manager.api as api_module
-from manager.api import add_routes
+import shoal.daemon.http.logs as logs_module
 from manager.ca import blacklist_node, is_blacklisted
 from manager.orchestrator import Orchestrator
 from manager.scheduler import Scheduler
 from manager.specs import default_swarm_spec
 from manager.store import Store, WriteTx
+from shoal.daemon.http.app import add_swarm_routes as add_routes
 from tests.stores import open_store
 
 
@@ -252,7 +253,7 @@ async def test_tasks_filters_and_logs(env: tuple[TestClient[web.Request, web.App
         assert (await client.get(f"/tasks/{t0['ID']}/logs")).status == 400  # no stream chosen
 
         # follow: lines that appear later are streamed until the service is removed
-        monkeypatch.setattr(api_module, "LOG_FOLLOW_POLL", 0.02)
+        monkeypatch.setattr(logs_module, "LOG_FOLLOW_POLL", 0.02)
         resp = await client.get("/services/web/logs?stdout=1&follow=1")
         first = await resp.content.readexactly(8 + len("hello\n"))
         assert first.endswith(b"hello\n")
@@ -275,7 +276,7 @@ async def test_logs_follow_client_going_away_is_not_an_error(
     """As the daemon serves it (handler not cancelled when the client disconnects; the
     aiohttp test server would cancel it), ``logs -f`` interrupted ends at info level."""
     _, mgr = env
-    monkeypatch.setattr(api_module, "LOG_FOLLOW_POLL", 0.02)
+    monkeypatch.setattr(logs_module, "LOG_FOLLOW_POLL", 0.02)
     caplog.set_level(logging.INFO)
     app = web.Application()
     add_routes(app, mgr)

@@ -337,3 +337,23 @@ async def test_an_unexpected_error_is_a_json_500_without_traceback(
     assert r.status == 500 and r.headers["Content-Type"] == "application/json"
     msg = (await r.json())["message"]
     assert "KeyError" in msg and "Traceback" not in msg
+
+
+async def test_the_empty_body_rule_of_each_route(env: tuple[Client, ManagerTestDouble, Daemon]) -> None:
+    """One JSON-body reader: an empty body is a 400 for a spec (as before), ``{}`` for
+    ``/swarm/init`` and ``/swarm/join`` (and JSON null too); a non-object is a 400 naming its type."""
+    client, mgr, daemon = env
+    for method, path in await write_endpoints(client, mgr):
+        r = await post(client, method, path, b"")
+        assert r.status == 400, path
+        assert r.headers["Content-Type"] == "application/json"
+        assert (await r.json())["message"] == "invalid JSON: got EOF while reading request body", path
+    daemon.manager = None
+    daemon.state.data = {}
+    for body in (b"", b"null", b"  "):
+        r = await post(client, "POST", "/swarm/join", body)
+        msg = (await r.json())["message"]
+        assert r.status == 400 and "JSON" not in msg and "object" not in msg, (body, msg)  # got to the join itself
+    r = await post(client, "POST", "/v1.41/swarm/join", b"[1]")
+    assert r.status == 400
+    assert (await r.json())["message"] == "the request body must be a JSON object, got array"

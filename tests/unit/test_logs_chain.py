@@ -17,18 +17,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import manager.api as api_module
 import manager.logbroker as logbroker_module
+import shoal.daemon.http.logs as logs_module
 import worker.executor as executor_module
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.jsonfile import LogWriter, file_count, parse_time
 from agent_runtime.spec import ContainerSpec
-from manager.api import add_routes
 from manager.manager import Manager
 from manager.specs import default_swarm_spec
 from manager.store import WriteTx
 from shoal.base.util import now_rfc3339
+from shoal.daemon.http.app import add_swarm_routes as add_routes
 from shoal.rpc import wire
 from tests.stores import open_store
 from worker.agent import Agent
@@ -155,7 +155,7 @@ async def _read_lines(resp: Any, n: int) -> list[str]:
 async def test_follow_by_cursor_across_rotations_sends_every_line_once(
         chain: tuple[Client, dict[str, Node], Dispatcher, Manager], monkeypatch: pytest.MonkeyPatch) -> None:
     client, nodes, disp, _ = chain
-    monkeypatch.setattr(api_module, "LOG_FOLLOW_POLL", 0.02)
+    monkeypatch.setattr(logs_module, "LOG_FOLLOW_POLL", 0.02)
     writers = {"task1": nodes["n1"].container("task1", 1500, 4), "task2": nodes["n2"].container("task2", 1500, 4),
                "task3": nodes["n1"].container("task3", 1500, 4)}
     for tid, w in writers.items():
@@ -214,7 +214,7 @@ async def test_a_node_of_the_older_version_is_followed_by_time(
         chain: tuple[Client, dict[str, Node], Dispatcher, Manager], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
     client, nodes, disp, _ = chain
-    monkeypatch.setattr(api_module, "LOG_FOLLOW_POLL", 0.02)
+    monkeypatch.setattr(logs_module, "LOG_FOLLOW_POLL", 0.02)
     old = OldExecutor()
     disp.agents["n2"] = Agent("n2", ["127.0.0.1:9"], tmp_path / "oldcerts", old, {})
     w1 = nodes["n1"].container("task1", 2000, 3)

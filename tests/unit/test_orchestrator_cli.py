@@ -1,4 +1,4 @@
-"""The docker CLI's own `service update` (without --detach) against manager.api + the real
+"""The docker CLI's own `service update` (without --detach) against the swarm routes (shoal.daemon.http) + the real
 loops on a real Store: it polls GET /services/{id} and /tasks?filters={"_up-to-date":…} until
 the rolling update converges, and fails when UpdateStatus is paused (CLI:
 cli/command/service/progress/progress.go). The workers are ``WorkerDouble`` (a test double
@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from manager.api import add_routes
 from manager.orchestrator import Orchestrator
 from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
 from manager.specs import SECOND, default_swarm_spec
 from manager.store import Store, WriteTx
+from shoal.daemon.http.app import add_swarm_routes as add_routes
 from tests.stores import open_store
 from tests.unit.test_orchestrator_update import WorkerDouble
 

@@ -1,4 +1,4 @@
-"""The real docker CLI's `service create` against manager.api: its empty defaults keep working,
+"""The real docker CLI's `service create` against the swarm routes (shoal.daemon.http): its empty defaults keep working,
 ReadOnly and Mounts are stored, and the fields shoal would ignore are refused with a 400 whose
 message the CLI prints. Skipped when no `docker` binary is on PATH."""
 

@@ -1,0 +1,143 @@
+"""Control API calls on services: list, inspect, create, update (and rollback), remove; the tasks
+of a service for its logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager.controlapi.common import (
+    Context,
+    Filters,
+    Obj,
+    check_filters,
+    commit,
+    labels_match,
+    resolve,
+    service_names,
+    spec,
+)
+from manager.controlapi.errors import FAILED_PRECONDITION, NotFound, Unimplemented, Unknown
+from manager.orchestrator import service_status
+from manager.specs import service_spec_with_defaults, validate_service_spec
+from manager.store import ReadTx, Store, WriteTx
+from shoal.base.util import new_id, now_rfc3339
+
+FILTERS = ("id", "name", "label", "mode")
+"""The filters ``services.list`` accepts."""
+
+
+def _present(s: Obj, view: ReadTx, status: bool, insert_defaults: bool = False) -> Obj:
+    out = dict(s)
+    if insert_defaults:
+        out["Spec"] = service_spec_with_defaults(s.get("Spec") or {})
+        if out.get("PreviousSpec"):
+            out["PreviousSpec"] = service_spec_with_defaults(out["PreviousSpec"])
+    out.setdefault("Endpoint", {"Spec": {"Mode": "vip"}})
+    if status:
+        out["ServiceStatus"] = service_status(s, view.list("tasks"), view.list("nodes"))
+    return out
+
+
+def list_services(store: Store, filters: Filters | None = None, status: bool = False) -> list[Obj]:
+    """``services.list``: Docker ``Service`` objects sorted by name, filtered by ``filters`` (keys
+    in :data:`FILTERS`: ``id`` / ``name`` prefixes, ``label`` ``key`` or ``key=value``, ``mode``
+    ``replicated`` | ``global``); with ``status``, each has ``ServiceStatus {"RunningTasks",
+    "DesiredTasks", "CompletedTasks"}``. Raises :class:`InvalidArgument` ``invalid filter '{key}'``."""
+    f = filters or {}
+    check_filters(f, FILTERS)
+    view = store.view()
+    out = []
+    for s in view.list("services"):
+        sp = s.get("Spec") or {}
+        if "id" in f and not any(str(s["ID"]).startswith(v) for v in f["id"]):
+            continue
+        if "name" in f and not any(str(sp.get("Name", "")).startswith(v) for v in f["name"]):
+            continue
+        if "label" in f and not labels_match(sp.get("Labels"), f["label"]):
+            continue
+        if "mode" in f:
+            mode = "replicated" if "Replicated" in (sp.get("Mode") or {}) else "global"
+            if mode not in f["mode"]:
+                continue
+        out.append(_present(s, view, status))
+    out.sort(key=lambda s: str((s.get("Spec") or {}).get("Name", "")))
+    return out
+
+
+def find(store: Store, ref: str) -> Obj:
+    """The stored service with ID, name or unique ID prefix ``ref``. Raises :class:`NotFound`
+    ``service {ref} not found``, :class:`InvalidArgument` (ambiguous)."""
+    return resolve(store.view(), "services", ref, "service", service_names)
+
+
+def inspect(store: Store, ref: str, insert_defaults: bool = False) -> Obj:
+    """``services.inspect``: the ``Service`` ``ref`` (see :func:`find`); ``insert_defaults`` fills
+    the spec's defaults as ``docker service inspect`` shows them. Raises as :func:`find`."""
+    view = store.view()
+    return _present(resolve(view, "services", ref, "service", service_names), view, False, insert_defaults)
+
+
+def tasks_of(store: Store, service_id: str) -> list[Obj] | None:
+    """The tasks of service ``service_id`` now, or None once the service is gone (for logs)."""
+    view = store.view()
+    if view.get("services", service_id) is None:
+        return None
+    return view.find("tasks", lambda t: t.get("ServiceID") == service_id)
+
+
+async def create(ctx: Context, *, spec_body: Any) -> Obj:
+    """``services.create``: a new service from ``spec_body`` (a ServiceSpec;
+    :func:`manager.specs.validate_service_spec`). Returns ``{"ID", "Warnings": []}``. Raises
+    :class:`InvalidArgument` (bad spec), :class:`Conflict` (name taken), :class:`Unavailable`."""
+    service_spec = spec(validate_service_spec, spec_body)
+    sid = new_id()
+    svc = {"ID": sid, "Spec": service_spec,
+           "Endpoint": {"Spec": service_spec.get("EndpointSpec") or {"Mode": "vip"}}}
+    await commit(ctx.store, lambda tx: tx.create("services", svc))
+    return {"ID": sid, "Warnings": []}
+
+
+async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollback: bool = False) -> Obj:
+    """``services.update``: replace the service's spec with ``spec_body`` (or, with ``rollback``,
+    its ``PreviousSpec``) at ``version``; the old spec becomes ``PreviousSpec``. A rollback starts
+    ``UpdateStatus`` ``rollback_started``; any other update clears it. Returns ``{"Warnings":
+    []}``. Raises :class:`NotFound`, :class:`InvalidArgument` (bad spec, ambiguous ref),
+    :class:`Unknown` (no previous spec to roll back to; out of sequence), :class:`Unimplemented`
+    (a new name), :class:`Unavailable`."""
+    s = find(ctx.store, ref)
+    if rollback:
+        prev = s.get("PreviousSpec")
+        if not prev:
+            raise Unknown(f"{FAILED_PRECONDITION}service {s['ID']} does not have a previous spec")
+        spec_body = prev
+    service_spec = spec(validate_service_spec, spec_body)
+    if service_spec.get("Name") != (s.get("Spec") or {}).get("Name"):
+        raise Unimplemented("rpc error: code = Unimplemented desc = renaming services is not supported")
+
+    def fn(tx: WriteTx) -> None:
+        cur = tx.get("services", s["ID"])
+        if cur is None:
+            raise NotFound(f"service {s['ID']} not found")
+        cur["Version"] = {"Index": version}
+        cur["PreviousSpec"] = cur.get("Spec")
+        cur["Spec"] = service_spec
+        # UpdateStatus as swarmkit's controlapi: a rollback starts one, any other update
+        # clears it (the orchestrator's updater then sets "updating" if slots change)
+        if rollback:
+            cur["UpdateStatus"] = {"State": "rollback_started", "StartedAt": now_rfc3339(),
+                                   "Message": "manually requested rollback"}
+        else:
+            cur.pop("UpdateStatus", None)
+        cur["Endpoint"] = {"Spec": service_spec.get("EndpointSpec") or {"Mode": "vip"}}
+        tx.update("services", cur)
+
+    await commit(ctx.store, fn)
+    return {"Warnings": []}
+
+
+async def remove(ctx: Context, *, ref: str) -> None:
+    """``services.remove``: delete the service (the orchestrator and reaper shut its tasks down
+    and remove them). Raises :class:`NotFound`, :class:`InvalidArgument` (ambiguous),
+    :class:`Unavailable`."""
+    s = find(ctx.store, ref)
+    await commit(ctx.store, lambda tx: tx.delete("services", s["ID"]))
