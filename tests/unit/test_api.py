@@ -47,9 +47,17 @@ class ManagerTestDouble:
         self.ca_cert_pem = "-----BEGIN CERTIFICATE-----\nTEST\n-----END CERTIFICATE-----\n"
         self.log_calls: list[tuple[list[str], int, float, bool]] = []
         self.lines: list[dict[str, Any]] = []
+        self.live: dict[str, dict[str, Any] | None] = {}
 
     def join_tokens(self) -> dict[str, str]:
         return {"Worker": "SWMTKN-1-w", "Manager": "SWMTKN-1-m"}
+
+    def manager_status(self, node_id: str) -> dict[str, Any] | None:
+        """As Manager.manager_status: from Raft at read time (here ``live``), else the stored copy."""
+        if node_id in self.live:
+            return self.live[node_id]
+        node = self.store.view().get("nodes", node_id) or {}
+        return node.get("ManagerStatus")
 
     async def read_logs(self, task_ids: list[str], tail: int, since: float, timestamps: bool) -> list[dict[str, Any]]:
         self.log_calls.append((task_ids, tail, since, timestamps))
@@ -199,6 +207,22 @@ async def test_nodes(env: tuple[TestClient[web.Request, web.Application], Manage
     assert (await client.delete("/nodes/h3?force=true")).status == 200
     assert mgr.store.view().get("nodes", "node3abc") is None
     assert len(await (await client.get('/nodes?filters={"role":["worker"]}')).json()) == 1
+
+
+async def test_node_ls_shows_manager_status_as_raft_has_it_now(
+        env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble]) -> None:
+    """MANAGER STATUS is read from the Raft facade when the nodes are read, not from the store's
+    once-a-second copy: a copy still naming a dead leader is not what node ls/inspect show."""
+    client, mgr = env
+    stale = {"Leader": True, "Reachability": "reachable", "Addr": "10.0.0.1:2377"}
+    await mgr.store.update(lambda tx: tx.update("nodes", dict(tx.get("nodes", "node1abc"), ManagerStatus=stale)))
+    mgr.live = {"node1abc": {"Leader": False, "Reachability": "unreachable", "Addr": "10.0.0.1:2377"},
+                "node2abc": {"Leader": True, "Reachability": "reachable", "Addr": "10.0.0.2:2377"}}
+    listed = {n["ID"]: n.get("ManagerStatus") for n in await (await client.get("/nodes")).json()}
+    assert listed["node1abc"] == mgr.live["node1abc"] and listed["node2abc"] == mgr.live["node2abc"]
+    assert listed["node3abc"] is None
+    n1 = await (await client.get("/nodes/node1abc")).json()
+    assert n1["ManagerStatus"]["Reachability"] == "unreachable" and not n1["ManagerStatus"]["Leader"]
 
 
 async def test_tasks_filters_and_logs(env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble],

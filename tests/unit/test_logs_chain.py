@@ -104,6 +104,7 @@ class Api:
         self.store, self.cluster_id, self.node_id = m.store, "cluster1", "n1"
         self.read_logs_page = m.read_logs_page
         self.read_logs = m.read_logs
+        self.manager_status = m.manager_status
 
 
 @pytest.fixture

@@ -46,6 +46,10 @@ class ManagerDouble:
     async def read_logs(self, task_ids: list[str], tail: int, since: float, timestamps: bool) -> list[dict[str, Any]]:
         return []
 
+    def manager_status(self, node_id: str) -> dict[str, Any] | None:
+        node = self.store.view().get("nodes", node_id) or {}
+        return node.get("ManagerStatus")
+
 
 def _fails(task: dict[str, Any]) -> bool:
     return "FAIL=1" in (task["Spec"]["ContainerSpec"].get("Env") or [])

@@ -20,12 +20,14 @@ def add_routes(app: web.Application, manager: Any) -> None:
     @route(app, "GET", "/nodes")
     async def node_list(request: web.Request) -> web.StreamResponse:
         """GET /nodes?filters= (id, name, role, membership, label, node.label)."""
-        return web.json_response(nodes.list_nodes(manager.store, parse_filters(request.query.get("filters"))))
+        return web.json_response(nodes.list_nodes(manager.store, parse_filters(request.query.get("filters")),
+                                                  manager_status=manager.manager_status))
 
     @route(app, "GET", "/nodes/{id}")
     async def node_inspect(request: web.Request) -> web.StreamResponse:
         """GET /nodes/{id}: by ID, hostname or ID prefix."""
-        return web.json_response(nodes.inspect(manager.store, request.match_info["id"]))
+        return web.json_response(nodes.inspect(manager.store, request.match_info["id"],
+                                                manager_status=manager.manager_status))
 
     @route(app, "DELETE", "/nodes/{id}")
     async def node_remove(request: web.Request) -> web.StreamResponse:
