@@ -36,6 +36,7 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
     ts_now = now_rfc3339(now)
     svc_by_id = {str(s["ID"]): s for s in services}
     node_by_id = {str(n["ID"]): Node(n) for n in nodes}
+    usable_nodes = {nid for nid, n in node_by_id.items() if not n.down and n.availability != "drain"}
     by_service: dict[str, list[Task]] = {}
     updated: dict[str, Obj] = {}
     old_progress = copy.deepcopy(progress or {})
@@ -116,12 +117,8 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
             state = cur.state
             node_id = cur.node_id
             replace = False
-            if node_id and state not in TERMINAL_STATES:
-                node = node_by_id.get(node_id)
-                node_gone = node is None or node.down
-                drained = node is not None and node.availability == "drain"
-                if node_gone or drained:
-                    replace = True
+            if node_id and state not in TERMINAL_STATES and node_id not in usable_nodes:
+                replace = True  # its node is down, gone or drained
             if not replace and state in TERMINAL_STATES:
                 history = [t for t in slots[slot] if t is not cur]
                 ok, delay = should_restart(cur, history, now)

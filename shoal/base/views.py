@@ -84,12 +84,12 @@ class Task:
     @property
     def state_order(self) -> int:
         """The order value of ``Status.State`` (``new`` when missing); 0 when it is not a task state."""
-        return STATE_ORDER.get(self.state, 0)
+        return STATE_ORDER.get(str((self.raw.get("Status") or {}).get("State", "new")), 0)
 
     @property
     def terminal(self) -> bool:
         """Whether ``Status.State`` is terminal (at or past ``complete``)."""
-        return self.state in TERMINAL_STATES
+        return str((self.raw.get("Status") or {}).get("State", "new")) in TERMINAL_STATES
 
     @property
     def status_timestamp(self) -> Any:
@@ -268,7 +268,8 @@ class Node:
     @property
     def down(self) -> bool:
         """Whether ``Status.State`` is ``down``."""
-        return bool(self.state == "down")
+        state: object = (self.raw.get("Status") or {}).get("State")
+        return state == "down"
 
     @property
     def description(self) -> Obj:
