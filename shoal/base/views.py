@@ -246,9 +246,9 @@ class Node:
         return str(self.spec.get("Role", "worker"))
 
     @property
-    def availability(self) -> Any:
-        """``Spec.Availability`` (``active`` | ``pause`` | ``drain``); None when missing."""
-        return self.spec.get("Availability")
+    def availability(self) -> str:
+        """``Spec.Availability`` (``active`` | ``pause`` | ``drain``); ``"active"`` when missing."""
+        return str((self.raw.get("Spec") or {}).get("Availability", "active"))
 
     @property
     def labels(self) -> Obj:
@@ -261,9 +261,10 @@ class Node:
         return self.raw.get("Status") or {}
 
     @property
-    def state(self) -> Any:
-        """``Status.State`` (``unknown`` | ``down`` | ``ready`` | ``disconnected``); None when missing."""
-        return self.status.get("State")
+    def state(self) -> str:
+        """``Status.State`` (``unknown`` | ``down`` | ``ready`` | ``disconnected``); ``"unknown"``
+        when missing."""
+        return str((self.raw.get("Status") or {}).get("State", "unknown"))
 
     @property
     def down(self) -> bool:
