@@ -128,6 +128,11 @@ class Task:
         return str(self.container_spec.get("Image") or "")
 
     @property
+    def log_driver(self) -> Obj:
+        """``Spec.LogDriver`` (``Name``, ``Options``); empty when missing or null."""
+        return (self.raw.get("Spec") or {}).get("LogDriver") or {}
+
+    @property
     def reservations(self) -> Obj:
         """``Spec.Resources.Reservations`` (``NanoCPUs``, ``MemoryBytes``); empty when missing or null."""
         return ((self.raw.get("Spec") or {}).get("Resources") or {}).get("Reservations") or {}
