@@ -4,6 +4,7 @@ nodes in, a :class:`~manager.orchestrator.plan.Plan` out (see :mod:`manager.orch
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Iterable
 
 from manager.orchestrator.plan import Obj, Plan, UpdateProgress, WriteBudget, new_task, packed_size
@@ -14,7 +15,7 @@ from shoal.base.taskstate import REMOVE, RUNNING, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import new_id, now_rfc3339, parse_rfc3339
 from shoal.base.views import Node, Service, Task
 
-__all__ = ["reconcile", "service_status", "tasks_list"]
+__all__ = ["reconcile", "service_status"]
 
 
 def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj], now: float,
@@ -162,7 +163,7 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
     pending_status = {"Timestamp": ts_now, "State": "pending", "Message": "pending task scheduling"}
     for nt in plan.create:
         nt["Status"] = dict(pending_status)
-    for t in tasks_list(by_service):
+    for t in itertools.chain.from_iterable(by_service.values()):
         if t.state == "new" and t.desired_order <= RUNNING and (tid := t.id) not in updated \
                 and budget.take(1, packed_size(t.raw)):
             t.raw["Status"] = dict(pending_status)
@@ -170,11 +171,6 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
     plan.update = list(updated.values())
     plan.more = budget.more
     return plan
-
-
-def tasks_list(by_service: dict[str, list[Task]]) -> list[Task]:
-    """Flatten tasks grouped by service."""
-    return [t for ts in by_service.values() for t in ts]
 
 
 def service_status(service: Obj, tasks: Iterable[Obj], nodes: Iterable[Obj]) -> Obj:
