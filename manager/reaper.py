@@ -21,7 +21,7 @@ from manager.loop import reconcile_loop
 from manager.store import Store, WriteTx
 from shoal.base.taskstate import ASSIGNED, REMOVE, SHUTDOWN, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import parse_rfc3339
-from shoal.base.views import Node, Service, Task
+from shoal.base.views import Node, Service, task_desired_order, task_state
 
 __all__ = ["reap", "TaskReaper", "DEFAULT_RETENTION"]
 
@@ -47,11 +47,11 @@ def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cl
     known_nodes = {n.id for n in node_list}
     svc = {str(s["ID"]): Service(s) for s in services}
     out: list[str] = []
-    slots: dict[tuple[str, int], list[Task]] = {}
+    slots: dict[tuple[str, int], list[Obj]] = {}
 
-    def stopped(t: Task) -> bool:
-        state = t.state
-        node = t.node_id
+    def stopped(t: Obj) -> bool:
+        state = task_state(t)
+        node = str(t.get("NodeID") or "")
         return (
             state in TERMINAL_STATES
             or STATE_ORDER.get(state, 0) < ASSIGNED
@@ -60,12 +60,12 @@ def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cl
             or node not in known_nodes
         )
 
-    for t in map(Task, tasks):
-        if t.desired_order >= REMOVE:
+    for t in tasks:
+        if task_desired_order(t) >= REMOVE:
             if stopped(t):
-                out.append(t.id)
+                out.append(str(t["ID"]))
             continue
-        slots.setdefault((t.service_id, t.slot), []).append(t)
+        slots.setdefault((str(t.get("ServiceID", "")), int(t.get("Slot") or 0)), []).append(t)
 
     if limit >= 0:
         for (sid, _slot), ts in slots.items():
@@ -77,13 +77,13 @@ def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cl
                     keep = max(keep, attempts + 1)
             if len(ts) <= keep:
                 continue
-            ts.sort(key=lambda t: parse_rfc3339(t.created_at))
+            ts.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
             excess = len(ts) - keep
             for t in ts:
                 if excess <= 0:
                     break
-                if t.desired_order >= SHUTDOWN and stopped(t):
-                    out.append(t.id)
+                if task_desired_order(t) >= SHUTDOWN and stopped(t):
+                    out.append(str(t["ID"]))
                     excess -= 1
     return out
 

@@ -26,9 +26,9 @@ from typing import Any
 from manager.ipam import BridgeIPAM, IPAMError
 from manager.specs import SpecError, parse_constraint
 from manager.store import Store, WriteTx
-from shoal.base.taskstate import RUNNING
+from shoal.base.taskstate import RUNNING, TERMINAL_STATES
 from shoal.base.util import now_rfc3339, wait_timeout
-from shoal.base.views import Node, Task
+from shoal.base.views import Node, Task, task_desired_order, task_reservations, task_state
 
 __all__ = [
     "NodeInfo",
@@ -50,13 +50,13 @@ Obj = dict[str, Any]
 BRIDGE_NETWORK_ID = "shoal-bridge"
 
 
-def _active(t: Task) -> bool:
-    return bool(t.node_id) and t.desired_order <= RUNNING and not t.terminal
-
-
 def task_is_active(task: Obj) -> bool:
     """Whether ``task`` occupies its node (placed, desired to run, not yet terminal)."""
-    return _active(Task(task))
+    return (
+        bool(task.get("NodeID"))
+        and task_desired_order(task) <= RUNNING
+        and task_state(task) not in TERMINAL_STATES
+    )
 
 
 @dataclass
@@ -109,7 +109,7 @@ class NodeInfo:
 
 
 def _reservations(task: Obj) -> tuple[int, int]:
-    r = Task(task).reservations
+    r = task_reservations(task)
     return int(r.get("NanoCPUs") or 0), int(r.get("MemoryBytes") or 0)
 
 
@@ -223,11 +223,11 @@ def default_filters() -> list[Filter]:
 def build_node_infos(nodes: Iterable[Obj], tasks: Iterable[Obj]) -> dict[str, NodeInfo]:
     """NodeInfo per node ID, with the active tasks (see :func:`task_is_active`) counted."""
     infos = {str(n["ID"]): NodeInfo.from_node(n) for n in nodes}
-    for t in map(Task, tasks):
-        if _active(t):
-            info = infos.get(t.node_id)
+    for t in tasks:
+        if task_is_active(t):
+            info = infos.get(str(t["NodeID"]))
             if info is not None:
-                info.add_task(t.raw)
+                info.add_task(t)
     return infos
 
 
@@ -328,7 +328,7 @@ class Scheduler:
                 except IPAMError as e:
                     log.error("node %s: %s", n["ID"], e)
         for t in view.list("tasks"):
-            if Task(t).terminal:
+            if task_state(t) in TERMINAL_STATES:
                 continue
             for a in _task_addresses(t):
                 try:
@@ -359,8 +359,8 @@ class Scheduler:
         # places (ReadTx.list_shallow), so it does not deep-copy the whole table each time
         tasks = tx.list_shallow("tasks")
         pending = [
-            t.raw for t in map(Task, tasks)
-            if t.state == "pending" and not t.node_id and t.desired_order <= RUNNING
+            t for t in tasks
+            if task_state(t) == "pending" and not t.get("NodeID") and task_desired_order(t) <= RUNNING
         ]
         if not pending:
             return 0
@@ -421,7 +421,7 @@ class Scheduler:
                     except StopAsyncIteration:
                         return
                 for e in events:
-                    if e.table == "tasks" and (e.action == "delete" or Task(e.obj).terminal):
+                    if e.table == "tasks" and (e.action == "delete" or task_state(e.obj) in TERMINAL_STATES):
                         self._release_task(e.obj)
                     elif e.table == "nodes" and e.action == "delete":
                         self.ipam.release_node(str(e.obj["ID"]))

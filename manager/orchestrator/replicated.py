@@ -13,7 +13,7 @@ from manager.orchestrator.update import Ctx, rolling_update
 from manager.specs import task_spec_with_defaults
 from shoal.base.taskstate import REMOVE, RUNNING, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import new_id, now_rfc3339, parse_rfc3339
-from shoal.base.views import Node, Service, Task
+from shoal.base.views import Node, Service, Task, task_desired_order, task_state
 
 __all__ = ["reconcile", "service_status"]
 
@@ -38,25 +38,23 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
     svc_by_id = {str(s["ID"]): s for s in services}
     node_by_id = {str(n["ID"]): Node(n) for n in nodes}
     usable_nodes = {nid for nid, n in node_by_id.items() if not n.down and n.availability != "drain"}
-    by_service: dict[str, list[Task]] = {}
+    by_service: dict[str, list[Obj]] = {}
     updated: dict[str, Obj] = {}
     old_progress = copy.deepcopy(progress or {})
 
-    def set_desired(t: Task, desired: str) -> None:
-        if STATE_ORDER[desired] > t.desired_order:
-            tid = t.id
-            raw = updated.get(tid, t.raw)
-            raw["DesiredState"] = desired
-            updated[tid] = raw
+    def set_desired(t: Obj, desired: str) -> None:
+        if STATE_ORDER[desired] > task_desired_order(t):
+            t = updated.get(str(t["ID"]), t)
+            t["DesiredState"] = desired
+            updated[str(t["ID"])] = t
 
     ctx = Ctx(plan, now, ts_now, id_gen, node_by_id, set_desired, budget)
 
-    for raw in tasks:
-        t = Task(raw)  # each task wrapped once per pass: identity (`is`) below means the same task
-        sid = t.service_id
+    for t in tasks:
+        sid = str(t.get("ServiceID", ""))
         if sid not in svc_by_id:
             # service removed: every task of it goes away
-            if t.desired_order < REMOVE and budget.take(1, packed_size(raw)):
+            if task_desired_order(t) < REMOVE and budget.take(1, packed_size(t)):
                 set_desired(t, "remove")
             continue
         by_service.setdefault(sid, []).append(t)
@@ -71,25 +69,25 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
         prog = old_progress.get(sid)
         if prog is not None and prog.target != template:
             prog = None
-        slots: dict[int, list[Task]] = {}
+        slots: dict[int, list[Obj]] = {}
         for t in by_service.get(sid, []):
-            slots.setdefault(t.slot, []).append(t)
+            slots.setdefault(int(t.get("Slot") or 0), []).append(t)
         keep_old = {i for ids in (prog.start_first_old.values() if prog else []) for i in ids}
-        occupied: dict[int, Task] = {}
+        occupied: dict[int, Obj] = {}
         for slot, ts in slots.items():
             if len(ts) == 1:  # the common case, kept cheap: a pass looks at every slot
-                if ts[0].desired_order <= RUNNING:
+                if task_desired_order(ts[0]) <= RUNNING:
                     occupied[slot] = ts[0]
                 continue
-            current = [t for t in ts if t.desired_order <= RUNNING]
+            current = [t for t in ts if task_desired_order(t) <= RUNNING]
             if not current:
                 continue
             if len(current) > 1:
-                current.sort(key=lambda t: parse_rfc3339(t.created_at))
-            live = [t for t in current if t.state not in TERMINAL_STATES]
+                current.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
+            live = [t for t in current if task_state(t) not in TERMINAL_STATES]
             keep = (live or current)[-1]
             for extra in current:  # at most one current task per slot (start-first: two for a while)
-                if extra is not keep and extra.id not in keep_old and budget.take(1, ctx.task_size):
+                if extra is not keep and str(extra["ID"]) not in keep_old and budget.take(1, ctx.task_size):
                     set_desired(extra, "shutdown")
             occupied[slot] = keep
 
@@ -115,17 +113,17 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
         replaced: set[int] = set()
         for slot in sorted(occupied):  # (sorting the keys alone: much cheaper than the items)
             cur = occupied[slot]
-            state = cur.state
-            node_id = cur.node_id
+            state = task_state(cur)
+            node_id = cur.get("NodeID")
             replace = False
-            if node_id and state not in TERMINAL_STATES and node_id not in usable_nodes:
+            if node_id and state not in TERMINAL_STATES and str(node_id) not in usable_nodes:
                 replace = True  # its node is down, gone or drained
             if not replace and state in TERMINAL_STATES:
                 history = [t for t in slots[slot] if t is not cur]
                 ok, delay = should_restart(cur, history, now)
                 if not ok:
                     continue
-                ended = parse_rfc3339(cur.status_timestamp)
+                ended = parse_rfc3339(Task(cur).status_timestamp)
                 if now < ended + delay:
                     plan._wake(ended + delay)
                     continue
@@ -134,9 +132,9 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
                 if not budget.take(2, ctx.task_size):
                     continue  # replaced in the next pass
                 set_desired(cur, "shutdown")
-                nt = new_task(svc, slot, ts_now, id_gen)
-                plan.create.append(nt)
-                occupied[slot] = Task(nt)
+                t = new_task(svc, slot, ts_now, id_gen)
+                plan.create.append(t)
+                occupied[slot] = t
                 replaced.add(slot)
 
         # rolling update of out-of-date slots (task template or ForceUpdate changed)
@@ -155,33 +153,34 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
                 if not budget.take(1, ctx.task_size):
                     break  # the next pass creates the rest
                 plan.create.append(new_task(svc, slot, ts_now, id_gen))
-                occupied[slot] = Task(plan.create[-1])
+                occupied[slot] = plan.create[-1]
                 missing -= 1
             slot += 1
 
     # allocator: new -> pending (nothing to allocate for the local bridge before placement)
     pending_status = {"Timestamp": ts_now, "State": "pending", "Message": "pending task scheduling"}
-    for nt in plan.create:
-        nt["Status"] = dict(pending_status)
+    for t in plan.create:
+        t["Status"] = dict(pending_status)
     for t in itertools.chain.from_iterable(by_service.values()):
-        if t.state == "new" and t.desired_order <= RUNNING and (tid := t.id) not in updated \
-                and budget.take(1, packed_size(t.raw)):
-            t.raw["Status"] = dict(pending_status)
-            updated[tid] = t.raw
+        if task_state(t) == "new" and task_desired_order(t) <= RUNNING and (tid := str(t["ID"])) not in updated \
+                and budget.take(1, packed_size(t)):
+            t["Status"] = dict(pending_status)
+            updated[tid] = t
     plan.update = list(updated.values())
     plan.more = budget.more
     return plan
+
+
 
 
 def service_status(service: Obj, tasks: Iterable[Obj], nodes: Iterable[Obj]) -> Obj:
     """``ServiceStatus`` for the API: ``RunningTasks`` (state running on a node that is not
     down), ``DesiredTasks`` (Replicas), ``CompletedTasks`` (0 for replicated services)."""
     down = {nv.id for nv in map(Node, nodes) if nv.down}
-    sid = service["ID"]
     running = sum(
-        1 for t in map(Task, tasks)
-        if t.raw.get("ServiceID") == sid and t.state == "running"
-        and t.desired_order <= RUNNING and t.node_id not in down
+        1 for t in tasks
+        if t.get("ServiceID") == service["ID"] and task_state(t) == "running"
+        and task_desired_order(t) <= RUNNING and str(t.get("NodeID")) not in down
     )
     return {"RunningTasks": running, "DesiredTasks": Service(service).replicas, "CompletedTasks": 0}
 

@@ -4,18 +4,19 @@ replaced, after what delay, and whether a task's node is lost."""
 from __future__ import annotations
 
 from shoal.base.util import parse_rfc3339
-from shoal.base.views import Node, Task
+from shoal.base.views import Node, Obj, Task
 
 __all__ = ["should_restart", "node_lost"]
 
 
-def should_restart(task: Task, history: list[Task], now: float) -> tuple[bool, float]:
+def should_restart(task: Obj, history: list[Obj], now: float) -> tuple[bool, float]:
     """(restart?, seconds of delay) for an ended current task, per its restart policy
     (``Condition`` any | on-failure | none, ``MaxAttempts`` within ``Window``, ``Delay``);
     ``history`` holds the earlier tasks of the slot, ``now`` is epoch seconds."""
-    rp = task.restart_policy
+    tv = Task(task)  # (only ended tasks get here: wrapping is cheap enough)
+    rp = tv.restart_policy
     cond = rp.get("Condition") or "any"
-    state = task.state
+    state = tv.state
     if cond == "none":
         return False, 0.0
     if cond == "on-failure" and state == "complete":
@@ -25,7 +26,7 @@ def should_restart(task: Task, history: list[Task], now: float) -> tuple[bool, f
         window = int(rp.get("Window") or 0) / 1e9
         restarts = [
             h for h in history
-            if window <= 0 or now - parse_rfc3339(h.status_timestamp) <= window
+            if window <= 0 or now - parse_rfc3339(Task(h).status_timestamp) <= window
         ]
         # the current task is itself a run; history holds the earlier runs of the slot
         if len(restarts) >= max_attempts:
@@ -33,9 +34,9 @@ def should_restart(task: Task, history: list[Task], now: float) -> tuple[bool, f
     return True, int(rp.get("Delay", 5_000_000_000) or 0) / 1e9
 
 
-def node_lost(task: Task, node_by_id: dict[str, Node]) -> bool:
+def node_lost(task: Obj, node_by_id: dict[str, Node]) -> bool:
     """Whether ``task`` is placed on a node that is gone from ``node_by_id`` or ``down``."""
-    nid = task.node_id
+    nid = str(task.get("NodeID") or "")
     if not nid:
         return False
     node = node_by_id.get(nid)

@@ -19,8 +19,8 @@ from manager.orchestrator.plan import (
 )
 from manager.orchestrator.restart import node_lost
 from manager.specs import service_spec_with_defaults
-from shoal.base.taskstate import RUNNING, TERMINAL_STATES
-from shoal.base.views import Node, Service, Task
+from shoal.base.taskstate import RUNNING, STATE_ORDER, TERMINAL_STATES
+from shoal.base.views import Node, Service, task_desired_order, task_spec_version, task_state
 
 __all__ = ["Ctx", "rolling_update", "launch", "complete", "fail", "update_config", "set_update_status"]
 
@@ -45,7 +45,7 @@ class Ctx:
     """What one reconcile pass shares with the rolling-update step."""
 
     def __init__(self, plan: Plan, now: float, ts_now: str, id_gen: Callable[[], str],
-                 node_by_id: dict[str, Node], set_desired: Callable[[Task, str], None],
+                 node_by_id: dict[str, Node], set_desired: Callable[[Obj, str], None],
                  budget: WriteBudget) -> None:
         self.plan, self.now, self.ts_now, self.id_gen = plan, now, ts_now, id_gen
         self.node_by_id, self.set_desired = node_by_id, set_desired
@@ -64,19 +64,19 @@ class Ctx:
         return self._task_size
 
 
-def launch(ctx: Ctx, svc: Obj, slot: int, occupied: dict[int, Task], prog: UpdateProgress) -> None:
+def launch(ctx: Ctx, svc: Obj, slot: int, occupied: dict[int, Obj], prog: UpdateProgress) -> None:
     """Create the new task of ``slot`` for the update (into ``ctx.plan.create`` and ``occupied``)
     and follow it in ``prog`` (in flight, monitored)."""
     nt = new_task(svc, slot, ctx.ts_now, ctx.id_gen)
     ctx.plan.create.append(nt)
-    occupied[slot] = Task(nt)
+    occupied[slot] = nt
     tid = str(nt["ID"])
     prog.in_flight[slot] = tid
     prog.monitored[tid] = None
 
 
 def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | None,
-                   slots: dict[int, list[Task]], occupied: dict[int, Task], replaced: set[int]) -> UpdateProgress | None:
+                   slots: dict[int, list[Obj]], occupied: dict[int, Obj], replaced: set[int]) -> UpdateProgress | None:
     """One step of the rolling update of ``svc`` (SK: manager/orchestrator/update/updater.go).
 
     ``slots``: slot → the service's tasks in it; ``occupied``: slot → its current task.
@@ -91,12 +91,12 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
     rollback = ustate == "rollback_started"
     version = sv.version
 
-    def out_of_date(t: Task) -> bool:
+    def out_of_date(t: Obj) -> bool:
         # a task made from the service at its current stored version has the current template
         # (the store gives every write a new index): skip the deep comparison for it
-        if version is not None and t.spec_version == version:
+        if version is not None and task_spec_version(t) == version:
             return False
-        return bool(t.spec != template)
+        return bool(t.get("Spec") != template)
 
     def dirty_slots(p: UpdateProgress | None) -> list[int]:
         busy = set() if p is None else set(p.stopping) | set(p.in_flight)
@@ -115,7 +115,7 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
         if status is None or ustate in ("completed", "rollback_completed"):
             set_update_status(svc, plan, {"State": "updating", "StartedAt": ctx.ts_now,
                                            "Message": "update in progress"})
-    by_id = {t.id: t for ts in slots.values() for t in ts}
+    by_id = {str(t["ID"]): t for ts in slots.values() for t in ts}
     cfg = update_config(svc, rollback)
     monitor = int(cfg.get("Monitor") or 0) / 1e9
     delay = int(cfg.get("Delay") or 0) / 1e9
@@ -127,10 +127,10 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
     #    ended (or gone) within the window without being asked to stop → a failure
     for tid, ran_at in list(prog.monitored.items()):
         t = by_id.get(tid)
-        st = t.state if t is not None else "remove"
+        st = task_state(t) if t is not None else "remove"
         if st == "running" and ran_at is None:
             prog.monitored[tid] = now
-        elif t is None or (st in TERMINAL_STATES and t.desired_order <= RUNNING):
+        elif t is None or (st in TERMINAL_STATES and task_desired_order(t) <= RUNNING):
             del prog.monitored[tid]
             if ran_at is None or now - ran_at <= monitor:
                 prog.failures.append(tid)
@@ -144,7 +144,8 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
     for slot, old_id in sorted(prog.stopping.items()):
         old = by_id.get(old_id)
         give_up_at = prog.stop_asked_at.get(slot, now) + OLD_TASK_TIMEOUT
-        if old is None or old.terminal or not old.node_id or node_lost(old, ctx.node_by_id) \
+        if old is None or task_state(old) in TERMINAL_STATES or not old.get("NodeID") \
+                or node_lost(old, ctx.node_by_id) \
                 or now >= give_up_at:
             if slot not in occupied and not ctx.budget.take(1, ctx.task_size):
                 continue  # the next pass creates it
@@ -163,8 +164,8 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
         if new_tid in fresh:
             continue  # created in this pass
         t = by_id.get(new_tid)
-        st = t.state if t is not None else "remove"
-        if t is not None and t.state_order < RUNNING and t.desired_order <= RUNNING \
+        st = task_state(t) if t is not None else "remove"
+        if t is not None and STATE_ORDER.get(st, 0) < RUNNING and task_desired_order(t) <= RUNNING \
                 and not node_lost(t, ctx.node_by_id):
             continue
         if st == "running" and not ctx.budget.take(len(prog.start_first_old.get(slot, [])), ctx.task_size):
@@ -188,20 +189,20 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
     free = (parallelism - prog.busy()) if parallelism > 0 else len(dirty)
     for slot in dirty[:max(free, 0)]:
         old = occupied[slot]
-        others = [t for t in slots.get(slot, []) if t is not old and t.desired_order <= RUNNING]
+        others = [t for t in slots.get(slot, []) if t is not old and task_desired_order(t) <= RUNNING]
         if not ctx.budget.take(2 + len(others), ctx.task_size):
             break  # the next pass hands out more
         if order == "start-first":
             launch(ctx, svc, slot, occupied, prog)
-            prog.start_first_old[slot] = [old.id, *(o.id for o in others)]
+            prog.start_first_old[slot] = [str(old["ID"]), *(str(o["ID"]) for o in others)]
             continue
         ctx.set_desired(old, "shutdown")
         for o in others:
             ctx.set_desired(o, "shutdown")
-        if old.terminal or not old.node_id or node_lost(old, ctx.node_by_id):
+        if task_state(old) in TERMINAL_STATES or not old.get("NodeID") or node_lost(old, ctx.node_by_id):
             launch(ctx, svc, slot, occupied, prog)  # nothing to wait for
         else:
-            prog.stopping[slot] = old.id
+            prog.stopping[slot] = str(old["ID"])
             prog.stop_asked_at[slot] = now
             plan._wake(now + OLD_TASK_TIMEOUT)
             del occupied[slot]  # reserved through prog.stopping until the old task stops
