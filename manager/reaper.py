@@ -19,8 +19,9 @@ from typing import Any
 
 from manager.loop import reconcile_loop
 from manager.store import Store, WriteTx
-from shoal.base.taskstate import STATE_ORDER, TERMINAL_STATES
+from shoal.base.taskstate import ASSIGNED, REMOVE, SHUTDOWN, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import parse_rfc3339
+from shoal.base.views import Node, Service, task_desired_order, task_state
 
 __all__ = ["reap", "TaskReaper", "DEFAULT_RETENTION"]
 
@@ -28,14 +29,12 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 DEFAULT_RETENTION = 5
-_ORDER = STATE_ORDER
-_ENDED = TERMINAL_STATES
 
 
 def _retention(cluster: Obj | None) -> int:
     if not cluster:
         return DEFAULT_RETENTION
-    orch = ((cluster.get("Spec") or {}).get("Orchestration")) or {}
+    orch = (cluster.get("Spec") or {}).get("Orchestration") or {}
     v = orch.get("TaskHistoryRetentionLimit")
     return DEFAULT_RETENTION if v is None else int(v)
 
@@ -43,27 +42,26 @@ def _retention(cluster: Obj | None) -> int:
 def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cluster: Obj | None) -> list[str]:
     """Return the IDs of the tasks to delete (see the module docstring)."""
     limit = _retention(cluster)
-    node_list = list(nodes)
-    down = {str(n["ID"]) for n in node_list if ((n.get("Status") or {}).get("State")) == "down"}
-    known_nodes = {str(n["ID"]) for n in node_list}
-    svc = {str(s["ID"]): s for s in services}
+    node_list = [Node(n) for n in nodes]
+    down = {n.id for n in node_list if n.down}
+    known_nodes = {n.id for n in node_list}
+    svc = {str(s["ID"]): Service(s) for s in services}
     out: list[str] = []
     slots: dict[tuple[str, int], list[Obj]] = {}
 
     def stopped(t: Obj) -> bool:
-        state = str((t.get("Status") or {}).get("State", "new"))
+        state = task_state(t)
         node = str(t.get("NodeID") or "")
         return (
-            state in _ENDED
-            or _ORDER.get(state, 0) < _ORDER["assigned"]
+            state in TERMINAL_STATES
+            or STATE_ORDER.get(state, 0) < ASSIGNED
             or not node
             or node in down
             or node not in known_nodes
         )
 
     for t in tasks:
-        desired = _ORDER.get(str(t.get("DesiredState", "running")), 0)
-        if desired >= _ORDER["remove"]:
+        if task_desired_order(t) >= REMOVE:
             if stopped(t):
                 out.append(str(t["ID"]))
             continue
@@ -74,8 +72,7 @@ def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cl
             keep = limit
             s = svc.get(sid)
             if s is not None:
-                rp = (((s.get("Spec") or {}).get("TaskTemplate") or {}).get("RestartPolicy")) or {}
-                attempts = int(rp.get("MaxAttempts") or 0)
+                attempts = int(s.restart_policy.get("MaxAttempts") or 0)
                 if attempts > 0:
                     keep = max(keep, attempts + 1)
             if len(ts) <= keep:
@@ -85,8 +82,7 @@ def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cl
             for t in ts:
                 if excess <= 0:
                     break
-                desired = _ORDER.get(str(t.get("DesiredState", "running")), 0)
-                if desired >= _ORDER["shutdown"] and stopped(t):
+                if task_desired_order(t) >= SHUTDOWN and stopped(t):
                     out.append(str(t["ID"]))
                     excess -= 1
     return out

@@ -26,8 +26,9 @@ from typing import Any
 from manager.ipam import BridgeIPAM, IPAMError
 from manager.specs import SpecError, parse_constraint
 from manager.store import Store, WriteTx
-from shoal.base.taskstate import STATE_ORDER, TERMINAL_STATES
+from shoal.base.taskstate import RUNNING, TERMINAL_STATES
 from shoal.base.util import now_rfc3339, wait_timeout
+from shoal.base.views import Node, Task, task_desired_order, task_reservations, task_state
 
 __all__ = [
     "NodeInfo",
@@ -39,8 +40,6 @@ __all__ = [
     "build_node_infos",
     "schedule",
     "Scheduler",
-    "TERMINAL_STATES",
-    "STATE_ORDER",
     "BRIDGE_NETWORK_ID",
 ]
 
@@ -51,16 +50,12 @@ Obj = dict[str, Any]
 BRIDGE_NETWORK_ID = "shoal-bridge"
 
 
-def _state(task: Obj) -> str:
-    return str((task.get("Status") or {}).get("State", "new"))
-
-
 def task_is_active(task: Obj) -> bool:
     """Whether ``task`` occupies its node (placed, desired to run, not yet terminal)."""
     return (
         bool(task.get("NodeID"))
-        and STATE_ORDER.get(str(task.get("DesiredState", "running")), 0) <= STATE_ORDER["running"]
-        and _state(task) not in TERMINAL_STATES
+        and task_desired_order(task) <= RUNNING
+        and task_state(task) not in TERMINAL_STATES
     )
 
 
@@ -85,18 +80,16 @@ class NodeInfo:
     @classmethod
     def from_node(cls, node: Obj) -> NodeInfo:
         """Build from an API ``Node`` object."""
-        spec = node.get("Spec") or {}
-        desc = node.get("Description") or {}
-        res = desc.get("Resources") or {}
-        plat = desc.get("Platform") or {}
+        n = Node(node)
+        plat, res = n.platform, n.resources
         return cls(
-            id=str(node["ID"]),
-            hostname=str(desc.get("Hostname", "")),
-            role=str(spec.get("Role", "worker")),
-            availability=str(spec.get("Availability", "active")),
-            state=str((node.get("Status") or {}).get("State", "unknown")),
-            labels=dict(spec.get("Labels") or {}),
-            engine_labels=dict((desc.get("Engine") or {}).get("Labels") or {}),
+            id=n.id,
+            hostname=n.hostname,
+            role=n.role,
+            availability=n.availability,
+            state=n.state,
+            labels=dict(n.labels),
+            engine_labels=dict(n.engine_labels),
             os=str(plat.get("OS", "linux")),
             arch=str(plat.get("Architecture", "x86_64")),
             nano_cpus=int(res.get("NanoCPUs") or 0),
@@ -116,7 +109,7 @@ class NodeInfo:
 
 
 def _reservations(task: Obj) -> tuple[int, int]:
-    r = (((task.get("Spec") or {}).get("Resources") or {}).get("Reservations")) or {}
+    r = task_reservations(task)
     return int(r.get("NanoCPUs") or 0), int(r.get("MemoryBytes") or 0)
 
 
@@ -182,7 +175,7 @@ class ConstraintFilter(Filter):
         self.constraints: list[tuple[str, str, str]] = []
 
     def set_task(self, task: Obj) -> bool:
-        raw = (((task.get("Spec") or {}).get("Placement") or {}).get("Constraints")) or []
+        raw = Task(task).constraints
         self.constraints = []
         for c in raw:
             try:
@@ -328,14 +321,14 @@ class Scheduler:
         self._addr_owner.clear()
         view = self.store.view()
         for n in view.list("nodes"):
-            sb = n.get("ShoalBridge") or {}
+            sb = Node(n).bridge
             if sb.get("Subnet"):
                 try:
                     self.ipam.reserve_node(str(n["ID"]), str(sb["Subnet"]))
                 except IPAMError as e:
                     log.error("node %s: %s", n["ID"], e)
         for t in view.list("tasks"):
-            if _state(t) in TERMINAL_STATES:
+            if task_state(t) in TERMINAL_STATES:
                 continue
             for a in _task_addresses(t):
                 try:
@@ -355,7 +348,7 @@ class Scheduler:
         now = now_rfc3339()
         nodes = tx.list("nodes")
         for n in nodes:
-            if not (n.get("ShoalBridge") or {}).get("Subnet"):
+            if not Node(n).bridge.get("Subnet"):
                 try:
                     n["ShoalBridge"] = self.ipam.assign_node(str(n["ID"])).as_dict()
                 except IPAMError as e:
@@ -367,8 +360,7 @@ class Scheduler:
         tasks = tx.list_shallow("tasks")
         pending = [
             t for t in tasks
-            if _state(t) == "pending" and not t.get("NodeID")
-            and STATE_ORDER.get(str(t.get("DesiredState", "running")), 0) <= STATE_ORDER["running"]
+            if task_state(t) == "pending" and not t.get("NodeID") and task_desired_order(t) <= RUNNING
         ]
         if not pending:
             return 0
@@ -395,8 +387,7 @@ class Scheduler:
             placed += 1
         for tid, msg in dec.failed.items():
             t = by_id[tid]
-            st = t.get("Status") or {}
-            if st.get("Err") != msg:
+            if Task(t).status.get("Err") != msg:
                 t["Status"] = {"Timestamp": now, "State": "pending", "Message": "pending task scheduling", "Err": msg}
                 tx.update("tasks", t)
         return placed
@@ -430,7 +421,7 @@ class Scheduler:
                     except StopAsyncIteration:
                         return
                 for e in events:
-                    if e.table == "tasks" and (e.action == "delete" or _state(e.obj) in TERMINAL_STATES):
+                    if e.table == "tasks" and (e.action == "delete" or task_state(e.obj) in TERMINAL_STATES):
                         self._release_task(e.obj)
                     elif e.table == "nodes" and e.action == "delete":
                         self.ipam.release_node(str(e.obj["ID"]))

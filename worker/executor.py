@@ -38,8 +38,9 @@ from typing import Any, TypeVar
 from agent_runtime.spec import ContainerSpec  # the runtime's dataclass (docs/contracts.md, agent_runtime)
 from shoal.base.containerrules import parse_extra_host
 from shoal.base.logopts import check_driver, check_options
-from shoal.base.taskstate import STATE_ORDER, TERMINAL_STATES
+from shoal.base.taskstate import SHUTDOWN, STATE_ORDER, TERMINAL_STATES, state_order
 from shoal.base.util import now_rfc3339, wait_timeout
+from shoal.base.views import Node, Task
 from shoal.rpc import wire
 
 log = logging.getLogger("shoal.worker.executor")
@@ -55,8 +56,6 @@ T = TypeVar("T")
 #: ``report(task_id, status)``: sync or async; ``status`` is a Docker TaskStatus dict.
 ReportFn = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 
-STATE_RANK = STATE_ORDER
-TERMINAL = TERMINAL_STATES
 #: The messages swarmkit's agent writes with each state.
 MESSAGES = {"accepted": "accepted", "preparing": "preparing", "starting": "starting", "running": "started",
             "complete": "finished", "shutdown": "shutdown", "failed": "started", "rejected": "preparing"}
@@ -67,11 +66,6 @@ DEFAULT_START_TIMEOUT_S = 60.0
 LABEL_TASK = "com.docker.swarm.task.id"
 LABEL_SERVICE = "com.docker.swarm.service.id"
 LABEL_NODE = "com.docker.swarm.node.id"
-
-
-def rank(state: str) -> int:
-    """Return swarmkit's numeric value of a task state (unknown states rank as ``new``)."""
-    return STATE_RANK.get(state, 0)
 
 
 def container_id_for(task_id: str) -> str:
@@ -342,8 +336,7 @@ class _Controller:
         self.tid: str = task["ID"]
         self.cid = container_id_for(self.tid)
         self.synthetic = synthetic  # made by recover() before the task's spec was known
-        status = task.get("Status") or {}
-        self.state: str = status.get("State") or "new"
+        self.state: str = Task(task).status.get("State") or "new"
         self.vanished = False
         self.cstate: Any = None  # the runtime's ContainerState, when a container exists
         self.exit_code: int | None = None
@@ -366,8 +359,8 @@ class _Controller:
         # The manager is behind what we observed: a report may have been lost (recover() reports before
         # the session is up).  Send the last status again: at once for a recovered task, else when it
         # is more than 5 s old (reports in flight are normally a few batches behind, not 5 s).
-        seen = str((task.get("Status") or {}).get("State") or "new")
-        if (self._last_status is not None and rank(seen) < rank(self.state)
+        seen = str(Task(task).status.get("State") or "new")
+        if (self._last_status is not None and state_order(seen, 0) < state_order(self.state, 0)
                 and (was_recovered or time.monotonic() - self._last_sent > 5.0)):
             self._last_sent = time.monotonic()
             asyncio.get_running_loop().create_task(self.ex._send(self.tid, dict(self._last_status)))
@@ -395,7 +388,7 @@ class _Controller:
         return str(self.task.get("DesiredState") or "running")
 
     def _stopping(self) -> bool:
-        return rank(self.desired()) >= rank("shutdown")
+        return state_order(self.desired(), 0) >= SHUTDOWN
 
     async def report(self, state: str, err: str | None = None, message: str | None = None) -> None:
         if state == self.state:
@@ -471,9 +464,9 @@ class _Controller:
                 self._exit_wait.cancel()
 
     async def _fail(self, err: str) -> None:
-        if self.state in TERMINAL:
+        if self.state in TERMINAL_STATES:
             return
-        await self.report("rejected" if rank(self.state) < rank("starting") else "failed", err=err)
+        await self.report("rejected" if state_order(self.state, 0) < STATE_ORDER["starting"] else "failed", err=err)
         await self._release_network()
 
     async def _idle(self) -> None:
@@ -483,7 +476,7 @@ class _Controller:
         """Do one thing; return True when the controller is finished (task removed)."""
         s = self.state
         if self._stopping():
-            if s not in TERMINAL:
+            if s not in TERMINAL_STATES:
                 await self._shutdown()
                 return False
             if self.desired() == "remove":
@@ -498,15 +491,15 @@ class _Controller:
                 await self._idle()
                 return False
             await self._observe_container()
-            if self.state not in TERMINAL:
+            if self.state not in TERMINAL_STATES:
                 await self._watch_running()
             else:
                 await self._idle()
             return False
-        if s in TERMINAL:
+        if s in TERMINAL_STATES:
             await self._idle()
             return False
-        if rank(s) < rank("accepted"):
+        if state_order(s, 0) < STATE_ORDER["accepted"]:
             if self.cstate is not None:  # a container from an earlier daemon run
                 await self._observe_container()
             else:
@@ -542,7 +535,7 @@ class _Controller:
 
     # ------------------------------------------------------------- actions
     async def _prepare(self) -> None:
-        spec = (self.task.get("Spec") or {}).get("ContainerSpec") or {}
+        spec = Task(self.task).container_spec
         image = spec.get("Image")
         if not image or not isinstance(image, str):
             raise ValueError("task spec has no ContainerSpec.Image")
@@ -577,7 +570,7 @@ class _Controller:
         addrs = att.get("Addresses") or []
         if not addrs:
             return None, None, None
-        sb = self.ex.node.get("ShoalBridge") or {}
+        sb = Node(self.ex.node).bridge
         subnet, gateway = sb.get("Subnet"), sb.get("Gateway")
         if not subnet or not gateway:
             cfgs = ((att.get("Network") or {}).get("IPAMOptions") or {}).get("Configs") or []
@@ -587,7 +580,7 @@ class _Controller:
 
     def _container_spec(self, spec: dict[str, Any], image: str, netns_path: str | None,
                         addr: str | None) -> Any:
-        res = ((self.task.get("Spec") or {}).get("Resources") or {}).get("Limits") or {}
+        res = Task(self.task).limits
         ip = addr.split("/")[0] if addr else None
         hostname = spec.get("Hostname") or None
         labels = {LABEL_TASK: self.tid}
@@ -600,7 +593,7 @@ class _Controller:
             hosts.extend(parse_extra_host(str(line)))
         dns = spec.get("DNSConfig") or {}
         # swarmkit's Task.LogDriver (the service's or the cluster's default) wins over the spec's
-        driver = self.task.get("LogDriver") or (self.task.get("Spec") or {}).get("LogDriver") or {}
+        driver = self.task.get("LogDriver") or Task(self.task).log_driver
         if not isinstance(driver, dict):
             raise ValueError(f"task LogDriver must be an object, got {type(driver).__name__}")
         check_driver(driver.get("Name"))
@@ -674,7 +667,7 @@ class _Controller:
         elif st.status == "exited":
             await self._exited(int(st.exit_code if st.exit_code is not None else -1))
         elif st.status == "created":
-            if rank(self.state) < rank("starting"):
+            if state_order(self.state, 0) < STATE_ORDER["starting"]:
                 await self.report("starting")  # the next step starts it
             else:
                 await self._start()
@@ -722,7 +715,7 @@ class _Controller:
         await self._release_network()
 
     async def _shutdown(self) -> None:
-        spec = (self.task.get("Spec") or {}).get("ContainerSpec") or {}
+        spec = Task(self.task).container_spec
         grace_ns = spec.get("StopGracePeriod")
         grace = DEFAULT_STOP_GRACE_S if grace_ns is None else max(0.0, int(grace_ns) / 1e9)
         signal = spec.get("StopSignal") or "SIGTERM"

@@ -6,35 +6,24 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from deploy.lab import lab
 from shoal.cli.client import Client
+from tests.waiting import wait_until_sync
 
 HEARTBEAT = 1.0  # seconds; a node is down after 3 missed beats
 T = TypeVar("T")
 
 
 def wait_until(fn: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
-    """Poll ``fn`` until it returns a truthy value, which is returned; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-            last = value
-        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
-            last = e
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
+    """:func:`tests.waiting.wait_until_sync` as the lab tests wait: every error of ``fn`` (a
+    command or request against hosts that are still coming up) counts as "not yet"."""
+    return wait_until_sync(fn, timeout, what, interval, retry=(Exception,))
 
 
 def shoal(host: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deploy.lab import lab
+from tests.waiting import wait_until_sync
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -52,10 +52,8 @@ def test_up_serves_the_image_and_down_removes_everything(bare_lab: lab.LabState)
     (box / "lower" / "dev").mkdir(exist_ok=True)
     contained = subprocess.Popen(["unshare", "--net", "sleep", "1000"], start_new_session=True)
     child = contained.pid  # unshare without --fork execs sleep in the new netns
-    deadline = time.monotonic() + 10
-    while os.readlink(f"/proc/{child}/ns/net") == os.readlink("/proc/self/ns/net"):
-        assert time.monotonic() < deadline, "unshare --net did not take effect"
-        time.sleep(0.02)
+    wait_until_sync(lambda: os.readlink(f"/proc/{child}/ns/net") != os.readlink("/proc/self/ns/net"), 10,
+                    "unshare --net to take effect", interval=0.02)
     made = []
     for h in sorted(lab.CGROUP_ROOT.iterdir()):
         if not h.is_dir() or h.is_symlink():
@@ -78,11 +76,9 @@ def test_up_serves_the_image_and_down_removes_everything(bare_lab: lab.LabState)
     shim = subprocess.Popen([str(lab.RUN / "h2" / "fake-shim"), "1000"], executable="/bin/sleep", start_new_session=True)
     in_host = subprocess.Popen(["nsenter", f"--net={lab.NETNS_DIR / 'shoal-h2'}", "sleep", "1000"], start_new_session=True)
     subprocess.run(["nft", "add", "table", "inet", "shoal-e2e-test"], check=True)
-    deadline = time.monotonic() + 10
-    while not (lab._proc_cmdline(shim.pid)[:1] == [str(lab.RUN / "h2" / "fake-shim")]
-               and os.readlink(f"/proc/{in_host.pid}/ns/net") != os.readlink("/proc/self/ns/net")):
-        assert time.monotonic() < deadline, "helper processes did not start"
-        time.sleep(0.02)
+    wait_until_sync(lambda: lab._proc_cmdline(shim.pid)[:1] == [str(lab.RUN / "h2" / "fake-shim")]
+                    and os.readlink(f"/proc/{in_host.pid}/ns/net") != os.readlink("/proc/self/ns/net"), 10,
+                    "the helper processes to start", interval=0.02)
 
     left = lab.check_clean()
     assert any(x.startswith("mount") for x in left) and any(x.startswith("cgroup") for x in left)

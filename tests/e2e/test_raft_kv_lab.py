@@ -47,6 +47,7 @@ import pytest
 
 from deploy.lab import lab
 from raft.linearizability import Operation, check_history
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -324,14 +325,7 @@ async def until(cond: Callable[[], Awaitable[Any]], timeout: float, what: str, m
                 interval: float = 0.01) -> Any:
     """Await ``cond()`` every ``interval`` s until truthy (returned); fail naming ``what`` with the
     members' log tails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = await cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{members.tails()}")
-        await asyncio.sleep(interval)
+    return await wait_until(cond, timeout, what, interval, detail=members.tails)
 
 
 async def leader_among(session: aiohttp.ClientSession, ids: list[int]) -> int:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from agent_runtime.oci.cgroups import Cgroup
 from overlaynet import netns
 from overlaynet.bridge import LocalBridge
 from tests.integration.conftest import TEST_REF
+from tests.waiting import wait_until
 from worker.executor import Executor, container_id_for
 
 pytestmark = pytest.mark.root
@@ -49,14 +49,6 @@ def task(tid: str, addr: str, args: list[str], image: str = TEST_REF, desired: s
                         "IPAMOptions": {"Configs": [{"Subnet": "10.232.5.0/24", "Gateway": "10.232.5.1"}]}},
             "Addresses": [addr]}],
     }
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def memory_limit(rel: str) -> int:
@@ -129,27 +121,28 @@ def run_node_test(hostns: Path, scratch_dir: Path, archive: Path, cgroup_parent:
 async def fetch(host: str, path: str, timeout: float = 10.0) -> str:
     """GET ``http://host:80{path}`` (HTTP/1.0) from this thread's network namespace and return the body;
     retries until ``timeout`` (the server may still be binding)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def get_once() -> list[str] | str:
+        """``[body]`` on a 200 (a list: an empty body is an answer too), else the status line."""
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, 80), 2)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, 80), 2)
-            try:
-                writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-                await writer.drain()
-                raw = await asyncio.wait_for(reader.read(), 5)
-            finally:
-                writer.close()
-            # headers end at the first empty line (CGI output may use bare \n)
-            head, body = (re.split(r"\r?\n\r?\n", raw.decode(errors="replace"), maxsplit=1) + [""])[:2]
-            status = head.splitlines()[0] if head else ""
-            if status.startswith("HTTP/1.") and " 200 " in status:
-                return body
-            err = status
-        except (OSError, TimeoutError) as e:
-            err = repr(e)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"GET http://{host}{path} failed: {err}")
-        await asyncio.sleep(0.1)
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        # headers end at the first empty line (CGI output may use bare \n)
+        head, body = (re.split(r"\r?\n\r?\n", raw.decode(errors="replace"), maxsplit=1) + [""])[:2]
+        status = head.splitlines()[0] if head else ""
+        return [body] if status.startswith("HTTP/1.") and " 200 " in status else status
+
+    async def answered() -> list[str] | None:
+        got = await get_once()
+        return got if isinstance(got, list) else None
+
+    got = await wait_until(answered, timeout, f"GET http://{host}{path} to answer 200", interval=0.1,
+                           retry=(OSError, TimeoutError))
+    return got[0]
 
 
 def test_task_runs_serves_http_and_is_removed(hostns: Path, scratch_dir: Path, busybox_archive: Path,
@@ -158,7 +151,7 @@ def test_task_runs_serves_http_and_is_removed(hostns: Path, scratch_dir: Path, b
         t = task("task-web-1", "10.232.5.2/24", ["httpd", "-f", "-p", "80", "-h", "/www"])
         cid = container_id_for("task-web-1")
         await node.executor.set_assignments(NODE, [t])
-        await until(lambda: node.states("task-web-1")[-1:] in (["running"], ["failed"], ["rejected"]), 30,
+        await wait_until(lambda: node.states("task-web-1")[-1:] in (["running"], ["failed"], ["rejected"]), 30,
                     "the task to run")
         assert node.states("task-web-1") == ["accepted", "preparing", "starting", "running"], node.reports
         cs = node.last("task-web-1")["ContainerStatus"]
@@ -174,12 +167,12 @@ def test_task_runs_serves_http_and_is_removed(hostns: Path, scratch_dir: Path, b
         assert "10.232.5.2" in hosts
 
         await node.executor.set_assignments(NODE, [{**t, "DesiredState": "shutdown"}])
-        await until(lambda: node.states("task-web-1")[-1:] == ["shutdown"], 15, "shutdown")
+        await wait_until(lambda: node.states("task-web-1")[-1:] == ["shutdown"], 15, "shutdown")
         assert node.runtime.state(cid).status == "exited"
         assert not Path(f"/proc/{cs['PID']}").exists()
 
         await node.executor.set_assignments(NODE, [{**t, "DesiredState": "remove"}])
-        await until(lambda: "task-web-1" not in node.executor.task_states(), 15, "removal")
+        await wait_until(lambda: "task-web-1" not in node.executor.task_states(), 15, "removal")
         assert node.runtime.list() == []
         assert not (node.runtime.root / cid).exists()
         assert not node.bridge.netns_path(cid).exists()
@@ -197,7 +190,7 @@ def test_missing_command_fails_and_bad_image_is_rejected(hostns: Path, scratch_d
         missing = task("task-missing", "10.232.5.3/24", ["/no/such/command"])
         bad = task("task-badimage", "10.232.5.4/24", ["true"], image="127.0.0.1:1/nosuch/image:latest")
         await node.executor.set_assignments(NODE, [missing, bad])
-        await until(lambda: node.states("task-missing")[-1:] == ["failed"]
+        await wait_until(lambda: node.states("task-missing")[-1:] == ["failed"]
                     and node.states("task-badimage")[-1:] == ["rejected"], 30, "failed and rejected")
         failed = node.last("task-missing")
         assert failed["Err"].startswith("starting container failed: ") and "/no/such/command" in failed["Err"], failed
@@ -206,12 +199,12 @@ def test_missing_command_fails_and_bad_image_is_rejected(hostns: Path, scratch_d
         assert rejected["Err"] and "127.0.0.1:1" in rejected["Err"], rejected
         assert "running" not in node.states("task-badimage")
         # the failed task's network is released right after the report; the rejected one never got one
-        await until(lambda: not node.bridge.netns_path(container_id_for("task-missing")).exists(), 5,
+        await wait_until(lambda: not node.bridge.netns_path(container_id_for("task-missing")).exists(), 5,
                     "the failed task's network to be released")
         assert not node.bridge.netns_path(container_id_for("task-badimage")).exists()
 
         await node.executor.set_assignments(NODE, [])  # both vanish: containers removed
-        await until(lambda: node.executor.task_states() == {}, 15, "removal")
+        await wait_until(lambda: node.executor.task_states() == {}, 15, "removal")
         assert node.runtime.list() == []
 
     run_node_test(hostns, scratch_dir, busybox_archive, cgroup_parent, body)
@@ -222,7 +215,7 @@ def test_recover_after_restart_keeps_container_running(hostns: Path, scratch_dir
     async def body(node: Node) -> None:
         t = task("task-recover", "10.232.5.5/24", ["httpd", "-f", "-p", "80", "-h", "/www"])
         await node.executor.set_assignments(NODE, [t])
-        await until(lambda: node.states("task-recover")[-1:] == ["running"], 30, "running")
+        await wait_until(lambda: node.states("task-recover")[-1:] == ["running"], 30, "running")
         pid = node.last("task-recover")["ContainerStatus"]["PID"]
         await node.executor.close()  # the daemon goes away; the container stays
 
@@ -230,7 +223,7 @@ def test_recover_after_restart_keeps_container_running(hostns: Path, scratch_dir
         ex2 = Executor(node.runtime, node.images, node.bridge, lambda tid, st: reports.append((tid, st)))
         node.executor = ex2  # teardown closes this one
         await ex2.recover()
-        await until(lambda: bool(reports), 10, "a report of the recovered task")
+        await wait_until(lambda: bool(reports), 10, "a report of the recovered task")
         assert reports[0][0] == "task-recover" and reports[0][1]["State"] == "running"
         assert reports[0][1]["ContainerStatus"]["PID"] == pid
         running = {**t, "Status": {"State": "running"}}
@@ -249,7 +242,7 @@ def test_ten_tasks_at_once(hostns: Path, scratch_dir: Path, busybox_archive: Pat
         tasks = [task(f"task-par-{i}", f"10.232.5.{20 + i}/24", ["httpd", "-f", "-p", "80", "-h", "/www"])
                  for i in range(n)]
         await node.executor.set_assignments(NODE, tasks)
-        await until(lambda: all(node.states(f"task-par-{i}")[-1:] == ["running"] for i in range(n)), 60,
+        await wait_until(lambda: all(node.states(f"task-par-{i}")[-1:] == ["running"] for i in range(n)), 60,
                     "all tasks running")
         # concurrency: some task reached 'preparing' after another one had already reached it but before
         # that one was running, i.e. the controllers interleave rather than run one after another
@@ -259,7 +252,7 @@ def test_ten_tasks_at_once(hostns: Path, scratch_dir: Path, busybox_archive: Pat
         bodies = await asyncio.gather(*(fetch(f"10.232.5.{20 + i}", "/cgi-bin/whoami") for i in range(n)))
         assert {b.strip() for b in bodies} == {container_id_for(f"task-par-{i}")[:12] for i in range(n)}
         await node.executor.set_assignments(NODE, [])
-        await until(lambda: node.executor.task_states() == {}, 60, "all tasks removed")
+        await wait_until(lambda: node.executor.task_states() == {}, 60, "all tasks removed")
         assert node.runtime.list() == []
         assert not any((node.bridge.exec_root / "netns").iterdir())
 
@@ -286,7 +279,7 @@ def test_container_spec_security_and_limit_fields_reach_the_container(
         t["Spec"]["RestartPolicy"] = {"Condition": "none"}
         cid = container_id_for("task-sec-1")
         await node.executor.set_assignments(NODE, [t])
-        await until(lambda: node.states("task-sec-1")[-1:] in (["complete"], ["failed"], ["rejected"]), 30,
+        await wait_until(lambda: node.states("task-sec-1")[-1:] in (["complete"], ["failed"], ["rejected"]), 30,
                     "the task to finish")
         assert node.states("task-sec-1")[-1] == "complete", node.reports
         out = "".join(r["log"] for r in node.runtime.read_logs(cid) if r["stream"] == "stdout")
@@ -298,7 +291,7 @@ def test_container_spec_security_and_limit_fields_reach_the_container(
             assert line + "\n" in out, (line, out)
 
         await node.executor.set_assignments(NODE, [])
-        await until(lambda: node.executor.task_states() == {}, 15, "removal")
+        await wait_until(lambda: node.executor.task_states() == {}, 15, "removal")
         assert node.runtime.list() == []
 
     run_node_test(hostns, scratch_dir, busybox_archive, cgroup_parent, body)

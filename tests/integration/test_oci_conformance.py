@@ -20,6 +20,7 @@ from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
 from shoal.base.util import new_container_id
 from tests.integration.conftest import TEST_REF, require_root
+from tests.waiting import wait_until_sync
 
 pytestmark = pytest.mark.root
 
@@ -162,12 +163,11 @@ async def test_shoal_oci_state_kill_delete(bundle_runtime: Runtime, scratch_dir:
     proc = subprocess.Popen([SHOAL_OCI, "--root", str(root), "run", "--pid-file", str(pid_file), "--bundle",
                              str(bundle), name], stdin=subprocess.DEVNULL)
     try:
-        import time
+        def started() -> bool:
+            assert proc.poll() is None, "shoal-oci run exited before it started the container"
+            return pid_file.exists() and bool(pid_file.read_text())
 
-        deadline = time.monotonic() + 20
-        while not (pid_file.exists() and pid_file.read_text()):
-            assert time.monotonic() < deadline and proc.poll() is None, "shoal-oci run did not start"
-            time.sleep(0.01)
+        wait_until_sync(started, 20, "shoal-oci run to start the container (its pid file)", interval=0.01)
         st = json.loads(subprocess.run([SHOAL_OCI, "--root", str(root), "state", name], check=True,
                                        capture_output=True, text=True).stdout)
         assert st["status"] == "running" and st["pid"] == int(pid_file.read_text())
@@ -212,12 +212,7 @@ async def test_create_then_start(bundle_runtime: Runtime, scratch_dir: Path, run
         assert status() == "created"
         assert out_path.read_text() == ""
         oci("start", name)
-        import time
-
-        deadline = time.monotonic() + 20
-        while status() != "stopped":
-            assert time.monotonic() < deadline, "container did not stop"
-            time.sleep(0.02)
+        wait_until_sync(lambda: status() == "stopped", 20, "the container to stop", interval=0.02)
         assert out_path.read_text() == "exec-happened\n"
     finally:
         oci("delete", "--force", name, check=False)

@@ -23,6 +23,7 @@ from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
 from shoal.base.util import new_container_id
 from tests.integration.conftest import TEST_REF, cleanup_runtime, require_root, scratch_runtime
+from tests.waiting import wait_until as wait_for
 
 pytestmark = pytest.mark.root
 
@@ -32,18 +33,6 @@ async def runtime(scratch_dir: Path, busybox_archive: Path) -> AsyncIterator[Run
     """A Runtime on a scratch root with the busybox image loaded, using shoal-oci."""
     async with scratch_runtime(scratch_dir, busybox_archive, "shoal-test") as rt:
         yield rt
-
-
-async def wait_for(cond, timeout: float, what: str, interval: float = 0.02):  # type: ignore[no-untyped-def]
-    """Poll ``cond()`` until truthy (returned) or fail after ``timeout`` seconds naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def run(rt: Runtime, cmd: list[str], timeout: float = 30, **kw: object) -> tuple[int, str, str, str]:

@@ -24,6 +24,7 @@ from agent_runtime.oci.cgroups import Cgroup
 from shoal.base.util import new_container_id
 from tests.integration.conftest import make_busybox_oci_archive, require_root
 from tests.ports import free_port
+from tests.waiting import wait_until_sync
 
 pytestmark = pytest.mark.root
 
@@ -45,15 +46,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=log, stderr=log)
     addr = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"http://{addr}/v2/", timeout=1).read()
-                break
-            except OSError as e:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"docker-registry did not come up: {(d / 'registry.log').read_text()}") from e
-                time.sleep(0.05)
+        def up() -> bool:
+            assert proc.poll() is None, f"docker-registry exited: {(d / 'registry.log').read_text()}"
+            urllib.request.urlopen(f"http://{addr}/v2/", timeout=1).read()
+            return True
+
+        wait_until_sync(up, 20, "docker-registry to come up", interval=0.05, retry=(OSError,),
+                        detail=lambda: (d / "registry.log").read_text())
         single = make_busybox_oci_archive(d / "single.tar")
         multi = make_busybox_oci_archive(d / "multi.tar", multi_arch=True)
         for src, tag, extra in ((single, "latest", []), (single, "v2s2", ["--format", "v2s2"]),

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from manager.dispatcher import Dispatcher, assignment_set, state_order
+from manager.dispatcher import Dispatcher, assignment_set
 from manager.server import make_node
 from manager.store import Store, WriteTx
+from shoal.base.taskstate import state_order
 from shoal.rpc import wire
 from tests.stores import open_store
 from tests.waiting import wait_until as wait_for

@@ -16,6 +16,7 @@ from manager.scheduler import Scheduler
 from manager.store import WriteTx
 from shoal.base.util import now_rfc3339
 from tests.stores import open_store
+from tests.waiting import wait_until
 
 NOW = 1_800_000_000.0
 
@@ -176,12 +177,11 @@ async def test_loops_converge_scale_and_remove(tmp_path: Path) -> None:
     runners.append(asyncio.create_task(worker_stand_in()))
 
     async def wait_for(pred: Any) -> list[dict[str, Any]]:
-        async with asyncio.timeout(10):
-            while True:
-                ts = store.view().list("tasks")
-                if pred(ts):
-                    return ts
-                await asyncio.sleep(0.01)
+        def matched() -> tuple[list[dict[str, Any]]] | None:
+            ts = store.view().list("tasks")
+            return (ts,) if pred(ts) else None  # a tuple: an empty task list may be what we wait for
+
+        return (await wait_until(matched, 10, "the tasks to reach the expected state"))[0]
 
     def live(ts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [t for t in ts if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]

@@ -25,6 +25,7 @@ from manager.store import Store, WriteTx
 from shoal.base.taskstate import STATE_ORDER
 from shoal.base.util import now_rfc3339
 from tests.stores import open_store
+from tests.waiting import wait_until
 
 T0 = 1_800_000_000.0
 Obj = dict[str, Any]
@@ -493,13 +494,11 @@ async def test_loops_roll_stop_first_on_a_real_store(tmp_path: Path) -> None:
     runners = [asyncio.create_task(lp.run()) for lp in loops]
 
     async def wait_for(pred: Any, timeout: float = 15) -> Any:
-        async with asyncio.timeout(timeout):
-            while True:
-                s = store.view().get("services", "s1")
-                ts = store.view().list("tasks")
-                if pred(s, ts):
-                    return s, ts
-                await asyncio.sleep(0.01)
+        def matched() -> tuple[Any, list[Obj]] | None:
+            s, ts = store.view().get("services", "s1"), store.view().list("tasks")
+            return (s, ts) if pred(s, ts) else None
+
+        return await wait_until(matched, timeout, "service s1 and its tasks to reach the expected state")
 
     def live(ts: list[Obj]) -> list[Obj]:
         return [t for t in ts if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]

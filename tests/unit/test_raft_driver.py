@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import pytest
@@ -21,6 +20,7 @@ from raft.replicated import ReplicatedLog
 from raft.snapshot import Snapshot
 from raft.wal import WAL, Entry, HardState, WALCorruptError
 from tests.ports import free_ports
+from tests.waiting import wait_until as wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,19 +83,6 @@ class Cluster:
     async def close(self) -> None:
         for m in self.live():
             await m.close()
-
-
-async def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = cond()
-        if asyncio.iscoroutine(r):
-            r = await r
-        if r:
-            return r
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

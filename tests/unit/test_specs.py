@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 
 from manager.specs import (
+    MAX_REPLICAS,
     SpecError,
+    parse_constraint,
     service_spec_with_defaults,
+    validate_name,
     validate_node_spec,
     validate_service_spec,
     validate_swarm_spec,
@@ -189,8 +192,6 @@ def test_swarm_spec_raft_section_is_checked(raft: dict[str, int], words: str) ->
 
 def test_replicas_are_capped_per_service() -> None:
     """Issue 7: a documented cap (MAX_REPLICAS = 100,000) instead of any uint64."""
-    from manager.specs import MAX_REPLICAS
-
     assert MAX_REPLICAS == 100_000
     ok = validate_service_spec(_spec(Mode={"Replicated": {"Replicas": MAX_REPLICAS}}))
     assert ok["Mode"]["Replicated"]["Replicas"] == MAX_REPLICAS
@@ -230,8 +231,6 @@ def test_hostile_names_and_constraints_are_refused_without_backtracking(field: s
 
 
 def test_names_and_constraints_still_parse_as_before() -> None:
-    from manager.specs import parse_constraint, validate_name
-
     for ok in ("a", "web", "web-1", "my_svc-2", "A1_b", "x" * 63):
         validate_name(ok)
     for bad in ("-a", "a-", "_a", "a_", "a b", "é", "a" * 64, "a!"):

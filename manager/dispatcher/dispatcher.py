@@ -16,7 +16,7 @@ SWARM-FACTS 1.3):
   the node object itself) changes, pushes the node its complete set, coalescing bursts of
   changes (``coalesce`` seconds, 30 ms by default). Changes that touch only ``Status``,
   ``Version`` or ``UpdatedAt`` of a task do not cause a push (as SK: ``TasksEqualStable``).
-- Pushes to one session go out one at a time (:class:`_Session` ``outbox``): while one is being
+- Pushes to one session go out one at a time (:class:`~manager.dispatcher.assignments.Session` ``outbox``): while one is being
   written, a newer assignment set or manager list replaces the one waiting, so a node that
   reads slowly (or not at all) costs at most one unsent message of each kind, never a queue
   (the connection's own write timeout closes it if it reads nothing).
@@ -35,17 +35,17 @@ import logging
 import random
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from manager.dispatcher.assignments import Session, assignment_set, fingerprint, manager_addr, send_outbox
+from manager.dispatcher.taskstatus import StatusBatch, apply_status_updates, parse_status_updates
 from manager.store import Store, StoreError, Unavailable, WriteTx
-from shoal.base.taskstate import STATE_ORDER, state_order
-from shoal.base.util import now_rfc3339
+from shoal.base.views import Node
 from shoal.rpc import wire
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("manager.dispatcher")
 
 DEFAULT_HEARTBEAT_PERIOD = 5.0  # seconds, SK: DefaultHeartBeatPeriod
 DEFAULT_GRACE_MULTIPLIER = 3  # SK: defaultGracePeriodMultiplier
@@ -54,67 +54,6 @@ MAX_BATCH_INTERVAL = 0.1  # seconds, SK: maxBatchInterval
 MAX_BATCH_ITEMS = 10000  # SK: maxBatchItems
 MAX_DESCRIPTION = 64 * 1024
 """Bytes (msgpack) a node's ``Description`` may take in the store."""
-
-TASK_STATES = STATE_ORDER
-TERMINAL_FROM = STATE_ORDER["complete"]
-
-
-def assignment_set(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return the tasks a node must know about, sorted by ID, from all tasks with its ``NodeID``.
-
-    A task is included once the scheduler has assigned it (``Status.State`` ≥ ``assigned``) and
-    until it is finished with nothing left to do: a task whose ``DesiredState`` is ``remove``
-    and whose state is terminal drops out, which tells the worker to remove its container.
-    Terminal tasks kept as history (desired ``shutdown``) stay in the set.
-    """
-    out = []
-    for t in tasks:
-        st = state_order((t.get("Status") or {}).get("State"))
-        if st < TASK_STATES["assigned"]:
-            continue
-        if state_order(t.get("DesiredState")) >= TASK_STATES["remove"] and st >= TERMINAL_FROM:
-            continue
-        out.append(t)
-    out.sort(key=lambda t: str(t.get("ID")))
-    return out
-
-
-_VOLATILE = ("Status", "Version", "UpdatedAt")
-
-
-def _manager_addr(node: dict[str, Any] | None) -> str | None:
-    """``ManagerStatus.Addr`` of ``node`` (None for a worker or no node)."""
-    a = ((node or {}).get("ManagerStatus") or {}).get("Addr")
-    return a if isinstance(a, str) else None
-
-
-def _fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]]) -> bytes:
-    """Bytes that change iff something the worker acts on changed (not status/version/timestamps)."""
-    n = {k: v for k, v in node.items() if k not in _VOLATILE + ("Description", "ManagerStatus")}
-    # a demoted manager acts when the leader has taken it out of Raft (ManagerStatus removed)
-    n["_raft_member"] = bool(node.get("ManagerStatus"))
-    # tasks entering or leaving the set change the list, so they push even if nothing else changed
-    ts = [{k: v for k, v in t.items() if k not in _VOLATILE} for t in tasks]
-    data: bytes = msgpack.packb([n, ts], use_bin_type=True)
-    return data
-
-
-@dataclass
-class _Session:
-    node_id: str
-    session_id: str
-    peer: wire.Peer | None
-    last_sent: bytes | None = None
-    outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Push type → the newest body not yet written (one per type: a newer one replaces it)."""
-    sender: asyncio.Task[None] | None = None
-
-
-@dataclass
-class _StatusBatch:
-    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (node_id, update)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
-
 
 class Dispatcher:
     """Sessions of worker agents with the manager (the manager side of ``session.*`` on 2377).
@@ -146,11 +85,11 @@ class Dispatcher:
         self.grace_multiplier = grace_multiplier
         self.batch_interval = batch_interval
         self.coalesce = coalesce
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, Session] = {}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._dirty: set[str] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._batch = _StatusBatch()
+        self._batch = StatusBatch()
         self._batch_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watch_task: asyncio.Task[None] | None = None
@@ -172,7 +111,7 @@ class Dispatcher:
         self._watch_task = asyncio.create_task(self._watch_loop(watch), name="dispatcher-watch")
         ttl = 2 * self.grace_multiplier * self.heartbeat_period
         for node in self.store.view().list("nodes"):
-            if (node.get("Status") or {}).get("State") != "down":
+            if Node(node).state != "down":
                 self._arm(node["ID"], ttl)
 
     async def stop(self) -> None:
@@ -233,7 +172,7 @@ class Dispatcher:
             node = tx.get("nodes", node_id)
             if node is None:
                 return
-            status = node.get("Status") or {}
+            status = Node(node).status
             if status.get("State") == "down":
                 return
             node["Status"] = {**status, "State": "down", "Message": "heartbeat failure"}
@@ -264,7 +203,7 @@ class Dispatcher:
             return await self.leave(node_id, body)
         raise LookupError(f"unknown request type {type!r}")
 
-    def _session(self, node_id: str, body: dict[str, Any]) -> _Session:
+    def _session(self, node_id: str, body: dict[str, Any]) -> Session:
         sid = body.get("session_id")
         s = self._sessions.get(node_id)
         if s is None or not isinstance(sid, str) or s.session_id != sid:
@@ -299,7 +238,7 @@ class Dispatcher:
                     f"node {node_id} is not part of this swarm (was it removed?); leave the swarm and join again"
                 )
             if description:
-                merged = {**(node.get("Description") or {}), **description}
+                merged = {**Node(node).description, **description}
                 size = len(msgpack.packb(merged, use_bin_type=True))
                 if size > MAX_DESCRIPTION:
                     raise ValueError(f"session.open: the node description takes {size} bytes, over the "
@@ -313,7 +252,7 @@ class Dispatcher:
         # register first, so the deadline of an old session cannot mark the node down meanwhile
         old = self._sessions.get(node_id)
         sid = secrets.token_hex(16)
-        s = _Session(node_id, sid, peer)
+        s = Session(node_id, sid, peer)
         self._sessions[node_id] = s
         period = self.period()
         self._arm(node_id, period * self.grace_multiplier)
@@ -337,7 +276,7 @@ class Dispatcher:
 
     def manager_addrs(self) -> list[str]:
         """Return the ``ip:port`` of every manager node in the store (``ManagerStatus.Addr``)."""
-        return sorted(a for n in self.store.view().list("nodes") if (a := _manager_addr(n)))
+        return sorted(a for n in self.store.view().list("nodes") if (a := manager_addr(n)))
 
     def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Record a heartbeat of ``node_id``'s session ``body["session_id"]``; return
@@ -363,7 +302,7 @@ class Dispatcher:
             node = tx.get("nodes", node_id)
             if node is None:
                 return
-            node["Status"] = {**(node.get("Status") or {}), "State": "down", "Message": "node left the swarm"}
+            node["Status"] = {**Node(node).status, "State": "down", "Message": "node left the swarm"}
             node.pop("Version", None)
             tx.update("nodes", node)
 
@@ -392,7 +331,7 @@ class Dispatcher:
                         if nid and nid in self._sessions:
                             self._mark_dirty(nid)
                 elif ev.table == "nodes":
-                    if _manager_addr(ev.obj) != _manager_addr(ev.old) or ev.action == "delete":
+                    if manager_addr(ev.obj) != manager_addr(ev.old) or ev.action == "delete":
                         self._announce_managers()
                     nid = ev.obj.get("ID")
                     if nid in self._sessions:
@@ -415,33 +354,16 @@ class Dispatcher:
         for s in list(self._sessions.values()):
             self._enqueue(s, "managers", {"managers": managers})
 
-    def _enqueue(self, s: _Session, type: str, body: dict[str, Any]) -> None:
+    def _enqueue(self, s: Session, type: str, body: dict[str, Any]) -> None:
         """Send push ``type`` to session ``s`` after what is being written to it now; an unsent
         one of the same type is replaced (both kinds of push carry the complete state)."""
         if s.peer is None or s.peer.closed:
             return
         s.outbox[type] = body
         if s.sender is None or s.sender.done():
-            s.sender = asyncio.create_task(self._send_outbox(s), name=f"dispatcher-push {s.node_id}")
+            s.sender = asyncio.create_task(send_outbox(s), name=f"dispatcher-push {s.node_id}")
             self._tasks.add(s.sender)
             s.sender.add_done_callback(self._tasks.discard)
-
-    async def _send_outbox(self, s: _Session) -> None:
-        while s.outbox:
-            peer = s.peer
-            if peer is None:
-                s.outbox.clear()
-                s.last_sent = None
-                return
-            type = next(iter(s.outbox))
-            body = s.outbox.pop(type)
-            try:
-                await peer.send(type, body)
-            except wire.WireError as e:
-                s.outbox.clear()
-                s.last_sent = None  # resend everything to the next connection
-                log.info("could not push %s to node %s: %s", type, s.node_id, e)
-                return
 
     def _mark_dirty(self, node_id: str) -> None:
         self._dirty.add(node_id)
@@ -461,7 +383,7 @@ class Dispatcher:
             if node is None:
                 continue
             tasks = assignment_set(view.find("tasks", lambda t, n=node_id: t.get("NodeID") == n))  # type: ignore[misc]
-            fp = _fingerprint(node, tasks)
+            fp = fingerprint(node, tasks)
             if fp == s.last_sent:
                 continue
             s.last_sent = fp
@@ -477,17 +399,7 @@ class Dispatcher:
         unknown session, ``StoreError`` if the store cannot commit.
         """
         self._session(node_id, body)
-        updates = body.get("updates")
-        if not isinstance(updates, list):
-            raise ValueError("session.status: updates must be a list of {TaskID, Status}")
-        clean: list[tuple[str, dict[str, Any]]] = []
-        for u in updates:
-            if not isinstance(u, dict) or not isinstance(u.get("TaskID"), str) or not isinstance(u.get("Status"), dict):
-                raise ValueError("session.status: each update must be {TaskID: str, Status: map}")
-            st = u["Status"].get("State")
-            if state_order(st) < 0:
-                raise ValueError(f"session.status: unknown task state {st!r} for task {u['TaskID']}")
-            clean.append((node_id, u))
+        clean = parse_status_updates(node_id, body)
         if not clean:
             return {}
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -507,31 +419,12 @@ class Dispatcher:
             await self._commit_batch()
 
     async def _commit_batch(self) -> None:
-        batch, self._batch = self._batch, _StatusBatch()
+        batch, self._batch = self._batch, StatusBatch()
         if not batch.items:
             return
 
         def fn(tx: WriteTx) -> int:
-            changed = 0
-            for node_id, u in batch.items:
-                task = tx.get("tasks", u["TaskID"])
-                if task is None or task.get("NodeID") != node_id:
-                    continue  # deleted meanwhile, or not this node's task: ignore
-                cur = task.get("Status") or {}
-                new = dict(u["Status"])
-                if state_order(new.get("State")) <= state_order(cur.get("State")):
-                    continue  # forward moves only
-                if state_order(cur.get("State")) >= TERMINAL_FROM:
-                    continue  # an ended task keeps its final state (a restarted agent may see it otherwise)
-                new.setdefault("Timestamp", now_rfc3339())
-                new.setdefault("Message", "")
-                if "ContainerStatus" not in new and "ContainerStatus" in cur:
-                    new["ContainerStatus"] = cur["ContainerStatus"]
-                task["Status"] = new
-                task.pop("Version", None)
-                tx.update("tasks", task)
-                changed += 1
-            return changed
+            return apply_status_updates(tx, batch.items)
 
         try:
             await self.store.update(fn)

@@ -1,0 +1,152 @@
+"""Validation and defaults of a ServiceSpec (and the TaskSpec defaults the orchestrator writes)."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from typing import Any, cast
+
+from manager.specs.common import (
+    MAX_REPLICAS,
+    NETWORKS_UNSUPPORTED,
+    SECOND,
+    SpecError,
+    _check_int_ranges,
+    _int,
+    _labels,
+    _obj,
+    _uint,
+    validate_name,
+)
+from manager.specs.container import validate_task_spec
+from manager.specs.schema import SERVICE_SPEC_SCHEMA, canonicalize_keys
+
+DEFAULT_RESTART_POLICY: dict[str, Any] = {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0, "Window": 0}
+DEFAULT_STOP_GRACE_PERIOD = 10 * SECOND
+DEFAULT_UPDATE_CONFIG: dict[str, Any] = {
+    "Parallelism": 1,
+    "Delay": 0,
+    "FailureAction": "pause",
+    "Monitor": 5 * SECOND,
+    "MaxFailureRatio": 0,
+    "Order": "stop-first",
+}
+DEFAULT_ROLLBACK_CONFIG: dict[str, Any] = dict(DEFAULT_UPDATE_CONFIG)
+
+_ADJ = ["admiring", "brave", "clever", "eager", "festive", "gallant", "happy", "jolly", "keen", "lucid",
+        "nifty", "quirky", "serene", "sharp", "tender", "vibrant", "wizardly", "zealous"]
+_NOUN = ["albattani", "bell", "curie", "darwin", "euclid", "fermi", "galileo", "hopper", "kepler",
+         "lovelace", "meitner", "noether", "pasteur", "ritchie", "shannon", "turing", "wozniak", "yalow"]
+
+
+def _random_name() -> str:
+    return f"{secrets.choice(_ADJ)}_{secrets.choice(_NOUN)}"
+
+
+def _validate_update_config(uc: Any, name: str, actions: tuple[str, ...]) -> None:
+    uc = _obj(uc, name)
+    if uc.get("Parallelism") is not None:
+        _uint(uc["Parallelism"], f"ServiceSpec.{name}.Parallelism")
+    for f in ("Delay", "Monitor"):
+        if uc.get(f) is not None and _int(uc[f], f"ServiceSpec.{name}.{f}") < 0:
+            raise SpecError(f"{name}: {f.lower()} cannot be negative")
+    fa = uc.get("FailureAction")
+    if fa not in (None, "", *actions):
+        raise SpecError(f"unrecognized {name}.FailureAction {fa!r} (use {', '.join(actions)})")
+    order = uc.get("Order")
+    if order not in (None, "", "stop-first", "start-first"):
+        raise SpecError(f"unrecognized {name}.Order {order!r} (use stop-first or start-first)")
+    ratio = uc.get("MaxFailureRatio")
+    if ratio is not None and (not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1):
+        raise SpecError(f"{name}: max failure ratio must be between 0 and 1")
+
+
+
+def validate_service_spec(spec: Any) -> dict[str, Any]:
+    """Validate a ServiceSpec and return a normalised deep copy: ``Name`` filled (a random
+    ``adjective_name`` like Docker's when empty), ``Mode`` defaulted to ``Replicated`` with
+    ``Replicas`` 1. Other defaults are not written into the stored spec (Docker keeps them
+    out too; see :func:`service_spec_with_defaults`). Raises :class:`SpecError`.
+    """
+    if not isinstance(spec, dict):
+        raise SpecError("service spec must be a JSON object")
+    spec = canonicalize_keys(spec, SERVICE_SPEC_SCHEMA)
+    _check_int_ranges(spec, "ServiceSpec")
+    if not spec.get("Name"):
+        spec["Name"] = _random_name()
+    validate_name(spec["Name"])
+    _labels(spec.get("Labels"), "ServiceSpec.Labels")
+    spec["TaskTemplate"] = validate_task_spec(spec.get("TaskTemplate"))
+    mode = spec.get("Mode")
+    if not mode:
+        spec["Mode"] = {"Replicated": {"Replicas": 1}}
+    else:
+        mode = _obj(mode, "Mode")
+        kinds = [k for k in ("Replicated", "Global", "ReplicatedJob", "GlobalJob") if k in mode]
+        if len(kinds) > 1:
+            raise SpecError("service mode must be exactly one of Replicated, Global, ReplicatedJob, GlobalJob")
+        if not kinds:
+            raise SpecError(f"unrecognized service mode {sorted(mode)!r}: use Replicated")
+        if kinds[0] != "Replicated":
+            raise SpecError(f"service mode {kinds[0]} is not supported by shoal yet: use Replicated")
+        rep = _obj(mode["Replicated"], "Mode.Replicated")
+        if rep.get("Replicas") is None:
+            rep["Replicas"] = 1
+        replicas = _uint(rep["Replicas"], "ServiceSpec.Mode.Replicated.Replicas")
+        if replicas > MAX_REPLICAS:
+            raise SpecError(f"Replicas {replicas} is over the limit of {MAX_REPLICAS} tasks per service: ask for "
+                            f"at most {MAX_REPLICAS}, or split the workload over several services")
+        mode["Replicated"] = rep
+    _validate_update_config(spec.get("UpdateConfig"), "UpdateConfig", ("continue", "pause", "rollback"))
+    _validate_update_config(spec.get("RollbackConfig"), "RollbackConfig", ("continue", "pause"))
+    ep = _obj(spec.get("EndpointSpec"), "EndpointSpec")
+    if ep.get("Mode") not in (None, "", "vip", "dnsrr"):
+        raise SpecError(f"invalid endpoint mode {ep.get('Mode')!r} (use vip or dnsrr)")
+    ports = ep.get("Ports")
+    if ports is not None and not isinstance(ports, list):
+        raise SpecError("json: cannot unmarshal into Go struct field EndpointSpec.Ports of type []swarm.PortConfig")
+    for p in ports or []:
+        p = _obj(p, "EndpointSpec.Ports[]")
+        if p.get("TargetPort") is not None:
+            t = _uint(p["TargetPort"], "PortConfig.TargetPort", "uint32")
+            if t > 65535:
+                raise SpecError(f"invalid target port {t}")
+    if ep.get("Ports"):
+        raise SpecError("EndpointSpec.Ports (published ports) are not supported by shoal yet: they need the "
+                        "routing mesh, which is not built; remove --publish and reach the service's tasks "
+                        "on their container addresses")
+    if spec.get("Networks"):
+        raise SpecError(NETWORKS_UNSUPPORTED)
+    return cast(dict[str, Any], spec)
+
+
+def task_spec_with_defaults(ts: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of TaskSpec ``ts`` with swarmkit's defaults filled in (RestartPolicy,
+    ContainerSpec.StopGracePeriod, Resources, Placement)."""
+    ts = copy.deepcopy(ts)
+    rp = dict(DEFAULT_RESTART_POLICY)
+    rp.update({k: v for k, v in (ts.get("RestartPolicy") or {}).items() if v is not None and v != ""})
+    ts["RestartPolicy"] = rp
+    cs = ts.setdefault("ContainerSpec", {})
+    if cs.get("StopGracePeriod") is None:
+        cs["StopGracePeriod"] = DEFAULT_STOP_GRACE_PERIOD
+    ts.setdefault("Resources", {"Limits": {}, "Reservations": {}})
+    ts.setdefault("Placement", {})
+    ts.setdefault("ForceUpdate", 0)
+    return ts
+
+
+def service_spec_with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of a validated ServiceSpec with swarmkit's defaults (for
+    ``GET /services/{id}?insertDefaults=true``)."""
+    spec = copy.deepcopy(spec)
+    spec["TaskTemplate"] = task_spec_with_defaults(spec.get("TaskTemplate") or {})
+    for key, default in (("UpdateConfig", DEFAULT_UPDATE_CONFIG), ("RollbackConfig", DEFAULT_ROLLBACK_CONFIG)):
+        merged = dict(default)
+        merged.update({k: v for k, v in (spec.get(key) or {}).items() if v is not None and v != ""})
+        spec[key] = merged
+    if not isinstance(spec.get("EndpointSpec"), dict):  # missing or null
+        spec["EndpointSpec"] = {"Mode": "vip"}
+    if not spec["EndpointSpec"].get("Mode"):
+        spec["EndpointSpec"]["Mode"] = "vip"
+    return spec
