@@ -244,16 +244,13 @@ async def open_session(certs: Path, addr: str) -> dict[str, Any]:
 
 
 async def eventually(call: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    """Retry ``await call()`` until it returns (every 50 ms); after ``timeout`` seconds raise
-    ``AssertionError`` naming ``what`` and the last error."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await call()
-        except (wire.WireError, OSError) as e:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}: {e}") from e
-        await asyncio.sleep(0.05)
+    """Retry ``await call()`` until it returns (every 50 ms; wire and socket errors are "not yet"),
+    with :func:`tests.waiting.wait_until`: after ``timeout`` seconds an ``AssertionError`` names
+    ``what`` and the last error."""
+    async def once() -> tuple[T]:
+        return (await call(),)  # a tuple: a falsy result is a result
+
+    return (await wait_until(once, timeout, what, interval=0.05, retry=(wire.WireError, OSError)))[0]
 
 
 # -- 1. three managers -------------------------------------------------------------------------
