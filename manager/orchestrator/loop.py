@@ -37,11 +37,14 @@ class Orchestrator:
         self.progress: dict[str, UpdateProgress] = {}
         self.passes = 0
 
+    def _budget(self) -> WriteBudget | None:
+        """The writes one pass may make: :attr:`max_writes` tasks and 3/4 of the transaction limit
+        (headroom for the service objects a pass may also write). None = unbounded."""
+        return WriteBudget(self.max_writes, MAX_TRANSACTION_BYTES * 3 // 4)
+
     def _pass(self, tx: WriteTx) -> Plan:
-        # headroom under the transaction limit for the service objects a pass may also write
-        budget = WriteBudget(self.max_writes, MAX_TRANSACTION_BYTES * 3 // 4)
         plan = reconcile(tx.list_shallow("services"), tx.list_shallow("tasks"), tx.list_shallow("nodes"),
-                         self.clock(), progress=self.progress, budget=budget)
+                         self.clock(), progress=self.progress, budget=self._budget())
         for t in plan.create:
             tx.create("tasks", t)
         for t in plan.update:

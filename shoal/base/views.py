@@ -55,10 +55,9 @@ def task_reservations(raw: Obj) -> Obj:
     return ((raw.get("Spec") or {}).get("Resources") or {}).get("Reservations") or {}
 
 
-class Task:
-    """A stored task (Docker ``Task``: ``ID``, ``ServiceID``, ``Slot``, ``NodeID``,
-    ``DesiredState``, ``Status{State, Timestamp, Message, Err, ContainerStatus}``, ``Spec``
-    (a ``TaskSpec``), ``SpecVersion{Index}``, ``CreatedAt``)."""
+class _View:
+    """What every view shares: the stored dict (``raw``, never copied: a view is only valid while
+    that dict is not changed) and the object's ``ID``."""
 
     __slots__ = ("raw",)
 
@@ -66,12 +65,20 @@ class Task:
         self.raw = raw
 
     def __repr__(self) -> str:
-        return f"Task({self.raw.get('ID')!r})"
+        return f"{type(self).__name__}({self.raw.get('ID')!r})"
 
     @property
     def id(self) -> str:
-        """``ID`` (raises ``KeyError`` when missing: every stored task has one)."""
+        """``ID`` (raises ``KeyError`` when missing: every stored object has one)."""
         return str(self.raw["ID"])
+
+
+class Task(_View):
+    """A stored task (Docker ``Task``: ``ID``, ``ServiceID``, ``Slot``, ``NodeID``,
+    ``DesiredState``, ``Status{State, Timestamp, Message, Err, ContainerStatus}``, ``Spec``
+    (a ``TaskSpec``), ``SpecVersion{Index}``, ``CreatedAt``)."""
+
+    __slots__ = ()
 
     @property
     def service_id(self) -> str:
@@ -176,23 +183,12 @@ class Task:
         return ((self.raw.get("Spec") or {}).get("Placement") or {}).get("Constraints") or []
 
 
-class Service:
+class Service(_View):
     """A stored service (Docker ``Service``: ``ID``, ``Version{Index}``, ``Spec`` (a
     ``ServiceSpec``: ``Name``, ``Mode``, ``TaskTemplate``, ``UpdateConfig`` …), ``PreviousSpec``,
     ``UpdateStatus``)."""
 
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: Obj) -> None:
-        self.raw = raw
-
-    def __repr__(self) -> str:
-        return f"Service({self.raw.get('ID')!r})"
-
-    @property
-    def id(self) -> str:
-        """``ID`` (raises ``KeyError`` when missing)."""
-        return str(self.raw["ID"])
+    __slots__ = ()
 
     @property
     def spec(self) -> Obj:
@@ -250,23 +246,12 @@ class Service:
         return self.raw.get("PreviousSpec")
 
 
-class Node:
+class Node(_View):
     """A stored node (Docker ``Node``: ``ID``, ``Spec{Role, Availability, Labels, Name}``,
     ``Status{State, Message, Addr}``, ``Description{Hostname, Platform{OS, Architecture},
     Resources{NanoCPUs, MemoryBytes}, Engine{Labels}}``, ``ManagerStatus{Addr, …}``)."""
 
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: Obj) -> None:
-        self.raw = raw
-
-    def __repr__(self) -> str:
-        return f"Node({self.raw.get('ID')!r})"
-
-    @property
-    def id(self) -> str:
-        """``ID`` (raises ``KeyError`` when missing)."""
-        return str(self.raw["ID"])
+    __slots__ = ()
 
     @property
     def spec(self) -> Obj:

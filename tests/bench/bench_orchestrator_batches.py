@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from manager.orchestrator import Orchestrator, Plan, reconcile  # noqa: E402
+from manager.orchestrator import Orchestrator, Plan, WriteBudget  # noqa: E402
 from manager.reaper import TaskReaper  # noqa: E402
 from manager.scheduler import Scheduler  # noqa: E402
 from manager.store import WriteTx  # noqa: E402
@@ -40,16 +40,8 @@ from tests.stores import open_log, store_on  # noqa: E402
 class UnbatchedOrchestrator(Orchestrator):
     """The orchestrator as it was before issue 7: one pass writes everything it decides."""
 
-    def _pass(self, tx: WriteTx) -> Plan:
-        plan = reconcile(tx.list("services"), tx.list("tasks"), tx.list("nodes"), self.clock(),
-                         progress=self.progress)
-        for t in plan.create:
-            tx.create("tasks", t)
-        for t in plan.update:
-            tx.update("tasks", t)
-        for s in plan.services:
-            tx.update("services", s)
-        return plan
+    def _budget(self) -> WriteBudget | None:
+        return None
 
 
 def p99(values: list[float]) -> float:
