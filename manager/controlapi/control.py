@@ -69,11 +69,11 @@ PRECHECKS: dict[str, Callable[[Any, dict[str, Any]], None]] = {
     "services.create": _precheck_spec(validate_service_spec),
     "services.update": _precheck_service_update,
 }
-"""What a follower checks before it sends a call to the leader: the spec, validated as the leader
-will (the same :class:`InvalidArgument`), so a hostile body (integers msgpack cannot carry, arrays
-over :data:`shoal.rpc.wire.MANAGER_LIMITS`) is a 400 from the follower, not a failed forward. The
-follower resolves no object (its store may lag the leader's): a bad spec for a service that does
-not exist is a 400 from a follower where the leader answers 404."""
+"""What a follower checks when a call cannot reach the leader because of its body: the spec,
+validated as the leader would (the same :class:`InvalidArgument`), so a hostile body (integers
+msgpack cannot carry, arrays over :data:`shoal.rpc.wire.MANAGER_LIMITS`) is a 400 naming what is
+wrong, not a failed forward. Otherwise the leader validates: a follower without a leader answers
+503 (no quorum) for any write, as a follower that forwarded an HTTP request did before."""
 
 LEADERSHIP_MOVED = UNAVAILABLE + "leadership moved while the request was forwarded; retry"
 
@@ -124,16 +124,28 @@ class Control:
         if self._is_leader():
             return await self.local(name, args)
         check_args(name, args)
+        message = {"call": name, "args": args}
+        try:
+            wire.encode_frame(message)
+        except wire.WireError as e:  # integers msgpack cannot carry, a body over the frame limit
+            self._precheck(name, args)
+            raise InvalidArgument(f"{name}: the request cannot be sent to the leader: {e}") from e
+        try:
+            reply = await self.ctx.leader_link.request(MESSAGE, message, timeout=CALL_TIMEOUT)
+        except StoreUnavailable as e:
+            raise unavailable(str(e)) from e
+        except wire.WireError as e:  # e.g. the leader refused a frame over its limits
+            self._precheck(name, args)
+            raise Unavailable(f"{UNAVAILABLE}forwarding to the leader failed: {e}") from e
+        return decode_reply(reply)
+
+    def _precheck(self, name: str, args: dict[str, Any]) -> None:
+        """Validate the spec of a call that could not reach the leader, as the leader would
+        (:data:`PRECHECKS`): a hostile body is a 400 naming what is wrong, not a failed forward.
+        Raises :class:`InvalidArgument`."""
         pre = PRECHECKS.get(name)
         if pre is not None:
             pre(self.ctx, args)
-        try:
-            reply = await self.ctx.leader_link.request(MESSAGE, {"call": name, "args": args}, timeout=CALL_TIMEOUT)
-        except StoreUnavailable as e:
-            raise unavailable(str(e)) from e
-        except wire.WireError as e:
-            raise Unavailable(f"{UNAVAILABLE}forwarding to the leader failed: {e}") from e
-        return decode_reply(reply)
 
     async def handle(self, peer: wire.Peer, node_id: str, role: str, body: dict[str, Any]) -> dict[str, Any]:
         """The 2377 handler of ``control.call`` ``{"call", "args"}`` from another manager: the

@@ -657,10 +657,14 @@ async def test_a_write_through_a_followers_api_reaches_the_leader_as_a_control_c
                 "is a member of the raft cluster. It must be demoted to worker before removal")
             assert [c["call"] for c in calls] == ["services.create", "services.update", "nodes.remove"]
 
-            # a spec the leader would refuse is refused by the follower with the same message
+            # a spec the leader refuses: its InvalidArgument comes back as the follower's 400
             r = await client.post("/services/create", json={"Name": "x", "TaskTemplate": {"ContainerSpec": {}}})
             assert r.status == 400 and "InvalidArgument" in (await r.json())["message"]
-            assert len(calls) == 3
+            assert len(calls) == 4
+            # a body msgpack cannot carry never leaves the follower: its spec is checked there (400)
+            r = await client.post("/services/create", json=dict(SPEC, Mode={"Replicated": {"Replicas": 2**70}}))
+            assert r.status == 400 and "InvalidArgument" in (await r.json())["message"], await r.text()
+            assert len(calls) == 4
 
             r = await client.delete(f"/services/{sid}")
             assert r.status == 200
