@@ -114,6 +114,9 @@ async def test_paths_docker_lacks_stay_page_not_found(
     for path in ("/frobnicate", "/v1.41/frobnicate", "/containers", "/v1.41/container/json",
                  "/secrets/a/b", "/exec/abc", "/v1.41/system/frobnicate"):
         await expect(await client.get(path), 404, "page not found")
+    # a method a path does not take is "page not found" too, as Docker's router answers (not 405)
+    for method, path in (("GET", "/containers/a/b"), ("PUT", "/services"), ("DELETE", "/v1.41/info")):
+        await expect(await client.request(method, path), 404, "page not found")
 
 
 async def test_served_routes_are_not_shadowed(

@@ -65,8 +65,12 @@ def build_app(daemon: Daemon) -> web.Application:
         try:
             resp = await handler(request)
         except web.HTTPException as e:
+            if e.status in (404, 405):
+                # Docker's router answers a path it lacks, and a method a path does not take,
+                # with 404 "page not found" (moby's NotFoundHandler and MethodNotAllowedHandler)
+                return api_error(404, "page not found")
             if e.status >= 400 and e.content_type != "application/json":
-                return api_error(e.status, e.reason if e.status != 404 else "page not found")
+                return api_error(e.status, e.reason)
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             raise
