@@ -115,7 +115,7 @@ async def test_paths_docker_lacks_stay_page_not_found(
                  "/secrets/a/b", "/exec/abc", "/v1.41/system/frobnicate"):
         await expect(await client.get(path), 404, "page not found")
     # a method a path does not take is "page not found" too, as Docker's router answers (not 405)
-    for method, path in (("GET", "/containers/a/b"), ("PUT", "/services"), ("DELETE", "/v1.41/info")):
+    for method, path in (("GET", "/containers/a/b"), ("PUT", "/_ping"), ("DELETE", "/v1.41/info")):
         await expect(await client.request(method, path), 404, "page not found")
 
 
