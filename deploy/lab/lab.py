@@ -233,6 +233,7 @@ def ensure_image() -> None:
         build_busybox.build()
     else:
         log(f"lab: the busybox image is built ({layout})")
+    log(f"lab: pushing {IMAGE}")
     run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{IMAGE}"],
         timeout=300)
 
@@ -336,7 +337,6 @@ def up(n: int, runtime: str = "shoal", heartbeat_period: float | None = None,
     log(f"lab: registry on {REGISTRY} (storage {REGISTRY_DIR / 'data'}, log {LOGS / 'registry.log'})")
     state.registry_pid = start_registry()
     state.save()
-    log(f"lab: pushing {IMAGE}")
     ensure_image()
     if daemons:
         if not shoald_path().exists():

@@ -251,10 +251,17 @@ def validate_task_spec(ts: Any) -> dict[str, Any]:
     if not _REFERENCE_RE.match(image):
         raise SpecError(f"ContainerSpec: {image!r} is not a valid repository/tag")
     for f in ("Command", "Args", "Env"):
-        _str_list(cs.get(f), f"ContainerSpec.{f}")
+        for i, v in enumerate(_str_list(cs.get(f), f"ContainerSpec.{f}")):
+            if "\x00" in v:
+                raise SpecError(f"ContainerSpec.{f}[{i}] contains a NUL byte, which no program can be "
+                                "given (execve): remove it")
     for f in ("Dir", "User", "Hostname", "StopSignal"):
         if cs.get(f) is not None and not isinstance(cs[f], str):
             raise SpecError(f"json: cannot unmarshal into Go struct field ContainerSpec.{f} of type string")
+        text = cs.get(f) or ""
+        if "\x00" in text or (f != "Dir" and any(ord(c) < 0x20 or c == "\x7f" for c in text)):
+            raise SpecError(f"ContainerSpec.{f} {text[:64]!r} contains a control character (NUL, newline …): "
+                            f"give a {f.lower()} without one")
     if cs.get("StopGracePeriod") is not None and _int(cs["StopGracePeriod"], "ContainerSpec.StopGracePeriod") < 0:
         raise SpecError("ContainerSpec: stop grace period cannot be negative")
     _labels(cs.get("Labels"), "ContainerSpec.Labels")

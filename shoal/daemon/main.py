@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from shoal import __version__
 from shoal.base.logopts import LogOptError, parse_flags
@@ -90,11 +91,27 @@ async def serve(args: argparse.Namespace) -> None:
     sock_path.unlink(missing_ok=True)
 
 
+class ClientErrorLogFilter(logging.Filter):
+    """Turns aiohttp's "Error handling request" tracebacks for a client's fault (a request line or
+    header over 8190 bytes, a bad Content-Length or chunk, an unknown method, a client that hung up
+    mid-body) into one INFO line naming the error: they are the client's mistakes, answered with a
+    400, not the daemon's bugs. Any other error keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (HttpProcessingError, ConnectionResetError)):
+            record.msg, record.args = "refused a bad request from a client: %s: %s", (type(exc).__name__, str(exc)[:200])
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def main(argv: list[str] | None = None) -> None:
     """``shoald`` entry point."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(ClientErrorLogFilter())
     try:
         import uvloop
 

@@ -214,8 +214,8 @@ async def swarm_leave(daemon: Daemon, force: bool) -> None:
         if len(voters) <= 1:
             msg += "Removing the last manager erases all current state of the swarm. "
         else:
-            reachable = len(daemon.manager.log.reachable() & voters)
-            msg += (f"Removing this node leaves {reachable - 1} managers out of {len(voters) - 1}. "
+            reachable = _reachable_managers(daemon.manager)
+            msg += (f"Removing this node leaves {reachable - 1} managers out of {len(voters)}. "
                     "Without a Raft quorum your swarm will be inaccessible. The only way to restore "
                     "a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. "
                     "Demote it first (`shoal node demote`) to leave cleanly. ")
@@ -240,3 +240,14 @@ def route_source_addr(dest: str) -> str | None:
             return str(s.getsockname()[0])
     except OSError:
         return None
+
+
+def _reachable_managers(manager: Manager) -> int:
+    """How many managers are reachable now, as ``node ls`` shows them (``ManagerStatus``: live
+    on the leader; a follower hears only from its leader and keeps the leader's record for the
+    others). Docker words ``swarm leave`` on a manager with it: "leaves N-1 managers out of M"."""
+    reachable = 0
+    for node_id in manager.manager_statuses():
+        ms = manager.manager_status(node_id)
+        reachable += ms is not None and ms.get("Reachability") == "reachable"
+    return reachable

@@ -209,6 +209,20 @@ async def test_nodes(env: tuple[TestClient[web.Request, web.Application], Manage
     assert len(await (await client.get('/nodes?filters={"role":["worker"]}')).json()) == 1
 
 
+async def test_versions_are_uint64_as_docker_parses_them(
+        env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble]) -> None:
+    """``?version=`` is strconv.ParseUint's: a sign, a space or over 64 bits is a 400 naming it,
+    never the 500 "update out of sequence" of a stale version (leader and follower alike)."""
+    client, _ = env
+    for v, why in (("-1", "invalid syntax"), ("-0", "invalid syntax"), ("1e3", "invalid syntax"),
+                   (" 1", "invalid syntax"), ("18446744073709551616", "value out of range"),
+                   ("9" * 400, "value out of range")):
+        for path in ("/services/web/update", "/nodes/h2/update", "/swarm/update"):
+            r = await client.post(path, params={"version": v}, json={})
+            assert r.status == 400, (path, v, await r.text())
+            assert why in (await r.json())["message"]
+
+
 async def test_node_ls_shows_manager_status_as_raft_has_it_now(
         env: tuple[TestClient[web.Request, web.Application], ManagerTestDouble]) -> None:
     """MANAGER STATUS is read from the Raft facade when the nodes are read, not from the store's
@@ -275,6 +289,9 @@ async def test_tasks_filters_and_logs(env: tuple[TestClient[web.Request, web.App
         raw = await r.read()
         assert raw == struct.pack(">BxxxI", 1, 6) + b"hello\n"
         assert (await client.get(f"/tasks/{t0['ID']}/logs")).status == 400  # no stream chosen
+        # a tail over 64 bits is "all" (it must fit the wire to a follower's leader), not a 500
+        r = await client.get(f"/tasks/{t0['ID']}/logs?stdout=1&tail=18446744073709551616")
+        assert r.status == 200 and mgr.log_calls[-1][1] == -1
 
         # follow: lines that appear later are streamed until the service is removed
         monkeypatch.setattr(logs_module, "LOG_FOLLOW_POLL", 0.02)

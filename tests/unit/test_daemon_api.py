@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.test_utils import TestClient, TestServer
 
+from shoal.base.util import is_rfc3339
 from shoal.daemon.daemon import Daemon
 from shoal.daemon.http.app import build_app
-from shoal.daemon.main import parse_args
+from shoal.daemon.main import ClientErrorLogFilter, parse_args
 
 
 @pytest.fixture
@@ -67,5 +70,33 @@ async def test_images_and_networks(client: TestClient[Any, Any]) -> None:
     await expect_error(await client.post("/images/create"), 400, "fromImage")
     nets = await (await client.get("/networks")).json()
     assert [n["Name"] for n in nets] == ["bridge"]
+    assert is_rfc3339(nets[0]["Created"]), nets[0]  # `docker network ls` parses it
     assert (await (await client.get("/networks/bridge")).json())["Driver"] == "bridge"
     await expect_error(await client.get("/networks/foo"), 404, "network foo not found")
+
+
+async def test_api_versions_outside_what_shoal_serves_are_refused_as_docker_does(
+        client: TestClient[Any, Any]) -> None:
+    assert (await client.get("/v1.24/_ping")).status == 200
+    assert (await client.get("/v1.41/_ping")).status == 200
+    for path in ("/v1.99/info", "/v9999999999999999999999/services", "/v2/info"):
+        await expect_error(await client.get(path), 400, "is too new. Maximum supported API version is 1.41")
+    for path in ("/v0/info", "/v1.5/info", "/v1.23/version"):
+        await expect_error(await client.get(path), 400, "is too old. Minimum supported API version is 1.24")
+    await expect_error(await client.get("/vfoo/info"), 404, "page not found")
+
+
+def test_a_clients_bad_http_is_one_log_line_not_a_traceback() -> None:
+    """aiohttp logs a malformed request (a 10 KB URL, a bad Content-Length) with a traceback;
+    shoald's filter makes it one INFO line; a real error keeps its traceback."""
+    f = ClientErrorLogFilter()
+    for exc in (LineTooLong(b"/v1.41/nodes/aaaa", "8190"), BadHttpMessage("Invalid character in Content-Length"),
+                ConnectionResetError("Connection lost")):
+        rec = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", (),
+                                (type(exc), exc, None))
+        assert f.filter(rec) and rec.exc_info is None and rec.levelno == logging.INFO
+        assert type(exc).__name__ in rec.getMessage()
+    bug = RuntimeError("a bug")
+    rec = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", (),
+                            (RuntimeError, bug, None))
+    assert f.filter(rec) and rec.exc_info is not None and rec.levelno == logging.ERROR

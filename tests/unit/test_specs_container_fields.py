@@ -55,6 +55,13 @@ def test_supported_fields_are_accepted() -> None:
     ({"Privileges": {"Seccomp": {"Mode": "unconfined"}}}, "Privileges.Seccomp profiles are not supported"),
     ({"Privileges": {"AppArmor": {"Mode": "disabled"}}}, "Privileges.AppArmor profiles are not supported"),
     ({"Isolation": "hyperv"}, "invalid Isolation 'hyperv'"),
+    ({"Args": ["ok", "a\x00b"]}, "ContainerSpec.Args\\[1\\] contains a NUL byte"),
+    ({"Env": ["A=\x00"]}, "ContainerSpec.Env\\[0\\] contains a NUL byte"),
+    ({"Command": ["/bin/sh\x00"]}, "ContainerSpec.Command\\[0\\] contains a NUL byte"),
+    ({"Dir": "/tmp\x00x"}, "ContainerSpec.Dir .* contains a control character"),
+    ({"User": "ro\x00ot"}, "ContainerSpec.User .* contains a control character"),
+    ({"User": "root\n2026-12-05 07:00:00,000 forged log line"}, "ContainerSpec.User .* contains a control"),
+    ({"Hostname": "h\x00"}, "ContainerSpec.Hostname .* contains a control character"),
 ])
 def test_unsupported_or_bad_values_are_400(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):

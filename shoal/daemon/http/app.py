@@ -17,7 +17,7 @@ from manager.controlapi.errors import ControlError, unavailable
 from manager.store import Unavailable
 from shoal import __version__
 from shoal.base.boundedjson import MAX_JSON_BYTES
-from shoal.daemon.daemon import API_VERSION, CONSISTENCY_HEADER, Daemon, log
+from shoal.daemon.daemon import API_VERSION, CONSISTENCY_HEADER, MIN_API_VERSION, Daemon, log
 from shoal.daemon.errors import NOT_IN_SWARM, WORKER_NOT_MANAGER, SwarmStateError
 from shoal.daemon.http import images, networks, nodes, services, swarm, system, tasks, unsupported
 from shoal.daemon.http.errors import api_error, render
@@ -30,6 +30,30 @@ def _strip_version(path: str) -> str:
         if head[1:].replace(".", "").isdigit():
             return "/" + rest
     return path
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    """``"1.41"`` → ``(1, 41)``; an empty component counts as 0 (Docker's versions.compare)."""
+    return tuple(int(p) if p.isdigit() else 0 for p in text[:64].split("."))
+
+
+def _version_problem(path: str) -> str | None:
+    """Why the API version in ``path``'s ``/v{version}`` prefix is refused (Docker's version
+    middleware: 400 when older than :data:`MIN_API_VERSION` or newer than :data:`API_VERSION`),
+    None when it is served or there is no prefix."""
+    if not path.startswith("/v") or "/" not in path[1:]:
+        return None
+    head = path[2:].split("/", 1)[0]
+    if not head or head.strip("0123456789.") or not head.replace(".", ""):
+        return None  # not a version prefix: the path is matched as it is
+    v = _version_tuple(head)
+    shown = head if len(head) <= 64 else head[:64] + "…"
+    if v < _version_tuple(MIN_API_VERSION):
+        return (f"client version {shown} is too old. Minimum supported API version is {MIN_API_VERSION}, "
+                "please upgrade your client to a newer version")
+    if v > _version_tuple(API_VERSION):
+        return f"client version {shown} is too new. Maximum supported API version is {API_VERSION}"
+    return None
 
 
 SWARM_PREFIXES = ("/swarm", "/nodes", "/services", "/tasks")
@@ -53,6 +77,9 @@ def build_app(daemon: Daemon) -> web.Application:
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
+        problem = _version_problem(request.path)
+        if problem is not None:
+            return api_error(400, problem)
         path = _strip_version(request.path)
         if path.startswith(SWARM_PREFIXES) and not path.startswith(LOCAL_SWARM_PATHS):
             if not daemon.state.in_swarm:

@@ -50,15 +50,18 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
 
 
 def query_version(request: web.Request) -> int:
-    """The required ``version`` query parameter (an object's ``Version.Index``). Raises
-    :class:`HttpError` 400 ``invalid Version: …``."""
+    """The required ``version`` query parameter (an object's ``Version.Index``): a uint64 in
+    decimal, as Docker parses it (``strconv.ParseUint``: no sign, no spaces). Raises
+    :class:`HttpError` 400 ``invalid Version: …`` naming what was wrong."""
     v = request.query.get("version")
     if v is None or v == "":
         raise HttpError(400, "invalid Version: version parameter is required")
-    try:
-        return int(v)
-    except ValueError:
-        raise HttpError(400, f"invalid Version: strconv.ParseUint: parsing {v!r}: invalid syntax") from None
+    if not v.isascii() or not v.isdigit():
+        raise HttpError(400, f"invalid Version: strconv.ParseUint: parsing {v[:64]!r}: invalid syntax")
+    n = int(v[:32])
+    if n >= 1 << 64 or len(v) > 32:
+        raise HttpError(400, f"invalid Version: strconv.ParseUint: parsing {v[:64]!r}: value out of range")
+    return n
 
 
 def parse_filters(raw: str | None) -> dict[str, list[str]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shoal.base.util import now_rfc3339
 from shoal.daemon.http.common import route
 from shoal.daemon.http.errors import api_error
 
@@ -20,17 +21,19 @@ _BRIDGE_NETWORK: dict[str, Any] = {
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the network routes."""
+    """Register the network routes. The bridge's ``Created`` is when the routes were made (the
+    daemon's start), in RFC 3339: the docker CLI parses it (an empty string breaks ``network ls``)."""
+    bridge = dict(_BRIDGE_NETWORK, Created=now_rfc3339())
 
     @route(app, "GET", "/networks")
     async def networks(request: web.Request) -> web.Response:
-        return web.json_response([_BRIDGE_NETWORK])
+        return web.json_response([bridge])
 
     @route(app, "GET", "/networks/{id}")
     async def network_inspect(request: web.Request) -> web.Response:
         name = request.match_info["id"]
-        if name in (_BRIDGE_NETWORK["Name"], _BRIDGE_NETWORK["Id"]):
-            return web.json_response(_BRIDGE_NETWORK)
+        if name in (bridge["Name"], bridge["Id"]):
+            return web.json_response(bridge)
         return api_error(404, f"network {name} not found")
 
     @route(app, "POST", "/networks/create")
