@@ -5,7 +5,9 @@ views, writes run in a transaction function, the transaction's changes become on
 entry, and objects get ``Version.Index`` = the index of the entry that last wrote them.
 
 Objects are plain dicts in the Docker Engine API's JSON shape; every object has a string
-``ID``. Tables: ``nodes``, ``services``, ``tasks``, ``cluster``.
+``ID``. Tables: ``nodes``, ``services``, ``tasks``, ``cluster``, ``networks`` (swarm overlay
+networks, docs/contracts.md "The stored Network"). ``services`` and ``networks`` have unique
+names (``Spec.Name``, case-insensitively).
 
 Log entry payload (msgpack): ``{"ts": rfc3339, "ops": [[action, table, obj | id], ...]}``
 with ``action`` in ``create|update|delete`` (``delete`` carries the ID). The timestamp travels
@@ -37,7 +39,7 @@ __all__ = ["Store", "ReadTx", "WriteTx", "Watch", "Event", "StoreError", "Confli
 
 log = logging.getLogger(__name__)
 
-TABLES = ("nodes", "services", "tasks", "cluster")
+TABLES = ("nodes", "services", "tasks", "cluster", "networks")
 DEFAULT_SNAPSHOT_INTERVAL = 10000  # entries between state-machine snapshots (swarmkit's SnapshotInterval)
 MAX_TRANSACTION_BYTES = 1_572_864
 """The size (bytes of the msgpack log entry) a loop that writes many objects keeps each
@@ -45,6 +47,10 @@ transaction under: swarmkit's ``MaxTransactionBytes`` (1.5 MiB, SK: manager/stat
 memory.go), so a Raft entry is cheap to replicate and to apply. The orchestrator batches to it;
 :meth:`Store.update` does not refuse larger transactions (the dispatcher's status batches and a
 service spec near the API's 4 MiB body limit can be larger)."""
+
+NAMED_TABLES = frozenset({"services", "networks"})
+"""The tables whose objects have a unique ``Spec.Name`` (swarmkit indexes services' and networks'
+names)."""
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -78,8 +84,9 @@ def _check_table(table: str) -> None:
 
 
 def _name_of(table: str, obj: Obj) -> str | None:
-    """The unique name of ``obj`` (services: ``Spec.Name``) or None for tables without one."""
-    if table == "services":
+    """The unique name of ``obj`` (services and networks: ``Spec.Name``) or None for tables
+    without one."""
+    if table in NAMED_TABLES:
         spec = obj.get("Spec") or {}
         name = spec.get("Name")
         return name if isinstance(name, str) and name else None
@@ -187,7 +194,7 @@ class ReadTx:
         return [_copy(o) for o in self._raw_items(table) if pred(o)]
 
     def find_by_name(self, table: str, name: str) -> Obj | None:
-        """A service by ``Spec.Name`` (the only table with unique names), or None. Names
+        """A service or network (:data:`NAMED_TABLES`) by ``Spec.Name``, or None. Names
         match case-insensitively (as swarmkit's name index); an exact match wins."""
         folded = None
         for o in self._raw_items(table):
@@ -240,7 +247,7 @@ class WriteTx(ReadTx):
 
     def create(self, table: str, obj: Obj) -> None:
         """Add ``obj`` (must have a string ``ID``). Raises :class:`Conflict` if the ID exists or
-        (services) ``Spec.Name`` is taken."""
+        (services, networks) ``Spec.Name`` is taken."""
         _check_table(table)
         id = obj.get("ID")
         if not isinstance(id, str) or not id:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from manager.controlapi import cluster, nodes, services
+from manager.controlapi import cluster, networks, nodes, services
 from manager.controlapi.common import spec
 from manager.controlapi.errors import (
     BY_NAME,
@@ -46,6 +46,8 @@ CALLS: dict[str, tuple[Callable[..., Awaitable[Any]], dict[str, type]]] = {
     "services.create": (services.create, {"spec_body": ANY}),
     "services.update": (services.update, {"ref": str, "version": int, "spec_body": ANY, "rollback": bool}),
     "services.remove": (services.remove, {"ref": str}),
+    "networks.create": (networks.create, {"spec_body": ANY}),
+    "networks.remove": (networks.remove, {"ref": str}),
 }
 """The writes: name → (``async fn(ctx, **args)``, ``{argument: type}``). Every argument is a
 keyword; those not given take the function's default."""
@@ -58,6 +60,10 @@ def _precheck_spec(validate: Callable[[Any], dict[str, Any]]) -> Callable[[Any, 
     return check
 
 
+def _precheck_network_create(ctx: Any, args: dict[str, Any]) -> None:
+    networks.validate_create_request(args.get("spec_body"))
+
+
 def _precheck_service_update(ctx: Any, args: dict[str, Any]) -> None:
     if not args.get("rollback"):
         spec(validate_service_spec, args.get("spec_body"))
@@ -68,6 +74,7 @@ PRECHECKS: dict[str, Callable[[Any, dict[str, Any]], None]] = {
     "nodes.update": _precheck_spec(validate_node_spec),
     "services.create": _precheck_spec(validate_service_spec),
     "services.update": _precheck_service_update,
+    "networks.create": _precheck_network_create,
 }
 """What a follower checks when a call cannot reach the leader because of its body: the spec,
 validated as the leader would (the same :class:`InvalidArgument`), so a hostile body (integers

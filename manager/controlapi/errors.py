@@ -37,6 +37,13 @@ class FailedPrecondition(ControlError):
     status = 400
 
 
+class PermissionDenied(ControlError):
+    """What swarmkit refuses with PermissionDenied and Docker answers 403: a pre-defined network
+    name, the ``com.docker.swarm.internal`` label. HTTP 403."""
+
+    status = 403
+
+
 class NotFound(ControlError):
     """No object with that ID, name or ID prefix. HTTP 404."""
 
@@ -77,7 +84,7 @@ class NoQuorum(Unavailable):
 
 
 BY_NAME: dict[str, type[ControlError]] = {c.__name__: c for c in (
-    ControlError, InvalidArgument, FailedPrecondition, NotFound, Conflict, Unknown, Unimplemented,
+    ControlError, InvalidArgument, FailedPrecondition, PermissionDenied, NotFound, Conflict, Unknown, Unimplemented,
     Unavailable, NoQuorum)}
 """Error classes by name, for errors that come back from the leader."""
 

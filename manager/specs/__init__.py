@@ -30,6 +30,7 @@ from manager.specs.common import (
 from manager.specs.container import parse_constraint, validate_task_spec
 from manager.specs.schema import (
     MAP,
+    NETWORK_CREATE_SCHEMA,
     NODE_SPEC_SCHEMA,
     SERVICE_SPEC_SCHEMA,
     SWARM_SPEC_SCHEMA,
@@ -61,6 +62,7 @@ __all__ = [
     "SERVICE_SPEC_SCHEMA",
     "NODE_SPEC_SCHEMA",
     "SWARM_SPEC_SCHEMA",
+    "NETWORK_CREATE_SCHEMA",
     "MAP",
     "SECOND",
     "MAX_REPLICAS",

@@ -79,6 +79,14 @@ SWARM_SPEC_SCHEMA: dict[str, _Schema] = {
     "EncryptionConfig": {"AutoLockManagers": None},
     "TaskDefaults": {"LogDriver": _DRIVER},
 }
+NETWORK_CREATE_SCHEMA: dict[str, _Schema] = {
+    "Name": None, "CheckDuplicate": None, "Driver": None, "Scope": None, "EnableIPv4": None,
+    "EnableIPv6": None, "Internal": None, "Attachable": None, "Ingress": None, "ConfigOnly": None,
+    "ConfigFrom": {"Network": None}, "Options": MAP, "Labels": MAP,
+    "IPAM": {"Driver": None, "Options": MAP,
+             "Config": _List({"Subnet": None, "IPRange": None, "Gateway": None, "AuxiliaryAddresses": MAP})},
+}
+"""The struct fields of Docker's ``NetworkCreateRequest`` (MOBY: api/types/network ``CreateRequest``)."""
 
 
 def canonicalize_keys(value: Any, schema: _Schema) -> Any:
