@@ -31,18 +31,28 @@ class SpecError(ValueError):
 
 
 
+def json_type(v: Any) -> str:
+    """The JSON type of a decoded value as Go's decoder names it in its errors (``string``,
+    ``number``, ``bool``, ``array``, ``object``, ``null``), never a Python class name."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object", type(None): "null"}.get(type(v), "value")
+
+
 def _obj(v: Any, what: str) -> dict[str, Any]:
     if v is None:
         return {}
     if not isinstance(v, dict):
-        raise SpecError(f"{what} must be a JSON object, got {type(v).__name__}")
+        raise SpecError(f"{what} must be a JSON object, got {json_type(v)}")
     return v
 
 
 def _uint(v: Any, field: str, go_type: str = "uint64") -> int:
     """Check an unsigned integer field, with the error Go's JSON decoder gives Docker."""
     if isinstance(v, bool) or not isinstance(v, int):
-        raise SpecError(f"json: cannot unmarshal {type(v).__name__} into Go struct field {field} of type {go_type}")
+        raise SpecError(f"json: cannot unmarshal {json_type(v)} into Go struct field {field} of type {go_type}")
     limit = {"uint64": 2**64 - 1, "uint32": 2**32 - 1}.get(go_type, 2**64 - 1)
     if v < 0 or v > limit:
         raise SpecError(f"json: cannot unmarshal number {v} into Go struct field {field} of type {go_type}")
@@ -51,7 +61,7 @@ def _uint(v: Any, field: str, go_type: str = "uint64") -> int:
 
 def _int(v: Any, field: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise SpecError(f"json: cannot unmarshal {type(v).__name__} into Go struct field {field} of type int64")
+        raise SpecError(f"json: cannot unmarshal {json_type(v)} into Go struct field {field} of type int64")
     if not INT64_MIN <= v <= INT64_MAX:
         raise SpecError(f"json: cannot unmarshal number {v} into Go struct field {field} of type int64")
     return v
@@ -79,7 +89,7 @@ def _str_list(v: Any, field: str) -> list[str]:
     if v is None:
         return []
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise SpecError(f"json: cannot unmarshal {type(v).__name__} into Go struct field {field} of type []string")
+        raise SpecError(f"json: cannot unmarshal {json_type(v)} into Go struct field {field} of type []string")
     return v
 
 
@@ -87,7 +97,8 @@ def _labels(v: Any, field: str) -> None:
     if v is None:
         return
     if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
-        raise SpecError(f"json: cannot unmarshal into Go struct field {field} of type map[string]string")
+        what = json_type(v) if not isinstance(v, dict) else "object with a non-string value"
+        raise SpecError(f"json: cannot unmarshal {what} into Go struct field {field} of type map[string]string")
 
 
 def validate_name(name: Any) -> None:

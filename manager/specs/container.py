@@ -36,7 +36,8 @@ def parse_constraint(expr: str) -> tuple[str, str, str]:
     m = _CONSTRAINT_OP_RE.search(expr)
     key = expr[:m.start()].strip() if m else ""
     value = expr[m.end():].strip() if m else ""
-    if m is None or not _CONSTRAINT_KEY_RE.fullmatch(key) or "\n" in value:
+    if (m is None or not _CONSTRAINT_KEY_RE.fullmatch(key) or "\n" in value
+            or value.startswith("=") or "==" in value or "!=" in value):
         raise SpecError("constraint expected one operator from ==, !=")
     op = m.group()
     if not value:

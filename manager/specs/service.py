@@ -16,6 +16,7 @@ from manager.specs.common import (
     _labels,
     _obj,
     _uint,
+    json_type,
     validate_name,
 )
 from manager.specs.container import validate_task_spec
@@ -55,9 +56,12 @@ def _validate_update_config(uc: Any, name: str, actions: tuple[str, ...]) -> Non
         raise SpecError(f"unrecognized {name}.FailureAction {fa!r} (use {', '.join(actions)})")
     order = uc.get("Order")
     if order not in (None, "", "stop-first", "start-first"):
-        raise SpecError(f"unrecognized {name}.Order {order!r} (use stop-first or start-first)")
+        raise SpecError(f"unrecognized {name}.Order {str(order)[:64]!r} (use stop-first or start-first)")
     ratio = uc.get("MaxFailureRatio")
-    if ratio is not None and (not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1):
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))):
+        raise SpecError(f"json: cannot unmarshal {json_type(ratio)} into Go struct field "
+                        f"{name}.MaxFailureRatio of type float32")
+    if ratio is not None and not 0 <= ratio <= 1:
         raise SpecError(f"{name}: max failure ratio must be between 0 and 1")
 
 

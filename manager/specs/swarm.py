@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any, cast
 
-from manager.specs.common import SECOND, SpecError, _check_int_ranges, _int, _labels, _obj
+from manager.specs.common import SECOND, SpecError, _check_int_ranges, _int, _labels, _obj, json_type
 from manager.specs.schema import NODE_SPEC_SCHEMA, SWARM_SPEC_SCHEMA, canonicalize_keys
 
 
@@ -55,7 +55,7 @@ def validate_swarm_spec(spec: Any) -> dict[str, Any]:
         if v is not None:
             out[k] = copy.deepcopy(v)
     if not isinstance(out.get("Name"), str):
-        raise SpecError(f"json: cannot unmarshal {type(out.get('Name')).__name__} into Go struct field "
+        raise SpecError(f"json: cannot unmarshal {json_type(out.get('Name'))} into Go struct field "
                         "SwarmSpec.Name of type string")
     for section in ("TaskDefaults", "EncryptionConfig"):
         _obj(out.get(section), section)

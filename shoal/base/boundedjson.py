@@ -23,6 +23,7 @@ import binascii
 import json
 import math
 import re
+import sys
 from typing import Any
 
 __all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "InvalidJSON", "loads", "decode_registry_auth"]
@@ -86,11 +87,17 @@ def loads(raw: bytes | str, what: str = "", max_bytes: int = MAX_JSON_BYTES,
     if len(data) > max_bytes:
         raise InvalidJSON(what, f"{len(data)} bytes is over the limit of {max_bytes} bytes "
                                 f"({max_bytes / 1048576:g} MiB)", too_large=True)
+    if data.startswith(b"\xef\xbb\xbf"):  # Go's decoder has no byte-order mark either
+        raise InvalidJSON(what, "invalid character 'ï' looking for beginning of value (a UTF-8 byte-order "
+                                "mark: send the JSON without it)")
     try:
         value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
         raise InvalidJSON(what, f"nesting too deep (over {max_depth} levels of arrays and objects)") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, digit limit, the hooks above
+        if "int_max_str_digits" in str(e) or "integer string conversion" in str(e):
+            raise InvalidJSON(what, f"a number has more than {sys.get_int_max_str_digits()} digits, "
+                                    "more than any field can hold") from None
         raise InvalidJSON(what, str(e)) from None
     # a cheap upper bound first: a document with few brackets cannot nest deeply
     if isinstance(value, (dict, list)) and data.count(b"[") + data.count(b"{") > max_depth \
@@ -123,5 +130,6 @@ def decode_registry_auth(header: str | None) -> dict[str, Any]:
         raise InvalidJSON(what, f"not base64url: {e}") from None
     value = loads(raw, what, max_bytes=MAX_REGISTRY_AUTH_BYTES, max_depth=4)
     if not isinstance(value, dict):
-        raise InvalidJSON(what, f"expected a JSON object, got {type(value).__name__}")
+        raise InvalidJSON(what, "expected a JSON object, got " + {bool: "bool", int: "number", float: "number",
+                                  str: "string", list: "array", type(None): "null"}.get(type(value), "value"))
     return value

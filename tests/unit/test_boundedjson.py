@@ -47,7 +47,8 @@ def test_many_shallow_brackets_are_fine() -> None:
     (b"[-Infinity]", "-Infinity is not valid JSON"),
     (b"[1e400]", "out of range for a 64-bit float"),
     (b'["\\udc00"]', "unpaired UTF-16 surrogate"),
-    (b"[" + b"7" * 5000 + b"]", "digits"),
+    (b"[" + b"7" * 5000 + b"]", "a number has more than 4300 digits"),
+    (b"\xef\xbb\xbf{}", "byte-order mark"),
 ])
 def test_malformed_input_is_invalid_json(raw: bytes, words: str) -> None:
     with pytest.raises(InvalidJSON) as e:
