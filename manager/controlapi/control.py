@@ -106,7 +106,7 @@ def check_args(name: Any, args: Any) -> tuple[Callable[..., Awaitable[Any]], dic
 class Control:
     """Runs control API writes for the manager ``ctx`` (:class:`manager.manager.Manager`, or
     anything with :class:`manager.controlapi.common.Context`'s attributes; ``is_leader`` and
-    ``leader_link`` (:class:`manager.manager.LeaderLink`) when there may be other managers: a
+    ``leader_link`` (:class:`manager.leaderlink.LeaderLink`) when there may be other managers: a
     context without ``is_leader`` is a single manager, always the leader)."""
 
     def __init__(self, ctx: Any) -> None:
