@@ -21,7 +21,8 @@ The pure rules live here too, so they are unit-tested without root:
 - :func:`parse_options`: a network's driver options; ``encrypted`` is refused
   (:class:`EncryptionUnsupported`) because this kernel has neither ESP (xfrm) nor WireGuard.
 
-This module imports only the standard library (``overlaynet`` knows no cluster, docs/architecture.md).
+This module imports only the standard library and :mod:`shoal.base.netaddr` (``overlaynet`` knows no
+cluster, docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from shoal.base.netaddr import mac_from_ip as _base_mac_from_ip
 
 __all__ = [
     "DEFAULT_DATA_PATH_PORT", "ENCRYPTED_OPTION", "MTU_OPTION", "MAX_VNI", "MIN_MTU", "VXLAN_OVERHEAD",
@@ -115,16 +118,15 @@ def overlay_mtu(underlay_mtu: int, mtu_option: int | None = None) -> int:
 def mac_from_ip(ip: str) -> str:
     """The MAC of the container with IPv4 address ``ip``: ``02:42:`` + its 4 bytes in hex, lowercase.
 
-    ``"10.55.0.2"`` → ``"02:42:0a:37:00:02"`` (libnetwork ``netutils.GenerateMACFromIP``).
-    Raises :class:`DriverError` for anything but an IPv4 address (a ``/prefix`` is accepted and ignored).
+    ``"10.55.0.2"`` → ``"02:42:0a:37:00:02"`` (libnetwork ``netutils.GenerateMACFromIP``). The rule
+    is :func:`shoal.base.netaddr.mac_from_ip`, shared with the manager (its peer lists); this
+    wrapper raises :class:`DriverError` instead of ``ValueError`` for anything but an IPv4 address
+    (a ``/prefix`` is accepted and ignored).
     """
     try:
-        addr = ipaddress.ip_interface(ip).ip
+        return _base_mac_from_ip(ip)
     except ValueError as e:
-        raise DriverError(f"bad IP address {ip!r}: {e}") from e
-    if addr.version != 4:
-        raise DriverError(f"only IPv4 overlay addresses are supported, got {ip!r}")
-    return "02:42:" + ":".join(f"{b:02x}" for b in addr.packed)
+        raise DriverError(str(e)) from e
 
 
 @dataclass(frozen=True, order=True)

@@ -1,24 +1,35 @@
-"""What the dispatcher pushes to a node: its assignment set, the fingerprint that tells whether
+"""What the dispatcher pushes to a node: its assignment set, the overlay networks its tasks use
+with their peers (:class:`TaskIndex`, :func:`node_networks`), the fingerprint that tells whether
 the node must hear of a change, and the per-session outbox that writes pushes one at a time."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from shoal.base.taskstate import ASSIGNED, COMPLETE, REMOVE, state_order
+from shoal.base.netaddr import ip_of, mac_from_ip
+from shoal.base.taskstate import ASSIGNED, COMPLETE, REMOVE, RUNNING, state_order
 from shoal.base.views import Node, Task
 from shoal.rpc import wire
 
-__all__ = ["assignment_set", "manager_addr", "fingerprint", "Session", "send_outbox"]
+__all__ = ["OVERLAY", "PEER_DESIRED", "Session", "TaskIndex", "assignment_set", "attachments", "fingerprint",
+           "manager_addr", "node_networks", "peer_keys", "send_outbox", "vtep"]
 
 log = logging.getLogger("manager.dispatcher")
 
 _VOLATILE = ("Status", "Version", "UpdatedAt")
+
+OVERLAY = "overlay"
+"""``DriverState.Name`` of the networks whose peers a node is sent."""
+
+PEER_DESIRED = frozenset({"ready", "running"})
+"""The ``DesiredState`` values of a task that is a peer (with ``Status.State`` assigned..running)."""
 
 
 def assignment_set(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,15 +58,138 @@ def manager_addr(node: dict[str, Any] | None) -> str | None:
     return None if node is None else Node(node).manager_addr
 
 
-def fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]]) -> bytes:
-    """Bytes that change iff something the worker acts on changed (not status/version/timestamps)."""
+def fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]],
+                networks: Mapping[str, Mapping[str, Any]] | None = None) -> bytes:
+    """Bytes that change iff something the worker acts on changed (not status/version/timestamps):
+    the node, its assignment set and ``networks`` (:func:`node_networks`: a network's spec, driver
+    state or IPAM, a peer appearing, leaving or moving; not a network's ``Version``/``UpdatedAt``)."""
     n = {k: v for k, v in node.items() if k not in _VOLATILE + ("Description", "ManagerStatus")}
     # a demoted manager acts when the leader has taken it out of Raft (ManagerStatus removed)
     n["_raft_member"] = bool(node.get("ManagerStatus"))
     # tasks entering or leaving the set change the list, so they push even if nothing else changed
     ts = [{k: v for k, v in t.items() if k not in _VOLATILE} for t in tasks]
-    data: bytes = msgpack.packb([n, ts], use_bin_type=True)
+    nets = [[nid, {k: v for k, v in _map(e.get("Network")).items() if k not in _VOLATILE}, e.get("Peers")]
+            for nid, e in sorted((networks or {}).items())]
+    data: bytes = msgpack.packb([n, ts, nets], use_bin_type=True)
     return data
+
+
+# -- overlay networks and their peers ----------------------------------------------------------
+
+def _map(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def attachments(task: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``[(network ID, "a.b.c.d/len"), …]`` of ``task``'s ``NetworksAttachments``
+    (``[{"Network": {"ID", …}, "Addresses": ["10.0.1.5/24"]}]``): one per attachment with a
+    network ID, its first address ("" when it has none). Malformed entries are skipped."""
+    out = []
+    raw = task.get("NetworksAttachments")
+    for a in raw if isinstance(raw, list) else ():
+        a = _map(a)
+        nid = _map(a.get("Network")).get("ID")
+        if not isinstance(nid, str) or not nid:
+            continue
+        addrs = a.get("Addresses")
+        first = addrs[0] if isinstance(addrs, list) and addrs and isinstance(addrs[0], str) else ""
+        out.append((nid, first))
+    return out
+
+
+def _is_peer(task: Mapping[str, Any]) -> bool:
+    """A task whose container is (or is about to be) on its networks: ``Status.State`` between
+    ``assigned`` and ``running`` and ``DesiredState`` in :data:`PEER_DESIRED`."""
+    st = state_order(_map(task.get("Status")).get("State"))
+    return ASSIGNED <= st <= RUNNING and task.get("DesiredState") in PEER_DESIRED
+
+
+def peer_keys(task: Mapping[str, Any] | None) -> set[tuple[str, str, str]]:
+    """``{(network ID, node ID, address)}`` that ``task`` (None: none) adds to peer lists: empty
+    unless it is a peer (:func:`_is_peer`) with a ``NodeID``. The dispatcher compares a task's
+    keys before and after a change to tell which networks' users must be told."""
+    if not task or not _is_peer(task):
+        return set()
+    node_id = task.get("NodeID")
+    if not isinstance(node_id, str) or not node_id:
+        return set()
+    return {(nid, node_id, addr) for nid, addr in attachments(task) if addr}
+
+
+def vtep(node: Mapping[str, Any] | None) -> str | None:
+    """The data path address of ``node`` (``Status.Addr``), or None when the node is missing,
+    ``down`` or has no address: its tasks are then nobody's peers."""
+    status = _map((node or {}).get("Status"))
+    addr = status.get("Addr")
+    if status.get("State") == "down" or not isinstance(addr, str) or not addr:
+        return None
+    return addr
+
+
+class TaskIndex:
+    """The tasks table indexed once per dispatcher pass (``tasks``: all tasks, kept as given and
+    only read, e.g. :meth:`manager.store.ReadTx.list_shallow`):
+
+    - ``by_node``: node ID → that node's tasks (the input of :func:`assignment_set`);
+    - ``peers``: network ID → ``[(node ID, "a.b.c.d/len")]`` of the tasks that are peers on it
+      (:func:`peer_keys`).
+
+    Building it costs one pass over all tasks (O(T)); a node's peer list is then
+    O(peers of its networks) rather than a scan of all tasks per node and network.
+    """
+
+    def __init__(self, tasks: Iterable[dict[str, Any]]) -> None:
+        self.by_node: dict[str, list[dict[str, Any]]] = {}
+        self.peers: dict[str, list[tuple[str, str]]] = {}
+        for t in tasks:
+            node_id = t.get("NodeID")
+            if isinstance(node_id, str) and node_id:
+                self.by_node.setdefault(node_id, []).append(t)
+            for nid, nd, addr in peer_keys(t):
+                self.peers.setdefault(nid, []).append((nd, addr))
+
+
+def node_networks(node_id: str, tasks: list[dict[str, Any]], index: TaskIndex,
+                  network: Callable[[str], dict[str, Any] | None],
+                  node_vtep: Callable[[str], str | None]) -> dict[str, dict[str, Any]]:
+    """The ``networks`` part of node ``node_id``'s assignments::
+
+        {network_id: {"Network": <stored network>,
+                      "Peers": [{"IP": "10.0.1.7", "MAC": "02:42:0a:00:01:07", "VTEP": "10.99.0.12"}, …]}}
+
+    for every overlay network (stored, ``DriverState.Name`` ``overlay``) that a task of ``tasks``
+    (the node's assignment set) is attached to while not terminal (``Status.State`` <
+    ``complete``). Peers: the tasks of ``index.peers`` on *other* nodes, with the IP without its
+    prefix, the MAC :func:`~shoal.base.netaddr.mac_from_ip` of it and the VTEP ``node_vtep(node)``
+    (tasks of nodes for which it is None, and addresses that are not IPv4, are left out), sorted
+    by IP. ``network(id)``: the stored network or None; ``{}`` when no task uses an overlay network.
+    """
+    used: set[str] = set()
+    for t in tasks:
+        if state_order(_map(t.get("Status")).get("State")) < COMPLETE:
+            used.update(nid for nid, _ in attachments(t))
+    out: dict[str, dict[str, Any]] = {}
+    for nid in sorted(used):
+        net = network(nid)
+        if net is None or _map(net.get("DriverState")).get("Name") != OVERLAY:
+            continue
+        peers: dict[tuple[str, str, str], dict[str, str]] = {}
+        for other, addr in index.peers.get(nid, ()):
+            if other == node_id:
+                continue
+            v = node_vtep(other)
+            if v is None:
+                continue
+            try:
+                ip, mac = ip_of(addr), mac_from_ip(addr)
+            except ValueError:
+                log.warning("network %s: task on node %s has a bad address %r; left out of the peers",
+                            nid, other, addr)
+                continue
+            peers[(ip, mac, v)] = {"IP": ip, "MAC": mac, "VTEP": v}
+        ordered = sorted(peers.items(), key=lambda kv: (ipaddress.ip_address(kv[0][0]), kv[0][2]))
+        out[nid] = {"Network": net, "Peers": [p for _, p in ordered]}
+    return out
 
 
 @dataclass

@@ -16,6 +16,16 @@ SWARM-FACTS 1.3):
   the node object itself) changes, pushes the node its complete set, coalescing bursts of
   changes (``coalesce`` seconds, 30 ms by default). Changes that touch only ``Status``,
   ``Version`` or ``UpdatedAt`` of a task do not cause a push (as SK: ``TasksEqualStable``).
+- Overlay networks (issue 9): the push also carries ``networks``, each overlay network the node's
+  non-terminal tasks are attached to with its peers, the tasks of *other* nodes on it
+  (:func:`~manager.dispatcher.assignments.node_networks`). A peer appearing, leaving or moving
+  (a task of another node reaching ``assigned``, passing ``running``, changing its desired state
+  or address; its node going down or changing ``Status.Addr``; a network object changing) pushes
+  to every connected node that uses the network, within the same coalescing. Cost: the sessions
+  using each network are kept (``_net_users``, refreshed at each push) so a task change marks only
+  the users of the networks its peer entries changed on; a node's ``Status`` change or a network
+  change marks every node using a network (both are rare). Each flush indexes all tasks once
+  (:class:`~manager.dispatcher.assignments.TaskIndex`, O(T)) however many nodes are dirty.
 - Pushes to one session go out one at a time (:class:`~manager.dispatcher.assignments.Session` ``outbox``): while one is being
   written, a newer assignment set or manager list replaces the one waiting, so a node that
   reads slowly (or not at all) costs at most one unsent message of each kind, never a queue
@@ -39,7 +49,17 @@ from typing import Any
 
 import msgpack
 
-from manager.dispatcher.assignments import Session, assignment_set, fingerprint, manager_addr, send_outbox
+from manager.dispatcher.assignments import (
+    Session,
+    TaskIndex,
+    assignment_set,
+    fingerprint,
+    manager_addr,
+    node_networks,
+    peer_keys,
+    send_outbox,
+    vtep,
+)
 from manager.dispatcher.taskstatus import StatusBatch, apply_status_updates, parse_status_updates
 from manager.store import Store, StoreError, Unavailable, WriteTx
 from shoal.base.views import Node
@@ -88,6 +108,10 @@ class Dispatcher:
         self._sessions: dict[str, Session] = {}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._dirty: set[str] = set()
+        self._net_users: dict[str, set[str]] = {}
+        """Network ID → IDs of the nodes whose last push listed it (may name gone sessions)."""
+        self._node_nets: dict[str, set[str]] = {}
+        """Node ID → the network IDs its last push listed (the inverse of ``_net_users``)."""
         self._flush_handle: asyncio.TimerHandle | None = None
         self._batch = StatusBatch()
         self._batch_task: asyncio.Task[None] | None = None
@@ -107,7 +131,7 @@ class Dispatcher:
         if self._running:
             return
         self._running = True
-        watch = self.store.watch(["nodes", "tasks"])
+        watch = self.store.watch(["nodes", "tasks", "networks"])
         self._watch_task = asyncio.create_task(self._watch_loop(watch), name="dispatcher-watch")
         ttl = 2 * self.grace_multiplier * self.heartbeat_period
         for node in self.store.view().list("nodes"):
@@ -330,10 +354,23 @@ class Dispatcher:
                         nid = (t or {}).get("NodeID")
                         if nid and nid in self._sessions:
                             self._mark_dirty(nid)
+                    # only a change of the task's peer entries concerns the other nodes
+                    new = set() if ev.action == "delete" else peer_keys(ev.obj)
+                    for net_id in {k[0] for k in new ^ peer_keys(ev.old)}:
+                        self._mark_net_users(net_id)
+                elif ev.table == "networks":
+                    # rare; a network just created may be used by tasks no push has listed it for
+                    for nid in self._sessions:
+                        self._mark_dirty(nid)
                 elif ev.table == "nodes":
+                    new_vtep = None if ev.action == "delete" else vtep(ev.obj)
+                    if new_vtep != vtep(ev.old):  # its tasks joined or left peer lists, or moved
+                        self._mark_net_users(None)
                     if manager_addr(ev.obj) != manager_addr(ev.old) or ev.action == "delete":
                         self._announce_managers()
                     nid = ev.obj.get("ID")
+                    if ev.action == "delete" and isinstance(nid, str):
+                        self._set_node_nets(nid, set())
                     if nid in self._sessions:
                         self._mark_dirty(nid)
                         if ev.action == "delete":
@@ -365,6 +402,27 @@ class Dispatcher:
             self._tasks.add(s.sender)
             s.sender.add_done_callback(self._tasks.discard)
 
+    def _mark_net_users(self, net_id: str | None) -> None:
+        """Mark dirty the nodes with a session whose last push listed network ``net_id`` (None:
+        listed any network)."""
+        users = self._node_nets if net_id is None else self._net_users.get(net_id, ())
+        for nid in users:
+            if nid in self._sessions:
+                self._mark_dirty(nid)
+
+    def _set_node_nets(self, node_id: str, net_ids: set[str]) -> None:
+        """Record that node ``node_id``'s last push listed networks ``net_ids``."""
+        for net_id in self._node_nets.pop(node_id, set()) - net_ids:
+            users = self._net_users.get(net_id)
+            if users is not None:
+                users.discard(node_id)
+                if not users:
+                    del self._net_users[net_id]
+        if net_ids:
+            self._node_nets[node_id] = net_ids
+            for net_id in net_ids:
+                self._net_users.setdefault(net_id, set()).add(node_id)
+
     def _mark_dirty(self, node_id: str) -> None:
         self._dirty.add(node_id)
         if self._flush_handle is None:
@@ -375,6 +433,20 @@ class Dispatcher:
         self._flush_handle = None
         dirty, self._dirty = self._dirty, set()
         view = self.store.view()
+        index: TaskIndex | None = None
+        networks: dict[str, dict[str, Any] | None] = {}
+        vteps: dict[str, str | None] = {}
+
+        def network(net_id: str) -> dict[str, Any] | None:
+            if net_id not in networks:
+                networks[net_id] = view.get("networks", net_id)
+            return networks[net_id]
+
+        def node_vtep(node_id: str) -> str | None:
+            if node_id not in vteps:
+                vteps[node_id] = vtep(view.get("nodes", node_id))
+            return vteps[node_id]
+
         for node_id in dirty:
             s = self._sessions.get(node_id)
             if s is None or s.peer is None or s.peer.closed:
@@ -382,12 +454,18 @@ class Dispatcher:
             node = view.get("nodes", node_id)
             if node is None:
                 continue
-            tasks = assignment_set(view.find("tasks", lambda t, n=node_id: t.get("NodeID") == n))  # type: ignore[misc]
-            fp = fingerprint(node, tasks)
+            if index is None:  # one pass over the tasks for every node of this flush
+                index = TaskIndex(view.list_shallow("tasks"))
+            # deep copies of the node's tasks: the push may wait in the outbox while the store changes
+            tasks = [c for t in assignment_set(index.by_node.get(node_id, []))
+                     if (c := view.get("tasks", t["ID"])) is not None]
+            nets = node_networks(node_id, tasks, index, network, node_vtep)
+            self._set_node_nets(node_id, set(nets))
+            fp = fingerprint(node, tasks, nets)
             if fp == s.last_sent:
                 continue
             s.last_sent = fp
-            self._enqueue(s, "assignments", {"node": node, "tasks": tasks})
+            self._enqueue(s, "assignments", {"node": node, "tasks": tasks, "networks": nets})
 
     # -- status updates ---------------------------------------------------------------------
 
