@@ -9,7 +9,9 @@ capped at the last heartbeat period, so a node reconnects within its grace after
 The executor interface the agent uses (docs/contracts.md, worker/):
 
 - ``await executor.set_assignments(node: dict, tasks: list[dict])`` (a plain function is also
-  accepted): the complete set of this node's tasks, every time it changes;
+  accepted): the complete set of this node's tasks, every time it changes; with
+  ``networks={network_id: {"Network", "Peers"}}`` as a keyword when the push carries ``networks``
+  (overlay networks, issue 9);
 - ``await executor.read_logs_page(task_ids, tail, since, cursors, limit) -> {"lines", "cursors", "more"}``
   for ``logs.read`` (an executor with only ``read_logs(task_ids, tail, since, timestamps) -> list[dict]``
   is still served: its reply has no cursors);
@@ -304,8 +306,13 @@ class Agent:
             self.node = node
             if self.on_node is not None and node:
                 self.on_node(node)
+            # "networks" (issue 9: overlay networks and their peers) is passed only when the manager
+            # sent it, so executors without overlay support and older managers work as before
+            kw: dict[str, Any] = {}
+            if isinstance(body.get("networks"), dict):
+                kw["networks"] = body["networks"]
             async with self._assign_lock:
-                await _maybe_await(self.executor.set_assignments(node, tasks))
+                await _maybe_await(self.executor.set_assignments(node, tasks, **kw))
             return None
         if type == "managers":  # the swarm's manager list changed: fail over to any of them
             self._learn_managers(body.get("managers"))

@@ -31,17 +31,19 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
 from agent_runtime.spec import ContainerSpec  # the runtime's dataclass (docs/contracts.md, agent_runtime)
+from overlaynet.driver import DEFAULT_DATA_PATH_PORT, EndpointConfig, NetworkConfig
 from shoal.base.containerrules import parse_extra_host
 from shoal.base.logopts import check_driver, check_options
 from shoal.base.taskstate import SHUTDOWN, STATE_ORDER, TERMINAL_STATES, state_order
 from shoal.base.util import now_rfc3339, wait_timeout
 from shoal.base.views import Node, Task
 from shoal.rpc import wire
+from worker import overlay as ov
 
 log = logging.getLogger("shoal.worker.executor")
 
@@ -88,11 +90,24 @@ class Executor:
     ``start_timeout``: seconds ``runtime.start`` may take (default 60) before the task fails;
     ``report``: ``report(task_id, status)`` callback, sync or async, called once per forward state move
     with ``status = {"Timestamp", "State", "Message", "Err"?, "ContainerStatus"?: {"ContainerID", "PID",
-    "ExitCode"}}``.  Exceptions from ``report`` are logged and otherwise ignored.
+    "ExitCode"}}``.  Exceptions from ``report`` are logged and otherwise ignored;
+    ``overlay``: an ``overlaynet.driver.NetworkDriver`` (the VXLAN driver) for tasks attached to
+    overlay networks, None when the node has none (such tasks are then rejected); every call runs
+    in a thread; ``data_path_port``: the VXLAN UDP port.
+
+    Overlay networks (issue 9): a task's ``NetworksAttachments`` entries whose network's
+    ``DriverState.Name`` is ``overlay`` become, in order, ``eth1``, ``eth2``… in the container
+    (after the local bridge's ``eth0``): ``ensure_network`` then ``attach`` in prepare, ``detach``
+    at release/removal (the driver removes a network with its last endpoint). The assignment's
+    ``networks`` (``{network_id: {"Network", "Peers"}}``) is kept and each network's peers are
+    applied to networks with a local endpoint, and right after ``ensure_network``. On the first
+    assignment, ``cleanup_stale`` runs once with the overlay networks of the re-attached tasks,
+    before any ``ensure_network``. Tasks without overlay attachments never call the driver.
     """
 
     def __init__(self, runtime: Any, images: Any, bridge: Any, report: ReportFn,
-                 start_timeout: float = DEFAULT_START_TIMEOUT_S) -> None:
+                 start_timeout: float = DEFAULT_START_TIMEOUT_S, overlay: Any = None,
+                 data_path_port: int = DEFAULT_DATA_PATH_PORT) -> None:
         self.runtime = runtime
         self.start_timeout = start_timeout
         self.images = images
@@ -107,21 +122,36 @@ class Executor:
         self._removed: set[str] = set()
         self._lock = asyncio.Lock()
         self._closed = False
+        # overlay networks (issue 9)
+        self.overlay = overlay
+        self.data_path_port = data_path_port
+        self._networks: dict[str, Any] = {}  # the latest assignment's networks: id -> {"Network", "Peers"}
+        self._local: dict[str, set[str]] = {}  # network id -> IDs of the tasks with an endpoint on it here
+        self._net_locks: dict[str, asyncio.Lock] = {}  # one per network: ensure+attach / detach / set_peers
+        self._overlay_ready = asyncio.Event()  # set once cleanup_stale ran (first assignment)
+        self._bg: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ interface
-    async def set_assignments(self, node: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+    async def set_assignments(self, node: dict[str, Any], tasks: list[dict[str, Any]],
+                              networks: dict[str, Any] | None = None) -> None:
         """Reconcile with the complete set of this node's tasks (idempotent; returns at once).
 
         ``node``: the Node object (``ID``, ``ShoalBridge = {"Subnet", "Gateway"}``); ``tasks``: Task
         objects.  New task IDs get a controller; known ones see the new ``DesiredState``/spec; tasks
         missing from the set are shut down and removed.  On the first call after :meth:`recover`,
-        containers that belong to no assigned task are removed.
+        containers that belong to no assigned task are removed.  ``networks``: the overlay networks
+        of the assignment with their peers (None: the manager sent none, nothing changes; see the
+        class docstring).
         Raises ValueError when a task has no ``ID``.
         """
         if self._closed:
             raise RuntimeError("executor is closed")
         async with self._lock:
             self.node = node
+            if networks is not None:
+                self._networks = dict(networks)
+            if self._first_assignments and self.overlay is not None:
+                await self._overlay_startup(tasks)
             seen: set[str] = set()
             for task in tasks:
                 tid = task.get("ID")
@@ -142,6 +172,10 @@ class Executor:
                 if tid not in seen:
                     ctl.vanish()
             self._removed &= seen
+            if networks is not None and self.overlay is not None:
+                for nid in self._networks:
+                    if self._local.get(nid):
+                        self._background(self._apply_peers(nid))
             if self._first_assignments:
                 self._first_assignments = False
                 assigned_cids = {container_id_for(t) for t in seen}
@@ -244,6 +278,8 @@ class Executor:
     async def close(self) -> None:
         """Stop the controllers (not the containers: they keep running for the next daemon run)."""
         self._closed = True
+        for t in list(self._bg):
+            t.cancel()
         ctls = list(self._controllers.values())
         for ctl in ctls:
             ctl.cancel()
@@ -277,6 +313,79 @@ class Executor:
     def _forget(self, task_id: str, ctl: _Controller) -> None:
         if self._controllers.get(task_id) is ctl:
             del self._controllers[task_id]
+
+    # ------------------------------------------------------ overlay networks
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    def _net_lock(self, nid: str) -> asyncio.Lock:
+        lock = self._net_locks.get(nid)
+        if lock is None:
+            lock = self._net_locks[nid] = asyncio.Lock()
+        return lock
+
+    async def _overlay_startup(self, tasks: list[dict[str, Any]]) -> None:
+        """Once, on the first assignment: the re-attached tasks' overlay endpoints become local ones
+        and ``cleanup_stale`` removes every other network's data plane left by an earlier run."""
+        known: set[str] = set()
+        for task in tasks:
+            tid = task.get("ID")
+            if not isinstance(tid, str) or container_id_for(tid) not in self._recovered:
+                continue
+            try:
+                atts = ov.overlay_attachments(task)
+            except ValueError as e:
+                log.warning("task %s: %s", tid, e)
+                continue
+            for att in atts:
+                known.add(att.network_id)
+                self._local.setdefault(att.network_id, set()).add(tid)
+        try:
+            removed = await _in_thread(self.overlay.cleanup_stale, sorted(known))
+            if removed:
+                log.info("removed stale overlay data planes: %s", ", ".join(removed))
+        except Exception:
+            log.exception("overlay cleanup at start failed")
+        finally:
+            self._overlay_ready.set()
+
+    async def _set_peers_locked(self, nid: str) -> None:
+        """Apply the stored peers of ``nid`` (caller holds its lock); failures are logged."""
+        entry = self._networks.get(nid)
+        if entry is None:
+            return
+        peers: list[Any] = []
+        try:
+            peers = ov.peers_of(entry, ov.data_path_addr(self.node))
+            delta = await _in_thread(self.overlay.set_peers, nid, peers)
+            if getattr(delta, "added", None) or getattr(delta, "removed", None):
+                log.info("network %s: peers +%d -%d", nid[:12], len(delta.added), len(delta.removed))
+        except Exception as e:
+            log.warning("network %s: setting %d peers failed: %s", nid[:12], len(peers), e)
+
+    async def _apply_peers(self, nid: str) -> None:
+        async with self._net_lock(nid):
+            if self._local.get(nid):
+                await self._set_peers_locked(nid)
+
+    async def _overlay_attach(self, cfg: NetworkConfig, ep: EndpointConfig) -> None:
+        await self._overlay_ready.wait()
+        async with self._net_lock(cfg.network_id):
+            await _in_thread(self.overlay.ensure_network, cfg)
+            await self._set_peers_locked(cfg.network_id)
+            await _in_thread(self.overlay.attach, ep)
+            self._local.setdefault(cfg.network_id, set()).add(ep.endpoint_id)
+
+    async def _overlay_detach(self, ep: EndpointConfig) -> None:
+        async with self._net_lock(ep.network_id):
+            await _in_thread(self.overlay.detach, ep)
+            tids = self._local.get(ep.network_id)
+            if tids is not None:
+                tids.discard(ep.endpoint_id)
+                if not tids:
+                    del self._local[ep.network_id]
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -344,6 +453,8 @@ class _Controller:
         self._runner: asyncio.Task[None] | None = None
         self._exit_wait: asyncio.Task[int] | None = None
         self._net_attached = False
+        self._overlay_eps: list[EndpointConfig] = []  # overlay endpoints attached (or tried) in prepare
+        self._overlay_recovered = False  # the container was found at start: its endpoints are the task's
         self._last_status: dict[str, Any] | None = None
         self._last_sent = 0.0
 
@@ -435,6 +546,7 @@ class _Controller:
             self.cstate = await self.ex._container_state(self.cid)
             if self.cstate is not None:
                 self._net_attached = True  # whatever it had stays until removal
+                self._overlay_recovered = True
             while True:
                 self._wake.clear()
                 try:
@@ -541,6 +653,7 @@ class _Controller:
             raise ValueError("task spec has no ContainerSpec.Image")
         # network
         addr, subnet, gateway = self._network()
+        overlays = self._overlay_configs(addr)
         netns_path: str | None = None
         if addr is not None:
             if subnet is None or gateway is None:
@@ -556,6 +669,9 @@ class _Controller:
             if addr is not None:
                 netns_path = await _in_thread(self.ex.bridge.attach, self.cid, addr, gateway)
                 self._net_attached = True
+            if overlays:
+                assert netns_path is not None
+                await self._attach_overlays(overlays, netns_path)
             cspec = self._container_spec(spec, image, netns_path, addr)
             self.cstate = await self.ex.runtime.create(cspec)
         except BaseException:
@@ -563,7 +679,9 @@ class _Controller:
             raise
 
     def _network(self) -> tuple[str | None, str | None, str | None]:
-        atts = self.task.get("NetworksAttachments") or []
+        # the local bridge's attachment: the first one that is not an overlay's (NetworksAttachments[0])
+        atts = [a for a in self.task.get("NetworksAttachments") or []
+                if not (isinstance(a, dict) and ov.is_overlay(a.get("Network")))]
         if not atts:
             return None, None, None
         att = atts[0]
@@ -577,6 +695,52 @@ class _Controller:
             if cfgs:
                 subnet, gateway = cfgs[0].get("Subnet"), cfgs[0].get("Gateway")
         return str(addrs[0]), subnet, gateway
+
+    def _overlay_configs(self, addr: str | None) -> list[tuple[NetworkConfig, str, str]]:
+        """``[(config, address, label)]`` of the task's overlay attachments, in order; [] for none.
+        Raises ValueError naming the network when one cannot be set up here."""
+        atts = ov.overlay_attachments(self.task)
+        if not atts:
+            return []
+        if self.ex.overlay is None:
+            raise ValueError(f"network {atts[0].label}: overlay networks are not supported on this node "
+                             "(no overlay driver)")
+        if addr is None:
+            raise ValueError(f"network {atts[0].label}: the task has no local bridge address (eth0), so "
+                             "it has no network namespace to attach the overlay to")
+        dp = ov.data_path_addr(self.ex.node)
+        return [(ov.network_config(a.network, dp, self.ex.data_path_port), a.address, a.label) for a in atts]
+
+    async def _attach_overlays(self, overlays: list[tuple[NetworkConfig, str, str]], netns_path: str) -> None:
+        """``ensure_network`` + ``attach`` each overlay as ``eth1``, ``eth2``… in order; a failure
+        raises RuntimeError naming the network (the caller releases what was made)."""
+        for i, (cfg, address, label) in enumerate(overlays, start=1):
+            ep = EndpointConfig(cfg.network_id, self.tid, netns_path, address, ifname=f"eth{i}")
+            self._overlay_eps.append(ep)  # released even if attach fails half-way (detach is idempotent)
+            try:
+                await self.ex._overlay_attach(cfg, ep)
+            except Exception as e:
+                raise RuntimeError(f"attaching to network {label} failed: {e or type(e).__name__}") from e
+
+    def _overlay_endpoints(self) -> list[EndpointConfig]:
+        """What to detach: the endpoints made in prepare, else (a recovered container) the task's."""
+        if self._overlay_eps or self.ex.overlay is None:
+            return list(self._overlay_eps)
+        try:
+            atts = ov.overlay_attachments(self.task)
+        except ValueError:
+            return []
+        return [EndpointConfig(a.network_id, self.tid, "", a.address) for a in atts]
+
+    async def _release_overlays(self) -> None:
+        eps = self._overlay_endpoints()
+        self._overlay_eps = []
+        self._overlay_recovered = False
+        for ep in eps:
+            try:
+                await self.ex._overlay_detach(ep)
+            except Exception:
+                log.exception("task %s: detaching from network %s failed", self.tid, ep.network_id[:12])
 
     def _container_spec(self, spec: dict[str, Any], image: str, netns_path: str | None,
                         addr: str | None) -> Any:
@@ -735,6 +899,8 @@ class _Controller:
         await self._release_network()
 
     async def _release_network(self) -> None:
+        if self._overlay_eps or self._overlay_recovered:
+            await self._release_overlays()
         if self._net_attached:
             await _in_thread(self.ex.bridge.detach, self.cid)
             self._net_attached = False
@@ -743,6 +909,7 @@ class _Controller:
         if await self.ex._container_state(self.cid) is not None:
             await self.ex.runtime.remove(self.cid)
         self.cstate = None
+        await self._release_overlays()  # idempotent; no driver call for a task without overlays
         await _in_thread(self.ex.bridge.detach, self.cid)  # idempotent, also for half-made ones
         self._net_attached = False
         self.ex._recovered.pop(self.cid, None)

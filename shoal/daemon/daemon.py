@@ -27,6 +27,7 @@ from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
 from manager.manager import Manager
 from overlaynet.bridge import LocalBridge
+from overlaynet.vxlan import VxlanDriver
 from shoal.daemon import swarmflow, sysinfo
 from shoal.daemon.state import LocalState, secure_data_root
 from shoal.daemon.sysinfo import API_VERSION, MIN_API_VERSION, node_description
@@ -68,7 +69,10 @@ class Daemon:
             log_opts=args.log_opts,
         )
         self.bridge = LocalBridge("shoal0", self.exec_root)
-        self.executor = Executor(self.runtime, self.images, self.bridge, self._report)
+        # overlay networks (issue 9): their namespace files in a directory of their own, not the
+        # bridge's exec_root/netns (whose cleanup removes every file there)
+        self.overlay = VxlanDriver(self.exec_root / "overlay-netns")
+        self.executor = Executor(self.runtime, self.images, self.bridge, self._report, overlay=self.overlay)
         self.manager: Any = None
         self.agent: Any = None
         self._swarm_lock = asyncio.Lock()
