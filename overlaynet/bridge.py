@@ -31,8 +31,7 @@ import secrets
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -62,22 +61,6 @@ def _off_event_loop(fn: Callable[P, R]) -> Callable[P, R]:
         return netns.run_in_thread(lambda: fn(*args, **kwargs))
 
     return wrapper
-
-
-@contextmanager
-def _iproute() -> Iterator[IPRoute]:
-    """An IPRoute socket in the calling thread's network namespace, driven by a plain selector loop.
-
-    pyroute2 0.9 makes its own event loop with ``asyncio.new_event_loop()``; when shoald has
-    installed uvloop's policy that is a uvloop loop, which cannot open AF_NETLINK sockets
-    ("cannot open a UDP handle, invalid family 16"), so pass a stdlib loop explicitly.
-    """
-    loop = asyncio.SelectorEventLoop()
-    try:
-        with IPRoute(use_event_loop=loop) as ipr:
-            yield ipr
-    finally:
-        loop.close()
 
 
 class BridgeError(Exception):
@@ -139,7 +122,7 @@ class LocalBridge:
         net, gw = self._parse(subnet, gateway)
         key = (str(net), str(gw))
         with self._lock:
-            with _iproute() as ipr:
+            with netns.iproute() as ipr:
                 idx = self._bridge_index(ipr)
                 if self._ensured == key and idx is not None:
                     return
@@ -214,7 +197,7 @@ class LocalBridge:
             raise BridgeError("only IPv4 addresses are supported on the local bridge")
         path = self.netns_path(container_id)
         veth = self.veth_name(container_id)
-        with _iproute() as ipr:
+        with netns.iproute() as ipr:
             br = self._bridge_index(ipr)
             if br is None:
                 raise BridgeError(f"bridge {self.name} does not exist: call ensure(subnet, gateway) first")
@@ -223,7 +206,7 @@ class LocalBridge:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                with _iproute() as ipr:
+                with netns.iproute() as ipr:
                     ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
                     (vidx,) = ipr.link_lookup(ifname=veth)
                     ipr.link("set", index=vidx, master=br)
@@ -231,7 +214,7 @@ class LocalBridge:
 
                 def inside() -> None:
                     netns.setns_current_thread(fd)
-                    with _iproute() as nipr:
+                    with netns.iproute() as nipr:
                         (lo,) = nipr.link_lookup(ifname="lo")
                         nipr.link("set", index=lo, state="up")
                         (eth0,) = nipr.link_lookup(ifname="eth0")
@@ -251,7 +234,7 @@ class LocalBridge:
     def detach(self, container_id: str) -> None:
         """Remove ``container_id``'s veth pair and namespace file (unmount, then delete); idempotent."""
         veth = self.veth_name(container_id)
-        with _iproute() as ipr:
+        with netns.iproute() as ipr:
             for idx in ipr.link_lookup(ifname=veth):
                 try:
                     ipr.link("del", index=idx)
@@ -275,7 +258,7 @@ class LocalBridge:
                     self.netns_dir.rmdir()
                 except OSError:
                     pass
-            with _iproute() as ipr:
+            with netns.iproute() as ipr:
                 br = self._bridge_index(ipr)
                 if br is not None:
                     for link in ipr.get_links():

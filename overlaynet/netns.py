@@ -14,13 +14,17 @@ processes it forks, inherit its network namespace.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+from pyroute2 import IPRoute
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
@@ -151,3 +155,19 @@ def is_mountpoint(path: str | Path) -> bool:
 def _unescape(s: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as octal (proc(5)).
     return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+@contextmanager
+def iproute() -> Iterator[IPRoute]:
+    """An IPRoute socket in the calling thread's network namespace, driven by a plain selector loop.
+
+    pyroute2 0.9 makes its own event loop with ``asyncio.new_event_loop()``; when shoald has
+    installed uvloop's policy that is a uvloop loop, which cannot open AF_NETLINK sockets
+    ("cannot open a UDP handle, invalid family 16"), so pass a stdlib loop explicitly.
+    """
+    loop = asyncio.SelectorEventLoop()
+    try:
+        with IPRoute(use_event_loop=loop) as ipr:
+            yield ipr
+    finally:
+        loop.close()

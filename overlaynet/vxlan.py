@@ -41,15 +41,13 @@ and the layout of moby's libnetwork overlay driver (read, not copied).
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import ipaddress
 import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -85,18 +83,6 @@ VETH_PREFIX = "sove-"
 _NUD_PERMANENT = ndmsg.states["permanent"]
 _ENODEV = errno.ENODEV
 _ENOENT = errno.ENOENT
-
-
-@contextmanager
-def _iproute() -> Iterator[IPRoute]:
-    """An IPRoute socket in the calling thread's namespace on a plain selector loop (see
-    ``overlaynet.bridge._iproute``: pyroute2 0.9 cannot use a uvloop loop for netlink)."""
-    loop = asyncio.SelectorEventLoop()
-    try:
-        with IPRoute(use_event_loop=loop) as ipr:
-            yield ipr
-    finally:
-        loop.close()
 
 
 def _ignore(e: NetlinkError, *codes: int) -> None:
@@ -185,13 +171,13 @@ class VxlanDriver:
     @staticmethod
     def _in(path: Path | str, fn: Callable[[IPRoute], T]) -> T:
         def body() -> T:
-            with _iproute() as ipr:
+            with netns.iproute() as ipr:
                 return fn(ipr)
         return netns.run_in_netns(path, body)
 
     def _host_ipr(self, fn: Callable[[IPRoute], T]) -> T:
         def body() -> T:
-            with _iproute() as ipr:
+            with netns.iproute() as ipr:
                 return fn(ipr)
         return self._in_host(body)
 
