@@ -5,7 +5,8 @@ their addresses before they are scheduled. A leader loop like the orchestrator a
 Each pass, in one store transaction: the tasks in state ``new`` (desired ``running`` or less)
 whose spec has ``Networks`` (the orchestrator leaves those ``new``; it moves the others to
 ``pending`` itself) get, from an :class:`~manager.allocator.Allocator` rebuilt from the store
-(networks, services, the non-terminal tasks, nodes; the cluster's default address pools), one
+(networks, services, the tasks that hold their addresses — :func:`holds_addresses` —, nodes; the
+cluster's default address pools), one
 address per network (:meth:`~manager.allocator.Allocator.allocate_task`), written as
 ``NetworksAttachments: [{"Network": <stored network>, "Addresses": ["10.0.1.5/24"]}]``
 (:func:`~manager.allocator.network_attachment`), and move to ``pending`` ("pending task
@@ -13,7 +14,8 @@ scheduling"); the scheduler then puts the node's bridge attachment first. A task
 its addresses stays ``new`` with ``Status.Message`` = the reason (``network NAME is out of
 addresses: …``, ``network ID not found``) and is retried on the next pass, which any task change
 (a task going away frees its addresses) triggers. Terminal tasks hold no addresses: theirs may be
-handed to new tasks.
+handed to new tasks, and so may those of tasks that will never run (desired ``shutdown`` or
+``remove`` before being placed).
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from manager.allocator.errors import AllocatorError
 from manager.allocator.pools import AddressPools
 from manager.loop import reconcile_loop
 from manager.store import MAX_TRANSACTION_BYTES, Store, WriteTx
-from shoal.base.taskstate import RUNNING, TERMINAL_STATES
+from shoal.base.taskstate import ASSIGNED, RUNNING, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import now_rfc3339
 from shoal.base.views import task_desired_order, task_state
 
-__all__ = ["NetworkAllocatorLoop", "MAX_TASKS_PER_PASS", "needs_allocation"]
+__all__ = ["NetworkAllocatorLoop", "MAX_TASKS_PER_PASS", "holds_addresses", "needs_allocation"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,15 @@ def needs_allocation(task: Obj) -> bool:
     spec = task.get("Spec")
     return (task_state(task) == "new" and task_desired_order(task) <= RUNNING
             and isinstance(spec, dict) and bool(spec.get("Networks")))
+
+
+def holds_addresses(task: Obj) -> bool:
+    """Whether ``task``'s overlay addresses are still its own: not terminal, and not a task that
+    will never run (desired beyond ``running`` and never placed: the scheduler skips it)."""
+    state = task_state(task)
+    if state in TERMINAL_STATES:
+        return False
+    return not (task_desired_order(task) > RUNNING and STATE_ORDER.get(state, 0) < ASSIGNED)
 
 
 def _pools(tx: WriteTx) -> AddressPools | None:
@@ -81,7 +92,7 @@ class NetworkAllocatorLoop:
             waiting, self._more = waiting[:self.max_tasks], True
         networks = {str(n["ID"]): n for n in tx.list_shallow("networks")}
         services = {str(s["ID"]): s for s in tx.list_shallow("services")}
-        live = [t for t in tasks if task_state(t) not in TERMINAL_STATES]
+        live = [t for t in tasks if holds_addresses(t)]
         alloc = Allocator.from_objects(networks.values(), services.values(), live, pools=_pools(tx),
                                        nodes=tx.list_shallow("nodes"))
         for p in alloc.problems:

@@ -215,3 +215,27 @@ async def test_out_of_addresses_then_scale_down_frees_them(ctx: Ctx) -> None:
     alive = [t for t in ctx.store.view().list("tasks") if t["Status"]["State"] not in ("shutdown", "complete")]
     every = [a for t in alive for att in _overlay(t) for a in att["Addresses"]]
     assert len(every) == len(set(every))
+
+
+async def test_tasks_that_will_never_run_give_their_addresses_back(ctx: Ctx) -> None:
+    """A task shut down before placement (or terminal) holds no address: a /30 has one address for
+    tasks (network, gateway, broadcast taken), and the second task gets the first one's."""
+    await networks.create(ctx, spec_body={"Name": "tiny", "Driver": "overlay",
+                                          "IPAM": {"Config": [{"Subnet": "10.9.0.0/30"}]}})
+    sid = (await services.create(ctx, spec_body=spec(replicas=1, nets=["tiny"])))["ID"]
+    await Orchestrator(ctx.store).tick()
+    assert await NetworkAllocatorLoop(ctx.store).tick() == 1
+    (first,) = _live(ctx, sid)
+    (addr,) = _overlay(first)[0]["Addresses"]
+
+    def shut(tx: Any) -> None:
+        t = tx.get("tasks", first["ID"])
+        t["DesiredState"] = "shutdown"
+        tx.update("tasks", t)
+        nxt = dict(t, ID="t2", Name="web.1.t2", DesiredState="running", NetworksAttachments=[],
+                   Status={"State": "new", "Message": "created"})
+        tx.create("tasks", nxt)
+    await ctx.store.update(shut)
+    assert await NetworkAllocatorLoop(ctx.store).tick() == 1
+    t2 = ctx.store.view().get("tasks", "t2")
+    assert t2 is not None and t2["Status"]["State"] == "pending" and _overlay(t2)[0]["Addresses"] == [addr]
