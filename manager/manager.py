@@ -1,7 +1,7 @@
 """``Manager``: the control plane of one manager node, wired together.
 
 It owns the replicated log and the store on it, the cluster CA, the dispatcher and the 2377
-server, and the reconciling loops (orchestrator, scheduler, task reaper). The loops never call
+server, and the reconciling loops (orchestrator, network allocator, scheduler, task reaper). The loops never call
 each other: each watches the store and writes back through it (swarmkit's shape).
 
 The log is a Raft log replicated between the managers (:class:`raft.replicated.ReplicatedLog`);
@@ -33,6 +33,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from manager.allocator.loop import NetworkAllocatorLoop
 from manager.ca import RootCA, make_token
 from manager.clusterconfig import (
     DEFAULT_RAFT_TICK,
@@ -250,6 +251,7 @@ class Manager:
         scheduler.rebuild()
         for name, coro in (("heartbeat-period", self._follow_heartbeat_period()),
                            ("orchestrator", Orchestrator(self.store).run()),
+                           ("network-allocator", NetworkAllocatorLoop(self.store).run()),
                            ("scheduler", scheduler.run()),
                            ("reaper", TaskReaper(self.store).run())):
             self._leader_loops.append(asyncio.create_task(coro, name=name))

@@ -10,7 +10,8 @@ scheduler.go; SWARM-FACTS 1.2):
   fewest tasks in total, then the lowest hostname / ID (deterministic).
 - The loop batches store events (debounce 50 ms, at most 1 s) and commits all assignments of a
   pass in one store update: ``NodeID``, ``Status.State = "assigned"``, and the task's local
-  bridge address from the node's subnet in ``NetworksAttachments`` (docs/contracts.md).
+  bridge address from the node's subnet as ``NetworksAttachments[0]``, followed by the overlay
+  attachments the network allocator wrote before the task became pending (docs/contracts.md).
 - A task is placed once and never revisited (no preemption).
 """
 
@@ -382,7 +383,10 @@ class Scheduler:
             self._addr_owner[addr] = tid
             t["NodeID"] = nid
             t["Status"] = {"Timestamp": now, "State": "assigned", "Message": "scheduler assigned task to node"}
-            t["NetworksAttachments"] = [bridge_attachment(sub.subnet, sub.gateway, addr)]
+            # the bridge first (eth0), then the overlay attachments the network allocator wrote
+            overlays = [a for a in t.get("NetworksAttachments") or []
+                        if isinstance(a, dict) and (a.get("Network") or {}).get("ID") != BRIDGE_NETWORK_ID]
+            t["NetworksAttachments"] = [bridge_attachment(sub.subnet, sub.gateway, addr), *overlays]
             tx.update("tasks", t)
             placed += 1
         for tid, msg in dec.failed.items():

@@ -2,7 +2,9 @@
 user's, one VNI per network, task IPs and service VIPs, ingress published ports.
 
 Rebuilt from stored objects (:meth:`Allocator.from_objects`), so nothing it hands out can duplicate
-what a committed object holds after a failover or restart. See :mod:`manager.allocator.allocator`.
+what a committed object holds after a failover or restart. See :mod:`manager.allocator.allocator`;
+the leader loop that gives tasks their addresses is :mod:`manager.allocator.loop` (imported from
+there, not re-exported here).
 """
 
 from manager.allocator.allocator import Allocator, NetworkAllocation, network_attachment

@@ -457,8 +457,8 @@ class Allocator:
         (holder ``"task:<ID>"``) are kept; any other address there is ignored. The caller writes
         ``NetworksAttachments`` (see :func:`network_attachment`) and moves the task to pending.
 
-        Raises :class:`AddressesExhausted` (the task stays Pending with that message: "network NAME is
-        out of addresses ..."), :class:`NetworkNotFound`."""
+        Raises :class:`AddressesExhausted` (the allocator loop leaves the task ``new`` with that
+        message: "network NAME is out of addresses ..."), :class:`NetworkNotFound`."""
         nets = self.task_networks(task, service)
         have: dict[str, str] = {}
         for nid, addr in _attachments(task, "NetworksAttachments"):

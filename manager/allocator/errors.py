@@ -2,9 +2,9 @@
 
 The control API maps them to HTTP statuses (to be wired): :class:`InvalidArgument` and its
 subclasses -> 400, :class:`PortConflict` -> 409, :class:`NetworkNotFound` -> 404. The
-orchestrator turns :class:`AddressesExhausted` into a Pending task whose status message is the
-exception's text (the task is retried when addresses are freed), as swarmkit's allocator leaves
-a task pending with "failed to allocate network IP for task ...".
+allocator loop (:mod:`manager.allocator.loop`) leaves a task it cannot give addresses to in state
+``new`` with the exception's text as its status message (retried when tasks go away), as
+swarmkit's allocator leaves a task unallocated with "failed to allocate network IP for task ...".
 """
 
 from __future__ import annotations

@@ -16,7 +16,15 @@ from manager.controlapi.common import (
     service_names,
     spec,
 )
-from manager.controlapi.errors import FAILED_PRECONDITION, NotFound, Unimplemented, Unknown
+from manager.controlapi.errors import (
+    FAILED_PRECONDITION,
+    INVALID_ARGUMENT,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+    Unknown,
+)
+from manager.controlapi.networks import network_names
 from manager.orchestrator import service_status
 from manager.specs import service_spec_with_defaults, validate_service_spec
 from manager.store import ReadTx, Store, WriteTx
@@ -85,15 +93,50 @@ def tasks_of(store: Store, service_id: str) -> list[Obj] | None:
     return view.find("tasks", lambda t: t.get("ServiceID") == service_id)
 
 
+def resolve_networks(tx: ReadTx, service_spec: Obj) -> None:
+    """Resolve each ``TaskTemplate.Networks[].Target`` of a validated spec (network ID, name or
+    unique ID prefix) against the ``networks`` table as ``tx`` sees it and store the network's ID
+    there (``Aliases`` kept). Raises :class:`InvalidArgument` ``network {target} not found``
+    (swarmkit's text), ``network {target} is ambiguous (N matches found)``, ``Service cannot be
+    explicitly attached to the ingress network "{name}"`` (swarmkit's), ``network {name} is
+    attached more than once`` (two targets naming the same network)."""
+    tt = service_spec.get("TaskTemplate") or {}
+    seen: set[str] = set()
+    for att in tt.get("Networks") or []:
+        target = str(att["Target"])
+        try:
+            net = resolve(tx, "networks", target, "network", network_names)
+        except NotFound:
+            raise InvalidArgument(f"{INVALID_ARGUMENT}network {target} not found") from None
+        except InvalidArgument as e:
+            raise InvalidArgument(INVALID_ARGUMENT + e.message) from None
+        name = str((net.get("Spec") or {}).get("Name", ""))
+        if (net.get("Spec") or {}).get("Ingress"):
+            raise InvalidArgument(f"{INVALID_ARGUMENT}Service cannot be explicitly attached to the ingress "
+                                  f"network \"{name}\"")
+        if net["ID"] in seen:
+            raise InvalidArgument(f"{INVALID_ARGUMENT}network {name} is attached more than once: give each "
+                                  "network once")
+        seen.add(net["ID"])
+        att["Target"] = net["ID"]
+
+
 async def create(ctx: Context, *, spec_body: Any) -> Obj:
     """``services.create``: a new service from ``spec_body`` (a ServiceSpec;
-    :func:`manager.specs.validate_service_spec`). Returns ``{"ID", "Warnings": []}``. Raises
-    :class:`InvalidArgument` (bad spec), :class:`Conflict` (name taken), :class:`Unavailable`."""
+    :func:`manager.specs.validate_service_spec`); its network targets are stored as network IDs
+    (:func:`resolve_networks`, in the transaction). Returns ``{"ID", "Warnings": []}``. Raises
+    :class:`InvalidArgument` (bad spec, unknown or ingress network), :class:`Conflict` (name
+    taken), :class:`Unavailable`."""
     service_spec = spec(validate_service_spec, spec_body)
     sid = new_id()
     svc = {"ID": sid, "Spec": service_spec,
            "Endpoint": {"Spec": service_spec.get("EndpointSpec") or {"Mode": "vip"}}}
-    await commit(ctx.store, lambda tx: tx.create("services", svc))
+
+    def fn(tx: WriteTx) -> None:
+        resolve_networks(tx, service_spec)
+        tx.create("services", svc)
+
+    await commit(ctx.store, fn)
     return {"ID": sid, "Warnings": []}
 
 
@@ -103,7 +146,7 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
     ``UpdateStatus`` ``rollback_started``; any other update clears it. Returns ``{"Warnings":
     []}``. Raises :class:`NotFound`, :class:`InvalidArgument` (bad spec, ambiguous ref),
     :class:`Unknown` (no previous spec to roll back to; out of sequence), :class:`Unimplemented`
-    (a new name), :class:`Unavailable`."""
+    (a new name), :class:`Unavailable`. Network targets are resolved as in :func:`create`."""
     s = find(ctx.store, ref)
     if rollback:
         prev = s.get("PreviousSpec")
@@ -118,6 +161,7 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
         cur = tx.get("services", s["ID"])
         if cur is None:
             raise NotFound(f"service {s['ID']} not found")
+        resolve_networks(tx, service_spec)
         cur["Version"] = {"Index": version}
         cur["PreviousSpec"] = cur.get("Spec")
         cur["Spec"] = service_spec

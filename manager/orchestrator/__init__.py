@@ -30,8 +30,9 @@ design/task_model.md; SWARM-FACTS 1.1, 1.5):
   progress of an update lives in memory (:class:`UpdateProgress`, as swarmkit's
   ``Updater``); after a manager restart it resumes from the store.
 - Tasks of a removed service get desired ``remove``.
-- Allocator step: ``new`` → ``pending`` (nothing to allocate before placement for the local
-  bridge; overlay allocation will go here).
+- Allocator step: ``new`` → ``pending`` for tasks without overlay networks (nothing to allocate
+  before placement for the local bridge); tasks whose spec has ``Networks`` stay ``new`` for the
+  network allocator loop (:mod:`manager.allocator.loop`).
 - Bounded passes (as swarmkit batches its store writes, SK: manager/state/store/batch.go,
   ``MaxChangesPerTransaction`` and ``MaxTransactionBytes``): a pass writes at most
   :data:`MAX_TASK_WRITES_PER_PASS` tasks and about :data:`manager.store.MAX_TRANSACTION_BYTES`
@@ -61,9 +62,9 @@ from manager.orchestrator.plan import (
     new_task,
     task_name,
 )
-from manager.orchestrator.replicated import reconcile, service_status
+from manager.orchestrator.replicated import has_networks, reconcile, service_status
 from manager.orchestrator.update import update_config
 from shoal.base.util import parse_rfc3339
 
 __all__ = ["Plan", "UpdateProgress", "WriteBudget", "OLD_TASK_TIMEOUT", "MAX_TASK_WRITES_PER_PASS", "update_config",
-           "reconcile", "service_status", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]
+           "reconcile", "service_status", "has_networks", "parse_rfc3339", "Orchestrator", "task_name", "new_task"]

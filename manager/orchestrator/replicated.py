@@ -15,7 +15,13 @@ from shoal.base.taskstate import REMOVE, RUNNING, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import new_id, now_rfc3339, parse_rfc3339
 from shoal.base.views import Node, Service, Task, task_desired_order, task_state
 
-__all__ = ["reconcile", "service_status"]
+__all__ = ["reconcile", "service_status", "has_networks"]
+
+
+def has_networks(task: Obj) -> bool:
+    """Whether ``task``'s spec attaches it to overlay networks (``Spec.Networks`` non-empty)."""
+    spec = task.get("Spec")
+    return isinstance(spec, dict) and bool(spec.get("Networks"))
 
 
 def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj], now: float,
@@ -157,13 +163,16 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
                 missing -= 1
             slot += 1
 
-    # allocator: new -> pending (nothing to allocate for the local bridge before placement)
+    # new -> pending for tasks without overlay networks (nothing to allocate for the local bridge
+    # before placement); tasks with networks stay new for the network allocator
+    # (manager.allocator.loop), which gives them their addresses and moves them to pending
     pending_status = {"Timestamp": ts_now, "State": "pending", "Message": "pending task scheduling"}
     for t in plan.create:
-        t["Status"] = dict(pending_status)
+        if not has_networks(t):
+            t["Status"] = dict(pending_status)
     for t in itertools.chain.from_iterable(by_service.values()):
         if task_state(t) == "new" and task_desired_order(t) <= RUNNING and (tid := str(t["ID"])) not in updated \
-                and budget.take(1, packed_size(t)):
+                and not has_networks(t) and budget.take(1, packed_size(t)):
             t["Status"] = dict(pending_status)
             updated[tid] = t
     plan.update = list(updated.values())

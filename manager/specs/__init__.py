@@ -21,11 +21,11 @@ from manager.specs.common import (
     INT64_MAX,
     INT64_MIN,
     MAX_REPLICAS,
-    NETWORKS_UNSUPPORTED,
     SECOND,
     UINT64_MAX,
     SpecError,
     validate_name,
+    validate_network_attachments,
 )
 from manager.specs.container import parse_constraint, validate_task_spec
 from manager.specs.schema import (
@@ -69,7 +69,7 @@ __all__ = [
     "INT64_MIN",
     "INT64_MAX",
     "UINT64_MAX",
-    "NETWORKS_UNSUPPORTED",
+    "validate_network_attachments",
     "DEFAULT_RESTART_POLICY",
     "DEFAULT_STOP_GRACE_PERIOD",
     "DEFAULT_UPDATE_CONFIG",

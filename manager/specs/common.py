@@ -22,8 +22,41 @@ INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 _NAME_RE = re.compile(r"[a-zA-Z0-9](?:[-_a-zA-Z0-9]*[a-zA-Z0-9])?")
 
 
-NETWORKS_UNSUPPORTED = ("networks (TaskTemplate.Networks) are not supported by shoal yet: overlay networks "
-                        "are not built; remove --network (tasks get an address on their node's bridge)")
+def validate_network_attachments(v: Any, field: str) -> list[dict[str, Any]]:
+    """Validate a ``[{"Target", "Aliases", "DriverOpts"}]`` list (Docker's
+    ``NetworkAttachmentConfig``; ``field`` names it in errors) and return it normalised: ``Target``
+    a non-empty string (a network name, ID or unique ID prefix, resolved to the network ID by the
+    control API), ``Aliases`` a list of strings (kept; DNS comes later), no ``DriverOpts`` (not
+    built), no target twice. None or ``[]`` gives ``[]``. Raises :class:`SpecError`."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise SpecError(f"json: cannot unmarshal {json_type(v)} into Go struct field {field} of type "
+                        "[]swarm.NetworkAttachmentConfig")
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for n in v:
+        if not isinstance(n, dict):
+            raise SpecError(f"json: cannot unmarshal {json_type(n)} into Go struct field {field} of type "
+                            "swarm.NetworkAttachmentConfig")
+        target = n.get("Target")
+        if target is not None and not isinstance(target, str):
+            raise SpecError(f"json: cannot unmarshal {json_type(target)} into Go struct field "
+                            "NetworkAttachmentConfig.Target of type string")
+        if not target:
+            raise SpecError(f"{field}: a network attachment needs a Target (the network's name or ID)")
+        aliases = _str_list(n.get("Aliases"), "NetworkAttachmentConfig.Aliases")
+        if n.get("DriverOpts"):
+            raise SpecError(f"network {target}: driver options on a network attachment (driver-opt) are not "
+                            "supported by shoal yet; remove them")
+        if target in seen:
+            raise SpecError(f"network {target} is attached more than once: give each network once")
+        seen.add(target)
+        att: dict[str, Any] = {"Target": target}
+        if aliases:
+            att["Aliases"] = list(aliases)
+        out.append(att)
+    return out
 
 
 class SpecError(ValueError):

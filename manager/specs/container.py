@@ -7,7 +7,15 @@ import ipaddress
 import re
 from typing import Any, cast
 
-from manager.specs.common import NETWORKS_UNSUPPORTED, SpecError, _int, _labels, _obj, _str_list, _uint
+from manager.specs.common import (
+    SpecError,
+    _int,
+    _labels,
+    _obj,
+    _str_list,
+    _uint,
+    validate_network_attachments,
+)
 from shoal.base.containerrules import ULIMIT_NAMES, normalize_capability, parse_extra_host, sysctl_allowed
 from shoal.base.logopts import LogOptError, check_driver, check_options
 
@@ -272,8 +280,8 @@ def validate_task_spec(ts: Any) -> dict[str, Any]:
     _refuse_unsupported_container_fields(cs)
     _validate_security_and_limits(cs)
     _validate_log_driver(ts.get("LogDriver"))
-    if ts.get("Networks"):
-        raise SpecError(NETWORKS_UNSUPPORTED)
+    if ts.get("Networks") is not None:
+        ts["Networks"] = validate_network_attachments(ts["Networks"], "TaskSpec.Networks")
     res = _obj(ts.get("Resources"), "Resources")
     for part in ("Limits", "Reservations"):
         r = _obj(res.get(part), f"Resources.{part}")

@@ -8,7 +8,6 @@ from typing import Any, cast
 
 from manager.specs.common import (
     MAX_REPLICAS,
-    NETWORKS_UNSUPPORTED,
     SECOND,
     SpecError,
     _check_int_ranges,
@@ -18,6 +17,7 @@ from manager.specs.common import (
     _uint,
     json_type,
     validate_name,
+    validate_network_attachments,
 )
 from manager.specs.container import validate_task_spec
 from manager.specs.schema import SERVICE_SPEC_SCHEMA, canonicalize_keys
@@ -116,11 +116,17 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
             if t > 65535:
                 raise SpecError(f"invalid target port {t}")
     if ep.get("Ports"):
-        raise SpecError("EndpointSpec.Ports (published ports) are not supported by shoal yet: they need the "
-                        "routing mesh, which is not built; remove --publish and reach the service's tasks "
-                        "on their container addresses")
-    if spec.get("Networks"):
-        raise SpecError(NETWORKS_UNSUPPORTED)
+        raise SpecError("EndpointSpec.Ports: published ports need the routing mesh, which shoal has not "
+                        "built yet; remove --publish and reach the service's tasks on their overlay "
+                        "(--network) or container addresses")
+    if "Networks" in spec:
+        # deprecated ServiceSpec.Networks: moved into TaskTemplate.Networks, as Docker does
+        old = validate_network_attachments(spec.pop("Networks"), "ServiceSpec.Networks")
+        if old:
+            if spec["TaskTemplate"].get("Networks"):
+                raise SpecError("ServiceSpec.Networks is deprecated and cannot be used together with "
+                                "TaskTemplate.Networks: give the networks in TaskTemplate.Networks only")
+            spec["TaskTemplate"]["Networks"] = old
     return cast(dict[str, Any], spec)
 
 

@@ -55,7 +55,7 @@ async def ctx(tmp_path: Path) -> AsyncIterator[Ctx]:
 
 async def _service(store: Store, sid: str, name: str, nets: list[str] | None = None,
                    ports: list[dict[str, Any]] | None = None, old_style: bool = False) -> None:
-    """A service written straight to the store (the specs still refuse --network)."""
+    """A service written straight to the store (targets as given: names or IDs)."""
     spec: dict[str, Any] = {"Name": name, "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}},
                             "Mode": {"Replicated": {"Replicas": 1}}}
     if nets is not None:

@@ -176,9 +176,6 @@ def test_mounts_bind_and_tmpfs_are_accepted() -> None:
      "Secrets.*not supported"),
     (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "Configs": [{"ConfigID": "x"}]}}),
      "Configs.*not supported"),
-    (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox"}, "Networks": [{"Target": "overlay1"}]}),
-     "overlay networks are not built"),
-    (_spec(Networks=[{"Target": "overlay1"}]), "overlay networks are not built"),
 ])
 def test_ignored_fields_are_refused(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):
