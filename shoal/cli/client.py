@@ -264,6 +264,23 @@ class Client:
         finally:
             resp.close()
 
+    # -- networks -----------------------------------------------------------------------------
+    def networks(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        """GET /networks?filters= (the node's bridge, and the swarm networks on a manager)."""
+        return list(self.request("GET", "/networks", params={"filters": encode_filters(filters)}) or [])
+
+    def network(self, ref: str) -> dict[str, Any]:
+        """GET /networks/{id} (ID, name or ID prefix)."""
+        return dict(self.request("GET", f"/networks/{urllib.parse.quote(ref, safe='')}"))
+
+    def network_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /networks/create with a NetworkCreateRequest; returns ``{"Id", "Warning"}``."""
+        return dict(self.request("POST", "/networks/create", body=body))
+
+    def network_remove(self, ref: str) -> None:
+        """DELETE /networks/{id}."""
+        self.request("DELETE", f"/networks/{urllib.parse.quote(ref, safe='')}")
+
     # -- images -------------------------------------------------------------------------------
     def images_load(self, archive: BinaryIO) -> Iterator[dict[str, Any]]:
         """POST /images/load with the tar as the body; yields the JSON progress messages."""

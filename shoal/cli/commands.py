@@ -9,6 +9,9 @@ Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,n
     node ls | inspect NODE… | update --availability active|pause|drain NODE | promote|demote NODE…
     service create [flags] IMAGE [COMMAND [ARG…]]        service ls | ps SERVICE… | inspect SERVICE…
     service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
+    network create [-d overlay] [--subnet S] [--gateway G] [--ip-range R] [--attachable]
+                   [--label K=V] [--opt K=V] NAME
+    network ls [-q] [--no-trunc] [-f KEY=VALUE] | inspect NETWORK… | rm NETWORK…
     image load -i FILE | pull REF | ls
 
 ``--host`` defaults to ``$SHOAL_HOST``, then ``unix:///run/shoal/shoal.sock``. An API error
@@ -491,6 +494,72 @@ def cmd_image_ls(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ networks
+def _key_values(items: list[str] | None, flag: str) -> dict[str, str]:
+    """``["k=v", "k2"]`` → ``{"k": "v", "k2": ""}`` (docker/cli's ``opts.ConvertKVStringsToMap``)."""
+    out = {}
+    for kv in items or []:
+        k, _, v = kv.partition("=")
+        if not k:
+            raise UsageError(f"invalid {flag} {kv!r}: use KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def build_network_request(a: argparse.Namespace) -> dict[str, Any]:
+    """The ``NetworkCreateRequest`` for ``network create`` flags (as docker/cli's
+    network/create.go builds it: one IPAM config from --subnet, --gateway, --ip-range)."""
+    if (a.gateway or a.ip_range) and not a.subnet:
+        raise UsageError("every ip-range or gateway must have a corresponding subnet")
+    config: dict[str, str] = {}
+    if a.subnet:
+        config["Subnet"] = a.subnet
+    if a.gateway:
+        config["Gateway"] = a.gateway
+    if a.ip_range:
+        config["IPRange"] = a.ip_range
+    return {"Name": a.name, "Driver": a.driver, "Options": _key_values(a.opt, "--opt"),
+            "IPAM": {"Driver": "default", "Config": [config] if config else []},
+            "Attachable": a.attachable, "Internal": a.internal, "Labels": _key_values(a.label, "--label")}
+
+
+def cmd_network_create(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    out.write(c.network_create(build_network_request(a))["Id"] + "\n")
+    return 0
+
+
+def cmd_network_ls(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    filters: dict[str, list[str]] = {}
+    for f in a.filter or []:
+        k, eq, v = f.partition("=")
+        if not eq or not k:
+            raise UsageError(f"bad format of filter (expected name=value): {f}")
+        filters.setdefault(k, []).append(v)
+    nets = c.networks(filters or None)
+    if a.quiet:
+        out.writelines(row[0] + "\n" for row in fmt.network_rows(nets, trunc=not a.no_trunc))
+        return 0
+    out.write(fmt.table(fmt.NETWORK_HEADERS, fmt.network_rows(nets, trunc=not a.no_trunc)))
+    return 0
+
+
+def cmd_network_inspect(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    out.write(fmt.pretty_json([c.network(n) for n in a.networks]) + "\n")
+    return 0
+
+
+def cmd_network_rm(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    rc = 0
+    for ref in a.networks:
+        try:
+            c.network_remove(ref)
+            out.write(ref + "\n")
+        except APIError as e:
+            sys.stderr.write(f"Error response from daemon: {e.message}\n")
+            rc = 1
+    return rc
+
+
 # ------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of the ``shoal`` command (each leaf sets ``func``)."""
@@ -594,6 +663,31 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--raw", action="store_true", help="no task prefix")
     x.add_argument("service", metavar="SERVICE")
     x.set_defaults(func=cmd_service_logs)
+
+    nw = top.add_parser("network", help="manage networks").add_subparsers(dest="cmd", required=True)
+    x = nw.add_parser("create", help="create an overlay network (on a manager)")
+    x.add_argument("-d", "--driver", default="overlay", help="overlay (the only driver; the default)")
+    x.add_argument("--subnet", default="", metavar="CIDR", help="e.g. 10.20.0.0/24 (default: the next free /24)")
+    x.add_argument("--gateway", default="", metavar="IP")
+    x.add_argument("--ip-range", default="", metavar="CIDR", help="allocate task addresses from this sub-range")
+    x.add_argument("--attachable", action="store_true")
+    x.add_argument("--internal", action="store_true")
+    x.add_argument("--label", action="append", metavar="KEY=VALUE")
+    x.add_argument("-o", "--opt", action="append", metavar="KEY=VALUE", help="driver option")
+    x.add_argument("name", metavar="NAME")
+    x.set_defaults(func=cmd_network_create)
+    x = nw.add_parser("ls", help="list networks")
+    x.add_argument("-q", "--quiet", action="store_true")
+    x.add_argument("--no-trunc", action="store_true")
+    x.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
+                   help="id, name, label, driver, scope (swarm|local), type (custom|builtin)")
+    x.set_defaults(func=cmd_network_ls)
+    x = nw.add_parser("inspect", help="show networks as JSON")
+    x.add_argument("networks", nargs="+", metavar="NETWORK")
+    x.set_defaults(func=cmd_network_inspect)
+    x = nw.add_parser("rm", help="remove networks")
+    x.add_argument("networks", nargs="+", metavar="NETWORK")
+    x.set_defaults(func=cmd_network_rm)
 
     im = top.add_parser("image", help="manage images").add_subparsers(dest="cmd", required=True)
     x = im.add_parser("load", help="load an OCI archive or `docker save` tar")

@@ -178,6 +178,17 @@ SERVICE_HEADERS = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]
 TASK_HEADERS = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]
 
 
+NETWORK_HEADERS = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"]
+
+
+def network_rows(networks: list[dict[str, Any]], trunc: bool = True) -> list[list[str]]:
+    """Rows for ``network ls``: NETWORK ID (12 characters unless ``trunc`` is false), NAME,
+    DRIVER, SCOPE, sorted by name (docker/cli cli/command/network/list.go)."""
+    return [[short_id(n.get("Id", "")) if trunc else n.get("Id", ""), n.get("Name", ""), n.get("Driver", ""),
+             n.get("Scope", "")]
+            for n in sorted(networks, key=lambda n: (n.get("Name", ""), n.get("Id", "")))]
+
+
 def service_mode(spec: dict[str, Any]) -> str:
     """``replicated`` / ``global`` / ``replicated job`` / ``global job``."""
     mode = spec.get("Mode") or {}

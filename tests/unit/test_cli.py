@@ -292,3 +292,35 @@ def test_logs_demultiplexes_and_prefixes(api: tuple[str, dict[Any, Any]]) -> Non
     rc, out = run(host, "service", "logs", "web")
     assert rc == 0
     assert out.splitlines() == ["web.1.t1@h1    | hello", "web.1.t1@h1    | world"]
+
+
+def test_network_create_flags_build_docker_shaped_request() -> None:
+    a = cli.build_parser().parse_args(["network", "create", "--subnet", "10.20.0.0/24", "--gateway", "10.20.0.1",
+                                       "--ip-range", "10.20.0.128/25", "--attachable", "--label", "a=b",
+                                       "--label", "flag", "-o", "k=v", "backend"])
+    assert cli.build_network_request(a) == {
+        "Name": "backend", "Driver": "overlay", "Options": {"k": "v"}, "Attachable": True, "Internal": False,
+        "IPAM": {"Driver": "default", "Config": [{"Subnet": "10.20.0.0/24", "Gateway": "10.20.0.1",
+                                                  "IPRange": "10.20.0.128/25"}]},
+        "Labels": {"a": "b", "flag": ""}}
+    a = cli.build_parser().parse_args(["network", "create", "plain"])
+    assert cli.build_network_request(a)["IPAM"] == {"Driver": "default", "Config": []}
+    a = cli.build_parser().parse_args(["network", "create", "--ip-range", "10.1.0.0/25", "x"])
+    with pytest.raises(cli.UsageError, match="corresponding subnet"):
+        cli.build_network_request(a)
+
+
+def test_network_ls_table_and_rm(api: tuple[str, dict[Any, Any]]) -> None:
+    host, routes = api
+    nets = [{"Id": "z" * 25, "Name": "web", "Driver": "overlay", "Scope": "swarm"},
+            {"Id": "shoal-bridge", "Name": "bridge", "Driver": "bridge", "Scope": "local"}]
+    routes[("GET", "/networks")] = lambda q, b: (200, nets)
+    rc, out = run(host, "network", "ls", "-f", "driver=overlay")
+    assert rc == 0
+    assert out == ("NETWORK ID     NAME     DRIVER    SCOPE\n"
+                   "shoal-bridge   bridge   bridge    local\n"
+                   "zzzzzzzzzzzz   web      overlay   swarm\n")
+    method, path, query, _ = routes["log"][-1]
+    assert (method, path) == ("GET", "/networks") and "driver" in query
+    routes[("DELETE", "/networks/web")] = lambda q, b: (204, b"")
+    assert run(host, "network", "rm", "web") == (0, "web\n")

@@ -103,7 +103,7 @@ async def test_messages_name_the_feature_and_the_alternative(
     await expect(await client.delete("/v1.41/images/docker.io/library/busybox:latest"), 501,
                  "removing images is not supported by Shoal yet")
     await expect(await client.post("/v1.41/networks/bridge/connect", json={}), 501,
-                 "one local bridge network", exact=False)
+                 "connecting, disconnecting and pruning networks is not supported by Shoal yet", exact=False)
     # outside a swarm the autolock routes answer as every swarm route does there
     await expect(await client.get("/v1.41/swarm/unlockkey"), 503, "This node is not a swarm manager", exact=False)
 
@@ -130,8 +130,11 @@ async def test_served_routes_are_not_shadowed(
     await expect(await client.get("/v1.41/images/docker.io/library/nope:1/json"), 404, "No such image", exact=False)
     r = await client.get("/v1.41/networks/bridge")
     assert r.status == 200 and (await r.json())["Name"] == "bridge"
-    await expect(await client.post("/v1.41/networks/create", json={"Name": "n"}), 501,
-                 "creating networks is not supported yet", exact=False)
+    # outside a swarm: the bridge is listed, an overlay network needs a manager, DELETE is served
+    await expect(await client.post("/v1.41/networks/create", json={"Name": "n", "Driver": "overlay"}), 503,
+                 "This node is not a swarm manager", exact=False)
+    await expect(await client.delete("/v1.41/networks/bridge"), 403,
+                 "bridge is a pre-defined network and cannot be removed")
     await expect(await client.post("/v1.41/services/create", json={}), 503, "not a swarm manager", exact=False)
     r = await client.get("/v1.41/_ping")
     assert r.status == 200 and await r.text() == "OK"

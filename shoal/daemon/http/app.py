@@ -57,6 +57,8 @@ def _version_problem(path: str) -> str | None:
 
 
 SWARM_PREFIXES = ("/swarm", "/nodes", "/services", "/tasks")
+"""The routes that need a manager. Not ``/networks``: the local bridge is served on any node, the
+swarm networks by the network routes themselves (:mod:`shoal.daemon.http.networks`)."""
 LOCAL_SWARM_PATHS = ("/swarm/init", "/swarm/join", "/swarm/leave")
 
 
@@ -118,7 +120,7 @@ def build_app(daemon: Daemon) -> web.Application:
     system.add_routes(app, daemon)
     swarm.add_local_routes(app, daemon)
     images.add_routes(app, daemon)
-    networks.add_routes(app)
+    networks.add_routes(app, _network_access(daemon))
     add_swarm_routes(app, _ManagerProxy(daemon))
     unsupported.add_routes(app)  # last: Docker's routes Shoal does not serve yet answer 501
     return app
@@ -140,6 +142,15 @@ async def _read_barrier(daemon: Daemon, request: web.Request) -> web.StreamRespo
     except ControlError as e:
         return api_error(e.status, e.message)
     return None
+
+
+def _network_access(daemon: Daemon) -> networks.SwarmAccess:
+    """The network routes' view of the node's role: the manager when there is one (its reads
+    after :func:`_read_barrier`), else Docker's not-a-manager message for a swarm write."""
+    return networks.swarm_access(
+        manager=lambda: daemon.manager if daemon.state.in_swarm else None,
+        refusal=lambda: WORKER_NOT_MANAGER if daemon.state.in_swarm else NOT_IN_SWARM,
+        barrier=lambda request: _read_barrier(daemon, request))
 
 
 class _ManagerProxy:

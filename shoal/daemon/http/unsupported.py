@@ -38,8 +38,8 @@ class Unsupported:
 
 
 _AS_SERVICE = "run it as a service (docker service create …); docker service ps SERVICE lists its tasks"
-_ONE_BRIDGE = ("each node has one local bridge network for now (overlay networks come with the "
-               "overlay work)")
+_NETWORKS = ("a service's tasks join the overlay networks of its spec (docker service create "
+             "--network NAME); each node has one local bridge network")
 
 UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("containers", _AS_SERVICE, (
@@ -109,8 +109,8 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("saving images (docker image save)", "", (
         ("GET", "/images/{name:.*}/get"), ("GET", "/images/get"),
     ), verb="is"),
-    Unsupported("removing, connecting and pruning networks", _ONE_BRIDGE, (
-        ("DELETE", "/networks/{id:.*}"), ("POST", "/networks/{id:.*}/connect"),
+    Unsupported("connecting, disconnecting and pruning networks", _NETWORKS, (
+        ("POST", "/networks/{id:.*}/connect"),
         ("POST", "/networks/{id:.*}/disconnect"), ("POST", "/networks/prune"),
     ), verb="is"),
     Unsupported("swarm autolock (docker swarm unlock, unlock-key)", "", (
