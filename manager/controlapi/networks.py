@@ -22,8 +22,8 @@ networks can ever hold the same subnet or VNI (the store is the allocator's only
 Removing a network deletes the object, which is what releases its subnet and VNI.
 
 Writes (:func:`create`, :func:`remove`) are in :data:`manager.controlapi.control.CALLS`; reads
-(:func:`inspect`, :func:`list_networks`, :func:`find`) run on any manager. Nothing here is
-reachable over HTTP yet: ``POST /networks/create`` answers 501 until the data plane is wired.
+(:func:`inspect`, :func:`list_networks`, :func:`find`) run on any manager. Served over HTTP by
+:mod:`shoal.daemon.http.networks` (``/networks/create``, ``/networks``, ``/networks/{id}``).
 """
 
 from __future__ import annotations

@@ -149,6 +149,26 @@ def cmd_node_role(c: Client, a: argparse.Namespace, out: TextIO) -> int:
 
 
 # ------------------------------------------------------------------------------ services
+def parse_network_flag(text: str) -> dict[str, Any]:
+    """``--network`` as docker/cli reads it: ``NAME`` or the long form ``name=NAME,alias=A,alias=B``
+    → ``{"Target": NAME, "Aliases": [...]}``. Raises ``ValueError`` naming a bad key."""
+    if "=" not in text:
+        return {"Target": text}
+    target, aliases = "", []
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        k = k.strip().lower()
+        if k in ("name", "target"):
+            target = v
+        elif k == "alias":
+            aliases.append(v)
+        else:
+            raise ValueError(f"invalid field key {k!r} in --network {text!r}: use name=NAME,alias=ALIAS")
+    if not target:
+        raise ValueError(f"--network {text!r}: the network name is missing (name=NAME)")
+    return {"Target": target, "Aliases": aliases} if aliases else {"Target": target}
+
+
 def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
     """The ServiceSpec for ``service create`` flags (as docker/cli's ``service/opts.go`` builds it).
 
@@ -202,6 +222,8 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
             task["RestartPolicy"] = restart
         if a.constraint:
             task["Placement"] = {"Constraints": list(a.constraint)}
+        if getattr(a, "network", None):
+            task["Networks"] = [parse_network_flag(n) for n in a.network]
         if a.log_driver or a.log_opt:
             # as docker/cli's logDriverOptions; --log-opt alone means the only driver, json-file
             check_driver(a.log_driver)
@@ -630,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--stop-grace-period", default="", metavar="DURATION")
     x.add_argument("--stop-signal", default="")
     x.add_argument("--constraint", action="append", metavar="EXPR", help="e.g. node.hostname==h2")
+    x.add_argument("--network", action="append", metavar="NETWORK",
+                   help="attach to an overlay network: NAME, or name=NAME,alias=ALIAS (repeatable)")
     x.add_argument("--log-driver", default="", metavar="DRIVER", help="json-file (the only one)")
     x.add_argument("--log-opt", action="append", metavar="KEY=VALUE",
                    help="json-file option: max-size=10m, max-file=3 (repeatable)")

@@ -46,7 +46,8 @@ class RecordingExecutor:
         self.report: Callable[[str, dict[str, Any]], None] | None = None
         self.seen: set[str] = set()
 
-    async def set_assignments(self, node: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+    async def set_assignments(self, node: dict[str, Any], tasks: list[dict[str, Any]],
+                              networks: dict[str, Any] | None = None) -> None:
         self.calls.append((node, tasks))
         assert self.report is not None
         for t in tasks:

@@ -324,3 +324,12 @@ def test_network_ls_table_and_rm(api: tuple[str, dict[Any, Any]]) -> None:
     assert (method, path) == ("GET", "/networks") and "driver" in query
     routes[("DELETE", "/networks/web")] = lambda q, b: (204, b"")
     assert run(host, "network", "rm", "web") == (0, "web\n")
+
+
+def test_network_flag_short_and_long_forms() -> None:
+    assert cli.parse_network_flag("backend") == {"Target": "backend"}
+    assert cli.parse_network_flag("name=backend,alias=db,alias=pg") == {"Target": "backend", "Aliases": ["db", "pg"]}
+    with pytest.raises(ValueError, match="invalid field key 'driver'"):
+        cli.parse_network_flag("name=x,driver=y")
+    a = cli.build_parser().parse_args("service create --name api --network backend busybox".split())
+    assert cli.build_service_spec(a)["TaskTemplate"]["Networks"] == [{"Target": "backend"}]

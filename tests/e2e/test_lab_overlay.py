@@ -1,0 +1,97 @@
+"""Overlay networks across lab hosts, the first slice of issue 9: a service attached to an overlay
+network gets an address per task on it, and its tasks on different hosts reach each other by that
+address over VXLAN (the worker's VXLAN driver, peers pushed by the dispatcher). Names, VIPs and
+published ports are not built yet.
+
+Each request runs inside a task's own network namespace (``nsenter --net=/proc/PID/ns/net``): the
+overlay is reachable only from containers attached to it, not from the hosts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from deploy.lab import lab
+from tests.e2e.conftest import Cluster, client, shoal, wait_until
+
+_GET = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+
+
+def _in_task(pid: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in the network namespace of the task whose container's pid is ``pid``."""
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "--", *argv],
+                          capture_output=True, text=True, timeout=30)
+
+
+def _get_from_task(pid: int, url: str) -> str:
+    res = _in_task(pid, sys.executable, "-I", "-c", _GET, url)
+    if res.returncode != 0:
+        raise AssertionError(f"GET {url} from pid {pid}: {res.stderr.strip().splitlines()[-1:]}")
+    return res.stdout.strip()
+
+
+def _running_tasks(service: str, network: str) -> list[dict[str, Any]] | None:
+    """The running tasks of ``service``, each ``{"node", "pid", "ip"}`` (its address on
+    ``network``), or None until every one of them runs with an address there."""
+    c = client("h1")
+    svc = c.service(service)
+    want = svc["Spec"]["Mode"]["Replicated"]["Replicas"]
+    out = []
+    for t in c.tasks({"service": [svc["ID"]], "desired-state": ["running"]}):
+        if t["Status"]["State"] != "running":
+            return None
+        addrs = [a for att in t.get("NetworksAttachments") or []
+                 if att["Network"]["Spec"]["Name"] == network for a in att.get("Addresses") or []]
+        pid = (t["Status"].get("ContainerStatus") or {}).get("PID")
+        if not addrs or not pid:
+            return None
+        out.append({"node": t["NodeID"], "pid": int(pid), "ip": addrs[0].split("/")[0], "id": t["ID"]})
+    return out if len(out) == want else None
+
+
+def _underlay_mtu(host: lab.HostState) -> int:
+    """The MTU of the interface that carries ``host``'s lab address (its data path address)."""
+    res = subprocess.run(["ip", "-n", host.netns, "-j", "addr", "show"], capture_output=True, text=True, check=True)
+    for link in json.loads(res.stdout):
+        if any(a.get("local") == host.ip for a in link.get("addr_info", [])):
+            return int(link["mtu"])
+    raise AssertionError(f"no interface of {host.name} holds {host.ip}")
+
+
+def test_tasks_reach_each_other_by_ip_across_hosts(cluster: Cluster) -> None:
+    r = shoal("h1", "network", "create", "-d", "overlay", "--subnet", "10.20.0.0/24", "backend")
+    assert r.returncode == 0, r.stderr
+    assert "backend" in shoal("h1", "network", "ls").stdout
+    r = shoal("h1", "service", "create", "--name", "api", "--replicas", "3", "--network", "backend",
+              "--timeout", "180", lab.IMAGE, "httpd", "-f", "-p", "80", "-h", "/www", timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tasks = wait_until(lambda: _running_tasks("api", "backend"), 90, "3 running api tasks with a backend address")
+    assert len({t["node"] for t in tasks}) == 3, tasks  # one per host: every pair crosses the underlay
+    assert len({t["ip"] for t in tasks}) == 3 and all(t["ip"].startswith("10.20.0.") for t in tasks), tasks
+
+    # every task answers every other one, on another host, at its overlay address
+    hostnames = {}
+    for a in tasks:
+        for b in tasks:
+            if a is b:
+                continue
+            url = f"http://{b['ip']}/cgi-bin/whoami"
+            answer = wait_until(lambda pid=a["pid"], url=url: _get_from_task(pid, url), 20,
+                                f"task {a['id']} to reach {b['ip']} over the overlay")
+            hostnames.setdefault(b["ip"], set()).add(answer)
+    assert all(len(v) == 1 for v in hostnames.values()) and len({next(iter(v)) for v in hostnames.values()}) == 3
+
+    # the overlay interface's MTU is the underlay's minus the 50 bytes of VXLAN
+    expected = _underlay_mtu(cluster.state.host("h1")) - 50
+    link = _in_task(tasks[0]["pid"], "ip", "-j", "link", "show")
+    mtus = {x["ifname"]: x["mtu"] for x in json.loads(link.stdout)}
+    assert mtus.get("eth1") == expected, mtus
+
+    # a network in use is not removed; once its service is gone it is
+    r = shoal("h1", "network", "rm", "backend")
+    assert r.returncode != 0 and "api" in (r.stderr + r.stdout), r
+    assert shoal("h1", "service", "rm", "api").returncode == 0
+    wait_until(lambda: shoal("h1", "network", "rm", "backend").returncode == 0, 60, "backend to be removable")
+    assert "backend" not in shoal("h1", "network", "ls").stdout
