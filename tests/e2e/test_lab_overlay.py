@@ -9,6 +9,8 @@ overlay is reachable only from containers attached to it, not from the hosts."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -88,6 +90,21 @@ def test_tasks_reach_each_other_by_ip_across_hosts(cluster: Cluster) -> None:
     link = _in_task(tasks[0]["pid"], "ip", "-j", "link", "show")
     mtus = {x["ifname"]: x["mtu"] for x in json.loads(link.stdout)}
     assert mtus.get("eth1") == expected, mtus
+
+    # the docker CLI attaches a service by the network's name too, and its task reaches the others
+    docker = shutil.which("docker")
+    if docker:
+        env = dict(os.environ, DOCKER_HOST=f"unix://{lab.socket_path('h1')}")
+        r = subprocess.run([docker, "service", "create", "--detach", "--name", "client", "--network", "backend",
+                            lab.IMAGE, "sleep", "100000"], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        (client_task,) = wait_until(lambda: _running_tasks("client", "backend"), 90, "the client task on backend")
+        for b in tasks:
+            url = f"http://{b['ip']}/cgi-bin/whoami"
+            wait_until(lambda url=url: _get_from_task(client_task["pid"], url), 20,
+                       f"the docker-made client task to reach {b['ip']}")
+        assert subprocess.run([docker, "service", "rm", "client"], env=env, capture_output=True,
+                              timeout=60).returncode == 0
 
     # a network in use is not removed; once its service is gone it is
     r = shoal("h1", "network", "rm", "backend")
