@@ -18,8 +18,8 @@ from shoal.base.taskstate import ASSIGNED, COMPLETE, REMOVE, RUNNING, state_orde
 from shoal.base.views import Node, Task
 from shoal.rpc import wire
 
-__all__ = ["OVERLAY", "PEER_DESIRED", "Session", "TaskIndex", "assignment_set", "attachments", "fingerprint",
-           "manager_addr", "node_networks", "peer_keys", "send_outbox", "vtep"]
+__all__ = ["OVERLAY", "PEER_DESIRED", "Session", "TaskIndex", "assignment_set", "attachments", "dns_task_keys",
+           "fingerprint", "manager_addr", "node_networks", "peer_keys", "send_outbox", "service_dns_keys", "vtep"]
 
 log = logging.getLogger("manager.dispatcher")
 
@@ -62,13 +62,15 @@ def fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]],
                 networks: Mapping[str, Mapping[str, Any]] | None = None) -> bytes:
     """Bytes that change iff something the worker acts on changed (not status/version/timestamps):
     the node, its assignment set and ``networks`` (:func:`node_networks`: a network's spec, driver
-    state or IPAM, a peer appearing, leaving or moving; not a network's ``Version``/``UpdatedAt``)."""
+    state or IPAM, a peer appearing, leaving or moving, its DNS records; not a network's
+    ``Version``/``UpdatedAt``)."""
     n = {k: v for k, v in node.items() if k not in _VOLATILE + ("Description", "ManagerStatus")}
     # a demoted manager acts when the leader has taken it out of Raft (ManagerStatus removed)
     n["_raft_member"] = bool(node.get("ManagerStatus"))
     # tasks entering or leaving the set change the list, so they push even if nothing else changed
     ts = [{k: v for k, v in t.items() if k not in _VOLATILE} for t in tasks]
-    nets = [[nid, {k: v for k, v in _map(e.get("Network")).items() if k not in _VOLATILE}, e.get("Peers")]
+    nets = [[nid, {k: v for k, v in _map(e.get("Network")).items() if k not in _VOLATILE}, e.get("Peers"),
+             e.get("DNS")]
             for nid, e in sorted((networks or {}).items())]
     data: bytes = msgpack.packb([n, ts, nets], use_bin_type=True)
     return data
@@ -126,6 +128,70 @@ def vtep(node: Mapping[str, Any] | None) -> str | None:
     return addr
 
 
+def dns_task_keys(task: Mapping[str, Any] | None) -> set[tuple[str, str, int | str, str, str, str | None]]:
+    """``{(network ID, service ID, slot, task ID, "a.b.c.d/len", hostname)}``: the DNS records
+    ``task`` (None: none) adds, one per network it has an address on, when its ``Status.State``
+    and ``DesiredState`` are both ``running`` and it has a ``ServiceID``; else empty. ``slot``:
+    its ``Slot``, or its ``NodeID`` when it has none (a global service's task); ``hostname``:
+    ``Spec.ContainerSpec.Hostname`` or None. Compared before and after a change, like
+    :func:`peer_keys`."""
+    if not task or task.get("DesiredState") != "running" or _map(task.get("Status")).get("State") != "running":
+        return set()
+    sid, tid = task.get("ServiceID"), task.get("ID")
+    if not isinstance(sid, str) or not sid or not isinstance(tid, str):
+        return set()
+    raw_slot = task.get("Slot")
+    slot: int | str
+    if isinstance(raw_slot, int) and not isinstance(raw_slot, bool) and raw_slot > 0:
+        slot = raw_slot
+    else:
+        slot = str(task.get("NodeID") or "")
+    hn = _map(_map(task.get("Spec")).get("ContainerSpec")).get("Hostname")
+    hostname = hn if isinstance(hn, str) and hn else None
+    return {(nid, sid, slot, tid, addr, hostname) for nid, addr in attachments(task) if addr}
+
+
+def service_dns_keys(service: Mapping[str, Any] | None) -> set[tuple[str, str, tuple[str, ...]]]:
+    """``{(network ID, service name, (alias, …))}`` of ``service`` (None: none): one per
+    ``Spec.TaskTemplate.Networks`` entry with a ``Target`` (the network ID as stored), with that
+    entry's ``Aliases``. The dispatcher compares them before and after a service change."""
+    if not service:
+        return set()
+    spec = _map(service.get("Spec"))
+    name = spec.get("Name")
+    if not isinstance(name, str) or not name:
+        return set()
+    raw = _map(spec.get("TaskTemplate")).get("Networks")
+    out = set()
+    for n in raw if isinstance(raw, list) else ():
+        n = _map(n)
+        target = n.get("Target")
+        if not isinstance(target, str) or not target:
+            continue
+        al = n.get("Aliases")
+        aliases = tuple(a for a in al if isinstance(a, str)) if isinstance(al, list) else ()
+        out.add((target, name, aliases))
+    return out
+
+
+def _dns(nid: str, index: TaskIndex) -> dict[str, Any]:
+    """The ``DNS`` part of network ``nid``'s entry: its services and running tasks, sorted."""
+    services = sorted(set(index.services.get(nid, ())))
+    tasks = []
+    for sid, slot, tid, addr, hostname in index.dns_tasks.get(nid, ()):
+        name = index.service_names.get(sid)
+        if name is None:
+            continue  # its service is gone: no name to answer
+        try:
+            ip = ip_of(addr)
+        except ValueError:
+            continue
+        tasks.append({"Service": name, "Slot": slot, "ID": tid, "IP": ip, "Hostname": hostname})
+    # ints before node IDs when a service has both (never in practice)
+    tasks.sort(key=lambda t: (t["Service"], isinstance(t["Slot"], str), t["Slot"], t["ID"]))
+    return {"Services": [{"Name": n, "Aliases": list(a), "VIP": None} for n, a in services], "Tasks": tasks}
+
+
 class TaskIndex:
     """The tasks table indexed once per dispatcher pass (``tasks``: all tasks, kept as given and
     only read, e.g. :meth:`manager.store.ReadTx.list_shallow`):
@@ -134,19 +200,36 @@ class TaskIndex:
     - ``peers``: network ID → ``[(node ID, "a.b.c.d/len")]`` of the tasks that are peers on it
       (:func:`peer_keys`).
 
-    Building it costs one pass over all tasks (O(T)); a node's peer list is then
-    O(peers of its networks) rather than a scan of all tasks per node and network.
+    - ``dns_tasks``: network ID → ``[(service ID, slot, task ID, "a.b.c.d/len", hostname)]`` of
+      the running tasks on it (:func:`dns_task_keys`);
+    - ``services``: network ID → ``[(service name, (alias, …))]`` of the services whose
+      ``TaskTemplate.Networks`` target it, and ``service_names``: service ID → name, from
+      ``services`` (all services, only read; :func:`service_dns_keys`).
+
+    Building it costs one pass over all tasks and services (O(T + S)); a node's peer list and DNS
+    records are then O(tasks and services of its networks) rather than a scan per node and network.
     """
 
-    def __init__(self, tasks: Iterable[dict[str, Any]]) -> None:
+    def __init__(self, tasks: Iterable[dict[str, Any]], services: Iterable[dict[str, Any]] = ()) -> None:
         self.by_node: dict[str, list[dict[str, Any]]] = {}
         self.peers: dict[str, list[tuple[str, str]]] = {}
+        self.dns_tasks: dict[str, list[tuple[str, int | str, str, str, str | None]]] = {}
+        self.services: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        self.service_names: dict[str, str] = {}
         for t in tasks:
             node_id = t.get("NodeID")
             if isinstance(node_id, str) and node_id:
                 self.by_node.setdefault(node_id, []).append(t)
             for nid, nd, addr in peer_keys(t):
                 self.peers.setdefault(nid, []).append((nd, addr))
+            for nid, sid, slot, tid, addr, hostname in dns_task_keys(t):
+                self.dns_tasks.setdefault(nid, []).append((sid, slot, tid, addr, hostname))
+        for svc in services:
+            for nid, name, aliases in service_dns_keys(svc):
+                self.services.setdefault(nid, []).append((name, aliases))
+            svc_id, svc_name = svc.get("ID"), _map(svc.get("Spec")).get("Name")
+            if isinstance(svc_id, str) and isinstance(svc_name, str) and svc_name:
+                self.service_names[svc_id] = svc_name
 
 
 def node_networks(node_id: str, tasks: list[dict[str, Any]], index: TaskIndex,
@@ -163,6 +246,11 @@ def node_networks(node_id: str, tasks: list[dict[str, Any]], index: TaskIndex,
     prefix, the MAC :func:`~shoal.base.netaddr.mac_from_ip` of it and the VTEP ``node_vtep(node)``
     (tasks of nodes for which it is None, and addresses that are not IPv4, are left out), sorted
     by IP. ``network(id)``: the stored network or None; ``{}`` when no task uses an overlay network.
+
+    Each entry also has ``"DNS": {"Services": [{"Name", "Aliases", "VIP": None}], "Tasks":
+    [{"Service", "Slot", "ID", "IP", "Hostname"}]}``: the services of ``index.services`` on the
+    network (sorted by name) and its running tasks on *any* node, this one included
+    (``index.dns_tasks``, whose service is known; sorted by service, slot, ID).
     """
     used: set[str] = set()
     for t in tasks:
@@ -188,7 +276,7 @@ def node_networks(node_id: str, tasks: list[dict[str, Any]], index: TaskIndex,
                 continue
             peers[(ip, mac, v)] = {"IP": ip, "MAC": mac, "VTEP": v}
         ordered = sorted(peers.items(), key=lambda kv: (ipaddress.ip_address(kv[0][0]), kv[0][2]))
-        out[nid] = {"Network": net, "Peers": [p for _, p in ordered]}
+        out[nid] = {"Network": net, "Peers": [p for _, p in ordered], "DNS": _dns(nid, index)}
     return out
 
 

@@ -24,8 +24,14 @@ SWARM-FACTS 1.3):
   to every connected node that uses the network, within the same coalescing. Cost: the sessions
   using each network are kept (``_net_users``, refreshed at each push) so a task change marks only
   the users of the networks its peer entries changed on; a node's ``Status`` change or a network
-  change marks every node using a network (both are rare). Each flush indexes all tasks once
-  (:class:`~manager.dispatcher.assignments.TaskIndex`, O(T)) however many nodes are dirty.
+  change marks every node using a network (both are rare). Each flush indexes all tasks and
+  services once (:class:`~manager.dispatcher.assignments.TaskIndex`, O(T + S)) however many nodes
+  are dirty.
+- Service names: each network entry also carries ``DNS``, the services attached to the network
+  and its running tasks on every node (the worker's embedded DNS table). A task starting or
+  stopping running (or its address or hostname changing) marks the users of its networks, as a
+  peer change does; a service created, removed, renamed or with changed networks/aliases marks
+  the users of the networks it was and is on (other service updates do not).
 - Pushes to one session go out one at a time (:class:`~manager.dispatcher.assignments.Session` ``outbox``): while one is being
   written, a newer assignment set or manager list replaces the one waiting, so a node that
   reads slowly (or not at all) costs at most one unsent message of each kind, never a queue
@@ -53,11 +59,13 @@ from manager.dispatcher.assignments import (
     Session,
     TaskIndex,
     assignment_set,
+    dns_task_keys,
     fingerprint,
     manager_addr,
     node_networks,
     peer_keys,
     send_outbox,
+    service_dns_keys,
     vtep,
 )
 from manager.dispatcher.taskstatus import StatusBatch, apply_status_updates, parse_status_updates
@@ -131,7 +139,7 @@ class Dispatcher:
         if self._running:
             return
         self._running = True
-        watch = self.store.watch(["nodes", "tasks", "networks"])
+        watch = self.store.watch(["nodes", "tasks", "networks", "services"])
         self._watch_task = asyncio.create_task(self._watch_loop(watch), name="dispatcher-watch")
         ttl = 2 * self.grace_multiplier * self.heartbeat_period
         for node in self.store.view().list("nodes"):
@@ -356,7 +364,17 @@ class Dispatcher:
                             self._mark_dirty(nid)
                     # only a change of the task's peer entries concerns the other nodes
                     new = set() if ev.action == "delete" else peer_keys(ev.obj)
-                    for net_id in {k[0] for k in new ^ peer_keys(ev.old)}:
+                    changed = {k[0] for k in new ^ peer_keys(ev.old)}
+                    # and of its DNS records (running or not, address, hostname)
+                    new_dns = set() if ev.action == "delete" else dns_task_keys(ev.obj)
+                    changed.update(k[0] for k in new_dns ^ dns_task_keys(ev.old))
+                    for net_id in changed:
+                        self._mark_net_users(net_id)
+                elif ev.table == "services":
+                    # a service's name, networks or aliases changing: the users of its networks
+                    # (old and new); a rename also renames its tasks' records
+                    new_svc = set() if ev.action == "delete" else service_dns_keys(ev.obj)
+                    for net_id in {k[0] for k in new_svc ^ service_dns_keys(ev.old)}:
                         self._mark_net_users(net_id)
                 elif ev.table == "networks":
                     # rare; a network just created may be used by tasks no push has listed it for
@@ -455,7 +473,7 @@ class Dispatcher:
             if node is None:
                 continue
             if index is None:  # one pass over the tasks for every node of this flush
-                index = TaskIndex(view.list_shallow("tasks"))
+                index = TaskIndex(view.list_shallow("tasks"), view.list_shallow("services"))
             # deep copies of the node's tasks: the push may wait in the outbox while the store changes
             tasks = [c for t in assignment_set(index.by_node.get(node_id, []))
                      if (c := view.get("tasks", t["ID"])) is not None]

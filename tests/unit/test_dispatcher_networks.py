@@ -22,6 +22,7 @@ from tests.waiting import wait_until
 
 NET = "net1aaaaaaaaaaaaaaaaaaaaa"
 OTHER_NET = "net2bbbbbbbbbbbbbbbbbbbbb"
+NO_DNS: dict[str, Any] = {"Services": [], "Tasks": []}  # no service is stored in these tests
 VTEP = {"n1": "10.99.0.11", "n2": "10.99.0.12", "n3": "10.99.0.13"}
 
 
@@ -124,7 +125,7 @@ def test_node_networks_pure() -> None:
     got = run("n1", index.by_node["n1"])
     # sorted by IP as addresses (10.0.1.9 before 10.0.1.10); down node n3 and ineligible tasks left out
     assert got == {NET: {"Network": net, "Peers": [peer("10.0.1.9", "n2"), peer("10.0.1.10", "n2"),
-                                                   peer("10.0.1.33", "n2")]}}
+                                                   peer("10.0.1.33", "n2")], "DNS": NO_DNS}}
     # a terminal task of the node does not make it use the network; a non-overlay network is not listed
     assert run("n1", [task("a", "n1", "10.0.1.5/24", state="complete")]) == {}
     assert node_networks("n1", index.by_node["n1"], index, lambda i: network(driver="bridge"), lambda n: "x") == {}
@@ -162,10 +163,11 @@ async def test_each_node_gets_the_other_nodes_tasks_as_peers(env: NetEnv) -> Non
     await wait_until(lambda: n3.assignments, 3, "n3's push")
     stored = env.stored_network()
     assert n1.last()["networks"] == {NET: {"Network": stored, "Peers": [peer("10.0.1.7", "n2"),
-                                                                        peer("10.0.1.10", "n2")]}}
+                                                                        peer("10.0.1.10", "n2")], "DNS": NO_DNS}}
     assert n1.last()["networks"][NET]["Network"]["Spec"]["Name"] == "web-net1"  # the stored object
     # n2 uses both networks; nobody else is on the second one
-    assert n2.last()["networks"][OTHER_NET] == {"Network": env.stored_network(OTHER_NET), "Peers": []}
+    assert n2.last()["networks"][OTHER_NET] == {"Network": env.stored_network(OTHER_NET), "Peers": [],
+                                                "DNS": NO_DNS}
     # a node with no overlay task: the message as before, with networks {}
     assert n3.last()["networks"] == {} and [t["ID"] for t in n3.last()["tasks"]] == ["c1"]
     assert set(n3.last()) == {"node", "tasks", "networks"}
