@@ -489,6 +489,7 @@ class _Controller:
         self._overlay_eps: list[EndpointConfig] = []  # overlay endpoints attached (or tried) in prepare
         self._overlay_recovered = False  # the container was found at start: its endpoints are the task's
         self._dns_ep: DnsEndpoint | None = None  # the embedded DNS serving this container (overlay tasks)
+        self._dns_recovered = False  # _recover_dns tried for the container found at start
         self._last_status: dict[str, Any] | None = None
         self._last_sent = 0.0
 
@@ -767,6 +768,24 @@ class _Controller:
             raise RuntimeError(f"setting up the embedded DNS server ({wdns.DNS_ADDR}:{wdns.DNS_PORT}) in the "
                                f"container's network namespace failed: {e or type(e).__name__}") from e
 
+    async def _recover_dns(self) -> None:
+        """A running container found at start (a daemon restart) on overlay networks: its embedded
+        DNS again, in ``/proc/<pid>/ns/net`` (once; a failure is logged, the container keeps running)."""
+        if self._dns_ep is not None or self._dns_recovered or not self._overlay_recovered:
+            return
+        try:
+            nids = [a.network_id for a in ov.overlay_attachments(self.task)]
+        except ValueError:
+            nids = []
+        pid = int(getattr(self.cstate, "pid", 0) or 0)
+        if not nids or pid <= 0 or getattr(self.cstate, "status", None) != "running":
+            return
+        self._dns_recovered = True
+        try:
+            await self._serve_dns(nids, f"/proc/{pid}/ns/net")
+        except Exception as e:
+            log.warning("task %s: %s", self.tid, e)
+
     async def _stop_dns(self) -> None:
         ep, self._dns_ep = self._dns_ep, None
         if ep is not None:
@@ -900,6 +919,7 @@ class _Controller:
 
     async def _watch_running(self) -> None:
         """Wait for the container to exit or for a change of the task; report the exit."""
+        await self._recover_dns()
         self._ensure_exit_wait()
         assert self._exit_wait is not None
         waker = asyncio.ensure_future(self._wake.wait())

@@ -24,7 +24,7 @@ from tests.unit.test_executor_overlay_calls import (
     overlay_task,
     peers_msg,
 )
-from tests.unit.test_executor_states import make_task
+from tests.unit.test_executor_states import StateTestDouble, make_task
 from tests.waiting import wait_until as until
 from worker import dns as wdns
 from worker import overlay as ov
@@ -130,6 +130,25 @@ async def test_dns_setup_failure_rejects_the_task_and_releases() -> None:
     assert "embedded DNS" in err and "127.0.0.11:53" in err and "Cannot assign requested address" in err
     assert ("detach", NET_A, TID) in e.driver.calls
     assert container_id_for(TID) not in e.runtime.specs
+    await e.ex.close()
+
+
+async def test_recovered_running_container_gets_its_embedded_dns_back() -> None:
+    e = OvEnv()
+    cid = container_id_for(TID)
+    e.runtime.containers[cid] = StateTestDouble(cid, "running", pid=777, labels={"com.docker.swarm.task.id": TID})
+    await e.ex.recover()
+    await until(lambda: e.states(TID)[-1:] == ["running"])
+    t = overlay_task(TID, (NET_A, "10.0.1.5/24"))
+    t["Status"]["State"] = "running"
+    await e.ex.set_assignments(OVNODE, [t], {NET_A: with_dns(peers_msg(NET_A), [API], API_TASKS)})
+    await until(lambda: e.dns_netns == ["/proc/777/ns/net"])
+    ep = e.ex._controllers[TID]._dns_ep
+    assert ep is not None and ep.networks == (NET_A,)
+    assert ips(await query(ep, "api")) == ["10.0.1.5", "10.0.1.6"]
+    await e.ex.set_assignments(OVNODE, [{**t, "DesiredState": "remove"}])
+    await until(lambda: TID not in e.ex.task_states())
+    assert ep.closed and e.dns_netns == ["/proc/777/ns/net"]
     await e.ex.close()
 
 
