@@ -36,6 +36,9 @@ from dataclasses import fields as dc_fields
 from typing import Any, TypeVar
 
 from agent_runtime.spec import ContainerSpec  # the runtime's dataclass (docs/contracts.md, agent_runtime)
+from overlaynet.dns.records import DnsTable
+from overlaynet.dns.server import Endpoint as DnsEndpoint
+from overlaynet.dns.server import Resolver
 from overlaynet.driver import DEFAULT_DATA_PATH_PORT, EndpointConfig, NetworkConfig
 from shoal.base.containerrules import parse_extra_host
 from shoal.base.logopts import check_driver, check_options
@@ -43,6 +46,7 @@ from shoal.base.taskstate import SHUTDOWN, STATE_ORDER, TERMINAL_STATES, state_o
 from shoal.base.util import now_rfc3339, wait_timeout
 from shoal.base.views import Node, Task
 from shoal.rpc import wire
+from worker import dns as wdns
 from worker import overlay as ov
 
 log = logging.getLogger("shoal.worker.executor")
@@ -103,11 +107,21 @@ class Executor:
     applied to networks with a local endpoint, and right after ``ensure_network``. On the first
     assignment, ``cleanup_stale`` runs once with the overlay networks of the re-attached tasks,
     before any ``ensure_network``. Tasks without overlay attachments never call the driver.
+
+    Embedded DNS (issue 9): one :class:`DnsTable` (``dns_table``) and one :class:`Resolver`
+    (``resolver``, upstreams from ``resolv_conf``) per executor. Each assignment's ``networks``
+    replaces the records of every network listed (its ``"DNS"`` entry) and drops the others. A task
+    attached to an overlay network gets ``nameserver 127.0.0.11`` and ``options ndots:0`` in its
+    resolv.conf and, before its container is created, UDP+TCP sockets at 127.0.0.11:53 in its
+    namespace (``dns_sockets(netns_path)``, :func:`worker.dns.open_dns_sockets`) served by the
+    resolver for its overlay networks (in attach order) until the task's network is released.
     """
 
     def __init__(self, runtime: Any, images: Any, bridge: Any, report: ReportFn,
                  start_timeout: float = DEFAULT_START_TIMEOUT_S, overlay: Any = None,
-                 data_path_port: int = DEFAULT_DATA_PATH_PORT) -> None:
+                 data_path_port: int = DEFAULT_DATA_PATH_PORT, resolv_conf: str = "/etc/resolv.conf",
+                 resolver: Any = None,
+                 dns_sockets: Callable[[str], tuple[Any, Any]] = wdns.open_dns_sockets) -> None:
         self.runtime = runtime
         self.start_timeout = start_timeout
         self.images = images
@@ -130,6 +144,10 @@ class Executor:
         self._net_locks: dict[str, asyncio.Lock] = {}  # one per network: ensure+attach / detach / set_peers
         self._overlay_ready = asyncio.Event()  # set once cleanup_stale ran (first assignment)
         self._bg: set[asyncio.Task[None]] = set()
+        # embedded DNS (issue 9)
+        self.dns_table = DnsTable() if resolver is None else resolver.table
+        self.resolver = Resolver(self.dns_table, resolv_conf=resolv_conf) if resolver is None else resolver
+        self._dns_sockets = dns_sockets
 
     # ------------------------------------------------------------ interface
     async def set_assignments(self, node: dict[str, Any], tasks: list[dict[str, Any]],
@@ -150,6 +168,7 @@ class Executor:
             self.node = node
             if networks is not None:
                 self._networks = dict(networks)
+                self._update_dns()
             if self._first_assignments and self.overlay is not None:
                 await self._overlay_startup(tasks)
             seen: set[str] = set()
@@ -285,6 +304,10 @@ class Executor:
             ctl.cancel()
         for ctl in ctls:
             await ctl.join()
+        try:
+            await self.resolver.close()
+        except Exception:
+            log.exception("closing the embedded DNS failed")
 
     def task_states(self) -> dict[str, str]:
         """Return ``{task_id: last observed state}`` of the tasks this executor holds (for tests, /info)."""
@@ -315,6 +338,16 @@ class Executor:
             del self._controllers[task_id]
 
     # ------------------------------------------------------ overlay networks
+    def _update_dns(self) -> None:
+        """The DNS table from the latest ``networks``: listed networks replaced, the others dropped."""
+        for nid, entry in self._networks.items():
+            try:
+                self.dns_table.replace(ov.dns_records(str(nid), entry))
+            except ValueError as e:  # dns_records checks the addresses; defensive
+                log.warning("network %s: DNS records not updated: %s", str(nid)[:12], e)
+        for nid in self.dns_table.network_ids() - set(self._networks):
+            self.dns_table.remove(nid)
+
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.get_running_loop().create_task(coro)
         self._bg.add(t)
@@ -455,6 +488,8 @@ class _Controller:
         self._net_attached = False
         self._overlay_eps: list[EndpointConfig] = []  # overlay endpoints attached (or tried) in prepare
         self._overlay_recovered = False  # the container was found at start: its endpoints are the task's
+        self._dns_ep: DnsEndpoint | None = None  # the embedded DNS serving this container (overlay tasks)
+        self._dns_recovered = False  # _recover_dns tried for the container found at start
         self._last_status: dict[str, Any] | None = None
         self._last_sent = 0.0
 
@@ -672,7 +707,8 @@ class _Controller:
             if overlays:
                 assert netns_path is not None
                 await self._attach_overlays(overlays, netns_path)
-            cspec = self._container_spec(spec, image, netns_path, addr)
+                await self._serve_dns([cfg.network_id for cfg, _, _ in overlays], netns_path)
+            cspec = self._container_spec(spec, image, netns_path, addr, embedded_dns=bool(overlays))
             self.cstate = await self.ex.runtime.create(cspec)
         except BaseException:
             await self._release_network()
@@ -722,6 +758,42 @@ class _Controller:
             except Exception as e:
                 raise RuntimeError(f"attaching to network {label} failed: {e or type(e).__name__}") from e
 
+    async def _serve_dns(self, network_ids: list[str], netns_path: str) -> None:
+        """The embedded DNS at 127.0.0.11:53 in the container's namespace, for ``network_ids``.
+        Raises RuntimeError saying so when it cannot be set up (the caller releases the network)."""
+        try:
+            udp, tcp = await _in_thread(self.ex._dns_sockets, netns_path)
+            self._dns_ep = await self.ex.resolver.serve_socket(udp, tcp, networks=network_ids)
+        except Exception as e:
+            raise RuntimeError(f"setting up the embedded DNS server ({wdns.DNS_ADDR}:{wdns.DNS_PORT}) in the "
+                               f"container's network namespace failed: {e or type(e).__name__}") from e
+
+    async def _recover_dns(self) -> None:
+        """A running container found at start (a daemon restart) on overlay networks: its embedded
+        DNS again, in ``/proc/<pid>/ns/net`` (once; a failure is logged, the container keeps running)."""
+        if self._dns_ep is not None or self._dns_recovered or not self._overlay_recovered:
+            return
+        try:
+            nids = [a.network_id for a in ov.overlay_attachments(self.task)]
+        except ValueError:
+            nids = []
+        pid = int(getattr(self.cstate, "pid", 0) or 0)
+        if not nids or pid <= 0 or getattr(self.cstate, "status", None) != "running":
+            return
+        self._dns_recovered = True
+        try:
+            await self._serve_dns(nids, f"/proc/{pid}/ns/net")
+        except Exception as e:
+            log.warning("task %s: %s", self.tid, e)
+
+    async def _stop_dns(self) -> None:
+        ep, self._dns_ep = self._dns_ep, None
+        if ep is not None:
+            try:
+                await ep.close()
+            except Exception:
+                log.exception("task %s: closing its embedded DNS failed", self.tid)
+
     def _overlay_endpoints(self) -> list[EndpointConfig]:
         """What to detach: the endpoints made in prepare, else (a recovered container) the task's."""
         if self._overlay_eps or self.ex.overlay is None:
@@ -743,7 +815,7 @@ class _Controller:
                 log.exception("task %s: detaching from network %s failed", self.tid, ep.network_id[:12])
 
     def _container_spec(self, spec: dict[str, Any], image: str, netns_path: str | None,
-                        addr: str | None) -> Any:
+                        addr: str | None, embedded_dns: bool = False) -> Any:
         res = Task(self.task).limits
         ip = addr.split("/")[0] if addr else None
         hostname = spec.get("Hostname") or None
@@ -773,7 +845,7 @@ class _Controller:
             stop_signal=spec.get("StopSignal") or "SIGTERM",
             read_only=bool(spec.get("ReadOnly")), mounts=runtime_mounts(spec.get("Mounts") or []),
             dns=list(dns.get("Nameservers") or []), dns_search=list(dns.get("Search") or []),
-            dns_options=list(dns.get("Options") or []),
+            dns_options=[str(o) for o in dns.get("Options") or []],
             cap_add=[str(c) for c in caps_add], cap_drop=[str(c) for c in caps_drop],
             ulimits=[{"name": str(u.get("Name", "")), "soft": int(u.get("Soft", 0)), "hard": int(u.get("Hard", 0))}
                      for u in spec.get("Ulimits") or []],
@@ -781,6 +853,9 @@ class _Controller:
             groups=[str(g) for g in spec.get("Groups") or []],
             oom_score_adj=int(spec["OomScoreAdj"]) if spec.get("OomScoreAdj") is not None else None,
             log_opts=log_opts)
+        if embedded_dns:  # the embedded DNS answers, and forwards to the host's resolvers
+            kw["dns"] = [wdns.DNS_ADDR]
+            kw["dns_options"] = wdns.dns_options(kw["dns_options"])
         names = {f.name for f in dc_fields(ContainerSpec)}
         if ip is not None:
             if "ip" in names:
@@ -844,6 +919,7 @@ class _Controller:
 
     async def _watch_running(self) -> None:
         """Wait for the container to exit or for a change of the task; report the exit."""
+        await self._recover_dns()
         self._ensure_exit_wait()
         assert self._exit_wait is not None
         waker = asyncio.ensure_future(self._wake.wait())
@@ -899,6 +975,7 @@ class _Controller:
         await self._release_network()
 
     async def _release_network(self) -> None:
+        await self._stop_dns()
         if self._overlay_eps or self._overlay_recovered:
             await self._release_overlays()
         if self._net_attached:
@@ -909,6 +986,7 @@ class _Controller:
         if await self.ex._container_state(self.cid) is not None:
             await self.ex.runtime.remove(self.cid)
         self.cstate = None
+        await self._stop_dns()
         await self._release_overlays()  # idempotent; no driver call for a task without overlays
         await _in_thread(self.ex.bridge.detach, self.cid)  # idempotent, also for half-made ones
         self._net_attached = False

@@ -23,9 +23,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from overlaynet.dns.records import NetworkRecords, ServiceRecord, TaskRecord
 from overlaynet.driver import DEFAULT_DATA_PATH_PORT, DriverError, NetworkConfig, Peer, mac_from_ip
 
-__all__ = ["OVERLAY_DRIVER", "VNI_OPTION", "Overlay", "data_path_addr", "is_overlay", "network_config",
+__all__ = ["OVERLAY_DRIVER", "VNI_OPTION", "Overlay", "data_path_addr", "dns_records", "is_overlay", "network_config",
            "network_label", "overlay_attachments", "peers_of"]
 
 log = logging.getLogger("shoal.worker.overlay")
@@ -150,3 +151,40 @@ def peers_of(entry: Mapping[str, Any] | None, own_vtep: str | None) -> list[Peer
         except (ValueError, DriverError) as e:
             log.warning("ignoring overlay peer %r: %s", dict(raw), e)
     return out
+
+
+def dns_records(network_id: str, entry: Mapping[str, Any] | None) -> NetworkRecords:
+    """The embedded DNS records of one ``networks`` entry (its ``"DNS"`` key, see the module
+    docstring): every service (``VIP`` null → answered with its tasks' IPs, as dnsrr) and every
+    running task with an IPv4 address (a prefix is dropped). No ``"DNS"`` → no records; malformed
+    services or tasks are logged and left out."""
+    dns = entry.get("DNS") if isinstance(entry, Mapping) else None
+    if not isinstance(dns, Mapping):
+        if dns is not None:
+            log.warning("network %s: ignoring a malformed DNS entry %r", network_id[:12], dns)
+        return NetworkRecords(network_id)
+    services: list[ServiceRecord] = []
+    for raw in dns.get("Services") or []:
+        try:
+            if not isinstance(raw, Mapping) or not raw.get("Name"):
+                raise ValueError("no Name")
+            vip = raw.get("VIP")
+            if vip:
+                vip = str(ipaddress.IPv4Interface(str(vip)).ip)
+            aliases = tuple(str(a) for a in raw.get("Aliases") or [] if a)
+            services.append(ServiceRecord(str(raw["Name"]), vip or None, aliases))
+        except (ValueError, TypeError) as e:
+            log.warning("network %s: ignoring DNS service %r: %s", network_id[:12], raw, e)
+    tasks: list[TaskRecord] = []
+    for raw in dns.get("Tasks") or []:
+        try:
+            if not isinstance(raw, Mapping) or not raw.get("Service") or not raw.get("ID"):
+                raise ValueError("no Service or ID")
+            ip = str(ipaddress.IPv4Interface(str(raw.get("IP") or "")).ip)
+            slot = raw.get("Slot")
+            hostname = raw.get("Hostname")
+            tasks.append(TaskRecord(str(raw["Service"]), slot if isinstance(slot, int) else str(slot or ""),
+                                    str(raw["ID"]), ip, str(hostname) if hostname else None))
+        except (ValueError, TypeError) as e:
+            log.warning("network %s: ignoring DNS task %r: %s", network_id[:12], raw, e)
+    return NetworkRecords(network_id, tuple(services), tuple(tasks))

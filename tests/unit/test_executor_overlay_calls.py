@@ -8,6 +8,7 @@ image store and bridge doubles are those of tests/unit/test_executor_states.py.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -103,7 +104,18 @@ class OvEnv(Env):
     def __init__(self) -> None:
         super().__init__()
         self.driver = OverlayDriverTestDouble()
-        self.ex = Executor(self.runtime, self.images, self.bridge, self.report, overlay=self.driver)
+        self.dns_netns: list[str] = []  # the namespaces the embedded DNS sockets were asked for
+        self.ex = Executor(self.runtime, self.images, self.bridge, self.report, overlay=self.driver,
+                           dns_sockets=self.dns_sockets)
+
+    def dns_sockets(self, netns_path: str) -> tuple[socket.socket, socket.socket]:
+        """Stands in for worker.dns.open_dns_sockets: loopback sockets on ephemeral ports here."""
+        self.dns_netns.append(netns_path)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        udp.bind(("127.0.0.1", 0))
+        tcp.bind(("127.0.0.1", 0))
+        return udp, tcp
 
 
 async def test_attach_in_order_with_peers_after_ensure_then_detach_on_remove() -> None:
