@@ -324,8 +324,8 @@ def up(n: int, runtime: str = "shoal", heartbeat_period: float | None = None,
     down(quiet=True)
     for d in (DATA, RUN, LOGS):
         d.mkdir(parents=True, exist_ok=True)
-    for old_log in LOGS.glob("*.log"):  # a new lab starts new logs (restarts append to them)
-        old_log.unlink(missing_ok=True)
+    for old_log in LOGS.glob("*.log"):  # a new lab starts new logs (restarts append to them);
+        old_log.replace(old_log.with_suffix(".log.prev"))  # the last lab's stay for a look
     state = LabState(runtime=runtime, heartbeat_period=heartbeat_period)
     for i in range(1, n + 1):
         state.hosts.append(HostState(name=host_name(i), index=i, ip=host_ip(i), netns=netns_name(i),

@@ -1,7 +1,8 @@
 """Overlay networks across lab hosts, the first slice of issue 9: a service attached to an overlay
 network gets an address per task on it, and its tasks on different hosts reach each other by that
-address over VXLAN (the worker's VXLAN driver, peers pushed by the dispatcher). Names, VIPs and
-published ports are not built yet.
+address over VXLAN (the worker's VXLAN driver, peers pushed by the dispatcher), and the embedded
+resolver at 127.0.0.11 in each task answers ``api`` and ``tasks.api`` with the running tasks'
+addresses. VIPs and published ports are not built yet.
 
 Each request runs inside a task's own network namespace (``nsenter --net=/proc/PID/ns/net``): the
 overlay is reachable only from containers attached to it, not from the hosts."""
@@ -32,6 +33,18 @@ def _get_from_task(pid: int, url: str) -> str:
     if res.returncode != 0:
         raise AssertionError(f"GET {url} from pid {pid}: {res.stderr.strip().splitlines()[-1:]}")
     return res.stdout.strip()
+
+
+_RESOLVE = ("import sys, dns.resolver; r = dns.resolver.Resolver(configure=False); r.nameservers = ['127.0.0.11'];"
+            " r.lifetime = 3; print(' '.join(sorted(a.address for a in r.resolve(sys.argv[1], 'A'))))")
+
+
+def _resolve_in_task(pid: int, name: str) -> list[str]:
+    """The A records the embedded resolver (127.0.0.11 in the task's namespace) gives for ``name``."""
+    res = _in_task(pid, sys.executable, "-c", _RESOLVE, name)
+    if res.returncode != 0:
+        raise AssertionError(f"resolving {name} in pid {pid}: {res.stderr.strip().splitlines()[-1:]}")
+    return res.stdout.split()
 
 
 def _running_tasks(service: str, network: str) -> list[dict[str, Any]] | None:
@@ -85,6 +98,14 @@ def test_tasks_reach_each_other_by_ip_across_hosts(cluster: Cluster) -> None:
             hostnames.setdefault(b["ip"], set()).add(answer)
     assert all(len(v) == 1 for v in hostnames.values()) and len({next(iter(v)) for v in hostnames.values()}) == 3
 
+    # names: the embedded resolver in every task answers the service and tasks.<service> with the
+    # running tasks' addresses (no VIP yet), on every host
+    ips = sorted(t["ip"] for t in tasks)
+    for t in tasks:
+        assert wait_until(lambda pid=t["pid"]: _resolve_in_task(pid, "tasks.api") == ips or None, 10,
+                          "tasks.api to list the 3 tasks")
+        assert sorted(_resolve_in_task(t["pid"], "api")) == ips
+
     # the overlay interface's MTU is the underlay's minus the 50 bytes of VXLAN
     expected = _underlay_mtu(cluster.state.host("h1")) - 50
     link = _in_task(tasks[0]["pid"], "ip", "-j", "link", "show")
@@ -99,6 +120,8 @@ def test_tasks_reach_each_other_by_ip_across_hosts(cluster: Cluster) -> None:
                             lab.IMAGE, "sleep", "100000"], env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         (client_task,) = wait_until(lambda: _running_tasks("client", "backend"), 90, "the client task on backend")
+        assert wait_until(lambda: _resolve_in_task(client_task["pid"], "tasks.api") == ips or None, 10,
+                          "the client task to resolve tasks.api")
         for b in tasks:
             url = f"http://{b['ip']}/cgi-bin/whoami"
             wait_until(lambda url=url: _get_from_task(client_task["pid"], url), 20,
