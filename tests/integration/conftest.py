@@ -190,3 +190,44 @@ async def scratch_runtime(scratch_dir: Path, busybox_archive: Path, name: str = 
         yield rt
     finally:
         await cleanup_runtime(rt, parent)
+
+
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    """A cgroup parent of the test's own for a Runtime's containers, destroyed afterwards."""
+    name = f"shoal-test-{os.getpid()}-{os.urandom(3).hex()}"
+    try:
+        yield name
+    finally:
+        Cgroup(name).destroy()
+
+
+def overlay_network(net_id: str, name: str, vni: int, subnet: str, gateway: str) -> dict[str, Any]:
+    """A stored overlay network (manager/controlapi/networks.py's shape) as tasks carry it."""
+    return {
+        "ID": net_id,
+        "Spec": {"Name": name, "DriverConfiguration": {"Name": "overlay", "Options": {}}, "Scope": "swarm"},
+        "DriverState": {"Name": "overlay", "Options": {"com.docker.network.driver.overlay.vxlanid_list": str(vni)}},
+        "IPAMOptions": {"Driver": {"Name": "default"}, "Configs": [{"Subnet": subnet, "Gateway": gateway}]},
+    }
+
+
+def overlay_task(tid: str, service_id: str, args: list[str], bridge: tuple[str, str, str],
+                 network: dict[str, Any], overlay_addr: str, desired: str = "running") -> dict[str, Any]:
+    """An assigned task of the busybox image running ``args``, attached to the node's local bridge
+    (``bridge`` = (subnet, gateway, the task's address with its prefix)) and then to overlay
+    ``network`` at ``overlay_addr`` (a /24), as the scheduler and the allocator leave it."""
+    subnet, gateway, bridge_addr = bridge
+    return {
+        "ID": tid, "ServiceID": service_id, "Slot": 1, "DesiredState": desired,
+        "Status": {"State": "assigned", "Message": "scheduler assigned task to node"},
+        "Spec": {"ContainerSpec": {"Image": TEST_REF, "Args": args, "StopGracePeriod": 1_000_000_000},
+                 "Resources": {"Limits": {"MemoryBytes": 64 << 20, "Pids": 64}}},
+        "NetworksAttachments": [
+            {"Network": {"ID": "bridge", "Spec": {"Name": "bridge", "Driver": "bridge", "Scope": "local"},
+                         "DriverState": {"Name": "bridge"},
+                         "IPAMOptions": {"Configs": [{"Subnet": subnet, "Gateway": gateway}]}},
+             "Addresses": [bridge_addr]},
+            {"Network": network, "Addresses": [f"{overlay_addr}/24"]},
+        ],
+    }

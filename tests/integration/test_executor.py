@@ -97,14 +97,6 @@ def hostns(scratch_dir: Path) -> Iterator[Path]:
         netns.remove(path)
 
 
-@pytest.fixture
-def cgroup_parent() -> Iterator[str]:
-    name = f"shoal-test-{os.getpid()}-{os.urandom(3).hex()}"
-    try:
-        yield name
-    finally:
-        Cgroup(name).destroy()
-
 
 def run_node_test(hostns: Path, scratch_dir: Path, archive: Path, cgroup_parent: str,
                   body: Callable[[Node], Any]) -> None:

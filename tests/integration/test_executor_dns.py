@@ -31,11 +31,10 @@ import pytest
 
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
-from agent_runtime.oci.cgroups import Cgroup
 from overlaynet import netns
 from overlaynet.bridge import LocalBridge
 from overlaynet.vxlan import VxlanDriver
-from tests.integration.conftest import TEST_REF
+from tests.integration.conftest import overlay_network, overlay_task
 from tests.waiting import wait_until
 from worker.executor import Executor, container_id_for
 
@@ -53,12 +52,7 @@ TASK_ADDR, OTHER_ADDR = "10.0.1.5", "10.0.1.9"
 BRIDGE_SUBNET, BRIDGE_GW = "10.233.9.0/24", "10.233.9.1"
 EXT_NAME, EXT_ADDR = "ext.shoal.test.", "192.0.2.77"
 
-NETWORK = {
-    "ID": NET_ID,
-    "Spec": {"Name": "dnstest", "DriverConfiguration": {"Name": "overlay", "Options": {}}, "Scope": "swarm"},
-    "DriverState": {"Name": "overlay", "Options": {"com.docker.network.driver.overlay.vxlanid_list": str(VNI)}},
-    "IPAMOptions": {"Driver": {"Name": "default"}, "Configs": [{"Subnet": SUBNET, "Gateway": GW}]},
-}
+NETWORK = overlay_network(NET_ID, "dnstest", VNI, SUBNET, GW)
 NODE = {"ID": "dnsnode", "ShoalBridge": {"Subnet": BRIDGE_SUBNET, "Gateway": BRIDGE_GW},
         "Status": {"State": "ready", "Addr": UNDERLAY}}
 NETWORKS = {NET_ID: {"Network": NETWORK, "Peers": [], "DNS": {
@@ -73,19 +67,8 @@ def run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def task(desired: str = "running") -> dict[str, Any]:
-    return {
-        "ID": TASK, "ServiceID": "svc-dnstest", "Slot": 1, "DesiredState": desired,
-        "Status": {"State": "assigned", "Message": "scheduler assigned task to node"},
-        "Spec": {"ContainerSpec": {"Image": TEST_REF, "Args": ["sleep", "300"], "StopGracePeriod": 1_000_000_000},
-                 "Resources": {"Limits": {"MemoryBytes": 64 << 20, "Pids": 64}}},
-        "NetworksAttachments": [
-            {"Network": {"ID": "bridge", "Spec": {"Name": "bridge", "Driver": "bridge", "Scope": "local"},
-                         "DriverState": {"Name": "bridge"},
-                         "IPAMOptions": {"Configs": [{"Subnet": BRIDGE_SUBNET, "Gateway": BRIDGE_GW}]}},
-             "Addresses": ["10.233.9.2/24"]},
-            {"Network": NETWORK, "Addresses": [f"{TASK_ADDR}/24"]},
-        ],
-    }
+    return overlay_task(TASK, "svc-dnstest", ["sleep", "300"], (BRIDGE_SUBNET, BRIDGE_GW, "10.233.9.2/24"),
+                        NETWORK, TASK_ADDR, desired)
 
 
 @pytest.fixture
@@ -117,14 +100,6 @@ def host(scratch_dir: Path) -> Iterator[tuple[Path, str, VxlanDriver]]:
         shutil.rmtree(scratch_dir / "ov-a", ignore_errors=True)
         assert not errors, errors
 
-
-@pytest.fixture
-def cgroup_parent() -> Iterator[str]:
-    name = f"shoal-test-dns-{os.getpid()}-{os.urandom(3).hex()}"
-    try:
-        yield name
-    finally:
-        Cgroup(name).destroy()
 
 
 class FakeUpstream(asyncio.DatagramProtocol):

@@ -33,12 +33,11 @@ import pytest
 
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
-from agent_runtime.oci.cgroups import Cgroup
 from overlaynet import netns
 from overlaynet.bridge import LocalBridge
 from overlaynet.driver import EndpointConfig, NetworkConfig, mac_from_ip, peer_for
 from overlaynet.vxlan import VxlanDriver
-from tests.integration.conftest import TEST_REF
+from tests.integration.conftest import overlay_network, overlay_task
 from tests.integration.test_executor import fetch
 from tests.waiting import wait_until
 from worker.executor import Executor, container_id_for
@@ -57,12 +56,7 @@ TASK_WEB, TASK_PING = "taskweb0000000000000000001", "taskping000000000000000002"
 WEB_ADDR, PING_ADDR = "10.0.1.5", "10.0.1.6"
 BRIDGE_SUBNET, BRIDGE_GW = "10.233.7.0/24", "10.233.7.1"
 
-NETWORK = {
-    "ID": NET_ID,
-    "Spec": {"Name": "ovtest", "DriverConfiguration": {"Name": "overlay", "Options": {}}, "Scope": "swarm"},
-    "DriverState": {"Name": "overlay", "Options": {"com.docker.network.driver.overlay.vxlanid_list": str(VNI)}},
-    "IPAMOptions": {"Driver": {"Name": "default"}, "Configs": [{"Subnet": SUBNET, "Gateway": GW}]},
-}
+NETWORK = overlay_network(NET_ID, "ovtest", VNI, SUBNET, GW)
 NODE = {"ID": "overlaynode", "ShoalBridge": {"Subnet": BRIDGE_SUBNET, "Gateway": BRIDGE_GW},
         "Status": {"State": "ready", "Addr": UNDERLAY[0]}}
 NETWORKS = {NET_ID: {"Network": NETWORK, "Peers": [{"IP": B_ADDR, "MAC": mac_from_ip(B_ADDR), "VTEP": UNDERLAY[1]}]}}
@@ -72,20 +66,8 @@ def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, timeout=20, check=check)
 
 
-def task(tid: str, bridge_addr: str, overlay_addr: str, args: list[str], desired: str = "running") -> dict[str, Any]:
-    return {
-        "ID": tid, "ServiceID": "svc-ovtest", "Slot": 1, "DesiredState": desired,
-        "Status": {"State": "assigned", "Message": "scheduler assigned task to node"},
-        "Spec": {"ContainerSpec": {"Image": TEST_REF, "Args": args, "StopGracePeriod": 1_000_000_000},
-                 "Resources": {"Limits": {"MemoryBytes": 64 << 20, "Pids": 64}}},
-        "NetworksAttachments": [
-            {"Network": {"ID": "bridge", "Spec": {"Name": "bridge", "Driver": "bridge", "Scope": "local"},
-                         "DriverState": {"Name": "bridge"},
-                         "IPAMOptions": {"Configs": [{"Subnet": BRIDGE_SUBNET, "Gateway": BRIDGE_GW}]}},
-             "Addresses": [bridge_addr]},
-            {"Network": NETWORK, "Addresses": [f"{overlay_addr}/24"]},
-        ],
-    }
+def task(tid: str, bridge_addr: str, overlay_addr: str, args: list[str]) -> dict[str, Any]:
+    return overlay_task(tid, "svc-ovtest", args, (BRIDGE_SUBNET, BRIDGE_GW, bridge_addr), NETWORK, overlay_addr)
 
 
 class Hosts:
@@ -128,14 +110,6 @@ def hosts(scratch_dir: Path) -> Iterator[Hosts]:
             shutil.rmtree(scratch_dir / sub, ignore_errors=True)
         assert not errors, errors
 
-
-@pytest.fixture
-def cgroup_parent() -> Iterator[str]:
-    name = f"shoal-test-ov-{os.getpid()}-{os.urandom(3).hex()}"
-    try:
-        yield name
-    finally:
-        Cgroup(name).destroy()
 
 
 def links(in_ns: Path | str) -> dict[str, dict[str, Any]]:
