@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
+from overlaynet import netns
 
 BUSYBOX = "/usr/bin/busybox"
 TEST_REF = "shoal.test/busybox:latest"
@@ -231,3 +232,34 @@ def overlay_task(tid: str, service_id: str, args: list[str], bridge: tuple[str, 
             {"Network": network, "Addresses": [f"{overlay_addr}/24"]},
         ],
     }
+
+
+@contextlib.contextmanager
+def underlay_hosts(root: Path, tag: str, underlay: Sequence[str] = ("192.0.2.1", "192.0.2.2"),
+                   mtu: int = 1400) -> Iterator[list[Path]]:
+    """Two scratch "hosts" for overlay tests: network namespaces ``root/<tag>a`` and ``<tag>b``
+    (loopback up) joined by a veth pair ``<tag>u0``/``<tag>u1`` of ``mtu`` bytes holding the
+    ``underlay`` addresses (/24). Yields the two namespace paths; removes both on exit, which takes
+    the veth and anything else left in them (raises ``AssertionError`` listing what could not be
+    removed)."""
+    hosts = [root / f"{tag}{side}" for side in "ab"]
+    made: list[Path] = []
+    try:
+        for ns in hosts:
+            netns.create(ns)
+            made.append(ns)
+            subprocess.run(["nsenter", f"--net={ns}", "ip", "link", "set", "lo", "up"], check=True, timeout=20)
+        subprocess.run(["ip", "link", "add", f"{tag}u0", "mtu", str(mtu), "netns", str(hosts[0]), "type", "veth",
+                        "peer", "name", f"{tag}u1", "mtu", str(mtu), "netns", str(hosts[1])], check=True, timeout=20)
+        for i, ns in enumerate(hosts):
+            for cmd in (["addr", "add", f"{underlay[i]}/24", "dev", f"{tag}u{i}"], ["link", "set", f"{tag}u{i}", "up"]):
+                subprocess.run(["nsenter", f"--net={ns}", "ip", *cmd], check=True, timeout=20)
+        yield hosts
+    finally:
+        errors: list[OSError] = []
+        for ns in made:
+            try:
+                netns.remove(ns)
+            except OSError as e:
+                errors.append(e)
+        assert not errors, errors

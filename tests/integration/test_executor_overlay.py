@@ -37,7 +37,7 @@ from overlaynet import netns
 from overlaynet.bridge import LocalBridge
 from overlaynet.driver import EndpointConfig, NetworkConfig, mac_from_ip, peer_for
 from overlaynet.vxlan import VxlanDriver
-from tests.integration.conftest import overlay_network, overlay_task
+from tests.integration.conftest import overlay_network, overlay_task, underlay_hosts
 from tests.integration.test_executor import fetch
 from tests.waiting import wait_until
 from worker.executor import Executor, container_id_for
@@ -82,34 +82,26 @@ class Hosts:
 def hosts(scratch_dir: Path) -> Iterator[Hosts]:
     tag = "wxo" + os.urandom(3).hex()
     h = Hosts(scratch_dir, tag)
-    made: list[Path] = []
-    try:
-        for ns in (h.a, h.b, h.cb):
-            netns.create(ns)
-            made.append(ns)
-            run("nsenter", f"--net={ns}", "ip", "link", "set", "lo", "up")
-        run("ip", "link", "add", f"{tag}u0", "mtu", "1400", "netns", str(h.a), "type", "veth",
-            "peer", "name", f"{tag}u1", "mtu", "1400", "netns", str(h.b))
-        for i, ns in enumerate((h.a, h.b)):
-            run("nsenter", f"--net={ns}", "ip", "addr", "add", f"{UNDERLAY[i]}/24", "dev", f"{tag}u{i}")
-            run("nsenter", f"--net={ns}", "ip", "link", "set", f"{tag}u{i}", "up")
-        yield h
-    finally:
+    with underlay_hosts(scratch_dir, tag, UNDERLAY):
         errors: list[Exception] = []
-        for d in (h.driver_a, h.driver_b):
-            try:
-                d.cleanup_stale([])
-            except Exception as e:  # noqa: BLE001 - keep cleaning
-                errors.append(e)
-        for ns in made:  # the underlay veth and anything left in a host goes with its namespace
-            try:
-                netns.remove(ns)
-            except OSError as e:
-                errors.append(e)
-        for sub in ("ov-a", "ov-b"):
-            shutil.rmtree(scratch_dir / sub, ignore_errors=True)
+        try:
+            netns.create(h.cb)
+            run("nsenter", f"--net={h.cb}", "ip", "link", "set", "lo", "up")
+            yield h
+        finally:
+            for d in (h.driver_a, h.driver_b):
+                try:
+                    d.cleanup_stale([])
+                except Exception as e:  # noqa: BLE001 - keep cleaning
+                    errors.append(e)
+            if netns.is_mountpoint(h.cb):
+                try:
+                    netns.remove(h.cb)
+                except OSError as e:
+                    errors.append(e)
+            for sub in ("ov-a", "ov-b"):
+                shutil.rmtree(scratch_dir / sub, ignore_errors=True)
         assert not errors, errors
-
 
 
 def links(in_ns: Path | str) -> dict[str, dict[str, Any]]:

@@ -37,6 +37,7 @@ from overlaynet.driver import (
     peer_for,
 )
 from overlaynet.vxlan import VxlanDriver
+from tests.integration.conftest import underlay_hosts
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
@@ -99,39 +100,32 @@ def lab() -> Iterator[Lab]:
     root.mkdir()
     made: list[Path] = []
     try:
-        hosts = []
-        for i, side in enumerate("ab"):
-            ns = root / f"{tag}{side}"
-            netns.create(ns)
-            made.append(ns)
-            ctr = root / f"{tag}c{side}"
-            netns.create(ctr)
-            made.append(ctr)
-            run("nsenter", f"--net={ns}", "ip", "link", "set", "lo", "up")
-            hosts.append(Host(ns, VxlanDriver(root / f"ov{side}", host_netns=ns), ctr, UNDERLAY[i]))
-        a, b = hosts
-        run("ip", "link", "add", f"{tag}u0", "mtu", "1400", "netns", str(a.ns), "type", "veth",
-            "peer", "name", f"{tag}u1", "mtu", "1400", "netns", str(b.ns))
-        for i, h in enumerate(hosts):
-            dev = f"{tag}u{i}"
-            run("nsenter", f"--net={h.ns}", "ip", "addr", "add", f"{h.underlay}/24", "dev", dev)
-            run("nsenter", f"--net={h.ns}", "ip", "link", "set", dev, "up")
-        yield Lab(root, tag, a, b)
-    finally:
-        errors = []
-        for ov in sorted(root.glob("ov*")):
-            for f in sorted(ov.iterdir()):
-                try:
-                    netns.remove(f)
-                except OSError as e:
-                    errors.append(e)
-        for ns in made:  # the underlay veth and anything left in a host goes with its namespace
+        with underlay_hosts(root, tag, UNDERLAY) as host_ns:
+            errors = []
             try:
-                netns.remove(ns)
-            except OSError as e:
-                errors.append(e)
+                hosts = []
+                for i, side in enumerate("ab"):
+                    ctr = root / f"{tag}c{side}"
+                    netns.create(ctr)
+                    made.append(ctr)
+                    hosts.append(Host(host_ns[i], VxlanDriver(root / f"ov{side}", host_netns=host_ns[i]), ctr,
+                                      UNDERLAY[i]))
+                yield Lab(root, tag, hosts[0], hosts[1])
+            finally:
+                for ov in sorted(root.glob("ov*")):
+                    for f in sorted(ov.iterdir()):
+                        try:
+                            netns.remove(f)
+                        except OSError as e:
+                            errors.append(e)
+                for ns in made:
+                    try:
+                        netns.remove(ns)
+                    except OSError as e:
+                        errors.append(e)
+            assert not errors, errors
+    finally:
         shutil.rmtree(root, ignore_errors=True)
-        assert not errors, errors
 
 
 def tcp_roundtrip(lab: Lab, size: int) -> bytes:
