@@ -23,13 +23,14 @@ from shoal.daemon.http import images, networks, nodes, services, swarm, system, 
 from shoal.daemon.http.errors import api_error, render
 
 
-def _strip_version(path: str) -> str:
-    """``/v1.41/info`` → ``/info``; other paths unchanged."""
-    if path.startswith("/v") and "/" in path[1:]:
-        head, rest = path[1:].split("/", 1)
-        if head[1:].replace(".", "").isdigit():
-            return "/" + rest
-    return path
+def _split_version(path: str) -> tuple[str | None, str]:
+    """``/v1.41/info`` → ``("1.41", "/info")``; a path without a ``/v{version}`` prefix (digits
+    and dots, at least one digit) → ``(None, path)``, matched as it is."""
+    if path.startswith("/v") and "/" in path[2:]:
+        head, rest = path[2:].split("/", 1)
+        if head and not head.strip("0123456789.") and head.replace(".", ""):
+            return head, "/" + rest
+    return None, path
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -37,17 +38,12 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else 0 for p in text[:64].split("."))
 
 
-def _version_problem(path: str) -> str | None:
-    """Why the API version in ``path``'s ``/v{version}`` prefix is refused (Docker's version
+def _version_problem(version: str) -> str | None:
+    """Why API ``version`` (from a ``/v{version}`` prefix) is refused (Docker's version
     middleware: 400 when older than :data:`MIN_API_VERSION` or newer than :data:`API_VERSION`),
-    None when it is served or there is no prefix."""
-    if not path.startswith("/v") or "/" not in path[1:]:
-        return None
-    head = path[2:].split("/", 1)[0]
-    if not head or head.strip("0123456789.") or not head.replace(".", ""):
-        return None  # not a version prefix: the path is matched as it is
-    v = _version_tuple(head)
-    shown = head if len(head) <= 64 else head[:64] + "…"
+    None when it is served."""
+    v = _version_tuple(version)
+    shown = version if len(version) <= 64 else version[:64] + "…"
     if v < _version_tuple(MIN_API_VERSION):
         return (f"client version {shown} is too old. Minimum supported API version is {MIN_API_VERSION}, "
                 "please upgrade your client to a newer version")
@@ -79,10 +75,10 @@ def build_app(daemon: Daemon) -> web.Application:
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                          ) -> web.StreamResponse:
-        problem = _version_problem(request.path)
+        version, path = _split_version(request.path)
+        problem = None if version is None else _version_problem(version)
         if problem is not None:
             return api_error(400, problem)
-        path = _strip_version(request.path)
         if path.startswith(SWARM_PREFIXES) and not path.startswith(LOCAL_SWARM_PATHS):
             if not daemon.state.in_swarm:
                 return api_error(503, NOT_IN_SWARM)
