@@ -135,3 +135,133 @@ def test_tasks_reach_each_other_by_ip_across_hosts(cluster: Cluster) -> None:
     assert shoal("h1", "service", "rm", "api").returncode == 0
     wait_until(lambda: shoal("h1", "network", "rm", "backend").returncode == 0, 60, "backend to be removable")
     assert "backend" not in shoal("h1", "network", "ls").stdout
+
+
+# -- service VIPs, the routing mesh and host-mode ports (issue 9, second half) -------------------
+
+def _in_container(pid: int, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (a busybox applet of the image) inside the container whose pid is ``pid``: its
+    network and mount namespaces, so its own resolv.conf (the embedded DNS at 127.0.0.11) is used."""
+    return subprocess.run(["nsenter", "-t", str(pid), "-n", "-m", "--", *argv],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _wget(pid: int, url: str) -> str:
+    res = _in_container(pid, "wget", "-qO-", "-T", "3", url)
+    if res.returncode != 0:
+        raise AssertionError(f"wget {url} in pid {pid}: {res.stderr.strip()}")
+    return res.stdout.strip()
+
+
+def _from_host(host: str, url: str) -> str:
+    """GET ``url`` from lab host ``host``'s own namespace (the underlay), with busybox wget."""
+    res = subprocess.run(["nsenter", f"--net={lab.NETNS_DIR / ('shoal-' + host)}", "busybox", "wget", "-qO-",
+                          "-T", "3", url], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise AssertionError(f"wget {url} from {host}: {res.stderr.strip()}")
+    return res.stdout.strip()
+
+
+def _vip(service: str, network: str) -> str:
+    c = client("h1")
+    svc = c.service(service)
+    nets = {n["Id"]: n["Name"] for n in c.networks()}
+    (vip,) = [v["Addr"] for v in svc["Endpoint"]["VirtualIPs"] if nets.get(v["NetworkID"]) == network]
+    return str(vip).split("/")[0]
+
+
+def _scale(service: str, replicas: int) -> None:
+    r = shoal("h1", "service", "scale", f"{service}={replicas}", "--detach")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_service_vip_dns_and_load_balancing_follow_the_tasks(cluster: Cluster) -> None:
+    assert shoal("h1", "network", "create", "-d", "overlay", "--attachable", "front").returncode == 0
+    try:
+        for name, argv in (("api", ["httpd", "-f", "-p", "80", "-h", "/www"]), ("client", ["sleep", "100000"])):
+            r = shoal("h1", "service", "create", "--name", name, "--replicas", "3", "--network", "front",
+                      "--detach", lab.IMAGE, *argv)
+            assert r.returncode == 0, r.stdout + r.stderr
+        api = wait_until(lambda: _running_tasks("api", "front"), 90, "3 running api tasks")
+        clients = wait_until(lambda: _running_tasks("client", "front"), 90, "3 running client tasks")
+        vip = _vip("api", "front")
+        assert vip not in {t["ip"] for t in api}
+
+        # from a client task on every host: `api` is the VIP, 30 calls reach all 3 tasks
+        hostnames = {_wget(t["pid"], f"http://{t['ip']}/cgi-bin/whoami") for t in api}
+        assert len(hostnames) == 3
+        for c in clients:
+            answer = wait_until(lambda pid=c["pid"]: _in_container(pid, "nslookup", "api").stdout, 10,
+                                "nslookup api in a client")
+            assert vip in answer, answer
+            seen = {_wget(c["pid"], "http://api/cgi-bin/whoami") for _ in range(30)}
+            assert seen == hostnames, (c["node"], seen, hostnames)
+
+        # tasks.api follows scaling on every host's resolver
+        for n in (5, 2):
+            _scale("api", n)
+            tasks = wait_until(lambda n=n: (lambda ts: ts if ts and len(ts) == n else None)(
+                _running_tasks("api", "front")), 120, f"{n} running api tasks")
+            ips = sorted(t["ip"] for t in tasks)
+            for c in clients:
+                wait_until(lambda pid=c["pid"], ips=ips: _resolve_in_task(pid, "tasks.api") == ips or None, 5,
+                           f"tasks.api to list {n} addresses on {c['node']}")
+                # and the VIP sends only to those tasks
+                want = {_wget(c["pid"], f"http://{ip}/cgi-bin/whoami") for ip in ips}
+                wait_until(lambda pid=c["pid"], want=want: {_wget(pid, f"http://{vip}/cgi-bin/whoami")
+                                                            for _ in range(20)} <= want or None, 5,
+                           "the VIP to send only to the running tasks")
+
+        # endpoint mode dnsrr: the name answers the task addresses, no VIP
+        r = shoal("h1", "service", "create", "--name", "rr", "--replicas", "2", "--network", "front",
+                  "--endpoint-mode", "dnsrr", "--detach", lab.IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
+        assert r.returncode == 0, r.stdout + r.stderr
+        rr = wait_until(lambda: _running_tasks("rr", "front"), 90, "2 running rr tasks")
+        assert not client("h1").service("rr")["Endpoint"].get("VirtualIPs")
+        rr_ips = sorted(t["ip"] for t in rr)
+        wait_until(lambda: _resolve_in_task(clients[0]["pid"], "rr") == rr_ips or None, 5, "rr to answer its tasks")
+    finally:
+        for s in ("api", "client", "rr"):
+            shoal("h1", "service", "rm", s)
+        wait_until(lambda: shoal("h1", "network", "rm", "front").returncode == 0, 60, "front to be removable")
+
+
+_REMOTE_CGI = ("mkdir -p /tmp/w/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\n"
+               "echo $REMOTE_ADDR\\n' > /tmp/w/cgi-bin/remote && chmod 755 /tmp/w/cgi-bin/remote && "
+               "exec httpd -f -p 80 -h /tmp/w")
+
+
+def test_published_ports_answer_on_every_node_and_host_mode_only_where_a_task_runs(cluster: Cluster) -> None:
+    state = cluster.state
+    ip = {h: state.host(h).ip for h in ("h1", "h2", "h3", "h4")}
+    try:
+        r = shoal("h1", "service", "create", "--name", "pub", "--replicas", "1", "--publish", "8080:80",
+                  "--detach", lab.IMAGE, "sh", "-c", _REMOTE_CGI)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = shoal("h1", "service", "create", "--name", "hostp", "--replicas", "1", "--publish",
+                  "mode=host,target=80,published=8081", "--detach", lab.IMAGE, "sh", "-c", _REMOTE_CGI)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ls = shoal("h1", "service", "ls").stdout
+        assert "*:8080->80/tcp" in ls and "*:8081->80/tcp" in ls, ls
+
+        # the routing mesh: from h4 (outside the swarm), every node answers 8080
+        for h in ("h1", "h2", "h3"):
+            wait_until(lambda h=h: _from_host("h4", f"http://{ip[h]}:8080/cgi-bin/remote"), 30,
+                       f"{h}:8080 to answer through the mesh")
+        # host mode: only the node running the task answers, and the task sees h4's address
+        c = client("h1")
+        nodes = {n["ID"]: n["Status"]["Addr"] for n in c.nodes()}
+        (task,) = wait_until(lambda: [t for t in c.tasks({"service": ["hostp"], "desired-state": ["running"]})
+                                      if t["Status"]["State"] == "running"] or None, 90, "the hostp task")
+        where = nodes[task["NodeID"]]
+        assert wait_until(lambda: _from_host("h4", f"http://{where}:8081/cgi-bin/remote"), 30,
+                          "the host-mode port") == ip["h4"]
+        for h in ("h1", "h2", "h3"):
+            if ip[h] != where:
+                with_err = subprocess.run(["nsenter", f"--net={lab.NETNS_DIR / 'shoal-h4'}", "busybox", "wget",
+                                           "-qO-", "-T", "2", f"http://{ip[h]}:8081/"], capture_output=True,
+                                          timeout=30)
+                assert with_err.returncode != 0, h
+    finally:
+        for s in ("pub", "hostp"):
+            shoal("h1", "service", "rm", s)
