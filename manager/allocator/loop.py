@@ -30,7 +30,7 @@ from manager.loop import reconcile_loop
 from manager.store import MAX_TRANSACTION_BYTES, Store, WriteTx
 from shoal.base.taskstate import ASSIGNED, RUNNING, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import now_rfc3339
-from shoal.base.views import task_desired_order, task_state
+from shoal.base.views import task_desired_order, task_needs_networks, task_state
 
 __all__ = ["NetworkAllocatorLoop", "MAX_TASKS_PER_PASS", "holds_addresses", "needs_allocation"]
 
@@ -43,11 +43,11 @@ MAX_TASKS_PER_PASS = 200
 
 
 def needs_allocation(task: Obj) -> bool:
-    """Whether ``task`` waits for the allocator: state ``new``, desired ``running`` or less, and a
-    spec with ``Networks``."""
-    spec = task.get("Spec")
+    """Whether ``task`` waits for the allocator: state ``new``, desired ``running`` or less, and
+    attached to overlay networks (a spec with ``Networks``, or ingress ports in its ``Endpoint``:
+    :func:`shoal.base.views.task_needs_networks`)."""
     return (task_state(task) == "new" and task_desired_order(task) <= RUNNING
-            and isinstance(spec, dict) and bool(spec.get("Networks")))
+            and task_needs_networks(task))
 
 
 def holds_addresses(task: Obj) -> bool:

@@ -19,12 +19,14 @@ from manager.controlapi.common import (
 from manager.controlapi.errors import (
     FAILED_PRECONDITION,
     INVALID_ARGUMENT,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unimplemented,
     Unknown,
 )
-from manager.controlapi.networks import network_names
+from manager.allocator import AllocatorError
+from manager.controlapi.networks import allocator_error, network_names, store_allocator
 from manager.orchestrator import service_status
 from manager.specs import service_spec_with_defaults, validate_service_spec
 from manager.store import ReadTx, Store, WriteTx
@@ -121,19 +123,58 @@ def resolve_networks(tx: ReadTx, service_spec: Obj) -> None:
         att["Target"] = net["ID"]
 
 
+def publishes_ingress(service_spec: Obj) -> bool:
+    """Whether a (validated) ServiceSpec publishes a port in ingress mode (the default mode)."""
+    ports = (service_spec.get("EndpointSpec") or {}).get("Ports") or []
+    return any(str(p.get("PublishMode") or "ingress") == "ingress" for p in ports if isinstance(p, dict))
+
+
+def allocate_endpoint(tx: WriteTx, svc: Obj) -> Obj:
+    """The ``Endpoint`` of service ``svc`` (``{"ID", "Spec", "Endpoint"?}``; its network targets
+    already resolved) from an allocator rebuilt from ``tx``
+    (:meth:`manager.allocator.Allocator.allocate_service`)::
+
+        {"Spec": {"Mode": "vip"|"dnsrr", "Ports"?: [...]},
+         "Ports": [{"Protocol", "TargetPort", "PublishedPort", "PublishMode"}],   # when published
+         "VirtualIPs": [{"NetworkID", "Addr": "10.0.1.2/24"}]}                  # when any
+
+    VIPs and dynamic ports the service already holds (its current ``Endpoint``) are kept; what it
+    held and no longer uses is free once the service is written (the store is the allocator's only
+    memory). Raises :class:`Conflict` (409: an ingress port held by another service, named),
+    :class:`InvalidArgument` (bad port, ingress ports with dnsrr, unknown network),
+    :class:`FailedPrecondition` (ingress ports but no ingress network; no address or port left)."""
+    spec_ = svc.get("Spec") or {}
+    alloc = store_allocator(tx)
+    if publishes_ingress(spec_) and alloc.ingress_network() is None:
+        raise FailedPrecondition(f"{FAILED_PRECONDITION}service {spec_.get('Name', '')} publishes ports in "
+                                 "ingress mode but the swarm has no ingress network: create one with `docker "
+                                 "network create --ingress -d overlay ingress`, or publish with mode=host")
+    try:
+        endpoint = alloc.allocate_service(svc)
+    except AllocatorError as e:
+        raise allocator_error(e) from None
+    if not endpoint.get("Ports"):
+        endpoint.pop("Ports", None)
+    if not endpoint.get("VirtualIPs"):
+        endpoint.pop("VirtualIPs", None)
+    return endpoint
+
+
 async def create(ctx: Context, *, spec_body: Any) -> Obj:
     """``services.create``: a new service from ``spec_body`` (a ServiceSpec;
     :func:`manager.specs.validate_service_spec`); its network targets are stored as network IDs
-    (:func:`resolve_networks`, in the transaction). Returns ``{"ID", "Warnings": []}``. Raises
-    :class:`InvalidArgument` (bad spec, unknown or ingress network), :class:`Conflict` (name
-    taken), :class:`Unavailable`."""
+    (:func:`resolve_networks`) and its ``Endpoint`` (VIPs, published ports) allocated
+    (:func:`allocate_endpoint`), both in the transaction. Returns ``{"ID", "Warnings": []}``.
+    Raises :class:`InvalidArgument` (bad spec, unknown or ingress network, dnsrr with ingress
+    ports), :class:`Conflict` (name taken; a published port held by another service, named),
+    :class:`FailedPrecondition` (ingress ports without an ingress network), :class:`Unavailable`."""
     service_spec = spec(validate_service_spec, spec_body)
     sid = new_id()
-    svc = {"ID": sid, "Spec": service_spec,
-           "Endpoint": {"Spec": service_spec.get("EndpointSpec") or {"Mode": "vip"}}}
+    svc: Obj = {"ID": sid, "Spec": service_spec}
 
     def fn(tx: WriteTx) -> None:
         resolve_networks(tx, service_spec)
+        svc["Endpoint"] = allocate_endpoint(tx, svc)
         tx.create("services", svc)
 
     await commit(ctx.store, fn)
@@ -146,7 +187,9 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
     ``UpdateStatus`` ``rollback_started``; any other update clears it. Returns ``{"Warnings":
     []}``. Raises :class:`NotFound`, :class:`InvalidArgument` (bad spec, ambiguous ref),
     :class:`Unknown` (no previous spec to roll back to; out of sequence), :class:`Unimplemented`
-    (a new name), :class:`Unavailable`. Network targets are resolved as in :func:`create`."""
+    (a new name), :class:`Unavailable`. Network targets are resolved and the ``Endpoint``
+    re-allocated as in :func:`create` (VIPs and dynamic ports it keeps using are kept; a port
+    conflict is a :class:`Conflict`). Removing a service frees its VIPs and ports by deleting it."""
     s = find(ctx.store, ref)
     if rollback:
         prev = s.get("PreviousSpec")
@@ -172,7 +215,7 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
                                    "Message": "manually requested rollback"}
         else:
             cur.pop("UpdateStatus", None)
-        cur["Endpoint"] = {"Spec": service_spec.get("EndpointSpec") or {"Mode": "vip"}}
+        cur["Endpoint"] = allocate_endpoint(tx, cur)
         tx.update("services", cur)
 
     await commit(ctx.store, fn)
