@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from manager.allocator import AllocatorError
 from manager.controlapi.common import (
     Context,
     Filters,
@@ -25,7 +26,6 @@ from manager.controlapi.errors import (
     Unimplemented,
     Unknown,
 )
-from manager.allocator import AllocatorError
 from manager.controlapi.networks import allocator_error, network_names, store_allocator
 from manager.orchestrator import service_status
 from manager.specs import service_spec_with_defaults, validate_service_spec

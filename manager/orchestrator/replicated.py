@@ -13,7 +13,15 @@ from manager.orchestrator.update import Ctx, rolling_update
 from manager.specs import task_spec_with_defaults
 from shoal.base.taskstate import REMOVE, RUNNING, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import new_id, now_rfc3339, parse_rfc3339
-from shoal.base.views import Node, Service, Task, endpoint_spec_key, task_desired_order, task_needs_networks, task_state
+from shoal.base.views import (
+    Node,
+    Service,
+    Task,
+    endpoint_spec_key,
+    task_desired_order,
+    task_needs_networks,
+    task_state,
+)
 
 __all__ = ["reconcile", "service_status", "has_networks"]
 

@@ -6,6 +6,8 @@ import copy
 import secrets
 from typing import Any, cast
 
+from manager.allocator.errors import InvalidArgument as AllocInvalidArgument
+from manager.allocator.ports import normalize_port
 from manager.specs.common import (
     MAX_REPLICAS,
     SECOND,
@@ -19,8 +21,6 @@ from manager.specs.common import (
     validate_name,
     validate_network_attachments,
 )
-from manager.allocator.errors import InvalidArgument as AllocInvalidArgument
-from manager.allocator.ports import normalize_port
 from manager.specs.container import validate_task_spec
 from manager.specs.schema import SERVICE_SPEC_SCHEMA, canonicalize_keys
 

@@ -3,7 +3,8 @@
 Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,node,service,image}``):
 
     shoal [--host unix:///run/shoal/shoal.sock | tcp://H:P] COMMAND
-    swarm init [--advertise-addr A] [--listen-addr A] [--force-new-cluster]
+    swarm init [--advertise-addr A] [--listen-addr A] [--force-new-cluster] [--default-addr-pool CIDR…]
+               [--default-addr-pool-mask-length N] [--data-path-port P]
     swarm join --token T ADDR                            swarm leave [--force]
     swarm join-token [-q] worker|manager
     node ls | inspect NODE… | update --availability active|pause|drain NODE | promote|demote NODE…
@@ -63,7 +64,9 @@ def manager_addr(c: Client) -> str:
 # ------------------------------------------------------------------------------ swarm
 def cmd_swarm_init(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     listen = a.listen_addr or "0.0.0.0:2377"
-    node_id = c.swarm_init(a.advertise_addr or "", listen, force_new_cluster=a.force_new_cluster)
+    node_id = c.swarm_init(a.advertise_addr or "", listen, force_new_cluster=a.force_new_cluster,
+                           default_addr_pool=a.default_addr_pool, subnet_size=a.default_addr_pool_mask_length,
+                           data_path_port=a.data_path_port)
     token = c.swarm_inspect().get("JoinTokens", {}).get("Worker", "")
     addr = manager_addr(c)
     out.write(f"Swarm initialized: current node ({node_id}) is now a manager.\n\n"
@@ -597,6 +600,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--force-new-cluster", action="store_true",
                    help="on a manager of a swarm that lost its quorum for good: keep this manager's "
                         "state and make it the only manager")
+    x.add_argument("--default-addr-pool", action="append", metavar="CIDR",
+                   help="where overlay subnets come from (repeatable; default 10.0.0.0/8)")
+    x.add_argument("--default-addr-pool-mask-length", type=int, default=0, metavar="N",
+                   help="prefix length of each overlay subnet taken from the pools (default 24)")
+    x.add_argument("--data-path-port", type=int, default=0, metavar="PORT",
+                   help="UDP port of the VXLAN data path, 1024-49151 (default 4789)")
     x.set_defaults(func=cmd_swarm_init)
     x = sw.add_parser("join", help="join a swarm as a worker or manager (by the token)")
     x.add_argument("--token", required=True)
