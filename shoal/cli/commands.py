@@ -501,17 +501,17 @@ def cmd_service_scale(c: Client, a: argparse.Namespace, out: TextIO) -> int:
 
 
 def _same_port(p: dict[str, Any], rm: dict[str, Any]) -> bool:
-    """docker/cli's ``--publish-rm`` match: the same target port, protocol and publish mode."""
+    """The ``--publish-rm`` match of the docker CLI (v28, as it behaves): the same target port and
+    protocol, whatever the publish mode."""
     return bool(int(p.get("TargetPort") or 0) == rm["TargetPort"]
-                and str(p.get("Protocol") or "tcp") == rm["Protocol"]
-                and str(p.get("PublishMode") or "ingress") == rm["PublishMode"])
+                and str(p.get("Protocol") or "tcp") == rm["Protocol"])
 
 
 def update_service_spec(c: Client, spec: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     """``spec`` (a copy of the service's) changed by ``service update`` flags, as docker/cli's
     service/update.go: ``--network-rm`` (a network name or ID, resolved by the daemon),
     ``--network-add`` (``NAME`` or ``name=NAME,alias=A``), ``--publish-rm`` (a ``--publish`` value:
-    its target port, protocol and mode), ``--publish-add``, ``--endpoint-mode``, ``--replicas``,
+    its target port and protocol), ``--publish-add``, ``--endpoint-mode``, ``--replicas``,
     ``--image``, ``--force``. Raises UsageError (bad flags, a network added twice)."""
     try:
         task = spec.setdefault("TaskTemplate", {})
@@ -543,8 +543,7 @@ def update_service_spec(c: Client, spec: dict[str, Any], a: argparse.Namespace) 
         ports = list(endpoint.get("Ports") or [])
         for text in a.publish_rm or []:
             for rm in parse_publish_flag(text):
-                ports = [p for p in ports if not _same_port(p, {"Protocol": rm["Protocol"], "TargetPort": rm["TargetPort"],
-                                                               "PublishMode": rm["PublishMode"]})]
+                ports = [p for p in ports if not _same_port(p, rm)]
         for text in a.publish_add or []:
             for add in parse_publish_flag(text):
                 ports = [p for p in ports if not (add.get("PublishedPort") and

@@ -151,3 +151,68 @@ async def test_docker_swarm_init_with_pools_and_data_path_port(tmp_path: Path) -
     finally:
         await runner.cleanup()
         await d.stop()
+
+
+@pytest.mark.skipif(DOCKER is None, reason="no docker CLI on PATH")
+async def test_docker_cli_publish_network_and_refusals(tmp_path: Path) -> None:
+    """The docker CLI's `service create --publish/--network`, `service ls` PORTS, `service inspect`'s
+    Endpoint, `service update --publish-add/--network-rm` (a full spec update), and the refusals it
+    prints: a port held by another service (409 naming it), dnsrr with an ingress port, an unknown
+    network, the ingress network removed while a service publishes on it."""
+    port = free_port()
+    d = Daemon(daemon_args(tmp_path, port))
+    await d.start()
+    runner = web.AppRunner(build_app(d))
+    await runner.setup()
+    sock = tmp_path / "api.sock"
+    await web.UnixSite(runner, str(sock)).start()
+    host = f"unix://{sock}"
+    create = ("service", "create", "--detach", "--no-resolve-image")
+    try:
+        rc, out, err = await docker(host, tmp_path, "swarm", "init", "--advertise-addr", "127.0.0.1",
+                                    "--listen-addr", f"127.0.0.1:{port}")
+        assert rc == 0, (out, err)
+        rc, out, err = await docker(host, tmp_path, "network", "create", "-d", "overlay", "--subnet", "10.5.0.0/24",
+                                    "back")
+        assert rc == 0, (out, err)
+        rc, out, err = await docker(host, tmp_path, *create, "--name", "web", "--publish", "8080:80",
+                                    "--publish", "published=2222,target=22,mode=host", "--network", "back",
+                                    "busybox", "sleep", "100")
+        assert rc == 0, (out, err)
+        rc, out, err = await docker(host, tmp_path, "service", "ls", "--format", "{{.Name}} {{.Ports}}")
+        assert (rc, out.strip()) == (0, "web *:8080->80/tcp"), err  # docker/cli shows ingress ports only
+        rc, out, err = await docker(host, tmp_path, "service", "inspect", "web", "--format",
+                                    "{{range .Endpoint.Ports}}{{.PublishMode}}:{{.PublishedPort}}->{{.TargetPort}} "
+                                    "{{end}}{{len .Endpoint.VirtualIPs}} {{.Endpoint.Spec.Mode}}")
+        assert (rc, out.strip()) == (0, "ingress:8080->80 host:2222->22 2 vip"), err
+        rc, out, err = await docker(host, tmp_path, "service", "inspect", "web", "--format",
+                                    "{{range .Endpoint.VirtualIPs}}{{.Addr}} {{end}}")
+        assert rc == 0 and any(a.startswith("10.5.0.") for a in out.split()), (out, err)
+
+        # refusals, as the CLI prints them
+        rc, out, err = await docker(host, tmp_path, *create, "--name", "api", "--publish", "8080:81", "busybox")
+        assert rc != 0 and "port '8080/tcp' is already in use by service 'web'" in err, (out, err)
+        rc, out, err = await docker(host, tmp_path, *create, "--name", "rr", "--endpoint-mode", "dnsrr",
+                                    "--publish", "8081:80", "busybox")
+        assert rc != 0 and "can't be used with dnsrr mode" in err, (out, err)
+        rc, out, err = await docker(host, tmp_path, *create, "--name", "lost", "--network", "nowhere", "busybox")
+        assert rc != 0 and "network nowhere not found" in err, (out, err)
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as http:
+            async with http.delete("http://shoal/v1.41/networks/ingress") as r:
+                assert r.status == 400
+                assert "ingress network cannot be removed because service web" in (await r.json())["message"]
+
+        # --publish-add / --network-rm: the CLI sends the whole spec; the Endpoint follows it
+        rc, out, err = await docker(host, tmp_path, "service", "update", "--detach", "--publish-add", "9090:90",
+                                    "--publish-rm", "22", "--network-rm", "back", "web")
+        assert rc == 0, (out, err)
+        rc, out, err = await docker(host, tmp_path, "service", "ls", "--format", "{{.Ports}}")
+        assert (rc, out.strip()) == (0, "*:8080->80/tcp, *:9090->90/tcp"), err
+        rc, out, err = await docker(host, tmp_path, "service", "inspect", "web", "--format",
+                                    "{{len .Endpoint.VirtualIPs}} {{len .Spec.TaskTemplate.Networks}}")
+        assert (rc, out.strip()) == (0, "1 0"), err
+        rc, out, err = await docker(host, tmp_path, "swarm", "leave", "--force")
+        assert rc == 0, (out, err)
+    finally:
+        await runner.cleanup()
+        await d.stop()
