@@ -120,9 +120,10 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
 
 def validate_endpoint_spec(raw: Any) -> dict[str, Any] | None:
     """A ServiceSpec's ``EndpointSpec`` (``{"Mode": "vip"|"dnsrr", "Ports": [PortConfig]}``, None
-    when absent) checked and normalised: each port gets ``Protocol`` (tcp), ``PublishMode``
-    (ingress) and ``PublishedPort`` (0: the allocator picks one from 30000-32767 for an ingress
-    port) filled, as swarmkit's controlapi ``validateEndpointSpec`` and the allocator expect.
+    when absent) checked and normalised: each port gets ``Protocol`` (tcp) and ``PublishMode``
+    (ingress) filled; a port without ``PublishedPort`` (or 0) is left without one (the allocator
+    picks one from 30000-32767 for an ingress port), as swarmkit's controlapi
+    ``validateEndpointSpec`` and the allocator expect.
 
     Raises :class:`SpecError` (HTTP 400): a mode other than vip/dnsrr; a malformed port (bad
     protocol or publish mode, a target port of 0 or over 65535, a published port over 65535); an
@@ -160,6 +161,8 @@ def validate_endpoint_spec(raw: Any) -> dict[str, Any] | None:
                 raise SpecError(f"EndpointSpec: duplicate published ports provided "
                                 f"({n['PublishedPort']}/{n['Protocol']})")
             seen.add(key2)
+        else:
+            del n["PublishedPort"]  # as Docker shows it (omitempty): the allocator picks one
         out.append(n)
     ep["Mode"] = mode or "vip"
     if ports is not None:
