@@ -201,6 +201,16 @@ async def test_docker_cli_publish_network_and_refusals(tmp_path: Path) -> None:
             async with http.delete("http://shoal/v1.41/networks/ingress") as r:
                 assert r.status == 400
                 assert "ingress network cannot be removed because service web" in (await r.json())["message"]
+            # the statuses: a port held by another service 409, a malformed port 400
+            base_spec = {"Name": "api", "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}}}
+            for ports, status, msg in (
+                    ([{"TargetPort": 81, "PublishedPort": 8080}], 409, "already in use by service 'web'"),
+                    ([{"TargetPort": 0, "PublishedPort": 8085}], 400, "target port 0"),
+                    ([{"TargetPort": 81, "Protocol": "icmp"}], 400, "invalid protocol"),
+                    ([{"TargetPort": 81, "PublishedPort": "8085"}], 400, "cannot unmarshal string")):
+                body = {**base_spec, "EndpointSpec": {"Ports": ports}}
+                async with http.post("http://shoal/v1.41/services/create", json=body) as r:
+                    assert r.status == status and msg in (await r.json())["message"], (ports, await r.text())
 
         # --publish-add / --network-rm: the CLI sends the whole spec; the Endpoint follows it
         rc, out, err = await docker(host, tmp_path, "service", "update", "--detach", "--publish-add", "9090:90",
