@@ -20,6 +20,7 @@ from manager.controlapi.common import (
 from manager.controlapi.errors import (
     FAILED_PRECONDITION,
     INVALID_ARGUMENT,
+    Conflict,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -129,6 +130,40 @@ def publishes_ingress(service_spec: Obj) -> bool:
     return any(str(p.get("PublishMode") or "ingress") == "ingress" for p in ports if isinstance(p, dict))
 
 
+def _published(ports: Any, mode: str) -> set[tuple[str, int]]:
+    """``{(protocol, published port)}`` of the ``mode`` (ingress | host) ports in ``ports``."""
+    out = set()
+    for p in ports if isinstance(ports, list) else ():
+        if isinstance(p, dict) and str(p.get("PublishMode") or "ingress") == mode and p.get("PublishedPort"):
+            out.add((str(p.get("Protocol") or "tcp"), int(p["PublishedPort"])))
+    return out
+
+
+def check_host_port_conflicts(tx: ReadTx, svc: Obj) -> None:
+    """Host-mode and ingress ports do not share a port (swarmkit's controlapi
+    ``checkPortConflicts``): an ingress port is open on every node, so a host-mode port of another
+    service on the same port and protocol cannot be, and the other way round. Two services may
+    publish the same port in host mode (the scheduler keeps them on different nodes); two ingress
+    ports are the allocator's to refuse. Raises :class:`Conflict` (409) naming the other service."""
+    ep_spec = (svc.get("Spec") or {}).get("EndpointSpec") or {}
+    mine_host = _published(ep_spec.get("Ports"), "host")
+    mine_ingress = _published(ep_spec.get("Ports"), "ingress")
+    if not mine_host and not mine_ingress:
+        return
+    for other in tx.list_shallow("services"):
+        if other["ID"] == svc.get("ID"):
+            continue
+        name = (other.get("Spec") or {}).get("Name", "")
+        theirs_ingress = _published((other.get("Endpoint") or {}).get("Ports"), "ingress")
+        theirs_host = _published(((other.get("Spec") or {}).get("EndpointSpec") or {}).get("Ports"), "host")
+        for proto, port in sorted(mine_host & theirs_ingress):
+            raise Conflict(f"port '{port}/{proto}' is already in use by service '{name}' ({other['ID']}) as an "
+                           "ingress port")
+        for proto, port in sorted(mine_ingress & theirs_host):
+            raise Conflict(f"port '{port}/{proto}' is already in use by service '{name}' ({other['ID']}) as a "
+                           "host-published port")
+
+
 def allocate_endpoint(tx: WriteTx, svc: Obj) -> Obj:
     """The ``Endpoint`` of service ``svc`` (``{"ID", "Spec", "Endpoint"?}``; its network targets
     already resolved) from an allocator rebuilt from ``tx``
@@ -140,10 +175,13 @@ def allocate_endpoint(tx: WriteTx, svc: Obj) -> Obj:
 
     VIPs and dynamic ports the service already holds (its current ``Endpoint``) are kept; what it
     held and no longer uses is free once the service is written (the store is the allocator's only
-    memory). Raises :class:`Conflict` (409: an ingress port held by another service, named),
+    memory). Raises :class:`Conflict` (409: an ingress port held by another service, named; a
+    host-mode port that is another service's ingress port or the other way round,
+    :func:`check_host_port_conflicts`),
     :class:`InvalidArgument` (bad port, ingress ports with dnsrr, unknown network),
     :class:`FailedPrecondition` (ingress ports but no ingress network; no address or port left)."""
     spec_ = svc.get("Spec") or {}
+    check_host_port_conflicts(tx, svc)
     alloc = store_allocator(tx)
     if publishes_ingress(spec_) and alloc.ingress_network() is None:
         raise FailedPrecondition(f"{FAILED_PRECONDITION}service {spec_.get('Name', '')} publishes ports in "

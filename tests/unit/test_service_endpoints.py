@@ -157,9 +157,17 @@ async def test_bad_input_is_refused_naming_the_cause(ctx: Ctx) -> None:
         with pytest.raises(InvalidArgument, match=msg) as bad:
             await services.create(ctx, spec_body=body)
         assert bad.value.status == 400
-    # dnsrr with a host-mode port is fine (no routing mesh)
-    await services.create(ctx, spec_body=spec(name="h", mode="dnsrr", ports=[
+    # dnsrr with a host-mode port is fine (no routing mesh); two services may share a host-mode port
+    h = (await services.create(ctx, spec_body=spec(name="h", mode="dnsrr", ports=[
+        {"TargetPort": 80, "PublishedPort": 8081, "PublishMode": "host"}])))["ID"]
+    await services.create(ctx, spec_body=spec(name="h2", ports=[
         {"TargetPort": 80, "PublishedPort": 8081, "PublishMode": "host"}]))
+    # but a host-mode port is not another service's ingress port, nor the other way round
+    with pytest.raises(Conflict, match=rf"port '8080/tcp' is already in use by service 'web' \({web}\) as an ingress"):
+        await services.create(ctx, spec_body=spec(name="h3", ports=[
+            {"TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"}]))
+    with pytest.raises(Conflict, match=rf"port '8081/tcp' is already in use by service 'h' \({h}\) as a host-published"):
+        await services.create(ctx, spec_body=spec(name="h4", ports=[{"TargetPort": 80, "PublishedPort": 8081}]))
     # the ingress network cannot go while a service publishes on it: refused naming the service
     with pytest.raises(FailedPrecondition, match=r"ingress network cannot be removed because service (api|web) \(\w+\) depends on it"):
         await networks.remove(ctx, ref="ingress")
@@ -174,7 +182,7 @@ async def test_ingress_ports_need_an_ingress_network(ctx: Ctx) -> None:
                                                       "PublishMode": "host"}]))
     # and `docker network create --ingress` makes one again
     await networks.create(ctx, spec_body={"Name": "mesh", "Driver": "overlay", "Ingress": True})
-    await services.create(ctx, spec_body=spec(name="pub", ports=[{"TargetPort": 80, "PublishedPort": 8080}]))
+    await services.create(ctx, spec_body=spec(name="pub", ports=[{"TargetPort": 80, "PublishedPort": 8090}]))
 
 
 # -- tasks: the Endpoint copy, the ingress network, rolling on changes -------------------------------
