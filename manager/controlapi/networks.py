@@ -43,6 +43,7 @@ from manager.allocator import (
     VNIExhausted,
 )
 from manager.allocator import InvalidArgument as AllocInvalidArgument
+from manager.allocator.loop import holds_addresses
 from manager.allocator.vni import VNI_OPTION
 from manager.controlapi.common import (
     Context,
@@ -365,9 +366,12 @@ def _pools(view: ReadTx) -> AddressPools | None:
 
 
 def store_allocator(tx: ReadTx) -> Allocator:
-    """An allocator holding exactly what the store (as ``tx`` sees it) holds."""
+    """An allocator holding exactly what the store (as ``tx`` sees it) holds: networks, services'
+    VIPs and ports, nodes' load-balancer addresses, and the addresses of the tasks that still hold
+    theirs (:func:`manager.allocator.loop.holds_addresses`, as the allocator loop counts them)."""
     return Allocator.from_objects(tx.list_shallow("networks"), tx.list_shallow("services"),
-                                  tx.list_shallow("tasks"), pools=_pools(tx), nodes=tx.list_shallow("nodes"))
+                                  [t for t in tx.list_shallow("tasks") if holds_addresses(t)], pools=_pools(tx),
+                                  nodes=tx.list_shallow("nodes"))
 
 
 def add_network(tx: WriteTx, nid: str, spec: Obj) -> Obj:
