@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from manager.allocator import parse_pools
 from manager.ca import RootCA
+from manager.controlapi.networks import add_network, ingress_request, validate_create_request
 from manager.membership import raft_id
 from manager.server import make_node
 from manager.specs import default_swarm_spec, validate_swarm_spec
@@ -23,8 +25,13 @@ from manager.store import Store, WriteTx
 from raft.replicated import DriverConfig, ReplicatedLog
 from shoal.base.util import new_id, now_rfc3339, private_dir
 
-__all__ = ["DEFAULT_RAFT_TICK", "RAFT_SPEC_FILE", "raft_config", "initial_swarm_spec", "read_raft_spec",
-           "write_raft_spec", "split_addr", "init_cluster"]
+__all__ = ["DEFAULT_DATA_PATH_PORT", "DEFAULT_RAFT_TICK", "RAFT_SPEC_FILE", "raft_config", "initial_swarm_spec",
+           "read_raft_spec", "write_raft_spec", "split_addr", "init_cluster", "network_config"]
+
+DEFAULT_DATA_PATH_PORT = 4789
+"""The VXLAN UDP port of the data path when ``swarm init --data-path-port`` is not given (IANA's)."""
+MIN_SUBNET_SIZE = 8
+"""The shortest ``--default-addr-pool-mask-length`` shoal takes (a /8 per overlay network)."""
 
 DEFAULT_RAFT_TICK = 0.1
 """Seconds per Raft tick. Swarm ticks once a second (election after 10 ticks: over 10 s to
@@ -99,6 +106,40 @@ def initial_swarm_spec(spec: dict[str, Any], heartbeat_period: float | None = No
     return swarm_spec
 
 
+def network_config(pools: Any = None, subnet_size: Any = None, data_path_port: Any = None) -> dict[str, Any]:
+    """The cluster's top-level network fields from ``swarm init`` (``InitRequest.DefaultAddrPool``,
+    ``SubnetSize``, ``DataPathPort``; None, empty or 0 = the default)::
+
+        {"DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24, "DataPathPort": 4789}
+
+    Checked as Docker checks them: each pool an IPv4 CIDR, pools not overlapping, the subnet size
+    between 8 and 29 (Docker's largest: 8 addresses) and no shorter than any pool's prefix, the
+    port in 1024-49151. Raises ``ValueError`` (HTTP 400; the allocator's
+    :class:`~manager.allocator.InvalidArgument` is one) naming the bad value."""
+    if pools is None:
+        pools = []
+    if not isinstance(pools, list) or not all(isinstance(p, str) for p in pools):
+        raise ValueError("json: cannot unmarshal into Go struct field InitRequest.DefaultAddrPool of type []string")
+    if subnet_size is None:
+        subnet_size = 0
+    if isinstance(subnet_size, bool) or not isinstance(subnet_size, int) or subnet_size < 0:
+        raise ValueError(f"json: cannot unmarshal {subnet_size!r} into Go struct field InitRequest.SubnetSize "
+                         "of type uint32")
+    if subnet_size and subnet_size < MIN_SUBNET_SIZE:
+        raise ValueError(f"subnet size is out of range: {subnet_size} (--default-addr-pool-mask-length: "
+                         f"{MIN_SUBNET_SIZE} to 29)")
+    got = parse_pools([p.strip() for p in pools], subnet_size or None)
+    if data_path_port is None:
+        data_path_port = 0
+    if isinstance(data_path_port, bool) or not isinstance(data_path_port, int) or data_path_port < 0:
+        raise ValueError(f"json: cannot unmarshal {data_path_port!r} into Go struct field InitRequest.DataPathPort "
+                         "of type uint32")
+    if data_path_port and not 1024 <= data_path_port <= 49151:
+        raise ValueError(f"Datapath port number is not in valid range (1024-49151) : {data_path_port}")
+    return {"DefaultAddrPool": [str(n) for n in got.networks], "SubnetSize": got.subnet_size,
+            "DataPathPort": data_path_port or DEFAULT_DATA_PATH_PORT}
+
+
 def split_addr(addr: str, default_port: int = 2377) -> tuple[str, int]:
     """``(host, port)`` of ``addr`` (``host:port``, or a bare port: ``(port, default_port)`` as
     the flags have always been read)."""
@@ -110,16 +151,20 @@ def split_addr(addr: str, default_port: int = 2377) -> tuple[str, int]:
 
 async def init_cluster(data_dir: Path, certs_dir: Path, advertise_addr: str,
                        description: dict[str, Any], spec: dict[str, Any],
-                       heartbeat_period: float | None = None) -> str:
+                       heartbeat_period: float | None = None, net_config: dict[str, Any] | None = None) -> str:
     """Create a new cluster on this node (``swarm init``): root CA, this node's manager
-    certificate, and a Raft log whose only voter is this node, holding the cluster object
-    and this node. Returns the node ID.
+    certificate, and a Raft log whose only voter is this node, holding the cluster object (with
+    ``net_config``, :func:`network_config`'s fields; None = the defaults), this node and the
+    ``ingress`` network (swarmkit's: overlay, ``Ingress`` true, the first subnet of the default
+    pools), all in the log's first entry. Returns the node ID.
 
     ``heartbeat_period`` (seconds; shoald's ``--heartbeat-period``) goes into the cluster spec's
     ``Dispatcher.HeartbeatPeriod`` unless ``spec`` sets one, so ``docker info`` shows the period in
     force. Raises ``ValueError`` (from spec validation) for a bad SwarmSpec; nothing is written then.
     """
     swarm_spec = initial_swarm_spec(spec, heartbeat_period)
+    net = net_config if net_config is not None else network_config()
+    ingress_spec = validate_create_request(ingress_request())
     private_dir(data_dir)
     ca = RootCA.create(certs_dir)
     node_id = new_id()
@@ -137,12 +182,12 @@ async def init_cluster(data_dir: Path, certs_dir: Path, advertise_addr: str,
             "ID": cluster_id, "CreatedAt": now, "Spec": swarm_spec,
             "JoinTokens": ca.new_join_tokens(),
             "TLSInfo": {"TrustRoot": ca.cert_pem, "CertIssuerSubject": "", "CertIssuerPublicKey": ""},
-            "RootRotationInProgress": False, "DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24,
-            "DataPathPort": 4789,
+            "RootRotationInProgress": False, **net,
         })
         node = make_node(node_id, "manager", description, ip, advertise_addr)
         node["ManagerStatus"] = {"Leader": True, "Reachability": "reachable", "Addr": advertise_addr}
         tx.create("nodes", node)
+        add_network(tx, new_id(), ingress_spec)
 
     try:
         await rlog.start(listen=False)

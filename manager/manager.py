@@ -46,6 +46,9 @@ from manager.clusterconfig import (
 from manager.clusterconfig import (
     initial_swarm_spec as initial_swarm_spec,  # shoald's (it checks a spec early)
 )
+from manager.clusterconfig import (
+    network_config as network_config,  # shoald's (it checks DefaultAddrPool/SubnetSize/DataPathPort early)
+)
 from manager.controlapi import control
 from manager.dispatcher import Dispatcher
 from manager.leaderlink import LeaderLink, join_raft
@@ -106,9 +109,10 @@ class Manager:
     @staticmethod
     async def init_cluster(data_dir: Path, certs_dir: Path, advertise_addr: str,
                            description: dict[str, Any], spec: dict[str, Any],
-                           heartbeat_period: float | None = None) -> str:
+                           heartbeat_period: float | None = None, net_config: dict[str, Any] | None = None) -> str:
         """``swarm init``: :func:`manager.clusterconfig.init_cluster`. Returns the node ID."""
-        return await init_cluster(data_dir, certs_dir, advertise_addr, description, spec, heartbeat_period)
+        return await init_cluster(data_dir, certs_dir, advertise_addr, description, spec, heartbeat_period,
+                                  net_config)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

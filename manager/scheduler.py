@@ -3,7 +3,7 @@
 Follows swarmkit's design (SK: design/scheduler.md, manager/scheduler/filter.go,
 scheduler.go; SWARM-FACTS 1.2):
 
-- A filter pipeline; each filter has ``set_task`` (does it apply to this task?), ``check``
+- A filter pipeline (ready/active, resources, constraints, host-mode ports); each filter has ``set_task`` (does it apply to this task?), ``check``
   (does this node pass?) and ``explain`` (why N nodes failed). A task no node passes stays
   ``pending`` with ``Status.Err = "no suitable node (<explanations>)"``.
 - Spread: among the nodes that pass, the one with the fewest tasks of this service, then the
@@ -37,7 +37,9 @@ __all__ = [
     "ReadyFilter",
     "ResourceFilter",
     "ConstraintFilter",
+    "HostPortFilter",
     "default_filters",
+    "host_ports",
     "build_node_infos",
     "schedule",
     "Scheduler",
@@ -77,6 +79,8 @@ class NodeInfo:
     memory_bytes: int  # unreserved memory; 0 = unknown/unlimited
     service_tasks: dict[str, int] = field(default_factory=dict)
     total_tasks: int = 0
+    used_host_ports: set[tuple[str, int]] = field(default_factory=set)
+    """(protocol, published port) of the host-mode ports its active tasks hold."""
 
     @classmethod
     def from_node(cls, node: Obj) -> NodeInfo:
@@ -102,11 +106,26 @@ class NodeInfo:
         sid = str(task.get("ServiceID", ""))
         self.service_tasks[sid] = self.service_tasks.get(sid, 0) + 1
         self.total_tasks += 1
+        self.used_host_ports.update(host_ports(task))
         cpu, mem = _reservations(task)
         if self.nano_cpus:
             self.nano_cpus -= cpu
         if self.memory_bytes:
             self.memory_bytes -= mem
+
+
+def host_ports(task: Obj) -> set[tuple[str, int]]:
+    """``{(protocol, published port)}`` of the host-mode ports with a published port in ``task``'s
+    ``Endpoint.Ports`` (the service's, copied into the task when it was made)."""
+    ep = task.get("Endpoint")
+    ports = ep.get("Ports") if isinstance(ep, dict) else None
+    out = set()
+    for p in ports if isinstance(ports, list) else ():
+        if isinstance(p, dict) and str(p.get("PublishMode") or "ingress") == "host":
+            pub = p.get("PublishedPort")
+            if isinstance(pub, int) and pub > 0:
+                out.add((str(p.get("Protocol") or "tcp"), pub))
+    return out
 
 
 def _reservations(task: Obj) -> tuple[int, int]:
@@ -216,9 +235,28 @@ class ConstraintFilter(Filter):
         return f"scheduling constraints not satisfied on {_nodes(nodes)}"
 
 
+class HostPortFilter(Filter):
+    """A host-mode published port is used at most once per node (SK: filter.go ``HostPortFilter``):
+    a node where an active task already holds one of the task's host ports (same protocol and
+    published port, :func:`host_ports`) does not pass. Applies to tasks with host-mode ports only."""
+
+    def __init__(self) -> None:
+        self.ports: set[tuple[str, int]] = set()
+
+    def set_task(self, task: Obj) -> bool:
+        self.ports = host_ports(task)
+        return bool(self.ports)
+
+    def check(self, node: NodeInfo) -> bool:
+        return not (self.ports & node.used_host_ports)
+
+    def explain(self, nodes: int) -> str:
+        return f"host-mode port already in use on {_nodes(nodes)}"
+
+
 def default_filters() -> list[Filter]:
-    """A fresh pipeline: ready/active, resources, constraints (swarmkit's order)."""
-    return [ReadyFilter(), ResourceFilter(), ConstraintFilter()]
+    """A fresh pipeline: ready/active, resources, constraints, host ports (swarmkit's order)."""
+    return [ReadyFilter(), ResourceFilter(), ConstraintFilter(), HostPortFilter()]
 
 
 def build_node_infos(nodes: Iterable[Obj], tasks: Iterable[Obj]) -> dict[str, NodeInfo]:

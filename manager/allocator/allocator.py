@@ -434,8 +434,9 @@ class Allocator:
 
     def task_networks(self, task: Obj, service: Obj | None) -> list[str]:
         """Network IDs for ``task``: its ``Spec.Networks`` if the task spec has that key, else its
-        service's; plus the ingress network when the service publishes ingress ports.
-        Raises :class:`NetworkNotFound`."""
+        service's; plus the ingress network when the task publishes ingress ports: its own
+        ``Endpoint`` (the service's, copied when the task was made) when it has one, else the
+        service's ``Spec.EndpointSpec``/``Endpoint``. Raises :class:`NetworkNotFound`."""
         tspec = _map(task.get("Spec"))
         if "Networks" in tspec:
             ids = [self.resolve(r) for r in _network_refs(tspec)]
@@ -444,10 +445,15 @@ class Allocator:
         else:
             ids = []
         ingress = self.ingress_network()
-        if service is not None and ingress and ingress not in ids:
-            ep = _map(service.get("Endpoint"))
-            ep_spec = _map(_map(service.get("Spec")).get("EndpointSpec"))
-            if _has_ingress_ports(ep_spec) or _has_ingress_ports(ep):
+        if ingress and ingress not in ids:
+            if isinstance(task.get("Endpoint"), Mapping):
+                publishes = _has_ingress_ports(_map(task.get("Endpoint")))
+            elif service is not None:
+                publishes = (_has_ingress_ports(_map(_map(service.get("Spec")).get("EndpointSpec")))
+                             or _has_ingress_ports(_map(service.get("Endpoint"))))
+            else:
+                publishes = False
+            if publishes:
                 ids.append(ingress)
         return ids
 

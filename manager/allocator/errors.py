@@ -1,7 +1,9 @@
 """Errors of the network allocator, each carrying a Docker-style message.
 
-The control API maps them to HTTP statuses (to be wired): :class:`InvalidArgument` and its
-subclasses -> 400, :class:`PortConflict` -> 409, :class:`NetworkNotFound` -> 404. The
+The control API maps them to HTTP statuses (:func:`manager.controlapi.networks.allocator_error`):
+:class:`InvalidArgument` and its subclasses -> 400, :class:`NetworkNotFound` -> 400 (a service
+naming an unknown network is bad input), :class:`PortConflict` -> 409, the exhausted pools, VNIs,
+addresses and ports -> 400 FailedPrecondition. The
 allocator loop (:mod:`manager.allocator.loop`) leaves a task it cannot give addresses to in state
 ``new`` with the exception's text as its status message (retried when tasks go away), as
 swarmkit's allocator leaves a task unallocated with "failed to allocate network IP for task ...".

@@ -16,6 +16,11 @@ addresses: …``, ``network ID not found``) and is retried on the next pass, whi
 (a task going away frees its addresses) triggers. Terminal tasks hold no addresses: theirs may be
 handed to new tasks, and so may those of tasks that will never run (desired ``shutdown`` or
 ``remove`` before being placed).
+
+The same pass gives every node that is not ``down`` a load-balancer address on the ingress network
+(``Node.Attachments``, as Docker's ingress sandbox address) and drops attachments to removed
+networks, and re-allocates the ``Endpoint`` of a service whose spec changed without the control
+API (an automatic rollback: :func:`endpoint_is_stale`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from manager.loop import reconcile_loop
 from manager.store import MAX_TRANSACTION_BYTES, Store, WriteTx
 from shoal.base.taskstate import ASSIGNED, RUNNING, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import now_rfc3339
-from shoal.base.views import task_desired_order, task_state
+from shoal.base.views import endpoint_spec_key, task_desired_order, task_needs_networks, task_state
 
-__all__ = ["NetworkAllocatorLoop", "MAX_TASKS_PER_PASS", "holds_addresses", "needs_allocation"]
+__all__ = ["NetworkAllocatorLoop", "MAX_TASKS_PER_PASS", "endpoint_is_stale", "holds_addresses", "needs_allocation",
+           "node_attachments_wanted", "nodes_needing_attachments"]
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +49,11 @@ MAX_TASKS_PER_PASS = 200
 
 
 def needs_allocation(task: Obj) -> bool:
-    """Whether ``task`` waits for the allocator: state ``new``, desired ``running`` or less, and a
-    spec with ``Networks``."""
-    spec = task.get("Spec")
+    """Whether ``task`` waits for the allocator: state ``new``, desired ``running`` or less, and
+    attached to overlay networks (a spec with ``Networks``, or ingress ports in its ``Endpoint``:
+    :func:`shoal.base.views.task_needs_networks`)."""
     return (task_state(task) == "new" and task_desired_order(task) <= RUNNING
-            and isinstance(spec, dict) and bool(spec.get("Networks")))
+            and task_needs_networks(task))
 
 
 def holds_addresses(task: Obj) -> bool:
@@ -57,6 +63,45 @@ def holds_addresses(task: Obj) -> bool:
     if state in TERMINAL_STATES:
         return False
     return not (task_desired_order(task) > RUNNING and STATE_ORDER.get(state, 0) < ASSIGNED)
+
+
+def _map_list(v: Any) -> list[Obj]:
+    return [a for a in v if isinstance(a, dict)] if isinstance(v, list) else []
+
+
+def _att_network(att: Obj) -> str:
+    net = att.get("Network")
+    return str(net.get("ID") or "") if isinstance(net, dict) else ""
+
+
+def endpoint_is_stale(service: Obj) -> bool:
+    """Whether ``service``'s ``Endpoint.Spec`` is not its ``Spec.EndpointSpec`` (mode and ports):
+    its spec changed without the control API allocating for it (an automatic rollback)."""
+    ep = service.get("Endpoint")
+    spec = service.get("Spec")
+    if not isinstance(ep, dict) or not isinstance(spec, dict):
+        return False
+    return endpoint_spec_key(ep.get("Spec")) != endpoint_spec_key(spec.get("EndpointSpec"))
+
+
+def node_attachments_wanted(node: Obj, ingress: str | None, networks: dict[str, Obj]) -> list[str] | None:
+    """What ``node``'s ``Attachments`` (its load-balancer addresses, contract §3) need: None =
+    nothing; otherwise the network IDs to give it an address on (``[ingress ID]`` when it is not
+    ``down`` and has no address there; ``[]`` when it only has attachments to networks that are
+    gone, to drop)."""
+    atts = _map_list(node.get("Attachments"))
+    kept = [a for a in atts if _att_network(a) in networks]
+    need = ingress is not None and (node.get("Status") or {}).get("State") != "down" and \
+        not any(_att_network(a) == ingress for a in kept)
+    if not need and len(kept) == len(atts):
+        return None
+    return [ingress] if need and ingress is not None else []
+
+
+def nodes_needing_attachments(nodes: list[Obj], networks: dict[str, Obj]) -> bool:
+    """Whether any node's ``Attachments`` must change (:func:`node_attachments_wanted`)."""
+    ingress = next((nid for nid, n in networks.items() if (n.get("Spec") or {}).get("Ingress")), None)
+    return any(node_attachments_wanted(n, ingress, networks) is not None for n in nodes)
 
 
 def _pools(tx: WriteTx) -> AddressPools | None:
@@ -85,18 +130,24 @@ class NetworkAllocatorLoop:
         self._more = False
         tasks = tx.list_shallow("tasks")
         waiting = [t for t in tasks if needs_allocation(t)]
+        networks = {str(n["ID"]): n for n in tx.list_shallow("networks")}
+        nodes = tx.list_shallow("nodes")
+        services = {str(s["ID"]): s for s in tx.list_shallow("services")}
+        stale = [s for s in services.values() if endpoint_is_stale(s)]
+        if not waiting and not stale and not nodes_needing_attachments(nodes, networks):
+            return 0
+        live = [t for t in tasks if holds_addresses(t)]
+        alloc = Allocator.from_objects(networks.values(), services.values(), live, pools=_pools(tx), nodes=nodes)
+        for p in alloc.problems:
+            log.warning("network allocator: %s", p)
+        self._attach_nodes(tx, alloc, nodes, networks)
+        for s in stale:
+            self._reallocate_endpoint(tx, alloc, s, services)
         if not waiting:
             return 0
         waiting.sort(key=lambda t: (str(t.get("ServiceID", "")), int(t.get("Slot") or 0), str(t["ID"])))
         if len(waiting) > self.max_tasks:
             waiting, self._more = waiting[:self.max_tasks], True
-        networks = {str(n["ID"]): n for n in tx.list_shallow("networks")}
-        services = {str(s["ID"]): s for s in tx.list_shallow("services")}
-        live = [t for t in tasks if holds_addresses(t)]
-        alloc = Allocator.from_objects(networks.values(), services.values(), live, pools=_pools(tx),
-                                       nodes=tx.list_shallow("nodes"))
-        for p in alloc.problems:
-            log.warning("network allocator: %s", p)
         now = now_rfc3339()
         moved = 0
         budget = MAX_TRANSACTION_BYTES * 3 // 4
@@ -120,6 +171,51 @@ class NetworkAllocatorLoop:
                 break
         return moved
 
+    def _attach_nodes(self, tx: WriteTx, alloc: Allocator, nodes: list[Obj], networks: dict[str, Obj]) -> None:
+        """Give every node that is not down a load-balancer address on the ingress network
+        (``Attachments``: ``[{"Network": <stored ingress network>, "Addresses": ["10.0.0.5/24"]}]``,
+        :func:`node_attachments_wanted`); drop attachments to networks that are gone (the removed
+        network's addresses went with it). A removed node's address is free once it is deleted."""
+        ingress = alloc.ingress_network()
+        for node in nodes:
+            want = node_attachments_wanted(node, ingress, networks)
+            if want is None:
+                continue
+            nid = str(node["ID"])
+            atts = [a for a in _map_list(node.get("Attachments")) if _att_network(a) in networks]
+            for net_id in want:
+                try:
+                    addr = alloc.allocate_address(net_id, f"node:{nid}")
+                except AllocatorError as e:
+                    log.warning("network allocator: no load-balancer address for node %s: %s", nid, e)
+                    continue
+                atts.append(network_attachment(networks[net_id], addr))
+            fresh = tx.get("nodes", nid)
+            if fresh is None or fresh.get("Attachments", []) == atts:
+                continue  # (nothing changed: no write, so no event to wake this loop again)
+            fresh["Attachments"] = atts
+            fresh.pop("Version", None)
+            tx.update("nodes", fresh)
+
+    def _reallocate_endpoint(self, tx: WriteTx, alloc: Allocator, service: Obj, services: dict[str, Obj]) -> None:
+        """Re-allocate the ``Endpoint`` of a service whose spec changed without the control API
+        (an automatic rollback puts ``PreviousSpec`` back): VIPs and ports as its spec says now."""
+        try:
+            endpoint = alloc.allocate_service(service)
+        except AllocatorError as e:
+            log.warning("network allocator: service %s: cannot allocate its endpoint: %s", service.get("ID"), e)
+            return
+        for key in ("Ports", "VirtualIPs"):
+            if not endpoint.get(key):
+                endpoint.pop(key, None)
+        fresh = tx.get("services", str(service["ID"]))
+        if fresh is None:
+            return
+        fresh["Endpoint"] = endpoint
+        fresh.pop("Version", None)
+        tx.update("services", fresh)
+        services[str(service["ID"])] = fresh
+
     async def tick(self) -> int:
         """Run one pass now; returns how many tasks got their addresses. A pass that fails to
         commit leaves nothing behind: the next one rebuilds the allocator from the store."""
@@ -129,5 +225,6 @@ class NetworkAllocatorLoop:
     async def run(self) -> None:
         """Watch tasks, services, networks and the cluster, and allocate until cancelled (see
         :func:`manager.loop.reconcile_loop`); a pass that left tasks for later runs again at once."""
-        await reconcile_loop(self.store, ["tasks", "services", "networks", "cluster"], self.tick, self.debounce,
+        await reconcile_loop(self.store, ["tasks", "services", "networks", "cluster", "nodes"], self.tick,
+                             self.debounce,
                              log, "network allocator", lambda: 0.0 if self._more else None)

@@ -31,8 +31,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from manager.allocator import AddressPools, Allocator, AllocatorError, PoolExhausted, VNIExhausted
+from manager.allocator import (
+    AddressesExhausted,
+    AddressPools,
+    Allocator,
+    AllocatorError,
+    NetworkNotFound,
+    PoolExhausted,
+    PortConflict,
+    PortsExhausted,
+    VNIExhausted,
+)
 from manager.allocator import InvalidArgument as AllocInvalidArgument
+from manager.allocator.loop import holds_addresses
 from manager.allocator.vni import VNI_OPTION
 from manager.controlapi.common import (
     Context,
@@ -59,7 +70,8 @@ from shoal.base.taskstate import is_terminal
 from shoal.base.util import new_id
 
 __all__ = [
-    "DRIVER", "FILTERS", "INGRESS_NAME", "INTERNAL_LABEL", "PREDEFINED", "SCOPE", "VNI_OPTION", "create",
+    "DRIVER", "FILTERS", "INGRESS_NAME", "INTERNAL_LABEL", "PREDEFINED", "SCOPE", "VNI_OPTION", "allocator_error",
+    "create", "store_allocator",
     "create_ingress",
     "find", "ingress_request", "inspect", "list_networks", "network_names", "remove", "validate_create_request",
 ]
@@ -150,13 +162,17 @@ def _ipam(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _allocator_error(e: AllocatorError) -> ControlError:
+def allocator_error(e: AllocatorError) -> ControlError:
     """The control API error for an allocator error: bad input (a malformed, overlapping or
-    misplaced subnet, gateway, range or VNI) is a 400 ``InvalidArgument``; no subnet or VNI left is
-    a ``FailedPrecondition`` (400, the cluster's state); anything else ``Unknown`` (500)."""
-    if isinstance(e, AllocInvalidArgument):
+    misplaced subnet, gateway, range, VNI or port; an unknown network) is a 400 ``InvalidArgument``;
+    a published port held by another service a 409 ``Conflict`` (the message names the service);
+    no subnet, VNI, address or port left a ``FailedPrecondition`` (400, the cluster's state);
+    anything else ``Unknown`` (500)."""
+    if isinstance(e, AllocInvalidArgument | NetworkNotFound):
         return _bad(str(e))
-    if isinstance(e, PoolExhausted | VNIExhausted):
+    if isinstance(e, PortConflict):
+        return Conflict(str(e))
+    if isinstance(e, PoolExhausted | VNIExhausted | AddressesExhausted | PortsExhausted):
         return FailedPrecondition(FAILED_PRECONDITION + str(e))
     return Unknown(f"rpc error: code = Unknown desc = {e}")
 
@@ -226,7 +242,7 @@ def validate_create_request(body: Any) -> Obj:
     try:
         Allocator().allocate_network("", spec)  # syntax only: an empty allocator has nothing to overlap
     except AllocatorError as e:
-        raise _allocator_error(e) from None
+        raise allocator_error(e) from None
     return spec
 
 
@@ -349,10 +365,41 @@ def _pools(view: ReadTx) -> AddressPools | None:
     return None
 
 
-def _allocator(tx: ReadTx) -> Allocator:
-    """An allocator holding exactly what the store (as ``tx`` sees it) holds."""
+def store_allocator(tx: ReadTx) -> Allocator:
+    """An allocator holding exactly what the store (as ``tx`` sees it) holds: networks, services'
+    VIPs and ports, nodes' load-balancer addresses, and the addresses of the tasks that still hold
+    theirs (:func:`manager.allocator.loop.holds_addresses`, as the allocator loop counts them)."""
     return Allocator.from_objects(tx.list_shallow("networks"), tx.list_shallow("services"),
-                                  tx.list_shallow("tasks"), pools=_pools(tx), nodes=tx.list_shallow("nodes"))
+                                  [t for t in tx.list_shallow("tasks") if holds_addresses(t)], pools=_pools(tx),
+                                  nodes=tx.list_shallow("nodes"))
+
+
+def add_network(tx: WriteTx, nid: str, spec: Obj) -> Obj:
+    """Store network ``nid`` with the validated ``spec`` (:func:`validate_create_request`) in
+    ``tx``, with its subnet and VNI from an allocator rebuilt from ``tx`` (the body of
+    :func:`create`; swarm init calls it for the ingress network in the cluster's first
+    transaction). Returns the stored network. Raises as :func:`create`."""
+    name = str(spec["Name"])
+    for other in tx.list_shallow("networks"):
+        other_spec = other.get("Spec") or {}
+        if str(other_spec.get("Name", "")).lower() == name.lower():
+            raise Conflict(f"network with name {name} already exists")
+        if spec["Ingress"] and other_spec.get("Ingress"):
+            raise Conflict(f"rpc error: code = AlreadyExists desc = ingress network "
+                           f"{other_spec.get('Name')} ({other['ID']}) is already present")
+    try:
+        alloc = store_allocator(tx).allocate_network(nid, spec)
+    except AllocatorError as e:
+        raise allocator_error(e) from None
+    state = alloc.driver_state()
+    state["Options"] = {**(spec["DriverConfiguration"].get("Options") or {}), **state["Options"]}
+    ipam = alloc.ipam_options()
+    ipam_opts = (spec["IPAMOptions"].get("Driver") or {}).get("Options")
+    if ipam_opts:
+        ipam["Driver"]["Options"] = dict(ipam_opts)
+    network = {"ID": nid, "Spec": spec, "DriverState": state, "IPAMOptions": ipam}
+    tx.create("networks", network)
+    return network
 
 
 async def create(ctx: Context, *, spec_body: Any) -> Obj:
@@ -376,26 +423,7 @@ async def create(ctx: Context, *, spec_body: Any) -> Obj:
     nid = new_id()
 
     def fn(tx: WriteTx) -> Obj:
-        name = str(spec["Name"])
-        for other in tx.list_shallow("networks"):
-            other_spec = other.get("Spec") or {}
-            if str(other_spec.get("Name", "")).lower() == name.lower():
-                raise Conflict(f"network with name {name} already exists")
-            if spec["Ingress"] and other_spec.get("Ingress"):
-                raise Conflict(f"rpc error: code = AlreadyExists desc = ingress network "
-                               f"{other_spec.get('Name')} ({other['ID']}) is already present")
-        try:
-            alloc = _allocator(tx).allocate_network(nid, spec)
-        except AllocatorError as e:
-            raise _allocator_error(e) from None
-        state = alloc.driver_state()
-        state["Options"] = {**(spec["DriverConfiguration"].get("Options") or {}), **state["Options"]}
-        ipam = alloc.ipam_options()
-        ipam_opts = (spec["IPAMOptions"].get("Driver") or {}).get("Options")
-        if ipam_opts:
-            ipam["Driver"]["Options"] = dict(ipam_opts)
-        network = {"ID": nid, "Spec": spec, "DriverState": state, "IPAMOptions": ipam}
-        tx.create("networks", network)
+        add_network(tx, nid, spec)
         return {"Id": nid, "Warning": ""}
 
     result: Obj = await commit(ctx.store, fn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from manager.allocator import AllocatorError
 from manager.controlapi.common import (
     Context,
     Filters,
@@ -19,12 +20,14 @@ from manager.controlapi.common import (
 from manager.controlapi.errors import (
     FAILED_PRECONDITION,
     INVALID_ARGUMENT,
+    Conflict,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unimplemented,
     Unknown,
 )
-from manager.controlapi.networks import network_names
+from manager.controlapi.networks import allocator_error, network_names, store_allocator
 from manager.orchestrator import service_status
 from manager.specs import service_spec_with_defaults, validate_service_spec
 from manager.store import ReadTx, Store, WriteTx
@@ -121,19 +124,95 @@ def resolve_networks(tx: ReadTx, service_spec: Obj) -> None:
         att["Target"] = net["ID"]
 
 
+def publishes_ingress(service_spec: Obj) -> bool:
+    """Whether a (validated) ServiceSpec publishes a port in ingress mode (the default mode)."""
+    ports = (service_spec.get("EndpointSpec") or {}).get("Ports") or []
+    return any(str(p.get("PublishMode") or "ingress") == "ingress" for p in ports if isinstance(p, dict))
+
+
+def _published(ports: Any, mode: str) -> set[tuple[str, int]]:
+    """``{(protocol, published port)}`` of the ``mode`` (ingress | host) ports in ``ports``."""
+    out = set()
+    for p in ports if isinstance(ports, list) else ():
+        if isinstance(p, dict) and str(p.get("PublishMode") or "ingress") == mode and p.get("PublishedPort"):
+            out.add((str(p.get("Protocol") or "tcp"), int(p["PublishedPort"])))
+    return out
+
+
+def check_host_port_conflicts(tx: ReadTx, svc: Obj) -> None:
+    """Host-mode and ingress ports do not share a port (swarmkit's controlapi
+    ``checkPortConflicts``): an ingress port is open on every node, so a host-mode port of another
+    service on the same port and protocol cannot be, and the other way round. Two services may
+    publish the same port in host mode (the scheduler keeps them on different nodes); two ingress
+    ports are the allocator's to refuse. Raises :class:`Conflict` (409) naming the other service."""
+    ep_spec = (svc.get("Spec") or {}).get("EndpointSpec") or {}
+    mine_host = _published(ep_spec.get("Ports"), "host")
+    mine_ingress = _published(ep_spec.get("Ports"), "ingress")
+    if not mine_host and not mine_ingress:
+        return
+    for other in tx.list_shallow("services"):
+        if other["ID"] == svc.get("ID"):
+            continue
+        name = (other.get("Spec") or {}).get("Name", "")
+        theirs_ingress = _published((other.get("Endpoint") or {}).get("Ports"), "ingress")
+        theirs_host = _published(((other.get("Spec") or {}).get("EndpointSpec") or {}).get("Ports"), "host")
+        for proto, port in sorted(mine_host & theirs_ingress):
+            raise Conflict(f"port '{port}/{proto}' is already in use by service '{name}' ({other['ID']}) as an "
+                           "ingress port")
+        for proto, port in sorted(mine_ingress & theirs_host):
+            raise Conflict(f"port '{port}/{proto}' is already in use by service '{name}' ({other['ID']}) as a "
+                           "host-published port")
+
+
+def allocate_endpoint(tx: WriteTx, svc: Obj) -> Obj:
+    """The ``Endpoint`` of service ``svc`` (``{"ID", "Spec", "Endpoint"?}``; its network targets
+    already resolved) from an allocator rebuilt from ``tx``
+    (:meth:`manager.allocator.Allocator.allocate_service`)::
+
+        {"Spec": {"Mode": "vip"|"dnsrr", "Ports"?: [...]},
+         "Ports": [{"Protocol", "TargetPort", "PublishedPort", "PublishMode"}],   # when published
+         "VirtualIPs": [{"NetworkID", "Addr": "10.0.1.2/24"}]}                  # when any
+
+    VIPs and dynamic ports the service already holds (its current ``Endpoint``) are kept; what it
+    held and no longer uses is free once the service is written (the store is the allocator's only
+    memory). Raises :class:`Conflict` (409: an ingress port held by another service, named; a
+    host-mode port that is another service's ingress port or the other way round,
+    :func:`check_host_port_conflicts`),
+    :class:`InvalidArgument` (bad port, ingress ports with dnsrr, unknown network),
+    :class:`FailedPrecondition` (ingress ports but no ingress network; no address or port left)."""
+    spec_ = svc.get("Spec") or {}
+    check_host_port_conflicts(tx, svc)
+    alloc = store_allocator(tx)
+    if publishes_ingress(spec_) and alloc.ingress_network() is None:
+        raise FailedPrecondition(f"{FAILED_PRECONDITION}service {spec_.get('Name', '')} publishes ports in "
+                                 "ingress mode but the swarm has no ingress network: create one with `docker "
+                                 "network create --ingress -d overlay ingress`, or publish with mode=host")
+    try:
+        endpoint = alloc.allocate_service(svc)
+    except AllocatorError as e:
+        raise allocator_error(e) from None
+    if not endpoint.get("Ports"):
+        endpoint.pop("Ports", None)
+    if not endpoint.get("VirtualIPs"):
+        endpoint.pop("VirtualIPs", None)
+    return endpoint
+
+
 async def create(ctx: Context, *, spec_body: Any) -> Obj:
     """``services.create``: a new service from ``spec_body`` (a ServiceSpec;
     :func:`manager.specs.validate_service_spec`); its network targets are stored as network IDs
-    (:func:`resolve_networks`, in the transaction). Returns ``{"ID", "Warnings": []}``. Raises
-    :class:`InvalidArgument` (bad spec, unknown or ingress network), :class:`Conflict` (name
-    taken), :class:`Unavailable`."""
+    (:func:`resolve_networks`) and its ``Endpoint`` (VIPs, published ports) allocated
+    (:func:`allocate_endpoint`), both in the transaction. Returns ``{"ID", "Warnings": []}``.
+    Raises :class:`InvalidArgument` (bad spec, unknown or ingress network, dnsrr with ingress
+    ports), :class:`Conflict` (name taken; a published port held by another service, named),
+    :class:`FailedPrecondition` (ingress ports without an ingress network), :class:`Unavailable`."""
     service_spec = spec(validate_service_spec, spec_body)
     sid = new_id()
-    svc = {"ID": sid, "Spec": service_spec,
-           "Endpoint": {"Spec": service_spec.get("EndpointSpec") or {"Mode": "vip"}}}
+    svc: Obj = {"ID": sid, "Spec": service_spec}
 
     def fn(tx: WriteTx) -> None:
         resolve_networks(tx, service_spec)
+        svc["Endpoint"] = allocate_endpoint(tx, svc)
         tx.create("services", svc)
 
     await commit(ctx.store, fn)
@@ -146,7 +225,9 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
     ``UpdateStatus`` ``rollback_started``; any other update clears it. Returns ``{"Warnings":
     []}``. Raises :class:`NotFound`, :class:`InvalidArgument` (bad spec, ambiguous ref),
     :class:`Unknown` (no previous spec to roll back to; out of sequence), :class:`Unimplemented`
-    (a new name), :class:`Unavailable`. Network targets are resolved as in :func:`create`."""
+    (a new name), :class:`Unavailable`. Network targets are resolved and the ``Endpoint``
+    re-allocated as in :func:`create` (VIPs and dynamic ports it keeps using are kept; a port
+    conflict is a :class:`Conflict`). Removing a service frees its VIPs and ports by deleting it."""
     s = find(ctx.store, ref)
     if rollback:
         prev = s.get("PreviousSpec")
@@ -172,7 +253,7 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
                                    "Message": "manually requested rollback"}
         else:
             cur.pop("UpdateStatus", None)
-        cur["Endpoint"] = {"Spec": service_spec.get("EndpointSpec") or {"Mode": "vip"}}
+        cur["Endpoint"] = allocate_endpoint(tx, cur)
         tx.update("services", cur)
 
     await commit(ctx.store, fn)

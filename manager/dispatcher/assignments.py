@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from shoal.base.views import Node, Task
 from shoal.rpc import wire
 
 __all__ = ["OVERLAY", "PEER_DESIRED", "Session", "TaskIndex", "assignment_set", "attachments", "dns_task_keys",
-           "fingerprint", "manager_addr", "node_networks", "peer_keys", "send_outbox", "service_dns_keys", "vtep"]
+           "fingerprint", "ingress_port_keys", "manager_addr", "node_ingress", "node_lb_addresses", "node_networks",
+           "peer_keys", "send_outbox", "service_dns_keys", "service_vips", "vtep"]
 
 log = logging.getLogger("manager.dispatcher")
 
@@ -59,11 +61,11 @@ def manager_addr(node: dict[str, Any] | None) -> str | None:
 
 
 def fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]],
-                networks: Mapping[str, Mapping[str, Any]] | None = None) -> bytes:
+                networks: Mapping[str, Mapping[str, Any]] | None = None, extra: Any = None) -> bytes:
     """Bytes that change iff something the worker acts on changed (not status/version/timestamps):
     the node, its assignment set and ``networks`` (:func:`node_networks`: a network's spec, driver
     state or IPAM, a peer appearing, leaving or moving, its DNS records; not a network's
-    ``Version``/``UpdatedAt``)."""
+    ``Version``/``UpdatedAt``), and ``extra`` (the rest of the push: ``ingress``, ``data_path_port``)."""
     n = {k: v for k, v in node.items() if k not in _VOLATILE + ("Description", "ManagerStatus")}
     # a demoted manager acts when the leader has taken it out of Raft (ManagerStatus removed)
     n["_raft_member"] = bool(node.get("ManagerStatus"))
@@ -72,7 +74,7 @@ def fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]],
     nets = [[nid, {k: v for k, v in _map(e.get("Network")).items() if k not in _VOLATILE}, e.get("Peers"),
              e.get("DNS")]
             for nid, e in sorted((networks or {}).items())]
-    data: bytes = msgpack.packb([n, ts, nets], use_bin_type=True)
+    data: bytes = msgpack.packb([n, ts, nets, extra], use_bin_type=True)
     return data
 
 
@@ -151,16 +153,39 @@ def dns_task_keys(task: Mapping[str, Any] | None) -> set[tuple[str, str, int | s
     return {(nid, sid, slot, tid, addr, hostname) for nid, addr in attachments(task) if addr}
 
 
-def service_dns_keys(service: Mapping[str, Any] | None) -> set[tuple[str, str, tuple[str, ...]]]:
-    """``{(network ID, service name, (alias, …))}`` of ``service`` (None: none): one per
-    ``Spec.TaskTemplate.Networks`` entry with a ``Target`` (the network ID as stored), with that
-    entry's ``Aliases``. The dispatcher compares them before and after a service change."""
+def service_vips(service: Mapping[str, Any] | None) -> dict[str, str]:
+    """``{network ID: "10.0.1.2"}``: the VIPs (without their prefix) of ``service``'s
+    ``Endpoint.VirtualIPs``; empty for endpoint mode ``dnsrr`` or no service."""
+    if not service:
+        return {}
+    ep = _map(service.get("Endpoint"))
+    if _map(ep.get("Spec")).get("Mode") == "dnsrr":
+        return {}
+    out = {}
+    raw = ep.get("VirtualIPs")
+    for v in raw if isinstance(raw, list) else ():
+        v = _map(v)
+        nid, addr = v.get("NetworkID"), v.get("Addr")
+        if isinstance(nid, str) and isinstance(addr, str):
+            try:
+                out[nid] = ip_of(addr)
+            except ValueError:
+                continue
+    return out
+
+
+def service_dns_keys(service: Mapping[str, Any] | None) -> set[tuple[str, str, tuple[str, ...], str | None]]:
+    """``{(network ID, service name, (alias, …), VIP or None)}`` of ``service`` (None: none): one
+    per ``Spec.TaskTemplate.Networks`` entry with a ``Target`` (the network ID as stored), with
+    that entry's ``Aliases`` and the service's VIP on it (:func:`service_vips`; None for dnsrr or
+    none allocated). The dispatcher compares them before and after a service change."""
     if not service:
         return set()
     spec = _map(service.get("Spec"))
     name = spec.get("Name")
     if not isinstance(name, str) or not name:
         return set()
+    vips = service_vips(service)
     raw = _map(spec.get("TaskTemplate")).get("Networks")
     out = set()
     for n in raw if isinstance(raw, list) else ():
@@ -170,13 +195,52 @@ def service_dns_keys(service: Mapping[str, Any] | None) -> set[tuple[str, str, t
             continue
         al = n.get("Aliases")
         aliases = tuple(a for a in al if isinstance(a, str)) if isinstance(al, list) else ()
-        out.add((target, name, aliases))
+        out.add((target, name, aliases, vips.get(target)))
+    return out
+
+
+def ingress_port_keys(service: Mapping[str, Any] | None) -> set[tuple[str, str, str, int, int]]:
+    """``{(service ID, service name, protocol, published port, target port)}`` of the ingress-mode
+    ports in ``service``'s ``Endpoint.Ports`` (what the allocator gave it; None: none). Compared
+    before and after a service change: a difference concerns every node of the routing mesh."""
+    if not service:
+        return set()
+    sid = service.get("ID")
+    name = _map(service.get("Spec")).get("Name")
+    if not isinstance(sid, str) or not isinstance(name, str):
+        return set()
+    out = set()
+    raw = _map(service.get("Endpoint")).get("Ports")
+    for p in raw if isinstance(raw, list) else ():
+        p = _map(p)
+        if str(p.get("PublishMode") or "ingress") != "ingress":
+            continue
+        pub, tgt = p.get("PublishedPort"), p.get("TargetPort")
+        if isinstance(pub, int) and isinstance(tgt, int) and pub > 0:
+            out.add((sid, name, str(p.get("Protocol") or "tcp"), pub, tgt))
+    return out
+
+
+def node_lb_addresses(node: Mapping[str, Any] | None) -> set[tuple[str, str]]:
+    """``{(network ID, "a.b.c.d/len")}``: the load-balancer addresses in ``node``'s
+    ``Attachments`` (contract §3; None: none)."""
+    out = set()
+    raw = (node or {}).get("Attachments")
+    for a in raw if isinstance(raw, list) else ():
+        a = _map(a)
+        nid = _map(a.get("Network")).get("ID")
+        addrs = a.get("Addresses")
+        if isinstance(nid, str) and nid and isinstance(addrs, list) and addrs and isinstance(addrs[0], str):
+            out.add((nid, addrs[0]))
     return out
 
 
 def _dns(nid: str, index: TaskIndex) -> dict[str, Any]:
-    """The ``DNS`` part of network ``nid``'s entry: its services and running tasks, sorted."""
-    services = sorted(set(index.services.get(nid, ())))
+    """The ``DNS`` part of network ``nid``'s entry: its services (with their VIP on it, None for
+    dnsrr) and running tasks, sorted. Empty for the ingress network (no names there, as in Docker)."""
+    if nid == index.ingress_id:
+        return {"Services": [], "Tasks": []}
+    services = sorted(set(index.services.get(nid, ())), key=lambda s: (s[0], s[1], s[2] or ""))
     tasks = []
     for sid, slot, tid, addr, hostname in index.dns_tasks.get(nid, ()):
         name = index.service_names.get(sid)
@@ -189,7 +253,7 @@ def _dns(nid: str, index: TaskIndex) -> dict[str, Any]:
         tasks.append({"Service": name, "Slot": slot, "ID": tid, "IP": ip, "Hostname": hostname})
     # ints before node IDs when a service has both (never in practice)
     tasks.sort(key=lambda t: (t["Service"], isinstance(t["Slot"], str), t["Slot"], t["ID"]))
-    return {"Services": [{"Name": n, "Aliases": list(a), "VIP": None} for n, a in services], "Tasks": tasks}
+    return {"Services": [{"Name": n, "Aliases": list(a), "VIP": v} for n, a, v in services], "Tasks": tasks}
 
 
 class TaskIndex:
@@ -202,19 +266,29 @@ class TaskIndex:
 
     - ``dns_tasks``: network ID → ``[(service ID, slot, task ID, "a.b.c.d/len", hostname)]`` of
       the running tasks on it (:func:`dns_task_keys`);
-    - ``services``: network ID → ``[(service name, (alias, …))]`` of the services whose
-      ``TaskTemplate.Networks`` target it, and ``service_names``: service ID → name, from
-      ``services`` (all services, only read; :func:`service_dns_keys`).
+    - ``services``: network ID → ``[(service name, (alias, …), VIP or None)]`` of the services
+      whose ``TaskTemplate.Networks`` target it, and ``service_names``: service ID → name, from
+      ``services`` (all services, only read; :func:`service_dns_keys`);
+    - ``ingress_ports``: the ingress-mode published ports of every service
+      (:func:`ingress_port_keys`), sorted; ``lb``: network ID → ``[(node ID, "a.b.c.d/len")]`` of
+      the nodes' load-balancer addresses (:func:`node_lb_addresses`, from ``nodes``);
+      ``ingress_id``: the ID of the ingress network (``ingress_id`` given, or None).
 
-    Building it costs one pass over all tasks and services (O(T + S)); a node's peer list and DNS
-    records are then O(tasks and services of its networks) rather than a scan per node and network.
+    Building it costs one pass over all tasks, services and nodes (O(T + S + N)); a node's peer
+    list, DNS records and ingress ports are then O(tasks and services of its networks) rather than
+    a scan per node and network.
     """
 
-    def __init__(self, tasks: Iterable[dict[str, Any]], services: Iterable[dict[str, Any]] = ()) -> None:
+    def __init__(self, tasks: Iterable[dict[str, Any]], services: Iterable[dict[str, Any]] = (),
+                 nodes: Iterable[dict[str, Any]] = (), ingress_id: str | None = None) -> None:
+        self.ingress_id = ingress_id
+        self.lb: dict[str, list[tuple[str, str]]] = {}
+        self.ingress_ports: list[tuple[str, str, str, int, int]] = []
+        self._ingress_endpoints: dict[str, list[str]] | None = None
         self.by_node: dict[str, list[dict[str, Any]]] = {}
         self.peers: dict[str, list[tuple[str, str]]] = {}
         self.dns_tasks: dict[str, list[tuple[str, int | str, str, str, str | None]]] = {}
-        self.services: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        self.services: dict[str, list[tuple[str, tuple[str, ...], str | None]]] = {}
         self.service_names: dict[str, str] = {}
         for t in tasks:
             node_id = t.get("NodeID")
@@ -225,16 +299,39 @@ class TaskIndex:
             for nid, sid, slot, tid, addr, hostname in dns_task_keys(t):
                 self.dns_tasks.setdefault(nid, []).append((sid, slot, tid, addr, hostname))
         for svc in services:
-            for nid, name, aliases in service_dns_keys(svc):
-                self.services.setdefault(nid, []).append((name, aliases))
+            for nid, name, aliases, vip in service_dns_keys(svc):
+                self.services.setdefault(nid, []).append((name, aliases, vip))
             svc_id, svc_name = svc.get("ID"), _map(svc.get("Spec")).get("Name")
             if isinstance(svc_id, str) and isinstance(svc_name, str) and svc_name:
                 self.service_names[svc_id] = svc_name
+            self.ingress_ports.extend(ingress_port_keys(svc))
+        self.ingress_ports.sort(key=lambda p: (p[2], p[3], p[0]))
+        for node in nodes:
+            node_id = node.get("ID")
+            if isinstance(node_id, str):
+                for nid, addr in node_lb_addresses(node):
+                    self.lb.setdefault(nid, []).append((node_id, addr))
+
+    def ingress_endpoints(self) -> dict[str, list[str]]:
+        """Service ID → the sorted ingress-network IPs of its running tasks (any node); computed
+        once per index."""
+        if self._ingress_endpoints is None:
+            eps: dict[str, list[str]] = {}
+            for sid, _slot, _tid, addr, _hn in self.dns_tasks.get(self.ingress_id or "", ()):
+                try:
+                    eps.setdefault(sid, []).append(ip_of(addr))
+                except ValueError:
+                    continue
+            for ips in eps.values():
+                ips.sort(key=ipaddress.ip_address)
+            self._ingress_endpoints = eps
+        return self._ingress_endpoints
 
 
 def node_networks(node_id: str, tasks: list[dict[str, Any]], index: TaskIndex,
                   network: Callable[[str], dict[str, Any] | None],
-                  node_vtep: Callable[[str], str | None]) -> dict[str, dict[str, Any]]:
+                  node_vtep: Callable[[str], str | None],
+                  node: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The ``networks`` part of node ``node_id``'s assignments::
 
         {network_id: {"Network": <stored network>,
@@ -250,19 +347,26 @@ def node_networks(node_id: str, tasks: list[dict[str, Any]], index: TaskIndex,
     Each entry also has ``"DNS": {"Services": [{"Name", "Aliases", "VIP": None}], "Tasks":
     [{"Service", "Slot", "ID", "IP", "Hostname"}]}``: the services of ``index.services`` on the
     network (sorted by name) and its running tasks on *any* node, this one included
-    (``index.dns_tasks``, whose service is known; sorted by service, slot, ID).
+    (``index.dns_tasks``, whose service is known; sorted by service, slot, ID). ``VIP``: the
+    service's VIP on the network (without prefix), None for dnsrr.
+
+    The ingress network (``index.ingress_id``) is listed too when ``node`` (the node's object) has
+    a load-balancer address on it (``Attachments``), whatever its tasks; its peers include the
+    other nodes' load-balancer addresses (``index.lb``, VTEP: that node's), and its ``DNS`` is empty.
     """
     used: set[str] = set()
     for t in tasks:
         if state_order(_map(t.get("Status")).get("State")) < COMPLETE:
             used.update(nid for nid, _ in attachments(t))
+    if index.ingress_id and any(nid == index.ingress_id for nid, _ in node_lb_addresses(node)):
+        used.add(index.ingress_id)
     out: dict[str, dict[str, Any]] = {}
     for nid in sorted(used):
         net = network(nid)
         if net is None or _map(net.get("DriverState")).get("Name") != OVERLAY:
             continue
         peers: dict[tuple[str, str, str], dict[str, str]] = {}
-        for other, addr in index.peers.get(nid, ()):
+        for other, addr in itertools.chain(index.peers.get(nid, ()), index.lb.get(nid, ())):
             if other == node_id:
                 continue
             v = node_vtep(other)
@@ -278,6 +382,29 @@ def node_networks(node_id: str, tasks: list[dict[str, Any]], index: TaskIndex,
         ordered = sorted(peers.items(), key=lambda kv: (ipaddress.ip_address(kv[0][0]), kv[0][2]))
         out[nid] = {"Network": net, "Peers": [p for _, p in ordered], "DNS": _dns(nid, index)}
     return out
+
+
+def node_ingress(node: Mapping[str, Any] | None, index: TaskIndex) -> dict[str, Any] | None:
+    """The ``ingress`` part of a node's assignments (contract §4), or None when there is no
+    ingress network or ``node`` has no load-balancer address on it::
+
+        {"NetworkID": nid, "Address": "10.0.0.5/24",          # the node's own address on it
+         "Ports": [{"ServiceID", "Service", "Protocol", "PublishedPort", "TargetPort",
+                    "Endpoints": ["10.0.0.7", …]}]}          # running tasks' ingress IPs, sorted
+
+    Every ingress-mode published port of every service is listed, with no endpoints too (the node
+    then rejects connections to it rather than leaving them hanging); sorted by protocol, port."""
+    nid = index.ingress_id
+    if not nid:
+        return None
+    addr = next((a for n, a in sorted(node_lb_addresses(node)) if n == nid), None)
+    if addr is None:
+        return None
+    eps = index.ingress_endpoints()
+    ports = [{"ServiceID": sid, "Service": name, "Protocol": proto, "PublishedPort": pub, "TargetPort": tgt,
+              "Endpoints": list(eps.get(sid, ()))}
+             for sid, name, proto, pub, tgt in index.ingress_ports]
+    return {"NetworkID": nid, "Address": addr, "Ports": ports}
 
 
 @dataclass

@@ -32,6 +32,15 @@ SWARM-FACTS 1.3):
   stopping running (or its address or hostname changing) marks the users of its networks, as a
   peer change does; a service created, removed, renamed or with changed networks/aliases marks
   the users of the networks it was and is on (other service updates do not).
+- Service VIPs and the routing mesh: a network's ``DNS`` services carry the service's VIP on it
+  (``Endpoint.VirtualIPs``; null for dnsrr), so a VIP change marks the users of that network as a
+  rename does. The ingress network is listed for every node that has a load-balancer address on it
+  (``Node.Attachments``, given by the allocator loop), its peers include the other nodes'
+  load-balancer addresses, and the push's ``ingress`` key lists every ingress-mode published port
+  with the ingress IPs of the service's running tasks. A service's ingress ports changing, a task
+  starting or stopping running on the ingress network, and a node's load-balancer address changing
+  mark the users of the ingress network (every node with an address on it); a change of the
+  cluster object (``DataPathPort``, pushed as ``data_path_port``) marks every node.
 - Pushes to one session go out one at a time (:class:`~manager.dispatcher.assignments.Session` ``outbox``): while one is being
   written, a newer assignment set or manager list replaces the one waiting, so a node that
   reads slowly (or not at all) costs at most one unsent message of each kind, never a queue
@@ -61,7 +70,10 @@ from manager.dispatcher.assignments import (
     assignment_set,
     dns_task_keys,
     fingerprint,
+    ingress_port_keys,
     manager_addr,
+    node_ingress,
+    node_lb_addresses,
     node_networks,
     peer_keys,
     send_outbox,
@@ -80,6 +92,8 @@ DEFAULT_GRACE_MULTIPLIER = 3  # SK: defaultGracePeriodMultiplier
 JITTER = 0.10  # ±10 % of the period per beat (SK: 500 ms of 5 s)
 MAX_BATCH_INTERVAL = 0.1  # seconds, SK: maxBatchInterval
 MAX_BATCH_ITEMS = 10000  # SK: maxBatchItems
+DEFAULT_DATA_PATH_PORT = 4789
+"""The data path port pushed when the cluster object holds none (older clusters)."""
 MAX_DESCRIPTION = 64 * 1024
 """Bytes (msgpack) a node's ``Description`` may take in the store."""
 
@@ -120,6 +134,8 @@ class Dispatcher:
         """Network ID → IDs of the nodes whose last push listed it (may name gone sessions)."""
         self._node_nets: dict[str, set[str]] = {}
         """Node ID → the network IDs its last push listed (the inverse of ``_net_users``)."""
+        self._ingress_id: str | None = None
+        """The ID of the ingress network (refreshed on every network change)."""
         self._flush_handle: asyncio.TimerHandle | None = None
         self._batch = StatusBatch()
         self._batch_task: asyncio.Task[None] | None = None
@@ -139,7 +155,8 @@ class Dispatcher:
         if self._running:
             return
         self._running = True
-        watch = self.store.watch(["nodes", "tasks", "networks", "services"])
+        watch = self.store.watch(["nodes", "tasks", "networks", "services", "cluster"])
+        self._ingress_id = self._find_ingress()
         self._watch_task = asyncio.create_task(self._watch_loop(watch), name="dispatcher-watch")
         ttl = 2 * self.grace_multiplier * self.heartbeat_period
         for node in self.store.view().list("nodes"):
@@ -376,14 +393,27 @@ class Dispatcher:
                     new_svc = set() if ev.action == "delete" else service_dns_keys(ev.obj)
                     for net_id in {k[0] for k in new_svc ^ service_dns_keys(ev.old)}:
                         self._mark_net_users(net_id)
+                    # its ingress ports (published, target, protocol, name): every mesh node
+                    new_ports = set() if ev.action == "delete" else ingress_port_keys(ev.obj)
+                    if new_ports != ingress_port_keys(ev.old) and self._ingress_id:
+                        self._mark_net_users(self._ingress_id)
                 elif ev.table == "networks":
                     # rare; a network just created may be used by tasks no push has listed it for
+                    self._ingress_id = self._find_ingress()
+                    for nid in self._sessions:
+                        self._mark_dirty(nid)
+                elif ev.table == "cluster":
+                    # rare: the data path port (or anything else of the cluster) may have changed
                     for nid in self._sessions:
                         self._mark_dirty(nid)
                 elif ev.table == "nodes":
                     new_vtep = None if ev.action == "delete" else vtep(ev.obj)
                     if new_vtep != vtep(ev.old):  # its tasks joined or left peer lists, or moved
                         self._mark_net_users(None)
+                    # its load-balancer addresses: peers of the other nodes on those networks
+                    new_lb = set() if ev.action == "delete" else node_lb_addresses(ev.obj)
+                    for net_id in {k[0] for k in new_lb ^ node_lb_addresses(ev.old)}:
+                        self._mark_net_users(net_id)
                     if manager_addr(ev.obj) != manager_addr(ev.old) or ev.action == "delete":
                         self._announce_managers()
                     nid = ev.obj.get("ID")
@@ -397,6 +427,13 @@ class Dispatcher:
                                 await s.peer.close("node removed from the swarm")
         finally:
             watch.close()
+
+    def _find_ingress(self) -> str | None:
+        """The ID of the ingress network in the store (``Spec.Ingress``), or None."""
+        for n in self.store.view().list_shallow("networks"):
+            if (n.get("Spec") or {}).get("Ingress"):
+                return str(n["ID"])
+        return None
 
     def _announce_managers(self) -> None:
         """Push the manager list to every session when it changes (a manager joined, was
@@ -465,6 +502,8 @@ class Dispatcher:
                 vteps[node_id] = vtep(view.get("nodes", node_id))
             return vteps[node_id]
 
+        clusters = view.list_shallow("cluster")
+        dpp = (clusters[0].get("DataPathPort") if clusters else None) or DEFAULT_DATA_PATH_PORT
         for node_id in dirty:
             s = self._sessions.get(node_id)
             if s is None or s.peer is None or s.peer.closed:
@@ -473,17 +512,20 @@ class Dispatcher:
             if node is None:
                 continue
             if index is None:  # one pass over the tasks for every node of this flush
-                index = TaskIndex(view.list_shallow("tasks"), view.list_shallow("services"))
+                index = TaskIndex(view.list_shallow("tasks"), view.list_shallow("services"),
+                                  view.list_shallow("nodes"), self._ingress_id)
             # deep copies of the node's tasks: the push may wait in the outbox while the store changes
             tasks = [c for t in assignment_set(index.by_node.get(node_id, []))
                      if (c := view.get("tasks", t["ID"])) is not None]
-            nets = node_networks(node_id, tasks, index, network, node_vtep)
+            nets = node_networks(node_id, tasks, index, network, node_vtep, node)
             self._set_node_nets(node_id, set(nets))
-            fp = fingerprint(node, tasks, nets)
+            ingress = node_ingress(node, index)
+            fp = fingerprint(node, tasks, nets, [ingress, dpp])
             if fp == s.last_sent:
                 continue
             s.last_sent = fp
-            self._enqueue(s, "assignments", {"node": node, "tasks": tasks, "networks": nets})
+            self._enqueue(s, "assignments", {"node": node, "tasks": tasks, "networks": nets, "ingress": ingress,
+                                             "data_path_port": int(dpp)})
 
     # -- status updates ---------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ pass (:class:`WriteBudget`), the rolling-update progress kept between passes
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,9 @@ def task_name(service_name: str, slot: int, task_id: str) -> str:
 
 
 def new_task(service: Obj, slot: int, now: str, id_gen: Callable[[], str] = new_id) -> Obj:
-    """A new task of ``service`` in ``slot`` (state ``new``, desired ``running``)."""
+    """A new task of ``service`` in ``slot`` (state ``new``, desired ``running``), with a copy of
+    the service's ``Endpoint`` (swarmkit copies it into every task: the node opens host-mode ports
+    from it, and the orchestrator compares its ``Spec`` with the service's ``EndpointSpec``)."""
     tid = id_gen()
     svc = Service(service)
     version = svc.version
@@ -42,6 +45,7 @@ def new_task(service: Obj, slot: int, now: str, id_gen: Callable[[], str] = new_
         "Status": {"Timestamp": now, "State": "new", "Message": "created"},
         "DesiredState": "running",
         "NetworksAttachments": [],
+        "Endpoint": copy.deepcopy(service.get("Endpoint") or {"Spec": {"Mode": "vip"}}),
     }
 
 
@@ -115,6 +119,9 @@ class UpdateProgress:
     monitored: dict[str, float | None] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     idle_since: float | None = None
+    endpoint: tuple[str, list[Any]] | None = None
+    """The service's endpoint spec (:func:`shoal.base.views.endpoint_spec_key`) the update moves
+    slots to, beside ``target``: a change of either starts the update over."""
 
     def busy(self) -> int:
         """Lanes in use: slots stopping, in flight or cooling down."""

@@ -13,15 +13,24 @@ from manager.orchestrator.update import Ctx, rolling_update
 from manager.specs import task_spec_with_defaults
 from shoal.base.taskstate import REMOVE, RUNNING, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import new_id, now_rfc3339, parse_rfc3339
-from shoal.base.views import Node, Service, Task, task_desired_order, task_state
+from shoal.base.views import (
+    Node,
+    Service,
+    Task,
+    endpoint_spec_key,
+    task_desired_order,
+    task_needs_networks,
+    task_state,
+)
 
 __all__ = ["reconcile", "service_status", "has_networks"]
 
 
 def has_networks(task: Obj) -> bool:
-    """Whether ``task``'s spec attaches it to overlay networks (``Spec.Networks`` non-empty)."""
-    spec = task.get("Spec")
-    return isinstance(spec, dict) and bool(spec.get("Networks"))
+    """Whether ``task`` is attached to overlay networks and waits in ``new`` for the network
+    allocator: ``Spec.Networks`` non-empty, or ingress ports in its ``Endpoint``
+    (:func:`shoal.base.views.task_needs_networks`)."""
+    return task_needs_networks(task)
 
 
 def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj], now: float,
@@ -73,7 +82,8 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
         template = task_spec_with_defaults(sv.task_template)
         ctx.start_service(svc)
         prog = old_progress.get(sid)
-        if prog is not None and prog.target != template:
+        if prog is not None and (prog.target != template
+                                 or prog.endpoint != endpoint_spec_key(sv.spec.get("EndpointSpec"))):
             prog = None
         slots: dict[int, list[Obj]] = {}
         for t in by_service.get(sid, []):

@@ -20,7 +20,14 @@ from manager.orchestrator.plan import (
 from manager.orchestrator.restart import node_lost
 from manager.specs import service_spec_with_defaults
 from shoal.base.taskstate import RUNNING, STATE_ORDER, TERMINAL_STATES
-from shoal.base.views import Node, Service, task_desired_order, task_spec_version, task_state
+from shoal.base.views import (
+    Node,
+    Service,
+    endpoint_spec_key,
+    task_desired_order,
+    task_spec_version,
+    task_state,
+)
 
 __all__ = ["Ctx", "rolling_update", "launch", "complete", "fail", "update_config", "set_update_status"]
 
@@ -91,19 +98,26 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
     rollback = ustate == "rollback_started"
     version = sv.version
 
+    endpoint = endpoint_spec_key(sv.spec.get("EndpointSpec"))
+
     def out_of_date(t: Obj) -> bool:
         # a task made from the service at its current stored version has the current template
         # (the store gives every write a new index): skip the deep comparison for it
         if version is not None and task_spec_version(t) == version:
             return False
-        return bool(t.get("Spec") != template)
+        if t.get("Spec") != template:
+            return True
+        # as swarmkit's IsTaskDirty: a task made with another endpoint spec (published ports,
+        # endpoint mode) is out of date too; tasks without an Endpoint predate the copy
+        ep = t.get("Endpoint")
+        return isinstance(ep, dict) and endpoint_spec_key(ep.get("Spec")) != endpoint
 
     def dirty_slots(p: UpdateProgress | None) -> list[int]:
         busy = set() if p is None else set(p.stopping) | set(p.in_flight)
         return [s for s in sorted(occupied)
                 if s not in busy and s not in replaced and out_of_date(occupied[s])]
 
-    if prog is not None and (prog.target != template or prog.rollback != rollback):
+    if prog is not None and (prog.target != template or prog.rollback != rollback or prog.endpoint != endpoint):
         prog = None  # superseded by a newer spec: start over toward it
     if prog is None:
         dirty = dirty_slots(None)
@@ -111,7 +125,8 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
             if ustate in ("updating", "rollback_started"):
                 complete(ctx, svc, rollback)
             return None
-        prog = UpdateProgress(target=copy.deepcopy(template), rollback=rollback, total=len(dirty))
+        prog = UpdateProgress(target=copy.deepcopy(template), rollback=rollback, total=len(dirty),
+                              endpoint=copy.deepcopy(endpoint))
         if status is None or ustate in ("completed", "rollback_completed"):
             set_update_status(svc, plan, {"State": "updating", "StartedAt": ctx.ts_now,
                                            "Message": "update in progress"})

@@ -43,11 +43,13 @@ from manager.specs.service import (
     DEFAULT_UPDATE_CONFIG,
     service_spec_with_defaults,
     task_spec_with_defaults,
+    validate_endpoint_spec,
     validate_service_spec,
 )
 from manager.specs.swarm import default_swarm_spec, validate_node_spec, validate_swarm_spec
 
 __all__ = [
+    "validate_endpoint_spec",
     "SpecError",
     "validate_service_spec",
     "service_spec_with_defaults",

@@ -6,6 +6,8 @@ import copy
 import secrets
 from typing import Any, cast
 
+from manager.allocator.errors import InvalidArgument as AllocInvalidArgument
+from manager.allocator.ports import normalize_port
 from manager.specs.common import (
     MAX_REPLICAS,
     SECOND,
@@ -103,22 +105,8 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
         mode["Replicated"] = rep
     _validate_update_config(spec.get("UpdateConfig"), "UpdateConfig", ("continue", "pause", "rollback"))
     _validate_update_config(spec.get("RollbackConfig"), "RollbackConfig", ("continue", "pause"))
-    ep = _obj(spec.get("EndpointSpec"), "EndpointSpec")
-    if ep.get("Mode") not in (None, "", "vip", "dnsrr"):
-        raise SpecError(f"invalid endpoint mode {ep.get('Mode')!r} (use vip or dnsrr)")
-    ports = ep.get("Ports")
-    if ports is not None and not isinstance(ports, list):
-        raise SpecError("json: cannot unmarshal into Go struct field EndpointSpec.Ports of type []swarm.PortConfig")
-    for p in ports or []:
-        p = _obj(p, "EndpointSpec.Ports[]")
-        if p.get("TargetPort") is not None:
-            t = _uint(p["TargetPort"], "PortConfig.TargetPort", "uint32")
-            if t > 65535:
-                raise SpecError(f"invalid target port {t}")
-    if ep.get("Ports"):
-        raise SpecError("EndpointSpec.Ports: published ports need the routing mesh, which shoal has not "
-                        "built yet; remove --publish and reach the service's tasks on their overlay "
-                        "(--network) or container addresses")
+    if spec.get("EndpointSpec") is not None:
+        spec["EndpointSpec"] = validate_endpoint_spec(spec["EndpointSpec"])
     if "Networks" in spec:
         # deprecated ServiceSpec.Networks: moved into TaskTemplate.Networks, as Docker does
         old = validate_network_attachments(spec.pop("Networks"), "ServiceSpec.Networks")
@@ -128,6 +116,58 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
                                 "TaskTemplate.Networks: give the networks in TaskTemplate.Networks only")
             spec["TaskTemplate"]["Networks"] = old
     return cast(dict[str, Any], spec)
+
+
+def validate_endpoint_spec(raw: Any) -> dict[str, Any] | None:
+    """A ServiceSpec's ``EndpointSpec`` (``{"Mode": "vip"|"dnsrr", "Ports": [PortConfig]}``, None
+    when absent) checked and normalised: each port gets ``Protocol`` (tcp) and ``PublishMode``
+    (ingress) filled; a port without ``PublishedPort`` (or 0) is left without one (the allocator
+    picks one from 30000-32767 for an ingress port), as swarmkit's controlapi
+    ``validateEndpointSpec`` and the allocator expect.
+
+    Raises :class:`SpecError` (HTTP 400): a mode other than vip/dnsrr; a malformed port (bad
+    protocol or publish mode, a target port of 0 or over 65535, a published port over 65535); an
+    ingress-mode port with ``dnsrr`` (swarmkit: "port published with ingress mode can't be used
+    with dnsrr mode"); the same published port and protocol twice ("duplicate published ports
+    provided"); a host-mode port without a published port (shoal does not pick host ports)."""
+    if raw is None:
+        return None
+    ep = _obj(raw, "EndpointSpec")
+    mode = ep.get("Mode")
+    if mode not in (None, "", "vip", "dnsrr"):
+        raise SpecError(f"invalid endpoint mode {mode!r} (use vip or dnsrr)")
+    ports = ep.get("Ports")
+    if ports is not None and not isinstance(ports, list):
+        raise SpecError("json: cannot unmarshal into Go struct field EndpointSpec.Ports of type []swarm.PortConfig")
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, int]] = set()
+    for p in ports or []:
+        p = _obj(p, "EndpointSpec.Ports[]")
+        for key, go in (("TargetPort", "uint32"), ("PublishedPort", "uint32")):
+            if p.get(key) is not None:
+                _uint(p[key], f"PortConfig.{key}", go)
+        try:
+            n = normalize_port(p)
+        except AllocInvalidArgument as e:
+            raise SpecError(f"EndpointSpec: {e}") from None
+        if mode == "dnsrr" and n["PublishMode"] == "ingress":
+            raise SpecError("EndpointSpec: port published with ingress mode can't be used with dnsrr mode")
+        if n["PublishMode"] == "host" and not n["PublishedPort"]:
+            raise SpecError(f"EndpointSpec: the host-mode port with target {n['TargetPort']}/{n['Protocol']} needs "
+                            "a published port (mode=host,target=80,published=8080): shoal does not pick host ports")
+        if n["PublishedPort"]:
+            key2 = (n["Protocol"], n["PublishedPort"])
+            if key2 in seen:
+                raise SpecError(f"EndpointSpec: duplicate published ports provided "
+                                f"({n['PublishedPort']}/{n['Protocol']})")
+            seen.add(key2)
+        else:
+            del n["PublishedPort"]  # as Docker shows it (omitempty): the allocator picks one
+        out.append(n)
+    ep["Mode"] = mode or "vip"
+    if ports is not None:
+        ep["Ports"] = out
+    return ep
 
 
 def task_spec_with_defaults(ts: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 from shoal.base.taskstate import STATE_ORDER, TERMINAL_STATES
 
 __all__ = ["Obj", "Task", "Service", "Node", "task_state", "task_desired_order", "task_spec_version",
-           "task_reservations"]
+           "task_reservations", "task_needs_networks", "ingress_ports", "endpoint_spec_key"]
 
 Obj = dict[str, Any]
 
@@ -53,6 +53,31 @@ def task_reservations(raw: Obj) -> Obj:
     """``Spec.Resources.Reservations`` of the task dict ``raw`` (:attr:`Task.reservations`); empty
     when missing or null."""
     return ((raw.get("Spec") or {}).get("Resources") or {}).get("Reservations") or {}
+
+
+def ingress_ports(endpoint: Any) -> bool:
+    """Whether an ``Endpoint`` or ``EndpointSpec`` dict (anything else: False) lists a port
+    published in ingress mode (``PublishMode`` ``ingress``, the default)."""
+    ports = endpoint.get("Ports") if isinstance(endpoint, dict) else None
+    return any(isinstance(p, dict) and str(p.get("PublishMode") or "ingress").lower() == "ingress"
+               for p in ports or ())
+
+
+def task_needs_networks(raw: Obj) -> bool:
+    """Whether the task dict ``raw`` is attached to overlay networks, so the network allocator
+    must give it addresses before it is scheduled: its ``Spec.Networks`` is non-empty, or its
+    ``Endpoint`` (the service's, copied at creation) publishes ingress ports (the task then joins
+    the ingress network)."""
+    spec = raw.get("Spec")
+    return (isinstance(spec, dict) and bool(spec.get("Networks"))) or ingress_ports(raw.get("Endpoint"))
+
+
+def endpoint_spec_key(ep_spec: Any) -> tuple[str, list[Any]]:
+    """``(mode, ports)`` of an ``EndpointSpec`` dict (``Endpoint.Spec`` of a task or
+    ``Spec.EndpointSpec`` of a service; None or missing: vip without ports), for telling whether a
+    task was made with the service's current endpoint spec."""
+    ep = ep_spec if isinstance(ep_spec, dict) else {}
+    return str(ep.get("Mode") or "vip"), list(ep.get("Ports") or [])
 
 
 class _View:

@@ -181,11 +181,16 @@ class Client:
 
     # -- swarm --------------------------------------------------------------------------------
     def swarm_init(self, advertise_addr: str = "", listen_addr: str = "0.0.0.0:2377",
-                   force_new_cluster: bool = False) -> str:
+                   force_new_cluster: bool = False, default_addr_pool: list[str] | None = None,
+                   subnet_size: int = 0, data_path_port: int = 0) -> str:
         """POST /swarm/init; returns the (new) node ID. ``force_new_cluster``: on a manager of a
-        swarm without quorum, keep the state and become its only manager."""
+        swarm without quorum, keep the state and become its only manager. ``default_addr_pool``
+        (CIDRs), ``subnet_size`` and ``data_path_port`` (0 = the daemon's default) as the docker
+        CLI sends them (``DefaultAddrPool``, ``SubnetSize``, ``DataPathPort``)."""
         body = {"ListenAddr": listen_addr, "AdvertiseAddr": advertise_addr,
-                "ForceNewCluster": force_new_cluster, "Spec": {}}
+                "ForceNewCluster": force_new_cluster, "Spec": {},
+                "DefaultAddrPool": list(default_addr_pool or []), "SubnetSize": subnet_size,
+                "DataPathPort": data_path_port}
         return str(self.request("POST", "/swarm/init", body=body))
 
     def swarm_join(self, token: str, remote: str, advertise_addr: str = "", listen_addr: str = "0.0.0.0:2377") -> None:

@@ -3,11 +3,14 @@
 Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,node,service,image}``):
 
     shoal [--host unix:///run/shoal/shoal.sock | tcp://H:P] COMMAND
-    swarm init [--advertise-addr A] [--listen-addr A] [--force-new-cluster]
+    swarm init [--advertise-addr A] [--listen-addr A] [--force-new-cluster] [--default-addr-pool CIDR…]
+               [--default-addr-pool-mask-length N] [--data-path-port P]
     swarm join --token T ADDR                            swarm leave [--force]
     swarm join-token [-q] worker|manager
     node ls | inspect NODE… | update --availability active|pause|drain NODE | promote|demote NODE…
     service create [flags] IMAGE [COMMAND [ARG…]]        service ls | ps SERVICE… | inspect SERVICE…
+    service update [--network-add|--network-rm NET] [--publish-add|--publish-rm PORT]
+                   [--endpoint-mode vip|dnsrr] [--replicas N] [--image I] [--force] SERVICE
     service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
     network create [-d overlay] [--subnet S] [--gateway G] [--ip-range R] [--attachable]
                    [--label K=V] [--opt K=V] NAME
@@ -63,7 +66,9 @@ def manager_addr(c: Client) -> str:
 # ------------------------------------------------------------------------------ swarm
 def cmd_swarm_init(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     listen = a.listen_addr or "0.0.0.0:2377"
-    node_id = c.swarm_init(a.advertise_addr or "", listen, force_new_cluster=a.force_new_cluster)
+    node_id = c.swarm_init(a.advertise_addr or "", listen, force_new_cluster=a.force_new_cluster,
+                           default_addr_pool=a.default_addr_pool, subnet_size=a.default_addr_pool_mask_length,
+                           data_path_port=a.data_path_port)
     token = c.swarm_inspect().get("JoinTokens", {}).get("Worker", "")
     addr = manager_addr(c)
     out.write(f"Swarm initialized: current node ({node_id}) is now a manager.\n\n"
@@ -169,6 +174,80 @@ def parse_network_flag(text: str) -> dict[str, Any]:
     return {"Target": target, "Aliases": aliases} if aliases else {"Target": target}
 
 
+PUBLISH_MODES = ("ingress", "host")
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def _port_number(text: str, what: str, flag: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise ValueError(f"invalid {what} {text!r} in --publish {flag!r}: a port number 1-65535")
+    return int(text)
+
+
+def _port_range(text: str, what: str, flag: str) -> list[int]:
+    lo, dash, hi = text.partition("-")
+    first = _port_number(lo, what, flag)
+    last = _port_number(hi, what, flag) if dash else first
+    if last < first:
+        raise ValueError(f"invalid {what} range {text!r} in --publish {flag!r}")
+    return list(range(first, last + 1))
+
+
+def parse_publish_flag(text: str) -> list[dict[str, Any]]:
+    """``--publish`` as docker/cli reads it (``opts.PortOpt``) → ``PortConfig`` entries:
+
+    - short: ``[published:]target[/protocol]``, ports or equal-length ranges (``8080-8081:80-81``);
+      no published port → the swarm picks one (30000-32767); ingress mode;
+    - long: ``mode=ingress|host,target=80[,published=8080][,protocol=tcp|udp|sctp]``.
+
+    Raises ``ValueError`` naming what is wrong (a bad key, port, protocol or mode, a missing target)."""
+    if "=" in text:
+        cfg: dict[str, Any] = {"Protocol": "tcp", "PublishMode": "ingress"}
+        for part in text.split(","):
+            k, eq, v = part.partition("=")
+            k = k.strip().lower()
+            if not eq:
+                raise ValueError(f"invalid field {part!r} in --publish {text!r}: use key=value")
+            if k == "mode":
+                if v not in PUBLISH_MODES:
+                    raise ValueError(f"invalid publish mode value ({v}) in --publish {text!r}: use ingress or host")
+                cfg["PublishMode"] = v
+            elif k == "target":
+                cfg["TargetPort"] = _port_number(v, "target port", text)
+            elif k == "published":
+                cfg["PublishedPort"] = _port_number(v, "published port", text)
+            elif k == "protocol":
+                if v not in PROTOCOLS:
+                    raise ValueError(f"invalid protocol value ({v}) in --publish {text!r}: use tcp, udp or sctp")
+                cfg["Protocol"] = v
+            else:
+                raise ValueError(f"invalid field key {k!r} in --publish {text!r}: use mode, target, published, protocol")
+        if "TargetPort" not in cfg:
+            raise ValueError(f"missing mandatory field 'target' in --publish {text!r}")
+        return [cfg]
+    spec, _, proto = text.partition("/")
+    proto = proto or "tcp"
+    if proto not in PROTOCOLS:
+        raise ValueError(f"invalid protocol {proto!r} in --publish {text!r}: use tcp, udp or sctp")
+    published, colon, target = spec.rpartition(":")
+    if not colon:
+        published, target = "", spec
+    if ":" in published:
+        raise ValueError(f"--publish {text!r}: a host IP is not supported for swarm services "
+                         f"(use [published:]target[/protocol])")
+    targets = _port_range(target, "target port", text)
+    pubs = _port_range(published, "published port", text) if published else []
+    if pubs and len(pubs) != len(targets):
+        raise ValueError(f"--publish {text!r}: the published and target ranges differ in length")
+    out = []
+    for i, t in enumerate(targets):
+        cfg = {"Protocol": proto, "TargetPort": t, "PublishMode": "ingress"}
+        if pubs:
+            cfg["PublishedPort"] = pubs[i]
+        out.append(cfg)
+    return out
+
+
 def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
     """The ServiceSpec for ``service create`` flags (as docker/cli's ``service/opts.go`` builds it).
 
@@ -230,8 +309,11 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
             task["LogDriver"] = {"Name": a.log_driver or LOG_DRIVER, "Options": parse_flags(a.log_opt or [])}
         mode: dict[str, Any] = {"Global": {}} if a.mode == "global" else \
             {"Replicated": {"Replicas": 1 if a.replicas is None else a.replicas}}
+        endpoint: dict[str, Any] = {"Mode": a.endpoint_mode or "vip"}
+        if a.publish:
+            endpoint["Ports"] = [p for text in a.publish for p in parse_publish_flag(text)]
         spec: dict[str, Any] = {"Name": a.name or "", "Labels": {}, "TaskTemplate": task, "Mode": mode,
-                                "EndpointSpec": {"Mode": "vip"}}
+                                "EndpointSpec": endpoint}
         for kv in a.label or []:
             k, _, v = kv.partition("=")
             spec["Labels"][k] = v
@@ -418,6 +500,85 @@ def cmd_service_scale(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     return rc
 
 
+def _same_port(p: dict[str, Any], rm: dict[str, Any]) -> bool:
+    """The ``--publish-rm`` match of the docker CLI (v28, as it behaves): the same target port and
+    protocol, whatever the publish mode."""
+    return bool(int(p.get("TargetPort") or 0) == rm["TargetPort"]
+                and str(p.get("Protocol") or "tcp") == rm["Protocol"])
+
+
+def update_service_spec(c: Client, spec: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+    """``spec`` (a copy of the service's) changed by ``service update`` flags, as docker/cli's
+    service/update.go: ``--network-rm`` (a network name or ID, resolved by the daemon),
+    ``--network-add`` (``NAME`` or ``name=NAME,alias=A``), ``--publish-rm`` (a ``--publish`` value:
+    its target port and protocol), ``--publish-add``, ``--endpoint-mode``, ``--replicas``,
+    ``--image``, ``--force``. Raises UsageError (bad flags, a network added twice)."""
+    try:
+        task = spec.setdefault("TaskTemplate", {})
+        if a.network_rm:
+            nets = list(task.get("Networks") or [])
+            for ref in a.network_rm:
+                try:
+                    nid = c.network(ref).get("Id", ref)
+                except APIError:
+                    nid = ref
+                kept = [n for n in nets if n.get("Target") not in (ref, nid)]
+                if len(kept) == len(nets):
+                    raise UsageError(f"--network-rm {ref}: the service is not attached to that network")
+                nets = kept
+            task["Networks"] = nets
+        for text in a.network_add or []:
+            att = parse_network_flag(text)
+            nets = list(task.get("Networks") or [])
+            try:
+                nid = c.network(att["Target"]).get("Id", att["Target"])
+            except APIError:
+                nid = att["Target"]
+            if any(n.get("Target") in (att["Target"], nid) for n in nets):
+                raise UsageError(f"service is already attached to network {att['Target']}")
+            task["Networks"] = [*nets, att]
+        endpoint = dict(spec.get("EndpointSpec") or {})
+        if a.endpoint_mode:
+            endpoint["Mode"] = a.endpoint_mode
+        ports = list(endpoint.get("Ports") or [])
+        for text in a.publish_rm or []:
+            for rm in parse_publish_flag(text):
+                ports = [p for p in ports if not _same_port(p, rm)]
+        for text in a.publish_add or []:
+            for add in parse_publish_flag(text):
+                ports = [p for p in ports if not (add.get("PublishedPort") and
+                                                  p.get("PublishedPort") == add["PublishedPort"] and
+                                                  str(p.get("Protocol") or "tcp") == add["Protocol"])]
+                ports.append(add)
+        if a.publish_rm or a.publish_add:
+            endpoint["Ports"] = ports
+        spec["EndpointSpec"] = endpoint
+        if a.replicas is not None:
+            if "Replicated" not in (spec.get("Mode") or {}):
+                raise UsageError("--replicas can only be used with replicated mode")
+            spec["Mode"]["Replicated"]["Replicas"] = a.replicas
+        if a.image:
+            task.setdefault("ContainerSpec", {})["Image"] = a.image
+        if a.force:
+            task["ForceUpdate"] = int(task.get("ForceUpdate") or 0) + 1
+        return spec
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_service_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    svc = find_service(c, a.service)
+    spec = update_service_spec(c, dict(svc["Spec"]), a)
+    res = c.service_update(svc["ID"], svc["Version"]["Index"], spec)
+    for w in res.get("Warnings") or []:
+        sys.stderr.write(f"{w}\n")
+    out.write(a.service + "\n")
+    out.flush()
+    if a.detach:
+        return 0
+    return wait_converged(c, svc["ID"], out, timeout=a.timeout)
+
+
 def cmd_service_rm(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     rc = 0
     for ref in a.services:
@@ -597,6 +758,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--force-new-cluster", action="store_true",
                    help="on a manager of a swarm that lost its quorum for good: keep this manager's "
                         "state and make it the only manager")
+    x.add_argument("--default-addr-pool", action="append", metavar="CIDR",
+                   help="where overlay subnets come from (repeatable; default 10.0.0.0/8)")
+    x.add_argument("--default-addr-pool-mask-length", type=int, default=0, metavar="N",
+                   help="prefix length of each overlay subnet taken from the pools (default 24)")
+    x.add_argument("--data-path-port", type=int, default=0, metavar="PORT",
+                   help="UDP port of the VXLAN data path, 1024-49151 (default 4789)")
     x.set_defaults(func=cmd_swarm_init)
     x = sw.add_parser("join", help="join a swarm as a worker or manager (by the token)")
     x.add_argument("--token", required=True)
@@ -654,12 +821,31 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--constraint", action="append", metavar="EXPR", help="e.g. node.hostname==h2")
     x.add_argument("--network", action="append", metavar="NETWORK",
                    help="attach to an overlay network: NAME, or name=NAME,alias=ALIAS (repeatable)")
+    x.add_argument("-p", "--publish", action="append", metavar="PORT",
+                   help="publish a port: [published:]target[/proto], or mode=host,target=80,published=8080"
+                        "[,protocol=udp] (repeatable; ingress mode: every node answers)")
+    x.add_argument("--endpoint-mode", choices=["vip", "dnsrr"], default="",
+                   help="vip (a virtual IP per network, the default) or dnsrr (DNS round robin)")
     x.add_argument("--log-driver", default="", metavar="DRIVER", help="json-file (the only one)")
     x.add_argument("--log-opt", action="append", metavar="KEY=VALUE",
                    help="json-file option: max-size=10m, max-file=3 (repeatable)")
     x.add_argument("image", metavar="IMAGE")
     x.add_argument("args", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     x.set_defaults(func=cmd_service_create)
+    x = sv.add_parser("update", help="update a service (its networks, published ports, replicas, image)")
+    x.add_argument("-d", "--detach", action="store_true", help="return at once instead of waiting to converge")
+    x.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence (default 300)")
+    x.add_argument("--network-add", action="append", metavar="NETWORK", help="NAME or name=NAME,alias=ALIAS")
+    x.add_argument("--network-rm", action="append", metavar="NETWORK")
+    x.add_argument("--publish-add", action="append", metavar="PORT", help="as service create --publish")
+    x.add_argument("--publish-rm", action="append", metavar="PORT",
+                   help="remove the published port with this target port (and protocol, mode)")
+    x.add_argument("--endpoint-mode", choices=["vip", "dnsrr"], default="")
+    x.add_argument("--replicas", type=int, default=None)
+    x.add_argument("--image", default="")
+    x.add_argument("--force", action="store_true", help="replace the tasks even if nothing changed")
+    x.add_argument("service", metavar="SERVICE")
+    x.set_defaults(func=cmd_service_update)
     x = sv.add_parser("ls", help="list services")
     x.add_argument("-q", "--quiet", action="store_true")
     x.set_defaults(func=cmd_service_ls)

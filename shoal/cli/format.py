@@ -201,13 +201,50 @@ def service_mode(spec: dict[str, Any]) -> str:
     return "replicated"
 
 
+def _port_ranges(ports: list[dict[str, Any]]) -> list[str]:
+    """docker/cli's PORTS text of ``ports`` (one publish mode): sorted by protocol then published
+    port, consecutive published and target ports merged into ranges (``*:8080-8081->80-81/tcp``)."""
+    out: list[str] = []
+    cur: list[Any] | None = None  # [proto, p_start, p_end, t_start, t_end]
+
+    def text(r: list[Any]) -> str:
+        pub = f"{r[1]}-{r[2]}" if r[2] > r[1] else f"{r[1]}"
+        tgt = f"{r[3]}-{r[4]}" if r[4] > r[3] else f"{r[3]}"
+        return f"*:{pub}->{tgt}/{r[0]}"
+
+    for p in sorted(ports, key=lambda p: (str(p.get("Protocol") or "tcp"), int(p.get("PublishedPort") or 0))):
+        proto = str(p.get("Protocol") or "tcp")
+        pub, tgt = int(p.get("PublishedPort") or 0), int(p.get("TargetPort") or 0)
+        if cur is not None and proto == cur[0] and pub - cur[2] == 1 and tgt - cur[4] == 1 \
+                and not (cur[4] != cur[3] and tgt <= cur[4]):
+            cur[2], cur[4] = pub, tgt
+            continue
+        if cur is not None:
+            out.append(text(cur))
+        cur = [proto, pub, pub, tgt, tgt]
+    if cur is not None:
+        out.append(text(cur))
+    return out
+
+
 def ports(endpoint: dict[str, Any] | None) -> str:
-    """``*:8080->80/tcp`` for published ports, comma separated."""
-    out = []
-    for p in (endpoint or {}).get("Ports") or []:
-        if p.get("PublishedPort"):
-            out.append(f"*:{p['PublishedPort']}->{p.get('TargetPort')}/{p.get('Protocol', 'tcp')}")
-    return ", ".join(out)
+    """The PORTS column of ``service ls``: ``*:8080->80/tcp`` for each published port, comma
+    separated. Ingress-mode ports as docker/cli prints them (consecutive ports as one range); then,
+    unlike docker/cli (which shows them in ``service ps`` only), the host-mode ports the same way."""
+    published = [p for p in (endpoint or {}).get("Ports") or [] if p.get("PublishedPort")]
+    ingress = [p for p in published if str(p.get("PublishMode") or "ingress") == "ingress"]
+    host = [p for p in published if str(p.get("PublishMode") or "ingress") == "host"]
+    return ", ".join(_port_ranges(ingress) + _port_ranges(host))
+
+
+def task_ports(task: dict[str, Any]) -> str:
+    """The PORTS column of ``service ps``: the host-mode ports of a running task (its
+    ``Endpoint``), as docker/cli shows a task's published ports."""
+    if (task.get("Status") or {}).get("State") != "running":
+        return ""
+    host = [p for p in (task.get("Endpoint") or {}).get("Ports") or []
+            if p.get("PublishedPort") and str(p.get("PublishMode") or "ingress") == "host"]
+    return ", ".join(_port_ranges(host))
 
 
 def service_rows(services: list[dict[str, Any]], running: dict[str, int]) -> list[list[str]]:
@@ -258,6 +295,6 @@ def task_rows(tasks: list[dict[str, Any]], services: dict[str, dict[str, Any]],
             rows.append([
                 short_id(t["ID"]) if trunc else t["ID"], name, image_name(image) if trunc else image, node,
                 cap(t.get("DesiredState", "")), f"{cap(st.get('State', ''))} {ago(st.get('Timestamp', ''), now)}".strip(),
-                err, "",
+                err, task_ports(t),
             ])
     return rows

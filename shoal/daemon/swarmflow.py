@@ -22,7 +22,7 @@ import socket
 from pathlib import Path
 from typing import Any, Protocol
 
-from manager.manager import Manager, initial_swarm_spec
+from manager.manager import Manager, initial_swarm_spec, network_config
 from overlaynet.bridge import LocalBridge
 from shoal.daemon import listenaddr
 from shoal.daemon.errors import SwarmStateError
@@ -87,6 +87,9 @@ async def _addresses(daemon: Daemon, body: dict[str, Any]) -> tuple[str, str, li
 async def swarm_init(daemon: Daemon, body: dict[str, Any]) -> str:
     """``POST /swarm/init`` (``InitRequest`` body): become the first manager of a new cluster, or
     with ``ForceNewCluster`` on a manager, the only member of its cluster. Returns the node ID.
+    ``DefaultAddrPool`` (CIDRs), ``SubnetSize`` and ``DataPathPort`` are checked
+    (:func:`manager.clusterconfig.network_config`: a bad one is a 400 naming it) and stored on the
+    cluster object; the ``ingress`` network is created with the cluster.
 
     ``state.json`` is written only once the manager serves: if anything fails before (a bad
     address, the cluster port in use, a bad spec), ``certs/`` and ``manager/`` are removed
@@ -111,6 +114,7 @@ async def swarm_init(daemon: Daemon, body: dict[str, Any]) -> str:
         raise ValueError(f"json: cannot unmarshal {json_type(spec)} into Go struct field InitRequest.Spec "
                          "of type swarm.Spec")
     initial_swarm_spec(spec or {})  # a bad spec is refused before anything is bound or written
+    net_config = network_config(body.get("DefaultAddrPool"), body.get("SubnetSize"), body.get("DataPathPort"))
     listen, advertise, ifaces = await _addresses(daemon, body)
     if not advertise:
         ip = listenaddr.system_addr(ifaces, exclude=[daemon.bridge.name])
@@ -122,7 +126,7 @@ async def swarm_init(daemon: Daemon, body: dict[str, Any]) -> str:
         node_id = await Manager.init_cluster(
             data_dir=daemon.data_root / "manager", certs_dir=daemon.certs_dir,
             advertise_addr=advertise, description=node_description(daemon.hostname),
-            spec=spec or {}, heartbeat_period=daemon.args.heartbeat_period,
+            spec=spec or {}, heartbeat_period=daemon.args.heartbeat_period, net_config=net_config,
         )
         data = {"NodeID": node_id, "Role": "manager", "ManagerAddrs": [advertise],
                 "AdvertiseAddr": advertise, "ListenAddr": listen}

@@ -333,3 +333,75 @@ def test_network_flag_short_and_long_forms() -> None:
         cli.parse_network_flag("name=x,driver=y")
     a = cli.build_parser().parse_args("service create --name api --network backend busybox".split())
     assert cli.build_service_spec(a)["TaskTemplate"]["Networks"] == [{"Target": "backend"}]
+
+
+# -- published ports (issue 9) ---------------------------------------------------------------------
+
+def test_publish_flag_short_and_long_forms() -> None:
+    assert cli.parse_publish_flag("8080:80") == [
+        {"Protocol": "tcp", "TargetPort": 80, "PublishMode": "ingress", "PublishedPort": 8080}]
+    assert cli.parse_publish_flag("53/udp") == [{"Protocol": "udp", "TargetPort": 53, "PublishMode": "ingress"}]
+    assert [p["PublishedPort"] for p in cli.parse_publish_flag("8080-8081:80-81")] == [8080, 8081]
+    assert cli.parse_publish_flag("mode=host,target=80,published=8080,protocol=udp") == [
+        {"Protocol": "udp", "PublishMode": "host", "TargetPort": 80, "PublishedPort": 8080}]
+    for bad, msg in (("8080:http", "invalid target port 'http'"), ("70000:80", "invalid published port"),
+                     ("80/icmp", "invalid protocol"), ("mode=bridge,target=80", "invalid publish mode"),
+                     ("published=80", "missing mandatory field 'target'"), ("target=80,foo=1", "invalid field key"),
+                     ("1.2.3.4:80:80", "host IP is not supported"), ("8080-8082:80-81", "differ in length")):
+        with pytest.raises(ValueError, match=msg):
+            cli.parse_publish_flag(bad)
+    a = cli.build_parser().parse_args("service create --name web -p 8080:80 --publish mode=host,target=22,published=2222 "
+                                      "--endpoint-mode vip busybox".split())
+    assert cli.build_service_spec(a)["EndpointSpec"] == {"Mode": "vip", "Ports": [
+        {"Protocol": "tcp", "TargetPort": 80, "PublishMode": "ingress", "PublishedPort": 8080},
+        {"Protocol": "tcp", "PublishMode": "host", "TargetPort": 22, "PublishedPort": 2222}]}
+    a = cli.build_parser().parse_args("service create --name web -p 80/gre busybox".split())
+    with pytest.raises(cli.UsageError, match="invalid protocol"):
+        cli.build_service_spec(a)
+
+
+def test_ports_column_as_docker() -> None:
+    ep = {"Ports": [{"Protocol": "udp", "TargetPort": 53, "PublishedPort": 30001, "PublishMode": "ingress"},
+                    {"Protocol": "tcp", "TargetPort": 81, "PublishedPort": 8081, "PublishMode": "ingress"},
+                    {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "ingress"},
+                    {"Protocol": "tcp", "TargetPort": 22, "PublishedPort": 2222, "PublishMode": "host"},
+                    {"Protocol": "tcp", "TargetPort": 90, "PublishedPort": 9090}]}
+    assert fmt.ports(ep) == "*:8080-8081->80-81/tcp, *:9090->90/tcp, *:30001->53/udp, *:2222->22/tcp"
+    assert fmt.ports(None) == "" and fmt.ports({"Spec": {"Mode": "vip"}}) == ""
+    running = {"Status": {"State": "running"}, "Endpoint": ep}
+    assert fmt.task_ports(running) == "*:2222->22/tcp"
+    assert fmt.task_ports({**running, "Status": {"State": "shutdown"}}) == ""
+
+
+def test_service_update_network_and_publish_flags(api: tuple[str, dict[Any, Any]]) -> None:
+    host, routes = api
+    svc = _service(2)
+    svc["Spec"]["TaskTemplate"]["Networks"] = [{"Target": "back" + "x" * 21}]
+    svc["Spec"]["EndpointSpec"] = {"Mode": "vip", "Ports": [
+        {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "ingress"},
+        {"Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353, "PublishMode": "ingress"}]}
+    routes[("GET", "/services/web")] = lambda q, b: (200, svc)
+    routes[("GET", "/networks/back")] = lambda q, b: (200, {"Id": "back" + "x" * 21, "Name": "back"})
+    routes[("GET", "/networks/front")] = lambda q, b: (200, {"Id": "front" + "x" * 20, "Name": "front"})
+    routes[("POST", "/services/s1" + "y" * 23 + "/update")] = lambda q, b: (200, {"Warnings": []})
+    rc, out = run(host, "service", "update", "-d", "--network-rm", "back", "--network-add", "name=front,alias=f",
+                  "--publish-rm", "8080:80", "--publish-add", "9090:90", "--publish-add",
+                  "mode=host,target=22,published=2222", "web")
+    assert (rc, out) == (0, "web\n")
+    method, path, query, body = routes["log"][-1]
+    assert method == "POST" and "version=3" in query
+    spec = json.loads(body)
+    assert spec["TaskTemplate"]["Networks"] == [{"Target": "front", "Aliases": ["f"]}]
+    assert spec["EndpointSpec"] == {"Mode": "vip", "Ports": [
+        {"Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353, "PublishMode": "ingress"},
+        {"Protocol": "tcp", "TargetPort": 90, "PublishMode": "ingress", "PublishedPort": 9090},
+        {"Protocol": "tcp", "PublishMode": "host", "TargetPort": 22, "PublishedPort": 2222}]}
+    # removing a network the service is not on, or adding one twice: refused before any request
+    n = len(routes["log"])
+    assert run(host, "service", "update", "-d", "--network-rm", "front", "web")[0] == 1
+    assert run(host, "service", "update", "-d", "--network-add", "back", "web")[0] == 1
+    assert not [r for r in routes["log"][n:] if r[0] == "POST"]
+    # a daemon error (a port held by another service) is printed as docker does
+    routes[("POST", "/services/s1" + "y" * 23 + "/update")] = lambda q, b: (409, {
+        "message": "port '9090/tcp' is already in use by service 'api' (a1) as an ingress port"})
+    assert run(host, "service", "update", "-d", "--publish-add", "9090:90", "web")[0] == 1

@@ -99,7 +99,7 @@ def test_records_pure() -> None:
         "Tasks": [rec("api", "n2", "g1", "10.0.1.20"), rec("web", 1, "t1", "10.0.1.7", "web-one"),
                   rec("web", 2, "t2", "10.0.1.8")]}
     assert dns_task_keys(tasks[3]) == set() and dns_task_keys(None) == set()
-    assert service_dns_keys(services[1]) == {(NET, "web", ("www", "front"))}
+    assert service_dns_keys(services[1]) == {(NET, "web", ("www", "front"), None)}
     # the fingerprint covers the records
     node = {"ID": "n1", "Spec": {}}
     e = got[NET]

@@ -170,7 +170,8 @@ async def test_each_node_gets_the_other_nodes_tasks_as_peers(env: NetEnv) -> Non
                                                 "DNS": NO_DNS}
     # a node with no overlay task: the message as before, with networks {}
     assert n3.last()["networks"] == {} and [t["ID"] for t in n3.last()["tasks"]] == ["c1"]
-    assert set(n3.last()) == {"node", "tasks", "networks"}
+    assert set(n3.last()) == {"node", "tasks", "networks", "ingress", "data_path_port"}
+    assert n3.last()["ingress"] is None and n3.last()["data_path_port"] == 4789
 
 
 async def test_peer_changes_on_another_node_push_within_the_coalescing(env: NetEnv) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from manager.scheduler import Scheduler, build_node_infos, schedule
+from manager.scheduler import Scheduler, build_node_infos, host_ports, schedule
 from manager.store import WriteTx
 from tests.stores import open_store
 
@@ -62,6 +62,37 @@ def test_filters_and_explanations() -> None:
     assert "insufficient resources on 1 node" in dec.failed["c"]
     assert dec.failed["e"].startswith("no suitable node (")
     assert schedule({}, [task("z")]).failed["z"] == "no suitable node (no nodes available)"
+
+
+def with_ports(t: dict[str, Any], *ports: tuple[str, int, str]) -> dict[str, Any]:
+    """``t`` with an Endpoint publishing ``(mode, published port, protocol)`` ports."""
+    t["Endpoint"] = {"Ports": [{"PublishMode": m, "PublishedPort": p, "TargetPort": 80, "Protocol": proto}
+                               for m, p, proto in ports]}
+    return t
+
+
+def test_host_mode_ports_once_per_node() -> None:
+    assert host_ports(with_ports(task("x"), ("host", 8080, "tcp"), ("ingress", 9090, "tcp"), ("host", 0, "tcp"))) \
+        == {("tcp", 8080)}
+    nodes = [node("n1", "h1"), node("n2", "h2"), node("n3", "h3")]
+    # n1 runs a task holding 8080/tcp in host mode; a stopped one on n2 holds nothing
+    busy = [with_ports(task("old", svc="other", node_id="n1", state="running"), ("host", 8080, "tcp")),
+            with_ports(task("dead", svc="other", node_id="n2", state="failed"), ("host", 8080, "tcp"))]
+    infos = build_node_infos(nodes, busy)
+    pending = [with_ports(task(f"t{i}", slot=i), ("host", 8080, "tcp")) for i in range(1, 4)]
+    dec = schedule(infos, pending)
+    # two nodes are free: two tasks placed, one per node; the third waits, saying why
+    assert sorted(dec.placed.values()) == ["n2", "n3"]
+    assert dec.failed == {"t3": "no suitable node (host-mode port already in use on 3 nodes)"}
+    # another protocol, or an ingress-mode port, is another matter
+    dec = schedule(infos, [with_ports(task("u", slot=9), ("host", 8080, "udp")),
+                           with_ports(task("i", svc="s2", slot=1), ("ingress", 8080, "tcp"))])
+    assert set(dec.failed) == set()
+    # with other filters failing too, each reason is counted once per node
+    infos = build_node_infos([node("n1", "h1"), node("n2", "h2", state="down")], busy)
+    dec = schedule(infos, [with_ports(task("z"), ("host", 8080, "tcp"))])
+    assert dec.failed["z"] == ("no suitable node (1 node not available for new tasks; "
+                               "host-mode port already in use on 1 node)")
 
 
 async def test_loop_assigns_with_bridge_addresses(tmp_path: Path) -> None:

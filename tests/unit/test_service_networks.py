@@ -95,8 +95,18 @@ def test_specs_accept_networks_and_move_the_deprecated_field() -> None:
     (spec(nets=["x"], Networks=[{"Target": "y"}]), "cannot be used together with TaskTemplate.Networks"),
     (spec(TaskTemplate={"ContainerSpec": {"Image": "b"}, "Networks": [{"Target": "x", "DriverOpts": {"a": "b"}}]}),
      "driver options"),
-    (spec(EndpointSpec={"Ports": [{"TargetPort": 80, "PublishedPort": 8080}]}),
-     "published ports need the routing mesh, which shoal has not built yet"),
+    (spec(EndpointSpec={"Mode": "dnsrr", "Ports": [{"TargetPort": 80, "PublishedPort": 8080}]}),
+     "port published with ingress mode can't be used with dnsrr mode"),
+    (spec(EndpointSpec={"Ports": [{"TargetPort": 80, "PublishedPort": 8080},
+                                  {"TargetPort": 81, "PublishedPort": 8080}]}),
+     "duplicate published ports provided"),
+    (spec(EndpointSpec={"Ports": [{"TargetPort": 0, "PublishedPort": 8080}]}), "target port 0"),
+    (spec(EndpointSpec={"Ports": [{"TargetPort": 80, "PublishedPort": 70000}]}), "published port 70000"),
+    (spec(EndpointSpec={"Ports": [{"TargetPort": 80, "Protocol": "icmp"}]}), "invalid protocol"),
+    (spec(EndpointSpec={"Ports": [{"TargetPort": 80, "PublishMode": "bridge"}]}), "invalid publish mode"),
+    (spec(EndpointSpec={"Ports": [{"TargetPort": 80, "PublishMode": "host"}]}), "needs a published port"),
+    (spec(EndpointSpec={"Ports": [{"TargetPort": "80"}]}), "cannot unmarshal string"),
+    (spec(EndpointSpec={"Mode": "rr"}), "invalid endpoint mode"),
 ])
 def test_bad_network_specs(body: Obj, message: str) -> None:
     with pytest.raises(SpecError, match=message):
@@ -180,7 +190,7 @@ async def test_the_orchestrator_leaves_network_tasks_new(ctx: Ctx) -> None:
 
 @pytest.mark.usefixtures("loops")
 async def test_out_of_addresses_then_scale_down_frees_them(ctx: Ctx) -> None:
-    # a /29: 8 addresses, minus network, broadcast and gateway = 5 for tasks
+    # a /29: 8 addresses, minus network, broadcast, gateway and the service's VIP = 4 for tasks
     await networks.create(ctx, spec_body={"Name": "small", "Driver": "overlay",
                                           "IPAM": {"Config": [{"Subnet": "10.8.0.0/29"}]}})
     sid = (await services.create(ctx, spec_body=spec(replicas=7, nets=["small"])))["ID"]
@@ -189,11 +199,13 @@ async def test_out_of_addresses_then_scale_down_frees_them(ctx: Ctx) -> None:
         ts = _live(ctx, sid)
         run = [t for t in ts if t["Status"]["State"] == "running"]
         new = [t for t in ts if t["Status"]["State"] == "new" and "out of addresses" in t["Status"]["Message"]]
-        return (run, new) if len(run) == 5 and len(new) == 2 else None
+        return (run, new) if len(run) == 4 and len(new) == 3 else None
 
-    run, new = await wait_until(split, 10, "5 running tasks and 2 out of addresses")
+    run, new = await wait_until(split, 10, "4 running tasks and 3 out of addresses")
     assert new[0]["Status"]["Message"].startswith("network small is out of addresses")
-    assert len({_overlay(t)[0]["Addresses"][0] for t in run}) == 5
+    assert len({_overlay(t)[0]["Addresses"][0] for t in run}) == 4
+    vip = ctx.store.view().get("services", sid)["Endpoint"]["VirtualIPs"][0]["Addr"]  # type: ignore[index]
+    assert vip not in {_overlay(t)[0]["Addresses"][0] for t in run}
     assert all(not t["NetworksAttachments"] for t in new)
 
     s = ctx.store.view().get("services", sid)
@@ -203,15 +215,15 @@ async def test_out_of_addresses_then_scale_down_frees_them(ctx: Ctx) -> None:
                      "the scale-down to be reaped")
     s = ctx.store.view().get("services", sid)
     assert s is not None
-    await services.update(ctx, ref=sid, version=s["Version"]["Index"], spec_body=spec(replicas=5, nets=["small"]))
+    await services.update(ctx, ref=sid, version=s["Version"]["Index"], spec_body=spec(replicas=4, nets=["small"]))
 
-    def five() -> list[Obj] | None:
+    def four() -> list[Obj] | None:
         ts = _live(ctx, sid)
-        return ts if len(ts) == 5 and all(t["Status"]["State"] == "running" for t in ts) else None
+        return ts if len(ts) == 4 and all(t["Status"]["State"] == "running" for t in ts) else None
 
-    ts = await wait_until(five, 10, "5 running tasks after scaling up again")
+    ts = await wait_until(four, 10, "4 running tasks after scaling up again")
     got = [_overlay(t)[0]["Addresses"][0] for t in ts]
-    assert len(set(got)) == 5  # freed addresses reused, none twice
+    assert len(set(got)) == 4 and vip not in got  # freed addresses reused, none twice
     alive = [t for t in ctx.store.view().list("tasks") if t["Status"]["State"] not in ("shutdown", "complete")]
     every = [a for t in alive for att in _overlay(t) for a in att["Addresses"]]
     assert len(every) == len(set(every))
@@ -222,7 +234,9 @@ async def test_tasks_that_will_never_run_give_their_addresses_back(ctx: Ctx) -> 
     tasks (network, gateway, broadcast taken), and the second task gets the first one's."""
     await networks.create(ctx, spec_body={"Name": "tiny", "Driver": "overlay",
                                           "IPAM": {"Config": [{"Subnet": "10.9.0.0/30"}]}})
-    sid = (await services.create(ctx, spec_body=spec(replicas=1, nets=["tiny"])))["ID"]
+    # dnsrr: no VIP, so the one address is for the tasks
+    sid = (await services.create(ctx, spec_body=spec(replicas=1, nets=["tiny"],
+                                                     EndpointSpec={"Mode": "dnsrr"})))["ID"]
     await Orchestrator(ctx.store).tick()
     assert await NetworkAllocatorLoop(ctx.store).tick() == 1
     (first,) = _live(ctx, sid)

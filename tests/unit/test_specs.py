@@ -166,8 +166,6 @@ def test_mounts_bind_and_tmpfs_are_accepted() -> None:
      "invalid propagation mode"),
     (_mounts({"Type": "tmpfs", "Target": "/d"}, {"Type": "tmpfs", "Target": "/d"}), "invalid duplicate mount point: /d"),
     (_mounts({"Type": "tmpfs", "Source": "/x", "Target": "/d"}), "invalid tmpfs source"),
-    (_spec(EndpointSpec={"Mode": "vip", "Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080}]}),
-     "published ports.*routing mesh"),
     (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "HealthCheck": {"Test": ["CMD", "true"]}}}),
      "HealthCheck is not supported"),
     (_spec(TaskTemplate={"ContainerSpec": {"Image": "busybox", "Healthcheck": {"Interval": 10}}}),

@@ -35,7 +35,7 @@ async def test_docker_cli_create_defaults_mounts_and_refusals(sock: tuple[str, S
     assert tmpfs["Type"] == "tmpfs" and tmpfs["TmpfsOptions"] == {"SizeBytes": 1 << 20, "Mode": 0o1770}
 
     refused = [
-        (["--publish", "8080:80"], "published ports"),
+        (["--publish", "mode=host,target=80"], "needs a published port"),
         (["--mount", "type=volume,src=v,dst=/d"], "mount type 'volume'"),
         (["--health-cmd", "true"], "HealthCheck is not supported"),
         (["--mount", "type=bind,src=relative,dst=/d"], "absolute"),
