@@ -230,7 +230,7 @@ CLIENT, SRV_A, SRV_B = "10.0.9.4", "10.0.9.5", "10.0.9.6"
 def test_vip_any_port_across_hosts_deltas_reject_and_no_idle_cut(world: World) -> None:
     w = world
     network = overlay_network(VIP_NET, "vipnet", 4301, "10.0.9.0/24", "10.0.9.1")
-    cfg = {h: NetworkConfig(VIP_NET, "10.0.9.0/24", "10.0.9.1", 4301, ip) for h, ip in zip("ab", UNDERLAY)}
+    cfg = {h: NetworkConfig(VIP_NET, "10.0.9.0/24", "10.0.9.1", 4301, ip) for h, ip in zip("ab", UNDERLAY, strict=True)}
     client, sa, sb = w.ns("cl"), w.ns("sa"), w.ns("sb")
     plug(w, "a", cfg["a"], client, CLIENT)
     plug(w, "a", cfg["a"], sa, SRV_A)
