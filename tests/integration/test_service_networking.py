@@ -268,12 +268,28 @@ def test_vip_any_port_across_hosts_deltas_reject_and_no_idle_cut(world: World) -
                 assert timeouts and min(timeouts) > 900, ct
             finally:
                 holder.close()
+            # a UDP flow that went to SRV_A (a socket keeps its flow, so conntrack keeps its endpoint)
+            udp_a = None
+            for _ in range(40):
+                sock = netns.run_in_netns(client, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                sock.settimeout(2)
+                sock.connect((VIP, 5353))
+                sock.send(b"?")
+                if sock.recv(256).decode().split()[0] == SRV_A:
+                    udp_a = sock
+                    break
+                sock.close()
+            assert udp_a is not None
             # the task set changes: one delta; within 1 s only SRV_B answers
             one = dns_push(VIP_NET, network, [("api", VIP), ("idle", EMPTY_VIP)], [("api", SRV_B)])
             t0 = time.monotonic()
             await vb.update(one)
             assert time.monotonic() - t0 < 1.0
             assert {tcp_get(client, VIP, 80).split()[0] for _ in range(15)} == {SRV_B}
+            # ... and the UDP flow that went to SRV_A had its conntrack entry deleted: it moves to SRV_B
+            udp_a.send(b"?")
+            assert udp_a.recv(256).decode().split()[0] == SRV_B
+            udp_a.close()
             await vb.remove("clienttask00000000000001")
             assert f"vipt-{w.tag}" not in tables(client)
 
