@@ -16,7 +16,15 @@ the sandbox's IPVS + SNAT), with nftables in place of IPVS::
 
 The SNAT (masquerade to the node's ingress LB address) makes replies come back through the same
 sandbox, so conntrack can undo both DNATs; it is also why the task sees the sandbox's address, not
-the client's (as in Docker, moby#25526). The /30 between host and sandbox is link-local
+the client's (as in Docker, moby#25526).
+
+Beyond Swarm, keeping the client's address: a :class:`MeshPort` with ``local`` addresses (the
+local-bridge addresses of this node's own tasks of the service) is sent by the host straight to
+them, in the host's table ``ip shoal-mesh-local`` (:mod:`overlaynet.lb.rules` local-port keys:
+``fib daddr type local`` + proto . port → numgen → ``dnat to <local task>:<target>``, at nat
+priority -100, before the sandbox's DNAT at -99), without any SNAT: the reply leaves the task by its
+default route (the local bridge) back into the host, where conntrack undoes the DNAT. Ports without
+local tasks still go through the sandbox. The /30 between host and sandbox is link-local
 (169.254.253.0/30 by default, ``link_subnet``), so it collides with no routed network; change it if
 the node uses that range.
 
@@ -61,12 +69,15 @@ SANDBOX_IFNAME = "eth0"
 class MeshPort:
     """One ingress-mode published port: ``proto`` (tcp, udp, sctp), ``published`` (the node's port,
     1-65535), ``target`` (the tasks' port) and ``endpoints`` (the tasks' ingress-network IPv4
-    addresses, any node; empty: the port is answered with a reject)."""
+    addresses, any node; empty: the port is answered with a reject); ``local``: the local-bridge
+    addresses of this node's tasks among them, when the port should keep the client's address
+    (see the module docstring; empty: through the sandbox)."""
 
     proto: str
     published: int
     target: int
     endpoints: tuple[str, ...] = ()
+    local: tuple[str, ...] = ()
 
 
 def _ignore(e: NetlinkError, *codes: int) -> None:
@@ -80,14 +91,16 @@ class IngressSandbox:
     ``netns_dir``: where the sandbox's namespace file goes (``<netns_dir>/ingress_sbox``);
     ``host_netns``: the namespace file of "the host" (None: the calling thread's);
     ``link_subnet``: the host↔sandbox /30; ``host_veth``: the host end's name (``shoal-ingr0``);
-    ``host_table`` / ``lb_table`` / ``nat_table``: the nftables tables (host; sandbox LB; sandbox SNAT);
+    ``host_table`` / ``lb_table`` / ``nat_table`` / ``local_table``: the nftables tables (host DNAT
+    to the sandbox; sandbox LB; sandbox SNAT; host DNAT to local tasks);
     ``nft`` / ``conntrack``: runners (tests pass fakes). Thread-safe (one lock).
     """
 
     def __init__(self, netns_dir: Path, host_netns: Path | str | None = None,
                  link_subnet: str = DEFAULT_LINK_SUBNET, host_veth: str = "shoal-ingr0",
                  host_table: str = "shoal-mesh", lb_table: str = "shoal-ingress",
-                 nat_table: str = "shoal-ingress-nat", nft: Callable[..., None] = run_nft,
+                 nat_table: str = "shoal-ingress-nat", local_table: str = "shoal-mesh-local",
+                 nft: Callable[..., None] = run_nft,
                  conntrack: Callable[..., int] = flush_udp_conntrack) -> None:
         net = ipaddress.IPv4Network(link_subnet)
         if net.prefixlen != 30:
@@ -104,6 +117,7 @@ class IngressSandbox:
         self._nft = nft
         self._conntrack = conntrack
         self._host_map = PortMap(host_table, netns=self.host_netns, nft=nft)
+        self._local_lb = LoadBalancer(local_table, netns=self.host_netns, nft=nft, conntrack=conntrack)
         self._lb = LoadBalancer(lb_table, netns=self.netns_path, nft=nft, conntrack=conntrack)
         self._lock = threading.RLock()
         self._link_mtu: int | None = None
@@ -219,7 +233,10 @@ class IngressSandbox:
         plist = list(ports)
         host: dict[tuple[str, int], tuple[str, int]] = {}
         lb: dict[ServiceKey, tuple[Endpoint, ...]] = {}
+        local: dict[ServiceKey, tuple[Endpoint, ...]] = {}
         for p in plist:
+            if p.local:
+                local[ServiceKey.local(p.proto, p.published)] = tuple(Endpoint(ip, p.target) for ip in p.local)
             key = ServiceKey(self.sandbox_addr, p.proto, p.published)
             if key in lb:
                 raise ValueError(f"published port {p.proto}/{p.published} given twice")
@@ -229,6 +246,8 @@ class IngressSandbox:
         with self._lock:
             self._lb.apply(state)  # the sandbox first: nothing is sent there before it answers
             self._host_map.apply(host)
+            if local or self._local_lb.applied is not None:  # the table only once some port uses it
+                self._local_lb.apply(LBState(local))
 
     def ports_applied(self) -> Mapping[tuple[str, int], tuple[str, int]] | None:
         """The host map as last applied (``{(proto, published): (sandbox addr, published)}``)."""
@@ -240,10 +259,11 @@ class IngressSandbox:
         Idempotent; also the start-time clean-up of a crashed daemon's leftovers."""
         with self._lock:
             first: BaseException | None = None
-            try:
-                self._host_map.remove()
-            except Exception as e:  # go on: the rest must go too
-                first = e
+            for table in (self._host_map, self._local_lb):
+                try:
+                    table.remove()
+                except Exception as e:  # go on: the rest must go too
+                    first = first or e
 
             def host(ipr: IPRoute) -> None:
                 for idx in ipr.link_lookup(ifname=self.host_veth):

@@ -123,6 +123,8 @@ class Executor:
     before its namespace), ``ingress_sandbox`` (an :class:`overlaynet.mesh.IngressSandbox`: the
     routing mesh, from the push's ``ingress``; needs ``overlay``) and ``host_ports`` (a
     :class:`worker.hostports.HostPorts`: host-mode ports of the running tasks); None disables one.
+    ``ingress_keep_client_addr``: the mesh sends a published port straight to this node's own tasks
+    of the service when it runs some, keeping the client's address (:mod:`worker.mesh`).
     The push's ``data_path_port`` replaces ``data_path_port`` for networks set up from then on
     (a network already up keeps its VXLAN port until it is removed with its last local endpoint).
     """
@@ -132,7 +134,8 @@ class Executor:
                  data_path_port: int = DEFAULT_DATA_PATH_PORT, resolv_conf: str = "/etc/resolv.conf",
                  resolver: Any = None,
                  dns_sockets: Callable[[str], tuple[Any, Any]] = wdns.open_dns_sockets,
-                 vips: Any = None, ingress_sandbox: Any = None, host_ports: Any = None) -> None:
+                 vips: Any = None, ingress_sandbox: Any = None, host_ports: Any = None,
+                 ingress_keep_client_addr: bool = False) -> None:
         self.runtime = runtime
         self.start_timeout = start_timeout
         self.images = images
@@ -160,7 +163,8 @@ class Executor:
         self.resolver = Resolver(self.dns_table, resolv_conf=resolv_conf) if resolver is None else resolver
         self._dns_sockets = dns_sockets
         # service VIPs, routing mesh, host-mode ports (issue 9)
-        mesh = Mesh(ingress_sandbox, self._overlay_attach, self._overlay_detach) \
+        mesh = Mesh(ingress_sandbox, self._overlay_attach, self._overlay_detach,
+                    self._local_overlay_addresses if ingress_keep_client_addr else None) \
             if ingress_sandbox is not None and overlay is not None else None
         self.net = NetPlane(vips, mesh, host_ports, self._running_addresses)
 
@@ -344,6 +348,18 @@ class Executor:
             addr = ctl._network()[0] if ctl.state == "running" and not ctl._stopping() else None
             if addr:
                 out.append((ctl.task, addr.split("/")[0]))
+        return out
+
+    def _local_overlay_addresses(self) -> dict[str, str]:
+        """``{overlay IP: local-bridge IP}`` of the running tasks (the mesh's local preference)."""
+        out: dict[str, str] = {}
+        for task, bridge_ip in self._running_addresses():
+            try:
+                atts = ov.overlay_attachments(task)
+            except ValueError:
+                continue
+            for a in atts:
+                out[a.address.split("/")[0]] = bridge_ip
         return out
 
     async def _send(self, task_id: str, status: dict[str, Any]) -> None:

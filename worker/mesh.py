@@ -14,6 +14,12 @@ the ports (by delta). When ``ingress`` goes away the endpoint is detached and th
 :meth:`Mesh.close` (daemon stop) does the same. The first update removes a crashed daemon's sandbox
 and tables before building anew (so a restarted daemon interrupts mesh flows briefly).
 
+Option (beyond Swarm), ``local_addresses`` given: a port whose endpoints include tasks running on
+this node goes from this node's published port straight to those tasks, keeping the client's
+source address (only on nodes running a task of the service; the other nodes still go through
+their sandbox, which hides the client's address as in Swarm). Traffic a node receives then stays on
+its own tasks. See :mod:`overlaynet.mesh`.
+
 :func:`mesh_ports` is the pure reading of the ports; the rest runs kernel calls in threads.
 """
 
@@ -41,9 +47,11 @@ AttachFn = Callable[[NetworkConfig, EndpointConfig], Awaitable[Attachment | None
 DetachFn = Callable[[EndpointConfig], Awaitable[None]]
 
 
-def mesh_ports(ingress: Mapping[str, Any]) -> list[MeshPort]:
+def mesh_ports(ingress: Mapping[str, Any], local_addresses: Mapping[str, str] | None = None) -> list[MeshPort]:
     """The :class:`MeshPort` list of an ``ingress`` entry; malformed ports (and a second claim of
-    one protocol/port) are logged and left out, endpoints that are not IPv4 dropped."""
+    one protocol/port) are logged and left out, endpoints that are not IPv4 dropped.
+    ``local_addresses`` (``{overlay IP: local-bridge IP}`` of this node's running tasks) fills each
+    port's ``local`` with the local-bridge addresses of its endpoints that run here."""
     out: dict[tuple[str, int], MeshPort] = {}
     for raw in ingress.get("Ports") or []:
         try:
@@ -62,16 +70,23 @@ def mesh_ports(ingress: Mapping[str, Any]) -> list[MeshPort]:
         if (proto, pub) in out:
             log.warning("ingress: port %s/%d listed twice; keeping the first", proto, pub)
             continue
-        out[(proto, pub)] = MeshPort(proto, pub, target, tuple(sorted(set(eps))))
+        endpoints = tuple(sorted(set(eps)))
+        local = tuple(sorted({local_addresses[e] for e in endpoints if e in local_addresses})) \
+            if local_addresses else ()
+        out[(proto, pub)] = MeshPort(proto, pub, target, endpoints, local)
     return [out[k] for k in sorted(out)]
 
 
 class Mesh:
     """This node's routing mesh. ``sandbox``: the kernel side; ``attach``/``detach``: the executor's
-    overlay attach/detach (ensure the network + peers + plug, under its per-network lock)."""
+    overlay attach/detach (ensure the network + peers + plug, under its per-network lock);
+    ``local_addresses``: None, or (the option keeping the client's address) a function returning
+    ``{overlay IP: local-bridge IP}`` of this node's running tasks."""
 
-    def __init__(self, sandbox: IngressSandbox, attach: AttachFn, detach: DetachFn) -> None:
+    def __init__(self, sandbox: IngressSandbox, attach: AttachFn, detach: DetachFn,
+                 local_addresses: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.sandbox = sandbox
+        self.local_addresses = local_addresses
         self._attach = attach
         self._detach = detach
         self._lock = asyncio.Lock()
@@ -123,7 +138,8 @@ class Mesh:
                 raise RuntimeError("the overlay attach gave no MTU")
             await asyncio.to_thread(self.sandbox.ensure_link, mtu)
             log.info("ingress routing mesh up: sandbox at %s on network %s, MTU %d", iface, nid[:12], mtu)
-        await asyncio.to_thread(self.sandbox.set_ports, mesh_ports(ingress))
+        local = self.local_addresses() if self.local_addresses is not None else None
+        await asyncio.to_thread(self.sandbox.set_ports, mesh_ports(ingress, local))
 
     async def _teardown(self, force: bool = False) -> None:
         ep, self._ep, self._cfg = self._ep, None, None

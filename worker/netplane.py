@@ -42,6 +42,7 @@ class NetPlane:
         self._running = running
         self._bg: set[asyncio.Task[None]] = set()
         self._push: tuple[Any, ...] | None = None  # the latest push not applied yet
+        self._last_push: tuple[Any, ...] | None = None
         self._push_task: asyncio.Task[None] | None = None
         self._ports_lock = asyncio.Lock()
         self._ports_dirty = False
@@ -59,7 +60,7 @@ class NetPlane:
         """Follow a push: every VIP table and the mesh, by delta, in the background (a push arriving
         meanwhile replaces a pending one: the latest wins)."""
         self._networks = networks
-        self._push = (node, networks, ingress, dp_port)
+        self._push = self._last_push = (node, networks, ingress, dp_port)
         if self._push_task is None or self._push_task.done():
             self._push_task = self._background(self._apply_pushes())
 
@@ -99,7 +100,12 @@ class NetPlane:
             await self.vips.remove(task_id)
 
     def ports_changed(self) -> None:
-        """Re-sync the host-mode ports from the running tasks (in the background, coalesced)."""
+        """Re-sync the host-mode ports from the running tasks (in the background, coalesced), and
+        the mesh when it sends to local tasks (its option keeping the client's address)."""
+        if self.mesh is not None and self.mesh.local_addresses is not None and self._last_push is not None:
+            self._push = self._push or self._last_push
+            if self._push_task is None or self._push_task.done():
+                self._push_task = self._background(self._apply_pushes())
         if self.host_ports is None:
             return
         self._ports_dirty = True

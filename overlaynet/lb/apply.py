@@ -170,7 +170,7 @@ class LoadBalancer:
             gone: set[Endpoint] = set(eps) - set(new.services.get(key, ()))
             for ep in sorted(gone, key=Endpoint._sort_key):
                 try:
-                    self._conntrack(ep.ip, vip=key.vip, port=ep.port, netns=self.netns)
+                    self._conntrack(ep.ip, vip=None if key.is_local else key.vip, port=ep.port, netns=self.netns)
                 except ConntrackError as e:
                     first = first or e
         if first is not None:

@@ -7,11 +7,14 @@ local-bridge address and target port). The table ``ip <table>``::
 
     map ports    { type inet_proto . inet_service : ipv4_addr . inet_service }   (proto . published → ip . port)
     set targets  { type ipv4_addr . inet_proto . inet_service }                  (what ports maps to)
-    chain prerouting  (nat, -100): fib daddr type local ip daddr != 127.0.0.0/8
+    chain prerouting  (nat, -99):  fib daddr type local ip daddr != 127.0.0.0/8
                                    dnat ip to meta l4proto . th dport map @ports
-    chain output      (nat, -100): the same, for connections made on the node itself
+    chain output      (nat, -99):  the same, for connections made on the node itself
     chain forward     (filter, 0): ct status dnat ip daddr . meta l4proto . th dport @targets accept
 
+The nat chains run at -99, just after the load-balancer tables of :mod:`overlaynet.lb.rules`
+(-100): a local-port service there (the mesh's "keep the client address" option) DNATs first, and a
+DNATed packet no longer has a local destination, so this table leaves it alone.
 ``fib daddr type local`` (an address of this namespace) follows kube-proxy's nftables NodePorts;
 loopback destinations are left alone (reaching them would need ``route_localnet``, the
 CVE-2020-8558 hole kube-proxy closed). No masquerade: the client's source address is kept (what
@@ -78,7 +81,7 @@ def render_full(entries: PortMapping, table: str) -> str:
         lines.append("\t\telements = { " + ", ".join(targets) + " }")
     lines.append("\t}")
     for hook in ("prerouting", "output"):
-        lines += [f"\tchain {hook} {{", f"\t\ttype nat hook {hook} priority -100; policy accept;",
+        lines += [f"\tchain {hook} {{", f"\t\ttype nat hook {hook} priority -99; policy accept;",
                   "\t\tfib daddr type local ip daddr != 127.0.0.0/8 dnat ip to meta l4proto . th dport map @ports",
                   "\t}"]
     lines += ["\tchain forward {", "\t\ttype filter hook forward priority 0; policy accept;",

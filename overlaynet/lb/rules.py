@@ -23,6 +23,12 @@ second pair of maps keyed by the address alone, ``vip-ips`` (``ip daddr vmap @vi
 by ``services`` after ``service-ips``, so a port-keyed service on the same address wins) and
 ``no-endpoint-vips``; their endpoint chains do ``dnat to <ip>`` (any protocol, the port kept).
 
+Local-port services (:meth:`ServiceKey.local`, ``vip`` :data:`LOCAL`): a protocol and port on
+*any* local address of the namespace (``fib daddr type local``, loopback excluded), kube-proxy's
+NodePort shape; in the maps ``local-ports`` / ``no-endpoint-local-ports`` keyed by
+``inet_proto . inet_service``, looked up by ``services`` last. The routing mesh uses them to send a
+node's published port straight to a local task (keeping the client's address).
+
 Names are stable: a service's chain is ``svc-`` + 16 base32 characters of the SHA-256 of
 ``vip/proto/port``; an endpoint's chain is ``ep-`` + 16 of the SHA-256 of the service key and
 ``ip:port``. So :func:`render_delta` touches only the services whose endpoint set changed, and an
@@ -63,6 +69,8 @@ __all__ = [
 
 PROTOCOLS: Final = ("tcp", "udp", "sctp")
 ANY_PROTO: Final = "any"
+LOCAL: Final = "local"
+"""The ``vip`` of a local-port key (:meth:`ServiceKey.local`): any local address but loopback."""
 """The ``proto`` of a whole-VIP key (:meth:`ServiceKey.whole`): every protocol and port."""
 MAX_ENDPOINTS_PER_SERVICE: Final = 4096
 MAX_SERVICES: Final = 65536
@@ -71,6 +79,8 @@ SERVICE_IPS: Final = "service-ips"
 NO_ENDPOINT_SERVICES: Final = "no-endpoint-services"
 VIP_IPS: Final = "vip-ips"
 NO_ENDPOINT_VIPS: Final = "no-endpoint-vips"
+LOCAL_PORTS: Final = "local-ports"
+NO_ENDPOINT_LOCAL_PORTS: Final = "no-endpoint-local-ports"
 SERVICES_CHAIN: Final = "services"
 ENDPOINTS_CHECK: Final = "endpoints-check"
 REJECT_CHAIN: Final = "reject-chain"
@@ -78,6 +88,8 @@ REJECT_CHAIN: Final = "reject-chain"
 _TABLE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 _KEY_TYPE: Final = "ipv4_addr . inet_proto . inet_service"
 _VIP_KEY_TYPE: Final = "ipv4_addr"
+_LOCAL_KEY_TYPE: Final = "inet_proto . inet_service"
+_LOCAL_MATCH: Final = "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport"
 
 
 class RulesError(ValueError):
@@ -121,7 +133,10 @@ class ServiceKey:
     port: int | None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "vip", _ipv4(self.vip, "VIP"))
+        if self.vip != LOCAL:
+            object.__setattr__(self, "vip", _ipv4(self.vip, "VIP"))
+        elif self.port is None:
+            raise RulesError("a local-port key needs a protocol and a port")
         if self.proto == ANY_PROTO and self.port is None:
             return
         object.__setattr__(self, "proto", _proto(self.proto))
@@ -132,13 +147,24 @@ class ServiceKey:
         """The key of every protocol and port of ``vip`` (Docker's port-agnostic VIP)."""
         return cls(vip, ANY_PROTO, None)
 
+    @classmethod
+    def local(cls, proto: str, port: int) -> ServiceKey:
+        """The key of ``proto``/``port`` on any local address (loopback excluded)."""
+        return cls(LOCAL, proto, port)
+
+    @property
+    def is_local(self) -> bool:
+        """True for a local-port key (:meth:`local`)."""
+        return self.vip == LOCAL
+
     @property
     def is_whole(self) -> bool:
         """True for a whole-VIP key (:meth:`whole`)."""
         return self.port is None
 
     def _sort_key(self) -> tuple[int, str, int]:
-        return int(ipaddress.IPv4Address(self.vip)), self.proto, self.port or 0
+        addr = -1 if self.is_local else int(ipaddress.IPv4Address(self.vip))
+        return addr, self.proto, self.port or 0
 
 
 @dataclass(frozen=True)
@@ -233,11 +259,15 @@ def endpoint_chain(key: ServiceKey, ep: Endpoint) -> str:
 
 
 def _elem(key: ServiceKey) -> str:
+    if key.is_local:
+        return f"{key.proto} . {key.port}"
     return key.vip if key.is_whole else f"{key.vip} . {key.proto} . {key.port}"
 
 
 def _maps(key: ServiceKey) -> tuple[str, str]:
     """``(map with endpoints, map without)`` the key's element lives in."""
+    if key.is_local:
+        return LOCAL_PORTS, NO_ENDPOINT_LOCAL_PORTS
     return (VIP_IPS, NO_ENDPOINT_VIPS) if key.is_whole else (SERVICE_IPS, NO_ENDPOINT_SERVICES)
 
 
@@ -261,10 +291,13 @@ def render_full(state: LBState, table_name: str) -> str:
     with_eps = [(k, e) for k, e in state.services.items() if e]
     without = [k for k, e in state.services.items() if not e]
     for name, typ, keys, verdict in (
-            (SERVICE_IPS, _KEY_TYPE, [k for k, _ in with_eps if not k.is_whole], None),
-            (NO_ENDPOINT_SERVICES, _KEY_TYPE, [k for k in without if not k.is_whole], f"goto {REJECT_CHAIN}"),
+            (SERVICE_IPS, _KEY_TYPE, [k for k, _ in with_eps if _maps(k)[0] == SERVICE_IPS], None),
+            (NO_ENDPOINT_SERVICES, _KEY_TYPE, [k for k in without if _maps(k)[0] == SERVICE_IPS],
+             f"goto {REJECT_CHAIN}"),
             (VIP_IPS, _VIP_KEY_TYPE, [k for k, _ in with_eps if k.is_whole], None),
-            (NO_ENDPOINT_VIPS, _VIP_KEY_TYPE, [k for k in without if k.is_whole], f"goto {REJECT_CHAIN}")):
+            (NO_ENDPOINT_VIPS, _VIP_KEY_TYPE, [k for k in without if k.is_whole], f"goto {REJECT_CHAIN}"),
+            (LOCAL_PORTS, _LOCAL_KEY_TYPE, [k for k, _ in with_eps if k.is_local], None),
+            (NO_ENDPOINT_LOCAL_PORTS, _LOCAL_KEY_TYPE, [k for k in without if k.is_local], f"goto {REJECT_CHAIN}")):
         lines += [f"\tmap {name} {{", f"\t\ttype {typ} : verdict"]
         if keys:
             elems = ", ".join(f"{_elem(k)} : {verdict or 'goto ' + service_chain(k)}" for k in keys)
@@ -274,14 +307,15 @@ def render_full(state: LBState, table_name: str) -> str:
         f"\tchain {REJECT_CHAIN} {{", "\t\tmeta l4proto tcp reject with tcp reset", "\t\treject", "\t}",
         f"\tchain {ENDPOINTS_CHECK} {{",
         f"\t\tip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}",
-        f"\t\tip daddr vmap @{NO_ENDPOINT_VIPS}", "\t}",
+        f"\t\tip daddr vmap @{NO_ENDPOINT_VIPS}",
+        f"\t\t{_LOCAL_MATCH} vmap @{NO_ENDPOINT_LOCAL_PORTS}", "\t}",
     ]
     for hook in ("input", "forward", "output"):
         lines += [f"\tchain filter-{hook} {{",
                   f"\t\ttype filter hook {hook} priority -110; policy accept;",
                   f"\t\tct state new jump {ENDPOINTS_CHECK}", "\t}"]
     lines += [f"\tchain {SERVICES_CHAIN} {{", f"\t\tip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}",
-              f"\t\tip daddr vmap @{VIP_IPS}", "\t}"]
+              f"\t\tip daddr vmap @{VIP_IPS}", f"\t\t{_LOCAL_MATCH} vmap @{LOCAL_PORTS}", "\t}"]
     for hook in ("prerouting", "output"):
         lines += [f"\tchain nat-{hook} {{", f"\t\ttype nat hook {hook} priority -100; policy accept;",
                   f"\t\tjump {SERVICES_CHAIN}", "\t}"]

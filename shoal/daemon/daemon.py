@@ -79,7 +79,8 @@ class Daemon:
         # and host-mode ports (issue 9)
         self.executor = Executor(self.runtime, self.images, self.bridge, self._report, overlay=self.overlay,
                                  vips=VipBalancers(), ingress_sandbox=IngressSandbox(self.exec_root / "ingress-netns"),
-                                 host_ports=HostPorts())
+                                 host_ports=HostPorts(),
+                                 ingress_keep_client_addr=bool(getattr(args, "ingress_keep_client_addr", False)))
         self.manager: Any = None
         self.agent: Any = None
         self._swarm_lock = asyncio.Lock()

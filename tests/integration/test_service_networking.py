@@ -437,3 +437,68 @@ def test_overlay_task_reaches_outside_through_its_local_bridge(world: World, scr
             netns.run_in_netns(w.a, bridge.cleanup)
         except Exception as e:  # noqa: BLE001 - the scratch hosts go anyway
             print(f"bridge cleanup: {e}")
+
+
+# -- 2b. the mesh keeping the client's address (beyond Swarm) --------------------------------------------
+
+ING_TASK_A = "10.0.10.8"
+
+
+def test_mesh_keeps_the_client_address_when_a_local_task_exists(world: World, scratch_dir: Path) -> None:
+    w = world
+    network = overlay_network(ING_NET, "ingress", 4304, "10.0.10.0/24", "10.0.10.1")
+    cfg = {h: NetworkConfig(ING_NET, "10.0.10.0/24", "10.0.10.1", 4304, ip) for h, ip in zip("ab", UNDERLAY, strict=True)}
+    task_b, task_a = w.ns("tb"), w.ns("ta")
+    plug(w, "b", cfg["b"], task_b, ING_TASK_B)
+    w.drv["b"].set_peers(ING_NET, [peer_for(ING_LB_A, A_IP), peer_for(ING_TASK_A, A_IP)])
+    # the local task on a: eth0 on a veth to host a (its "local bridge"), default route there; eth1 on ingress
+    hdev = f"{w.tag}t"
+    ns_run(w.a, "ip", "link", "add", hdev, "type", "veth", "peer", "name", "eth0", "netns", str(task_a))
+    ns_run(w.a, "ip", "addr", "add", "10.233.7.1/24", "dev", hdev)
+    ns_run(w.a, "ip", "link", "set", hdev, "up")
+    ns_run(task_a, "ip", "addr", "add", "10.233.7.2/24", "dev", "eth0")
+    ns_run(task_a, "ip", "link", "set", "eth0", "up")
+    ns_run(task_a, "ip", "route", "add", "default", "via", "10.233.7.1")
+    plug(w, "a", cfg["a"], task_a, ING_TASK_A)
+    sandbox = IngressSandbox(scratch_dir / "mesh-a", host_netns=w.a, host_veth=f"{w.tag}i",
+                             host_table=f"mesht-{w.tag}", lb_table=f"meshlb-{w.tag}", nat_table=f"meshnat-{w.tag}",
+                             local_table=f"meshloc-{w.tag}")
+
+    async def attach(c: NetworkConfig, ep: EndpointConfig) -> Attachment:
+        w.drv["a"].ensure_network(c)
+        w.drv["a"].set_peers(c.network_id, [peer_for(ING_TASK_B, B_IP)])
+        return w.drv["a"].attach(ep)
+
+    async def detach(ep: EndpointConfig) -> None:
+        w.drv["a"].detach(ep)
+
+    local = {ING_TASK_A: "10.233.7.2"}
+    mesh = Mesh(sandbox, attach, detach, local_addresses=lambda: dict(local))
+    node = {"ID": "nodea", "Status": {"State": "ready", "Addr": A_IP}}
+    nets = {ING_NET: {"Network": network, "Peers": []}}
+    port = {"Protocol": "tcp", "PublishedPort": 8080, "TargetPort": 80, "Endpoints": [ING_TASK_B, ING_TASK_A]}
+    ingress = {"NetworkID": ING_NET, "Address": f"{ING_LB_A}/24", "Ports": [port]}
+    servers = Servers()
+    try:
+        servers.tcp(task_b, ING_TASK_B, 80)
+        servers.tcp(task_a, "0.0.0.0", 80)
+
+        async def main() -> None:
+            await mesh.update(ingress, nets, node, 4789)
+            # a runs a task of the service: a's port goes to it, and it sees the client's own address
+            assert {tcp_get(w.b, A_IP, 8080) for _ in range(10)} == {f"0.0.0.0 {B_IP}"}
+            assert f"meshloc-{w.tag}" in tables(w.a)
+            # the local task stops: a's port goes through the sandbox to b's task again (address hidden)
+            local.clear()
+            await mesh.update({**ingress, "Ports": [{**port, "Endpoints": [ING_TASK_B]}]}, nets, node, 4789)
+            assert tcp_get(w.b, A_IP, 8080) == f"{ING_TASK_B} {ING_LB_A}"
+            await mesh.close()
+            assert f"meshloc-{w.tag}" not in tables(w.a) and f"mesht-{w.tag}" not in tables(w.a)
+
+        asyncio.run(main())
+    finally:
+        servers.close()
+        try:
+            sandbox.remove()
+        except Exception as e:  # noqa: BLE001 - the scratch hosts go anyway
+            print(f"sandbox cleanup: {e}")

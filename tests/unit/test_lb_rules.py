@@ -110,8 +110,9 @@ def test_full_has_one_lookup_and_hooks() -> None:
     s = render_full(state(), T)
     assert s.startswith(f"add table ip {T}\ndelete table ip {T}\ntable ip {T} {{\n")
     assert s.count("ip daddr . meta l4proto . th dport vmap @service-ips") == 1
-    assert chain_body(s, "services") == ["ip daddr . meta l4proto . th dport vmap @service-ips",
-                                         "ip daddr vmap @vip-ips"]
+    assert chain_body(s, "services") == [
+        "ip daddr . meta l4proto . th dport vmap @service-ips", "ip daddr vmap @vip-ips",
+        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @local-ports"]
     assert chain_body(s, "nat-prerouting") == ["type nat hook prerouting priority -100; policy accept;",
                                                "jump services"]
     assert chain_body(s, "nat-output") == ["type nat hook output priority -100; policy accept;", "jump services"]
@@ -140,8 +141,9 @@ def test_full_numgen_and_dnat_per_endpoint() -> None:
 def test_full_rejects_a_service_without_endpoints() -> None:
     s = render_full(state(), T)
     assert chain_body(s, "reject-chain") == ["meta l4proto tcp reject with tcp reset", "reject"]
-    assert chain_body(s, "endpoints-check") == ["ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
-                                                "ip daddr vmap @no-endpoint-vips"]
+    assert chain_body(s, "endpoints-check") == [
+        "ip daddr . meta l4proto . th dport vmap @no-endpoint-services", "ip daddr vmap @no-endpoint-vips",
+        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-local-ports"]
     assert "10.96.0.12 . tcp . 81 : goto reject-chain" in s
     assert rules.service_chain(key(EMPTY)) not in s  # no nat chain for it
     assert "10.96.0.12 . tcp . 81 : goto svc" not in s
@@ -252,7 +254,10 @@ _states = st.dictionaries(_keys, st.lists(st.tuples(_ips, st.sampled_from([80, 8
                           max_size=5).map(LBState.build)
 _whole = st.dictionaries(st.sampled_from(["10.96.0.1", "10.96.0.3", "10.96.0.4"]).map(ServiceKey.whole),
                          st.lists(_ips.map(lambda ip: Endpoint(ip, None)), max_size=4), max_size=3)
-_mixed = st.tuples(_states, _whole).map(lambda t: LBState({**t[0].services, **t[1]}))
+_local = st.dictionaries(st.tuples(st.sampled_from(["tcp", "udp"]), st.sampled_from([8080, 30000])).map(
+    lambda t: ServiceKey.local(*t)), st.lists(st.tuples(_ips, st.sampled_from([80, 81])).map(
+        lambda t: Endpoint(*t)), max_size=3), max_size=3)
+_mixed = st.tuples(_states, _whole, _local).map(lambda t: LBState({**t[0].services, **t[1], **t[2]}))
 
 
 @settings(max_examples=200, deadline=None)
@@ -303,6 +308,20 @@ def test_whole_vip_delta_touches_only_its_element_and_chains() -> None:
     gone = render_delta(new, LBState.build({WHOLE: [], WEB: [("10.0.1.2", 8080)]}), T)
     assert f"delete element ip {T} vip-ips {{ 10.96.0.20 }}" in gone
     assert f"add element ip {T} no-endpoint-vips {{ 10.96.0.20 : goto reject-chain }}" in gone
+
+
+def test_local_port_keys_match_any_local_address() -> None:
+    k = ServiceKey.local("TCP", 8080)
+    assert k.is_local and not k.is_whole and k.proto == "tcp"
+    st_ = LBState({k: (Endpoint("10.200.1.7", 80),), ServiceKey.local("udp", 53): ()})
+    s = render_full(st_, T)
+    chains, maps = model_of_full(s)
+    assert maps["local-ports"] == {"tcp . 8080": f"goto {rules.service_chain(k)}"}
+    assert maps["no-endpoint-local-ports"] == {"udp . 53": "goto reject-chain"}
+    assert chain_body(s, rules.endpoint_chain(k, Endpoint("10.200.1.7", 80))) == [
+        "meta l4proto tcp dnat to 10.200.1.7:80"]
+    with pytest.raises(RulesError, match="local-port key needs a protocol and a port"):
+        ServiceKey(rules.LOCAL, "any", None)
 
 
 def test_whole_vip_endpoints_have_no_port_and_port_keys_need_one() -> None:
@@ -386,7 +405,8 @@ def test_nft_accepts_full_and_delta() -> None:
     nft_check(render_full(old, table) + render_delta(old, new, table))
     nft_check(render_full(new, table) + render_delta(new, old, table))
     whole = LBState({**new.services, ServiceKey.whole("10.96.0.30"): (Endpoint("10.0.1.7", None),),
-                     ServiceKey.whole("10.96.0.31"): ()})
+                     ServiceKey.whole("10.96.0.31"): (), ServiceKey.local("tcp", 8080): (Endpoint("10.0.1.8", 80),),
+                     ServiceKey.local("udp", 8081): ()})
     nft_check(render_full(whole, table))
     nft_check(render_full(new, table) + render_delta(new, whole, table))
     nft_check(render_full(whole, table) + render_delta(whole, new, table))

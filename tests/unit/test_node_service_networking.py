@@ -321,3 +321,18 @@ async def test_executor_drives_vips_mesh_host_ports_and_data_path_port(tmp_path:
     await e.ex.close()
     assert e.hp.map.applied is None  # the table removed at close
     await asyncio.sleep(0)
+
+
+def test_mesh_ports_mark_local_tasks_and_the_sandbox_sends_them_straight(tmp_path: Path) -> None:
+    ports = mesh_ports(ingress_entry(WEB_PORT), {"10.0.2.9": "10.200.1.7", "10.0.1.5": "10.200.1.8"})
+    assert ports == [MeshPort("tcp", 8080, 80, ("10.0.2.7", "10.0.2.9"), ("10.200.1.7",))]
+    nft = Nft()
+    sb = IngressSandbox(tmp_path, nft=nft, conntrack=conntrack)
+    sb.set_ports([MeshPort("tcp", 8080, 80, ("10.0.2.7",))])
+    assert len(nft.runs) == 2  # no local table while no port uses it
+    sb.set_ports(ports)
+    local, where = nft.runs[-1]
+    assert where is None and local.startswith("add table ip shoal-mesh-local")
+    assert "tcp . 8080 : goto svc-" in local and "meta l4proto tcp dnat to 10.200.1.7:80" in local
+    sb.set_ports([MeshPort("tcp", 8080, 80, ("10.0.2.7",))])
+    assert "delete element ip shoal-mesh-local local-ports { tcp . 8080 }" in nft.runs[-1][0]
