@@ -109,14 +109,20 @@ class VipBalancers:
         """Apply ``networks`` (a push) to every container; failures are logged (the next push
         retries with a full load)."""
         self._networks = networks
-        await asyncio.gather(*(self._apply(tid, box) for tid, box in list(self._boxes.items())))
+        states: dict[tuple[str, ...], LBState] = {}  # containers on the same networks share one state
+        for box in self._boxes.values():
+            key = tuple(box.network_ids)
+            if key not in states:
+                states[key] = vip_state(networks, box.network_ids)
+        await asyncio.gather(*(self._apply(tid, box, states[tuple(box.network_ids)])
+                               for tid, box in list(self._boxes.items())))
 
-    async def _apply(self, task_id: str, box: _Box) -> None:
+    async def _apply(self, task_id: str, box: _Box, state: LBState) -> None:
         async with box.lock:
             if self._boxes.get(task_id) is not box:
                 return
             try:
-                await asyncio.to_thread(box.lb.apply, vip_state(self._networks, box.network_ids))
+                await asyncio.to_thread(box.lb.apply, state)
             except (NftError, RulesError, OSError) as e:
                 log.warning("task %s: updating its service VIPs failed: %s", task_id, e)
             except Exception as e:  # conntrack clean-up (the rules are in)
