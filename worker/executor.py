@@ -218,9 +218,9 @@ class Executor:
                 for nid in self._networks:
                     if self._local.get(nid):
                         self._background(self._apply_peers(nid))
-            if networks is not None:
+            if networks is not None:  # a swarm push (swarm leave sends none: no kernel work then)
                 self.net.on_push(node, self._networks, ingress, self.data_path_port)
-            self.net.ports_changed()
+                self.net.ports_changed()
             if self._first_assignments:
                 self._first_assignments = False
                 assigned_cids = {container_id_for(t) for t in seen}

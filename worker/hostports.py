@@ -74,7 +74,13 @@ class HostPorts:
                 self._cleaned = True
                 self.map.remove()
             return ""
+        self._cleaned = True
         return self.map.apply(entries)
+
+    @property
+    def touched(self) -> bool:
+        """Whether :meth:`sync` ever ran a command (the table may exist)."""
+        return self._cleaned or self.map.applied is not None
 
     def remove(self) -> None:
         """Delete the table (fine if it is not there)."""

@@ -154,9 +154,10 @@ class Mesh:
             await asyncio.to_thread(self.sandbox.remove)
 
     async def close(self) -> None:
-        """Tear the mesh down (daemon stop); never raises."""
+        """Tear the mesh down (daemon stop, swarm leave); never raises. A mesh that never saw a push
+        made nothing and touches nothing (its start-time clean-up runs with the first push)."""
         async with self._lock:
             try:
-                await self._teardown(force=True)
+                await self._teardown(force=self._started)
             except Exception as e:
                 log.warning("ingress routing mesh: teardown failed: %s", e)

@@ -133,7 +133,7 @@ class NetPlane:
         await asyncio.gather(*list(self._bg), return_exceptions=True)
         if self.mesh is not None:
             await self.mesh.close()
-        if self.host_ports is not None:
+        if self.host_ports is not None and self.host_ports.touched:
             try:
                 await asyncio.to_thread(self.host_ports.remove)
             except Exception as e:

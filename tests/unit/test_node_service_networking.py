@@ -336,3 +336,16 @@ def test_mesh_ports_mark_local_tasks_and_the_sandbox_sends_them_straight(tmp_pat
     assert "tcp . 8080 : goto svc-" in local and "meta l4proto tcp dnat to 10.200.1.7:80" in local
     sb.set_ports([MeshPort("tcp", 8080, 80, ("10.0.2.7",))])
     assert "delete element ip shoal-mesh-local local-ports { tcp . 8080 }" in nft.runs[-1][0]
+
+
+async def test_a_mesh_that_saw_no_push_touches_nothing_at_close(tmp_path: Path) -> None:
+    sb = SandboxDouble(tmp_path / "ingress_sbox")
+
+    async def never(*a: Any) -> None:
+        raise AssertionError("no attach/detach expected")
+
+    m = Mesh(sb, never, never)  # type: ignore[arg-type]
+    await m.close()
+    assert sb.calls == []
+    hp = HostPorts(nft=Nft())
+    assert not hp.touched
