@@ -355,6 +355,14 @@ def test_mesh_answers_on_the_node_without_a_task_and_tears_down(world: World, sc
             assert refused(lambda: tcp_get(w.b, A_IP, 8080))
             await mesh.update(ingress, nets, node, 4789)
             assert tcp_get(w.b, A_IP, 8080).startswith(ING_TASK_B)
+            # a restarted daemon (a new Mesh on the same sandbox, nothing remembered): its first push
+            # removes the leftovers and builds anew
+            again = Mesh(IngressSandbox(scratch_dir / "mesh-a", host_netns=w.a, host_veth=f"{w.tag}i",
+                                        host_table=f"mesht-{w.tag}", lb_table=f"meshlb-{w.tag}",
+                                        nat_table=f"meshnat-{w.tag}"), attach, detach)
+            await again.update(ingress, nets, node, 4789)
+            assert again.endpoint is not None
+            assert tcp_get(w.b, A_IP, 8080).startswith(ING_TASK_B)
             # the ingress entry disappears: everything goes
             await mesh.update(None, nets, node, 4789)
             assert not netns.is_mountpoint(sandbox.netns_path) and not sandbox.netns_path.exists()
