@@ -10,8 +10,9 @@ The executor interface the agent uses (docs/contracts.md, worker/):
 
 - ``await executor.set_assignments(node: dict, tasks: list[dict])`` (a plain function is also
   accepted): the complete set of this node's tasks, every time it changes; with
-  ``networks={network_id: {"Network", "Peers"}}`` as a keyword when the push carries ``networks``
-  (overlay networks, issue 9);
+  ``networks={network_id: {"Network", "Peers", "DNS"}}`` as a keyword when the push carries
+  ``networks`` (overlay networks, issue 9), then also ``ingress`` (the routing mesh entry, None when
+  the push has none) and ``data_path_port=N`` when the push carries it;
 - ``await executor.read_logs_page(task_ids, tail, since, cursors, limit) -> {"lines", "cursors", "more"}``
   for ``logs.read`` (an executor with only ``read_logs(task_ids, tail, since, timestamps) -> list[dict]``
   is still served: its reply has no cursors);
@@ -311,6 +312,11 @@ class Agent:
             kw: dict[str, Any] = {}
             if isinstance(body.get("networks"), dict):
                 kw["networks"] = body["networks"]
+                ingress = body.get("ingress")
+                kw["ingress"] = ingress if isinstance(ingress, dict) else None
+                dp_port = body.get("data_path_port")
+                if isinstance(dp_port, int) and not isinstance(dp_port, bool):
+                    kw["data_path_port"] = dp_port
             async with self._assign_lock:
                 await _maybe_await(self.executor.set_assignments(node, tasks, **kw))
             return None

@@ -48,6 +48,8 @@ from shoal.base.views import Node, Task
 from shoal.rpc import wire
 from worker import dns as wdns
 from worker import overlay as ov
+from worker.mesh import Mesh
+from worker.netplane import NetPlane
 
 log = logging.getLogger("shoal.worker.executor")
 
@@ -115,13 +117,25 @@ class Executor:
     resolv.conf and, before its container is created, UDP+TCP sockets at 127.0.0.11:53 in its
     namespace (``dns_sockets(netns_path)``, :func:`worker.dns.open_dns_sockets`) served by the
     resolver for its overlay networks (in attach order) until the task's network is released.
+
+    Service networking (issue 9, :mod:`worker.netplane`): ``vips`` (a
+    :class:`worker.vip.VipBalancers`: each overlay task's VIP table, made after its DNS, removed
+    before its namespace), ``ingress_sandbox`` (an :class:`overlaynet.mesh.IngressSandbox`: the
+    routing mesh, from the push's ``ingress``; needs ``overlay``) and ``host_ports`` (a
+    :class:`worker.hostports.HostPorts`: host-mode ports of the running tasks); None disables one.
+    ``ingress_keep_client_addr``: the mesh sends a published port straight to this node's own tasks
+    of the service when it runs some, keeping the client's address (:mod:`worker.mesh`).
+    The push's ``data_path_port`` replaces ``data_path_port`` for networks set up from then on
+    (a network already up keeps its VXLAN port until it is removed with its last local endpoint).
     """
 
     def __init__(self, runtime: Any, images: Any, bridge: Any, report: ReportFn,
                  start_timeout: float = DEFAULT_START_TIMEOUT_S, overlay: Any = None,
                  data_path_port: int = DEFAULT_DATA_PATH_PORT, resolv_conf: str = "/etc/resolv.conf",
                  resolver: Any = None,
-                 dns_sockets: Callable[[str], tuple[Any, Any]] = wdns.open_dns_sockets) -> None:
+                 dns_sockets: Callable[[str], tuple[Any, Any]] = wdns.open_dns_sockets,
+                 vips: Any = None, ingress_sandbox: Any = None, host_ports: Any = None,
+                 ingress_keep_client_addr: bool = False) -> None:
         self.runtime = runtime
         self.start_timeout = start_timeout
         self.images = images
@@ -148,10 +162,16 @@ class Executor:
         self.dns_table = DnsTable() if resolver is None else resolver.table
         self.resolver = Resolver(self.dns_table, resolv_conf=resolv_conf) if resolver is None else resolver
         self._dns_sockets = dns_sockets
+        # service VIPs, routing mesh, host-mode ports (issue 9)
+        mesh = Mesh(ingress_sandbox, self._overlay_attach, self._overlay_detach,
+                    self._local_overlay_addresses if ingress_keep_client_addr else None) \
+            if ingress_sandbox is not None and overlay is not None else None
+        self.net = NetPlane(vips, mesh, host_ports, self._running_addresses)
 
     # ------------------------------------------------------------ interface
     async def set_assignments(self, node: dict[str, Any], tasks: list[dict[str, Any]],
-                              networks: dict[str, Any] | None = None) -> None:
+                              networks: dict[str, Any] | None = None, ingress: dict[str, Any] | None = None,
+                              data_path_port: int | None = None) -> None:
         """Reconcile with the complete set of this node's tasks (idempotent; returns at once).
 
         ``node``: the Node object (``ID``, ``ShoalBridge = {"Subnet", "Gateway"}``); ``tasks``: Task
@@ -159,13 +179,16 @@ class Executor:
         missing from the set are shut down and removed.  On the first call after :meth:`recover`,
         containers that belong to no assigned task are removed.  ``networks``: the overlay networks
         of the assignment with their peers (None: the manager sent none, nothing changes; see the
-        class docstring).
+        class docstring). ``ingress`` (the routing mesh; None: none) is read when ``networks`` is
+        given; ``data_path_port``: the cluster's VXLAN port (None: unchanged).
         Raises ValueError when a task has no ``ID``.
         """
         if self._closed:
             raise RuntimeError("executor is closed")
         async with self._lock:
             self.node = node
+            if isinstance(data_path_port, int) and 0 < data_path_port < 65536:
+                self.data_path_port = data_path_port
             if networks is not None:
                 self._networks = dict(networks)
                 self._update_dns()
@@ -195,6 +218,9 @@ class Executor:
                 for nid in self._networks:
                     if self._local.get(nid):
                         self._background(self._apply_peers(nid))
+            if networks is not None:  # a swarm push (swarm leave sends none: no kernel work then)
+                self.net.on_push(node, self._networks, ingress, self.data_path_port)
+                self.net.ports_changed()
             if self._first_assignments:
                 self._first_assignments = False
                 assigned_cids = {container_id_for(t) for t in seen}
@@ -297,6 +323,7 @@ class Executor:
     async def close(self) -> None:
         """Stop the controllers (not the containers: they keep running for the next daemon run)."""
         self._closed = True
+        await self.net.close()
         for t in list(self._bg):
             t.cancel()
         ctls = list(self._controllers.values())
@@ -314,7 +341,30 @@ class Executor:
         return {tid: ctl.state for tid, ctl in self._controllers.items()}
 
     # -------------------------------------------------------------- helpers
+    def _running_addresses(self) -> list[tuple[dict[str, Any], str]]:
+        """``[(task, local-bridge IPv4)]`` of the running tasks (for host-mode ports)."""
+        out = []
+        for ctl in self._controllers.values():
+            addr = ctl._network()[0] if ctl.state == "running" and not ctl._stopping() else None
+            if addr:
+                out.append((ctl.task, addr.split("/")[0]))
+        return out
+
+    def _local_overlay_addresses(self) -> dict[str, str]:
+        """``{overlay IP: local-bridge IP}`` of the running tasks (the mesh's local preference)."""
+        out: dict[str, str] = {}
+        for task, bridge_ip in self._running_addresses():
+            try:
+                atts = ov.overlay_attachments(task)
+            except ValueError:
+                continue
+            for a in atts:
+                out[a.address.split("/")[0]] = bridge_ip
+        return out
+
     async def _send(self, task_id: str, status: dict[str, Any]) -> None:
+        if status.get("State") == "running" or status.get("State") in TERMINAL_STATES:
+            self.net.ports_changed()
         try:
             await _maybe_await(self._report(task_id, status))
         except Exception:
@@ -403,13 +453,16 @@ class Executor:
             if self._local.get(nid):
                 await self._set_peers_locked(nid)
 
-    async def _overlay_attach(self, cfg: NetworkConfig, ep: EndpointConfig) -> None:
+    async def _overlay_attach(self, cfg: NetworkConfig, ep: EndpointConfig) -> Any:
+        """``ensure_network`` + peers + ``attach`` under the network's lock; returns the driver's
+        Attachment (tasks, and the ingress sandbox through :mod:`worker.mesh`)."""
         await self._overlay_ready.wait()
         async with self._net_lock(cfg.network_id):
             await _in_thread(self.overlay.ensure_network, cfg)
             await self._set_peers_locked(cfg.network_id)
-            await _in_thread(self.overlay.attach, ep)
+            att = await _in_thread(self.overlay.attach, ep)
             self._local.setdefault(cfg.network_id, set()).add(ep.endpoint_id)
+            return att
 
     async def _overlay_detach(self, ep: EndpointConfig) -> None:
         async with self._net_lock(ep.network_id):
@@ -708,6 +761,7 @@ class _Controller:
                 assert netns_path is not None
                 await self._attach_overlays(overlays, netns_path)
                 await self._serve_dns([cfg.network_id for cfg, _, _ in overlays], netns_path)
+                await self.ex.net.task_up(self.tid, netns_path, [cfg.network_id for cfg, _, _ in overlays])
             cspec = self._container_spec(spec, image, netns_path, addr, embedded_dns=bool(overlays))
             self.cstate = await self.ex.runtime.create(cspec)
         except BaseException:
@@ -783,6 +837,7 @@ class _Controller:
         self._dns_recovered = True
         try:
             await self._serve_dns(nids, f"/proc/{pid}/ns/net")
+            await self.ex.net.task_up(self.tid, f"/proc/{pid}/ns/net", nids)
         except Exception as e:
             log.warning("task %s: %s", self.tid, e)
 
@@ -975,6 +1030,7 @@ class _Controller:
         await self._release_network()
 
     async def _release_network(self) -> None:
+        await self.ex.net.task_down(self.tid)
         await self._stop_dns()
         if self._overlay_eps or self._overlay_recovered:
             await self._release_overlays()
@@ -986,6 +1042,7 @@ class _Controller:
         if await self.ex._container_state(self.cid) is not None:
             await self.ex.runtime.remove(self.cid)
         self.cstate = None
+        await self.ex.net.task_down(self.tid)
         await self._stop_dns()
         await self._release_overlays()  # idempotent; no driver call for a task without overlays
         await _in_thread(self.ex.bridge.detach, self.cid)  # idempotent, also for half-made ones

@@ -113,7 +113,7 @@ class LoadBalancer:
     full, atomic replacement (:func:`rules.render_full`), afterwards with only the delta from the
     last applied state (:func:`rules.render_delta`), one ``nft -f`` transaction per call; nothing
     runs when nothing changed. After the rules changed, UDP conntrack entries to endpoints that left
-    a UDP service are deleted. ``resync()`` re-applies everything (kube-proxy does this periodically
+    a UDP service or a whole VIP are deleted. ``resync()`` re-applies everything (kube-proxy does this periodically
     to repair outside edits); ``remove()`` deletes the table.
 
     ``nft`` and ``conntrack`` are the functions used to run scripts / flush entries (tests pass
@@ -165,12 +165,12 @@ class LoadBalancer:
     def _flush_removed_udp(self, old: LBState, new: LBState) -> None:
         first: ConntrackError | None = None
         for key, eps in old.services.items():
-            if key.proto != "udp":
+            if key.proto not in ("udp", rules.ANY_PROTO):  # a whole VIP carries UDP too
                 continue
             gone: set[Endpoint] = set(eps) - set(new.services.get(key, ()))
-            for ep in sorted(gone, key=lambda e: (e.ip, e.port)):
+            for ep in sorted(gone, key=Endpoint._sort_key):
                 try:
-                    self._conntrack(ep.ip, vip=key.vip, port=ep.port, netns=self.netns)
+                    self._conntrack(ep.ip, vip=None if key.is_local else key.vip, port=ep.port, netns=self.netns)
                 except ConntrackError as e:
                     first = first or e
         if first is not None:

@@ -16,6 +16,19 @@ KEP-3866), learnt from, not copied:
   ``goto reject-chain`` answers TCP with a reset and anything else with ICMP port-unreachable:
   the client fails at once instead of hanging.
 
+Whole-VIP services (Docker's VIPs: IPVS keyed by a firewall mark, so *any* port sent to the VIP
+goes to the same port of the chosen task): a :class:`ServiceKey` with ``proto`` :data:`ANY_PROTO`
+and ``port`` None (:meth:`ServiceKey.whole`) whose endpoints have ``port`` None. They live in a
+second pair of maps keyed by the address alone, ``vip-ips`` (``ip daddr vmap @vip-ips``, looked up
+by ``services`` after ``service-ips``, so a port-keyed service on the same address wins) and
+``no-endpoint-vips``; their endpoint chains do ``dnat to <ip>`` (any protocol, the port kept).
+
+Local-port services (:meth:`ServiceKey.local`, ``vip`` :data:`LOCAL`): a protocol and port on
+*any* local address of the namespace (``fib daddr type local``, loopback excluded), kube-proxy's
+NodePort shape; in the maps ``local-ports`` / ``no-endpoint-local-ports`` keyed by
+``inet_proto . inet_service``, looked up by ``services`` last. The routing mesh uses them to send a
+node's published port straight to a local task (keeping the client's address).
+
 Names are stable: a service's chain is ``svc-`` + 16 base32 characters of the SHA-256 of
 ``vip/proto/port``; an endpoint's chain is ``ep-`` + 16 of the SHA-256 of the service key and
 ``ip:port``. So :func:`render_delta` touches only the services whose endpoint set changed, and an
@@ -38,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
+    "ANY_PROTO",
     "MAX_ENDPOINTS_PER_SERVICE",
     "MAX_SERVICES",
     "PROTOCOLS",
@@ -54,17 +68,28 @@ __all__ = [
 ]
 
 PROTOCOLS: Final = ("tcp", "udp", "sctp")
+ANY_PROTO: Final = "any"
+LOCAL: Final = "local"
+"""The ``vip`` of a local-port key (:meth:`ServiceKey.local`): any local address but loopback."""
+"""The ``proto`` of a whole-VIP key (:meth:`ServiceKey.whole`): every protocol and port."""
 MAX_ENDPOINTS_PER_SERVICE: Final = 4096
 MAX_SERVICES: Final = 65536
 
 SERVICE_IPS: Final = "service-ips"
 NO_ENDPOINT_SERVICES: Final = "no-endpoint-services"
+VIP_IPS: Final = "vip-ips"
+NO_ENDPOINT_VIPS: Final = "no-endpoint-vips"
+LOCAL_PORTS: Final = "local-ports"
+NO_ENDPOINT_LOCAL_PORTS: Final = "no-endpoint-local-ports"
 SERVICES_CHAIN: Final = "services"
 ENDPOINTS_CHECK: Final = "endpoints-check"
 REJECT_CHAIN: Final = "reject-chain"
 
 _TABLE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 _KEY_TYPE: Final = "ipv4_addr . inet_proto . inet_service"
+_VIP_KEY_TYPE: Final = "ipv4_addr"
+_LOCAL_KEY_TYPE: Final = "inet_proto . inet_service"
+_LOCAL_MATCH: Final = "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport"
 
 
 class RulesError(ValueError):
@@ -96,38 +121,67 @@ def _proto(value: object) -> str:
     return value.lower()
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ServiceKey:
-    """One service port: ``vip`` (IPv4, canonical text), ``proto`` (tcp, udp or sctp), ``port`` (1-65535).
+    """One service port: ``vip`` (IPv4, canonical text), ``proto`` (tcp, udp or sctp), ``port`` (1-65535);
+    or a whole VIP: ``proto`` :data:`ANY_PROTO` and ``port`` None (:meth:`whole`).
 
     Validated and normalised on construction (``"TCP"`` → ``"tcp"``); raises :class:`RulesError`."""
 
     vip: str
     proto: str
-    port: int
+    port: int | None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "vip", _ipv4(self.vip, "VIP"))
+        if self.vip != LOCAL:
+            object.__setattr__(self, "vip", _ipv4(self.vip, "VIP"))
+        elif self.port is None:
+            raise RulesError("a local-port key needs a protocol and a port")
+        if self.proto == ANY_PROTO and self.port is None:
+            return
         object.__setattr__(self, "proto", _proto(self.proto))
         object.__setattr__(self, "port", _port(self.port, "service port"))
 
+    @classmethod
+    def whole(cls, vip: str) -> ServiceKey:
+        """The key of every protocol and port of ``vip`` (Docker's port-agnostic VIP)."""
+        return cls(vip, ANY_PROTO, None)
+
+    @classmethod
+    def local(cls, proto: str, port: int) -> ServiceKey:
+        """The key of ``proto``/``port`` on any local address (loopback excluded)."""
+        return cls(LOCAL, proto, port)
+
+    @property
+    def is_local(self) -> bool:
+        """True for a local-port key (:meth:`local`)."""
+        return self.vip == LOCAL
+
+    @property
+    def is_whole(self) -> bool:
+        """True for a whole-VIP key (:meth:`whole`)."""
+        return self.port is None
+
     def _sort_key(self) -> tuple[int, str, int]:
-        return int(ipaddress.IPv4Address(self.vip)), self.proto, self.port
+        addr = -1 if self.is_local else int(ipaddress.IPv4Address(self.vip))
+        return addr, self.proto, self.port or 0
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Endpoint:
-    """One backend: a task's ``ip`` (IPv4) and target ``port`` (1-65535); raises :class:`RulesError`."""
+    """One backend: a task's ``ip`` (IPv4) and target ``port`` (1-65535), or ``port`` None (the
+    endpoint of a whole-VIP key: the destination port is kept); raises :class:`RulesError`."""
 
     ip: str
-    port: int
+    port: int | None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ip", _ipv4(self.ip, "endpoint address"))
-        object.__setattr__(self, "port", _port(self.port, "endpoint port"))
+        if self.port is not None:
+            object.__setattr__(self, "port", _port(self.port, "endpoint port"))
 
     def _sort_key(self) -> tuple[int, int]:
-        return int(ipaddress.IPv4Address(self.ip)), self.port
+        return int(ipaddress.IPv4Address(self.ip)), self.port or 0
 
 
 @dataclass(frozen=True)
@@ -153,6 +207,9 @@ class LBState:
             for ep in uniq:
                 if not isinstance(ep, Endpoint):
                     raise RulesError(f"endpoint of {key} must be an Endpoint, not {ep!r}")
+                if (ep.port is None) != key.is_whole:
+                    raise RulesError(f"endpoint {ep.ip}:{ep.port} of {key}: a whole-VIP key takes endpoints "
+                                     "with port None, a port key endpoints with a port")
             if len(uniq) > MAX_ENDPOINTS_PER_SERVICE:
                 raise RulesError(
                     f"service {key} has {len(uniq)} endpoints (at most {MAX_ENDPOINTS_PER_SERVICE})")
@@ -161,7 +218,8 @@ class LBState:
 
     @classmethod
     def build(cls, services: Mapping[tuple[str, str, int], Iterable[tuple[str, int]]]) -> LBState:
-        """``{(vip, proto, port): [(ip, port), ...]}`` → a validated state; raises :class:`RulesError`."""
+        """``{(vip, proto, port): [(ip, port), ...]}`` → a validated state (``(vip, "any", None)`` with
+        ``(ip, None)`` endpoints for a whole VIP); raises :class:`RulesError`."""
         out: dict[ServiceKey, tuple[Endpoint, ...]] = {}
         for k, eps in services.items():
             if not isinstance(k, tuple) or len(k) != 3:
@@ -201,7 +259,16 @@ def endpoint_chain(key: ServiceKey, ep: Endpoint) -> str:
 
 
 def _elem(key: ServiceKey) -> str:
-    return f"{key.vip} . {key.proto} . {key.port}"
+    if key.is_local:
+        return f"{key.proto} . {key.port}"
+    return key.vip if key.is_whole else f"{key.vip} . {key.proto} . {key.port}"
+
+
+def _maps(key: ServiceKey) -> tuple[str, str]:
+    """``(map with endpoints, map without)`` the key's element lives in."""
+    if key.is_local:
+        return LOCAL_PORTS, NO_ENDPOINT_LOCAL_PORTS
+    return (VIP_IPS, NO_ENDPOINT_VIPS) if key.is_whole else (SERVICE_IPS, NO_ENDPOINT_SERVICES)
 
 
 def _svc_rule(key: ServiceKey, eps: tuple[Endpoint, ...]) -> str:
@@ -210,6 +277,8 @@ def _svc_rule(key: ServiceKey, eps: tuple[Endpoint, ...]) -> str:
 
 
 def _ep_rule(key: ServiceKey, ep: Endpoint) -> str:
+    if key.is_whole:
+        return f"dnat to {ep.ip}"
     return f"meta l4proto {key.proto} dnat to {ep.ip}:{ep.port}"
 
 
@@ -221,9 +290,15 @@ def render_full(state: LBState, table_name: str) -> str:
     lines = [f"add table ip {t}", f"delete table ip {t}", f"table ip {t} {{"]
     with_eps = [(k, e) for k, e in state.services.items() if e]
     without = [k for k, e in state.services.items() if not e]
-    for name, keys, verdict in ((SERVICE_IPS, [k for k, _ in with_eps], None),
-                                (NO_ENDPOINT_SERVICES, without, f"goto {REJECT_CHAIN}")):
-        lines += [f"\tmap {name} {{", f"\t\ttype {_KEY_TYPE} : verdict"]
+    for name, typ, keys, verdict in (
+            (SERVICE_IPS, _KEY_TYPE, [k for k, _ in with_eps if _maps(k)[0] == SERVICE_IPS], None),
+            (NO_ENDPOINT_SERVICES, _KEY_TYPE, [k for k in without if _maps(k)[0] == SERVICE_IPS],
+             f"goto {REJECT_CHAIN}"),
+            (VIP_IPS, _VIP_KEY_TYPE, [k for k, _ in with_eps if k.is_whole], None),
+            (NO_ENDPOINT_VIPS, _VIP_KEY_TYPE, [k for k in without if k.is_whole], f"goto {REJECT_CHAIN}"),
+            (LOCAL_PORTS, _LOCAL_KEY_TYPE, [k for k, _ in with_eps if k.is_local], None),
+            (NO_ENDPOINT_LOCAL_PORTS, _LOCAL_KEY_TYPE, [k for k in without if k.is_local], f"goto {REJECT_CHAIN}")):
+        lines += [f"\tmap {name} {{", f"\t\ttype {typ} : verdict"]
         if keys:
             elems = ", ".join(f"{_elem(k)} : {verdict or 'goto ' + service_chain(k)}" for k in keys)
             lines.append(f"\t\telements = {{ {elems} }}")
@@ -231,13 +306,16 @@ def render_full(state: LBState, table_name: str) -> str:
     lines += [
         f"\tchain {REJECT_CHAIN} {{", "\t\tmeta l4proto tcp reject with tcp reset", "\t\treject", "\t}",
         f"\tchain {ENDPOINTS_CHECK} {{",
-        f"\t\tip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}", "\t}",
+        f"\t\tip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}",
+        f"\t\tip daddr vmap @{NO_ENDPOINT_VIPS}",
+        f"\t\t{_LOCAL_MATCH} vmap @{NO_ENDPOINT_LOCAL_PORTS}", "\t}",
     ]
     for hook in ("input", "forward", "output"):
         lines += [f"\tchain filter-{hook} {{",
                   f"\t\ttype filter hook {hook} priority -110; policy accept;",
                   f"\t\tct state new jump {ENDPOINTS_CHECK}", "\t}"]
-    lines += [f"\tchain {SERVICES_CHAIN} {{", f"\t\tip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}", "\t}"]
+    lines += [f"\tchain {SERVICES_CHAIN} {{", f"\t\tip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}",
+              f"\t\tip daddr vmap @{VIP_IPS}", f"\t\t{_LOCAL_MATCH} vmap @{LOCAL_PORTS}", "\t}"]
     for hook in ("prerouting", "output"):
         lines += [f"\tchain nat-{hook} {{", f"\t\ttype nat hook {hook} priority -100; policy accept;",
                   f"\t\tjump {SERVICES_CHAIN}", "\t}"]
@@ -269,6 +347,7 @@ def render_delta(old: LBState, new: LBState, table_name: str) -> str:
         a = after or ()
         svc = service_chain(key)
         elem = _elem(key)
+        with_map, without_map = _maps(key)
         # endpoint chains that appear
         for ep in a:
             if ep not in b:
@@ -282,14 +361,14 @@ def render_delta(old: LBState, new: LBState, table_name: str) -> str:
                 adds.append(f"add chain ip {t} {svc}")
             adds.append(f"add rule ip {t} {svc} {_svc_rule(key, a)}")
             if not b:
-                adds.append(f"add element ip {t} {SERVICE_IPS} {{ {elem} : goto {svc} }}")
+                adds.append(f"add element ip {t} {with_map} {{ {elem} : goto {svc} }}")
         elif after is not None:  # present, no endpoints: reject
             if before is None or b:
-                adds.append(f"add element ip {t} {NO_ENDPOINT_SERVICES} {{ {elem} : goto {REJECT_CHAIN} }}")
+                adds.append(f"add element ip {t} {without_map} {{ {elem} : goto {REJECT_CHAIN} }}")
         if before is not None and not b and (after is None or a):
-            removes.append(f"delete element ip {t} {NO_ENDPOINT_SERVICES} {{ {elem} }}")
+            removes.append(f"delete element ip {t} {without_map} {{ {elem} }}")
         if b and not a:
-            removes += [f"delete element ip {t} {SERVICE_IPS} {{ {elem} }}",
+            removes += [f"delete element ip {t} {with_map} {{ {elem} }}",
                         f"flush chain ip {t} {svc}", f"delete chain ip {t} {svc}"]
         # endpoint chains that go (no longer referenced once the service chain was rewritten)
         for ep in b:

@@ -27,13 +27,16 @@ from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
 from manager.manager import Manager
 from overlaynet.bridge import LocalBridge
+from overlaynet.mesh import IngressSandbox
 from overlaynet.vxlan import VxlanDriver
 from shoal.daemon import swarmflow, sysinfo
 from shoal.daemon.state import LocalState, secure_data_root
 from shoal.daemon.sysinfo import API_VERSION, MIN_API_VERSION, node_description
 from worker.agent import Agent
 from worker.executor import Executor
+from worker.hostports import HostPorts
 from worker.join import JoinError, renew_certificate
+from worker.vip import VipBalancers
 
 __all__ = ["API_VERSION", "CONSISTENCY_HEADER", "MIN_API_VERSION", "Daemon", "log"]
 
@@ -72,7 +75,12 @@ class Daemon:
         # overlay networks (issue 9): their namespace files in a directory of their own, not the
         # bridge's exec_root/netns (whose cleanup removes every file there)
         self.overlay = VxlanDriver(self.exec_root / "overlay-netns")
-        self.executor = Executor(self.runtime, self.images, self.bridge, self._report, overlay=self.overlay)
+        # service VIPs, the ingress routing mesh (its sandbox namespace in a directory of its own)
+        # and host-mode ports (issue 9)
+        self.executor = Executor(self.runtime, self.images, self.bridge, self._report, overlay=self.overlay,
+                                 vips=VipBalancers(), ingress_sandbox=IngressSandbox(self.exec_root / "ingress-netns"),
+                                 host_ports=HostPorts(),
+                                 ingress_keep_client_addr=bool(getattr(args, "ingress_keep_client_addr", False)))
         self.manager: Any = None
         self.agent: Any = None
         self._swarm_lock = asyncio.Lock()
@@ -197,10 +205,13 @@ class Daemon:
                 log.warning("role change to %s failed (retried on the next update): %s", want, e)
 
     async def stop_roles(self, leaving: bool = False) -> None:
-        """Stop the worker role (``leaving``: the agent tells the dispatcher so), then the manager role."""
+        """Stop the worker role (``leaving``: the agent tells the dispatcher so, and the node's routing
+        mesh and host-mode ports are removed), then the manager role."""
         if self.agent is not None:
             await self.agent.stop(leaving=leaving)
             self.agent = None
+        if leaving:
+            await self.executor.net.close()
         if self.manager is not None:
             await self.manager.stop()
             self.manager = None

@@ -299,7 +299,11 @@ async def test_agent_passes_networks_only_when_sent() -> None:
     await agent._handle(None, "assignments", {"node": OVNODE, "tasks": []})  # type: ignore[arg-type]
     nets = {NET_A: peers_msg(NET_A)}
     await agent._handle(None, "assignments", {"node": OVNODE, "tasks": [], "networks": nets})  # type: ignore[arg-type]
-    assert rec.got == [(OVNODE, [], {}), (OVNODE, [], {"networks": nets})]
+    ingress = {"NetworkID": NET_A, "Address": "10.0.1.9/24", "Ports": []}
+    await agent._handle(None, "assignments", {"node": OVNODE, "tasks": [], "networks": nets,  # type: ignore[arg-type]
+                                              "ingress": ingress, "data_path_port": 4790})
+    assert rec.got == [(OVNODE, [], {}), (OVNODE, [], {"networks": nets, "ingress": None}),
+                       (OVNODE, [], {"networks": nets, "ingress": ingress, "data_path_port": 4790})]
 
 
 def test_malformed_input_is_not_an_overlay_and_gives_no_peers() -> None:

@@ -110,7 +110,9 @@ def test_full_has_one_lookup_and_hooks() -> None:
     s = render_full(state(), T)
     assert s.startswith(f"add table ip {T}\ndelete table ip {T}\ntable ip {T} {{\n")
     assert s.count("ip daddr . meta l4proto . th dport vmap @service-ips") == 1
-    assert chain_body(s, "services") == ["ip daddr . meta l4proto . th dport vmap @service-ips"]
+    assert chain_body(s, "services") == [
+        "ip daddr . meta l4proto . th dport vmap @service-ips", "ip daddr vmap @vip-ips",
+        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @local-ports"]
     assert chain_body(s, "nat-prerouting") == ["type nat hook prerouting priority -100; policy accept;",
                                                "jump services"]
     assert chain_body(s, "nat-output") == ["type nat hook output priority -100; policy accept;", "jump services"]
@@ -139,7 +141,9 @@ def test_full_numgen_and_dnat_per_endpoint() -> None:
 def test_full_rejects_a_service_without_endpoints() -> None:
     s = render_full(state(), T)
     assert chain_body(s, "reject-chain") == ["meta l4proto tcp reject with tcp reset", "reject"]
-    assert chain_body(s, "endpoints-check") == ["ip daddr . meta l4proto . th dport vmap @no-endpoint-services"]
+    assert chain_body(s, "endpoints-check") == [
+        "ip daddr . meta l4proto . th dport vmap @no-endpoint-services", "ip daddr vmap @no-endpoint-vips",
+        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-local-ports"]
     assert "10.96.0.12 . tcp . 81 : goto reject-chain" in s
     assert rules.service_chain(key(EMPTY)) not in s  # no nat chain for it
     assert "10.96.0.12 . tcp . 81 : goto svc" not in s
@@ -248,6 +252,12 @@ _keys = st.tuples(st.sampled_from(["10.96.0.1", "10.96.0.2"]), st.sampled_from([
                   st.sampled_from([53, 80]))
 _states = st.dictionaries(_keys, st.lists(st.tuples(_ips, st.sampled_from([80, 8080])), max_size=4),
                           max_size=5).map(LBState.build)
+_whole = st.dictionaries(st.sampled_from(["10.96.0.1", "10.96.0.3", "10.96.0.4"]).map(ServiceKey.whole),
+                         st.lists(_ips.map(lambda ip: Endpoint(ip, None)), max_size=4), max_size=3)
+_local = st.dictionaries(st.tuples(st.sampled_from(["tcp", "udp"]), st.sampled_from([8080, 30000])).map(
+    lambda t: ServiceKey.local(*t)), st.lists(st.tuples(_ips, st.sampled_from([80, 81])).map(
+        lambda t: Endpoint(*t)), max_size=3), max_size=3)
+_mixed = st.tuples(_states, _whole, _local).map(lambda t: LBState({**t[0].services, **t[1], **t[2]}))
 
 
 @settings(max_examples=200, deadline=None)
@@ -256,6 +266,73 @@ def test_replayed_delta_equals_full_for_any_states(old: LBState, new: LBState) -
     model = model_of_full(render_full(old, T))
     replay(model, render_delta(old, new, T))
     assert model == model_of_full(render_full(new, T))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_mixed, _mixed)
+def test_replayed_delta_equals_full_with_whole_vips(old: LBState, new: LBState) -> None:
+    model = model_of_full(render_full(old, T))
+    replay(model, render_delta(old, new, T))
+    assert model == model_of_full(render_full(new, T))
+
+
+# -- whole VIPs (Docker's port-agnostic VIPs) --------------------------------------------------
+
+WHOLE = ("10.96.0.20", "any", None)
+
+
+def test_whole_vip_is_one_address_lookup_and_keeps_the_port() -> None:
+    st_ = LBState.build({WHOLE: [("10.0.1.2", None), ("10.0.1.3", None)], ("10.96.0.21", "any", None): []})
+    s = render_full(st_, T)
+    k = ServiceKey.whole("10.96.0.20")
+    assert k.is_whole and k == key(WHOLE)
+    svc = rules.service_chain(k)
+    assert f"10.96.0.20 : goto {svc}" in s  # in vip-ips, keyed by the address alone
+    assert "10.96.0.21 : goto reject-chain" in s  # no endpoints: rejected
+    assert chain_body(s, svc)[0].startswith("numgen random mod 2 vmap {")
+    assert chain_body(s, rules.endpoint_chain(k, Endpoint("10.0.1.2", None))) == ["dnat to 10.0.1.2"]
+    chains, maps = model_of_full(s)
+    assert maps["vip-ips"] == {"10.96.0.20": f"goto {svc}"}
+    assert maps["no-endpoint-vips"] == {"10.96.0.21": "goto reject-chain"}
+    assert maps["service-ips"] == {} and maps["no-endpoint-services"] == {}
+
+
+def test_whole_vip_delta_touches_only_its_element_and_chains() -> None:
+    old = LBState.build({WHOLE: [("10.0.1.2", None)], WEB: [("10.0.1.2", 8080)]})
+    new = LBState.build({WHOLE: [("10.0.1.2", None), ("10.0.1.3", None)], WEB: [("10.0.1.2", 8080)]})
+    d = render_delta(old, new, T)
+    k = ServiceKey.whole("10.96.0.20")
+    assert rules.service_chain(key(WEB)) not in d
+    assert f"flush chain ip {T} {rules.service_chain(k)}" in d
+    assert f"add rule ip {T} {rules.endpoint_chain(k, Endpoint('10.0.1.3', None))} dnat to 10.0.1.3" in d
+    gone = render_delta(new, LBState.build({WHOLE: [], WEB: [("10.0.1.2", 8080)]}), T)
+    assert f"delete element ip {T} vip-ips {{ 10.96.0.20 }}" in gone
+    assert f"add element ip {T} no-endpoint-vips {{ 10.96.0.20 : goto reject-chain }}" in gone
+
+
+def test_local_port_keys_match_any_local_address() -> None:
+    k = ServiceKey.local("TCP", 8080)
+    assert k.is_local and not k.is_whole and k.proto == "tcp"
+    st_ = LBState({k: (Endpoint("10.200.1.7", 80),), ServiceKey.local("udp", 53): ()})
+    s = render_full(st_, T)
+    chains, maps = model_of_full(s)
+    assert maps["local-ports"] == {"tcp . 8080": f"goto {rules.service_chain(k)}"}
+    assert maps["no-endpoint-local-ports"] == {"udp . 53": "goto reject-chain"}
+    assert chain_body(s, rules.endpoint_chain(k, Endpoint("10.200.1.7", 80))) == [
+        "meta l4proto tcp dnat to 10.200.1.7:80"]
+    with pytest.raises(RulesError, match="local-port key needs a protocol and a port"):
+        ServiceKey(rules.LOCAL, "any", None)
+
+
+def test_whole_vip_endpoints_have_no_port_and_port_keys_need_one() -> None:
+    with pytest.raises(RulesError, match="whole-VIP key takes endpoints with port None"):
+        LBState.build({WHOLE: [("10.0.1.2", 80)]})
+    with pytest.raises(RulesError, match="whole-VIP key takes endpoints with port None"):
+        LBState.build({WEB: [("10.0.1.2", None)]})
+    with pytest.raises(RulesError, match="port must be an integer"):
+        ServiceKey("10.96.0.1", "tcp", None)
+    with pytest.raises(RulesError, match="protocol must be one of"):
+        ServiceKey("10.96.0.1", "any", 80)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -327,6 +404,12 @@ def test_nft_accepts_full_and_delta() -> None:
     # the delta needs its old table: full(old) and the delta in one (discarded) transaction
     nft_check(render_full(old, table) + render_delta(old, new, table))
     nft_check(render_full(new, table) + render_delta(new, old, table))
+    whole = LBState({**new.services, ServiceKey.whole("10.96.0.30"): (Endpoint("10.0.1.7", None),),
+                     ServiceKey.whole("10.96.0.31"): (), ServiceKey.local("tcp", 8080): (Endpoint("10.0.1.8", 80),),
+                     ServiceKey.local("udp", 8081): ()})
+    nft_check(render_full(whole, table))
+    nft_check(render_full(new, table) + render_delta(new, whole, table))
+    nft_check(render_full(whole, table) + render_delta(whole, new, table))
     nft_check(rules.render_delete_table(table))
 
 
