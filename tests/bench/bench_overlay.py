@@ -2,7 +2,8 @@
 
 Brings a 3-host lab up (``--mtu``, default 1400: this machine's eth0), forms a swarm (h1 manager,
 h2 and h3 workers), creates the overlay network ``bench`` and two tasks of the busybox image on it:
-``srv`` on h2 (``httpd -f -p 80 -h /www``) and ``cli`` on h1 (``sleep``). The image has no iperf3 or
+``srv`` on h2 (``httpd -f -p 80 -h /www``), ``cli`` on h1 (``sleep``) and ``srv1`` on h1 (httpd, for
+the same-host row: the overlay's veths and bridge without VXLAN). The image has no iperf3 or
 sockperf, so the machine's binaries run *inside the tasks' network namespaces* (``nsenter
 --net=/proc/<container pid>/ns/net``, the PID from the task's ``Status.ContainerStatus.PID``):
 exactly the overlay path (task eth1 -> veth -> the network's bridge -> VXLAN -> h1's underlay ->
@@ -17,8 +18,10 @@ What is measured (median over ``--rounds``; each round runs every path once):
 
 - ``tcp_throughput``: ``iperf3 -c … -t S -J`` (one TCP stream), the receiver's bits per second
   (and the sender's retransmits); the server is ``iperf3 -s -1`` on the far side.
-- ``tcp_latency``: ``sockperf ping-pong --tcp -m 64 -t S`` against ``sockperf server --tcp``;
-  sockperf reports half the round trip, the table shows the round trip (×2): p50, p99, mean.
+- ``tcp_latency``: ``sockperf ping-pong --tcp -m 64 -t S`` against ``sockperf server --tcp``, both
+  pinned to one CPU (``--latency-cpu``; on a 2-vCPU VM unpinned round trips are bimodal, ~18 or
+  ~55 µs, by whether a wake-up crosses CPUs); sockperf reports half the round trip, the table shows
+  the round trip (×2): p50, p99, mean.
 - ``connections_per_second``: a small asyncio client (this file, ``--cps-client``, run inside the
   client's namespace) opening ``--concurrency`` connections at a time for S seconds, each
   ``GET / HTTP/1.0`` read to EOF then closed; connections/s and connect+response p50/p99. Targets are
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
@@ -71,17 +75,22 @@ class Ctx:
 
 @dataclass(frozen=True)
 class Path2:
-    """One way through the network: a client's place and a server's place (keys of Ctx.ns/ip)."""
+    """One way through the network: a client's place and a server's place (keys of Ctx.ns/ip);
+    ``key`` names its FIGURE lines."""
 
     label: str
+    key: str
     client: str
     server: str
 
 
-# throughput and latency: the overlay (task to task across hosts) beside the underlay (host to host)
+# throughput and latency, one row each; every row is compared with REFERENCE (host to host)
+REFERENCE = Path2("underlay: h1 -> h2 (host namespaces)", "underlay", "h1", "h2")
 PATHS = [
-    Path2("overlay: task on h1 -> task on h2", "cli", "srv"),
-    Path2("underlay: h1 -> h2", "h1", "h2"),
+    Path2("overlay: task on h1 -> task on h2", "overlay", "cli", "srv"),
+    REFERENCE,
+    # the overlay's bridge without VXLAN or underlay: what the veths and the bridge cost alone
+    Path2("overlay, same host: task on h1 -> task on h1 (no VXLAN)", "overlay_same_host", "cli", "srv1"),
 ]
 
 # connections per second: (label, where the client runs, the address:port it connects to).
@@ -144,12 +153,13 @@ _PCT = re.compile(r"percentile\s+(\d+\.\d+)\s*=\s*([\d.]+)")
 _AVG = re.compile(r"avg-(?:latency|lat)\s*=\s*([\d.]+)")
 
 
-def sockperf(ctx: Ctx, path: Path2, seconds: float) -> dict[str, float]:
+def sockperf(ctx: Ctx, path: Path2, seconds: float, cpu: int | None) -> dict[str, float]:
     """TCP ping-pong of 64-byte messages for ``seconds``: round-trip p50, p99 and mean in µs
-    (sockperf prints half round trips; doubled here)."""
-    with _server(ctx.ns[path.server], ["sockperf", "server", "--tcp", "-i", ctx.ip[path.server],
+    (sockperf prints half round trips; doubled here). ``cpu``: both ends pinned to that CPU (taskset)."""
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    with _server(ctx.ns[path.server], [*pin, "sockperf", "server", "--tcp", "-i", ctx.ip[path.server],
                                        "-p", str(SOCKPERF_PORT)], SOCKPERF_PORT, "sockperf server"):
-        res = _run(_ns_cmd(ctx.ns[path.client], "sockperf", "ping-pong", "--tcp", "-i", ctx.ip[path.server],
+        res = _run(_ns_cmd(ctx.ns[path.client], *pin, "sockperf", "ping-pong", "--tcp", "-i", ctx.ip[path.server],
                            "-p", str(SOCKPERF_PORT), "-m", "64", "-t", f"{seconds:g}"), timeout=seconds + 30)
     text = res.stdout + res.stderr
     pct = {float(k): float(v) for k, v in _PCT.findall(text)}
@@ -220,12 +230,13 @@ def setup(mtu: int | None) -> Ctx:
     wait_until_sync(lambda: sum(n["Status"]["State"] == "ready" for n in c.nodes()) == 3, 60, "3 ready nodes",
                     retry=(Exception,))
     c.network_create({"Name": NETWORK, "Driver": "overlay", "IPAM": {"Config": [{"Subnet": SUBNET}]}})
-    for name, host, args in (("srv", "h2", ["httpd", "-f", "-p", "80", "-h", "/www"]), ("cli", "h1", ["sleep", "100000"])):
+    httpd = ["httpd", "-f", "-p", "80", "-h", "/www"]
+    for name, host, args in (("srv", "h2", httpd), ("srv1", "h1", httpd), ("cli", "h1", ["sleep", "100000"])):
         c.service_create({"Name": name, "Mode": {"Replicated": {"Replicas": 1}}, "TaskTemplate": {
             "ContainerSpec": {"Image": lab.IMAGE, "Args": args}, "Networks": [{"Target": NETWORK}],
             "Placement": {"Constraints": [f"node.hostname=={host}"]}}})
     ctx = Ctx(client=c)
-    for name in ("srv", "cli"):
+    for name in ("srv", "srv1", "cli"):
         t = wait_until_sync(lambda name=name: _running_task(c, name), 120, f"the {name} task running",
                             retry=(Exception,))
         ctx.ns[name], ctx.ip[name] = f"/proc/{t['pid']}/ns/net", t["ip"]
@@ -269,7 +280,7 @@ def bench(args: argparse.Namespace) -> None:
                 thr[p.label].append(iperf3(ctx, p, args.seconds))
                 log(f"  round {r + 1} iperf3   {p.label}: {thr[p.label][-1]['gbps']:.2f} Gbit/s")
             for p in order:
-                lat[p.label].append(sockperf(ctx, p, args.seconds))
+                lat[p.label].append(sockperf(ctx, p, args.seconds, args.latency_cpu))
                 log(f"  round {r + 1} sockperf {p.label}: p50 {lat[p.label][-1]['rtt_p50_us']:.1f} µs RTT")
             for label, where, target in CPS_TARGETS:
                 con[label].append(cps(ctx, where, target(ctx), args.seconds, args.concurrency))
@@ -283,36 +294,36 @@ def bench(args: argparse.Namespace) -> None:
             if left:
                 log(f"bench_overlay: the lab left: {left}")
 
-    over, under = PATHS[0].label, PATHS[1].label
+    ref = REFERENCE.label
     for p in PATHS:
-        key = "overlay" if p is PATHS[0] else "underlay"
-        print(f"FIGURE tcp_throughput_{key}_gbps median={_median(thr[p.label], 'gbps'):.2f} "
+        print(f"FIGURE tcp_throughput_{p.key}_gbps median={_median(thr[p.label], 'gbps'):.2f} "
               f"all={[round(x['gbps'], 2) for x in thr[p.label]]}", flush=True)
         for k in ("rtt_p50_us", "rtt_p99_us", "rtt_mean_us"):
-            print(f"FIGURE tcp_{k}_{key} median={_median(lat[p.label], k):.1f} "
+            print(f"FIGURE tcp_{k}_{p.key} median={_median(lat[p.label], k):.1f} "
                   f"all={[round(x[k], 1) for x in lat[p.label]]}", flush=True)
     for label, _, _ in CPS_TARGETS:
         print(f"FIGURE cps [{label}] median={_median(con[label], 'cps'):.0f} "
               f"all={[round(x['cps']) for x in con[label]]} errors={sum(x['errors'] for x in con[label]):.0f}",
               flush=True)
 
-    print(f"\nUnderlay MTU {args.mtu or 'default'} (task eth1 {mtus['cli']}), {args.rounds} rounds × "
-          f"{args.seconds:g} s, median (min–max)\n")
-    print("| figure | overlay (task h1 -> task h2) | underlay (h1 -> h2) | overlay / underlay |")
-    print("| --- | --- | --- | --- |")
-
     def cell(rows: list[dict[str, float]], k: str, fmt: str) -> str:
         v = [x[k] for x in rows]
         return f"{statistics.median(v):{fmt}} ({min(v):{fmt}}–{max(v):{fmt}})"
 
-    print(f"| TCP throughput, 1 stream (Gbit/s) | {cell(thr[over], 'gbps', '.2f')} | {cell(thr[under], 'gbps', '.2f')} "
-          f"| {_ratio(_median(thr[over], 'gbps'), _median(thr[under], 'gbps'))} |")
-    print(f"| retransmits per run (median) | {_median(thr[over], 'retransmits'):.0f} "
-          f"| {_median(thr[under], 'retransmits'):.0f} | |")
-    for k, name in (("rtt_p50_us", "p50"), ("rtt_p99_us", "p99"), ("rtt_mean_us", "mean")):
-        # latency: the ratio is underlay / overlay, so that 1.0 is "as fast" and lower is worse, as above
-        print(f"| TCP round trip {name} (µs), 64 B ping-pong | {cell(lat[over], k, '.1f')} | {cell(lat[under], k, '.1f')} "
-              f"| {_ratio(_median(lat[under], k), _median(lat[over], k))} (underlay/overlay) |")
+    pinned = f"both ends on CPU {args.latency_cpu}" if args.latency_cpu is not None else "unpinned"
+    print(f"\nUnderlay MTU {args.mtu or 'default'} (task eth1 {mtus['cli']}), {args.rounds} rounds × "
+          f"{args.seconds:g} s, median (min–max); iperf3 unpinned, sockperf {pinned}. Ratios: the underlay's "
+          "figure = 1; higher is better for both (throughput: this / underlay; round trip: underlay / this)\n")
+    print("| path | TCP Gbit/s, 1 stream | ratio | retransmits | RTT p50 (µs) | ratio | RTT p99 (µs) | ratio "
+          "| RTT mean (µs) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for p in PATHS:
+        t, lt = thr[p.label], lat[p.label]
+        print(f"| {p.label} | {cell(t, 'gbps', '.2f')} | {_ratio(_median(t, 'gbps'), _median(thr[ref], 'gbps'))} "
+              f"| {_median(t, 'retransmits'):.0f} | {cell(lt, 'rtt_p50_us', '.1f')} "
+              f"| {_ratio(_median(lat[ref], 'rtt_p50_us'), _median(lt, 'rtt_p50_us'))} "
+              f"| {cell(lt, 'rtt_p99_us', '.1f')} | {_ratio(_median(lat[ref], 'rtt_p99_us'), _median(lt, 'rtt_p99_us'))} "
+              f"| {cell(lt, 'rtt_mean_us', '.1f')} |")
     print(f"\nConnections per second ({args.concurrency} at a time, GET / HTTP/1.0 to EOF, {args.seconds:g} s per round)\n")
     print("| target | connections/s | p50 (ms) | p99 (ms) | errors |")
     print("| --- | --- | --- | --- | --- |")
@@ -331,10 +342,14 @@ def main() -> None:
     ap.add_argument("--mtu", type=int, default=1400, help="underlay MTU of the lab (0: the kernel's default)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
+    ap.add_argument("--latency-cpu", type=int, default=(os.cpu_count() or 1) - 1, metavar="N",
+                    help="pin both sockperf ends to CPU N (default: the last CPU; -1: no pinning). Unpinned, "
+                         "a 2-vCPU VM's cross-CPU wake-ups make round trips bimodal (~18 or ~55 µs)")
     ap.add_argument("--concurrency", type=int, default=8, help="connections at a time (connections/s)")
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
     args = ap.parse_args()
     args.mtu = args.mtu or None
+    args.latency_cpu = None if args.latency_cpu < 0 else args.latency_cpu
     socket.setdefaulttimeout(30)
     bench(args)
 
