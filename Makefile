@@ -37,11 +37,15 @@ down:
 	else $(PYTHON) -m deploy.lab.cli down; fi
 
 ## bench: print the benchmark figures (tests/bench); never pass/fail on time.
-## Docker Swarm runs beside Shoal when dockerd is installed (BENCH_SWARM=--swarm forces it).
+## Docker Swarm runs beside Shoal when dockerd is installed (BENCH_SWARM=--swarm forces it);
+## the overlay bench (iperf3, sockperf: installed here) measures the overlay beside the underlay.
 BENCH_SWARM ?= $(if $(shell command -v dockerd),--swarm,)
+BENCH_APT_PACKAGES := iperf3 sockperf
 bench: venv
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(BENCH_APT_PACKAGES)"
 	$(BIN)/python tests/bench/bench_container_start.py
 	$(BIN)/python tests/bench/bench_cluster.py --one-host 50 $(BENCH_SWARM)
+	$(BIN)/python tests/bench/bench_overlay.py --mtu 1400
 
 ## deps: Debian packages (apt-get update only when something is missing)
 deps:

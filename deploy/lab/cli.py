@@ -1,6 +1,6 @@
 """``shoal-lab``: bring a several-host Shoal lab up on one machine, use it, tear it down.
 
-Commands (root): ``up --hosts N [--runtime shoal|runc] [--heartbeat-period S] [--no-daemons]``,
+Commands (root): ``up --hosts N [--runtime shoal|runc] [--heartbeat-period S] [--mtu N] [--no-daemons]``,
 ``down``, ``status``, ``exec hN -- CMD…``, ``demo [--replicas R]``, ``start hN`` / ``kill hN
 [--signal N]`` (one host's shoald, for tests), ``image`` (build and push the busybox image).
 Exit status 1 with ``shoal-lab: error: …`` when a step fails.
@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--runtime", choices=["shoal", "runc"], default="shoal", help="OCI runtime of every shoald")
     u.add_argument("--heartbeat-period", type=float, default=None, metavar="S",
                    help="dispatcher heartbeat period in seconds (shoald default 5)")
+    u.add_argument("--mtu", type=int, default=None, metavar="N",
+                   help=f"MTU of the underlay links (the bridge and every host's veth), {lab.MTU_MIN}-{lab.MTU_MAX}; "
+                        "default: the kernel's (1500)")
     u.add_argument("--no-daemons", action="store_true", help="network, registry and image only; no shoald")
     u.add_argument("--shoald-flag", action="append", default=[], metavar="FLAG",
                    help="extra flag passed to every shoald (repeatable)")
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "up":
-            lab.up(args.hosts, args.runtime, args.heartbeat_period, args.shoald_flag, daemons=not args.no_daemons)
+            lab.up(args.hosts, args.runtime, args.heartbeat_period, args.shoald_flag, daemons=not args.no_daemons,
+                   mtu=args.mtu)
         elif args.cmd == "down":
             return 1 if lab.down() else 0
         elif args.cmd == "status":

@@ -5,6 +5,8 @@ Layout (all names start with ``shoal`` so ``down`` can find them):
 - bridge ``shoal-lab0`` in the root netns with 10.99.0.1/24 (gateway) and 10.99.0.2/24 (registry);
 - host i (1..N): netns ``shoal-hI`` (``/run/netns/shoal-hI``), veth ``shoal-lab-hI`` on the bridge,
   ``eth0`` = 10.99.0.(10+i)/24 inside, lo up, default route via 10.99.0.1;
+- the underlay's MTU (the bridge and both ends of every host's veth): the kernel's default (1500)
+  unless ``up(mtu=N)`` / ``shoal-lab up --mtu N`` sets it; recorded in state.json;
 - registry: Debian's ``docker-registry serve`` on 10.99.0.2:5000, storage under
   /var/lib/shoal-lab/registry, holding ``10.99.0.2:5000/busybox:latest`` (pushed with skopeo);
 - one ``shoald`` per host, in that host's netns and its own UTS namespace (hostname ``hI``),
@@ -116,6 +118,7 @@ class LabState:
     registry_pid: int | None = None
     runtime: str = "shoal"
     heartbeat_period: float | None = None
+    mtu: int | None = None
 
     def save(self) -> None:
         """Write state.json atomically."""
@@ -123,7 +126,7 @@ class LabState:
         tmp = STATE.with_suffix(".tmp")
         tmp.write_text(json.dumps({
             "hosts": [vars(h) for h in self.hosts], "registry_pid": self.registry_pid,
-            "runtime": self.runtime, "heartbeat_period": self.heartbeat_period}, indent=2))
+            "runtime": self.runtime, "heartbeat_period": self.heartbeat_period, "mtu": self.mtu}, indent=2))
         os.replace(tmp, STATE)
 
     @classmethod
@@ -134,7 +137,8 @@ class LabState:
         except (FileNotFoundError, ValueError):
             return None
         return cls(hosts=[HostState(**h) for h in raw.get("hosts", [])], registry_pid=raw.get("registry_pid"),
-                   runtime=raw.get("runtime", "shoal"), heartbeat_period=raw.get("heartbeat_period"))
+                   runtime=raw.get("runtime", "shoal"), heartbeat_period=raw.get("heartbeat_period"),
+                   mtu=raw.get("mtu"))
 
     def host(self, name: str) -> HostState:
         """The host called ``name`` (``h1`` …); LabError if the lab has none."""
@@ -149,16 +153,22 @@ def _link_exists(name: str) -> bool:
     return run(["ip", "link", "show", name], check=False).returncode == 0
 
 
-def make_network(n: int) -> None:
-    """Create the bridge and N host namespaces wired to it."""
-    run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+MTU_MIN, MTU_MAX = 1280, 9000
+"""The underlay MTUs ``up`` accepts: IPv6's minimum (and room for VXLAN's 50 bytes) to jumbo frames."""
+
+
+def make_network(n: int, mtu: int | None = None) -> None:
+    """Create the bridge and N host namespaces wired to it; ``mtu``: of the bridge and every veth end
+    (None: the kernel's default)."""
+    mtu_args = ["mtu", str(mtu)] if mtu is not None else []
+    run(["ip", "link", "add", BRIDGE, *mtu_args, "type", "bridge"])
     run(["ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE])
     run(["ip", "addr", "add", f"{REGISTRY_IP}/24", "dev", BRIDGE])
     run(["ip", "link", "set", BRIDGE, "up"])
     for i in range(1, n + 1):
         ns, veth = netns_name(i), f"shoal-lab-h{i}"
         run(["ip", "netns", "add", ns])
-        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        run(["ip", "link", "add", veth, *mtu_args, "type", "veth", "peer", "name", "eth0", *mtu_args, "netns", ns])
         run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
         run(["ip", "-n", ns, "addr", "add", f"{host_ip(i)}/24", "dev", "eth0"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
@@ -307,14 +317,17 @@ def kill_daemon(state: LabState, host: HostState, sig: int = signal.SIGKILL, wai
 
 # --------------------------------------------------------------------------------------- up
 def up(n: int, runtime: str = "shoal", heartbeat_period: float | None = None,
-       extra_flags: Sequence[str] = (), daemons: bool = True) -> LabState:
+       extra_flags: Sequence[str] = (), daemons: bool = True, mtu: int | None = None) -> LabState:
     """Tear down any old lab, then build the network, registry, image and N shoalds.
 
-    ``daemons=False`` stops after the registry and image (for testing the lab itself).
+    ``daemons=False`` stops after the registry and image (for testing the lab itself); ``mtu``:
+    the underlay links' MTU (the bridge and every host's veth), None for the kernel's default.
     Raises LabError; the caller should run ``down()`` after a failure.
     """
     if n < 1 or n > 200:
         raise LabError(f"--hosts must be between 1 and 200, got {n}")
+    if mtu is not None and not MTU_MIN <= mtu <= MTU_MAX:
+        raise LabError(f"--mtu must be between {MTU_MIN} and {MTU_MAX}, got {mtu}")
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, bridges, cgroups)")
     old = LabState.load()
@@ -326,14 +339,14 @@ def up(n: int, runtime: str = "shoal", heartbeat_period: float | None = None,
         d.mkdir(parents=True, exist_ok=True)
     for old_log in LOGS.glob("*.log"):  # a new lab starts new logs (restarts append to them);
         old_log.replace(old_log.with_suffix(".log.prev"))  # the last lab's stay for a look
-    state = LabState(runtime=runtime, heartbeat_period=heartbeat_period)
+    state = LabState(runtime=runtime, heartbeat_period=heartbeat_period, mtu=mtu)
     for i in range(1, n + 1):
         state.hosts.append(HostState(name=host_name(i), index=i, ip=host_ip(i), netns=netns_name(i),
                                      argv=shoald_argv(i, runtime, heartbeat_period, extra_flags)))
     state.save()
-    log(f"lab: bridge {BRIDGE} ({GATEWAY}/24) and {n} hosts "
+    log(f"lab: bridge {BRIDGE} ({GATEWAY}/24{f', MTU {mtu}' if mtu is not None else ''}) and {n} hosts "
         + ", ".join(f"{h.name}={h.ip}" for h in state.hosts))
-    make_network(n)
+    make_network(n, mtu)
     log(f"lab: registry on {REGISTRY} (storage {REGISTRY_DIR / 'data'}, log {LOGS / 'registry.log'})")
     state.registry_pid = start_registry()
     state.save()
@@ -380,15 +393,33 @@ def cgroup_dirs() -> list[Path]:
     return sorted(set(out), key=lambda p: (-len(p.parts), str(p)))
 
 
+def _lab_netns_files() -> list[Path]:
+    """The files that keep lab network namespaces alive: the hosts' (``/run/netns/shoal-h*``) and
+    every nsfs mount under the lab's directories (each host's containers and overlay networks)."""
+    files = list(NETNS_DIR.glob("shoal-h*"))
+    prefixes = (str(DATA) + "/", str(RUN) + "/")
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1] if "-" in fields else ""
+            mp = fields[4].encode().decode("unicode_escape")
+            if fstype == "nsfs" and mp.startswith(prefixes):
+                files.append(Path(mp))
+    return files
+
+
 def lab_pids(state: LabState | None) -> set[int]:
-    """PIDs that belong to the lab: in a shoal-lab cgroup, in a lab netns, or with lab paths in argv."""
+    """PIDs that belong to the lab: in a shoal-lab cgroup, in a lab netns (a host's, a container's or
+    an overlay network's: e.g. a tool started there with ``nsenter``), or with lab paths in argv."""
     me = os.getpid()
     pids: set[int] = set()
     for d in cgroup_dirs():
         for f in ("cgroup.procs", "tasks"):
             with contextlib.suppress(OSError):
                 pids.update(int(x) for x in (d / f).read_text().split())
-    lab_ns = {ino for ino in (_ns_inode(p) for p in NETNS_DIR.glob("shoal-h*")) if ino}
+    lab_ns = {ino for ino in (_ns_inode(p) for p in _lab_netns_files()) if ino}
+    lab_ns.update(ino for ino in (_ns_inode(Path(f"/proc/{pid}/ns/net")) for pid in pids) if ino)
+    lab_ns.discard(_ns_inode(Path("/proc/1/ns/net")))  # never the machine's own namespace
     markers = (str(DATA) + "/", str(RUN) + "/", str(REGISTRY_DIR))
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -499,17 +530,91 @@ def down(quiet: bool = False) -> list[str]:
     return leftovers
 
 
+LAB_SUBNET = "10.99.0."
+"""The underlay's addresses (a /24): what marks a namespace, an FDB entry or a VXLAN device as the lab's."""
+LAB_LINK_PREFIX = "shoal-lab"
+"""Names of the links the lab makes (its bridge and veths). shoald's overlay devices (``sov*``,
+overlaynet/vxlan.py) are found by their VXLAN device's local address on the lab's underlay instead:
+the integration tests make devices of those names too, on underlays of their own."""
+
+
+def _netns_refs() -> dict[int, str]:
+    """Every network namespace this machine still holds, by inode, with a path that enters it: the
+    namespaces of processes, those open as file descriptors, and nsfs mounts (this mount namespace)."""
+    refs: dict[int, str] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields and fields[fields.index("-") + 1] == "nsfs" and fields[3].startswith("net:["):
+                refs.setdefault(int(fields[3][5:-1]), fields[4].encode().decode("unicode_escape"))
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        ino = _ns_inode(p / "ns" / "net")
+        if ino:
+            refs.setdefault(ino, str(p / "ns" / "net"))
+        with contextlib.suppress(OSError):
+            for fd in (p / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("net:["):
+                        refs.setdefault(int(target[5:-1]), str(fd))
+    return refs
+
+
+def _lab_marks(links: list[dict[str, Any]], addrs: list[dict[str, Any]]) -> list[str]:
+    """What in one namespace's ``ip -j -d link`` / ``ip -j addr`` is the lab's (empty: nothing)."""
+    marks = [f"link {x.get('ifname')}" for x in links if str(x.get("ifname", "")).startswith(LAB_LINK_PREFIX)]
+    marks += [f"vxlan {x.get('ifname')} local {(x.get('linkinfo') or {}).get('info_data', {}).get('local')}"
+              for x in links if (x.get("linkinfo") or {}).get("info_kind") == "vxlan"
+              and str((x.get("linkinfo") or {}).get("info_data", {}).get("local", "")).startswith(LAB_SUBNET)]
+    marks += [f"address {a.get('local')} on {x.get('ifname')}" for x in addrs for a in x.get("addr_info", [])
+              if str(a.get("local", "")).startswith(LAB_SUBNET)]
+    return sorted(set(marks))
+
+
+def leftover_netns() -> list[str]:
+    """Network namespaces still alive anywhere on the machine that hold something of the lab (a lab
+    link, a VXLAN device or an address on the lab's underlay), however they are held (a process, an
+    open descriptor, a mount); for the machine's own namespace, the lab's links and VXLAN devices."""
+    out: list[str] = []
+    root = _ns_inode(Path("/proc/1/ns/net"))
+    for ino, ref in sorted(_netns_refs().items()):
+        links = run(["nsenter", f"--net={ref}", "ip", "-j", "-d", "link", "show"], check=False, timeout=10)
+        addrs = run(["nsenter", f"--net={ref}", "ip", "-j", "addr", "show"], check=False, timeout=10)
+        try:
+            marks = _lab_marks(json.loads(links.stdout or "[]"), json.loads(addrs.stdout or "[]"))
+        except ValueError:
+            continue  # it went away while we looked
+        if marks and ino == root:
+            out += marks
+        elif marks:
+            out.append(f"netns net:[{ino}] (held by {ref}): " + ", ".join(marks))
+    return out
+
+
+def leftover_fdb() -> list[str]:
+    """FDB entries in the machine's namespace that point at the lab's underlay or sit on a lab link."""
+    res = run(["bridge", "-j", "fdb", "show"], check=False)
+    out = []
+    with contextlib.suppress(ValueError):
+        for e in json.loads(res.stdout or "[]"):
+            if str(e.get("dst", "")).startswith(LAB_SUBNET) or str(e.get("ifname", "")).startswith(LAB_LINK_PREFIX):
+                out.append(f"fdb {e.get('mac')} dev {e.get('ifname')} dst {e.get('dst', '-')}")
+    return out
+
+
 def check_clean() -> list[str]:
-    """What of the lab still exists (processes, mounts, cgroups, netns, links, nft tables)."""
+    """What of the lab still exists (processes, mounts, cgroups, netns, links, FDB entries, nft tables).
+
+    Namespaces: the hosts' names in /run/netns, and any namespace on the machine, however held, that
+    still has a lab link, overlay device or underlay address (:func:`leftover_netns`)."""
     out: list[str] = []
     out += [f"mount {m}" for m in lab_mounts()]
     out += [f"cgroup {d}" for d in cgroup_dirs()]
     out += [f"netns {p.name}" for p in NETNS_DIR.glob("shoal-h*")]
-    res = run(["ip", "-o", "link", "show"], check=False)
-    for line in res.stdout.splitlines():
-        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
-        if name.startswith("shoal-lab"):
-            out.append(f"link {name}")
+    out += leftover_netns()  # the machine's namespace too: links shoal-lab*, VXLAN devices on the underlay
+    out += leftover_fdb()
     res = run(["nft", "-j", "list", "tables"], check=False)
     with contextlib.suppress(ValueError):
         for item in json.loads(res.stdout or "{}").get("nftables", []):

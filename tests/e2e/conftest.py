@@ -17,6 +17,7 @@ from shoal.cli.client import Client
 from tests.waiting import wait_until_sync
 
 HEARTBEAT = 1.0  # seconds; a node is down after 3 missed beats
+LAB_MTU = 1400  # the underlay links' MTU (`shoal-lab up --mtu`): this machine's eth0's, below the kernel's 1500
 T = TypeVar("T")
 
 
@@ -48,11 +49,12 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def lab_up() -> Iterator[lab.LabState]:
-    """Four lab hosts with fast heartbeats; torn down (and checked clean) whatever happens."""
+    """Four lab hosts with fast heartbeats, underlay MTU ``LAB_MTU``; torn down (and checked clean)
+    whatever happens."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
     try:
-        yield lab.up(4, heartbeat_period=HEARTBEAT)
+        yield lab.up(4, heartbeat_period=HEARTBEAT, mtu=LAB_MTU)
     finally:
         leftovers = lab.down()
         assert leftovers == [], f"the lab left things behind: {leftovers}"
