@@ -47,7 +47,9 @@ class RecordingExecutor:
         self.seen: set[str] = set()
 
     async def set_assignments(self, node: dict[str, Any], tasks: list[dict[str, Any]],
-                              networks: dict[str, Any] | None = None) -> None:
+                              networks: dict[str, Any] | None = None,
+                              ingress: dict[str, Any] | None = None,
+                              data_path_port: int | None = None) -> None:
         self.calls.append((node, tasks))
         assert self.report is not None
         for t in tasks:
