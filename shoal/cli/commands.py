@@ -13,7 +13,7 @@ Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,n
                    [--endpoint-mode vip|dnsrr] [--replicas N] [--image I] [--force] SERVICE
     service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
     network create [-d overlay] [--subnet S] [--gateway G] [--ip-range R] [--attachable]
-                   [--label K=V] [--opt K=V] NAME
+                   [--ingress] [--label K=V] [--opt K=V] NAME
     network ls [-q] [--no-trunc] [-f KEY=VALUE] | inspect NETWORK… | rm NETWORK…
     image load -i FILE | pull REF | ls
 
@@ -703,7 +703,8 @@ def build_network_request(a: argparse.Namespace) -> dict[str, Any]:
         config["IPRange"] = a.ip_range
     return {"Name": a.name, "Driver": a.driver, "Options": _key_values(a.opt, "--opt"),
             "IPAM": {"Driver": "default", "Config": [config] if config else []},
-            "Attachable": a.attachable, "Internal": a.internal, "Labels": _key_values(a.label, "--label")}
+            "Attachable": a.attachable, "Internal": a.internal, "Ingress": a.ingress,
+            "Labels": _key_values(a.label, "--label")}
 
 
 def cmd_network_create(c: Client, a: argparse.Namespace, out: TextIO) -> int:
@@ -882,6 +883,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--ip-range", default="", metavar="CIDR", help="allocate task addresses from this sub-range")
     x.add_argument("--attachable", action="store_true")
     x.add_argument("--internal", action="store_true")
+    x.add_argument("--ingress", action="store_true",
+                   help="the routing mesh's network (one per swarm; swarm init makes `ingress`)")
     x.add_argument("--label", action="append", metavar="KEY=VALUE")
     x.add_argument("-o", "--opt", action="append", metavar="KEY=VALUE", help="driver option")
     x.add_argument("name", metavar="NAME")

@@ -205,12 +205,15 @@ class Daemon:
                 log.warning("role change to %s failed (retried on the next update): %s", want, e)
 
     async def stop_roles(self, leaving: bool = False) -> None:
-        """Stop the worker role (``leaving``: the agent tells the dispatcher so, and the node's routing
-        mesh and host-mode ports are removed), then the manager role."""
+        """Stop the worker role (``leaving``: the agent tells the dispatcher so, then every task is
+        shut down and removed, every DNS record and VIP state dropped, and the node's routing mesh
+        and host-mode ports are removed), then the manager role."""
         if self.agent is not None:
             await self.agent.stop(leaving=leaving)
             self.agent = None
         if leaving:
+            await self.executor.set_assignments({}, [], networks={})
+            await self.executor.net.wait_idle()
             await self.executor.net.close()
         if self.manager is not None:
             await self.manager.stop()

@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--raft-tick", type=float, default=0.1,
                    help="seconds per Raft tick (default %(default)s: heartbeat every tick, election "
                         "after ElectionTick=10-20 ticks, i.e. 1-2 s; Swarm ticks every 1 s)")
+    p.add_argument("--ingress-keep-client-addr", action="store_true",
+                   help="routing mesh: send a published port's connections to this node's own task of the "
+                        "service when it runs one, without SNAT, so the task sees the client's address "
+                        "(beyond Swarm; off: Swarm's behaviour, any task on any node, source rewritten)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="default json-file option of containers: max-size=10m (rotate a container's log "

@@ -229,8 +229,7 @@ async def swarm_leave(daemon: Daemon, force: bool) -> None:
             await daemon.manager.leave_raft()
         except Exception as e:  # forced: leave anyway
             log.warning("could not leave the Raft cluster cleanly: %s", e)
-    await daemon.stop_roles(leaving=True)
-    await daemon.executor.set_assignments({}, [])
+    await daemon.stop_roles(leaving=True)  # also drops every task, its networks and the mesh
     state.clear()
     shutil.rmtree(daemon.certs_dir, ignore_errors=True)
     shutil.rmtree(daemon.data_root / "manager", ignore_errors=True)

@@ -300,11 +300,13 @@ def test_network_create_flags_build_docker_shaped_request() -> None:
                                        "--label", "flag", "-o", "k=v", "backend"])
     assert cli.build_network_request(a) == {
         "Name": "backend", "Driver": "overlay", "Options": {"k": "v"}, "Attachable": True, "Internal": False,
-        "IPAM": {"Driver": "default", "Config": [{"Subnet": "10.20.0.0/24", "Gateway": "10.20.0.1",
+        "Ingress": False, "IPAM": {"Driver": "default", "Config": [{"Subnet": "10.20.0.0/24", "Gateway": "10.20.0.1",
                                                   "IPRange": "10.20.0.128/25"}]},
         "Labels": {"a": "b", "flag": ""}}
     a = cli.build_parser().parse_args(["network", "create", "plain"])
     assert cli.build_network_request(a)["IPAM"] == {"Driver": "default", "Config": []}
+    a = cli.build_parser().parse_args(["network", "create", "--ingress", "mesh"])
+    assert cli.build_network_request(a)["Ingress"] is True
     a = cli.build_parser().parse_args(["network", "create", "--ip-range", "10.1.0.0/25", "x"])
     with pytest.raises(cli.UsageError, match="corresponding subnet"):
         cli.build_network_request(a)
