@@ -230,3 +230,47 @@ def test_cli_json_inspect(cluster: Cluster) -> None:
     r = shoal("h1", "service", "inspect", "web")
     assert r.returncode == 0
     assert json.loads(r.stdout)[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"] == ["httpd", "-f", "-p", "80", "-h", "/www"]
+
+
+def _nft_tables(host: str) -> set[str]:
+    res = subprocess.run(["nsenter", f"--net={lab.NETNS_DIR / ('shoal-' + host)}", "--", "nft", "-j", "list",
+                          "tables"], capture_output=True, text=True, timeout=30, check=True)
+    return {x["table"]["name"] for x in json.loads(res.stdout).get("nftables", []) if "table" in x}
+
+
+def test_leave_removes_the_nodes_service_networking(cluster: Cluster) -> None:
+    """``swarm leave`` on a worker running a task with an overlay network, an ingress-mode and a
+    host-mode port: its container, overlay and ingress-sandbox namespaces and its nftables tables
+    (the mesh's, the host ports') are gone; then h3 joins again (a new node) for the next tests."""
+    st = lab.LabState.load()
+    assert st
+    h3_old = next(i for i, n in hostnames().items() if n == "h3")
+    assert shoal("h1", "network", "create", "-d", "overlay", "leavenet").returncode == 0
+    try:
+        r = shoal("h1", "service", "create", "--name", "lv", "--replicas", "1", "--network", "leavenet",
+                  "--constraint", "node.hostname==h3", "--publish", "8093:80",
+                  "--publish", "mode=host,target=81,published=8094", "--detach",
+                  lab.IMAGE, "httpd", "-f", "-p", "80", "-h", "/www")
+        assert r.returncode == 0, r.stdout + r.stderr
+        (task,) = wait_until(lambda: running("lv") or None, 90, "the lv task on h3")
+        pid = int(task["Status"]["ContainerStatus"]["PID"])
+        wait_until(lambda: {"shoal-mesh", "shoal-hostports"} <= _nft_tables("h3"), 30,
+                   "h3's mesh and host-port tables")
+        netns_dirs = [lab.RUN / "h3" / "ingress-netns", lab.RUN / "h3" / "overlay-netns"]
+        assert any(d.exists() and any(d.iterdir()) for d in netns_dirs)
+
+        r = shoal("h3", "swarm", "leave")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        def gone() -> bool:
+            left = {"shoal-mesh", "shoal-hostports"} & _nft_tables("h3")
+            files = [p for d in netns_dirs if d.exists() for p in d.iterdir()]
+            return not left and not files and not os.path.exists(f"/proc/{pid}")
+        wait_until(gone, 30, "h3's task, overlay and ingress namespaces and nftables tables to be gone")
+    finally:
+        shoal("h1", "service", "rm", "lv")
+        wait_until(lambda: shoal("h1", "network", "rm", "leavenet").returncode == 0, 60, "leavenet to go")
+        if shoal("h3", "swarm", "join", "--token", cluster.worker_token,
+                 f"{st.host('h1').ip}:2377").returncode == 0:
+            wait_until(lambda: client("h1").node(h3_old)["Status"]["State"] == "down", 30, "old h3 to be down")
+            shoal("h1", "node", "rm", h3_old)
