@@ -5,8 +5,8 @@ their addresses before they are scheduled. A leader loop like the orchestrator a
 Each pass, in one store transaction: the tasks in state ``new`` (desired ``running`` or less)
 whose spec has ``Networks`` (the orchestrator leaves those ``new``; it moves the others to
 ``pending`` itself) get, from an :class:`~manager.allocator.Allocator` rebuilt from the store
-(networks, services, the tasks that hold their addresses — :func:`holds_addresses` —, nodes; the
-cluster's default address pools), one
+(:func:`rebuild_allocator`: networks, services, the tasks that hold their addresses —
+:func:`holds_addresses` —, nodes; the cluster's default address pools), one
 address per network (:meth:`~manager.allocator.Allocator.allocate_task`), written as
 ``NetworksAttachments: [{"Network": <stored network>, "Addresses": ["10.0.1.5/24"]}]``
 (:func:`~manager.allocator.network_attachment`), and move to ``pending`` ("pending task
@@ -26,19 +26,20 @@ API (an automatic rollback: :func:`endpoint_is_stale`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from manager.allocator.allocator import Allocator, network_attachment
 from manager.allocator.errors import AllocatorError
 from manager.allocator.pools import AddressPools
 from manager.loop import reconcile_loop
-from manager.store import MAX_TRANSACTION_BYTES, Store, WriteTx
+from manager.store import MAX_TRANSACTION_BYTES, ReadTx, Store, WriteTx
 from shoal.base.taskstate import ASSIGNED, RUNNING, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import now_rfc3339
 from shoal.base.views import endpoint_spec_key, task_desired_order, task_needs_networks, task_state
 
-__all__ = ["NetworkAllocatorLoop", "MAX_TASKS_PER_PASS", "endpoint_is_stale", "holds_addresses", "needs_allocation",
-           "node_attachments_wanted", "nodes_needing_attachments"]
+__all__ = ["NetworkAllocatorLoop", "MAX_TASKS_PER_PASS", "endpoint_is_stale", "holds_addresses",
+           "needs_allocation", "node_attachments_wanted", "nodes_needing_attachments", "rebuild_allocator"]
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,26 @@ def nodes_needing_attachments(nodes: list[Obj], networks: dict[str, Obj]) -> boo
     return any(node_attachments_wanted(n, ingress, networks) is not None for n in nodes)
 
 
-def _pools(tx: WriteTx) -> AddressPools | None:
+def _pools(tx: ReadTx) -> AddressPools | None:
+    """The cluster's default address pools (``DefaultAddrPool`` / ``SubnetSize`` of the cluster
+    object), or None (10.0.0.0/8 in /24s) when there is no cluster object or it holds none."""
     for c in tx.list_shallow("cluster"):
         try:
             return AddressPools.from_cluster(c)
         except AllocatorError:
             return None
     return None
+
+
+def rebuild_allocator(tx: ReadTx, networks: Iterable[Obj], services: Iterable[Obj], tasks: Iterable[Obj],
+                      nodes: Iterable[Obj]) -> Allocator:
+    """An allocator holding exactly what the store (as ``tx`` sees it) holds, from the objects
+    read in ``tx``: networks, services' VIPs and ports, nodes' load-balancer addresses, and the
+    addresses of those ``tasks`` that still hold theirs (:func:`holds_addresses`); the cluster's
+    default address pools. The allocator loop and the control API
+    (``manager.controlapi.networks.store_allocator``) both rebuild it so."""
+    return Allocator.from_objects(networks, services, [t for t in tasks if holds_addresses(t)],
+                                  pools=_pools(tx), nodes=nodes)
 
 
 class NetworkAllocatorLoop:
@@ -136,8 +150,7 @@ class NetworkAllocatorLoop:
         stale = [s for s in services.values() if endpoint_is_stale(s)]
         if not waiting and not stale and not nodes_needing_attachments(nodes, networks):
             return 0
-        live = [t for t in tasks if holds_addresses(t)]
-        alloc = Allocator.from_objects(networks.values(), services.values(), live, pools=_pools(tx), nodes=nodes)
+        alloc = rebuild_allocator(tx, networks.values(), services.values(), tasks, nodes)
         for p in alloc.problems:
             log.warning("network allocator: %s", p)
         self._attach_nodes(tx, alloc, nodes, networks)

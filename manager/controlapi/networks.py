@@ -33,7 +33,6 @@ from typing import Any
 
 from manager.allocator import (
     AddressesExhausted,
-    AddressPools,
     Allocator,
     AllocatorError,
     NetworkNotFound,
@@ -43,7 +42,7 @@ from manager.allocator import (
     VNIExhausted,
 )
 from manager.allocator import InvalidArgument as AllocInvalidArgument
-from manager.allocator.loop import holds_addresses
+from manager.allocator.loop import rebuild_allocator
 from manager.allocator.vni import VNI_OPTION
 from manager.controlapi.common import (
     Context,
@@ -354,24 +353,12 @@ def list_networks(store: Store, filters: Filters | None = None) -> list[Obj]:
 
 # -- writing --------------------------------------------------------------------------------------
 
-def _pools(view: ReadTx) -> AddressPools | None:
-    """The cluster's default address pools (``DefaultAddrPool`` / ``SubnetSize`` of the cluster
-    object), or None (10.0.0.0/8 in /24s) when there is no cluster object or it holds none."""
-    for c in view.list("cluster"):
-        try:
-            return AddressPools.from_cluster(c)
-        except AllocatorError:
-            return None
-    return None
-
-
 def store_allocator(tx: ReadTx) -> Allocator:
-    """An allocator holding exactly what the store (as ``tx`` sees it) holds: networks, services'
-    VIPs and ports, nodes' load-balancer addresses, and the addresses of the tasks that still hold
-    theirs (:func:`manager.allocator.loop.holds_addresses`, as the allocator loop counts them)."""
-    return Allocator.from_objects(tx.list_shallow("networks"), tx.list_shallow("services"),
-                                  [t for t in tx.list_shallow("tasks") if holds_addresses(t)], pools=_pools(tx),
-                                  nodes=tx.list_shallow("nodes"))
+    """An allocator holding exactly what the store (as ``tx`` sees it) holds, as the allocator loop
+    rebuilds it (:func:`manager.allocator.loop.rebuild_allocator`: only the tasks that still hold
+    their addresses count; the cluster's default address pools)."""
+    return rebuild_allocator(tx, tx.list_shallow("networks"), tx.list_shallow("services"),
+                             tx.list_shallow("tasks"), tx.list_shallow("nodes"))
 
 
 def add_network(tx: WriteTx, nid: str, spec: Obj) -> Obj:

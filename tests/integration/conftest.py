@@ -1,5 +1,7 @@
 """Shared fixtures for the root, one-host integration tests: a tiny busybox OCI image archive,
-an image store, and skip-unless-root. Everything made here is removed at the end of the session."""
+an image store, and skip-unless-root; for the overlay tests, scratch hosts, stored networks and
+tasks, and an executor on a scratch runtime. Everything made here is removed at the end of the
+session."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +26,74 @@ from agent_runtime.containers import Runtime
 from agent_runtime.images import ImageStore
 from agent_runtime.oci.cgroups import Cgroup
 from overlaynet import netns
+from overlaynet.bridge import LocalBridge
+from worker.executor import Executor
 
 BUSYBOX = "/usr/bin/busybox"
 TEST_REF = "shoal.test/busybox:latest"
 
 WHOAMI_CGI = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nhostname\n"
+
+UNDERLAY = ("192.0.2.1", "192.0.2.2")
+"""The underlay addresses (/24) of scratch hosts a and b (:func:`underlay_hosts`)."""
+SUBNET, GW = "10.0.1.0/24", "10.0.1.1"
+"""The overlay network the executor tests attach their tasks to (:func:`overlay_network`)."""
+
+
+def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (output captured as text, 20 s at most)."""
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=20, check=check)
+
+
+def ns_run(ns: Path | str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """:func:`run` ``cmd`` in network namespace ``ns``."""
+    return run("nsenter", f"--net={ns}", "--", *cmd, check=check)
+
+
+def links(ns: Path | str) -> dict[str, dict[str, Any]]:
+    """The interfaces of namespace ``ns`` by name (``ip -j -d addr show``)."""
+    return {link["ifname"]: link for link in json.loads(ns_run(ns, "ip", "-j", "-d", "addr", "show").stdout)}
+
+
+def tables(ns: Path | str) -> list[str]:
+    """The names of the nftables tables in namespace ``ns``."""
+    out = ns_run(ns, "nft", "-j", "list", "tables").stdout
+    return [o["table"]["name"] for o in json.loads(out)["nftables"] if "table" in o]
+
+
+def netns_socket(ns: Path | str, kind: int, addr: tuple[str, int] | None = None, *, listen: int | None = None,
+                 timeout: float | None = None, reuse: bool = False) -> socket.socket:
+    """An IPv4 socket of ``kind`` (``socket.SOCK_STREAM``/``SOCK_DGRAM``) made inside network
+    namespace ``ns`` (it keeps that namespace): with SO_REUSEADDR when ``reuse``, bound to ``addr``
+    and listening with backlog ``listen`` when given, with ``timeout``."""
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, kind)
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if addr is not None:
+            s.bind(addr)
+        if listen is not None:
+            s.listen(listen)
+        if timeout is not None:
+            s.settimeout(timeout)
+        return s
+
+    return netns.run_in_netns(ns, make)
+
+
+def serve(stop: threading.Event, receive: Callable[[], tuple[Any, Any]], answer: Callable[[Any, Any], object]) -> None:
+    """A daemon thread that, until ``stop`` is set, takes ``(what, peer)`` from ``receive`` (a
+    socket's ``accept`` or ``recvfrom``, with a timeout; timeouts and errors are skipped) and calls
+    ``answer(what, peer)``."""
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                got, peer = receive()
+            except (TimeoutError, OSError):
+                continue
+            answer(got, peer)
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def _add_file(tf: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -163,13 +230,18 @@ def scratch_dir() -> Iterator[Path]:
             pass
 
 
-async def cleanup_runtime(rt: Runtime, cgroup_parent: str) -> None:
-    """Remove every container of ``rt`` and its cgroup parent, going on past failures (printed)."""
+async def remove_containers(rt: Runtime) -> None:
+    """Remove every container of ``rt``, going on past failures (printed)."""
     for st in rt.list():
         try:
             await rt.remove(st.id)
         except Exception as e:  # noqa: BLE001 - keep cleaning the others
             print(f"cleanup of {st.id} failed: {e}")
+
+
+async def cleanup_runtime(rt: Runtime, cgroup_parent: str) -> None:
+    """Remove every container of ``rt`` and its cgroup parent, going on past failures (printed)."""
+    await remove_containers(rt)
     try:
         Cgroup("/" + cgroup_parent).destroy(timeout=5)
     except OSError as e:
@@ -201,6 +273,34 @@ def cgroup_parent() -> Iterator[str]:
         yield name
     finally:
         Cgroup(name).destroy()
+
+
+@contextlib.asynccontextmanager
+async def scratch_executor(scratch_dir: Path, busybox_archive: Path, cgroup_parent: str, bridge_name: str,
+                           reports: list[tuple[str, dict[str, Any]]], **kwargs: Any) -> AsyncIterator[Executor]:
+    """An Executor (in the calling thread's network namespace) on a Runtime on ``scratch_dir`` with
+    the busybox test image loaded (containers under ``cgroup_parent``) and a local bridge named
+    ``bridge_name``; it appends ``(task ID, status)`` to ``reports``; ``kwargs`` go to Executor
+    (``overlay``, ``resolv_conf``, ...). On exit, even on failure: the executor is closed, every
+    container removed and the bridge cleaned up."""
+    images = ImageStore(scratch_dir / "images", insecure_registries=["127.0.0.1:1"])
+    images.load(busybox_archive)
+    runtime = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, cgroup_parent=cgroup_parent)
+    bridge = LocalBridge(bridge_name, scratch_dir / "exec")
+    ex = Executor(runtime, images, bridge, lambda tid, st: reports.append((tid, st)), **kwargs)
+    try:
+        yield ex
+    finally:
+        await ex.close()
+        await remove_containers(runtime)
+        bridge.cleanup()
+
+
+def executor_node(node_id: str, bridge_subnet: str, bridge_gw: str) -> dict[str, Any]:
+    """The node object an executor on host a gets: ready at a's underlay address, with its local
+    bridge's subnet and gateway."""
+    return {"ID": node_id, "ShoalBridge": {"Subnet": bridge_subnet, "Gateway": bridge_gw},
+            "Status": {"State": "ready", "Addr": UNDERLAY[0]}}
 
 
 def overlay_network(net_id: str, name: str, vni: int, subnet: str, gateway: str) -> dict[str, Any]:
@@ -235,7 +335,7 @@ def overlay_task(tid: str, service_id: str, args: list[str], bridge: tuple[str, 
 
 
 @contextlib.contextmanager
-def underlay_hosts(root: Path, tag: str, underlay: Sequence[str] = ("192.0.2.1", "192.0.2.2"),
+def underlay_hosts(root: Path, tag: str, underlay: Sequence[str] = UNDERLAY,
                    mtu: int = 1400) -> Iterator[list[Path]]:
     """Two scratch "hosts" for overlay tests: network namespaces ``root/<tag>a`` and ``<tag>b``
     (loopback up) joined by a veth pair ``<tag>u0``/``<tag>u1`` of ``mtu`` bytes holding the

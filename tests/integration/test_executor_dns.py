@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +28,20 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from agent_runtime.containers import Runtime
-from agent_runtime.images import ImageStore
 from overlaynet import netns
-from overlaynet.bridge import LocalBridge
 from overlaynet.vxlan import VxlanDriver
-from tests.integration.conftest import overlay_network, overlay_task
+from tests.integration.conftest import (
+    GW,
+    SUBNET,
+    UNDERLAY,
+    executor_node,
+    ns_run,
+    overlay_network,
+    overlay_task,
+    scratch_executor,
+)
 from tests.waiting import wait_until
-from worker.executor import Executor, container_id_for
+from worker.executor import container_id_for
 
 pytestmark = pytest.mark.root
 
@@ -45,25 +50,18 @@ if os.geteuid() != 0:  # pragma: no cover
 
 NET_ID = "dnsnet" + "0123456789abcdefghi"  # 25 characters, as a stored network's ID
 VNI = 4099
-SUBNET, GW = "10.0.1.0/24", "10.0.1.1"
-UNDERLAY = "192.0.2.1"
 TASK = "taskdns0000000000000000001"
 TASK_ADDR, OTHER_ADDR = "10.0.1.5", "10.0.1.9"
 BRIDGE_SUBNET, BRIDGE_GW = "10.233.9.0/24", "10.233.9.1"
 EXT_NAME, EXT_ADDR = "ext.shoal.test.", "192.0.2.77"
 
 NETWORK = overlay_network(NET_ID, "dnstest", VNI, SUBNET, GW)
-NODE = {"ID": "dnsnode", "ShoalBridge": {"Subnet": BRIDGE_SUBNET, "Gateway": BRIDGE_GW},
-        "Status": {"State": "ready", "Addr": UNDERLAY}}
+NODE = executor_node("dnsnode", BRIDGE_SUBNET, BRIDGE_GW)
 NETWORKS = {NET_ID: {"Network": NETWORK, "Peers": [], "DNS": {
     "Services": [{"Name": "api", "Aliases": [], "VIP": None}],
     "Tasks": [{"Service": "api", "Slot": 1, "ID": TASK, "IP": TASK_ADDR, "Hostname": None},
               {"Service": "api", "Slot": 2, "ID": "othertask000000000000000002", "IP": OTHER_ADDR,
                "Hostname": None}]}}}
-
-
-def run(*cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=20, check=True)
 
 
 def task(desired: str = "running") -> dict[str, Any]:
@@ -80,11 +78,11 @@ def host(scratch_dir: Path) -> Iterator[tuple[Path, str, VxlanDriver]]:
     try:
         netns.create(a)
         made = True
-        run("nsenter", f"--net={a}", "ip", "link", "set", "lo", "up")
-        run("nsenter", f"--net={a}", "ip", "link", "add", f"{tag}u0", "type", "veth", "peer", "name", f"{tag}u1")
-        run("nsenter", f"--net={a}", "ip", "addr", "add", f"{UNDERLAY}/24", "dev", f"{tag}u0")
+        ns_run(a, "ip", "link", "set", "lo", "up")
+        ns_run(a, "ip", "link", "add", f"{tag}u0", "type", "veth", "peer", "name", f"{tag}u1")
+        ns_run(a, "ip", "addr", "add", f"{UNDERLAY[0]}/24", "dev", f"{tag}u0")
         for end in ("u0", "u1"):
-            run("nsenter", f"--net={a}", "ip", "link", "set", f"{tag}{end}", "up")
+            ns_run(a, "ip", "link", "set", f"{tag}{end}", "up")
         yield a, tag, driver
     finally:
         errors: list[Exception] = []
@@ -151,45 +149,34 @@ def test_executor_embedded_dns_answers_service_names_in_the_container(
         loop = asyncio.get_running_loop()
         upstream = FakeUpstream()
         up_transport, _ = await loop.create_datagram_endpoint(lambda: upstream, local_addr=("127.0.0.1", 53))
-        images = ImageStore(scratch_dir / "images", insecure_registries=["127.0.0.1:1"])
-        images.load(busybox_archive)
-        runtime = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, cgroup_parent=cgroup_parent)
-        bridge = LocalBridge(f"{tag}br", scratch_dir / "exec")
-        ex = Executor(runtime, images, bridge, lambda tid, st: reports.append((tid, st)), overlay=driver,
-                      resolv_conf=str(resolv))
         try:
-            await ex.set_assignments(NODE, [task()], NETWORKS)
-            await wait_until(lambda: states()[-1:] in (["running"], ["failed"], ["rejected"]), 60, "the task to run")
-            assert states()[-1] == "running", reports
-            cid = container_id_for(TASK)
-            ns_path = str(bridge.netns_path(cid))
-            pid = [s for t, s in reports if t == TASK][-1]["ContainerStatus"]["PID"]
-            conf = Path(f"/proc/{pid}/root/etc/resolv.conf").read_text()
-            assert "nameserver 127.0.0.11" in conf.splitlines() and "options ndots:0" in conf.splitlines(), conf
-            assert "nameserver 127.0.0.1" not in conf.splitlines(), conf
+            async with scratch_executor(scratch_dir, busybox_archive, cgroup_parent, f"{tag}br", reports,
+                                        overlay=driver, resolv_conf=str(resolv)) as ex:
+                await ex.set_assignments(NODE, [task()], NETWORKS)
+                await wait_until(lambda: states()[-1:] in (["running"], ["failed"], ["rejected"]), 60, "the task to run")
+                assert states()[-1] == "running", reports
+                cid = container_id_for(TASK)
+                ns_path = str(ex.bridge.netns_path(cid))
+                pid = [s for t, s in reports if t == TASK][-1]["ContainerStatus"]["PID"]
+                conf = Path(f"/proc/{pid}/root/etc/resolv.conf").read_text()
+                assert "nameserver 127.0.0.11" in conf.splitlines() and "options ndots:0" in conf.splitlines(), conf
+                assert "nameserver 127.0.0.1" not in conf.splitlines(), conf
 
-            for tcp in (False, True):
-                for name in ("api", "tasks.api", "API."):
-                    r = await asyncio.to_thread(ask, ns_path, name, tcp)
-                    assert r.rcode() == dns.rcode.NOERROR and ips(r) == sorted([TASK_ADDR, OTHER_ADDR]), (name, tcp, r)
-            r = await asyncio.to_thread(ask, ns_path, EXT_NAME)  # forwarded to the upstream
-            assert r.rcode() == dns.rcode.NOERROR and ips(r) == [EXT_ADDR], (r, upstream.asked, ex.resolver.upstreams)
-            t0 = time.monotonic()
-            r = await asyncio.to_thread(ask, ns_path, "nosuch.shoal.test")
-            assert r.rcode() == dns.rcode.NXDOMAIN and time.monotonic() - t0 < 3, r
-            assert EXT_NAME in upstream.asked and "api." not in upstream.asked
+                for tcp in (False, True):
+                    for name in ("api", "tasks.api", "API."):
+                        r = await asyncio.to_thread(ask, ns_path, name, tcp)
+                        assert r.rcode() == dns.rcode.NOERROR and ips(r) == sorted([TASK_ADDR, OTHER_ADDR]), (name, tcp, r)
+                r = await asyncio.to_thread(ask, ns_path, EXT_NAME)  # forwarded to the upstream
+                assert r.rcode() == dns.rcode.NOERROR and ips(r) == [EXT_ADDR], (r, upstream.asked, ex.resolver.upstreams)
+                t0 = time.monotonic()
+                r = await asyncio.to_thread(ask, ns_path, "nosuch.shoal.test")
+                assert r.rcode() == dns.rcode.NXDOMAIN and time.monotonic() - t0 < 3, r
+                assert EXT_NAME in upstream.asked and "api." not in upstream.asked
 
-            await ex.set_assignments(NODE, [task("remove")], NETWORKS)
-            await wait_until(lambda: ex.task_states() == {}, 30, "removal")
-            assert ex.resolver._endpoints == set()
+                await ex.set_assignments(NODE, [task("remove")], NETWORKS)
+                await wait_until(lambda: ex.task_states() == {}, 30, "removal")
+                assert ex.resolver._endpoints == set()
         finally:
-            await ex.close()
             up_transport.close()
-            for st in runtime.list():
-                try:
-                    await runtime.remove(st.id)
-                except Exception as e:  # noqa: BLE001 - keep cleaning
-                    print(f"cleanup of {st.id} failed: {e}")
-            bridge.cleanup()
 
     netns.run_in_netns(a, lambda: asyncio.run(main()))

@@ -21,26 +21,32 @@ Everything is removed at the end, also on failure; nothing touches the host's na
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent_runtime.containers import Runtime
-from agent_runtime.images import ImageStore
 from overlaynet import netns
-from overlaynet.bridge import LocalBridge
 from overlaynet.driver import EndpointConfig, NetworkConfig, mac_from_ip, peer_for
 from overlaynet.vxlan import VxlanDriver
-from tests.integration.conftest import overlay_network, overlay_task, underlay_hosts
+from tests.integration.conftest import (
+    GW,
+    SUBNET,
+    UNDERLAY,
+    executor_node,
+    links,
+    ns_run,
+    overlay_network,
+    overlay_task,
+    scratch_executor,
+    underlay_hosts,
+)
 from tests.integration.test_executor import fetch
 from tests.waiting import wait_until
-from worker.executor import Executor, container_id_for
+from worker.executor import container_id_for
 
 pytestmark = pytest.mark.root
 
@@ -49,21 +55,14 @@ if os.geteuid() != 0:  # pragma: no cover
 
 NET_ID = "ovnet" + "0123456789abcdefghij"  # 25 characters, as a stored network's ID
 VNI = 4097
-SUBNET, GW = "10.0.1.0/24", "10.0.1.1"
-UNDERLAY = ("192.0.2.1", "192.0.2.2")
 B_ADDR = "10.0.1.3"
 TASK_WEB, TASK_PING = "taskweb0000000000000000001", "taskping000000000000000002"
 WEB_ADDR, PING_ADDR = "10.0.1.5", "10.0.1.6"
 BRIDGE_SUBNET, BRIDGE_GW = "10.233.7.0/24", "10.233.7.1"
 
 NETWORK = overlay_network(NET_ID, "ovtest", VNI, SUBNET, GW)
-NODE = {"ID": "overlaynode", "ShoalBridge": {"Subnet": BRIDGE_SUBNET, "Gateway": BRIDGE_GW},
-        "Status": {"State": "ready", "Addr": UNDERLAY[0]}}
+NODE = executor_node("overlaynode", BRIDGE_SUBNET, BRIDGE_GW)
 NETWORKS = {NET_ID: {"Network": NETWORK, "Peers": [{"IP": B_ADDR, "MAC": mac_from_ip(B_ADDR), "VTEP": UNDERLAY[1]}]}}
-
-
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=20, check=check)
 
 
 def task(tid: str, bridge_addr: str, overlay_addr: str, args: list[str]) -> dict[str, Any]:
@@ -86,7 +85,7 @@ def hosts(scratch_dir: Path) -> Iterator[Hosts]:
         errors: list[Exception] = []
         try:
             netns.create(h.cb)
-            run("nsenter", f"--net={h.cb}", "ip", "link", "set", "lo", "up")
+            ns_run(h.cb, "ip", "link", "set", "lo", "up")
             yield h
         finally:
             for d in (h.driver_a, h.driver_b):
@@ -104,11 +103,6 @@ def hosts(scratch_dir: Path) -> Iterator[Hosts]:
         assert not errors, errors
 
 
-def links(in_ns: Path | str) -> dict[str, dict[str, Any]]:
-    out = run("nsenter", f"--net={in_ns}", "ip", "-j", "-d", "addr", "show").stdout
-    return {link["ifname"]: link for link in json.loads(out)}
-
-
 def test_executor_task_on_overlay_reaches_peer_across_underlay(hosts: Hosts, scratch_dir: Path,
                                                                busybox_archive: Path, cgroup_parent: str) -> None:
     h = hosts
@@ -123,12 +117,8 @@ def test_executor_task_on_overlay_reaches_peer_across_underlay(hosts: Hosts, scr
         return [s["State"] for t, s in reports if t == tid]
 
     async def main() -> None:
-        images = ImageStore(scratch_dir / "images", insecure_registries=["127.0.0.1:1"])
-        images.load(busybox_archive)
-        runtime = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, cgroup_parent=cgroup_parent)
-        bridge = LocalBridge(f"{h.tag}br", scratch_dir / "exec")
-        ex = Executor(runtime, images, bridge, lambda tid, st: reports.append((tid, st)), overlay=h.driver_a)
-        try:
+        async with scratch_executor(scratch_dir, busybox_archive, cgroup_parent, f"{h.tag}br", reports,
+                                    overlay=h.driver_a) as ex:
             web = task(TASK_WEB, "10.233.7.2/24", WEB_ADDR, ["httpd", "-f", "-p", "80", "-h", "/www"])
             pinger = task(TASK_PING, "10.233.7.3/24", PING_ADDR,
                           ["sh", "-c", f"for i in 1 2 3 4 5 6 7 8 9 10; do ping -c1 -W1 {B_ADDR} && exit 0; done; exit 1"])
@@ -141,7 +131,7 @@ def test_executor_task_on_overlay_reaches_peer_across_underlay(hosts: Hosts, scr
 
             # the web container: eth0 on the bridge, eth1 on the overlay (MTU 1400 - 50)
             cid = container_id_for(TASK_WEB)
-            ifs = links(bridge.netns_path(cid))
+            ifs = links(ex.bridge.netns_path(cid))
             assert "eth0" in ifs and "eth1" in ifs, ifs
             assert ifs["eth1"]["mtu"] == 1350 and ifs["eth1"]["address"] == mac_from_ip(WEB_ADDR)
             assert f"{WEB_ADDR}" in [a["local"] for a in ifs["eth1"]["addr_info"]]
@@ -158,13 +148,5 @@ def test_executor_task_on_overlay_reaches_peer_across_underlay(hosts: Hosts, scr
             await wait_until(lambda: ex.task_states() == {}, 30, "removal")
             assert not netns.is_mountpoint(h.driver_a.netns_path(NET_ID))
             assert h.driver_a.endpoints(NET_ID) == []
-        finally:
-            await ex.close()
-            for st in runtime.list():
-                try:
-                    await runtime.remove(st.id)
-                except Exception as e:  # noqa: BLE001 - keep cleaning
-                    print(f"cleanup of {st.id} failed: {e}")
-            bridge.cleanup()
 
     netns.run_in_netns(h.a, lambda: asyncio.run(main()))

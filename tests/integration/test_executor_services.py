@@ -21,11 +21,9 @@ port, no mesh table, no sandbox, no overlay namespace is left on a.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,16 +32,27 @@ from typing import Any
 
 import pytest
 
-from agent_runtime.containers import Runtime
-from agent_runtime.images import ImageStore
 from overlaynet import netns
-from overlaynet.bridge import LocalBridge
 from overlaynet.driver import EndpointConfig, NetworkConfig, mac_from_ip, peer_for
 from overlaynet.mesh import IngressSandbox
 from overlaynet.vxlan import VxlanDriver
-from tests.integration.conftest import overlay_network, overlay_task, underlay_hosts
+from tests.integration.conftest import (
+    GW,
+    SUBNET,
+    UNDERLAY,
+    executor_node,
+    links,
+    netns_socket,
+    ns_run,
+    overlay_network,
+    overlay_task,
+    scratch_executor,
+    serve,
+    tables,
+    underlay_hosts,
+)
 from tests.waiting import wait_until
-from worker.executor import Executor, container_id_for
+from worker.executor import container_id_for
 from worker.hostports import HostPorts
 from worker.vip import VipBalancers
 
@@ -54,29 +63,14 @@ if os.geteuid() != 0:  # pragma: no cover
 if shutil.which("nft") is None:  # pragma: no cover
     pytest.skip("needs nft (Debian package nftables)", allow_module_level=True)
 
-UNDERLAY = ("192.0.2.1", "192.0.2.2")
 NET_ID, ING_ID = "backendnet" + "0123456789abcde", "ingressnet" + "0123456789abcde"
-NETWORK = overlay_network(NET_ID, "backend", 4097, "10.0.1.0/24", "10.0.1.1")
+NETWORK = overlay_network(NET_ID, "backend", 4097, SUBNET, GW)
 INGRESS = overlay_network(ING_ID, "ingress", 4098, "10.0.2.0/24", "10.0.2.1")
 VIP, API_B, WEB_A, WEB_A_ING, LB_A = "10.0.1.2", "10.0.1.3", "10.0.1.5", "10.0.2.5", "10.0.2.250"
 CLIENT_A = "10.0.1.6"
 BRIDGE_SUBNET, BRIDGE_GW = "10.233.6.0/24", "10.233.6.1"
 TASK_WEB, TASK_CLIENT = "svcwebtask000000000000001", "svcclienttask000000000001"
-NODE = {"ID": "servicesnode", "ShoalBridge": {"Subnet": BRIDGE_SUBNET, "Gateway": BRIDGE_GW},
-        "Status": {"State": "ready", "Addr": UNDERLAY[0]}}
-
-
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=20, check=check)
-
-
-def tables(ns: Path) -> list[str]:
-    out = run("nsenter", f"--net={ns}", "--", "nft", "-j", "list", "tables").stdout
-    return [o["table"]["name"] for o in json.loads(out)["nftables"] if "table" in o]
-
-
-def link_names(ns: Path) -> list[str]:
-    return [x["ifname"] for x in json.loads(run("nsenter", f"--net={ns}", "--", "ip", "-j", "link").stdout)]
+NODE = executor_node("servicesnode", BRIDGE_SUBNET, BRIDGE_GW)
 
 
 def http_get(ns: Path, ip: str, port: int, path: str = "/", timeout: float = 15.0) -> str:
@@ -105,31 +99,19 @@ def http_get(ns: Path, ip: str, port: int, path: str = "/", timeout: float = 15.
 
 def api_server(ns: Path, ip: str, stop: threading.Event) -> socket.socket:
     """A tiny HTTP server at ``ip:80`` in ``ns`` answering ``api-on-b <peer ip>``."""
-    def make() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((ip, 80))
-        s.listen(16)
-        s.settimeout(0.2)
-        return s
+    srv = netns_socket(ns, socket.SOCK_STREAM, (ip, 80), listen=16, timeout=0.2, reuse=True)
 
-    srv = netns.run_in_netns(ns, make)
-
-    def loop() -> None:
-        while not stop.is_set():
+    def answer(c: socket.socket, peer: Any) -> None:
+        with c:
+            c.settimeout(2)
             try:
-                c, peer = srv.accept()
-            except (TimeoutError, OSError):
-                continue
-            with c:
-                c.settimeout(2)
-                try:
-                    c.recv(4096)
-                    body = f"api-on-b {peer[0]}\n"
-                    c.sendall(f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
-                except OSError:
-                    pass
-    threading.Thread(target=loop, daemon=True).start()
+                c.recv(4096)
+                body = f"api-on-b {peer[0]}\n"
+                c.sendall(f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+            except OSError:
+                pass
+
+    serve(stop, srv.accept, answer)
     return srv
 
 
@@ -176,20 +158,16 @@ def test_executor_vip_dns_mesh_and_host_port(hosts: tuple[str, Path, Path], scra
 
     try:
         netns.create(api_ns)
-        run("nsenter", f"--net={api_ns}", "ip", "link", "set", "lo", "up")
-        driver_b.ensure_network(NetworkConfig(NET_ID, "10.0.1.0/24", "10.0.1.1", 4097, UNDERLAY[1]))
+        ns_run(api_ns, "ip", "link", "set", "lo", "up")
+        driver_b.ensure_network(NetworkConfig(NET_ID, SUBNET, GW, 4097, UNDERLAY[1]))
         driver_b.attach(EndpointConfig(NET_ID, "apiendpoint0001", str(api_ns), f"{API_B}/24"))
         driver_b.set_peers(NET_ID, [peer_for(WEB_A, UNDERLAY[0]), peer_for(CLIENT_A, UNDERLAY[0])])
         srv = api_server(api_ns, API_B, stop)
 
         async def main() -> None:
-            images = ImageStore(scratch_dir / "images", insecure_registries=["127.0.0.1:1"])
-            images.load(busybox_archive)
-            runtime = Runtime(scratch_dir / "containers", scratch_dir / "exec", images, cgroup_parent=cgroup_parent)
-            bridge = LocalBridge(f"{tag}br", scratch_dir / "exec")
-            ex = Executor(runtime, images, bridge, lambda tid, st: reports.append((tid, st)), overlay=driver_a,
-                          vips=VipBalancers(table=f"xsvvip-{tag}"), ingress_sandbox=sandbox, host_ports=hostports)
-            try:
+            async with scratch_executor(scratch_dir, busybox_archive, cgroup_parent, f"{tag}br", reports,
+                                        overlay=driver_a, vips=VipBalancers(table=f"xsvvip-{tag}"),
+                                        ingress_sandbox=sandbox, host_ports=hostports) as ex:
                 web = overlay_task(TASK_WEB, "svcweb", ["httpd", "-f", "-p", "80", "-h", "/www"],
                                    (BRIDGE_SUBNET, BRIDGE_GW, "10.233.6.2/24"), NETWORK, WEB_A)
                 web["NetworksAttachments"].append({"Network": INGRESS, "Addresses": [f"{WEB_A_ING}/24"]})
@@ -209,7 +187,7 @@ def test_executor_vip_dns_mesh_and_host_port(hosts: tuple[str, Path, Path], scra
                 assert states(TASK_WEB)[-1] == "running", reports
                 # DNS gave the VIP, the VIP led to the api task on host b
                 if states(TASK_CLIENT)[-1] != "complete":
-                    logs = await asyncio.to_thread(runtime.read_logs, container_id_for(TASK_CLIENT), -1, 0.0)
+                    logs = await asyncio.to_thread(ex.runtime.read_logs, container_id_for(TASK_CLIENT), -1, 0.0)
                     raise AssertionError(f"client: {states(TASK_CLIENT)}; its output: {logs}")
                 await ex.net.wait_idle()
                 # the mesh: a runs the web task, b asks a's published port; through a's sandbox
@@ -228,21 +206,13 @@ def test_executor_vip_dns_mesh_and_host_port(hosts: tuple[str, Path, Path], scra
                 assert hostports.map.applied == {}
                 with pytest.raises(ConnectionRefusedError):
                     await asyncio.to_thread(http_get, b, UNDERLAY[0], 30080, "/", 0.5)
-            finally:
-                await ex.close()
-                for st in runtime.list():
-                    try:
-                        await runtime.remove(st.id)
-                    except Exception as e:  # noqa: BLE001 - keep cleaning
-                        print(f"cleanup of {st.id} failed: {e}")
-                bridge.cleanup()
 
         netns.run_in_netns(a, lambda: asyncio.run(main()))
         # the executor closed (daemon stop): no mesh, no host ports, no sandbox; with the sandbox gone
         # the ingress network had no endpoint left, so its namespace went too
         left = tables(a)
         assert f"xsvhp-{tag}" not in left and f"xsvmesh-{tag}" not in left, left
-        assert f"{tag}i" not in link_names(a)
+        assert f"{tag}i" not in links(a)
         assert not sandbox.netns_path.exists()
         assert not netns.is_mountpoint(driver_a.netns_path(ING_ID))
         assert not netns.is_mountpoint(driver_a.netns_path(NET_ID))

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,16 @@ from overlaynet.bridge import LocalBridge
 from overlaynet.driver import Attachment, EndpointConfig, NetworkConfig, peer_for
 from overlaynet.mesh import IngressSandbox
 from overlaynet.vxlan import VxlanDriver
-from tests.integration.conftest import overlay_network, underlay_hosts
+from tests.integration.conftest import (
+    UNDERLAY,
+    links,
+    netns_socket,
+    ns_run,
+    overlay_network,
+    serve,
+    tables,
+    underlay_hosts,
+)
 from worker.hostports import HostPorts
 from worker.mesh import Mesh
 from worker.vip import VipBalancers
@@ -45,25 +53,8 @@ if os.geteuid() != 0:  # pragma: no cover
 if shutil.which("nft") is None:  # pragma: no cover
     pytest.skip("needs nft (Debian package nftables)", allow_module_level=True)
 
-UNDERLAY = ("192.0.2.1", "192.0.2.2")
 A_IP, B_IP = UNDERLAY
-
-
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=20, check=check)
-
-
-def ns_run(ns: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run("nsenter", f"--net={ns}", "--", *cmd, check=check)
-
-
-def links(ns: Path) -> dict[str, dict[str, Any]]:
-    return {link["ifname"]: link for link in json.loads(ns_run(ns, "ip", "-j", "addr", "show").stdout)}
-
-
-def tables(ns: Path) -> list[str]:
-    out = ns_run(ns, "nft", "-j", "list", "tables").stdout
-    return [o["table"]["name"] for o in json.loads(out)["nftables"] if "table" in o]
+NODE_A = {"ID": "nodea", "Status": {"State": "ready", "Addr": A_IP}}
 
 
 class Servers:
@@ -74,56 +65,27 @@ class Servers:
         self.socks: list[socket.socket] = []
         self._stop = threading.Event()
 
-    def tcp(self, ns: Path, ip: str, port: int) -> None:
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((ip, port))
-            s.listen(64)
-            s.settimeout(0.2)
-            return s
-
-        s = netns.run_in_netns(ns, make)
+    def _socket(self, ns: Path, kind: int, ip: str, port: int, **opts: Any) -> socket.socket:
+        s = netns_socket(ns, kind, (ip, port), **opts)
         self.socks.append(s)
+        return s
 
-        def loop() -> None:
-            while not self._stop.is_set():
-                try:
-                    c, peer = s.accept()
-                except (TimeoutError, OSError):
-                    continue
-                with c:
-                    c.sendall(f"{ip} {peer[0]}\n".encode())
-        threading.Thread(target=loop, daemon=True).start()
+    def tcp(self, ns: Path, ip: str, port: int) -> None:
+        s = self._socket(ns, socket.SOCK_STREAM, ip, port, listen=64, timeout=0.2, reuse=True)
+
+        def answer(c: socket.socket, peer: Any) -> None:
+            with c:
+                c.sendall(f"{ip} {peer[0]}\n".encode())
+
+        serve(self._stop, s.accept, answer)
 
     def hold(self, ns: Path, ip: str, port: int) -> None:
         """A listener that never accepts: the kernel completes handshakes, connections stay open."""
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((ip, port))
-            s.listen(8)
-            return s
-
-        self.socks.append(netns.run_in_netns(ns, make))
+        self._socket(ns, socket.SOCK_STREAM, ip, port, listen=8)
 
     def udp(self, ns: Path, ip: str, port: int) -> None:
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((ip, port))
-            s.settimeout(0.2)
-            return s
-
-        s = netns.run_in_netns(ns, make)
-        self.socks.append(s)
-
-        def loop() -> None:
-            while not self._stop.is_set():
-                try:
-                    _, peer = s.recvfrom(2048)
-                except (TimeoutError, OSError):
-                    continue
-                s.sendto(f"{ip} {peer[0]}".encode(), peer)
-        threading.Thread(target=loop, daemon=True).start()
+        s = self._socket(ns, socket.SOCK_DGRAM, ip, port, timeout=0.2)
+        serve(self._stop, lambda: s.recvfrom(2048), lambda _, peer: s.sendto(f"{ip} {peer[0]}".encode(), peer))
 
     def close(self) -> None:
         self._stop.set()
@@ -148,12 +110,9 @@ def tcp_get(ns: Path, ip: str, port: int, timeout: float = 3.0) -> str:
 
 
 def udp_get(ns: Path, ip: str, port: int, timeout: float = 2.0) -> str:
-    def body() -> str:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(timeout)
-            s.sendto(b"?", (ip, port))
-            return s.recv(256).decode()
-    return netns.run_in_netns(ns, body)
+    with netns_socket(ns, socket.SOCK_DGRAM, timeout=timeout) as s:
+        s.sendto(b"?", (ip, port))
+        return s.recv(256).decode()
 
 
 def refused(fn: Callable[[], Any]) -> bool:
@@ -181,6 +140,38 @@ class World:
         ns_run(p, "ip", "link", "set", "lo", "up")
         return p
 
+    def wire_to_a(self, ns: Path, dev: str, prefix: str) -> None:
+        """A veth from host a (``dev``, ``<prefix>.1/24``) to ``ns`` (``eth0``, ``<prefix>.2/24``,
+        its default route via a): as a task's local bridge."""
+        ns_run(self.a, "ip", "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", str(ns))
+        ns_run(self.a, "ip", "addr", "add", f"{prefix}.1/24", "dev", dev)
+        ns_run(self.a, "ip", "link", "set", dev, "up")
+        ns_run(ns, "ip", "addr", "add", f"{prefix}.2/24", "dev", "eth0")
+        ns_run(ns, "ip", "link", "set", "eth0", "up")
+        ns_run(ns, "ip", "route", "add", "default", "via", f"{prefix}.1")
+
+    def sandbox(self, **extra: Any) -> IngressSandbox:
+        """Host a's ingress sandbox (under ``mesh-a``, tables named after the tag); ``extra`` go to
+        IngressSandbox (``local_table``)."""
+        return IngressSandbox(self.root / "mesh-a", host_netns=self.a, host_veth=f"{self.tag}i",
+                              host_table=f"mesht-{self.tag}", lb_table=f"meshlb-{self.tag}",
+                              nat_table=f"meshnat-{self.tag}", **extra)
+
+    def mesh(self, sandbox: IngressSandbox, **extra: Any) -> Mesh:
+        """A Mesh on ``sandbox`` whose endpoints host a's driver attaches to the ingress network,
+        with b's task (ING_TASK_B) as the peer; ``extra`` go to Mesh (``local_addresses``)."""
+        drv = self.drv["a"]
+
+        async def attach(cfg: NetworkConfig, ep: EndpointConfig) -> Attachment:
+            drv.ensure_network(cfg)
+            drv.set_peers(cfg.network_id, [peer_for(ING_TASK_B, B_IP)])
+            return drv.attach(ep)
+
+        async def detach(ep: EndpointConfig) -> None:
+            drv.detach(ep)
+
+        return Mesh(sandbox, attach, detach, **extra)
+
 
 @pytest.fixture
 def world(scratch_dir: Path) -> Iterator[World]:
@@ -204,6 +195,16 @@ def world(scratch_dir: Path) -> Iterator[World]:
             for sub in ("ov-a", "ov-b", "mesh-a"):
                 shutil.rmtree(scratch_dir / sub, ignore_errors=True)
         assert not errors, errors
+
+
+def stop_mesh_test(servers: Servers, sandbox: IngressSandbox) -> None:
+    """The end of a mesh test, even on failure: ``servers`` closed, then host a's ``sandbox``
+    removed (a failure is printed: the scratch hosts go anyway)."""
+    servers.close()
+    try:
+        sandbox.remove()
+    except Exception as e:  # noqa: BLE001 - the scratch hosts go anyway
+        print(f"sandbox cleanup: {e}")
 
 
 def plug(w: World, host: str, net: NetworkConfig, ns: Path, ip: str, ifname: str = "eth1") -> Attachment:
@@ -271,8 +272,7 @@ def test_vip_any_port_across_hosts_deltas_reject_and_no_idle_cut(world: World) -
             # a UDP flow that went to SRV_A (a socket keeps its flow, so conntrack keeps its endpoint)
             udp_a = None
             for _ in range(40):
-                sock = netns.run_in_netns(client, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-                sock.settimeout(2)
+                sock = netns_socket(client, socket.SOCK_DGRAM, timeout=2)
                 sock.connect((VIP, 5353))
                 sock.send(b"?")
                 if sock.recv(256).decode().split()[0] == SRV_A:
@@ -304,26 +304,16 @@ ING_NET = "ingressnet" + "0123456789abcde"
 ING_LB_A, ING_TASK_B = "10.0.10.250", "10.0.10.7"
 
 
-def test_mesh_answers_on_the_node_without_a_task_and_tears_down(world: World, scratch_dir: Path) -> None:
+def test_mesh_answers_on_the_node_without_a_task_and_tears_down(world: World) -> None:
     w = world
     network = overlay_network(ING_NET, "ingress", 4302, "10.0.10.0/24", "10.0.10.1")
     cfg_b = NetworkConfig(ING_NET, "10.0.10.0/24", "10.0.10.1", 4302, B_IP)
     task_b = w.ns("tb")
     plug(w, "b", cfg_b, task_b, ING_TASK_B)
     w.drv["b"].set_peers(ING_NET, [peer_for(ING_LB_A, A_IP)])  # a's sandbox: a peer of the ingress network
-    sandbox = IngressSandbox(scratch_dir / "mesh-a", host_netns=w.a, host_veth=f"{w.tag}i",
-                             host_table=f"mesht-{w.tag}", lb_table=f"meshlb-{w.tag}", nat_table=f"meshnat-{w.tag}")
-
-    async def attach(cfg: NetworkConfig, ep: EndpointConfig) -> Attachment:
-        w.drv["a"].ensure_network(cfg)
-        w.drv["a"].set_peers(cfg.network_id, [peer_for(ING_TASK_B, B_IP)])
-        return w.drv["a"].attach(ep)
-
-    async def detach(ep: EndpointConfig) -> None:
-        w.drv["a"].detach(ep)
-
-    mesh = Mesh(sandbox, attach, detach)
-    node = {"ID": "nodea", "Status": {"State": "ready", "Addr": A_IP}}
+    sandbox = w.sandbox()
+    mesh = w.mesh(sandbox)
+    node = NODE_A
     nets = {ING_NET: {"Network": network, "Peers": []}}
     port = {"ServiceID": "svcweb", "Service": "web", "Protocol": "tcp", "PublishedPort": 8080, "TargetPort": 80,
             "Endpoints": [ING_TASK_B]}
@@ -357,9 +347,7 @@ def test_mesh_answers_on_the_node_without_a_task_and_tears_down(world: World, sc
             assert tcp_get(w.b, A_IP, 8080).startswith(ING_TASK_B)
             # a restarted daemon (a new Mesh on the same sandbox, nothing remembered): its first push
             # removes the leftovers and builds anew
-            again = Mesh(IngressSandbox(scratch_dir / "mesh-a", host_netns=w.a, host_veth=f"{w.tag}i",
-                                        host_table=f"mesht-{w.tag}", lb_table=f"meshlb-{w.tag}",
-                                        nat_table=f"meshnat-{w.tag}"), attach, detach)
+            again = w.mesh(w.sandbox())
             await again.update(ingress, nets, node, 4789)
             assert again.endpoint is not None
             assert tcp_get(w.b, A_IP, 8080).startswith(ING_TASK_B)
@@ -378,11 +366,7 @@ def test_mesh_answers_on_the_node_without_a_task_and_tears_down(world: World, sc
 
         asyncio.run(main())
     finally:
-        servers.close()
-        try:
-            sandbox.remove()
-        except Exception as e:  # noqa: BLE001 - the scratch hosts go anyway
-            print(f"sandbox cleanup: {e}")
+        stop_mesh_test(servers, sandbox)
 
 
 # -- 3. host-mode ports ------------------------------------------------------------------------------
@@ -391,13 +375,7 @@ def test_mesh_answers_on_the_node_without_a_task_and_tears_down(world: World, sc
 def test_host_mode_port_keeps_the_client_address_and_goes_with_the_task(world: World) -> None:
     w = world
     cont = w.ns("hc")
-    hdev = f"{w.tag}h"
-    ns_run(w.a, "ip", "link", "add", hdev, "type", "veth", "peer", "name", "eth0", "netns", str(cont))
-    ns_run(w.a, "ip", "addr", "add", "10.233.9.1/24", "dev", hdev)
-    ns_run(w.a, "ip", "link", "set", hdev, "up")
-    ns_run(cont, "ip", "addr", "add", "10.233.9.2/24", "dev", "eth0")
-    ns_run(cont, "ip", "link", "set", "eth0", "up")
-    ns_run(cont, "ip", "route", "add", "default", "via", "10.233.9.1")
+    w.wire_to_a(cont, f"{w.tag}h", "10.233.9")
     ns_run(w.a, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     hp = HostPorts(table=f"hpt-{w.tag}")
     task = {"ID": "hosttask00000000000000001", "Endpoint": {"Ports": [
@@ -452,7 +430,7 @@ def test_overlay_task_reaches_outside_through_its_local_bridge(world: World, scr
 ING_TASK_A = "10.0.10.8"
 
 
-def test_mesh_keeps_the_client_address_when_a_local_task_exists(world: World, scratch_dir: Path) -> None:
+def test_mesh_keeps_the_client_address_when_a_local_task_exists(world: World) -> None:
     w = world
     network = overlay_network(ING_NET, "ingress", 4304, "10.0.10.0/24", "10.0.10.1")
     cfg = {h: NetworkConfig(ING_NET, "10.0.10.0/24", "10.0.10.1", 4304, ip) for h, ip in zip("ab", UNDERLAY, strict=True)}
@@ -460,29 +438,12 @@ def test_mesh_keeps_the_client_address_when_a_local_task_exists(world: World, sc
     plug(w, "b", cfg["b"], task_b, ING_TASK_B)
     w.drv["b"].set_peers(ING_NET, [peer_for(ING_LB_A, A_IP), peer_for(ING_TASK_A, A_IP)])
     # the local task on a: eth0 on a veth to host a (its "local bridge"), default route there; eth1 on ingress
-    hdev = f"{w.tag}t"
-    ns_run(w.a, "ip", "link", "add", hdev, "type", "veth", "peer", "name", "eth0", "netns", str(task_a))
-    ns_run(w.a, "ip", "addr", "add", "10.233.7.1/24", "dev", hdev)
-    ns_run(w.a, "ip", "link", "set", hdev, "up")
-    ns_run(task_a, "ip", "addr", "add", "10.233.7.2/24", "dev", "eth0")
-    ns_run(task_a, "ip", "link", "set", "eth0", "up")
-    ns_run(task_a, "ip", "route", "add", "default", "via", "10.233.7.1")
+    w.wire_to_a(task_a, f"{w.tag}t", "10.233.7")
     plug(w, "a", cfg["a"], task_a, ING_TASK_A)
-    sandbox = IngressSandbox(scratch_dir / "mesh-a", host_netns=w.a, host_veth=f"{w.tag}i",
-                             host_table=f"mesht-{w.tag}", lb_table=f"meshlb-{w.tag}", nat_table=f"meshnat-{w.tag}",
-                             local_table=f"meshloc-{w.tag}")
-
-    async def attach(c: NetworkConfig, ep: EndpointConfig) -> Attachment:
-        w.drv["a"].ensure_network(c)
-        w.drv["a"].set_peers(c.network_id, [peer_for(ING_TASK_B, B_IP)])
-        return w.drv["a"].attach(ep)
-
-    async def detach(ep: EndpointConfig) -> None:
-        w.drv["a"].detach(ep)
-
+    sandbox = w.sandbox(local_table=f"meshloc-{w.tag}")
     local = {ING_TASK_A: "10.233.7.2"}
-    mesh = Mesh(sandbox, attach, detach, local_addresses=lambda: dict(local))
-    node = {"ID": "nodea", "Status": {"State": "ready", "Addr": A_IP}}
+    mesh = w.mesh(sandbox, local_addresses=lambda: dict(local))
+    node = NODE_A
     nets = {ING_NET: {"Network": network, "Peers": []}}
     port = {"Protocol": "tcp", "PublishedPort": 8080, "TargetPort": 80, "Endpoints": [ING_TASK_B, ING_TASK_A]}
     ingress = {"NetworkID": ING_NET, "Address": f"{ING_LB_A}/24", "Ports": [port]}
@@ -505,8 +466,4 @@ def test_mesh_keeps_the_client_address_when_a_local_task_exists(world: World, sc
 
         asyncio.run(main())
     finally:
-        servers.close()
-        try:
-            sandbox.remove()
-        except Exception as e:  # noqa: BLE001 - the scratch hosts go anyway
-            print(f"sandbox cleanup: {e}")
+        stop_mesh_test(servers, sandbox)

@@ -3,77 +3,57 @@ in the create/update transaction, tasks carrying the service's Endpoint and join
 network when the service publishes ingress ports, a change of networks or published ports rolling
 the tasks, nodes' load-balancer addresses on the ingress network, and the bad input (409 naming the
 service holding a port, 400 for dnsrr with ingress ports, an unknown network, a malformed port).
-Real loops on a real store (single-voter Raft log on a temp dir), a worker test double."""
+Real loops on a real store (single-voter Raft log on a temp dir), a worker test double
+(tests/unit/overlay_services.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from manager.allocator.loop import NetworkAllocatorLoop, endpoint_is_stale, node_attachments_wanted
 from manager.controlapi import networks, services
 from manager.controlapi.errors import Conflict, FailedPrecondition, InvalidArgument
-from manager.orchestrator import Orchestrator, new_task
-from manager.reaper import TaskReaper
-from manager.scheduler import BRIDGE_NETWORK_ID, Scheduler
-from manager.specs import default_swarm_spec
+from manager.orchestrator import new_task
 from shoal.base.views import task_needs_networks
-from tests.stores import open_store
+from tests.unit.overlay_services import (
+    Obj,
+    cluster_ctx,
+    live_tasks,
+    overlay_attachments,
+    running_loops,
+    service_spec,
+)
 from tests.unit.test_api import _node, creating
 from tests.unit.test_controlapi import Ctx
-from tests.unit.test_orchestrator_update import WorkerDouble
 from tests.waiting import wait_until
-
-Obj = dict[str, Any]
 
 
 def spec(name: str = "web", replicas: int = 2, nets: list[str] | None = None, ports: list[Obj] | None = None,
          mode: str | None = None) -> Obj:
-    s: Obj = {"Name": name, "Mode": {"Replicated": {"Replicas": replicas}},
-              "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}},
-              "UpdateConfig": {"Parallelism": 0, "Monitor": 10_000_000}}
-    if nets is not None:
-        s["TaskTemplate"]["Networks"] = [{"Target": n} for n in nets]
     ep: Obj = {}
     if ports is not None:
         ep["Ports"] = ports
     if mode:
         ep["Mode"] = mode
-    if ep:
-        s["EndpointSpec"] = ep
-    return s
+    return service_spec(name, replicas, nets, UpdateConfig={"Parallelism": 0, "Monitor": 10_000_000},
+                        **({"EndpointSpec": ep} if ep else {}))
 
 
 @pytest.fixture
 async def ctx(tmp_path: Path) -> AsyncIterator[Ctx]:
-    store = await open_store(tmp_path / "raft")
-    await store.update(lambda tx: tx.create("cluster", {"ID": "cluster1", "Spec": default_swarm_spec()}))
-    await store.update(creating("nodes", *[_node(f"node{i}abc", f"h{i}") for i in (1, 2)]))
-    c = Ctx(store)
-    await networks.create_ingress(c)
-    try:
+    async with cluster_ctx(tmp_path) as c:
+        await networks.create_ingress(c)
         yield c
-    finally:
-        await store.close()
 
 
 @pytest.fixture
 async def loops(ctx: Ctx) -> AsyncIterator[None]:
-    store = ctx.store
-    runners = [asyncio.create_task(lp.run()) for lp in (
-        Orchestrator(store, debounce=0.005), NetworkAllocatorLoop(store, debounce=0.005),
-        Scheduler(store, debounce=0.005), TaskReaper(store, debounce=0.005), WorkerDouble(store, 0.01, 0.01))]
-    try:
+    async with running_loops(ctx.store):
         yield
-    finally:
-        for r in runners:
-            r.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
 
 
 def _svc(ctx: Ctx, sid: str) -> Obj:
@@ -87,12 +67,11 @@ def _ingress_id(ctx: Ctx) -> str:
 
 
 def _running(ctx: Ctx, sid: str) -> list[Obj]:
-    return [t for t in ctx.store.view().list("tasks")
-            if t["ServiceID"] == sid and t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+    return [t for t in live_tasks(ctx, sid) if t["Status"]["State"] == "running"]
 
 
 def _overlay_ids(t: Obj) -> list[str]:
-    return [a["Network"]["ID"] for a in t.get("NetworksAttachments") or [] if a["Network"]["ID"] != BRIDGE_NETWORK_ID]
+    return [a["Network"]["ID"] for a in overlay_attachments(t)]
 
 
 async def _update(ctx: Ctx, sid: str, body: Obj) -> None:

@@ -2,11 +2,11 @@
 ``TaskTemplate.Networks`` targets to network IDs, the orchestrator leaves such tasks ``new``, the
 network allocator loop (manager.allocator.loop) gives them addresses and moves them to
 ``pending``, the scheduler puts the bridge attachment first and keeps the overlay ones. Real
-loops on a real store (single-voter Raft log on a temp dir), a worker test double."""
+loops on a real store (single-voter Raft log on a temp dir), a worker test double
+(tests/unit/overlay_services.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,59 +18,26 @@ from manager.allocator.loop import NetworkAllocatorLoop
 from manager.controlapi import networks, services
 from manager.controlapi.errors import FailedPrecondition, InvalidArgument
 from manager.orchestrator import Orchestrator
-from manager.reaper import TaskReaper
-from manager.scheduler import BRIDGE_NETWORK_ID, Scheduler
-from manager.specs import SpecError, default_swarm_spec, validate_service_spec
-from tests.stores import open_store
-from tests.unit.test_api import _node, creating
+from manager.scheduler import BRIDGE_NETWORK_ID
+from manager.specs import SpecError, validate_service_spec
+from tests.unit.overlay_services import Obj, cluster_ctx, running_loops
+from tests.unit.overlay_services import live_tasks as _live
+from tests.unit.overlay_services import overlay_attachments as _overlay
+from tests.unit.overlay_services import service_spec as spec
 from tests.unit.test_controlapi import Ctx
-from tests.unit.test_orchestrator_update import WorkerDouble
 from tests.waiting import wait_until
-
-Obj = dict[str, Any]
-
-
-def spec(name: str = "web", replicas: int = 2, nets: list[str] | None = None, **extra: Any) -> Obj:
-    s: Obj = {"Name": name, "Mode": {"Replicated": {"Replicas": replicas}},
-              "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}}}
-    if nets is not None:
-        s["TaskTemplate"]["Networks"] = [{"Target": n} for n in nets]
-    s.update(extra)
-    return s
 
 
 @pytest.fixture
 async def ctx(tmp_path: Path) -> AsyncIterator[Ctx]:
-    store = await open_store(tmp_path / "raft")
-    await store.update(lambda tx: tx.create("cluster", {"ID": "cluster1", "Spec": default_swarm_spec()}))
-    await store.update(creating("nodes", *[_node(f"node{i}abc", f"h{i}") for i in (1, 2)]))
-    try:
-        yield Ctx(store)
-    finally:
-        await store.close()
+    async with cluster_ctx(tmp_path) as c:
+        yield c
 
 
 @pytest.fixture
 async def loops(ctx: Ctx) -> AsyncIterator[None]:
-    store = ctx.store
-    runners = [asyncio.create_task(lp.run()) for lp in (
-        Orchestrator(store, debounce=0.005), NetworkAllocatorLoop(store, debounce=0.005),
-        Scheduler(store, debounce=0.005), TaskReaper(store, debounce=0.005), WorkerDouble(store, 0.01, 0.01))]
-    try:
+    async with running_loops(ctx.store):
         yield
-    finally:
-        for r in runners:
-            r.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
-
-
-def _live(ctx: Ctx, sid: str) -> list[Obj]:
-    return [t for t in ctx.store.view().list("tasks")
-            if t["ServiceID"] == sid and t["DesiredState"] == "running"]
-
-
-def _overlay(t: Obj) -> list[Obj]:
-    return [a for a in t.get("NetworksAttachments") or [] if a["Network"]["ID"] != BRIDGE_NETWORK_ID]
 
 
 # -- specs -----------------------------------------------------------------------------------------

@@ -10,27 +10,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from shoal.daemon import listenaddr
-from shoal.daemon.daemon import Daemon
-from shoal.daemon.http.app import build_app
 from shoal.daemon.listenaddr import AddrError, Interface
-from shoal.daemon.main import parse_args
 from tests.ports import free_port
+from tests.unit.swarm_daemons import daemon_on_socket, no_swarm_files, running_daemon
 from tests.unit.test_orchestrator_cli import DOCKER, docker
 from tests.waiting import wait_until
-
-Client = TestClient[web.Request, web.Application]
-
 
 # ------------------------------------------------------------------ the address rules (pure)
 
@@ -124,31 +117,6 @@ def listening(port: int, host: str = "0.0.0.0") -> Iterator[socket.socket]:
         yield s
     finally:
         s.close()
-
-
-def daemon_args(root: Path, port: int) -> Any:
-    return parse_args(["--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-                       "--socket", str(root / "s.sock"), "--cgroup-parent", "shoal-unit-test",
-                       "--port", str(port), "--heartbeat-period", "0.5"])
-
-
-@asynccontextmanager
-async def running_daemon(root: Path, port: int) -> AsyncIterator[tuple[Daemon, Client]]:
-    """A started Daemon (state.json honoured, as shoald starts) serving its API in-process."""
-    d = Daemon(daemon_args(root, port))
-    await d.start()
-    client = TestClient(TestServer(build_app(d)))
-    await client.start_server()
-    try:
-        yield d, client
-    finally:
-        await client.close()
-        await d.stop()
-
-
-def no_swarm_files(d: Daemon) -> None:
-    assert not d.state.path.exists(), d.state.path.read_text()
-    assert not d.certs_dir.exists() and not (d.data_root / "manager").exists()
 
 
 async def assert_not_in_swarm(root: Path, port: int) -> None:
@@ -266,13 +234,7 @@ async def test_cli_prints_the_busy_port_as_an_error_response(tmp_path: Path, cap
     from shoal.cli import commands as cli
 
     port = free_port()
-    d = Daemon(daemon_args(tmp_path, port))
-    await d.start()
-    runner = web.AppRunner(build_app(d))
-    await runner.setup()
-    sock = tmp_path / "api.sock"
-    await web.UnixSite(runner, str(sock)).start()
-    try:
+    async with daemon_on_socket(tmp_path, port) as (d, sock):
         with listening(port, "127.0.0.1"):
             rc = await asyncio.to_thread(cli.main, ["-H", f"unix://{sock}", "swarm", "init", "--listen-addr",
                                                     f"127.0.0.1:{port}", "--advertise-addr", "127.0.0.1"])
@@ -282,9 +244,6 @@ async def test_cli_prints_the_busy_port_as_an_error_response(tmp_path: Path, cap
         rc = await asyncio.to_thread(cli.main, ["-H", f"unix://{sock}", "swarm", "init", "--advertise-addr", "eth9:x"])
         assert rc == 1 and "Error response from daemon: --advertise-addr 'eth9:x': the port" in capsys.readouterr().err
         no_swarm_files(d)
-    finally:
-        await runner.cleanup()
-        await d.stop()
 
 
 async def test_a_promotion_on_a_busy_port_leaves_a_worker_that_restarts_as_one(tmp_path: Path) -> None:
@@ -336,14 +295,8 @@ async def test_docker_swarm_init_with_the_clis_zero_raft_ticks(tmp_path: Path) -
     HeartbeatTick 0 when they are not given: those keep swarmkit's defaults (before: 400
     "RaftConfig.ElectionTick must be at least 1, got 0"), as the engine sanitizes an init."""
     port = free_port()
-    d = Daemon(daemon_args(tmp_path, port))
-    await d.start()
-    runner = web.AppRunner(build_app(d))
-    await runner.setup()
-    sock = tmp_path / "api.sock"
-    await web.UnixSite(runner, str(sock)).start()
-    host = f"unix://{sock}"
-    try:
+    async with daemon_on_socket(tmp_path, port) as (d, sock):
+        host = f"unix://{sock}"
         rc, out, err = await docker(host, tmp_path, "swarm", "init", "--advertise-addr", "127.0.0.1",
                                     "--listen-addr", f"127.0.0.1:{port}")
         assert rc == 0 and "Swarm initialized" in out, (out, err)
@@ -355,6 +308,3 @@ async def test_docker_swarm_init_with_the_clis_zero_raft_ticks(tmp_path: Path) -
         assert (rc, out.strip()) == (0, "active"), err
         rc, out, err = await docker(host, tmp_path, "swarm", "leave", "--force")
         assert rc == 0, (out, err)
-    finally:
-        await runner.cleanup()
-        await d.stop()

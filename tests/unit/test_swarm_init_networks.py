@@ -2,8 +2,8 @@
 path port (``--default-addr-pool``, ``--default-addr-pool-mask-length``, ``--data-path-port``; the
 API's ``DefaultAddrPool``/``SubnetSize``/``DataPathPort``) are checked, stored on the cluster object,
 reported by ``GET /swarm`` and ``/info``, and the ``ingress`` network is created with the cluster,
-from those pools. Real daemons on loopback (as tests/unit/test_swarm_init_join.py), the real
-docker CLI when it is installed; no root."""
+from those pools. Real daemons on loopback (tests/unit/swarm_daemons.py, as
+tests/unit/test_swarm_init_join.py), the real docker CLI when it is installed; no root."""
 
 from __future__ import annotations
 
@@ -12,16 +12,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from manager.allocator import AddressPools
 from manager.clusterconfig import network_config
 from shoal.cli import commands
-from shoal.daemon.daemon import Daemon
-from shoal.daemon.http.app import build_app
 from tests.ports import free_port
+from tests.unit.swarm_daemons import daemon_on_socket, no_swarm_files, running_daemon
 from tests.unit.test_orchestrator_cli import DOCKER, docker
-from tests.unit.test_swarm_init_join import daemon_args, no_swarm_files, running_daemon
 
 
 def test_network_config_defaults_and_values() -> None:
@@ -117,14 +114,8 @@ def test_cli_swarm_init_sends_the_pools() -> None:
 @pytest.mark.skipif(DOCKER is None, reason="no docker CLI on PATH")
 async def test_docker_swarm_init_with_pools_and_data_path_port(tmp_path: Path) -> None:
     port = free_port()
-    d = Daemon(daemon_args(tmp_path, port))
-    await d.start()
-    runner = web.AppRunner(build_app(d))
-    await runner.setup()
-    sock = tmp_path / "api.sock"
-    await web.UnixSite(runner, str(sock)).start()
-    host = f"unix://{sock}"
-    try:
+    async with daemon_on_socket(tmp_path, port) as (_, sock):
+        host = f"unix://{sock}"
         rc, out, err = await docker(host, tmp_path, "swarm", "init", "--advertise-addr", "127.0.0.1",
                                     "--listen-addr", f"127.0.0.1:{port}", "--default-addr-pool", "10.40.0.0/16",
                                     "--default-addr-pool-mask-length", "25", "--data-path-port", "7790")
@@ -148,9 +139,6 @@ async def test_docker_swarm_init_with_pools_and_data_path_port(tmp_path: Path) -
         assert (rc, out.strip()) == (0, "true 10.40.0.0/25"), err
         rc, out, err = await docker(host, tmp_path, "swarm", "leave", "--force")
         assert rc == 0, (out, err)
-    finally:
-        await runner.cleanup()
-        await d.stop()
 
 
 @pytest.mark.skipif(DOCKER is None, reason="no docker CLI on PATH")
@@ -160,15 +148,9 @@ async def test_docker_cli_publish_network_and_refusals(tmp_path: Path) -> None:
     prints: a port held by another service (409 naming it), dnsrr with an ingress port, an unknown
     network, the ingress network removed while a service publishes on it."""
     port = free_port()
-    d = Daemon(daemon_args(tmp_path, port))
-    await d.start()
-    runner = web.AppRunner(build_app(d))
-    await runner.setup()
-    sock = tmp_path / "api.sock"
-    await web.UnixSite(runner, str(sock)).start()
-    host = f"unix://{sock}"
     create = ("service", "create", "--detach", "--no-resolve-image")
-    try:
+    async with daemon_on_socket(tmp_path, port) as (_, sock):
+        host = f"unix://{sock}"
         rc, out, err = await docker(host, tmp_path, "swarm", "init", "--advertise-addr", "127.0.0.1",
                                     "--listen-addr", f"127.0.0.1:{port}")
         assert rc == 0, (out, err)
@@ -223,6 +205,3 @@ async def test_docker_cli_publish_network_and_refusals(tmp_path: Path) -> None:
         assert (rc, out.strip()) == (0, "1 0"), err
         rc, out, err = await docker(host, tmp_path, "swarm", "leave", "--force")
         assert rc == 0, (out, err)
-    finally:
-        await runner.cleanup()
-        await d.stop()
