@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from manager.allocator import parse_pools
+from manager.allocator.ports import DEFAULT_DATA_PATH_PORT
 from manager.ca import RootCA
 from manager.controlapi.networks import add_network, ingress_request, validate_create_request
 from manager.membership import raft_id
@@ -28,7 +29,6 @@ from shoal.base.util import new_id, now_rfc3339, private_dir
 __all__ = ["DEFAULT_DATA_PATH_PORT", "DEFAULT_RAFT_TICK", "RAFT_SPEC_FILE", "raft_config", "initial_swarm_spec",
            "read_raft_spec", "write_raft_spec", "split_addr", "init_cluster", "network_config"]
 
-DEFAULT_DATA_PATH_PORT = 4789
 """The VXLAN UDP port of the data path when ``swarm init --data-path-port`` is not given (IANA's)."""
 MIN_SUBNET_SIZE = 8
 """The shortest ``--default-addr-pool-mask-length`` shoal takes (a /8 per overlay network)."""

@@ -42,10 +42,14 @@ class _Pool:
     cursor: int = 1  # last offset handed out
 
 
-class BridgeIPAM:
-    """Allocator of node subnets inside ``pool`` (default ``10.200.0.0/16``, /24 per node)."""
+BRIDGE_POOL = "10.200.0.0/16"
+"""Where the nodes' local bridge subnets come from (no overlay subnet may overlap it)."""
 
-    def __init__(self, pool: str = "10.200.0.0/16", prefix: int = 24) -> None:
+
+class BridgeIPAM:
+    """Allocator of node subnets inside ``pool`` (default :data:`BRIDGE_POOL`, /24 per node)."""
+
+    def __init__(self, pool: str = BRIDGE_POOL, prefix: int = 24) -> None:
         try:
             self.pool = ipaddress.IPv4Network(pool)
         except ValueError as e:

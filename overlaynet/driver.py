@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from shoal.base.netaddr import MIN_MTU, MTU_OPTION, VXLAN_OVERHEAD, parse_mtu_option
 from shoal.base.netaddr import mac_from_ip as _base_mac_from_ip
 
 __all__ = [
@@ -44,15 +45,8 @@ __all__ = [
 
 DEFAULT_DATA_PATH_PORT = 4789
 """The IANA VXLAN port (RFC 7348), Docker's default ``--data-path-port``."""
-VXLAN_OVERHEAD = 50
-"""Bytes VXLAN adds over IPv4: inner Ethernet 14 + outer IPv4 20 + UDP 8 + VXLAN 8."""
-MTU_OPTION = "com.docker.network.driver.mtu"
-"""The driver option that sets an overlay's MTU (``docker network create --opt``)."""
 ENCRYPTED_OPTION = "encrypted"
 """The driver option asking for IPsec between nodes (``--opt encrypted``); refused here."""
-MIN_MTU = 68
-"""The smallest IPv4 MTU (RFC 791)."""
-MAX_MTU = 65535 - VXLAN_OVERHEAD
 MAX_VNI = (1 << 24) - 1
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -87,15 +81,10 @@ def parse_options(options: Mapping[str, str] | None) -> NetworkOptions:
             "overlay encryption (--opt encrypted) is not supported: this kernel has no ESP (xfrm) "
             "and no WireGuard; create the network without --opt encrypted and protect the data path "
             "port (UDP 4789 by default) at the underlay instead")
-    mtu: int | None = None
-    raw = opts.get(MTU_OPTION)
-    if raw is not None:
-        text = str(raw).strip()
-        if not text.isdigit():
-            raise DriverError(f"invalid {MTU_OPTION} {raw!r}: expected an integer number of bytes")
-        mtu = int(text)
-        if not MIN_MTU <= mtu <= MAX_MTU:
-            raise DriverError(f"invalid {MTU_OPTION} {mtu}: must be between {MIN_MTU} and {MAX_MTU}")
+    try:
+        mtu = parse_mtu_option(opts.get(MTU_OPTION))
+    except ValueError as e:
+        raise DriverError(str(e)) from e
     return NetworkOptions(mtu=mtu)
 
 

@@ -195,13 +195,15 @@ class Allocator:
     """Subnets, VNIs, addresses and ingress ports of the cluster's overlay networks.
 
     ``pools``: the default address pools (None = 10.0.0.0/8 in /24s); ``host_routes``: CIDRs
-    (e.g. the nodes' own routes) that no overlay subnet may overlap."""
+    (e.g. the nodes' own routes) that no overlay subnet may overlap; ``reserved_ports``:
+    ``{(protocol, port): what uses it}`` that no service may publish."""
 
-    def __init__(self, pools: AddressPools | None = None, host_routes: Iterable[str] = ()) -> None:
+    def __init__(self, pools: AddressPools | None = None, host_routes: Iterable[str] = (),
+                 reserved_ports: Mapping[tuple[str, int], str] | None = None) -> None:
         self.pools = pools or parse_pools(None, None)
         self._subnets = SubnetRegistry(self.pools, host_routes)
         self._vnis = VNIAllocator()
-        self._ports = PortAllocator()
+        self._ports = PortAllocator(reserved_ports)
         self._nets: dict[str, _Net] = {}
         self.problems: list[str] = []
         """What :meth:`from_objects` skipped (malformed or conflicting stored data), for the log."""
@@ -211,12 +213,13 @@ class Allocator:
     @classmethod
     def from_objects(cls, networks: Iterable[Obj], services: Iterable[Obj], tasks: Iterable[Obj],
                      pools: AddressPools | None = None, host_routes: Iterable[str] = (),
-                     nodes: Iterable[Obj] = ()) -> Allocator:
+                     nodes: Iterable[Obj] = (),
+                     reserved_ports: Mapping[tuple[str, int], str] | None = None) -> Allocator:
         """An allocator holding exactly what the stored objects hold. Networks without an
         allocation (no subnet or VNI yet) are skipped: allocate them with :meth:`allocate_network`.
         Never raises for stored data: what cannot be taken (a malformed subnet, an address outside
         its subnet, a VNI held twice) is listed in ``problems`` for the caller to log."""
-        a = cls(pools, host_routes)
+        a = cls(pools, host_routes, reserved_ports)
         for n in networks:
             a._restore_network(n)
         for s in services:

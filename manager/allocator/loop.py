@@ -25,6 +25,7 @@ API (an automatic rollback: :func:`endpoint_is_stale`).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -32,6 +33,8 @@ from typing import Any
 from manager.allocator.allocator import Allocator, network_attachment
 from manager.allocator.errors import AllocatorError
 from manager.allocator.pools import AddressPools
+from manager.allocator.ports import CLUSTER_PORT, DEFAULT_DATA_PATH_PORT
+from manager.ipam import BRIDGE_POOL
 from manager.loop import reconcile_loop
 from manager.store import MAX_TRANSACTION_BYTES, ReadTx, Store, WriteTx
 from shoal.base.taskstate import ASSIGNED, RUNNING, STATE_ORDER, TERMINAL_STATES
@@ -116,15 +119,65 @@ def _pools(tx: ReadTx) -> AddressPools | None:
     return None
 
 
+def _ipv4(text: object) -> ipaddress.IPv4Address | None:
+    try:
+        addr = ipaddress.ip_address(str(text))
+    except ValueError:
+        return None
+    return addr if isinstance(addr, ipaddress.IPv4Address) else None
+
+
+def node_routes(nodes: Iterable[Obj]) -> list[str]:
+    """What no overlay subnet may overlap on the nodes: the local bridges' pool
+    (:data:`manager.ipam.BRIDGE_POOL`) and each node's own bridge subnet (``ShoalBridge.Subnet``:
+    a task would get two routes to it), and each node's own address (``Status.Addr`` as a /32: a
+    task could no longer reach that node's underlay address). Loopback and unspecified addresses
+    are skipped (a node seen before its first session)."""
+    out: list[str] = [BRIDGE_POOL]
+    for n in nodes:
+        bridge = (n.get("ShoalBridge") or {}).get("Subnet") if isinstance(n.get("ShoalBridge"), dict) else None
+        if bridge:
+            out.append(str(bridge))
+        addr = _ipv4((n.get("Status") or {}).get("Addr") if isinstance(n.get("Status"), dict) else None)
+        if addr is not None and not (addr.is_loopback or addr.is_unspecified):
+            out.append(f"{addr}/32")
+    return out
+
+
+def reserved_ports(tx: ReadTx, nodes: Iterable[Obj]) -> dict[tuple[str, int], str]:
+    """``{(protocol, port): what}`` that no service may publish: the cluster port (2377/tcp and
+    every manager's own port from ``ManagerStatus.Addr``) and the swarm's VXLAN data path port
+    (the cluster object's ``DataPathPort``, UDP). A published port is DNATed on every node before
+    the node's own sockets see the packet, so publishing these would cut the swarm apart."""
+    out: dict[tuple[str, int], str] = {("tcp", CLUSTER_PORT): "the swarm's cluster port (managers' Raft, "
+                                                                "dispatcher and CA)"}
+    for n in nodes:
+        ms = n.get("ManagerStatus")
+        addr = str(ms.get("Addr") or "") if isinstance(ms, dict) else ""
+        port = addr.rpartition(":")[2]
+        if port.isdigit() and 0 < int(port) < 65536:
+            out[("tcp", int(port))] = "a manager's cluster port (Raft, dispatcher and CA)"
+    dp = DEFAULT_DATA_PATH_PORT
+    for c in tx.list_shallow("cluster"):
+        got = c.get("DataPathPort")
+        if isinstance(got, int) and not isinstance(got, bool) and 0 < got < 65536:
+            dp = got
+    out[("udp", dp)] = "the swarm's VXLAN data path port"
+    return out
+
+
 def rebuild_allocator(tx: ReadTx, networks: Iterable[Obj], services: Iterable[Obj], tasks: Iterable[Obj],
                       nodes: Iterable[Obj]) -> Allocator:
     """An allocator holding exactly what the store (as ``tx`` sees it) holds, from the objects
     read in ``tx``: networks, services' VIPs and ports, nodes' load-balancer addresses, and the
     addresses of those ``tasks`` that still hold theirs (:func:`holds_addresses`); the cluster's
-    default address pools. The allocator loop and the control API
+    default address pools; the nodes' own routes (:func:`node_routes`) and reserved ports
+    (:func:`reserved_ports`). The allocator loop and the control API
     (``manager.controlapi.networks.store_allocator``) both rebuild it so."""
+    nodes = list(nodes)
     return Allocator.from_objects(networks, services, [t for t in tasks if holds_addresses(t)],
-                                  pools=_pools(tx), nodes=nodes)
+                                  pools=_pools(tx), nodes=nodes, host_routes=node_routes(nodes),
+                                  reserved_ports=reserved_ports(tx, nodes))
 
 
 class NetworkAllocatorLoop:

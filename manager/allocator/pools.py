@@ -21,7 +21,7 @@ from manager.allocator.errors import InvalidArgument, PoolExhausted, SubnetOverl
 
 __all__ = [
     "DEFAULT_ADDR_POOL", "DEFAULT_SUBNET_SIZE", "MAX_SUBNET_SIZE", "AddressPools", "SubnetRegistry",
-    "UserSubnet", "parse_pools", "validate_ipam_config",
+    "SPECIAL_RANGES", "UserSubnet", "check_unicast", "parse_pools", "validate_ipam_config",
 ]
 
 DEFAULT_ADDR_POOL: tuple[str, ...] = ("10.0.0.0/8",)
@@ -46,13 +46,37 @@ class AddressPools:
         return ", ".join(str(n) for n in self.networks)
 
 
+SPECIAL_RANGES: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
+    (ipaddress.IPv4Network(cidr), what) for cidr, what in (
+        ("0.0.0.0/8", "'this network' addresses"),
+        ("127.0.0.0/8", "loopback addresses"),
+        ("169.254.0.0/16", "link-local addresses (the routing mesh's link is 169.254.253.0/30)"),
+        ("224.0.0.0/4", "multicast addresses"),
+        ("240.0.0.0/4", "reserved addresses and the broadcast address"),
+    ))
+"""Ranges no overlay subnet or address pool may touch: a task address there cannot be routed
+(RFC 6890's special-purpose IPv4 ranges that are not unicast)."""
+
+
+def check_unicast(net: ipaddress.IPv4Network, what: str, context: str = "") -> None:
+    """Raise :class:`InvalidArgument` when ``net`` overlaps one of :data:`SPECIAL_RANGES`; the
+    message (after ``context``, e.g. "ipam configuration: ") names ``what`` ("subnet 127.0.0.0/24",
+    "base pool 0.0.0.0/0") and the range."""
+    for special, desc in SPECIAL_RANGES:
+        if net.overlaps(special):
+            raise InvalidArgument(f"{context}invalid {what}: it overlaps {special} ({desc}), which cannot carry "
+                                  f"task addresses; use a private range such as 10.0.0.0/8, "
+                                  f"172.16.0.0/12 or 192.168.0.0/16")
+
+
 def parse_pools(pools: Sequence[str] | None, size: int | None) -> AddressPools:
     """Validate ``swarm init --default-addr-pool ... --default-addr-pool-mask-length N`` (or the API's
     ``DefaultAddrPool``/``SubnetSize``); empty/None mean the defaults (10.0.0.0/8, 24).
 
     Raises :class:`InvalidArgument` with moby's ``validateDefaultAddrPool`` messages: size above 29
     ("subnet size is out of range"), a malformed pool ("invalid base pool"), a size shorter than a
-    pool's prefix ("Subnet size is too small for pool"); also for overlapping pools and IPv6 pools."""
+    pool's prefix ("Subnet size is too small for pool"); also for overlapping pools, IPv6 pools and
+    pools touching non-unicast ranges (:func:`check_unicast`)."""
     if size is None or size == 0:
         size = DEFAULT_SUBNET_SIZE
     if isinstance(size, bool) or not isinstance(size, int) or size < 0 or size > MAX_SUBNET_SIZE:
@@ -68,6 +92,7 @@ def parse_pools(pools: Sequence[str] | None, size: int | None) -> AddressPools:
             raise InvalidArgument(f"invalid base pool {text}: IPv6 address pools are not supported")
         if size < net.prefixlen:
             raise InvalidArgument(f"invalid CIDR: {text!r}. Subnet size is too small for pool: {size}")
+        check_unicast(net, f"base pool {text}")
         for other in nets:
             if net.overlaps(other):
                 raise InvalidArgument(f"invalid base pool {text}: overlaps with pool {other}")
@@ -100,12 +125,14 @@ def _cidr(text: str, what: str) -> ipaddress.IPv4Network:
 
 def validate_ipam_config(subnet: str, gateway: str = "", ip_range: str = "") -> UserSubnet:
     """Check ``--subnet`` (a CIDR; host bits are masked off), ``--gateway`` (an address inside the
-    subnet; default: the first host address) and ``--ip-range`` (a CIDR inside the subnet).
+    subnet; default: the first host address) and ``--ip-range`` (a CIDR inside the subnet); the
+    subnet must not touch a non-unicast range (:func:`check_unicast`).
 
     Raises :class:`InvalidArgument` ("ipam configuration: invalid subnet X", "... subnet X does not
     contain gateway G", "... subnet X does not contain range R", "... subnet X is too small") —
     swarmkit controlapi's messages; /31 and /32 are refused (no room for a gateway and a task)."""
     net = _cidr(str(subnet), "subnet")
+    check_unicast(net, f"subnet {subnet}", "ipam configuration: ")
     if net.prefixlen > 30:
         raise InvalidArgument(f"ipam configuration: subnet {subnet} is too small: an overlay subnet needs "
                               f"at least /30 (a gateway and one address)")

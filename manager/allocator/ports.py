@@ -19,8 +19,13 @@ from typing import Any
 
 from manager.allocator.errors import InvalidArgument, PortConflict, PortsExhausted
 
-__all__ = ["DYNAMIC_MAX", "DYNAMIC_MIN", "PROTOCOLS", "PortAllocator", "normalize_port"]
+__all__ = ["CLUSTER_PORT", "DEFAULT_DATA_PATH_PORT", "DYNAMIC_MAX", "DYNAMIC_MIN", "PROTOCOLS", "PortAllocator",
+           "normalize_port"]
 
+DEFAULT_DATA_PATH_PORT = 4789
+"""The VXLAN data path's UDP port unless ``swarm init --data-path-port`` says otherwise (Docker's)."""
+CLUSTER_PORT = 2377
+"""The managers' TCP port (Raft, dispatcher, CA) unless a manager listens elsewhere."""
 DYNAMIC_MIN = 30000
 DYNAMIC_MAX = 32767
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -66,9 +71,21 @@ class _Holder:
 class PortAllocator:
     """Ingress ports in use: (protocol, published port) -> the service holding it."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserved: Mapping[PortKey, str] | None = None) -> None:
         self._held: dict[PortKey, _Holder] = {}
         self._cursor: dict[str, int] = {p: DYNAMIC_MIN - 1 for p in PROTOCOLS}
+        self.reserved: dict[PortKey, str] = dict(reserved or {})
+        """(protocol, port) -> what uses it on the nodes (the cluster port, the VXLAN port): never
+        published, in either mode, since a published port is DNATed before the node sees it."""
+
+    def check_reserved(self, ports: Iterable[Mapping[str, Any]]) -> None:
+        """Raise :class:`InvalidArgument` when a normalized port (ingress or host mode) publishes
+        a reserved port, naming it and what uses it."""
+        for n in ports:
+            key = (n["Protocol"], n["PublishedPort"])
+            if n["PublishedPort"] and key in self.reserved:
+                raise InvalidArgument(f"published port {key[1]}/{key[0]} is reserved: it is {self.reserved[key]}; "
+                                      f"publish another port")
 
     def holder(self, protocol: str, port: int) -> tuple[str, str] | None:
         """``(service_id, service_name)`` holding ``port``/``protocol`` in ingress mode, or None."""
@@ -98,7 +115,7 @@ class PortAllocator:
 
     def _free_for(self, key: PortKey, service_id: str, taken: set[PortKey]) -> bool:
         h = self._held.get(key)
-        return key not in taken and (h is None or h.service_id == service_id)
+        return key not in taken and key not in self.reserved and (h is None or h.service_id == service_id)
 
     def allocate(self, service_id: str, service_name: str, spec_ports: Sequence[Mapping[str, Any]],
                  current: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
@@ -108,9 +125,11 @@ class PortAllocator:
 
         All or nothing: the service then holds exactly the ingress ports returned (ports it held
         before and no longer publishes are freed). Raises :class:`InvalidArgument` (bad port, the
-        same published port twice — "duplicate published ports provided"), :class:`PortConflict`
+        same published port twice — "duplicate published ports provided", a reserved port in any
+        mode), :class:`PortConflict`
         (held by another service), :class:`PortsExhausted` (no dynamic port left)."""
         ports = [normalize_port(p) for p in spec_ports]
+        self.check_reserved(ports)
         taken: set[PortKey] = set()
         for n in ports:
             if n["PublishMode"] == "ingress" and n["PublishedPort"]:

@@ -65,6 +65,7 @@ from manager.controlapi.errors import (
 )
 from manager.specs import NETWORK_CREATE_SCHEMA, SpecError, canonicalize_keys, validate_name
 from manager.store import ReadTx, Store, WriteTx
+from shoal.base.netaddr import MTU_OPTION, parse_mtu_option
 from shoal.base.taskstate import is_terminal
 from shoal.base.util import new_id
 
@@ -229,6 +230,10 @@ def validate_create_request(body: Any) -> Obj:
     options = _str_map(body.get("Options"), "CreateRequest.Options")
     if "encrypted" in options:
         raise _bad(ENCRYPTED_UNSUPPORTED)
+    try:  # checked here as the nodes check it, so a bad value never reaches them
+        parse_mtu_option(options.get(MTU_OPTION))
+    except ValueError as e:
+        raise _bad(str(e)) from e
     labels = _str_map(body.get("Labels"), "CreateRequest.Labels")
     if INTERNAL_LABEL in labels:
         raise PermissionDenied(f"label {INTERNAL_LABEL} is for predefined internal networks and cannot be "

@@ -13,7 +13,7 @@ from shoal.base.taskstate import COMPLETE, state_order
 from shoal.base.util import now_rfc3339
 from shoal.base.views import Task
 
-__all__ = ["StatusBatch", "parse_status_updates", "apply_status_updates"]
+__all__ = ["StatusBatch", "apply_status_updates", "host_port_status", "parse_status_updates"]
 
 
 @dataclass
@@ -41,6 +41,17 @@ def parse_status_updates(node_id: str, body: dict[str, Any]) -> list[tuple[str, 
     return clean
 
 
+def host_port_status(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """The host-mode ports of ``task``'s ``Endpoint`` (``[{"Protocol", "TargetPort",
+    "PublishedPort", "PublishMode": "host"}]``): what its node opens for it once it runs, shown as
+    ``Status.PortStatus.Ports`` (the PORTS of ``docker service ps``, as swarmkit's worker reports
+    them)."""
+    ep = task.get("Endpoint")
+    ports = ep.get("Ports") if isinstance(ep, dict) else None
+    return [{k: p[k] for k in ("Name", "Protocol", "TargetPort", "PublishedPort", "PublishMode") if k in p}
+            for p in ports or [] if isinstance(p, dict) and p.get("PublishMode") == "host" and p.get("PublishedPort")]
+
+
 def apply_status_updates(tx: WriteTx, items: list[tuple[str, dict[str, Any]]]) -> int:
     """Apply ``items`` (``(node_id, {"TaskID", "Status"})``) in ``tx``: only to tasks assigned
     to the reporting node, only forward moves of ``Status.State``, never past a terminal state.
@@ -60,6 +71,12 @@ def apply_status_updates(tx: WriteTx, items: list[tuple[str, dict[str, Any]]]) -
         new.setdefault("Message", "")
         if "ContainerStatus" not in new and "ContainerStatus" in cur:
             new["ContainerStatus"] = cur["ContainerStatus"]
+        if new.get("State") == "running":
+            host = host_port_status(task)
+            if host:
+                new["PortStatus"] = {"Ports": host}
+        elif "PortStatus" in cur:
+            new["PortStatus"] = cur["PortStatus"]
         task["Status"] = new
         task.pop("Version", None)
         tx.update("tasks", task)

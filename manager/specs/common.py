@@ -22,11 +22,26 @@ INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 _NAME_RE = re.compile(r"[a-zA-Z0-9](?:[-_a-zA-Z0-9]*[a-zA-Z0-9])?")
 
 
+_ALIAS_RE = re.compile(r"[a-zA-Z0-9_](?:[-_a-zA-Z0-9]{0,61}[a-zA-Z0-9_])?(?:\.[a-zA-Z0-9_](?:[-_a-zA-Z0-9]{0,61}[a-zA-Z0-9_])?)*")
+
+
+def _check_alias(alias: str, target: str) -> None:
+    """An alias is a DNS name (labels of letters, digits, ``-`` and ``_``, at most 63 each, 253 in
+    all) that the embedded DNS can answer; ``tasks.…`` is the resolver's own name space (a service
+    aliased ``tasks.api`` would hide api's task list). Raises :class:`SpecError`."""
+    if len(alias) > 253 or not _ALIAS_RE.fullmatch(alias):
+        raise SpecError(f"network {target}: invalid alias {alias[:80]!r}: an alias must be a DNS name "
+                        "(letters, digits, '-', '_' and dots, at most 63 characters between dots)")
+    if alias.lower() == "tasks" or alias.lower().startswith("tasks."):
+        raise SpecError(f"network {target}: invalid alias {alias!r}: names under 'tasks.' are the embedded "
+                        "DNS's own (tasks.<service> lists a service's tasks); choose another alias")
+
+
 def validate_network_attachments(v: Any, field: str) -> list[dict[str, Any]]:
     """Validate a ``[{"Target", "Aliases", "DriverOpts"}]`` list (Docker's
     ``NetworkAttachmentConfig``; ``field`` names it in errors) and return it normalised: ``Target``
     a non-empty string (a network name, ID or unique ID prefix, resolved to the network ID by the
-    control API), ``Aliases`` a list of strings (kept; DNS comes later), no ``DriverOpts`` (not
+    control API), ``Aliases`` a list of DNS names, none under ``tasks.`` (:func:`_check_alias`), no ``DriverOpts`` (not
     built), no target twice. None or ``[]`` gives ``[]``. Raises :class:`SpecError`."""
     if v is None:
         return []
@@ -46,6 +61,8 @@ def validate_network_attachments(v: Any, field: str) -> list[dict[str, Any]]:
         if not target:
             raise SpecError(f"{field}: a network attachment needs a Target (the network's name or ID)")
         aliases = _str_list(n.get("Aliases"), "NetworkAttachmentConfig.Aliases")
+        for alias in aliases:
+            _check_alias(alias, target)
         if n.get("DriverOpts"):
             raise SpecError(f"network {target}: driver options on a network attachment (driver-opt) are not "
                             "supported by shoal yet; remove them")

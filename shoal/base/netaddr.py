@@ -4,6 +4,8 @@ data plane (:mod:`overlaynet.driver`), so both compute a container's MAC the sam
 - :func:`mac_from_ip`: ``02:42`` + the four IPv4 bytes, as libnetwork's ``GenerateMACFromIP``
   (a locally administered unicast MAC), so remote MACs are known without ARP across hosts.
 - :func:`ip_of`: the address of ``"a.b.c.d/len"`` without its prefix length.
+- :func:`parse_mtu_option`: a network's ``com.docker.network.driver.mtu`` option, checked the same
+  way when the manager creates the network and when a node sets it up.
 
 Standard library only.
 """
@@ -12,7 +14,31 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["ip_of", "mac_from_ip"]
+__all__ = ["MAX_MTU", "MIN_MTU", "MTU_OPTION", "VXLAN_OVERHEAD", "ip_of", "mac_from_ip", "parse_mtu_option"]
+
+MTU_OPTION = "com.docker.network.driver.mtu"
+"""The driver option that sets an overlay's MTU (``docker network create --opt``)."""
+VXLAN_OVERHEAD = 50
+"""Bytes VXLAN adds over IPv4: inner Ethernet 14 + outer IPv4 20 + UDP 8 + VXLAN 8."""
+MIN_MTU = 68
+"""The smallest IPv4 MTU (RFC 791)."""
+MAX_MTU = 65535 - VXLAN_OVERHEAD
+"""The largest overlay MTU whose VXLAN frame still fits an IPv4 packet."""
+
+
+def parse_mtu_option(raw: object) -> int | None:
+    """The overlay MTU a network's :data:`MTU_OPTION` value asks for (bytes), or None when ``raw``
+    is None. Raises ``ValueError`` naming the option unless it is a decimal integer in
+    [:data:`MIN_MTU`, :data:`MAX_MTU`]."""
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    if not text.isdigit():
+        raise ValueError(f"invalid {MTU_OPTION} {raw!r}: expected an integer number of bytes")
+    mtu = int(text)
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise ValueError(f"invalid {MTU_OPTION} {mtu}: must be between {MIN_MTU} and {MAX_MTU}")
+    return mtu
 
 
 def mac_from_ip(ip: str) -> str:

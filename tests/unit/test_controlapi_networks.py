@@ -40,7 +40,13 @@ def req(name: str, subnet: str | None = None, **extra: Any) -> dict[str, Any]:
 
 
 async def _cluster(store: Store) -> None:
+    """The cluster object and one node, at 192.168.77.1 with the local bridge 10.200.1.0/24
+    (what no overlay subnet may overlap)."""
     await store.update(lambda tx: tx.create("cluster", {"ID": "cluster1", "Spec": default_swarm_spec()}))
+    await store.update(lambda tx: tx.create("nodes", {
+        "ID": "node1abc", "Spec": {"Role": "worker", "Availability": "active", "Labels": {}},
+        "Description": {"Hostname": "h1"}, "Status": {"State": "ready", "Addr": "192.168.77.1"},
+        "ShoalBridge": {"Subnet": "10.200.1.0/24", "Gateway": "10.200.1.1"}}))
 
 
 @pytest.fixture
@@ -183,6 +189,17 @@ BAD = "^rpc error: code = InvalidArgument desc = "
     (req("n", Attachable="yes"), BAD + "json: cannot unmarshal str into Go struct field CreateRequest.Attachable of type bool$"),
     (req("n", Labels={"a": 1}), BAD + "json: cannot unmarshal into Go struct field CreateRequest.Labels"),
     (["n"], BAD + "json: cannot unmarshal list into Go value of type network.CreateRequest$"),
+    # subnets that cannot carry task addresses, and what the nodes themselves use
+    (req("n", "127.0.0.0/24"), BAD + r"ipam configuration: invalid subnet 127.0.0.0/24: it overlaps 127.0.0.0/8 \(loopback"),
+    (req("n", "224.1.0.0/24"), BAD + r".*224.0.0.0/4 \(multicast"),
+    (req("n", "169.254.253.0/24"), BAD + r".*169.254.0.0/16 \(link-local addresses \(the routing mesh's link"),
+    (req("n", "0.0.0.0/8"), BAD + r".*'this network'"),
+    (req("n", "10.200.1.0/24"), BAD + r".*overlaps .*host route 10.200.0.0/16"),
+    (req("n", "192.168.77.0/24"), BAD + r".*overlaps .*host route 192.168.77.1/32"),
+    (req("n", Options={"com.docker.network.driver.mtu": "x"}),
+     BAD + "invalid com.docker.network.driver.mtu 'x': expected an integer number of bytes$"),
+    (req("n", Options={"com.docker.network.driver.mtu": "99999"}),
+     BAD + "invalid com.docker.network.driver.mtu 99999: must be between 68 and 65485$"),
 ])
 async def test_bad_requests_are_400(ctx: Ctx, body: Any, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message) as e:

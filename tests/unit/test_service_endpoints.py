@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,6 +151,41 @@ async def test_bad_input_is_refused_naming_the_cause(ctx: Ctx) -> None:
     # the ingress network cannot go while a service publishes on it: refused naming the service
     with pytest.raises(FailedPrecondition, match=r"ingress network cannot be removed because service (api|web) \(\w+\) depends on it"):
         await networks.remove(ctx, ref="ingress")
+
+
+async def test_the_swarms_own_ports_cannot_be_published(ctx: Ctx) -> None:
+    """The cluster port (2377/tcp, and a manager's own port) and the VXLAN data path port (UDP,
+    the cluster's DataPathPort) are refused in either publish mode, on create and update: a
+    published port is DNATed on every node before the node's own sockets see it."""
+    for port, proto, mode, what in ((2377, "tcp", "ingress", "the swarm's cluster port"),
+                                    (2377, "tcp", "host", "the swarm's cluster port"),
+                                    (4789, "udp", "ingress", "the swarm's VXLAN data path port"),
+                                    (4789, "udp", "host", "the swarm's VXLAN data path port")):
+        with pytest.raises(InvalidArgument, match=rf"published port {port}/{proto} is reserved: it is {what}") as e:
+            await services.create(ctx, spec_body=spec(name="bad", ports=[
+                {"TargetPort": 80, "PublishedPort": port, "Protocol": proto, "PublishMode": mode}]))
+        assert e.value.status == 400
+    assert all(s["Spec"]["Name"] != "bad" for s in ctx.store.view().list("services"))
+    # 4789/tcp and 2377/udp are other ports
+    ok = (await services.create(ctx, spec_body=spec(name="ok", ports=[
+        {"TargetPort": 80, "PublishedPort": 4789}, {"TargetPort": 80, "PublishedPort": 2377, "Protocol": "udp"}])))["ID"]
+    with pytest.raises(InvalidArgument, match="published port 2377/tcp is reserved"):
+        await _update(ctx, ok, spec(name="ok", ports=[{"TargetPort": 80, "PublishedPort": 2377}]))
+
+    # the cluster's own data path port and a manager's port, as the store holds them
+    def set_ports(tx: Any) -> None:
+        c = tx.list("cluster")[0]
+        c["DataPathPort"] = 7789
+        tx.update("cluster", c)
+        n = tx.get("nodes", "node1abc")
+        n["ManagerStatus"] = {"Addr": "10.99.0.11:4242", "Reachability": "reachable", "Leader": True}
+        tx.update("nodes", n)
+    await ctx.store.update(set_ports)
+    for port, proto, what in ((7789, "udp", "the swarm's VXLAN data path port"),
+                              (4242, "tcp", "a manager's cluster port")):
+        with pytest.raises(InvalidArgument, match=rf"published port {port}/{proto} is reserved: it is {what}"):
+            await services.create(ctx, spec_body=spec(name="bad", ports=[
+                {"TargetPort": 80, "PublishedPort": port, "Protocol": proto}]))
 
 
 async def test_ingress_ports_need_an_ingress_network(ctx: Ctx) -> None:

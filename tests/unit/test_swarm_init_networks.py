@@ -44,6 +44,11 @@ def test_network_config_defaults_and_values() -> None:
     (("10.0.0.0/8", 0, 0), "DefaultAddrPool of type"),
     ((None, "24", 0), "SubnetSize"),
     ((None, 0, -1), "DataPathPort"),
+    ((["0.0.0.0/0"], 0, 0), r"invalid base pool 0.0.0.0/0: it overlaps 0.0.0.0/8 \('this network'"),
+    ((["127.0.0.0/8"], 0, 0), "loopback"),
+    ((["224.0.0.0/4"], 0, 0), "multicast"),
+    ((["169.254.0.0/16"], 0, 0), "link-local"),
+    ((["10.0.0.0/8", "240.0.0.0/8"], 0, 0), "reserved addresses"),
 ])
 def test_network_config_refusals(args: tuple[Any, Any, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -184,6 +184,9 @@ def add_routes(app: web.Application, swarm: SwarmAccess) -> None:
     async def network_create(request: web.Request) -> web.StreamResponse:
         """POST /networks/create with a NetworkCreateRequest → 201 {"Id", "Warning"}."""
         body = await read_json(request, empty_is_object=False)
+        if not isinstance(body, dict):
+            raise HttpError(400, "the body of POST /networks/create must be a JSON object (a "
+                                 "NetworkCreateRequest: {\"Name\": …, \"Driver\": \"overlay\", …})")
         driver = _driver_of(body)
         if driver in (None, "", "bridge", "local"):
             raise HttpError(400, ONE_BRIDGE)
