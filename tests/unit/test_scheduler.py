@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from manager.scheduler import Scheduler, build_node_infos, host_ports, schedule
+from manager.scheduler import NodeSet, Scheduler, build_node_infos, host_ports, schedule
 from manager.store import WriteTx
 from tests.stores import open_store
 
@@ -61,7 +61,7 @@ def test_filters_and_explanations() -> None:
     assert dec.failed["b"] == "no suitable node (2 nodes not available for new tasks; scheduling constraints not satisfied on 2 nodes)"
     assert "insufficient resources on 1 node" in dec.failed["c"]
     assert dec.failed["e"].startswith("no suitable node (")
-    assert schedule({}, [task("z")]).failed["z"] == "no suitable node (no nodes available)"
+    assert schedule(NodeSet(), [task("z")]).failed["z"] == "no suitable node (no nodes available)"
 
 
 def with_ports(t: dict[str, Any], *ports: tuple[str, int, str]) -> dict[str, Any]:
