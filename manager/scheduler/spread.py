@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from manager.scheduler.nodeinfo import FailureKey, NodeInfo
+from manager.specs import SPREAD_PREFIXES
 
 __all__ = ["rank", "spread_descriptors", "descriptor_value", "Branch", "build_tree", "SPREAD_PREFIXES"]
 
 Obj = dict[str, Any]
 RankKey = tuple[int, int, int, str, str]
 
-SPREAD_PREFIXES = ("node.labels.", "engine.labels.")
-"""The descriptors a spread preference may name (SK: nodeset.go ``tree``): a node label or an
-engine label."""
 
 
 def rank(node: NodeInfo, service_id: str, key: FailureKey, now: float) -> RankKey:
