@@ -109,14 +109,11 @@ class NodeSet:
         a failure on the task's node at ``now``."""
         tid = str(task["ID"])
         if task_is_active(task):
-            nid = str(task["NodeID"])
-            cur = self.placed.get(tid)
-            if cur is not None and cur.node_id == nid:
-                return
-            if cur is not None:
-                self._unplace(tid)
             cpus, memory = reservations(task)
-            self._place(tid, Placed(nid, str(task.get("ServiceID", "")), cpus, memory, host_ports(task)))
+            p = Placed(str(task["NodeID"]), str(task.get("ServiceID", "")), cpus, memory, host_ports(task))
+            if self.placed.get(tid) != p:
+                self._unplace(tid)
+                self._place(tid, p)
         else:
             self._unplace(tid)
         if (now is not None and task.get("NodeID") and task_state(task) in FAILED_STATES
