@@ -157,8 +157,9 @@ class Scheduler:
                     continue
                 tx.update("nodes", n)
         pending: list[Obj] = []
+        # shallow copies: a pass only sets top-level keys of the tasks it places (ReadTx.get_shallow)
         for tid in sorted(self.pending):
-            t = tx.get("tasks", tid)
+            t = tx.get_shallow("tasks", tid)
             if t is None or not is_pending(t):
                 self.pending.discard(tid)
             else:
