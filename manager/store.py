@@ -187,6 +187,14 @@ class ReadTx:
         _check_table(table)
         return [dict(o) for o in self._raw_items(table)]
 
+    def get_shallow(self, table: str, id: str) -> Obj | None:
+        """The object ``id`` of ``table`` as a new top-level dict whose values are shared with the
+        store (the contract of :meth:`list_shallow`: set or delete its keys, never change a value
+        inside it), or None."""
+        _check_table(table)
+        obj = self._raw(table, id)
+        return dict(obj) if obj is not None else None
+
     def find(self, table: str, pred: Callable[[Obj], bool]) -> builtins.list[Obj]:
         """The objects of ``table`` for which ``pred(obj)`` is true. ``pred`` sees the stored
         object and must not modify it."""

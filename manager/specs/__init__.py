@@ -27,7 +27,14 @@ from manager.specs.common import (
     validate_name,
     validate_network_attachments,
 )
-from manager.specs.container import parse_constraint, validate_task_spec
+from manager.specs.container import (
+    MIN_MEMORY_BYTES,
+    MIN_NANO_CPUS,
+    SPREAD_PREFIXES,
+    parse_constraint,
+    validate_placement,
+    validate_task_spec,
+)
 from manager.specs.schema import (
     MAP,
     NETWORK_CREATE_SCHEMA,
@@ -59,6 +66,10 @@ __all__ = [
     "validate_swarm_spec",
     "default_swarm_spec",
     "parse_constraint",
+    "validate_placement",
+    "SPREAD_PREFIXES",
+    "MIN_NANO_CPUS",
+    "MIN_MEMORY_BYTES",
     "validate_name",
     "canonicalize_keys",
     "SERVICE_SPEC_SCHEMA",

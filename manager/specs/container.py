@@ -4,6 +4,7 @@ security options and limits, log driver, resources, restart policy and placement
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import Any, cast
 
@@ -14,6 +15,7 @@ from manager.specs.common import (
     _obj,
     _str_list,
     _uint,
+    json_type,
     validate_network_attachments,
 )
 from shoal.base.containerrules import ULIMIT_NAMES, normalize_capability, parse_extra_host, sysctl_allowed
@@ -59,6 +61,68 @@ def parse_constraint(expr: str) -> tuple[str, str, str]:
         raise SpecError(f"constraint key {key!r} is not supported: use node.id, node.hostname, node.role, "
                         "node.platform.os, node.platform.arch, node.labels.<label> or engine.labels.<label>")
     return key, op, value
+
+
+MIN_NANO_CPUS = 1_000_000
+"""The least CPU a limit or reservation may give, 0.001 CPU (SK: controlapi/service.go
+``validateResources``)."""
+MIN_MEMORY_BYTES = 4 * 1024 * 1024
+"""The least memory a limit or reservation may give, 4 MiB (SK: controlapi/service.go)."""
+
+
+def _validate_resources(v: Any) -> None:
+    """``Resources.Limits`` / ``Resources.Reservations``: integers; not negative; a CPU or memory
+    value that is set is at least :data:`MIN_NANO_CPUS` / :data:`MIN_MEMORY_BYTES` (swarmkit's
+    messages). A reservation larger than every node is valid: the task waits, pending, saying
+    ``insufficient resources on N nodes``."""
+    res = _obj(v, "Resources")
+    for part in ("Limits", "Reservations"):
+        r = _obj(res.get(part), f"Resources.{part}")
+        for f in ("NanoCPUs", "MemoryBytes", "Pids"):
+            if r.get(f) is not None and _int(r[f], f"Resources.{part}.{f}") < 0:
+                raise SpecError(f"TaskSpec: {part.lower()[:-1]} {f} cannot be negative")
+        cpus, mem = r.get("NanoCPUs") or 0, r.get("MemoryBytes") or 0
+        if 0 < cpus < MIN_NANO_CPUS:
+            raise SpecError(f"invalid cpu value {cpus / 1e9:g}: Must be at least {MIN_NANO_CPUS / 1e9:g}")
+        if 0 < mem < MIN_MEMORY_BYTES:
+            raise SpecError(f"invalid memory value {mem}: Must be at least 4MiB")
+
+
+SPREAD_PREFIXES = ("node.labels.", "engine.labels.")
+"""What a spread preference may name (SK: manager/scheduler/nodeset.go ``tree``)."""
+
+
+def validate_placement(v: Any) -> None:
+    """``TaskSpec.Placement``: ``Constraints`` (each :func:`parse_constraint`), ``Preferences``
+    (``[{"Spread": {"SpreadDescriptor": "node.labels.<label>" | "engine.labels.<label>"}}]``),
+    ``MaxReplicas`` (uint64), ``Platforms`` (kept). Raises :class:`SpecError` naming the bad
+    entry. Swarm ignores a preference it cannot use; Shoal refuses it, so a typo does not
+    silently leave a service unspread."""
+    placement = _obj(v, "Placement")
+    for c in _str_list(placement.get("Constraints"), "Placement.Constraints"):
+        parse_constraint(c)
+    prefs = placement.get("Preferences")
+    if prefs is not None and not isinstance(prefs, list):
+        raise SpecError(f"json: cannot unmarshal {json_type(prefs)} into Go struct field Placement.Preferences "
+                        "of type []swarm.PlacementPreference")
+    for p in prefs or []:
+        if not isinstance(p, dict):
+            raise SpecError(f"json: cannot unmarshal {json_type(p)} into Go struct field Placement.Preferences "
+                            "of type swarm.PlacementPreference")
+        spread = p.get("Spread")
+        if not isinstance(spread, dict) or set(p) - {"Spread"}:
+            raise SpecError(f"placement preference {json.dumps(p)[:100]} is not supported: only spread is "
+                            "supported, as {\"Spread\": {\"SpreadDescriptor\": \"node.labels.<label>\"}}")
+        desc = spread.get("SpreadDescriptor")
+        if not isinstance(desc, str):
+            raise SpecError(f"json: cannot unmarshal {json_type(desc)} into Go struct field "
+                            "SpreadOver.SpreadDescriptor of type string")
+        if not any(desc.lower().startswith(x) and len(desc) > len(x) for x in SPREAD_PREFIXES) \
+                or not _CONSTRAINT_KEY_RE.fullmatch(desc):
+            raise SpecError(f"invalid placement preference spread={desc[:100]}: the descriptor must be "
+                            "node.labels.<label> or engine.labels.<label>")
+    if placement.get("MaxReplicas") is not None:
+        _uint(placement["MaxReplicas"], "Placement.MaxReplicas")
 
 
 def _validate_restart_policy(rp: Any) -> None:
@@ -282,18 +346,9 @@ def validate_task_spec(ts: Any) -> dict[str, Any]:
     _validate_log_driver(ts.get("LogDriver"))
     if ts.get("Networks") is not None:
         ts["Networks"] = validate_network_attachments(ts["Networks"], "TaskSpec.Networks")
-    res = _obj(ts.get("Resources"), "Resources")
-    for part in ("Limits", "Reservations"):
-        r = _obj(res.get(part), f"Resources.{part}")
-        for f in ("NanoCPUs", "MemoryBytes", "Pids"):
-            if r.get(f) is not None and _int(r[f], f"Resources.{part}.{f}") < 0:
-                raise SpecError(f"TaskSpec: {part.lower()[:-1]} {f} cannot be negative")
+    _validate_resources(ts.get("Resources"))
     _validate_restart_policy(ts.get("RestartPolicy"))
-    placement = _obj(ts.get("Placement"), "Placement")
-    for c in _str_list(placement.get("Constraints"), "Placement.Constraints"):
-        parse_constraint(c)
-    if placement.get("MaxReplicas") is not None:
-        _uint(placement["MaxReplicas"], "Placement.MaxReplicas")
+    validate_placement(ts.get("Placement"))
     if ts.get("ForceUpdate") is not None:
         _uint(ts["ForceUpdate"], "TaskSpec.ForceUpdate")
     return cast(dict[str, Any], ts)

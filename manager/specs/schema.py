@@ -55,7 +55,8 @@ _TASK_SPEC = {
     "Resources": {"Limits": _RESOURCES, "Reservations": _RESOURCES, "SwapBytes": None,
                   "MemorySwappiness": None},
     "RestartPolicy": {"Condition": None, "Delay": None, "MaxAttempts": None, "Window": None},
-    "Placement": {"Constraints": None, "Preferences": None, "MaxReplicas": None,
+    "Placement": {"Constraints": None, "Preferences": _List({"Spread": {"SpreadDescriptor": None}}),
+                  "MaxReplicas": None,
                   "Platforms": _List({"Architecture": None, "OS": None})},
     "ForceUpdate": None, "Runtime": None, "Networks": _NET_ATTACH, "LogDriver": _DRIVER,
 }

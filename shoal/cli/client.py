@@ -241,6 +241,13 @@ class Client:
                            params={"version": version}, body=spec)
         return dict(res or {})
 
+    def service_plan(self, spec: dict[str, Any], service_id: str | None = None) -> dict[str, Any]:
+        """Shoal's dry run: ``POST /services/plan`` (a new service) or ``POST /services/{id}/plan``
+        (an update of ``service_id``) with a ServiceSpec; returns ``{"Tasks": [{"Slot"?, "NodeID"?,
+        "Node"?, "Error"?, "Unchanged"?}], "Warnings"}``. Nothing is written."""
+        path = "/services/plan" if service_id is None else f"/services/{urllib.parse.quote(service_id)}/plan"
+        return dict(self.request("POST", path, body=spec) or {})
+
     def service_remove(self, service_id: str) -> None:
         """DELETE /services/{id}."""
         self.request("DELETE", f"/services/{urllib.parse.quote(service_id)}")

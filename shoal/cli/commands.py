@@ -7,10 +7,15 @@ Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,n
                [--default-addr-pool-mask-length N] [--data-path-port P]
     swarm join --token T ADDR                            swarm leave [--force]
     swarm join-token [-q] worker|manager
-    node ls | inspect NODE… | update --availability active|pause|drain NODE | promote|demote NODE…
+    node ls | inspect NODE… | promote|demote NODE…
+    node update [--availability active|pause|drain] [--label-add K=V] [--label-rm K] NODE
     service create [flags] IMAGE [COMMAND [ARG…]]        service ls | ps SERVICE… | inspect SERVICE…
+    service create … [--constraint E] [--placement-pref spread=D] [--replicas-max-per-node N]
+                   [--reserve-cpu C] [--reserve-memory M] [--dry-run] IMAGE …
     service update [--network-add|--network-rm NET] [--publish-add|--publish-rm PORT]
-                   [--endpoint-mode vip|dnsrr] [--replicas N] [--image I] [--force] SERVICE
+                   [--endpoint-mode vip|dnsrr] [--replicas N] [--image I] [--force]
+                   [--constraint-add|--constraint-rm E] [--placement-pref-add|--placement-pref-rm P]
+                   [--replicas-max-per-node N] [--reserve-cpu C] [--reserve-memory M] [--dry-run] SERVICE
     service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
     network create [-d overlay] [--subnet S] [--gateway G] [--ip-range R] [--attachable]
                    [--ingress] [--label K=V] [--opt K=V] NAME
@@ -127,9 +132,17 @@ def cmd_node_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
         spec["Availability"] = a.availability
     if a.role:
         spec["Role"] = a.role
+    labels = dict(spec.get("Labels") or {})
     for kv in a.label_add or []:
         k, _, v = kv.partition("=")
-        spec.setdefault("Labels", {})[k] = v
+        labels[k] = v
+    for k in a.label_rm or []:
+        # as docker/cli's node/update.go: removing a label the node lacks is an error
+        if k not in labels:
+            raise UsageError(f"key {k} doesn't exist in node's labels")
+        del labels[k]
+    if a.label_add or a.label_rm:
+        spec["Labels"] = labels
     c.node_update(node["ID"], node["Version"]["Index"], spec)
     out.write(a.node + "\n")
     return 0
@@ -248,6 +261,59 @@ def parse_publish_flag(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def parse_placement_pref(text: str) -> dict[str, Any]:
+    """``--placement-pref spread=node.labels.zone`` as docker/cli's ``placementPrefOpts`` reads it
+    → ``{"Spread": {"SpreadDescriptor": "node.labels.zone"}}``. Raises ``ValueError`` with the
+    docker CLI's messages."""
+    strategy, eq, arg = text.partition("=")
+    if not eq or not arg:
+        raise ValueError('placement preference must be of the format "<strategy>=<arg>"')
+    if strategy != "spread":
+        raise ValueError(f"unsupported placement preference {strategy} (only spread is supported)")
+    return {"Spread": {"SpreadDescriptor": arg}}
+
+
+def _max_replicas(n: int) -> int:
+    if n < 0:
+        raise ValueError(f"invalid argument \"{n}\" for \"--replicas-max-per-node\" flag: must be 0 or more")
+    return n
+
+
+def _set_reservations(task: dict[str, Any], a: argparse.Namespace) -> None:
+    """``--reserve-cpu`` / ``--reserve-memory`` into ``Resources.Reservations`` (NanoCPUs, bytes)."""
+    if not (a.reserve_cpu or a.reserve_memory):
+        return
+    res = task.setdefault("Resources", {})
+    reservations = dict(res.get("Reservations") or {})
+    if a.reserve_cpu:
+        reservations["NanoCPUs"] = fmt.parse_cpus(a.reserve_cpu)
+    if a.reserve_memory:
+        reservations["MemoryBytes"] = fmt.parse_bytes(a.reserve_memory)
+    res["Reservations"] = reservations
+
+
+def print_plan(plan: dict[str, Any], name: str, out: TextIO) -> int:
+    """Print a dry run's plan (``POST /services/plan``): one row per task, ``TASK NODE PLACEMENT``
+    (``new``, ``unchanged`` or the reason it would stay pending). Returns 0 when every task
+    would be placed, else 1."""
+    rows = []
+    pending = 0
+    for t in plan.get("Tasks") or []:
+        task = f"{name}.{t['Slot']}" if t.get("Slot") else name
+        if t.get("Error"):
+            pending += 1
+            how = f"pending: {t['Error']}"
+        else:
+            how = "unchanged" if t.get("Unchanged") else "new"
+        rows.append([task, str(t.get("Node") or t.get("NodeID") or "-"), how])
+    out.write(fmt.table(["TASK", "NODE", "PLACEMENT"], rows))
+    for w in plan.get("Warnings") or []:
+        out.write(f"warning: {w}\n")
+    total = len(plan.get("Tasks") or [])
+    out.write(f"dry run: {total - pending} of {total} tasks placed, nothing was written\n")
+    return 1 if pending else 0
+
+
 def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
     """The ServiceSpec for ``service create`` flags (as docker/cli's ``service/opts.go`` builds it).
 
@@ -257,6 +323,8 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
     try:
         if a.replicas is not None and a.replicas < 0:
             raise UsageError(f"invalid replicas value {a.replicas}: must be 0 or more")
+        if a.replicas_max_per_node is not None:
+            _max_replicas(a.replicas_max_per_node)
         if not a.image.strip():
             raise UsageError("an image is required: shoal service create [OPTIONS] IMAGE [COMMAND] [ARG...]")
         cspec: dict[str, Any] = {"Image": a.image}
@@ -299,8 +367,16 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
                                 "ForceUpdate": 0, "Runtime": "container"}
         if restart:
             task["RestartPolicy"] = restart
+        placement: dict[str, Any] = {}
         if a.constraint:
-            task["Placement"] = {"Constraints": list(a.constraint)}
+            placement["Constraints"] = list(a.constraint)
+        if a.placement_pref:
+            placement["Preferences"] = [parse_placement_pref(p) for p in a.placement_pref]
+        if a.replicas_max_per_node:
+            placement["MaxReplicas"] = _max_replicas(a.replicas_max_per_node)
+        if placement:
+            task["Placement"] = placement
+        _set_reservations(task, a)
         if getattr(a, "network", None):
             task["Networks"] = [parse_network_flag(n) for n in a.network]
         if a.log_driver or a.log_opt:
@@ -419,6 +495,8 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
 
 def cmd_service_create(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     spec = build_service_spec(a)
+    if a.dry_run:
+        return print_plan(c.service_plan(spec), spec.get("Name") or "(new service)", out)
     res = c.service_create(spec)
     for w in res.get("Warnings") or []:
         sys.stderr.write(f"{w}\n")
@@ -512,7 +590,8 @@ def update_service_spec(c: Client, spec: dict[str, Any], a: argparse.Namespace) 
     service/update.go: ``--network-rm`` (a network name or ID, resolved by the daemon),
     ``--network-add`` (``NAME`` or ``name=NAME,alias=A``), ``--publish-rm`` (a ``--publish`` value:
     its target port and protocol), ``--publish-add``, ``--endpoint-mode``, ``--replicas``,
-    ``--image``, ``--force``. Raises UsageError (bad flags, a network added twice)."""
+    ``--image``, placement (:func:`_update_placement`), ``--reserve-cpu``, ``--reserve-memory``,
+    ``--force``. Raises UsageError (bad flags, a network added twice)."""
     try:
         task = spec.setdefault("TaskTemplate", {})
         if a.network_rm:
@@ -559,6 +638,8 @@ def update_service_spec(c: Client, spec: dict[str, Any], a: argparse.Namespace) 
             spec["Mode"]["Replicated"]["Replicas"] = a.replicas
         if a.image:
             task.setdefault("ContainerSpec", {})["Image"] = a.image
+        _update_placement(task, a)
+        _set_reservations(task, a)
         if a.force:
             task["ForceUpdate"] = int(task.get("ForceUpdate") or 0) + 1
         return spec
@@ -566,9 +647,33 @@ def update_service_spec(c: Client, spec: dict[str, Any], a: argparse.Namespace) 
         raise UsageError(str(e)) from None
 
 
+def _update_placement(task: dict[str, Any], a: argparse.Namespace) -> None:
+    """``--constraint-add/-rm``, ``--placement-pref-add/-rm`` and ``--replicas-max-per-node`` as
+    docker/cli's service/update.go: constraints are added, then those equal to a ``-rm`` value
+    removed, then sorted; preferences whose descriptor a ``-rm`` names are removed, then the
+    ``-add`` ones appended."""
+    if not (a.constraint_add or a.constraint_rm or a.placement_pref_add or a.placement_pref_rm
+            or a.replicas_max_per_node is not None):
+        return
+    placement = dict(task.get("Placement") or {})
+    if a.constraint_add or a.constraint_rm:
+        constraints = [*(placement.get("Constraints") or []), *(a.constraint_add or [])]
+        placement["Constraints"] = sorted(c for c in constraints if c not in set(a.constraint_rm or []))
+    if a.placement_pref_add or a.placement_pref_rm:
+        gone = {parse_placement_pref(p)["Spread"]["SpreadDescriptor"] for p in a.placement_pref_rm or []}
+        prefs = [p for p in placement.get("Preferences") or []
+                 if ((p.get("Spread") or {}).get("SpreadDescriptor")) not in gone]
+        placement["Preferences"] = [*prefs, *(parse_placement_pref(p) for p in a.placement_pref_add or [])]
+    if a.replicas_max_per_node is not None:
+        placement["MaxReplicas"] = _max_replicas(a.replicas_max_per_node)
+    task["Placement"] = placement
+
+
 def cmd_service_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     svc = find_service(c, a.service)
     spec = update_service_spec(c, dict(svc["Spec"]), a)
+    if a.dry_run:
+        return print_plan(c.service_plan(spec, svc["ID"]), str(svc["Spec"].get("Name") or a.service), out)
     res = c.service_update(svc["ID"], svc["Version"]["Index"], spec)
     for w in res.get("Warnings") or []:
         sys.stderr.write(f"{w}\n")
@@ -790,7 +895,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = nd.add_parser("update", help="change a node's availability, role or labels")
     x.add_argument("--availability", choices=["active", "pause", "drain"])
     x.add_argument("--role", choices=["worker", "manager"])
-    x.add_argument("--label-add", action="append", metavar="KEY=VALUE")
+    x.add_argument("--label-add", action="append", metavar="KEY=VALUE", help="add or change a node label")
+    x.add_argument("--label-rm", action="append", metavar="KEY", help="remove a node label")
     x.add_argument("node")
     x.set_defaults(func=cmd_node_update)
     for verb, role in (("promote", "manager"), ("demote", "worker")):
@@ -820,6 +926,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--stop-grace-period", default="", metavar="DURATION")
     x.add_argument("--stop-signal", default="")
     x.add_argument("--constraint", action="append", metavar="EXPR", help="e.g. node.hostname==h2")
+    x.add_argument("--placement-pref", action="append", metavar="PREF", help="e.g. spread=node.labels.zone")
+    x.add_argument("--replicas-max-per-node", type=int, default=None, metavar="N",
+                   help="at most N tasks of the service per node (0 = no limit)")
+    x.add_argument("--reserve-cpu", default="", metavar="CPUS", help="CPUs each task reserves, e.g. 0.5")
+    x.add_argument("--reserve-memory", default="", metavar="BYTES", help="memory each task reserves, e.g. 64M")
+    x.add_argument("--dry-run", action="store_true",
+                   help="print where each task would go (or why not) and create nothing")
     x.add_argument("--network", action="append", metavar="NETWORK",
                    help="attach to an overlay network: NAME, or name=NAME,alias=ALIAS (repeatable)")
     x.add_argument("-p", "--publish", action="append", metavar="PORT",
@@ -845,6 +958,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--replicas", type=int, default=None)
     x.add_argument("--image", default="")
     x.add_argument("--force", action="store_true", help="replace the tasks even if nothing changed")
+    x.add_argument("--constraint-add", action="append", metavar="EXPR", help="add a placement constraint")
+    x.add_argument("--constraint-rm", action="append", metavar="EXPR", help="remove a placement constraint")
+    x.add_argument("--placement-pref-add", action="append", metavar="PREF", help="add a placement preference")
+    x.add_argument("--placement-pref-rm", action="append", metavar="PREF", help="remove a placement preference")
+    x.add_argument("--replicas-max-per-node", type=int, default=None, metavar="N")
+    x.add_argument("--reserve-cpu", default="", metavar="CPUS")
+    x.add_argument("--reserve-memory", default="", metavar="BYTES")
+    x.add_argument("--dry-run", action="store_true",
+                   help="print where each task would go (or why not) and change nothing")
     x.add_argument("service", metavar="SERVICE")
     x.set_defaults(func=cmd_service_update)
     x = sv.add_parser("ls", help="list services")

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from manager.scheduler import Scheduler, build_node_infos, host_ports, schedule
+from manager.scheduler import NodeSet, Scheduler, build_node_infos, host_ports, schedule
 from manager.store import WriteTx
 from tests.stores import open_store
+from tests.waiting import wait_until
 
 
 def creating(table: str, *objs: dict[str, Any]) -> Callable[[WriteTx], None]:
@@ -61,7 +62,7 @@ def test_filters_and_explanations() -> None:
     assert dec.failed["b"] == "no suitable node (2 nodes not available for new tasks; scheduling constraints not satisfied on 2 nodes)"
     assert "insufficient resources on 1 node" in dec.failed["c"]
     assert dec.failed["e"].startswith("no suitable node (")
-    assert schedule({}, [task("z")]).failed["z"] == "no suitable node (no nodes available)"
+    assert schedule(NodeSet(), [task("z")]).failed["z"] == "no suitable node (no nodes available)"
 
 
 def with_ports(t: dict[str, Any], *ports: tuple[str, int, str]) -> dict[str, Any]:
@@ -102,12 +103,11 @@ async def test_loop_assigns_with_bridge_addresses(tmp_path: Path) -> None:
     runner = asyncio.create_task(sched.run())
     try:
         await store.update(creating("tasks", *[task(f"t{i}", slot=i) for i in (1, 2, 3)]))
-        async with asyncio.timeout(5):
-            while True:
-                ts = store.view().list("tasks")
-                if all(t["Status"]["State"] == "assigned" for t in ts):
-                    break
-                await asyncio.sleep(0.01)
+        def all_assigned() -> list[dict[str, Any]] | None:
+            ts = store.view().list("tasks")
+            return ts if all(t["Status"]["State"] == "assigned" for t in ts) else None
+
+        ts = await wait_until(all_assigned, what="the 3 tasks assigned")
         nodes = {n["ID"]: n for n in store.view().list("nodes")}
         assert sorted(n["ShoalBridge"]["Subnet"] for n in nodes.values()) == ["10.200.1.0/24", "10.200.2.0/24", "10.200.3.0/24"]
         assert sorted(t["NodeID"] for t in ts) == ["n1", "n2", "n3"]
@@ -119,9 +119,8 @@ async def test_loop_assigns_with_bridge_addresses(tmp_path: Path) -> None:
             assert att["Addresses"][0].endswith("/24")
         # an unplaceable task gets Swarm's message and stays pending
         await store.update(lambda tx: tx.create("tasks", task("bad", constraints=["node.hostname==nowhere"])))
-        async with asyncio.timeout(5):
-            while not (store.view().get("tasks", "bad") or {}).get("Status", {}).get("Err"):
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: (store.view().get("tasks", "bad") or {}).get("Status", {}).get("Err"),
+                         what="the unplaceable task's error")
         bad = store.view().get("tasks", "bad")
         assert bad is not None and bad["Status"]["State"] == "pending"
         assert bad["Status"]["Err"] == "no suitable node (scheduling constraints not satisfied on 3 nodes)"

@@ -1,6 +1,7 @@
 """The service routes: ``GET /services``, ``POST /services/create``, ``GET /services/{id}``,
 ``POST /services/{id}/update``, ``DELETE /services/{id}`` (through the control API,
-:mod:`manager.controlapi.services`) and ``GET /services/{id}/logs``."""
+:mod:`manager.controlapi.services`), ``GET /services/{id}/logs``, and Shoal's dry runs
+``POST /services/plan`` and ``POST /services/{id}/plan`` (:mod:`manager.controlapi.plan`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from manager.controlapi import services
+from manager.controlapi import plan, services
 from manager.controlapi.control import Control
 from shoal.daemon.http.common import parse_filters, query_bool, query_version, route
 from shoal.daemon.http.errors import read_json
@@ -30,6 +31,22 @@ def add_routes(app: web.Application, manager: Any) -> None:
         """POST /services/create with a ServiceSpec → 201 {"ID", "Warnings"}."""
         body = await read_json(request, empty_is_object=False)
         return web.json_response(await Control(manager).call("services.create", {"spec_body": body}), status=201)
+
+    @route(app, "POST", "/services/plan")
+    async def service_plan_create(request: web.Request) -> web.StreamResponse:
+        """POST /services/plan with a ServiceSpec → 200 {"Tasks", "Warnings"}: where
+        ``services/create`` would place each task now, writing nothing (Shoal's, for
+        ``shoal service create --dry-run``; docs/contracts.md)."""
+        body = await read_json(request, empty_is_object=False)
+        return web.json_response(plan.plan_create(manager.store, spec_body=body))
+
+    @route(app, "POST", "/services/{id}/plan")
+    async def service_plan_update(request: web.Request) -> web.StreamResponse:
+        """POST /services/{id}/plan with a ServiceSpec → 200 {"Tasks", "Warnings"}: where the
+        service's tasks would be once ``services/{id}/update`` with it is done, writing nothing
+        (``shoal service update --dry-run``)."""
+        body = await read_json(request, empty_is_object=False)
+        return web.json_response(plan.plan_update(manager.store, ref=request.match_info["id"], spec_body=body))
 
     @route(app, "GET", "/services/{id}")
     async def service_inspect(request: web.Request) -> web.StreamResponse:
