@@ -28,6 +28,12 @@ What is measured (median over ``--rounds``; each round runs every path once):
   the rows of ``CPS_TARGETS`` (one line each): srv's task IP, srv's VIP on the network (nftables DNAT
   in the cli task's namespace; ``Endpoint.VirtualIPs``), srv's published port ``MESH_PORT`` through
   the routing mesh on h3, a node without a task of srv (from h3's own namespace), and the underlay.
+  The HTTP server closes each connection first (HTTP/1.0), so it holds a TIME_WAIT (60 s) per
+  connection; after ~28,000 connections from one client address (the ephemeral port range) a new
+  SYN meets one of them and waits for a retransmission (1 s). The VIP and direct rows share that
+  pair (cli's address -> srv:80 after the DNAT), so they slowed each other down round by round (a
+  first run: VIP 0.67x direct, both falling). By default the servers' namespaces (srv, h2) get
+  ``net.ipv4.tcp_max_tw_buckets=0`` (no TIME_WAIT kept there; ``--server-timewait`` keeps it).
 - ``dns``: ``--dns-queries`` (10,000) A queries for ``srv`` to the embedded resolver at
   127.0.0.11:53, from a UDP socket opened inside the cli task's namespace (this file,
   ``--dns-client``; the query loops are ``tests/bench/bench_dns.py``'s), one at a time, then
@@ -314,6 +320,9 @@ def bench(args: argparse.Namespace) -> None:
                  "(`make bench` installs them)")
     log(f"bench_overlay: lab up (3 hosts, underlay MTU {args.mtu or 'default'})")
     ctx = setup(args.mtu)
+    if not args.server_timewait:
+        for place in ("srv", "h2"):  # the HTTP servers of the connections/s rows
+            _run(_ns_cmd(ctx.ns[place], "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"))
     www = Path(tempfile.mkdtemp(prefix="shoal-bench-www-"))
     (www / "index.html").write_text("<html><body>underlay</body></html>\n")
     httpd = subprocess.Popen(_ns_cmd(ctx.ns["h2"], "busybox", "httpd", "-f", "-p", str(UNDERLAY_HTTP_PORT),
@@ -420,6 +429,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8, help="connections at a time (connections/s)")
     ap.add_argument("--dns-queries", type=int, default=10_000, help="A queries per round to the embedded resolver")
     ap.add_argument("--dns-window", type=int, default=32, help="queries in flight in the resolver's second phase")
+    ap.add_argument("--server-timewait", action="store_true",
+                    help="keep the kernel's TIME_WAIT on the HTTP servers of the connections/s rows (see the "
+                         "docstring: the rows to srv then slow down as the client's ports come round again)")
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
     args = ap.parse_args()
     args.mtu = args.mtu or None
