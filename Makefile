@@ -38,7 +38,8 @@ down:
 
 ## bench: print the benchmark figures (tests/bench); never pass/fail on time.
 ## Docker Swarm runs beside Shoal when dockerd is installed (BENCH_SWARM=--swarm forces it);
-## the overlay bench (iperf3, sockperf: installed here) measures the overlay beside the underlay.
+## the overlay bench (iperf3, sockperf: installed here) measures the overlay beside the underlay;
+## the convergence bench, a task change reaching every node's DNS and nftables (10 and 1,000 services).
 BENCH_SWARM ?= $(if $(shell command -v dockerd),--swarm,)
 BENCH_APT_PACKAGES := iperf3 sockperf
 bench: venv
@@ -46,6 +47,7 @@ bench: venv
 	$(BIN)/python tests/bench/bench_container_start.py
 	$(BIN)/python tests/bench/bench_cluster.py --one-host 50 $(BENCH_SWARM)
 	$(BIN)/python tests/bench/bench_overlay.py --mtu 1400
+	$(BIN)/python tests/bench/bench_overlay_convergence.py --mtu 1400
 
 ## deps: Debian packages (apt-get update only when something is missing)
 deps:

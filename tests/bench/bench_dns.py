@@ -71,6 +71,54 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
+def query_wires(qnames: list[str], rdtype: str = "A") -> list[bytes]:
+    """The queries for ``qnames`` on the wire, with IDs 0, 1, 2, … (mod 65536): unique among any
+    window of in-flight queries smaller than 65,536, so answers can be matched by ID."""
+    out = []
+    for i, n in enumerate(qnames):
+        q = dns.message.make_query(n, rdtype)
+        q.id = i & 0xFFFF
+        out.append(q.to_wire())
+    return out
+
+
+def udp_serial(sock: socket.socket, wires: list[bytes]) -> tuple[list[float], float]:
+    """Send each query on the connected UDP ``sock`` and wait for its answer before the next:
+    the round trips in µs and the wall time in s."""
+    lat: list[float] = []
+    t_start = time.perf_counter()
+    for w in wires:
+        t0 = time.perf_counter_ns()
+        sock.send(w)
+        reply = sock.recv(4096)
+        lat.append((time.perf_counter_ns() - t0) / 1000)
+        if reply[:2] != w[:2]:
+            raise RuntimeError("an answer to another query (ID mismatch)")
+    return lat, time.perf_counter() - t_start
+
+
+def udp_window(sock: socket.socket, wires: list[bytes], window: int) -> tuple[list[float], float]:
+    """Keep ``window`` queries in flight on the connected UDP ``sock`` (IDs as :func:`query_wires`
+    makes them): each answer's latency from its query's send in µs, and the wall time in s."""
+    lat: list[float] = []
+    sent_at: dict[bytes, int] = {}
+    sent = got = 0
+    t_start = time.perf_counter()
+    while got < len(wires):
+        while sent < len(wires) and sent - got < window:
+            sent_at[wires[sent][:2]] = time.perf_counter_ns()
+            sock.send(wires[sent])
+            sent += 1
+        reply = sock.recv(4096)
+        t1 = time.perf_counter_ns()
+        t0 = sent_at.pop(reply[:2], None)
+        if t0 is None:
+            raise RuntimeError("an answer to no query in flight")
+        lat.append((t1 - t0) / 1000)
+        got += 1
+    return lat, time.perf_counter() - t_start
+
+
 def serve(services: int, use_uvloop: bool, port_box: mp.Queue[int]) -> None:  # the child process
     if use_uvloop:
         try:
@@ -103,7 +151,7 @@ def main() -> None:
 
     table = build_table(args.services)
     qs = [dns.message.make_query(n, "A") for n in names(args.services, args.queries)]
-    wires = [q.to_wire() for q in qs]
+    wires = query_wires(names(args.services, args.queries))
 
     # the decision alone, and what the server does per UDP datagram
     lat: list[float] = []
@@ -131,33 +179,17 @@ def main() -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.connect(("127.0.0.1", port))
         sock.settimeout(2)
-        for w in wires[:200]:  # warm up
-            sock.send(w)
-            sock.recv(4096)
-        lat = []
-        t_start = time.perf_counter()
-        for w in wires:
-            t0 = time.perf_counter_ns()
-            sock.send(w)
-            reply = sock.recv(4096)
-            lat.append((time.perf_counter_ns() - t0) / 1000)
-            assert reply[:2] == w[:2]
-        elapsed = time.perf_counter() - t_start
+        udp_serial(sock, wires[:200])  # warm up
+        lat, elapsed = udp_serial(sock, wires)
         print(f"FIGURE udp_rtt_p50_us {pct(lat, 0.5):.1f} us")
         print(f"FIGURE udp_rtt_p99_us {pct(lat, 0.99):.1f} us")
         print(f"FIGURE udp_rtt_mean_us {statistics.fmean(lat):.1f} us")
         print(f"FIGURE udp_qps_serial {len(wires) / elapsed:.0f} qps")
 
-        sent = got = 0
-        t_start = time.perf_counter()
-        while got < len(wires):
-            while sent < len(wires) and sent - got < args.window:
-                sock.send(wires[sent])
-                sent += 1
-            sock.recv(4096)
-            got += 1
-        elapsed = time.perf_counter() - t_start
+        lat, elapsed = udp_window(sock, wires, args.window)
         print(f"FIGURE udp_qps_window{args.window} {len(wires) / elapsed:.0f} qps")
+        print(f"FIGURE udp_rtt_window{args.window}_p50_us {pct(lat, 0.5):.1f} us")
+        print(f"FIGURE udp_rtt_window{args.window}_p99_us {pct(lat, 0.99):.1f} us")
         sock.close()
     finally:
         child.terminate()

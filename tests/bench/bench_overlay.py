@@ -25,7 +25,19 @@ What is measured (median over ``--rounds``; each round runs every path once):
 - ``connections_per_second``: a small asyncio client (this file, ``--cps-client``, run inside the
   client's namespace) opening ``--concurrency`` connections at a time for S seconds, each
   ``GET / HTTP/1.0`` read to EOF then closed; connections/s and connect+response p50/p99. Targets are
-  the rows of ``CPS_TARGETS``: adding one (a VIP, the routing mesh) is one line there.
+  the rows of ``CPS_TARGETS`` (one line each): srv's task IP, srv's VIP on the network (nftables DNAT
+  in the cli task's namespace; ``Endpoint.VirtualIPs``), srv's published port ``MESH_PORT`` through
+  the routing mesh on h3, a node without a task of srv (from h3's own namespace), and the underlay.
+  The HTTP server closes each connection first (HTTP/1.0), so it holds a TIME_WAIT (60 s) per
+  connection; after ~28,000 connections from one client address (the ephemeral port range) a new
+  SYN meets one of them and waits for a retransmission (1 s). The VIP and direct rows share that
+  pair (cli's address -> srv:80 after the DNAT), so they slowed each other down round by round (a
+  first run: VIP 0.67x direct, both falling). By default the servers' namespaces (srv, h2) get
+  ``net.ipv4.tcp_max_tw_buckets=0`` (no TIME_WAIT kept there; ``--server-timewait`` keeps it).
+- ``dns``: ``--dns-queries`` (10,000) A queries for ``srv`` to the embedded resolver at
+  127.0.0.11:53, from a UDP socket opened inside the cli task's namespace (this file,
+  ``--dns-client``; the query loops are ``tests/bench/bench_dns.py``'s), one at a time, then
+  ``--dns-window`` (32) in flight: p50/p99 latency and queries/s.
 
 Prints ``FIGURE <name> <value> <unit>`` lines and a markdown table with overlay/underlay ratios.
 Runs as root; tears the lab down at the end, also on failure (``--keep-lab`` leaves it up).
@@ -55,10 +67,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from deploy.lab import lab  # noqa: E402
 from shoal.cli.client import Client  # noqa: E402
+from tests.bench.bench_dns import pct, query_wires, udp_serial, udp_window  # noqa: E402
 from tests.waiting import wait_until_sync  # noqa: E402
 
 NETWORK, SUBNET = "bench", "10.40.0.0/24"
 IPERF_PORT, SOCKPERF_PORT, UNDERLAY_HTTP_PORT = 5201, 11111, 8080
+MESH_PORT = 8081  # srv's published port (ingress mode): the routing mesh answers it on every node
 TOOLS = {"iperf3": "iperf3", "sockperf": "sockperf"}  # binary -> Debian package
 
 
@@ -94,10 +108,14 @@ PATHS = [
 ]
 
 # connections per second: (label, where the client runs, the address:port it connects to).
-# One line per target; e.g. the VIP, once services get one:
-#     ("VIP of srv (from the cli task)", "cli", lambda c: (c.ip["srv-vip"], 80)),
 CPS_TARGETS: list[tuple[str, str, Callable[[Ctx], tuple[str, int]]]] = [
     ("task IP direct (from the cli task, over the overlay)", "cli", lambda c: (c.ip["srv"], 80)),
+    # the service's VIP on the network: nftables DNAT in the cli task's namespace, then the same path
+    ("VIP of srv (from the cli task)", "cli", lambda c: (c.ip["srv-vip"], 80)),
+    # h3 runs no task of srv: its host DNAT (output hook) -> its ingress sandbox -> LB -> ingress
+    # VXLAN -> srv's task on h2
+    ("routing mesh: published port on a node without the task (from h3's namespace)", "h3",
+     lambda c: (c.ip["h3"], MESH_PORT)),
     ("underlay host h2 (busybox httpd in h2's namespace, from h1)", "h1", lambda c: (c.ip["h2"], UNDERLAY_HTTP_PORT)),
 ]
 
@@ -208,6 +226,34 @@ async def _cps_client(host: str, port: int, seconds: float, concurrency: int) ->
     return {"cps": done / wall, "errors": float(errors), "p50_ms": q(0.5), "p99_ms": q(0.99), "n": float(done)}
 
 
+def dns(ctx: Ctx, place: str, name: str, queries: int, window: int) -> dict[str, Any]:
+    """``queries`` A queries for ``name`` to the embedded resolver (127.0.0.11:53) from task
+    ``place``'s namespace (this file's ``--dns-client``): one at a time, then ``window`` in flight."""
+    res = _run(_ns_cmd(ctx.ns[place], sys.executable, "-I", str(Path(__file__).resolve()), "--dns-client",
+                       name, str(queries), str(window)), timeout=300)
+    out: dict[str, Any] = json.loads(res.stdout)
+    return out
+
+
+def _dns_client(name: str, queries: int, window: int) -> dict[str, Any]:
+    import dns.message  # the bench's venv has dnspython (a test dependency)
+
+    wires = query_wires([name] * queries)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(("127.0.0.11", 53))
+    sock.settimeout(5)
+    sock.send(wires[0])
+    first = dns.message.from_wire(sock.recv(4096))
+    answer = sorted(rd.to_text() for rrset in first.answer for rd in rrset)
+    udp_serial(sock, wires[:200])  # warm up
+    lat, elapsed = udp_serial(sock, wires)
+    wlat, welapsed = udp_window(sock, wires, window)
+    sock.close()
+    return {"answer": answer, "serial_p50_us": pct(lat, 0.5), "serial_p99_us": pct(lat, 0.99),
+            "serial_qps": len(wires) / elapsed, "window_p50_us": pct(wlat, 0.5), "window_p99_us": pct(wlat, 0.99),
+            "window_qps": len(wires) / welapsed}
+
+
 # ------------------------------------------------------------------------------------ the lab
 def _running_task(c: Client, service: str) -> dict[str, Any] | None:
     for t in c.tasks({"service": [service], "desired-state": ["running"]}):
@@ -232,9 +278,12 @@ def setup(mtu: int | None) -> Ctx:
     c.network_create({"Name": NETWORK, "Driver": "overlay", "IPAM": {"Config": [{"Subnet": SUBNET}]}})
     httpd = ["httpd", "-f", "-p", "80", "-h", "/www"]
     for name, host, args in (("srv", "h2", httpd), ("srv1", "h1", httpd), ("cli", "h1", ["sleep", "100000"])):
-        c.service_create({"Name": name, "Mode": {"Replicated": {"Replicas": 1}}, "TaskTemplate": {
+        spec: dict[str, Any] = {"Name": name, "Mode": {"Replicated": {"Replicas": 1}}, "TaskTemplate": {
             "ContainerSpec": {"Image": lab.IMAGE, "Args": args}, "Networks": [{"Target": NETWORK}],
-            "Placement": {"Constraints": [f"node.hostname=={host}"]}}})
+            "Placement": {"Constraints": [f"node.hostname=={host}"]}}}
+        if name == "srv":  # published through the routing mesh (ingress mode)
+            spec["EndpointSpec"] = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": MESH_PORT}]}
+        c.service_create(spec)
     ctx = Ctx(client=c)
     for name in ("srv", "srv1", "cli"):
         t = wait_until_sync(lambda name=name: _running_task(c, name), 120, f"the {name} task running",
@@ -242,7 +291,17 @@ def setup(mtu: int | None) -> Ctx:
         ctx.ns[name], ctx.ip[name] = f"/proc/{t['pid']}/ns/net", t["ip"]
     for h in state.hosts:
         ctx.ns[h.name], ctx.ip[h.name] = str(lab.NETNS_DIR / h.netns), h.ip
+    ctx.ip["srv-vip"] = wait_until_sync(lambda: _vip(c, "srv"), 30, "srv's VIP on the network", retry=(Exception,))
     return ctx
+
+
+def _vip(c: Client, service: str) -> str | None:
+    """``service``'s virtual IP on :data:`NETWORK` (its ``Endpoint.VirtualIPs``), None until allocated."""
+    net_id = next(n["Id"] for n in c.networks() if n["Name"] == NETWORK)
+    for v in c.service(service).get("Endpoint", {}).get("VirtualIPs") or []:
+        if v.get("NetworkID") == net_id and v.get("Addr"):
+            return str(v["Addr"]).split("/")[0]
+    return None
 
 
 # --------------------------------------------------------------------------------------- main
@@ -261,12 +320,18 @@ def bench(args: argparse.Namespace) -> None:
                  "(`make bench` installs them)")
     log(f"bench_overlay: lab up (3 hosts, underlay MTU {args.mtu or 'default'})")
     ctx = setup(args.mtu)
+    if not args.server_timewait:
+        for place in ("srv", "h2"):  # the HTTP servers of the connections/s rows
+            _run(_ns_cmd(ctx.ns[place], "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"))
     www = Path(tempfile.mkdtemp(prefix="shoal-bench-www-"))
     (www / "index.html").write_text("<html><body>underlay</body></html>\n")
     httpd = subprocess.Popen(_ns_cmd(ctx.ns["h2"], "busybox", "httpd", "-f", "-p", str(UNDERLAY_HTTP_PORT),
                                      "-h", str(www)), start_new_session=True)
     try:
         wait_until_sync(lambda: _listening(ctx.ns["h2"], UNDERLAY_HTTP_PORT), 10, "busybox httpd on h2")
+        for label, where, target in CPS_TARGETS:  # every target answers before anything is measured
+            wait_until_sync(lambda where=where, target=target: (lambda r: r["n"] > 0 and not r["errors"])(
+                cps(ctx, where, target(ctx), 0.3, 1)), 60, f"{label} to answer", retry=(Exception,))
         mtus = {p: json.loads(_run(_ns_cmd(ctx.ns[p], "ip", "-j", "link", "show", dev))
                               .stdout)[0]["mtu"] for p, dev in (("cli", "eth1"), ("h1", "eth0"))}
         log(f"bench_overlay: MTU task eth1 {mtus['cli']}, host eth0 {mtus['h1']}; "
@@ -274,6 +339,7 @@ def bench(args: argparse.Namespace) -> None:
         thr: dict[str, list[dict[str, float]]] = {p.label: [] for p in PATHS}
         lat: dict[str, list[dict[str, float]]] = {p.label: [] for p in PATHS}
         con: dict[str, list[dict[str, float]]] = {t[0]: [] for t in CPS_TARGETS}
+        res: list[dict[str, Any]] = []
         for r in range(args.rounds):
             order = PATHS if r % 2 == 0 else list(reversed(PATHS))  # alternate who goes first
             for p in order:
@@ -285,6 +351,9 @@ def bench(args: argparse.Namespace) -> None:
             for label, where, target in CPS_TARGETS:
                 con[label].append(cps(ctx, where, target(ctx), args.seconds, args.concurrency))
                 log(f"  round {r + 1} conns/s  {label}: {con[label][-1]['cps']:.0f}")
+            res.append(dns(ctx, "cli", "srv", args.dns_queries, args.dns_window))
+            log(f"  round {r + 1} dns      srv -> {res[-1]['answer']}: p50 {res[-1]['serial_p50_us']:.0f} µs, "
+                f"{res[-1]['serial_qps']:.0f}/s; window {args.dns_window}: {res[-1]['window_qps']:.0f}/s")
     finally:
         httpd.kill()
         httpd.wait(timeout=10)
@@ -331,12 +400,24 @@ def bench(args: argparse.Namespace) -> None:
         rows = con[label]
         print(f"| {label} | {cell(rows, 'cps', '.0f')} | {_median(rows, 'p50_ms'):.2f} | {_median(rows, 'p99_ms'):.2f} "
               f"| {sum(x['errors'] for x in rows):.0f} |")
+    for k in ("serial_p50_us", "serial_p99_us", "serial_qps", "window_p50_us", "window_p99_us", "window_qps"):
+        print(f"FIGURE dns_in_task_{k} median={_median(res, k):.0f} all={[round(x[k]) for x in res]}", flush=True)
+    print(f"\nEmbedded resolver in the lab: {args.dns_queries} A queries for `srv` (answer {res[0]['answer']}, its VIP) "
+          "to 127.0.0.11:53 from inside the cli task's namespace, UDP, per round\n")
+    print("| mode | p50 (µs) | p99 (µs) | queries/s |")
+    print("| --- | --- | --- | --- |")
+    for mode, k in (("one at a time", "serial"), (f"{args.dns_window} in flight", "window")):
+        print(f"| {mode} | {cell(res, k + '_p50_us', '.0f')} | {cell(res, k + '_p99_us', '.0f')} "
+              f"| {cell(res, k + '_qps', '.0f')} |")
 
 
 def main() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--cps-client":  # run inside a namespace by cps()
         host, port, seconds, conc = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
         print(json.dumps(asyncio.run(_cps_client(host, port, seconds, conc))))
+        return
+    if len(sys.argv) == 5 and sys.argv[1] == "--dns-client":  # run inside a task's namespace by dns()
+        print(json.dumps(_dns_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mtu", type=int, default=1400, help="underlay MTU of the lab (0: the kernel's default)")
@@ -346,6 +427,11 @@ def main() -> None:
                     help="pin both sockperf ends to CPU N (default: the last CPU; -1: no pinning). Unpinned, "
                          "a 2-vCPU VM's cross-CPU wake-ups make round trips bimodal (~18 or ~55 µs)")
     ap.add_argument("--concurrency", type=int, default=8, help="connections at a time (connections/s)")
+    ap.add_argument("--dns-queries", type=int, default=10_000, help="A queries per round to the embedded resolver")
+    ap.add_argument("--dns-window", type=int, default=32, help="queries in flight in the resolver's second phase")
+    ap.add_argument("--server-timewait", action="store_true",
+                    help="keep the kernel's TIME_WAIT on the HTTP servers of the connections/s rows (see the "
+                         "docstring: the rows to srv then slow down as the client's ports come round again)")
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
     args = ap.parse_args()
     args.mtu = args.mtu or None

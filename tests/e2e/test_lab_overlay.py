@@ -15,10 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from typing import Any
 
 from deploy.lab import lab
-from tests.e2e.conftest import Cluster, client, shoal, wait_until
+from tests.e2e.conftest import HEARTBEAT, Cluster, client, shoal, wait_until
 
 _GET = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
 
@@ -280,3 +281,128 @@ def test_published_ports_answer_on_every_node_and_host_mode_only_where_a_task_ru
     finally:
         for s in ("pub", "hostp"):
             shoal("h1", "service", "rm", s)
+
+
+# -- a node dies: names, VIPs and the mesh stop sending to its tasks (issue 9's proof) ----------
+
+_CALLS = """
+import json, sys, urllib.request
+out = []
+for _ in range(int(sys.argv[2])):
+    try:
+        out.append(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[3])).read().decode().strip())
+    except Exception as e:
+        out.append("ERROR " + type(e).__name__)
+print(json.dumps(out))
+"""
+
+
+def _ns(pid: int) -> str:
+    return f"/proc/{pid}/ns/net"
+
+
+def _calls(netns: str, url: str, n: int = 20, timeout: float = 0.5) -> list[str]:
+    """``n`` GETs of ``url`` from network namespace ``netns`` (a path ``nsenter --net`` takes), one
+    connection each, each bounded by ``timeout``: the answers' bodies, or ``"ERROR <type>"``."""
+    res = subprocess.run(["nsenter", f"--net={netns}", "--", sys.executable, "-I", "-c", _CALLS, url, str(n),
+                          str(timeout)], capture_output=True, text=True, timeout=n * timeout + 30)
+    if res.returncode != 0:
+        raise AssertionError(f"GET {url} ×{n} in {netns}: {res.stderr.strip()[-300:]}")
+    return list(json.loads(res.stdout))
+
+
+def _link(host: lab.HostState, updown: str) -> None:
+    """Set the bridge end of ``host``'s underlay veth ``up`` or ``down`` (its cable)."""
+    subprocess.run(["ip", "link", "set", f"shoal-lab-{host.name}", updown], check=True, timeout=10)
+
+
+def test_a_dead_node_leaves_dns_vips_and_the_mesh_within_the_node_down_time(cluster: Cluster) -> None:
+    """A worker (h3) dies: within the node-down time (3 missed heartbeats of 1 s, plus a margin for
+    a loaded 2-core box) the clients on h1 and h2 no longer resolve ``tasks.api`` to h3's task, the
+    VIP of ``api`` answers 20 calls of 20 only from tasks on other nodes, and the routing mesh port
+    on h1 and h2 answers h4 20 times of 20 with no errors.
+
+    What models "the node died": first h3's cable is pulled (the bridge end of its underlay veth set
+    down, so nothing of h3 reaches anyone any more and nobody reaches it, and no FIN or RST of its
+    connections leaves it), then its shoald is killed with SIGKILL. Its containers keep running
+    behind the cut, as the processes of a machine that lost power would never answer again: a
+    request still sent to one of them times out (an error here), which is what the old VIP and
+    mesh rules would cause. Afterwards the cable is plugged back and h3's shoald restarted (it
+    shuts its replaced tasks down), also when the test fails, so the module's teardown finds a
+    whole lab to take down."""
+    st = lab.LabState.load()
+    assert st
+    h3 = st.host("h3")
+    c = client("h1")
+    node_name = {n["ID"]: n["Description"]["Hostname"] for n in c.nodes()}
+    killed = False
+    try:
+        assert shoal("h1", "network", "create", "-d", "overlay", "--subnet", "10.21.0.0/24", "nd").returncode == 0
+        for name, argv, extra in (("api", ["httpd", "-f", "-p", "80", "-h", "/www"], ["--network", "nd"]),
+                                  ("client", ["sleep", "100000"], ["--network", "nd"]),
+                                  ("pub", ["httpd", "-f", "-p", "80", "-h", "/www"], ["--publish", "8080:80"])):
+            r = shoal("h1", "service", "create", "--name", name, "--replicas", "3", *extra, "--detach",
+                      lab.IMAGE, *argv)
+            assert r.returncode == 0, r.stdout + r.stderr
+        api = wait_until(lambda: _running_tasks("api", "nd"), 90, "3 running api tasks")
+        clients = wait_until(lambda: _running_tasks("client", "nd"), 90, "3 running client tasks")
+        pub = wait_until(lambda: _running_tasks("pub", "ingress"), 90, "3 running pub tasks")
+        for tasks in (api, clients, pub):  # one per node (spread), so h3 holds one of each
+            assert sorted(node_name[t["node"]] for t in tasks) == ["h1", "h2", "h3"], tasks
+        vip = _vip("api", "nd")
+        dead_ips = {t["ip"] for t in api if node_name[t["node"]] == "h3"}
+        # the hostnames (whoami's answer) of h3's api and pub tasks: their containers' own
+        dead_names = {_in_container(t["pid"], "cat", "/etc/hostname").stdout.strip()
+                      for t in api + pub if node_name[t["node"]] == "h3"}
+        assert len(dead_names) == 2 and "" not in dead_names
+        watchers = [(node_name[t["node"]], t["pid"]) for t in clients if node_name[t["node"]] in ("h1", "h2")]
+        h4_ns = str(lab.NETNS_DIR / st.host("h4").netns)
+        mesh_urls = [f"http://{st.host(h).ip}:8080/cgi-bin/whoami" for h in ("h1", "h2")]
+
+        # before: every path reaches h3's tasks too (so the checks below can tell a change)
+        for where, pid in watchers:
+            assert dead_ips <= set(wait_until(lambda pid=pid: _resolve_in_task(pid, "tasks.api"), 10, "tasks.api"))
+            wait_until(lambda pid=pid: set(_calls(_ns(pid), f"http://{vip}/cgi-bin/whoami", 30)) & dead_names, 20,
+                       f"the VIP to reach h3's api task from {where}")
+        for url in mesh_urls:
+            wait_until(lambda url=url: set(_calls(h4_ns, url, 30)) & dead_names, 20,
+                       f"{url} to reach h3's pub task from h4")
+
+        t0 = time.monotonic()
+        _link(h3, "down")
+        killed = True
+        lab.kill_daemon(st, h3)
+        deadline = 3 * HEARTBEAT * 1.1 + 20  # node-down time (3 beats, +10 % jitter) + margin for a loaded box
+        took: dict[str, float] = {}
+
+        def left() -> float:
+            return max(1.0, deadline - (time.monotonic() - t0))
+
+        def clean(answers: list[str]) -> bool:  # every call answered, none by a task on h3
+            return not any(a.startswith("ERROR") or a in dead_names for a in answers)
+
+        for where, pid in watchers:
+            wait_until(lambda pid=pid: (lambda ips: ips and not set(ips) & dead_ips)(_resolve_in_task(pid, "tasks.api")),
+                       left(), f"tasks.api on {where} to drop h3's task {sorted(dead_ips)}")
+            took[f"dns_{where}"] = time.monotonic() - t0
+            url = f"http://{vip}/cgi-bin/whoami"
+            wait_until(lambda pid=pid, url=url: clean(_calls(_ns(pid), url)), left(), f"20 calls of the VIP from {where} to answer only from tasks off h3")
+            took[f"vip_{where}"] = time.monotonic() - t0
+        for h, url in zip(("h1", "h2"), mesh_urls, strict=True):
+            wait_until(lambda url=url: clean(_calls(h4_ns, url)), left(), f"20 calls of {url} from h4 to answer with no errors")
+            took[f"mesh_{h}"] = time.monotonic() - t0
+        print("FIGURE node_down_to_clean_s " + " ".join(f"{k}={v:.2f}" for k, v in sorted(took.items())))
+        assert max(took.values()) <= deadline, took
+        h3_id = next(i for i, n in node_name.items() if n == "h3")
+        assert c.node(h3_id)["Status"]["State"] == "down"
+    finally:
+        if killed:
+            _link(h3, "up")
+            lab.start_daemon(st, h3)
+            wait_until(lambda: any(n["Description"]["Hostname"] == "h3" and n["Status"]["State"] == "ready"
+                                   for n in client("h1").nodes()), 60, "h3 to be Ready again")
+        for s in ("api", "client", "pub"):
+            shoal("h1", "service", "rm", s)
+        wait_until(lambda: shoal("h1", "network", "rm", "nd").returncode == 0
+                   or "not found" in shoal("h1", "network", "inspect", "nd").stderr, 60, "nd to be removable")
+
