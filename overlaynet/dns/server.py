@@ -408,7 +408,7 @@ class Resolver:
         raises ``ConnectionRefusedError``/``OSError`` at once), then TCP if truncated, until
         ``deadline`` (the loop's clock). Raises what the query raises."""
         af = socket.AF_INET6 if ":" in host else socket.AF_INET
-        backend = dns.asyncbackend.get_default_backend()
+        backend: Any = dns.asyncbackend.get_default_backend()  # dnspython leaves make_socket untyped
         sock = await backend.make_socket(af, socket.SOCK_DGRAM, 0, None, (host, self.upstream_port))
         async with sock:
             resp = await dns.asyncquery.udp(query, host, timeout=timeout, port=self.upstream_port,
