@@ -466,12 +466,22 @@ async def test_an_unreachable_upstream_gives_servfail_at_once(table: DnsTable, t
 async def test_silent_upstreams_share_one_timeout(table: DnsTable, tmp_path: Path) -> None:
     """Three silent upstreams: SERVFAIL after ``upstream_timeout`` in all (not 3 × it, which was
     past the client's 5 s with the 2 s default: the client saw silence)."""
-    silent = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    silent: list[socket.socket] = []
+    for _ in range(20):  # one port free on three loopback addresses
+        for s in silent:
+            s.close()
+        silent = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        silent[0].bind(("127.0.0.20", 0))
+        port = silent[0].getsockname()[1]
+        try:
+            silent[1].bind(("127.0.0.21", port))
+            silent[2].bind(("127.0.0.22", port))
+            break
+        except OSError:
+            continue
     try:
-        for i, s in enumerate(silent):
-            s.bind((f"127.0.0.{20 + i}", 5398))
         r = Resolver(table, resolv_conf=resolv_conf(tmp_path, "127.0.0.20", "127.0.0.21", "127.0.0.22"),
-                     upstream_port=5398, upstream_timeout=0.6)
+                     upstream_port=port, upstream_timeout=0.6)
         ep = await serve(r)
         t0 = time.monotonic()
         assert (await udp_ask(ep, "host.example.com")).rcode() == dns.rcode.SERVFAIL
