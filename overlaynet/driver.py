@@ -39,8 +39,8 @@ from shoal.base.netaddr import mac_from_ip as _base_mac_from_ip
 __all__ = [
     "DEFAULT_DATA_PATH_PORT", "ENCRYPTED_OPTION", "MTU_OPTION", "MAX_VNI", "MIN_MTU", "VXLAN_OVERHEAD",
     "Attachment", "DriverError", "EncryptionUnsupported", "EndpointConfig", "NetworkConfig",
-    "NetworkDriver", "NetworkOptions", "Peer", "PeerDelta", "mac_from_ip", "overlay_mtu", "parse_options",
-    "peer_for",
+    "NetworkDriver", "NetworkOptions", "Peer", "PeerDelta", "VniInUse", "mac_from_ip", "overlay_mtu",
+    "parse_options", "peer_for",
 ]
 
 DEFAULT_DATA_PATH_PORT = 4789
@@ -58,6 +58,19 @@ class DriverError(Exception):
 
 class EncryptionUnsupported(DriverError):
     """``--opt encrypted`` was asked for and this kernel cannot encrypt the data path."""
+
+
+class VniInUse(DriverError):
+    """``ensure_network`` could not make the network's VXLAN device: the kernel already has one
+    with ``vni`` on UDP port ``port`` (EEXIST), e.g. a network of an earlier swarm whose data plane
+    is still up. ``network_id``: the network being set up. :meth:`NetworkDriver.cleanup_stale`
+    with ``vni`` frees the VNI when it belongs to a network no longer known."""
+
+    def __init__(self, message: str, network_id: str, vni: int, port: int) -> None:
+        super().__init__(message)
+        self.network_id = network_id
+        self.vni = vni
+        self.port = port
 
 
 @dataclass(frozen=True)
@@ -276,6 +289,7 @@ class NetworkDriver(Protocol):
         """Make ``peers`` the network's complete set of remote endpoints (by delta); return the change."""
         ...
 
-    def cleanup_stale(self, known_network_ids: Iterable[str]) -> list[str]:
-        """Remove data planes of networks not in ``known_network_ids``; return what was removed."""
+    def cleanup_stale(self, known_network_ids: Iterable[str], vni: int | None = None) -> list[str]:
+        """Remove data planes of networks not in ``known_network_ids`` (with ``vni``: only those
+        holding that VNI); return what was removed."""
         ...

@@ -64,6 +64,7 @@ from overlaynet.driver import (
     NetworkConfig,
     Peer,
     PeerDelta,
+    VniInUse,
     check_id,
     check_ifname,
     mac_from_ip,
@@ -251,10 +252,11 @@ class VxlanDriver:
                          vxlan_port=net.data_path_port, vxlan_learning=0, vxlan_proxy=1, mtu=mtu)
             except NetlinkError as e:
                 if e.code == errno.EEXIST:
-                    raise DriverError(
+                    raise VniInUse(
                         f"network {net.network_id[:12]}: a VXLAN device with VNI {net.vni} and port "
                         f"{net.data_path_port} already exists in the host namespace (another network or "
-                        "daemon?); remove it or restart shoald to clean stale devices") from e
+                        "daemon?); remove it or restart shoald to clean stale devices",
+                        net.network_id, net.vni, net.data_path_port) from e
                 raise
             idx = _lookup(ipr, vx)
             assert idx is not None
@@ -488,31 +490,42 @@ class VxlanDriver:
         return self._in(path, read)
 
     # -------------------------------------------------------------- cleanup
-    def cleanup_stale(self, known_network_ids: Iterable[str]) -> list[str]:
-        """Remove what a crashed daemon left: ``sov-*`` namespace files in ``netns_dir`` of networks
-        not in ``known_network_ids`` (links first, then the mount) and every ``sovx-*`` VXLAN
-        device in the host namespace (only ever there between "create" and "move").
+    def cleanup_stale(self, known_network_ids: Iterable[str], vni: int | None = None) -> list[str]:
+        """Remove what a crashed daemon (or an earlier swarm) left: ``sov-*`` namespace files in
+        ``netns_dir`` of networks not in ``known_network_ids`` (links first, then the mount) and
+        every ``sovx-*`` VXLAN device in the host namespace (only ever there between "create" and
+        "move").
 
-        Returns the removed namespace files' and devices' names, sorted. Call it at start,
-        before any ``ensure_network``.
+        ``vni`` given: only what holds that VNI — namespaces (of unknown networks) whose VXLAN
+        device is ``sovx-<vni hex>``, and that device in the host namespace — so a network being
+        set up can take a VNI an unknown network still holds (:class:`~overlaynet.driver.VniInUse`).
+
+        Returns the removed namespace files' and devices' names, sorted. Without ``vni``, call it
+        at start, before any ``ensure_network``.
         """
         keep = {self.netns_path(n).name for n in known_network_ids}
+        only = self.vxlan_name(vni) if vni is not None else None
         removed: list[str] = []
         with self._lock:
             if self.netns_dir.is_dir():
                 for f in sorted(self.netns_dir.iterdir()):
-                    if f.name.startswith(NETNS_PREFIX) and f.name not in keep:
-                        if netns.is_mountpoint(f):
-                            self._in(f, lambda ipr: [_delete_link(ipr, n) for n in _link_names(ipr) if n != "lo"])
-                        netns.remove(f)
-                        removed.append(f.name)
-                        for nid in [n for n in self._nets if self.netns_path(n).name == f.name]:
-                            del self._nets[nid]
+                    if not f.name.startswith(NETNS_PREFIX) or f.name in keep:
+                        continue
+                    mounted = netns.is_mountpoint(f)
+                    if only is not None and not (mounted and only in self._in(f, _link_names)):
+                        continue
+                    if mounted:
+                        self._in(f, lambda ipr: [_delete_link(ipr, n) for n in _link_names(ipr) if n != "lo"])
+                    netns.remove(f)
+                    removed.append(f.name)
+                    for nid in [n for n in self._nets if self.netns_path(n).name == f.name]:
+                        del self._nets[nid]
 
             def host(ipr: IPRoute) -> list[str]:
                 gone = []
                 for name in _link_names(ipr):
-                    if name.startswith(VXLAN_PREFIX) and _delete_link(ipr, name):
+                    if (name == only if only is not None else name.startswith(VXLAN_PREFIX)) \
+                            and _delete_link(ipr, name):
                         gone.append(name)
                 return gone
 

@@ -39,7 +39,7 @@ from agent_runtime.spec import ContainerSpec  # the runtime's dataclass (docs/co
 from overlaynet.dns.records import DnsTable
 from overlaynet.dns.server import Endpoint as DnsEndpoint
 from overlaynet.dns.server import Resolver
-from overlaynet.driver import DEFAULT_DATA_PATH_PORT, EndpointConfig, NetworkConfig
+from overlaynet.driver import DEFAULT_DATA_PATH_PORT, EndpointConfig, NetworkConfig, VniInUse
 from shoal.base.containerrules import parse_extra_host
 from shoal.base.logopts import check_driver, check_options
 from shoal.base.taskstate import SHUTDOWN, STATE_ORDER, TERMINAL_STATES, state_order
@@ -69,6 +69,9 @@ MESSAGES = {"accepted": "accepted", "preparing": "preparing", "starting": "start
             "complete": "finished", "shutdown": "shutdown", "failed": "started", "rejected": "preparing"}
 
 DEFAULT_STOP_GRACE_S = 10.0
+#: Seconds ``wait_drained`` allows beyond the longest stop grace period (the exit code wait after
+#: a stop is bounded by grace + 10 s; removal and network release take a few more).
+DRAIN_MARGIN_S = 15.0
 #: How long ``runtime.start`` may take before the task fails (unless the container runs anyway).
 DEFAULT_START_TIMEOUT_S = 60.0
 LABEL_TASK = "com.docker.swarm.task.id"
@@ -336,6 +339,56 @@ class Executor:
         except Exception:
             log.exception("closing the embedded DNS failed")
 
+    def drain_timeout(self) -> float:
+        """Seconds :meth:`wait_drained` waits by default: the longest ``StopGracePeriod`` of the
+        tasks held (10 s when unset) + :data:`DRAIN_MARGIN_S`."""
+        graces = [_stop_grace(ctl.task) for ctl in self._controllers.values()]
+        return max(graces, default=0.0) + DRAIN_MARGIN_S
+
+    async def wait_drained(self, timeout: float | None = None) -> bool:
+        """Wait until every task is gone: each controller finished (container stopped and
+        removed, its DNS, VIP table, overlay endpoints and bridge attachment released) and no
+        overlay endpoint is left here (the driver removes a network's namespace with its last
+        endpoint). Call it after a ``set_assignments`` without the tasks (``swarm leave``).
+
+        ``timeout``: seconds, None for :meth:`drain_timeout`. Returns True when drained, False
+        at the deadline (logged, naming the tasks left); never raises.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.drain_timeout() if timeout is None else max(0.0, timeout))
+        while True:
+            runners = [c._runner for c in self._controllers.values()
+                       if c._runner is not None and not c._runner.done()]
+            if not self._controllers and not self._local:
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("tasks not drained in time: %s; overlay endpoints left on %s",
+                            ", ".join(sorted(self._controllers)) or "none",
+                            ", ".join(n[:12] for n in sorted(self._local)) or "none")
+                return False
+            if runners:
+                await asyncio.wait(runners, timeout=min(left, 0.5))
+            else:  # controllers forgotten but endpoints still being released, or a dead runner
+                await asyncio.sleep(min(left, 0.05))
+
+    async def drop_overlays(self) -> list[str]:
+        """``swarm leave``: remove every overlay network's data plane left on this node (the
+        driver's ``cleanup_stale`` with no network known) and forget the local endpoints, so a new
+        swarm's networks can take their VNIs at once. Returns what was removed; never raises
+        (a failure is logged)."""
+        if self.overlay is None:
+            return []
+        self._local.clear()
+        try:
+            removed: list[str] = await _in_thread(self.overlay.cleanup_stale, [])
+        except Exception:
+            log.exception("removing the overlay networks' data planes failed")
+            return []
+        if removed:
+            log.info("left the swarm: removed overlay data planes %s", ", ".join(removed))
+        return removed
+
     def task_states(self) -> dict[str, str]:
         """Return ``{task_id: last observed state}`` of the tasks this executor holds (for tests, /info)."""
         return {tid: ctl.state for tid, ctl in self._controllers.items()}
@@ -458,11 +511,34 @@ class Executor:
         Attachment (tasks, and the ingress sandbox through :mod:`worker.mesh`)."""
         await self._overlay_ready.wait()
         async with self._net_lock(cfg.network_id):
-            await _in_thread(self.overlay.ensure_network, cfg)
+            try:
+                await _in_thread(self.overlay.ensure_network, cfg)
+            except VniInUse as e:
+                if not await self._free_stale_vni(cfg, e):
+                    raise
+                await _in_thread(self.overlay.ensure_network, cfg)
             await self._set_peers_locked(cfg.network_id)
             att = await _in_thread(self.overlay.attach, ep)
             self._local.setdefault(cfg.network_id, set()).add(ep.endpoint_id)
             return att
+
+    async def _free_stale_vni(self, cfg: NetworkConfig, err: VniInUse) -> bool:
+        """``cfg``'s VNI is held by another VXLAN device: when it belongs to a network this node no
+        longer knows (not in the latest push, no endpoint here — e.g. the ingress of a swarm left
+        just before; a network whose only endpoints here are of tasks shutting down counts as
+        unknown), remove that network's data plane (``cleanup_stale`` with the VNI) and return
+        True so the caller retries once; else False (the error stands)."""
+        live = {tid for tid, ctl in self._controllers.items() if not ctl._stopping()}
+        known = set(self._networks) | {n for n, eps in self._local.items() if eps & live} | {cfg.network_id}
+        try:
+            removed = await _in_thread(self.overlay.cleanup_stale, sorted(known), cfg.vni)
+        except Exception as e:
+            log.warning("network %s: freeing VNI %d failed: %s", cfg.network_id[:12], cfg.vni, e)
+            return False
+        if removed:
+            log.warning("network %s: VNI %d was held by a stale data plane (%s): removed it",
+                        cfg.network_id[:12], err.vni, ", ".join(removed))
+        return bool(removed)
 
     async def _overlay_detach(self, ep: EndpointConfig) -> None:
         async with self._net_lock(ep.network_id):
@@ -483,6 +559,15 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     if inspect.iscoroutinefunction(fn):
         return await fn(*args)
     return await _maybe_await(await asyncio.to_thread(fn, *args))
+
+
+def _stop_grace(task: dict[str, Any]) -> float:
+    """Seconds of the task's ``StopGracePeriod`` (ns; :data:`DEFAULT_STOP_GRACE_S` when unset)."""
+    grace_ns = Task(task).container_spec.get("StopGracePeriod")
+    try:
+        return DEFAULT_STOP_GRACE_S if grace_ns is None else max(0.0, int(grace_ns) / 1e9)
+    except (TypeError, ValueError):
+        return DEFAULT_STOP_GRACE_S
 
 
 class _Interrupted(Exception):
@@ -1011,8 +1096,7 @@ class _Controller:
 
     async def _shutdown(self) -> None:
         spec = Task(self.task).container_spec
-        grace_ns = spec.get("StopGracePeriod")
-        grace = DEFAULT_STOP_GRACE_S if grace_ns is None else max(0.0, int(grace_ns) / 1e9)
+        grace = _stop_grace(self.task)
         signal = spec.get("StopSignal") or "SIGTERM"
         self.cstate = await self.ex._container_state(self.cid)
         if self.cstate is not None and self.cstate.status == "running":

@@ -10,7 +10,9 @@ and ``networks[nid]`` (the ingress network with its peers, listed for every node
 turns that into :class:`overlaynet.mesh.IngressSandbox` calls: the sandbox namespace, its endpoint
 on the ingress overlay (``eth1``, plugged by the executor's overlay attach as any task endpoint, so
 the network's peers are programmed the same way), the host↔sandbox link with the overlay's MTU, and
-the ports (by delta). When ``ingress`` goes away the endpoint is detached and the sandbox removed;
+the ports (by delta). A failed update (e.g. the ingress VNI still held by a swarm just left) returns False and is
+retried by :class:`worker.netplane.NetPlane` with backoff; a half-built sandbox is torn down and
+built again. When ``ingress`` goes away the endpoint is detached and the sandbox removed;
 :meth:`Mesh.close` (daemon stop) does the same. The first update removes a crashed daemon's sandbox
 and tables before building anew (so a restarted daemon interrupts mesh flows briefly).
 
@@ -94,6 +96,7 @@ class Mesh:
         self._ep: EndpointConfig | None = None  # the sandbox's endpoint on the ingress network
         self._cfg: NetworkConfig | None = None
         self._built = False  # something of the sandbox may exist
+        self._up = False  # the sandbox's endpoint and link were made (a failed build is redone)
 
     @property
     def endpoint(self) -> EndpointConfig | None:
@@ -101,13 +104,18 @@ class Mesh:
         return self._ep
 
     async def update(self, ingress: Mapping[str, Any] | None, networks: Mapping[str, Any],
-                     node: Mapping[str, Any], dp_port: int) -> None:
-        """Follow one push (see the module docstring). Errors are logged; the next push retries."""
+                     node: Mapping[str, Any], dp_port: int) -> bool:
+        """Follow one push (see the module docstring). Returns True when applied; False after a
+        failure, which is logged (calling again with the same push retries: a sandbox left
+        half-built is torn down and built again; :class:`worker.netplane.NetPlane` retries with
+        backoff)."""
         async with self._lock:
             try:
                 await self._update(ingress, networks, node, dp_port)
             except Exception as e:
                 log.warning("ingress routing mesh: %s", e or type(e).__name__)
+                return False
+            return True
 
     async def _update(self, ingress: Mapping[str, Any] | None, networks: Mapping[str, Any],
                       node: Mapping[str, Any], dp_port: int) -> None:
@@ -126,7 +134,7 @@ class Mesh:
         iface = ipaddress.IPv4Interface(str(ingress["Address"]))
         ep = EndpointConfig(nid, SANDBOX_ENDPOINT_ID, str(self.sandbox.netns_path), str(iface),
                             ifname=SANDBOX_OVERLAY_IFNAME)
-        if self._ep is not None and (self._ep != ep or self._cfg != cfg):
+        if self._ep is not None and (self._ep != ep or self._cfg != cfg or not self._up):
             await self._teardown()
         if self._ep is None:
             self._built = True
@@ -137,12 +145,13 @@ class Mesh:
             if mtu is None:
                 raise RuntimeError("the overlay attach gave no MTU")
             await asyncio.to_thread(self.sandbox.ensure_link, mtu)
+            self._up = True
             log.info("ingress routing mesh up: sandbox at %s on network %s, MTU %d", iface, nid[:12], mtu)
         local = self.local_addresses() if self.local_addresses is not None else None
         await asyncio.to_thread(self.sandbox.set_ports, mesh_ports(ingress, local))
 
     async def _teardown(self, force: bool = False) -> None:
-        ep, self._ep, self._cfg = self._ep, None, None
+        ep, self._ep, self._cfg, self._up = self._ep, None, None, False
         if ep is not None:
             try:
                 await self._detach(ep)

@@ -156,7 +156,8 @@ def peers_of(entry: Mapping[str, Any] | None, own_vtep: str | None) -> list[Peer
 def dns_records(network_id: str, entry: Mapping[str, Any] | None) -> NetworkRecords:
     """The embedded DNS records of one ``networks`` entry (its ``"DNS"`` key, see the module
     docstring): every service (``VIP`` null → answered with its tasks' IPs, as dnsrr) and every
-    running task with an IPv4 address (a prefix is dropped). No ``"DNS"`` → no records; malformed
+    running task with an IPv4 address (a prefix is dropped), under the network's name
+    (``Network.Spec.Name``, for PTR answers). No ``"DNS"`` → no records; malformed
     services or tasks are logged and left out."""
     dns = entry.get("DNS") if isinstance(entry, Mapping) else None
     if not isinstance(dns, Mapping):
@@ -187,4 +188,12 @@ def dns_records(network_id: str, entry: Mapping[str, Any] | None) -> NetworkReco
                                     str(raw["ID"]), ip, str(hostname) if hostname else None))
         except (ValueError, TypeError) as e:
             log.warning("network %s: ignoring DNS task %r: %s", network_id[:12], raw, e)
-    return NetworkRecords(network_id, tuple(services), tuple(tasks))
+    return NetworkRecords(network_id, tuple(services), tuple(tasks), name=_network_name(entry))
+
+
+def _network_name(entry: Mapping[str, Any] | None) -> str:
+    """The network's name in a ``networks`` entry (``Network.Spec.Name``), ``""`` when absent."""
+    net = entry.get("Network") if isinstance(entry, Mapping) else None
+    spec = net.get("Spec") if isinstance(net, Mapping) else None
+    name = spec.get("Name") if isinstance(spec, Mapping) else None
+    return name if isinstance(name, str) else ""

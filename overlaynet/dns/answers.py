@@ -11,6 +11,13 @@
   upstreams made every lookup slow, moby#35118);
 - a name known only on networks the client is not attached to, or not known at all →
   :data:`FORWARD` (the host's resolvers decide: Docker's scoping, ``sandbox.go``);
+- ``PTR`` of ``d.c.b.a.in-addr.arpa`` where ``a.b.c.d`` is a task's IP on one of the client's
+  networks → ``NOERROR`` with one PTR record, ``<service>.<slot>.<task id>.<network name>.`` (the
+  task's container name on that network, as libnetwork's ``ResolveIP`` answers:
+  ``network.go``, ``resolver.go`` ``handlePTRQuery``); any other PTR — a service VIP (libnetwork
+  keeps no reverse entry for VIPs), an address the client's networks do not have, an IPv6 or
+  malformed reverse name — → :data:`FORWARD`, as Docker does (PTR of a name that is not a
+  reverse name is decided as the other types: empty for a known name, else forwarded);
 - several questions, or none → ``FORMERR``; an opcode other than QUERY → ``NOTIMP``;
   a class other than IN → :data:`FORWARD`.
 
@@ -24,10 +31,12 @@ follows the promise that a stopped task leaves (and a new one enters) the answer
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Final
 
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdata
@@ -37,7 +46,8 @@ import dns.rrset
 
 from overlaynet.dns.records import DnsTable, normalize_name
 
-__all__ = ["DEFAULT_TTL", "FORWARD", "Decision", "Forward", "answer", "error_response", "lookup_name"]
+__all__ = ["DEFAULT_TTL", "FORWARD", "Decision", "Forward", "answer", "error_response", "lookup_name",
+           "ptr_address"]
 
 DEFAULT_TTL: Final = 1
 """Seconds, the TTL of every answer (Docker: 600)."""
@@ -94,6 +104,40 @@ def lookup_name(name: str, networks_of_client: Iterable[str], table: DnsTable,
     return found
 
 
+_IN_ADDR_ARPA: Final = ".in-addr.arpa"
+
+
+def ptr_address(name: str) -> str | None:
+    """The dotted IPv4 address of a reverse name ``d.c.b.a.in-addr.arpa`` (any case, trailing
+    dot or not) → ``"a.b.c.d"``; ``None`` for any other name (not four decimal octets without
+    leading zeros, IPv6's ``ip6.arpa``, a partial reverse zone)."""
+    key = normalize_name(name)
+    if not key.endswith(_IN_ADDR_ARPA):
+        return None
+    labels = key[: -len(_IN_ADDR_ARPA)].split(".")
+    if len(labels) != 4:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(".".join(reversed(labels))))
+    except ValueError:
+        return None
+
+
+def _answer_ptr(query: dns.message.Message, ip: str, networks_of_client: Iterable[str], table: DnsTable,
+                ttl: int) -> Decision:
+    q = query.question[0]
+    target = table.reverse(ip, _ordered(networks_of_client))
+    if target is None:
+        return FORWARD
+    try:
+        ptr = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.PTR, dns.name.from_text(target).to_text())
+    except Exception:  # a name dnspython refuses (a label over 63 bytes): leave it to the upstreams
+        return FORWARD
+    resp = dns.message.make_response(query, recursion_available=True, our_payload=OUR_UDP_PAYLOAD)
+    resp.answer.append(dns.rrset.from_rdata_list(q.name, ttl, [ptr]))
+    return resp
+
+
 def answer(query: dns.message.Message, networks_of_client: Iterable[str], table: DnsTable, *,
            search_domains: Sequence[str] = (), ttl: int = DEFAULT_TTL) -> Decision:
     """Decide ``query`` for a client attached to ``networks_of_client`` (network IDs; a set is
@@ -107,6 +151,10 @@ def answer(query: dns.message.Message, networks_of_client: Iterable[str], table:
     q = query.question[0]
     if q.rdclass != dns.rdataclass.IN:
         return FORWARD
+    if q.rdtype == dns.rdatatype.PTR:
+        ip = ptr_address(q.name.to_text())
+        if ip is not None:
+            return _answer_ptr(query, ip, networks_of_client, table, ttl)
     found = lookup_name(q.name.to_text(omit_final_dot=True), networks_of_client, table, search_domains)
     if found is None:
         return FORWARD

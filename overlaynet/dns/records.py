@@ -21,6 +21,11 @@ Names a network answers (Docker's embedded DNS, moby ``libnetwork`` ``resolver.g
 When two kinds of name collide in one network, a service name or alias wins over
 ``tasks.<x>``, which wins over a task name, which wins over a hostname or task alias.
 
+Reverse (PTR) names, as libnetwork's ``ipMap`` (``network.go`` ``ResolveIP``): a task's IP →
+``<service>.<slot>.<task id>.<network name>`` (its container name on that network; the first
+task listed wins when two share an IP). Service VIPs have no reverse name (libnetwork adds
+them with ``ipMapUpdate=false``): their PTR queries go upstream.
+
 Only IPv4 addresses: the overlay is IPv4. A name in the table with no address (a service with
 no serving task) is still *known*: it is answered empty, never forwarded (moby#35118: internal
 names sent to slow upstream resolvers).
@@ -83,17 +88,20 @@ class TaskRecord:
 
 @dataclass(frozen=True, slots=True)
 class NetworkRecords:
-    """Everything one network answers: its services and its running tasks (on every node)."""
+    """Everything one network answers: its services and its running tasks (on every node).
+    ``name``: the network's name (the last label of its PTR answers; ``""``: the network ID)."""
 
     network_id: str
     services: tuple[ServiceRecord, ...] = ()
     tasks: tuple[TaskRecord, ...] = ()
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     records: NetworkRecords
     index: Mapping[str, tuple[dns.rdata.Rdata, ...]] = field(default_factory=dict)
+    reverse: Mapping[str, str] = field(default_factory=dict)  # IPv4 → PTR target, without final dot
 
 
 def _rdata(ip: str) -> dns.rdata.Rdata:
@@ -118,9 +126,12 @@ def _compile(records: NetworkRecords) -> _Compiled:
     hostnames: dict[str, list[dns.rdata.Rdata]] = {}
     task_names: dict[str, tuple[dns.rdata.Rdata, ...]] = {}
     serving_ips: dict[str, list[dns.rdata.Rdata]] = {}
+    reverse: dict[str, str] = {}
+    net_name = records.name.rstrip(".") or records.network_id
     for t in records.tasks:
         r = rd(t.ip)
         task_names[normalize_name(f"{t.service}.{t.slot}.{t.task_id}")] = (r,)
+        reverse.setdefault(r.to_text(), f"{t.service}.{t.slot}.{t.task_id}.{net_name}")
         for h in ((t.hostname,) if t.hostname else ()) + t.aliases:
             lst = hostnames.setdefault(normalize_name(h), [])
             if r not in lst:
@@ -146,7 +157,7 @@ def _compile(records: NetworkRecords) -> _Compiled:
         tasks_names.setdefault("tasks." + svc, tuple(lst))
     index.update(tasks_names)
     index.update(service_names)
-    return _Compiled(records, index)
+    return _Compiled(records, index, reverse)
 
 
 class DnsTable:
@@ -186,6 +197,19 @@ class DnsTable:
     def network_ids(self) -> frozenset[str]:
         """The networks the table holds."""
         return frozenset(self._nets)
+
+    def reverse(self, ip: str, networks: Iterable[str]) -> str | None:
+        """The PTR target (without the final dot) of ``ip`` (dotted IPv4) on the first of
+        ``networks`` that has a task with that address: ``<service>.<slot>.<task id>.<network
+        name>``; ``None`` when none has (a VIP, or an address of another network)."""
+        nets = self._nets
+        for nid in networks:
+            c = nets.get(nid)
+            if c is not None:
+                found = c.reverse.get(ip)
+                if found is not None:
+                    return found
+        return None
 
     def lookup(self, name: str, networks: Iterable[str]) -> tuple[dns.rdata.Rdata, ...] | None:
         """The A rdatas of ``name`` (already normalized, see :func:`normalize_name`) on the

@@ -16,16 +16,23 @@ Per query (moby ``libnetwork/resolver.go`` is the model; the code is Shoal's):
   UDP path never leaves ``datagram_received``);
 - otherwise the query is forwarded to the upstream resolvers of the ``resolv.conf`` given
   (its ``nameserver`` lines, at most 3 as Docker keeps; re-read when the file changes, checked at
-  most once a second): UDP first, TCP when the UDP answer is truncated; each attempt bounded by
-  ``upstream_timeout``; an upstream that fails, times out, or answers SERVFAIL/REFUSED is
-  followed by the next (Docker's order); when none answers, ``SERVFAIL``. A fresh random
-  message ID is used upstream (and the client's restored). At most ``max_forwards`` queries
-  are forwarded at once; beyond that a query gets ``SERVFAIL`` at once (Docker drops it).
+  most once a second): UDP first (from a *connected* socket, so an ICMP port/host unreachable
+  fails the attempt at once instead of waiting), TCP when the UDP answer is truncated; an
+  upstream that fails, times out, or answers SERVFAIL/REFUSED is followed by the next (Docker's
+  order); when none answers, ``SERVFAIL``. The whole forward is bounded by ``upstream_timeout``
+  (2 s, below the 5 s a glibc/musl client waits before giving up), each upstream getting an
+  equal share of the time left, so the client always gets an answer — ``SERVFAIL`` at once when
+  every upstream refuses or is unreachable, after ``upstream_timeout`` when they are silent —
+  never silence. A fresh random message ID is used upstream (and the client's restored). At
+  most ``max_forwards`` queries are forwarded at once; beyond that a query gets ``SERVFAIL`` at
+  once (Docker drops it).
 - replies over UDP fit the client's size (512 bytes, or its EDNS payload size); a larger one is
   cut and has TC set, so the client retries over TCP (RFC 1035 4.2.1, RFC 6891).
 - TCP: 2-byte length-prefixed messages, several per connection, answered in order; a connection
-  idle for ``tcp_idle_timeout`` seconds is closed; beyond ``max_tcp_connections`` open at once,
-  new connections are closed at once.
+  idle for ``tcp_idle_timeout`` seconds is closed. At most ``max_tcp_per_endpoint`` connections
+  are open at once per container (endpoint) and ``max_tcp_connections`` on the node; a new
+  connection beyond either is closed at once, so one container holding idle connections cannot
+  starve the others (it only exhausts its own share).
 
 Upstream queries leave from the daemon's own namespace (the host's), so a host-loopback
 resolver such as 127.0.0.53 works (Docker dials non-loopback upstreams from inside the
@@ -45,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
 
+import dns.asyncbackend
 import dns.asyncquery
 import dns.exception
 import dns.flags
@@ -133,6 +141,7 @@ class Endpoint:
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._tcp_writers: set[asyncio.StreamWriter] = set()
+        self.tcp_connections = 0  # open TCP connections of this container
         self.closed = False
 
     def set_networks(self, networks: Iterable[str]) -> None:
@@ -225,14 +234,19 @@ class Resolver:
     ``table``: the records it answers from (shared with the worker, which updates it);
     ``resolv_conf``: the host's resolv.conf (upstream resolvers and search domains);
     ``upstream_port``: the port of the upstreams (53; tests use another);
-    ``upstream_timeout``: seconds per attempt (UDP, then TCP) per upstream;
+    ``upstream_timeout``: seconds a forwarded query may take in all (every upstream, UDP and
+    TCP), then ``SERVFAIL``; keep it below the clients' 5 s;
+    ``max_forwards``: queries forwarded at once (node-wide);
+    ``max_tcp_connections``: open TCP connections, node-wide; ``max_tcp_per_endpoint``: per
+    container; ``tcp_idle_timeout``: seconds before an idle TCP connection is closed;
     ``search_domains``: overrides those of resolv.conf when not ``None``;
     ``ttl``: seconds, the TTL of local answers.
     """
 
     def __init__(self, table: DnsTable, *, resolv_conf: str | Path = "/etc/resolv.conf",
                  upstream_port: int = 53, upstream_timeout: float = 2.0, max_forwards: int = 256,
-                 max_tcp_connections: int = 256, tcp_idle_timeout: float = 10.0,
+                 max_tcp_connections: int = 256, max_tcp_per_endpoint: int = 16,
+                 tcp_idle_timeout: float = 10.0,
                  search_domains: Sequence[str] | None = None, ttl: int = DEFAULT_TTL) -> None:
         self.table = table
         self.resolv_conf = Path(resolv_conf)
@@ -240,6 +254,7 @@ class Resolver:
         self.upstream_timeout = upstream_timeout
         self.max_forwards = max_forwards
         self.max_tcp_connections = max_tcp_connections
+        self.max_tcp_per_endpoint = max_tcp_per_endpoint
         self.tcp_idle_timeout = tcp_idle_timeout
         self.ttl = ttl
         self.stats = ResolverStats()
@@ -360,14 +375,21 @@ class Resolver:
         return wire
 
     async def _forward(self, query: dns.message.Message) -> dns.message.Message:
-        """The upstreams' reply to ``query`` (its ID restored), or SERVFAIL."""
+        """The upstreams' reply to ``query`` (its ID restored), or SERVFAIL: at once when every
+        upstream refuses or is unreachable, at the latest after ``upstream_timeout`` seconds."""
         self.stats.forwarded += 1
         client_id = query.id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.upstream_timeout
+        upstreams = self.upstreams
         try:
-            for host in self.upstreams:
+            for i, host in enumerate(upstreams):
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
                 query.id = secrets.randbits(16)
                 try:
-                    resp = await self._ask(query, host)
+                    resp = await self._ask(query, host, left / (len(upstreams) - i), deadline)
                 except Exception as e:  # timeouts, refused connections, garbage replies
                     log.debug("dns: upstream %s failed for %s: %r", host, query.question[:1], e)
                     continue
@@ -380,23 +402,35 @@ class Resolver:
         self.stats.servfail += 1
         return error_response(query, dns.rcode.SERVFAIL)
 
-    async def _ask(self, query: dns.message.Message, host: str) -> dns.message.Message:
-        resp = await dns.asyncquery.udp(query, host, timeout=self.upstream_timeout,
-                                        port=self.upstream_port, ignore_unexpected=True)
+    async def _ask(self, query: dns.message.Message, host: str, timeout: float,
+                   deadline: float) -> dns.message.Message:
+        """One upstream: UDP within ``timeout`` seconds from a connected socket (an ICMP error
+        raises ``ConnectionRefusedError``/``OSError`` at once), then TCP if truncated, until
+        ``deadline`` (the loop's clock). Raises what the query raises."""
+        af = socket.AF_INET6 if ":" in host else socket.AF_INET
+        backend: Any = dns.asyncbackend.get_default_backend()  # dnspython leaves make_socket untyped
+        sock = await backend.make_socket(af, socket.SOCK_DGRAM, 0, None, (host, self.upstream_port))
+        async with sock:
+            resp = await dns.asyncquery.udp(query, host, timeout=timeout, port=self.upstream_port,
+                                            ignore_unexpected=True, sock=sock)
         if resp.flags & dns.flags.TC:
-            resp = await dns.asyncquery.tcp(query, host, timeout=self.upstream_timeout,
-                                            port=self.upstream_port)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError("no time left for the TCP retry of a truncated answer")
+            resp = await dns.asyncquery.tcp(query, host, timeout=left, port=self.upstream_port)
         return resp
 
     # -- TCP -----------------------------------------------------------------------------
 
     async def _tcp_client(self, ep: Endpoint, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
-        if self._tcp_conns >= self.max_tcp_connections or ep.closed:
+        if (self._tcp_conns >= self.max_tcp_connections or ep.tcp_connections >= self.max_tcp_per_endpoint
+                or ep.closed):
             self.stats.dropped += 1
             writer.close()
             return
         self._tcp_conns += 1
+        ep.tcp_connections += 1
         ep._tcp_writers.add(writer)
         try:
             while True:
@@ -421,6 +455,7 @@ class Resolver:
             return
         finally:
             self._tcp_conns -= 1
+            ep.tcp_connections -= 1
             ep._tcp_writers.discard(writer)
             writer.close()
 

@@ -205,16 +205,23 @@ class Daemon:
                 log.warning("role change to %s failed (retried on the next update): %s", want, e)
 
     async def stop_roles(self, leaving: bool = False) -> None:
-        """Stop the worker role (``leaving``: the agent tells the dispatcher so, then every task is
-        shut down and removed, every DNS record and VIP state dropped, and the node's routing mesh
-        and host-mode ports are removed), then the manager role."""
+        """Stop the worker role, then the manager role.
+
+        ``leaving`` (``swarm leave``): the agent tells the dispatcher so; every task is shut down
+        and removed, every DNS record and VIP state dropped, and this returns only once that is
+        done (:meth:`worker.executor.Executor.wait_drained`, bounded by the tasks' longest stop
+        grace period + 15 s), the routing mesh and host-mode ports are removed, and any overlay
+        namespace still there is removed (:meth:`~worker.executor.Executor.drop_overlays`) — so a
+        ``swarm init`` right after finds the VXLAN VNIs free."""
         if self.agent is not None:
             await self.agent.stop(leaving=leaving)
             self.agent = None
         if leaving:
             await self.executor.set_assignments({}, [], networks={})
+            await self.executor.wait_drained()
             await self.executor.net.wait_idle()
             await self.executor.net.close()
+            await self.executor.drop_overlays()
         if self.manager is not None:
             await self.manager.stop()
             self.manager = None

@@ -205,7 +205,10 @@ async def swarm_join(daemon: Daemon, body: dict[str, Any]) -> None:
 
 
 async def swarm_leave(daemon: Daemon, force: bool) -> None:
-    """``POST /swarm/leave``: stop the roles, stop this node's tasks, forget the swarm. Raises
+    """``POST /swarm/leave``: stop the roles, stop and remove this node's tasks, forget the swarm.
+    Returns once the tasks are gone and their overlay namespaces removed (bounded: the tasks'
+    longest stop grace period + 15 s; see ``Daemon.stop_roles``), so an init or join right after
+    can reuse the VXLAN VNIs (4096 for ``ingress``). Raises
     :class:`SwarmStateError` (503) outside a swarm, and on a manager without ``force`` (with
     what leaving would do to the cluster's quorum)."""
     state = daemon.state

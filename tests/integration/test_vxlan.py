@@ -33,6 +33,7 @@ from overlaynet.driver import (
     NetworkConfig,
     NetworkDriver,
     Peer,
+    VniInUse,
     mac_from_ip,
     peer_for,
 )
@@ -324,3 +325,24 @@ async def test_peers_by_delta_at_scale_and_errors(lab: Lab) -> None:
     assert fresh.set_peers(NET_ID, changed[1:]).removed == (changed[0],)
     fresh.remove_network(NET_ID)
     assert not fresh.netns_path(NET_ID).exists()
+
+
+async def test_a_vni_held_by_a_left_swarms_network_is_freed_by_cleanup_stale_with_the_vni(lab: Lab) -> None:
+    """``swarm leave`` then ``init`` at once: the old ingress (VNI 4096) still has its namespace
+    when the new ingress asks for VNI 4096 → VniInUse; ``cleanup_stale(known, vni=4096)`` removes
+    only the namespace holding that VNI (not another unknown network's), and the retry succeeds."""
+    a = lab.a
+    old_id, other_id, new_id = "p" * 20, "q" * 20, "r" * 20
+    a.driver.ensure_network(lab.net(a, network_id=old_id, vni=4096))
+    a.driver.ensure_network(lab.net(a, network_id=other_id, vni=5002))
+    with pytest.raises(VniInUse) as e:
+        a.driver.ensure_network(lab.net(a, network_id=new_id, vni=4096))
+    assert (e.value.network_id, e.value.vni, e.value.port) == (new_id, 4096, 4789)
+    assert not a.driver.netns_path(new_id).exists()
+    assert a.driver.cleanup_stale([new_id], vni=4096) == ["sov-" + old_id[:12]]
+    assert a.driver.netns_path(other_id).exists()  # another VNI: kept
+    a.driver.ensure_network(lab.net(a, network_id=new_id, vni=4096))
+    assert a.driver.cleanup_stale([new_id], vni=4096) == []  # a known network is never removed
+    a.driver.remove_network(new_id)
+    a.driver.remove_network(other_id)
+    assert list(a.driver.netns_dir.iterdir()) == []

@@ -11,7 +11,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from overlaynet.dns.answers import DEFAULT_TTL, FORWARD, answer, lookup_name
+from overlaynet.dns.answers import DEFAULT_TTL, FORWARD, answer, lookup_name, ptr_address
 from overlaynet.dns.records import DnsTable, NetworkRecords, ServiceRecord, TaskRecord
 
 TASK_A = "a" * 25
@@ -129,7 +129,7 @@ def test_any_of_a_known_name_gives_its_a_records(table: DnsTable) -> None:
 
 def test_unknown_names_are_forwarded(table: DnsTable) -> None:
     for name, rdtype in (("example.com", "A"), ("example.com", "AAAA"), ("tasks.nothing", "A"),
-                         ("web.example.com", "A"), (".", "NS"), ("3.1.0.10.in-addr.arpa", "PTR")):
+                         ("web.example.com", "A"), (".", "NS"), ("99.1.0.10.in-addr.arpa", "PTR")):
         assert answer(dns.message.make_query(name, rdtype), {"n1"}, table) is FORWARD, name
 
 
@@ -221,3 +221,64 @@ def test_malformed_or_unsupported_queries(table: DnsTable) -> None:
     assert isinstance(reply, dns.message.Message) and reply.rcode() == dns.rcode.NOTIMP
     q = dns.message.make_query("web", "TXT", rdclass="CH")
     assert answer(q, {"n1"}, table) is FORWARD
+
+
+# -- PTR (libnetwork network.go ResolveIP, resolver.go handlePTRQuery) --------------------------------
+
+
+def named(table: DnsTable) -> DnsTable:
+    t = DnsTable()
+    t.replace(NetworkRecords("n1", front_net().services, front_net().tasks, name="front"))
+    t.replace(NetworkRecords("n2", back_net().services, back_net().tasks, name="backend"))
+    return t
+
+
+def ptr_of(reply: dns.message.Message) -> list[str]:
+    assert reply.rcode() == dns.rcode.NOERROR
+    return [rd.to_text() for rrset in reply.answer for rd in rrset if rrset.rdtype == dns.rdatatype.PTR]
+
+
+def test_ptr_of_a_task_ip_is_its_container_name_on_the_network(table: DnsTable) -> None:
+    t = named(table)
+    reply = ask(t, "3.1.0.10.in-addr.arpa.", rdtype="PTR")
+    assert ptr_of(reply) == [f"web.1.{TASK_A}.front."]
+    assert reply.answer[0].ttl == DEFAULT_TTL and reply.answer[0].name.to_text() == "3.1.0.10.in-addr.arpa."
+    # a global service's slot is the node ID; any case, no trailing dot
+    assert ptr_of(ask(t, "3.2.0.10.IN-ADDR.ARPA", networks=["n2"], rdtype="PTR")) == [f"api.node9.{'d' * 25}.backend."]
+    # an unhealthy task keeps its own names, the reverse one too
+    assert ptr_of(ask(t, "4.1.0.10.in-addr.arpa", rdtype="PTR")) == [f"web.2.{TASK_B}.front."]
+    # the first of the client's networks that has the address answers
+    assert ptr_of(ask(t, "3.1.0.10.in-addr.arpa", networks=["n2", "n1"], rdtype="PTR")) == [f"web.1.{TASK_A}.front."]
+
+
+def test_a_network_without_a_name_answers_with_its_id(table: DnsTable) -> None:
+    assert ptr_of(ask(table, "5.1.0.10.in-addr.arpa", rdtype="PTR")) == [f"db.1.{TASK_C}.n1."]
+
+
+@pytest.mark.parametrize("name", [
+    "2.1.0.10.in-addr.arpa",        # the VIP of web: libnetwork keeps no reverse entry for VIPs
+    "3.2.0.10.in-addr.arpa",        # a task of n2, asked from n1 only
+    "99.1.0.10.in-addr.arpa",       # nobody's
+    "1.0.10.in-addr.arpa",          # a zone, not an address
+    "03.1.0.10.in-addr.arpa",       # leading zero
+    "3.1.0.300.in-addr.arpa",       # not an octet
+    "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa",  # IPv6: forwarded
+    "example.com",                  # PTR of an unknown forward name
+])
+def test_other_ptr_queries_are_forwarded_as_docker_does(table: DnsTable, name: str) -> None:
+    t = named(table)
+    assert answer(dns.message.make_query(name, "PTR"), frozenset({"n1"}), t) is FORWARD
+
+
+def test_ptr_of_a_known_forward_name_is_empty_not_forwarded(table: DnsTable) -> None:
+    assert ask(named(table), "web", rdtype="PTR").answer == []
+
+
+def test_a_and_other_types_of_a_reverse_name_are_not_ptr_answers(table: DnsTable) -> None:
+    t = named(table)
+    assert answer(dns.message.make_query("3.1.0.10.in-addr.arpa", "A"), frozenset({"n1"}), t) is FORWARD
+
+
+def test_ptr_address_reads_reverse_names() -> None:
+    assert ptr_address("7.0.1.10.in-addr.arpa.") == "10.1.0.7"
+    assert ptr_address("in-addr.arpa") is None and ptr_address("a.b.c.d.in-addr.arpa") is None

@@ -414,3 +414,85 @@ def test_read_resolv_conf(tmp_path: Path) -> None:
     assert read_resolv_conf(p) == (("10.0.0.1", "fe80::1", "10.0.0.2"), ("b.example", "c.example"))
     with pytest.raises(OSError):
         read_resolv_conf(tmp_path / "missing")
+
+
+async def test_one_container_holding_tcp_connections_does_not_starve_another(table: DnsTable, tmp_path: Path) -> None:
+    """The TCP limit is per container (endpoint), beside the node-wide one: a container opening
+    many idle connections to 127.0.0.11:53 uses up only its own share."""
+    r = Resolver(table, resolv_conf=tmp_path / "missing", max_tcp_per_endpoint=4, max_tcp_connections=6)
+    hog, other, third = await serve(r), await serve(r), await serve(r)
+    held = [await asyncio.open_connection(*hog.tcp_address) for _ in range(30)]
+    await wait_until(lambda: hog.tcp_connections == 4, what="the hog's share to be used")
+    # the 26 beyond its share were closed at once
+    closed = [await asyncio.wait_for(rd.read(2), 3) for rd, _ in held[4:]]
+    assert closed == [b""] * 26 and r._tcp_conns == 4
+    assert ips(await tcp_ask(other, "web")) == {"10.0.1.2"}  # the others are served
+    more = [await asyncio.open_connection(*other.tcp_address) for _ in range(2)]
+    await wait_until(lambda: other.tcp_connections == 2)
+    # the node-wide cap still holds: 4 + 2 = 6 open, a third container's new connection is closed
+    rd3, wr3 = await asyncio.open_connection(*third.tcp_address)
+    assert await asyncio.wait_for(rd3.read(2), 3) == b""
+    for _, w in held[:4] + more:
+        w.close()
+    await wait_until(lambda: r._tcp_conns == 0, what="the connections to be released")
+    assert ips(await tcp_ask(third, "web")) == {"10.0.1.2"}
+    for _, w in held[4:]:
+        w.close()
+    wr3.close()
+    await r.close()
+
+
+async def test_an_unreachable_upstream_gives_servfail_at_once(table: DnsTable, tmp_path: Path) -> None:
+    """ICMP port unreachable (nothing listens) fails the attempt at once: every upstream refusing
+    is a SERVFAIL in milliseconds, not after the timeout (the client's 5 s in the lab before)."""
+    r = Resolver(table, resolv_conf=resolv_conf(tmp_path, "127.0.0.5", "127.0.0.7", "127.0.0.8"),
+                 upstream_port=5399, upstream_timeout=2.0)
+    ep = await serve(r)
+    for ask in (udp_ask, tcp_ask):
+        t0 = time.monotonic()
+        reply = await ask(ep, "host.example.com")
+        assert reply.rcode() == dns.rcode.SERVFAIL
+        assert time.monotonic() - t0 < 0.5
+    # names the client's networks do not have, under tasks. or not, follow Docker's rule (forwarded),
+    # so they too get their SERVFAIL at once
+    for name in ("tasks.api", "tasks.nothere", "api", "nothere"):
+        t0 = time.monotonic()
+        assert (await udp_ask(ep, name)).rcode() == dns.rcode.SERVFAIL
+        assert time.monotonic() - t0 < 0.5
+    assert r.stats.forwarded == 6
+    await r.close()
+
+
+async def test_silent_upstreams_share_one_timeout(table: DnsTable, tmp_path: Path) -> None:
+    """Three silent upstreams: SERVFAIL after ``upstream_timeout`` in all (not 3 × it, which was
+    past the client's 5 s with the 2 s default: the client saw silence)."""
+    silent: list[socket.socket] = []
+    for _ in range(20):  # one port free on three loopback addresses
+        for s in silent:
+            s.close()
+        silent = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        silent[0].bind(("127.0.0.20", 0))
+        port = silent[0].getsockname()[1]
+        try:
+            silent[1].bind(("127.0.0.21", port))
+            silent[2].bind(("127.0.0.22", port))
+            break
+        except OSError:
+            continue
+    try:
+        r = Resolver(table, resolv_conf=resolv_conf(tmp_path, "127.0.0.20", "127.0.0.21", "127.0.0.22"),
+                     upstream_port=port, upstream_timeout=0.6)
+        ep = await serve(r)
+        t0 = time.monotonic()
+        assert (await udp_ask(ep, "host.example.com")).rcode() == dns.rcode.SERVFAIL
+        assert 0.5 <= time.monotonic() - t0 < 1.2
+        assert r.stats.servfail == 1
+        await r.close()
+    finally:
+        for s in silent:
+            s.close()
+
+
+def test_the_default_forward_timeout_is_below_the_clients_5_s(table: DnsTable, tmp_path: Path) -> None:
+    r = Resolver(table, resolv_conf=tmp_path / "missing")
+    assert r.upstream_timeout <= 2.0 and r.max_tcp_per_endpoint <= 32

@@ -53,7 +53,8 @@ def test_dns_records_from_the_push() -> None:
     recs = ov.dns_records(NET_A, with_dns(peers_msg(NET_A), [API, {"Name": "db", "VIP": "10.0.1.2"}],
                                           [*API_TASKS, {"Service": "api", "ID": "bad", "IP": "nope"}]))
     assert recs == NetworkRecords(NET_A, (ServiceRecord("api", None, ("backend",)), ServiceRecord("db", "10.0.1.2")),
-                                  (TaskRecord("api", 1, "t1", "10.0.1.5"), TaskRecord("api", 2, "t2", "10.0.1.6", "h2")))
+                                  (TaskRecord("api", 1, "t1", "10.0.1.5"), TaskRecord("api", 2, "t2", "10.0.1.6", "h2")),
+                                  name="front")  # the network's name: the last label of PTR answers
     assert ov.dns_records(NET_A, peers_msg(NET_A)) == NetworkRecords(NET_A)  # an older manager: no records
     assert ov.dns_records(NET_A, {"DNS": "junk"}) == NetworkRecords(NET_A)
 

@@ -20,6 +20,7 @@ from overlaynet.driver import (
     NetworkConfig,
     Peer,
     PeerDelta,
+    VniInUse,
     mac_from_ip,
 )
 from tests.unit.test_executor_states import NODE, Env, StateTestDouble, make_task
@@ -45,9 +46,15 @@ class OverlayDriverTestDouble:
         self.fail_attach: str | None = None
         self.endpoints: dict[str, set[str]] = {}
         self.peers: dict[str, list[Peer]] = {}
+        # VNI -> names cleanup_stale(..., vni) removes (a stale network holding it); ensure_network
+        # of that VNI raises VniInUse until then ([]: held by something cleanup_stale cannot free)
+        self.vni_holders: dict[int, list[str]] = {}
 
     def ensure_network(self, net: NetworkConfig) -> None:
         self.calls.append(("ensure_network", net))
+        if net.vni in self.vni_holders:
+            raise VniInUse(f"a VXLAN device with VNI {net.vni} and port {net.data_path_port} already exists",
+                           net.network_id, net.vni, net.data_path_port)
 
     def attach(self, ep: EndpointConfig) -> Attachment:
         self.calls.append(("attach", ep))
@@ -70,7 +77,10 @@ class OverlayDriverTestDouble:
         self.peers[network_id] = ps
         return PeerDelta(tuple(ps), ())
 
-    def cleanup_stale(self, known: Any) -> list[str]:
+    def cleanup_stale(self, known: Any, vni: int | None = None) -> list[str]:
+        if vni is not None:
+            self.calls.append(("cleanup_stale", sorted(known), vni))
+            return list(self.vni_holders.pop(vni)) if self.vni_holders.get(vni) else []
         self.calls.append(("cleanup_stale", sorted(known)))
         return []
 
