@@ -204,8 +204,9 @@ class Client:
         return dict(self.request("GET", "/swarm"))
 
     def swarm_leave(self, force: bool = False) -> None:
-        """POST /swarm/leave?force=."""
-        self.request("POST", "/swarm/leave", params={"force": force})
+        """POST /swarm/leave?force=. No client timeout: the daemon stops and removes this node's
+        tasks first (each within its stop grace period, as ``docker swarm leave`` waits too)."""
+        self.request("POST", "/swarm/leave", params={"force": force}, timeout=None)
 
     # -- nodes --------------------------------------------------------------------------------
     def nodes(self, filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
