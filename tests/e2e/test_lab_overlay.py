@@ -212,8 +212,8 @@ def test_service_vip_dns_and_load_balancing_follow_the_tasks(cluster: Cluster) -
             # the API reports the tasks running a moment before every node's push is applied: the
             # client's resolver lists them first (its VIP table comes from the same push), then 30
             # calls in a row must all answer and reach all 3 tasks
-            ips = sorted(t["ip"] for t in api)
-            wait_until(lambda pid=c["pid"]: _resolve_in_task(pid, "tasks.api") == ips or None, 10,
+            api_ips = sorted(t["ip"] for t in api)
+            wait_until(lambda pid=c["pid"], want=api_ips: _resolve_in_task(pid, "tasks.api") == want or None, 10,
                        f"tasks.api to list the 3 tasks on {c['node']}")
             wait_until(lambda pid=c["pid"]: {_wget(pid, "http://api/cgi-bin/whoami") for _ in range(30)}
                        == hostnames or None, 10, f"30 calls to the VIP from {c['node']} to reach all 3 tasks")
