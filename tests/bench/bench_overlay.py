@@ -265,17 +265,25 @@ def _running_task(c: Client, service: str) -> dict[str, Any] | None:
     return None
 
 
-def setup(mtu: int | None) -> Ctx:
-    state = lab.up(3, heartbeat_period=1.0, mtu=mtu)
+def form_swarm(state: lab.LabState, network: str, subnet: str) -> Client:
+    """swarm init on h1, every other lab host joins as a worker, wait until all are ready, then
+    the overlay ``network`` on ``subnet``; returns h1's client. Shared with bench_overlay_convergence."""
     c = Client(f"unix://{lab.socket_path('h1')}")
     h1 = state.host("h1")
     c.swarm_init(advertise_addr=h1.ip)
     token = c.swarm_inspect()["JoinTokens"]["Worker"]
     for h in state.hosts[1:]:
         Client(f"unix://{lab.socket_path(h.name)}").swarm_join(token, f"{h1.ip}:2377")
-    wait_until_sync(lambda: sum(n["Status"]["State"] == "ready" for n in c.nodes()) == 3, 60, "3 ready nodes",
+    n = len(state.hosts)
+    wait_until_sync(lambda: sum(x["Status"]["State"] == "ready" for x in c.nodes()) == n, 60, f"{n} ready nodes",
                     retry=(Exception,))
-    c.network_create({"Name": NETWORK, "Driver": "overlay", "IPAM": {"Config": [{"Subnet": SUBNET}]}})
+    c.network_create({"Name": network, "Driver": "overlay", "IPAM": {"Config": [{"Subnet": subnet}]}})
+    return c
+
+
+def setup(mtu: int | None) -> Ctx:
+    state = lab.up(3, heartbeat_period=1.0, mtu=mtu)
+    c = form_swarm(state, NETWORK, SUBNET)
     httpd = ["httpd", "-f", "-p", "80", "-h", "/www"]
     for name, host, args in (("srv", "h2", httpd), ("srv1", "h1", httpd), ("cli", "h1", ["sleep", "100000"])):
         spec: dict[str, Any] = {"Name": name, "Mode": {"Replicated": {"Replicas": 1}}, "TaskTemplate": {
@@ -291,13 +299,13 @@ def setup(mtu: int | None) -> Ctx:
         ctx.ns[name], ctx.ip[name] = f"/proc/{t['pid']}/ns/net", t["ip"]
     for h in state.hosts:
         ctx.ns[h.name], ctx.ip[h.name] = str(lab.NETNS_DIR / h.netns), h.ip
-    ctx.ip["srv-vip"] = wait_until_sync(lambda: _vip(c, "srv"), 30, "srv's VIP on the network", retry=(Exception,))
+    ctx.ip["srv-vip"] = wait_until_sync(lambda: service_vip(c, "srv"), 30, "srv's VIP on the network", retry=(Exception,))
     return ctx
 
 
-def _vip(c: Client, service: str) -> str | None:
-    """``service``'s virtual IP on :data:`NETWORK` (its ``Endpoint.VirtualIPs``), None until allocated."""
-    net_id = next(n["Id"] for n in c.networks() if n["Name"] == NETWORK)
+def service_vip(c: Client, service: str, network: str = NETWORK) -> str | None:
+    """``service``'s virtual IP on ``network`` (its ``Endpoint.VirtualIPs``), None until allocated."""
+    net_id = next(n["Id"] for n in c.networks() if n["Name"] == network)
     for v in c.service(service).get("Endpoint", {}).get("VirtualIPs") or []:
         if v.get("NetworkID") == net_id and v.get("Addr"):
             return str(v["Addr"]).split("/")[0]

@@ -66,6 +66,8 @@ from deploy.lab import lab  # noqa: E402
 from overlaynet.lb.rules import Endpoint, ServiceKey, endpoint_chain, service_chain  # noqa: E402
 from shoal.base.util import parse_rfc3339  # noqa: E402
 from shoal.cli.client import Client  # noqa: E402
+from tests.bench.bench_dns import pct  # noqa: E402
+from tests.bench.bench_overlay import form_swarm, service_vip  # noqa: E402
 from tests.waiting import wait_until_sync  # noqa: E402
 
 NETWORK, SUBNET = "conv", "10.60.0.0/16"
@@ -210,19 +212,6 @@ def _scale(c: Client, service: str, replicas: int) -> None:
     c.service_update(svc["ID"], svc["Version"]["Index"], spec)
 
 
-def _vip(c: Client, service: str) -> str | None:
-    net_id = next(n["Id"] for n in c.networks() if n["Name"] == NETWORK)
-    for v in c.service(service).get("Endpoint", {}).get("VirtualIPs") or []:
-        if v.get("NetworkID") == net_id and v.get("Addr"):
-            return str(v["Addr"]).split("/")[0]
-    return None
-
-
-def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p))]
-
-
 @dataclass
 class Change:
     kind: str  # "add" | "remove"
@@ -304,10 +293,10 @@ def report(scale: int, changes: list[Change], rows: list[str]) -> None:
                 xs = [1000 * (max(getattr(x, kind).values()) if host == "worst" else getattr(x, kind)[host])
                       for x in ch]
                 print(f"FIGURE convergence_{kind}_{which}_{host}_ms services={scale} median={statistics.median(xs):.0f} "
-                      f"p99={_pct(xs, 0.99):.0f} max={max(xs):.0f} min={min(xs):.0f} n={len(xs)}", flush=True)
+                      f"p99={pct(xs, 0.99):.0f} max={max(xs):.0f} min={min(xs):.0f} n={len(xs)}", flush=True)
                 if host == "worst" or which == "all":
                     rows.append(f"| {scale} | {kind.upper() if kind == 'dns' else 'nftables'} | {which} | {host} | "
-                                f"{statistics.median(xs):.0f} | {_pct(xs, 0.99):.0f} | {max(xs):.0f} | {len(xs)} |")
+                                f"{statistics.median(xs):.0f} | {pct(xs, 0.99):.0f} | {max(xs):.0f} | {len(xs)} |")
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -315,19 +304,11 @@ def bench(args: argparse.Namespace) -> None:
     watchers: list[Watcher] = []
     rows: list[str] = []
     try:
-        c = Client(f"unix://{lab.socket_path('h1')}", timeout=60)
-        h1 = state.host("h1")
-        c.swarm_init(advertise_addr=h1.ip)
-        token = c.swarm_inspect()["JoinTokens"]["Worker"]
-        for h in state.hosts[1:]:
-            Client(f"unix://{lab.socket_path(h.name)}").swarm_join(token, f"{h1.ip}:2377")
-        wait_until_sync(lambda: sum(n["Status"]["State"] == "ready" for n in c.nodes()) == 3, 60, "3 ready nodes",
-                        retry=(Exception,))
-        c.network_create({"Name": NETWORK, "Driver": "overlay", "IPAM": {"Config": [{"Subnet": SUBNET}]}})
+        c = form_swarm(state, NETWORK, SUBNET)
         sleep = ["sleep", "100000"]
         _create_many([_spec(f"watch-{h}", 1, sleep, f"node.hostname=={h}") for h in HOSTS]
                      + [_spec("probe", 1, sleep)])
-        vip = wait_until_sync(lambda: _vip(c, "probe"), 30, "probe's VIP", retry=(Exception,))
+        vip = wait_until_sync(lambda: service_vip(c, "probe", NETWORK), 30, "probe's VIP", retry=(Exception,))
         key = ServiceKey.whole(vip)
         chain = service_chain(key)
         for h in HOSTS:
