@@ -86,6 +86,7 @@ class Scheduler:
         self.nodes = NodeSet()
         self.pending: set[str] = set()
         self._addr_owner: dict[str, str] = {}  # address -> task ID
+        self._need_subnet: set[str] = set()  # IDs of nodes stored without a ShoalBridge subnet
         self.passes = 0
 
     def rebuild(self) -> None:
@@ -114,6 +115,7 @@ class Scheduler:
                 except IPAMError as e:
                     log.error("task %s: %s", t["ID"], e)
         self.nodes = NodeSet.from_objects(nodes, tasks, now=self.clock())
+        self._need_subnet = {str(n["ID"]) for n in nodes if not Node(n).bridge.get("Subnet")}
         self.pending = {str(t["ID"]) for t in tasks if is_pending(t)}
 
     def observe(self, ev: Event) -> None:
@@ -133,11 +135,17 @@ class Scheduler:
             if task_state(ev.obj) in TERMINAL_STATES:
                 self._release_task(ev.obj)
         elif ev.table == "nodes":
+            nid = str(ev.obj["ID"])
             if ev.action == "delete":
-                self.nodes.remove_node(str(ev.obj["ID"]))
-                self.ipam.release_node(str(ev.obj["ID"]))
+                self.nodes.remove_node(nid)
+                self.ipam.release_node(nid)
+                self._need_subnet.discard(nid)
             else:
                 self.nodes.set_node(ev.obj)
+                if Node(ev.obj).bridge.get("Subnet"):
+                    self._need_subnet.discard(nid)
+                else:
+                    self._need_subnet.add(nid)
 
     def _release_task(self, task: Obj) -> None:
         for a in _task_addresses(task):
@@ -146,16 +154,21 @@ class Scheduler:
                 self.ipam.release(a)
 
     def _pass(self, tx: WriteTx) -> int:
-        """One scheduling pass inside a store transaction; returns how many tasks were placed."""
+        """One scheduling pass inside a store transaction; returns how many tasks were placed.
+        Reads only the nodes that need a subnet and the pending tasks (never every node or task)."""
         now = now_rfc3339()
-        for n in tx.list_shallow("nodes"):
-            if not Node(n).bridge.get("Subnet"):
-                try:
-                    n["ShoalBridge"] = self.ipam.assign_node(str(n["ID"])).as_dict()
-                except IPAMError as e:
-                    log.error("node %s: %s", n["ID"], e)
-                    continue
-                tx.update("nodes", n)
+        for nid in sorted(self._need_subnet):
+            n = tx.get_shallow("nodes", nid)
+            if n is None or Node(n).bridge.get("Subnet"):
+                self._need_subnet.discard(nid)
+                continue
+            try:
+                n["ShoalBridge"] = self.ipam.assign_node(nid).as_dict()
+            except IPAMError as e:
+                log.error("node %s: %s", nid, e)
+                continue
+            tx.update("nodes", n)
+            self._need_subnet.discard(nid)
         pending: list[Obj] = []
         # shallow copies: a pass only sets top-level keys of the tasks it places (ReadTx.get_shallow)
         for tid in sorted(self.pending):
