@@ -218,6 +218,20 @@ async def test_dry_run_update_keeps_current_tasks_and_writes_nothing(loops: tupl
     assert store.snapshot_bytes() == before
     r = await client.post("/services/nothere/plan", json=moved)
     assert r.status == 404
+    # the mode cannot change (as Swarm refuses the update itself)
+    r = await client.post("/services/web/plan", json={**svc["Spec"], "Mode": {"Global": {}}})
+    assert r.status == 400 and "mode" in (await r.json())["message"]
+    assert store.snapshot_bytes() == before
+
+
+async def test_dry_run_update_refuses_a_mode_change(api: tuple[Client, Store]) -> None:
+    client, store = api
+    stored = {"ID": "g1", "Version": {"Index": 1}, "Spec": {**SPEC, "Name": "g", "Mode": {"Global": {}}}}
+    await store.update(creating("services", stored))
+    r = await client.post("/services/g/plan", json={**SPEC, "Name": "g"})
+    assert r.status == 400
+    assert (await r.json())["message"] == ("rpc error: code = InvalidArgument desc = service mode change is not "
+                                          "allowed: remove the service and create it again in the new mode")
 
 
 async def test_node_labelled_through_the_api_gets_the_pending_task_placed(loops: tuple[Client, Store]) -> None:
