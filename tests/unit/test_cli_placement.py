@@ -136,3 +136,18 @@ def test_service_ps_shows_why_a_task_is_pending(api: tuple[str, dict[Any, Any]])
     rc, out = run(host, "service", "ps", "--no-trunc", "web")
     row = next(line for line in out.splitlines() if "web.2" in line)
     assert f'"{why}"' in row
+
+
+@pytest.mark.parametrize("availability", ["active", "pause", "drain"])
+def test_node_update_availability(api: tuple[str, dict[Any, Any]], availability: str) -> None:
+    host, routes = api
+    node = copy.deepcopy(NODE)
+    node["Spec"]["Labels"] = {"zone": "eu"}
+    routes[("GET", "/nodes/h1")] = lambda q, b: (200, node)
+    routes[("POST", f"/nodes/{node['ID']}/update")] = lambda q, b: (200, None)
+    rc, out = run(host, "node", "update", "--availability", availability, "h1")
+    assert (rc, out) == (0, "h1\n")
+    method, _, query, body = routes["log"][-1]
+    assert method == "POST" and "version=7" in query
+    # only the availability changes; the labels stay
+    assert json.loads(body) == {**node["Spec"], "Availability": availability}
