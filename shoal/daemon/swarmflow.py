@@ -43,6 +43,7 @@ class Daemon(Protocol):
     data_root: Path
     certs_dir: Path
     hostname: str
+    engine_labels: dict[str, str]
     state: LocalState
     bridge: LocalBridge
     executor: Executor
@@ -125,7 +126,7 @@ async def swarm_init(daemon: Daemon, body: dict[str, Any]) -> str:
     try:
         node_id = await Manager.init_cluster(
             data_dir=daemon.data_root / "manager", certs_dir=daemon.certs_dir,
-            advertise_addr=advertise, description=node_description(daemon.hostname),
+            advertise_addr=advertise, description=node_description(daemon.hostname, daemon.engine_labels),
             spec=spec or {}, heartbeat_period=daemon.args.heartbeat_period, net_config=net_config,
         )
         data = {"NodeID": node_id, "Role": "manager", "ManagerAddrs": [advertise],
@@ -181,7 +182,7 @@ async def swarm_join(daemon: Daemon, body: dict[str, Any]) -> None:
     try:
         node_id, role, managers = await join(
             remote, token, daemon.hostname, advertise.rsplit(":", 1)[0], daemon.certs_dir,
-            description=node_description(daemon.hostname), cannot_manage=busy or "")
+            description=node_description(daemon.hostname, daemon.engine_labels), cannot_manage=busy or "")
     except JoinError as e:
         discard_swarm_files(daemon)
         if busy and busy in str(e):
