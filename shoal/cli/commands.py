@@ -299,7 +299,7 @@ def print_plan(plan: dict[str, Any], name: str, out: TextIO) -> int:
     rows = []
     pending = 0
     for t in plan.get("Tasks") or []:
-        task = f"{name}.{t['Slot']}" if t.get("Slot") else name
+        task = f"{name}.{t['Slot']}" if t.get("Slot") else f"{name}.{t.get('NodeID') or ''}".rstrip(".")
         if t.get("Error"):
             pending += 1
             how = f"pending: {t['Error']}"

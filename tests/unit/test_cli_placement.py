@@ -151,3 +151,17 @@ def test_node_update_availability(api: tuple[str, dict[Any, Any]], availability:
     assert method == "POST" and "version=7" in query
     # only the availability changes; the labels stay
     assert json.loads(body) == {**node["Spec"], "Availability": availability}
+
+
+def test_global_dry_run_names_tasks_by_node(api: tuple[str, dict[Any, Any]]) -> None:
+    """A global service's plan has one row per node, named ``service.NODEID`` as `service ps`
+    names global tasks."""
+    host, routes = api
+    plan = {"Tasks": [{"NodeID": "n1", "Node": "h1"},
+                      {"NodeID": "n2", "Node": "h2", "Error": "no suitable node (1 node not available for new tasks)"}],
+            "Warnings": []}
+    routes[("POST", "/services/plan")] = lambda q, b: (200, plan)
+    rc, out = run(host, "service", "create", "--dry-run", "--name", "agent", "--mode", "global", "busybox")
+    assert rc == 1
+    assert "agent.n1   h1     new" in out
+    assert "agent.n2   h2     pending: no suitable node (1 node not available for new tasks)" in out
