@@ -496,7 +496,10 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
                     out.flush()
             if now - converged_at >= wait_for:
                 out.write(f"overall progress: {running} out of {total} tasks\nverify: Service {name} converged\n")
-                return 0
+                why = watch.final() if watch is not None else None
+                if why:
+                    out.write(f"Error: {why}\n")
+                return 1 if why else 0
         else:
             converged_at = None
         limit = max_failures if max_failures is not None else max(3, total)

@@ -205,31 +205,30 @@ def apply_update_extras(spec: dict[str, Any], a: argparse.Namespace) -> dict[str
 # ------------------------------------------------------------------------------ waiting
 class UpdateWatch:
     """Follows a service's ``UpdateStatus`` while ``service update|rollback`` waits, as the docker
-    CLI's progress (cli/command/service/progress): :meth:`check` returns why the wait must fail,
-    or None. ``paused`` → "service update paused: MESSAGE"; ``rollback_paused`` → "service
-    rollback paused: MESSAGE"; ``rollback_completed`` of a rollback this command did not ask for
-    (the failure action) → "service rolled back: MESSAGE"."""
+    CLI's progress (cli/command/service/progress). :meth:`check` (each poll) returns why the wait
+    must fail now, or None: ``paused`` → "service update paused: MESSAGE", ``rollback_paused`` →
+    "service rollback paused: MESSAGE". An automatic rollback (the failure action; ``rollback``
+    False: this command did not ask for one) is followed to its end; :meth:`final` (once the
+    service converged) then returns "service rolled back: MESSAGE", the reason it started."""
 
     def __init__(self, rollback: bool = False) -> None:
         self.rollback = rollback
-        self.notes: list[str] = []
+        self.rolled_back: str | None = None
 
     def check(self, svc: dict[str, Any]) -> str | None:
         us = svc.get("UpdateStatus") or {}
         state, msg = us.get("State", ""), us.get("Message", "")
-        if state == "updating":
-            self.rollback = False
-        elif state == "rollback_started":
-            if not self.rollback and msg:
-                self.notes.append(f"rollback: {msg}")
-            self.rollback = True
-        elif state == "paused":
+        if state == "paused":
             return f"service update paused: {msg}"
-        elif state == "rollback_paused":
+        if state == "rollback_paused":
             return f"service rollback paused: {msg}"
-        elif state == "rollback_completed" and not self.rollback:
-            return f"service rolled back: {msg}"
+        if state in ("rollback_started", "rollback_completed") and not self.rollback and self.rolled_back is None:
+            self.rolled_back = msg or "rollback completed"
         return None
+
+    def final(self) -> str | None:
+        """Why the wait fails although the service converged (it was rolled back), or None."""
+        return f"service rolled back: {self.rolled_back}" if self.rolled_back is not None else None
 
 
 # ------------------------------------------------------------------------------ commands

@@ -232,15 +232,22 @@ def test_update_watch_fails_a_paused_update_with_the_reason() -> None:
 
 def test_update_watch_on_an_automatic_rollback() -> None:
     w = UpdateWatch()
-    assert w.check(_svc("updating")) is None
-    assert w.check(_svc("rollback_started", "update rolled back due to failure")) is None
-    assert w.notes == ["rollback: update rolled back due to failure"]
-    # the rollback started under our eyes: its completion is the end, not an error (docker CLI)
+    assert w.check(_svc("updating")) is None and w.final() is None
+    assert w.check(_svc("rollback_started", "update rolled back due to failure or early termination of task t1")) \
+        is None
     assert w.check(_svc("rollback_completed", "rollback completed")) is None
-    # seen only once completed: the update this command asked for was rolled back
-    assert UpdateWatch().check(_svc("rollback_completed", "rollback completed")) == \
-        "service rolled back: rollback completed"
-    assert UpdateWatch(rollback=True).check(_svc("rollback_paused", "rollback paused due to failure")) == \
+    # followed to its end; then the wait fails with the reason the rollback started
+    assert w.final() == "service rolled back: update rolled back due to failure or early termination of task t1"
+    w = UpdateWatch()
+    assert w.check(_svc("rollback_completed", "rollback completed")) is None
+    assert w.final() == "service rolled back: rollback completed"
+
+
+def test_update_watch_on_a_rollback_asked_for() -> None:
+    w = UpdateWatch(rollback=True)
+    assert w.check(_svc("rollback_started", "manually requested rollback")) is None
+    assert w.check(_svc("rollback_completed", "rollback completed")) is None and w.final() is None
+    assert w.check(_svc("rollback_paused", "rollback paused due to failure")) == \
         "service rollback paused: rollback paused due to failure"
 
 
