@@ -24,10 +24,11 @@ from manager.store import Store, WriteTx
 from shoal.cli import commands as cli
 from shoal.daemon.http.app import add_swarm_routes
 from tests.stores import open_store
-from tests.unit.test_orchestrator_cli import ManagerDouble
+from tests.unit.test_orchestrator_cli import DOCKER, ManagerDouble, docker
 from tests.unit.test_orchestrator_update import WorkerDouble
 
 Env = tuple[str, Store]
+needs_docker = pytest.mark.skipif(DOCKER is None, reason="no docker CLI on PATH")
 
 
 def _fails(task: dict[str, Any]) -> bool:
@@ -41,6 +42,11 @@ async def env() -> AsyncIterator[Env]:
     store = await open_store(base / "raft")
     app = web.Application()
     add_swarm_routes(app, ManagerDouble(store))
+
+    async def ping(request: web.Request) -> web.Response:  # as shoald's, for the docker CLI
+        return web.Response(text="OK", headers={"Api-Version": "1.44", "OSType": "linux", "Swarm": "active/manager"})
+    app.router.add_route("GET", "/_ping", ping)
+    app.router.add_route("HEAD", "/_ping", ping)
     runner = web.AppRunner(app)
     await runner.setup()
     path = str(base / "api.sock")
@@ -205,3 +211,27 @@ async def test_swarm_update_task_history_limit(env: Env, capsys: pytest.CaptureF
     async with asyncio.timeout(10):
         while max(sum(1 for t in store.view().list("tasks") if t.get("Slot") == s) for s in (1, 2, 3)) > 2:
             await asyncio.sleep(0.05)
+
+
+@needs_docker
+async def test_the_docker_cli_sees_the_same_errors(env: Env, tmp_path: Path) -> None:
+    host, store = env
+    await create_web(store)
+    rc, out, err = await docker(host, tmp_path, "service", "rollback", "web")
+    assert rc == 1
+    assert ("Error response from daemon: rpc error: code = FailedPrecondition desc = service svc1 does not have a "
+            "previous spec") in err
+    rc, out, err = await docker(host, tmp_path, "service", "update", "--detach", "--update-delay", "48h", "web")
+    assert rc == 1 and "UpdateConfig.Delay of 48h is over the limit of 24h" in err
+    assert "shoal" not in err
+    rc, out, err = await docker(host, tmp_path, "node", "rm", "h2")
+    assert rc == 1 and "node node2 is not down and can't be removed" in err
+    rc, out, err = await docker(host, tmp_path, "service", "update", "--detach", "--update-parallelism", "2",
+                                "--restart-max-attempts", "3", "web")
+    assert rc == 0, err
+    spec = (store.view().get("services", "svc1") or {})["Spec"]
+    assert spec["UpdateConfig"]["Parallelism"] == 2 and spec["TaskTemplate"]["RestartPolicy"]["MaxAttempts"] == 3
+    rc, out, err = await docker(host, tmp_path, "service", "rollback", "--detach", "web")
+    assert rc == 0, err
+    spec = (store.view().get("services", "svc1") or {})["Spec"]
+    assert spec["UpdateConfig"]["Parallelism"] == 1 and "RestartPolicy" not in spec["TaskTemplate"]
