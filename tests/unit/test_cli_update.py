@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from manager.membership import LOST_MANAGER_MESSAGE
 from manager.orchestrator import Orchestrator
 from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
@@ -175,6 +176,19 @@ async def test_node_rm_follows_dockers_rules(env: Env, capsys: pytest.CaptureFix
     assert store.view().get("nodes", "node2") is None
     rc, out, err = await shoal(host, "node rm nosuch", capsys)
     assert rc == 1 and "node nosuch not found" in err
+
+
+async def test_node_rm_of_a_manager_lost_with_force_new_cluster(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """A manager left behind by --force-new-cluster (a worker now, shown Down/Unreachable) is no
+    Raft member: it is removed without --force, as any node that is down."""
+    host, store = env
+    await store.update(lambda tx: tx.create("nodes", {
+        "ID": "node4", "Spec": {"Role": "worker", "Availability": "active"}, "Description": {"Hostname": "h4"},
+        "Status": {"State": "down", "Message": LOST_MANAGER_MESSAGE},
+        "ManagerStatus": {"Leader": False, "Reachability": "unreachable", "Addr": "10.0.0.4:2377"}}))
+    rc, out, err = await shoal(host, "node rm h4", capsys)
+    assert rc == 0 and out == "h4\n", err
+    assert store.view().get("nodes", "node4") is None
 
 
 async def test_node_ps_lists_the_tasks_of_a_node(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
