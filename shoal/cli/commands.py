@@ -692,6 +692,9 @@ def _update_placement(task: dict[str, Any], a: argparse.Namespace) -> None:
 
 def cmd_service_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     if a.rollback:
+        plain = vars(build_parser().parse_args(["service", "update", a.service]))
+        if any(v != plain.get(k) for k, v in vars(a).items() if k not in ("rollback", "detach", "timeout", "host")):
+            raise UsageError("other flags may not be combined with --rollback")  # as the docker CLI
         return cmd_service_rollback(c, a, out)
     svc = find_service(c, a.service)
     spec = update_service_spec(c, dict(svc["Spec"]), a)

@@ -48,6 +48,10 @@ async def env() -> AsyncIterator[Env]:
         return web.Response(text="OK", headers={"Api-Version": "1.44", "OSType": "linux", "Swarm": "active/manager"})
     app.router.add_route("GET", "/_ping", ping)
     app.router.add_route("HEAD", "/_ping", ping)
+
+    async def info(request: web.Request) -> web.Response:  # the part of shoald's /info `node ps` reads
+        return web.json_response({"Swarm": {"NodeID": "node1", "LocalNodeState": "active"}})
+    app.router.add_route("GET", "/info", info)
     runner = web.AppRunner(app)
     await runner.setup()
     path = str(base / "api.sock")
@@ -203,6 +207,12 @@ async def test_node_ps_lists_the_tasks_of_a_node(env: Env, capsys: pytest.Captur
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["ID", "NAME", "IMAGE"] and len(lines) == 1 + len(on3)
     assert all(" web." in ln and " h3 " in ln for ln in lines[1:])
+    # no NODE: this node (h1, the manager, which runs tasks too)
+    on1 = sorted(t["ID"] for t in store.view().list("tasks") if t.get("NodeID") == "node1")
+    rc, out, err = await shoal(host, "node ps -q", capsys)
+    assert rc == 0 and sorted(out.split()) == on1, err
+    rc, out, err = await shoal(host, "node ps -q h2 h3", capsys)
+    assert sorted(out.split()) == sorted(on3 + [t["ID"] for t in store.view().list("tasks") if t.get("NodeID") == "node2"])
 
 
 async def test_swarm_update_task_history_limit(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

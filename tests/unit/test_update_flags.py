@@ -144,6 +144,11 @@ def test_update_rollback_flag_and_rollback_command_parse() -> None:
     assert a.service == "web" and a.func is cli.cmd_service_rollback and not a.detach
 
 
+def test_update_rollback_refuses_other_flags() -> None:
+    with pytest.raises(cli.UsageError, match="^other flags may not be combined with --rollback$"):
+        cli.cmd_service_update(None, parse("service update --rollback --image busybox:2 web"), None)  # type: ignore[arg-type]
+
+
 # -- bad values: the CLI refuses them (exit 2, argparse) ------------------------------------------
 
 @pytest.mark.parametrize("flags", [
