@@ -17,7 +17,7 @@ Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,n
                    [--constraint-add|--constraint-rm E] [--placement-pref-add|--placement-pref-rm P]
                    [--replicas-max-per-node N] [--reserve-cpu C] [--reserve-memory M] [--dry-run] SERVICE
                    [--update-*|--rollback-*|--restart-* …] [--env-add|--env-rm] [--label-add|--label-rm]
-                   [--limit-cpu|--limit-memory|--limit-pids] [--rollback] SERVICE   (shoal/cli/update_flags.py)
+                   [--limit-cpu|--limit-memory|--limit-pids] [--rollback]   (shoal/cli/update_flags.py)
     service rollback [-d] SERVICE                        node rm [--force] NODE… | ps [NODE…]
     swarm update [--task-history-limit N]
     service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
