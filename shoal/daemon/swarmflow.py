@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from manager.manager import Manager, initial_swarm_spec, network_config
+from manager.membership import lost_manager
 from overlaynet.bridge import LocalBridge
 from shoal.daemon import listenaddr
 from shoal.daemon.errors import SwarmStateError
@@ -240,9 +241,13 @@ def route_source_addr(dest: str) -> str | None:
 def _manager_counts(manager: Manager) -> tuple[int, int]:
     """``(reachable, unreachable)`` managers now, as ``node ls`` shows them (``ManagerStatus``:
     live on the leader; a follower hears only from its leader and keeps the leader's record for
-    the others)."""
+    the others), managers lost with ``--force-new-cluster`` left out."""
     reachable = unreachable = 0
+    view = manager.store.view()
     for node_id in manager.manager_statuses():
+        node = view.get("nodes", node_id)
+        if node is not None and lost_manager(node):
+            continue  # left behind by --force-new-cluster: no Raft member any more
         ms = manager.manager_status(node_id)
         reach = ms.get("Reachability") if ms is not None else None
         reachable += reach == "reachable"

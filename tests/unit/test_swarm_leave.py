@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from manager.membership import LOST_MANAGER_MESSAGE
 from shoal.daemon.errors import SwarmStateError
 from shoal.daemon.swarmflow import swarm_leave
 
@@ -27,12 +28,30 @@ class _Log:
         return self._voters
 
 
-class _Manager:
-    """Test double of manager.manager.Manager: the Raft voters and the ManagerStatus of each."""
+class _View:
+    def __init__(self, nodes: dict[str, dict[str, Any]]) -> None:
+        self.nodes = nodes
 
-    def __init__(self, reachability: dict[str, str]) -> None:
+    def get(self, table: str, node_id: str) -> dict[str, Any] | None:
+        return self.nodes.get(node_id)
+
+
+class _Store:
+    def __init__(self, nodes: dict[str, dict[str, Any]]) -> None:
+        self.nodes = nodes
+
+    def view(self) -> _View:
+        return _View(self.nodes)
+
+
+class _Manager:
+    """Test double of manager.manager.Manager: the Raft voters, the ManagerStatus of each, the
+    store's node objects (``lost``: managers left behind by --force-new-cluster)."""
+
+    def __init__(self, reachability: dict[str, str], lost: tuple[str, ...] = ()) -> None:
         self.reachability = reachability
         self.log = _Log(set(range(len(reachability))))
+        self.store = _Store({n: {"ID": n, "Status": {"State": "down", "Message": LOST_MANAGER_MESSAGE}} for n in lost})
 
     def manager_statuses(self) -> dict[str, dict[str, Any] | None]:
         # as on a follower: it heard only from its leader, so its own view says "unreachable"
@@ -79,4 +98,14 @@ async def test_the_last_manager_is_told_it_erases_the_swarm_in_dockers_words() -
     assert str(e.value) == ("You are attempting to leave the swarm on a node that is participating as a manager. "
                             "Removing the last manager erases all current state of the swarm. Use `--force` to "
                             "ignore this message.")
+    assert "managers out of" not in str(e.value)
+
+
+async def test_after_force_new_cluster_the_survivor_is_the_last_manager() -> None:
+    """The managers left behind show Unreachable but are no Raft members: the survivor leaving
+    erases the swarm, it does not "leave 0 managers out of 3"."""
+    m = _Manager({"m1": "reachable", "m2": "unreachable", "m3": "unreachable"}, lost=("m2", "m3"))
+    with pytest.raises(SwarmStateError) as e:
+        await swarm_leave(_Daemon(m), force=False)  # type: ignore[arg-type]
+    assert "Removing the last manager erases all current state of the swarm" in str(e.value)
     assert "managers out of" not in str(e.value)
