@@ -8,7 +8,11 @@ driven by the ``shoal`` CLI inside the hosts, as a user would:
   ``service update paused: …``); ``service rollback`` returns to the previous image;
 - with ``--update-failure-action rollback`` the same update rolls back by itself (exit 1,
   ``service rolled back: …``);
-- ``service rollback`` after a good update returns to the previous image.
+- ``service rollback`` after a good update returns to the previous image;
+- last (it kills h2 and h3): after ``swarm init --force-new-cluster`` the managers left behind
+  show Down / Unreachable (not the old cluster's Ready / Reachable), one is removed with ``node rm``
+  without ``--force``, and the survivor's ``swarm leave`` is refused in Docker's words for the
+  last manager.
 
 Run: ``flock /tmp/shoal-lab.lock .venv/bin/pytest -q tests/e2e/test_lab_update.py``
 """
@@ -22,6 +26,7 @@ from typing import Any
 import pytest
 
 from deploy.lab import lab
+from manager.membership import LOST_MANAGER_MESSAGE
 from shoal.cli import format as fmt
 from shoal.cli.client import APIError
 from tests.e2e.conftest import Cluster, client, shoal, wait_until
@@ -137,3 +142,41 @@ def test_service_rollback_returns_to_the_previous_image(upd: str) -> None:
     svc = client("h1").service(upd)
     assert svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == lab.IMAGE
     assert svc["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"] == IMAGE2
+
+
+def test_force_new_cluster_shows_the_lost_managers_down_and_unreachable(cluster: Cluster, upd: str) -> None:
+    c = client("h1")
+    r = shoal("h1", "node", "promote", "h2", "h3")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def reach() -> dict[str, str]:
+        return {n["Description"]["Hostname"]: (n.get("ManagerStatus") or {}).get("Reachability", "")
+                for n in c.nodes()}
+    wait_until(lambda: reach() == {"h1": "reachable", "h2": "reachable", "h3": "reachable"}, 90,
+               "3 reachable managers")
+    st = cluster.state
+    for h in ("h2", "h3"):
+        lab.kill_daemon(st, st.host(h))  # for good: the lab's teardown cleans up
+    r = shoal("h1", "swarm", "init", "--force-new-cluster")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def lost() -> dict[str, tuple[str, str, str]]:
+        return {n["Description"]["Hostname"]: (n["Status"]["State"], n["Status"].get("Message", ""),
+                                               (n.get("ManagerStatus") or {}).get("Reachability", ""))
+                for n in client("h1").nodes() if n["Description"]["Hostname"] != "h1"}
+    want = {h: ("down", LOST_MANAGER_MESSAGE, "unreachable") for h in ("h2", "h3")}
+    wait_until(lambda: lost() == want, 30, "h2 and h3 shown Down / Unreachable")
+    r = shoal("h1", "node", "ls")
+    assert r.returncode == 0
+    rows = {ln.split()[1] if ln.split()[1] != "*" else ln.split()[2]: ln for ln in r.stdout.splitlines()[1:]}
+    for h in ("h2", "h3"):
+        assert " Down " in rows[h] and " Unreachable " in rows[h], r.stdout
+    assert " Ready " in rows["h1"] and " Leader " in rows["h1"], r.stdout
+
+    r = shoal("h1", "node", "rm", "h2")  # down and no Raft member: no --force needed
+    assert r.returncode == 0 and r.stdout == "h2\n", r.stdout + r.stderr
+    r = shoal("h1", "swarm", "leave")
+    assert r.returncode == 1
+    assert ("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last "
+            "manager erases all current state of the swarm. Use `--force` to ignore this message.") in r.stderr
+    assert "managers out of" not in r.stderr and "shoal" not in r.stderr.replace("shoal:", "")
