@@ -259,3 +259,16 @@ async def test_the_docker_cli_sees_the_same_errors(env: Env, tmp_path: Path) -> 
     assert rc == 0, err
     spec = (store.view().get("services", "svc1") or {})["Spec"]
     assert spec["UpdateConfig"]["Parallelism"] == 1 and "RestartPolicy" not in spec["TaskTemplate"]
+
+
+async def test_start_first_update_and_continue_failure_action(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    host, store = env
+    await create_web(store)
+    rc, out, err = await shoal(host, "service update --update-order start-first --update-parallelism 2 "
+                                     "--env-add Y=1 web", capsys)
+    assert rc == 0, (out, err)
+    assert live_env(store) == ["['Y=1']"] * 3
+    # continue: failures do not pause the update; the CLI gives up after its failure budget
+    rc, out, err = await shoal(host, "service update --update-failure-action continue --env-add FAIL=1 web", capsys)
+    assert rc == 1 and "did not converge" in out and "paused" not in out, (out, err)
+    assert (store.view().get("services", "svc1") or {}).get("UpdateStatus", {}).get("State") != "paused"
