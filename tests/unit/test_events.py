@@ -99,6 +99,10 @@ def test_network_and_task_messages() -> None:
     failed["Status"]["Err"] = "exit code 1"
     m = to_message("update", "tasks", failed, task("running", node_id="n1"), T0)
     assert m is not None and m["Actor"]["Attributes"]["error"] == "exit code 1"
+    # a step between placement and running (same desired state and node) is no event
+    assert to_message("update", "tasks", task("starting", node_id="n1"), task("preparing", node_id="n1"), T0) is None
+    m = to_message("update", "tasks", task("running", node_id="n1"), task("starting", node_id="n1"), T0)
+    assert m is not None and m["Actor"]["Attributes"]["state.new"] == "running"
     # a status detail (same state, desired state and node) is no event
     assert to_message("update", "tasks", task("running", node_id="n1", at=T0 + 3),
                       task("running", node_id="n1"), T0) is None
