@@ -20,7 +20,8 @@ Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,n
                    [--limit-cpu|--limit-memory|--limit-pids] [--rollback]   (shoal/cli/update_flags.py)
     service rollback [-d] SERVICE                        node rm [--force] NODE… | ps [NODE…]
     swarm update [--task-history-limit N]
-    service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
+    service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] [-t] [--since T] SERVICE
+    events [--since T] [--until T] [-f KEY=VALUE]… [--format json]
     network create [-d overlay] [--subnet S] [--gateway G] [--ip-range R] [--attachable]
                    [--ingress] [--label K=V] [--opt K=V] NAME
     network ls [-q] [--no-trunc] [-f KEY=VALUE] | inspect NETWORK… | rm NETWORK…
@@ -40,6 +41,7 @@ from typing import Any, TextIO
 from shoal.base.logopts import LOG_DRIVER, check_driver, parse_flags
 from shoal.cli import format as fmt
 from shoal.cli.client import APIError, Client, ConnectError
+from shoal.cli.events_cmd import add_events_parser, timestamp_arg
 from shoal.cli.update_flags import (
     UpdateWatch,
     add_node_commands,
@@ -754,8 +756,13 @@ def cmd_service_logs(c: Client, a: argparse.Namespace, out: TextIO) -> int:
             "Description", {}).get("Hostname", "")
         return f"{name}.{t.get('Slot', '')}.{fmt.short_id(tid)}@{host}    | "
 
-    for stream, raw in c.service_logs(svc["ID"], follow=a.follow, tail=a.tail, timestamps=a.timestamps):
+    since = timestamp_arg(a.since) if a.since else None
+    for stream, raw in c.service_logs(svc["ID"], follow=a.follow, tail=a.tail, timestamps=a.timestamps, since=since):
         line = raw.decode(errors="replace")
+        if stream == 3:  # the daemon's warning: the nodes whose lines could not be read
+            sys.stderr.write(line.rstrip("\n") + "\n")
+            sys.stderr.flush()
+            continue
         pre = ""
         ts = ""
         if a.timestamps and " " in line:
@@ -1045,6 +1052,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("-n", "--tail", default="all")
     x.add_argument("-t", "--timestamps", action="store_true")
     x.add_argument("--raw", action="store_true", help="no task prefix")
+    x.add_argument("--since", default="", metavar="TIME", help="lines from TIME on (10m, a date, seconds)")
     x.add_argument("service", metavar="SERVICE")
     x.set_defaults(func=cmd_service_logs)
 
@@ -1074,6 +1082,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = nw.add_parser("rm", help="remove networks")
     x.add_argument("networks", nargs="+", metavar="NETWORK")
     x.set_defaults(func=cmd_network_rm)
+
+    add_events_parser(top)
 
     im = top.add_parser("image", help="manage images").add_subparsers(dest="cmd", required=True)
     x = im.add_parser("load", help="load an OCI archive or `docker save` tar")
