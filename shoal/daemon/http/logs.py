@@ -27,8 +27,8 @@ LOG_RETRY_UNREACHABLE = 10.0
 """Seconds a follow leaves a node that did not answer out of its polls before asking it again (so
 one frozen node does not slow every poll by the leader's per-node timeout)."""
 WARNING_HEADER = "X-Shoal-Warning"
-"""The response header naming the nodes whose logs could not be read when the stream started (for
-``shoal service logs --follow``; clients that do not know it ignore it)."""
+"""The response header naming the nodes whose logs could not be read when the stream started (read by
+the Shoal CLI's ``service logs --follow``; clients that do not know it ignore it)."""
 
 
 def incomplete_warning(unreachable: dict[str, str]) -> str:
