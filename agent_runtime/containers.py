@@ -425,10 +425,11 @@ class Runtime:
         if st.status != "running" or not st.pid:
             raise ContainerError(f"container {cid} is not running")
         try:
-            process = json.loads((self._dir(cid) / "config.json").read_text())["process"]
-        except (OSError, ValueError, KeyError) as e:
+            config = json.loads((self._dir(cid) / "config.json").read_text())
+            process, cgroups_path = config["process"], (config.get("linux") or {}).get("cgroupsPath")
+        except (OSError, ValueError, KeyError, AttributeError) as e:
             raise ContainerError(f"container {cid}: cannot read its config.json: {e}") from e
-        return await execin.exec_in(st.pid, process, args, timeout, output_limit)
+        return await execin.exec_in(st.pid, process, args, timeout, output_limit, cgroups_path)
 
     def spec(self, cid: str) -> ContainerSpec:
         """The ContainerSpec the container was created from. Raises ContainerNotFound."""

@@ -3,8 +3,8 @@
 :func:`exec_in` starts a small helper process (this module's :func:`main`, run by this Python in
 isolated mode) which
 
-1. moves itself into the container's cgroup (``/proc/<pid>/cgroup`` of the container's init, cgroup
-   v2), so the command counts against the container's limits;
+1. moves itself into the container's cgroup (its ``linux.cgroupsPath``, in every hierarchy: v2,
+   v1 or hybrid), so the command counts against the container's limits;
 2. joins the init's ipc, uts, net, pid, cgroup and mount namespaces (setns(2) with the
    ``/proc/<pid>/ns/*`` files, mount last) and takes its root (``/proc/<pid>/root``);
 3. forks (the child is then in the container's pid namespace), and the child takes the
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from agent_runtime.oci import libc
+from agent_runtime.oci.cgroups import Cgroup
 
 NAMESPACES = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
 """Joined in this order (mount last: after it the host's paths are gone)."""
@@ -48,30 +49,20 @@ def helper_argv(request: dict[str, Any]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", boot, json.dumps(request)]
 
 
-def cgroup_of(pid: int) -> str | None:
-    """The cgroup v2 path of ``pid`` (``/shoal/<id>``), or None when it has none (cgroup v1)."""
-    with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            hid, _, rest = line.rstrip("\n").partition(":")
-            ctrls, _, path = rest.partition(":")
-            if hid == "0" and ctrls == "":
-                return path
-    return None
-
-
 async def exec_in(pid: int, process: dict[str, Any], args: list[str], timeout: float,
-                  output_limit: int = DEFAULT_OUTPUT_LIMIT) -> tuple[int, bytes]:
+                  output_limit: int = DEFAULT_OUTPUT_LIMIT, cgroups_path: str | None = None) -> tuple[int, bytes]:
     """Run ``args`` inside the container whose init is host PID ``pid``; return ``(exit code, output)``.
 
     ``process``: the ``process`` object of the container's OCI config (``env``, ``cwd``, ``user``,
-    ``capabilities``, ``noNewPrivileges``). ``output``: stdout and stderr together, the first
+    ``capabilities``, ``noNewPrivileges``); ``cgroups_path``: its ``linux.cgroupsPath`` (``/shoal/<id>``,
+    joined in every hierarchy in use; None: none). ``output``: stdout and stderr together, the first
     ``output_limit`` bytes (the rest is read and dropped). ``timeout``: seconds; when it passes the
     command and the helper are killed (SIGKILL to the helper's process group) and TimeoutError is
     raised. Raises OSError when the helper cannot be started, ValueError for an empty ``args``.
     """
     if not args:
         raise ValueError("exec: no command given")
-    request = {"pid": pid, "args": [str(a) for a in args], "env": list(process.get("env") or []),
+    request = {"pid": pid, "cgroupsPath": cgroups_path or "", "args": [str(a) for a in args], "env": list(process.get("env") or []),
                "cwd": process.get("cwd") or "/", "user": process.get("user") or {},
                "capabilities": process.get("capabilities") or {},
                "noNewPrivileges": bool(process.get("noNewPrivileges"))}
@@ -153,16 +144,14 @@ def _child(req: dict[str, Any], last_cap: int) -> NoReturn:
 
 
 def main() -> NoReturn:
-    """The helper: ``argv[1]`` is the JSON request ``{"pid", "args", "env", "cwd", "user",
+    """The helper: ``argv[1]`` is the JSON request ``{"pid", "cgroupsPath", "args", "env", "cwd", "user",
     "capabilities", "noNewPrivileges"}``; see the module docstring."""
     try:
         req = json.loads(sys.argv[1])
         pid = int(req["pid"])
         last_cap = libc.cap_last_cap()
-        cg = cgroup_of(pid)
-        if cg is not None:
-            with open(f"/sys/fs/cgroup{cg}/cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
+        if req.get("cgroupsPath"):
+            Cgroup(str(req["cgroupsPath"])).add(os.getpid())
         fds = [(ns, os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)) for ns in NAMESPACES]
         root = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         for ns, fd in fds:

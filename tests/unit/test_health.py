@@ -263,7 +263,8 @@ def test_spec_validation_accepts(hc: Any) -> None:
 
 def _create(*flags: str) -> dict[str, Any]:
     a = build_parser().parse_args(["service", "create", *flags, "busybox"])
-    return build_service_spec(a)["TaskTemplate"]["ContainerSpec"]
+    cs: dict[str, Any] = build_service_spec(a)["TaskTemplate"]["ContainerSpec"]
+    return cs
 
 
 def _update_args(*flags: str) -> argparse.Namespace:
