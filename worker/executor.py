@@ -12,6 +12,9 @@ with ``rejected`` for errors before ``starting`` (image pull, create) and
 after StopGracePeriod) and ``shutdown`` is reported; ``remove`` (or the task
 vanishing from the assignment set) also removes the container and its network.
 States only move forward (SWARM-FACTS 1.1); each forward move is reported once.
+With a health check (:mod:`worker.health`) ``starting`` lasts until the first passing probe;
+an unhealthy container is stopped and its task fails ("task: non-zero exit (N): dockerexec:
+unhealthy container").
 
 Controllers run concurrently: fifty tasks assigned at once are prepared and
 started in parallel (image pulls are de-duplicated by the ImageStore).
@@ -632,6 +635,7 @@ class _Controller:
         self._last_status: dict[str, Any] | None = None
         self._last_sent = 0.0
         self.health: whealth.ContainerHealth | None = None  # the running container's health check
+        self._health_looked = False  # _health_setup ran (once: it reads the image's config)
 
     # ------------------------------------------------------------ plumbing
     def start(self) -> None:
@@ -1121,8 +1125,9 @@ class _Controller:
     async def _health_setup(self, spec: dict[str, Any], image: str | None) -> None:
         """``self.health`` from the spec's and the image's check (:func:`worker.health.task_config`);
         None without a check or when the runtime cannot exec. Raises ValueError for a bad check."""
-        if self.health is not None or not hasattr(self.ex.runtime, "exec"):
+        if self._health_looked or not hasattr(self.ex.runtime, "exec"):
             return
+        self._health_looked = True
         image = image or spec.get("Image")
         img = await _maybe_await(self.ex.images.get(image)) if isinstance(image, str) and image else None
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,9 +14,11 @@ import pytest
 
 from manager.specs.common import SpecError
 from manager.specs.health import validate_healthcheck
+from manager.store import Store
 from shoal.cli.commands import build_parser, build_service_spec
 from shoal.cli.health_flags import update_health
 from tests.unit.test_executor_states import NODE, Env, make_task
+from tests.unit.test_orchestrator_cli import DOCKER, docker, sock  # noqa: F401 - sock is a fixture
 from tests.waiting import wait_until as until
 from worker import health
 from worker.executor import container_id_for
@@ -307,3 +310,23 @@ def test_cli_update_flags() -> None:
     assert cs["Healthcheck"] == before
     with pytest.raises(ValueError, match="conflicts"):
         update_health(cs, _update_args("--no-healthcheck", "--health-retries", "1"))
+
+
+# ---------------------------------------------------------------------------- the docker CLI
+
+
+@pytest.mark.skipif(DOCKER is None, reason="no docker CLI on PATH")
+async def test_docker_cli_health_flags_reach_the_spec(sock: tuple[str, Store, Path]) -> None:  # noqa: F811
+    host, store, base = sock
+    rc, out, err = await docker(host, base, "service", "create", "--detach", "--no-resolve-image", "--name", "hc",
+                                "--health-cmd", "wget -q -O- localhost", "--health-interval", "2s",
+                                "--health-retries", "4", "--health-start-period", "10s", "busybox", "sleep", "100")
+    assert rc == 0, (out, err)
+    svc = store.view().find_by_name("services", "hc")
+    assert svc is not None
+    hc = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Healthcheck"]
+    assert hc["Test"] == ["CMD-SHELL", "wget -q -O- localhost"]
+    assert (hc["Interval"], hc["Retries"], hc["StartPeriod"]) == (2 * S, 4, 10 * S)
+    rc, out, err = await docker(host, base, "service", "create", "--detach", "--no-resolve-image", "--name", "hc2",
+                                "--health-retries", "-1", "busybox", "sleep", "100")
+    assert rc != 0 and "Retries in Healthcheck cannot be negative" in err, (out, err)
