@@ -17,7 +17,7 @@ from manager.specs.health import validate_healthcheck
 from manager.store import Store
 from shoal.cli.commands import build_parser, build_service_spec
 from shoal.cli.health_flags import update_health
-from tests.unit.test_executor_states import NODE, Env, make_task
+from tests.unit.test_executor_states import NODE, Env, StateTestDouble, make_task
 from tests.unit.test_orchestrator_cli import DOCKER, docker, sock  # noqa: F401 - sock is a fixture
 from tests.waiting import wait_until as until
 from worker import health
@@ -224,6 +224,23 @@ async def test_executor_bad_image_healthcheck_rejects_the_task() -> None:
     await e.ex.set_assignments(NODE, [make_task("t1")])
     await until(lambda: e.states("t1")[-1:] == ["rejected"])
     assert "unknown health check type 'WHAT'" in e.last("t1")["Err"]
+    await e.ex.close()
+
+
+async def test_executor_checks_a_container_found_at_start_again() -> None:
+    e = ExecEnv()
+    cid = container_id_for("t1")
+    e.runtime.containers[cid] = StateTestDouble(cid, "running", pid=777, labels={"com.docker.swarm.task.id": "t1"})
+    e.runtime._fut(cid)
+    await e.ex.recover()
+    await until(lambda: e.states("t1")[-1:] == ["running"])
+    assert e.execs == []  # the spec (and so the check) is not known before the assignment
+    t1 = make_task("t1", Healthcheck={"Test": ["CMD", "probe"], **FAST})
+    t1["Status"]["State"] = "running"
+    await e.ex.set_assignments(NODE, [t1])
+    await until(lambda: e.states("t1")[-1:] == ["failed"])
+    assert e.execs[0] == (cid, ["probe"])
+    assert e.last("t1")["Err"] == "task: non-zero exit (143): dockerexec: unhealthy container"
     await e.ex.close()
 
 
