@@ -45,7 +45,9 @@ design/task_model.md; SWARM-FACTS 1.1, 1.5):
 
 The package, by responsibility: :mod:`.plan` (new tasks, the write budget, the update progress
 and the plan of a pass), :mod:`.restart` (restart policy, lost nodes), :mod:`.update` (rolling
-updates), :mod:`.replicated` (:func:`reconcile`, :func:`service_status`) and :mod:`.loop`
+updates), :mod:`.reconcile` (:func:`reconcile`, the pass over all services), :mod:`.modes` (the
+reconciler of each service mode), :mod:`.replicated` (replicated services, :func:`service_status`)
+and :mod:`.loop`
 (:class:`Orchestrator`). Import from ``manager.orchestrator``; the stored objects are read
 through :mod:`shoal.base.views`.
 """
@@ -62,7 +64,8 @@ from manager.orchestrator.plan import (
     new_task,
     task_name,
 )
-from manager.orchestrator.replicated import has_networks, reconcile, service_status
+from manager.orchestrator.reconcile import reconcile
+from manager.orchestrator.replicated import has_networks, service_status
 from manager.orchestrator.update import update_config
 from shoal.base.util import parse_rfc3339
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from manager.loop import reconcile_loop
 from manager.orchestrator.plan import MAX_TASK_WRITES_PER_PASS, Plan, UpdateProgress, WriteBudget
-from manager.orchestrator.replicated import reconcile
+from manager.orchestrator.reconcile import reconcile
 from manager.store import MAX_TRANSACTION_BYTES, Store, WriteTx
 
 __all__ = ["Orchestrator"]

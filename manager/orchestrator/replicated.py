@@ -1,18 +1,16 @@
-"""The replicated-service reconciler, the pure core of the orchestrator: services, tasks and
-nodes in, a :class:`~manager.orchestrator.plan.Plan` out (see :mod:`manager.orchestrator`)."""
+"""The replicated-service reconciler (``Mode.Replicated``, SK: manager/orchestrator/replicated):
+one service and its tasks in, changes into the pass's plan (see :mod:`manager.orchestrator`)."""
 
 from __future__ import annotations
 
-import copy
-import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from manager.orchestrator.plan import Obj, Plan, UpdateProgress, WriteBudget, new_task, packed_size
+from manager.orchestrator.plan import Obj, new_task
 from manager.orchestrator.restart import should_restart
 from manager.orchestrator.update import Ctx, rolling_update
 from manager.specs import task_spec_with_defaults
-from shoal.base.taskstate import REMOVE, RUNNING, STATE_ORDER, TERMINAL_STATES
-from shoal.base.util import new_id, now_rfc3339, parse_rfc3339
+from shoal.base.taskstate import RUNNING, TERMINAL_STATES
+from shoal.base.util import parse_rfc3339
 from shoal.base.views import (
     Node,
     Service,
@@ -23,7 +21,7 @@ from shoal.base.views import (
     task_state,
 )
 
-__all__ = ["reconcile", "service_status", "has_networks"]
+__all__ = ["reconcile_replicated", "service_status", "has_networks"]
 
 
 def has_networks(task: Obj) -> bool:
@@ -33,163 +31,108 @@ def has_networks(task: Obj) -> bool:
     return task_needs_networks(task)
 
 
-def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj], now: float,
-              id_gen: Callable[[], str] = new_id,
-              progress: dict[str, UpdateProgress] | None = None,
-              budget: WriteBudget | None = None) -> Plan:
-    """Compute the store changes that move replicated services toward their specs.
-
-    ``now`` is epoch seconds (timestamps written are ``now`` in RFC 3339). Deterministic given
-    its inputs: ``id_gen`` makes task IDs, ``progress`` is the rolling-update state returned
-    by the previous pass as ``Plan.progress`` (not modified; None = none). ``budget`` bounds
-    the task writes of the pass (None = unbounded); what does not fit is left for the next pass
-    (``Plan.more``), each unit (a slot's replacement, a slot scaled away, a new slot) whole.
-    Sets keys of the task and service dicts it is given but never changes a value inside them
-    (pass copies, at least of the top level, as ``tx.list_shallow`` returns).
-    """
-    budget = budget if budget is not None else WriteBudget()
-    plan = Plan()
-    ts_now = now_rfc3339(now)
-    svc_by_id = {str(s["ID"]): s for s in services}
-    node_by_id = {str(n["ID"]): Node(n) for n in nodes}
-    usable_nodes = {nid for nid, n in node_by_id.items() if not n.down and n.availability != "drain"}
-    by_service: dict[str, list[Obj]] = {}
-    updated: dict[str, Obj] = {}
-    old_progress = copy.deepcopy(progress or {})
-
-    def set_desired(t: Obj, desired: str) -> None:
-        if STATE_ORDER[desired] > task_desired_order(t):
-            t = updated.get(str(t["ID"]), t)
-            t["DesiredState"] = desired
-            updated[str(t["ID"])] = t
-
-    ctx = Ctx(plan, now, ts_now, id_gen, node_by_id, set_desired, budget)
-
+def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
+    """Reconcile one replicated service (``Mode.Replicated``): ``tasks`` are all its tasks;
+    the changes go into ``ctx.plan`` within ``ctx.budget`` (see :mod:`manager.orchestrator`
+    for the model: slots 1..Replicas, restarts, lost nodes, rolling updates, scaling)."""
+    sv = Service(svc)
+    sid = str(svc["ID"])
+    plan, budget, now, ts_now, id_gen = ctx.plan, ctx.budget, ctx.now, ctx.ts_now, ctx.id_gen
+    set_desired, usable_nodes = ctx.set_desired, ctx.usable_nodes
+    want = sv.replicas
+    template = task_spec_with_defaults(sv.task_template)
+    ctx.start_service(svc)
+    prog = ctx.old_progress.get(sid)
+    if prog is not None and (prog.target != template
+                             or prog.endpoint != endpoint_spec_key(sv.spec.get("EndpointSpec"))):
+        prog = None
+    slots: dict[int, list[Obj]] = {}
     for t in tasks:
-        sid = str(t.get("ServiceID", ""))
-        if sid not in svc_by_id:
-            # service removed: every task of it goes away
-            if task_desired_order(t) < REMOVE and budget.take(1, packed_size(t)):
+        slots.setdefault(int(t.get("Slot") or 0), []).append(t)
+    keep_old = {i for ids in (prog.start_first_old.values() if prog else []) for i in ids}
+    occupied: dict[int, Obj] = {}
+    for slot, ts in slots.items():
+        if len(ts) == 1:  # the common case, kept cheap: a pass looks at every slot
+            if task_desired_order(ts[0]) <= RUNNING:
+                occupied[slot] = ts[0]
+            continue
+        current = [t for t in ts if task_desired_order(t) <= RUNNING]
+        if not current:
+            continue
+        if len(current) > 1:
+            current.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
+        live = [t for t in current if task_state(t) not in TERMINAL_STATES]
+        keep = (live or current)[-1]
+        for extra in current:  # at most one current task per slot (start-first: two for a while)
+            if extra is not keep and str(extra["ID"]) not in keep_old and budget.take(1, ctx.task_size):
+                set_desired(extra, "shutdown")
+        occupied[slot] = keep
+
+    # scale down: remove the highest slots (stop-first slots being updated count as used)
+    reserved = set(prog.stopping) - set(occupied) if prog else set()
+    used = sorted(set(occupied) | reserved)
+    if len(used) > want:
+        for slot in used[want:]:
+            if not budget.take(len(slots.get(slot, [])), ctx.task_size):
+                break
+            for t in slots.get(slot, []):
                 set_desired(t, "remove")
-            continue
-        by_service.setdefault(sid, []).append(t)
+            occupied.pop(slot, None)
+            reserved.discard(slot)
+            if prog:
+                prog.forget_slot(slot)
+        if len(set(occupied) | reserved) > want:
+            # the rest of the scale-down is for the next pass; nothing else of this service now
+            if prog is not None:
+                plan.progress[sid] = prog
+            return
 
-    for sid, svc in svc_by_id.items():
-        sv = Service(svc)
-        if not sv.replicated:
-            continue
-        want = sv.replicas
-        template = task_spec_with_defaults(sv.task_template)
-        ctx.start_service(svc)
-        prog = old_progress.get(sid)
-        if prog is not None and (prog.target != template
-                                 or prog.endpoint != endpoint_spec_key(sv.spec.get("EndpointSpec"))):
-            prog = None
-        slots: dict[int, list[Obj]] = {}
-        for t in by_service.get(sid, []):
-            slots.setdefault(int(t.get("Slot") or 0), []).append(t)
-        keep_old = {i for ids in (prog.start_first_old.values() if prog else []) for i in ids}
-        occupied: dict[int, Obj] = {}
-        for slot, ts in slots.items():
-            if len(ts) == 1:  # the common case, kept cheap: a pass looks at every slot
-                if task_desired_order(ts[0]) <= RUNNING:
-                    occupied[slot] = ts[0]
+    replaced: set[int] = set()
+    for slot in sorted(occupied):  # (sorting the keys alone: much cheaper than the items)
+        cur = occupied[slot]
+        state = task_state(cur)
+        node_id = cur.get("NodeID")
+        replace = False
+        if node_id and state not in TERMINAL_STATES and str(node_id) not in usable_nodes:
+            replace = True  # its node is down, gone or drained
+        if not replace and state in TERMINAL_STATES:
+            history = [t for t in slots[slot] if t is not cur]
+            ok, delay = should_restart(cur, history, now)
+            if not ok:
                 continue
-            current = [t for t in ts if task_desired_order(t) <= RUNNING]
-            if not current:
+            ended = parse_rfc3339(Task(cur).status_timestamp)
+            if now < ended + delay:
+                plan._wake(ended + delay)
                 continue
-            if len(current) > 1:
-                current.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
-            live = [t for t in current if task_state(t) not in TERMINAL_STATES]
-            keep = (live or current)[-1]
-            for extra in current:  # at most one current task per slot (start-first: two for a while)
-                if extra is not keep and str(extra["ID"]) not in keep_old and budget.take(1, ctx.task_size):
-                    set_desired(extra, "shutdown")
-            occupied[slot] = keep
+            replace = True
+        if replace:
+            if not budget.take(2, ctx.task_size):
+                continue  # replaced in the next pass
+            set_desired(cur, "shutdown")
+            t = new_task(svc, slot, ts_now, id_gen)
+            plan.create.append(t)
+            occupied[slot] = t
+            replaced.add(slot)
 
-        # scale down: remove the highest slots (stop-first slots being updated count as used)
-        reserved = set(prog.stopping) - set(occupied) if prog else set()
-        used = sorted(set(occupied) | reserved)
-        if len(used) > want:
-            for slot in used[want:]:
-                if not budget.take(len(slots.get(slot, [])), ctx.task_size):
-                    break
-                for t in slots.get(slot, []):
-                    set_desired(t, "remove")
-                occupied.pop(slot, None)
-                reserved.discard(slot)
-                if prog:
-                    prog.forget_slot(slot)
-            if len(set(occupied) | reserved) > want:
-                # the rest of the scale-down is for the next pass; nothing else of this service now
-                if prog is not None:
-                    plan.progress[sid] = prog
-                continue
+    # rolling update of out-of-date slots (task template or ForceUpdate changed)
+    new_prog = rolling_update(ctx, sv, template, prog, slots, occupied, replaced)
+    if new_prog is not None:
+        plan.progress[sid] = new_prog
+        reserved = set(new_prog.stopping) - set(occupied)
+    else:
+        reserved = set()
 
-        replaced: set[int] = set()
-        for slot in sorted(occupied):  # (sorting the keys alone: much cheaper than the items)
-            cur = occupied[slot]
-            state = task_state(cur)
-            node_id = cur.get("NodeID")
-            replace = False
-            if node_id and state not in TERMINAL_STATES and str(node_id) not in usable_nodes:
-                replace = True  # its node is down, gone or drained
-            if not replace and state in TERMINAL_STATES:
-                history = [t for t in slots[slot] if t is not cur]
-                ok, delay = should_restart(cur, history, now)
-                if not ok:
-                    continue
-                ended = parse_rfc3339(Task(cur).status_timestamp)
-                if now < ended + delay:
-                    plan._wake(ended + delay)
-                    continue
-                replace = True
-            if replace:
-                if not budget.take(2, ctx.task_size):
-                    continue  # replaced in the next pass
-                set_desired(cur, "shutdown")
-                t = new_task(svc, slot, ts_now, id_gen)
-                plan.create.append(t)
-                occupied[slot] = t
-                replaced.add(slot)
-
-        # rolling update of out-of-date slots (task template or ForceUpdate changed)
-        new_prog = rolling_update(ctx, sv, template, prog, slots, occupied, replaced)
-        if new_prog is not None:
-            plan.progress[sid] = new_prog
-            reserved = set(new_prog.stopping) - set(occupied)
-        else:
-            reserved = set()
-
-        # scale up: lowest free slot numbers
-        missing = want - len(set(occupied) | reserved)
-        slot = 1
-        while missing > 0:
-            if slot not in occupied and slot not in reserved:
-                if not budget.take(1, ctx.task_size):
-                    break  # the next pass creates the rest
-                plan.create.append(new_task(svc, slot, ts_now, id_gen))
-                occupied[slot] = plan.create[-1]
-                missing -= 1
-            slot += 1
-
-    # new -> pending for tasks without overlay networks (nothing to allocate for the local bridge
-    # before placement); tasks with networks stay new for the network allocator
-    # (manager.allocator.loop), which gives them their addresses and moves them to pending
-    pending_status = {"Timestamp": ts_now, "State": "pending", "Message": "pending task scheduling"}
-    for t in plan.create:
-        if not has_networks(t):
-            t["Status"] = dict(pending_status)
-    for t in itertools.chain.from_iterable(by_service.values()):
-        if task_state(t) == "new" and task_desired_order(t) <= RUNNING and (tid := str(t["ID"])) not in updated \
-                and not has_networks(t) and budget.take(1, packed_size(t)):
-            t["Status"] = dict(pending_status)
-            updated[tid] = t
-    plan.update = list(updated.values())
-    plan.more = budget.more
-    return plan
-
-
+    # scale up: lowest free slot numbers
+    missing = want - len(set(occupied) | reserved)
+    slot = 1
+    while missing > 0:
+        if slot not in occupied and slot not in reserved:
+            if not budget.take(1, ctx.task_size):
+                break  # the next pass creates the rest
+            plan.create.append(new_task(svc, slot, ts_now, id_gen))
+            occupied[slot] = plan.create[-1]
+            missing -= 1
+        slot += 1
 
 
 def service_status(service: Obj, tasks: Iterable[Obj], nodes: Iterable[Obj]) -> Obj:

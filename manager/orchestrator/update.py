@@ -57,6 +57,10 @@ class Ctx:
         self.plan, self.now, self.ts_now, self.id_gen = plan, now, ts_now, id_gen
         self.node_by_id, self.set_desired = node_by_id, set_desired
         self.budget = budget
+        self.usable_nodes = {nid for nid, n in node_by_id.items() if not n.down and n.availability != "drain"}
+        """IDs of the nodes that may run tasks: not down, not drained."""
+        self.old_progress: dict[str, UpdateProgress] = {}
+        """The rolling updates' progress from the previous pass (a copy: reconcilers may change it)."""
         self.service: Obj = {}
         self._task_size: int | None = None
 
