@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent_runtime import execin
 from agent_runtime.bundle import BundleError, build_config, resolv_conf_text, write_config
 from agent_runtime.images import ImageError, ImageStore
 from agent_runtime.jsonfile import READ_LIMIT, LogPage, read_page
@@ -413,6 +414,22 @@ class Runtime:
                 with contextlib.suppress(ContainerError):
                     out.append(self.state(d.name))
         return out
+
+    async def exec(self, cid: str, args: builtins.list[str], timeout: float,
+                   output_limit: int = execin.DEFAULT_OUTPUT_LIMIT) -> tuple[int, bytes]:
+        """Run ``args`` inside running container ``cid`` (its namespaces, cgroup, user, capabilities,
+        env and cwd: :mod:`agent_runtime.execin`); return ``(exit code, first output_limit bytes of
+        stdout+stderr)``. Raises TimeoutError after ``timeout`` seconds (the command is killed),
+        ContainerNotFound, or ContainerError when the container is not running."""
+        st = self.state(cid)
+        if st.status != "running" or not st.pid:
+            raise ContainerError(f"container {cid} is not running")
+        try:
+            config = json.loads((self._dir(cid) / "config.json").read_text())
+            process, cgroups_path = config["process"], (config.get("linux") or {}).get("cgroupsPath")
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ContainerError(f"container {cid}: cannot read its config.json: {e}") from e
+        return await execin.exec_in(st.pid, process, args, timeout, output_limit, cgroups_path)
 
     def spec(self, cid: str) -> ContainerSpec:
         """The ContainerSpec the container was created from. Raises ContainerNotFound."""

@@ -12,6 +12,9 @@ with ``rejected`` for errors before ``starting`` (image pull, create) and
 after StopGracePeriod) and ``shutdown`` is reported; ``remove`` (or the task
 vanishing from the assignment set) also removes the container and its network.
 States only move forward (SWARM-FACTS 1.1); each forward move is reported once.
+With a health check (:mod:`worker.health`) ``starting`` lasts until the first passing probe;
+an unhealthy container is stopped and its task fails ("task: non-zero exit (N): dockerexec:
+unhealthy container").
 
 Controllers run concurrently: fifty tasks assigned at once are prepared and
 started in parallel (image pulls are de-duplicated by the ImageStore).
@@ -47,6 +50,7 @@ from shoal.base.util import now_rfc3339, wait_timeout
 from shoal.base.views import Node, Task
 from shoal.rpc import wire
 from worker import dns as wdns
+from worker import health as whealth
 from worker import overlay as ov
 from worker.mesh import Mesh
 from worker.netplane import NetPlane
@@ -630,6 +634,8 @@ class _Controller:
         self._dns_recovered = False  # _recover_dns tried for the container found at start
         self._last_status: dict[str, Any] | None = None
         self._last_sent = 0.0
+        self.health: whealth.ContainerHealth | None = None  # the running container's health check
+        self._health_looked = False  # _health_setup ran (once: it reads the image's config)
 
     # ------------------------------------------------------------ plumbing
     def start(self) -> None:
@@ -655,6 +661,8 @@ class _Controller:
         self._wake.set()
 
     def cancel(self) -> None:
+        if self.health is not None:
+            self.health.stop()
         if self._runner is not None:
             self._runner.cancel()
         if self._exit_wait is not None:
@@ -686,6 +694,8 @@ class _Controller:
             pid = int(getattr(self.cstate, "pid", 0) or 0) if state == "running" else 0
             status["ContainerStatus"] = {"ContainerID": self.cid if self.cstate is not None else "",
                                          "PID": pid, "ExitCode": self.exit_code or 0}
+            if self.health is not None:  # Docker's State.Health, for `docker inspect` of the task
+                status["ContainerStatus"]["Health"] = self.health.to_docker()
         log.info("task %s -> %s%s", self.tid, state, f" ({err})" if err else "")
         self._last_status, self._last_sent = status, time.monotonic()
         await self.ex._send(self.tid, status)
@@ -806,6 +816,8 @@ class _Controller:
                 await self._fail(f"container {self.cid[:12]} not found on this node")
             elif self.cstate.status == "created":
                 await self._start()
+            elif self.health is not None:
+                await self._watch_running()  # until healthy (running), unhealthy or exited
             else:
                 await self._observe_container()
             return False
@@ -848,6 +860,7 @@ class _Controller:
                 await self._serve_dns([cfg.network_id for cfg, _, _ in overlays], netns_path)
                 await self.ex.net.task_up(self.tid, netns_path, [cfg.network_id for cfg, _, _ in overlays])
             cspec = self._container_spec(spec, image, netns_path, addr, embedded_dns=bool(overlays))
+            await self._health_setup(spec, image)
             self.cstate = await self.ex.runtime.create(cspec)
         except BaseException:
             await self._release_network()
@@ -1032,6 +1045,9 @@ class _Controller:
             await self._exited(int(code if code is not None else -1), getattr(self.cstate, "error", None))
             return
         self._ensure_exit_wait()
+        if self.health is not None:  # with a health check: "starting" until the first passing probe
+            self.health.start()
+            return
         await self.report("running")
 
     async def _observe_container(self) -> None:
@@ -1062,13 +1078,25 @@ class _Controller:
         await self._recover_dns()
         self._ensure_exit_wait()
         assert self._exit_wait is not None
+        if self.health is None and not self.synthetic:  # a container found at start: its check again
+            await self._health_setup(Task(self.task).container_spec, None)
+        if self.health is not None:
+            self.health.start()
         waker = asyncio.ensure_future(self._wake.wait())
+        hc = asyncio.ensure_future(self.health.changed.wait()) if self.health is not None else waker
         try:
-            await asyncio.wait({self._exit_wait, waker}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({self._exit_wait, waker, hc}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waker.cancel()
+            hc.cancel()
         if self._exit_wait.done() and not self._stopping():
             await self._exited(self._exit_result())
+        elif self.health is not None and not self._stopping():
+            self.health.changed.clear()
+            if self.health.status == whealth.UNHEALTHY:
+                await self._unhealthy()
+            elif self.health.status == whealth.HEALTHY and self.state == "starting":
+                await self.report("running")
 
     def _exit_result(self) -> int:
         assert self._exit_wait is not None
@@ -1094,6 +1122,41 @@ class _Controller:
             await self.report("failed", err=err, message=detail or None)
         await self._release_network()
 
+    async def _health_setup(self, spec: dict[str, Any], image: str | None) -> None:
+        """``self.health`` from the spec's and the image's check (:func:`worker.health.task_config`);
+        None without a check or when the runtime cannot exec. Raises ValueError for a bad check."""
+        if self._health_looked or not hasattr(self.ex.runtime, "exec"):
+            return
+        self._health_looked = True
+        image = image or spec.get("Image")
+        img = await _maybe_await(self.ex.images.get(image)) if isinstance(image, str) and image else None
+        try:
+            cfg = whealth.task_config(spec, getattr(img, "config", None))
+        except whealth.HealthConfigError as e:
+            raise ValueError(str(e)) from e
+        if cfg is not None:
+            self.health = whealth.ContainerHealth(cfg, self.ex.runtime, self.cid)
+
+    async def _unhealthy(self) -> None:
+        """The check failed: stop the container (StopSignal, then SIGKILL after the grace period) and
+        fail the task with Swarm's error ``task: non-zero exit (N): dockerexec: unhealthy container``."""
+        spec = Task(self.task).container_spec
+        grace = _stop_grace(self.task)
+        assert self.health is not None
+        self.health.stop()
+        log.warning("task %s: unhealthy container, stopping it", self.tid)
+        await self.ex.runtime.stop(self.cid, grace, spec.get("StopSignal") or "SIGTERM")
+        code = -1
+        if self._exit_wait is not None:
+            try:
+                code = int(await asyncio.wait_for(asyncio.shield(self._exit_wait), grace + 10.0))
+            except (TimeoutError, Exception) as e:
+                log.warning("task %s: no exit code after stop: %s", self.tid, e)
+        self.exit_code = code
+        self.cstate = await self.ex._container_state(self.cid) or self.cstate
+        await self.report("failed", err=f"task: non-zero exit ({code}): dockerexec: unhealthy container")
+        await self._release_network()
+
     async def _shutdown(self) -> None:
         spec = Task(self.task).container_spec
         grace = _stop_grace(self.task)
@@ -1114,6 +1177,8 @@ class _Controller:
         await self._release_network()
 
     async def _release_network(self) -> None:
+        if self.health is not None:
+            self.health.stop()
         await self.ex.net.task_down(self.tid)
         await self._stop_dns()
         if self._overlay_eps or self._overlay_recovered:

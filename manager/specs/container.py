@@ -18,6 +18,7 @@ from manager.specs.common import (
     json_type,
     validate_network_attachments,
 )
+from manager.specs.health import validate_healthcheck
 from shoal.base.containerrules import ULIMIT_NAMES, normalize_capability, parse_extra_host, sysctl_allowed
 from shoal.base.logopts import LogOptError, check_driver, check_options
 
@@ -215,12 +216,6 @@ def _validate_mounts(mounts: Any) -> None:
 
 def _refuse_unsupported_container_fields(cs: dict[str, Any]) -> None:
     """Refuse ContainerSpec fields shoal would otherwise silently ignore."""
-    hc = cs.get("HealthCheck")
-    if hc:
-        hc = _obj(hc, "ContainerSpec.HealthCheck")
-        if hc.get("Test") != ["NONE"] and any(v not in (None, 0, [], "") for v in hc.values()):
-            raise SpecError("ContainerSpec.HealthCheck is not supported by shoal yet: remove the --health-* "
-                            "options (or disable it with --no-healthcheck, Test [\"NONE\"])")
     for f, what in (("Secrets", "secrets"), ("Configs", "configs")):
         if cs.get(f):
             raise SpecError(f"ContainerSpec.{f} ({what}) are not supported by shoal yet: remove --{what[:-1]} "
@@ -356,6 +351,7 @@ def validate_task_spec(ts: Any) -> dict[str, Any]:
         raise SpecError("json: cannot unmarshal into Go struct field ContainerSpec.ReadOnly of type bool")
     _validate_mounts(cs.get("Mounts"))
     _refuse_unsupported_container_fields(cs)
+    validate_healthcheck(cs)
     _validate_security_and_limits(cs)
     _validate_log_driver(ts.get("LogDriver"))
     if ts.get("Networks") is not None:

@@ -43,7 +43,7 @@ _CONTAINER_SPEC = {
     "Image": None, "Labels": MAP, "Command": None, "Args": None, "Hostname": None, "Env": None,
     "Dir": None, "User": None, "Groups": None, "Privileges": None, "TTY": None, "OpenStdin": None,
     "ReadOnly": None, "Mounts": _List(_MOUNT), "StopSignal": None, "StopGracePeriod": None,
-    "HealthCheck": {"Test": None, "Interval": None, "Timeout": None, "Retries": None,
+    "Healthcheck": {"Test": None, "Interval": None, "Timeout": None, "Retries": None,
                     "StartPeriod": None, "StartInterval": None},
     "Hosts": None, "DNSConfig": {"Nameservers": None, "Search": None, "Options": None},
     "Secrets": None, "Configs": None, "OomScoreAdj": None, "Isolation": None, "Init": None,

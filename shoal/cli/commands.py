@@ -42,6 +42,7 @@ from shoal.base.logopts import LOG_DRIVER, check_driver, parse_flags
 from shoal.cli import format as fmt
 from shoal.cli.client import APIError, Client, ConnectError
 from shoal.cli.events_cmd import add_events_parser, timestamp_arg
+from shoal.cli.health_flags import add_health_args, apply_health, update_health
 from shoal.cli.update_flags import (
     UpdateWatch,
     add_node_commands,
@@ -365,6 +366,7 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
             cspec["StopGracePeriod"] = fmt.parse_duration(a.stop_grace_period)
         if a.stop_signal:
             cspec["StopSignal"] = a.stop_signal
+        apply_health(cspec, a)
         limits: dict[str, Any] = {}
         if a.limit_memory:
             limits["MemoryBytes"] = fmt.parse_bytes(a.limit_memory)
@@ -665,6 +667,7 @@ def update_service_spec(c: Client, spec: dict[str, Any], a: argparse.Namespace) 
             spec["Mode"]["Replicated"]["Replicas"] = a.replicas
         if a.image:
             task.setdefault("ContainerSpec", {})["Image"] = a.image
+        update_health(task.setdefault("ContainerSpec", {}), a)
         _update_placement(task, a)
         _set_reservations(task, a)
         if a.force:
@@ -993,6 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--log-driver", default="", metavar="DRIVER", help="json-file (the only one)")
     x.add_argument("--log-opt", action="append", metavar="KEY=VALUE",
                    help="json-file option: max-size=10m, max-file=3 (repeatable)")
+    add_health_args(x)
     add_policy_args(x, create=True)
     x.add_argument("image", metavar="IMAGE")
     x.add_argument("args", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
@@ -1018,6 +1022,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--reserve-memory", default="", metavar="BYTES")
     x.add_argument("--dry-run", action="store_true",
                    help="print where each task would go (or why not) and change nothing")
+    add_health_args(x)
     add_update_args(x)
     x.add_argument("service", metavar="SERVICE")
     x.set_defaults(func=cmd_service_update)

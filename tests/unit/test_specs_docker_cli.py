@@ -37,7 +37,7 @@ async def test_docker_cli_create_defaults_mounts_and_refusals(sock: tuple[str, S
     refused = [
         (["--publish", "mode=host,target=80"], "needs a published port"),
         (["--mount", "type=volume,src=v,dst=/d"], "mount type 'volume'"),
-        (["--health-cmd", "true"], "HealthCheck is not supported"),
+        (["--health-cmd", "true", "--health-interval", "1us"], "Interval in Healthcheck cannot be less than 1ms"),
         (["--mount", "type=bind,src=relative,dst=/d"], "absolute"),
     ]
     for i, (flags, message) in enumerate(refused):
