@@ -27,6 +27,7 @@ from shoal.daemon.http.app import add_swarm_routes
 from tests.stores import open_store
 from tests.unit.test_orchestrator_cli import DOCKER, ManagerDouble, docker
 from tests.unit.test_orchestrator_update import WorkerDouble
+from tests.waiting import wait_until
 
 Env = tuple[str, Store]
 needs_docker = pytest.mark.skipif(DOCKER is None, reason="no docker CLI on PATH")
@@ -255,6 +256,10 @@ async def test_the_docker_cli_sees_the_same_errors(env: Env, tmp_path: Path) -> 
     assert rc == 0, err
     spec = (store.view().get("services", "svc1") or {})["Spec"]
     assert spec["UpdateConfig"]["Parallelism"] == 2 and spec["TaskTemplate"]["RestartPolicy"]["MaxAttempts"] == 3
+    # the rolling update rewrites the service (UpdateStatus) as it goes; the docker CLI's rollback
+    # reads the version then writes, so let the update finish first (else "update out of sequence")
+    await wait_until(lambda: ((store.view().get("services", "svc1") or {}).get("UpdateStatus") or {}).get("State")
+                     == "completed", timeout=30, what="the update to complete")
     rc, out, err = await docker(host, tmp_path, "service", "rollback", "--detach", "web")
     assert rc == 0, err
     spec = (store.view().get("services", "svc1") or {})["Spec"]
