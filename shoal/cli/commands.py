@@ -36,6 +36,7 @@ from typing import Any, TextIO
 from shoal.base.logopts import LOG_DRIVER, check_driver, parse_flags
 from shoal.cli import format as fmt
 from shoal.cli.client import APIError, Client, ConnectError
+from shoal.cli.modes_flags import add_mode_args, build_mode, is_job, wait_job
 
 ACTIVE_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
 FAILED_STATES = ("failed", "rejected")
@@ -383,8 +384,7 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
             # as docker/cli's logDriverOptions; --log-opt alone means the only driver, json-file
             check_driver(a.log_driver)
             task["LogDriver"] = {"Name": a.log_driver or LOG_DRIVER, "Options": parse_flags(a.log_opt or [])}
-        mode: dict[str, Any] = {"Global": {}} if a.mode == "global" else \
-            {"Replicated": {"Replicas": 1 if a.replicas is None else a.replicas}}
+        mode = build_mode(a)
         endpoint: dict[str, Any] = {"Mode": a.endpoint_mode or "vip"}
         if a.publish:
             endpoint["Ports"] = [p for text in a.publish for p in parse_publish_flag(text)]
@@ -504,6 +504,8 @@ def cmd_service_create(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     out.flush()
     if a.detach:
         return 0
+    if is_job(spec):
+        return wait_job(c, res["ID"], out, timeout=a.timeout)
     return wait_converged(c, res["ID"], out, timeout=a.timeout)
 
 
@@ -681,6 +683,8 @@ def cmd_service_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     out.flush()
     if a.detach:
         return 0
+    if is_job(spec):
+        return wait_job(c, svc["ID"], out, timeout=a.timeout)
     return wait_converged(c, svc["ID"], out, timeout=a.timeout)
 
 
@@ -907,7 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = top.add_parser("service", help="manage services").add_subparsers(dest="cmd", required=True)
     x = sv.add_parser("create", help="create a service")
     x.add_argument("--name", default="")
-    x.add_argument("--mode", choices=["replicated", "global"], default="replicated")
+    add_mode_args(x)
     x.add_argument("--replicas", type=int, default=None)
     x.add_argument("-d", "--detach", action="store_true", help="return at once instead of waiting to converge")
     x.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence (default 300)")
