@@ -5,8 +5,8 @@ Follows swarmkit (SK: manager/orchestrator/taskreaper/task_reaper.go; SWARM-FACT
 - Tasks whose ``DesiredState`` is ``remove`` (scale-down, service removed) are deleted once
   they are no longer running: their observed state is terminal, or they were never placed, or
   their node is down or gone.
-- Task history: per (service, slot) — per (service, node) for global services and jobs, whose
-  tasks have no slot — at most ``TaskHistoryRetentionLimit`` tasks are kept
+- Task history: per (service, slot) — per (service, node) for global services and global jobs,
+  whose tasks have no slot — at most ``TaskHistoryRetentionLimit`` tasks are kept
   (cluster spec ``Orchestration``, default 5; more if the service's restart policy has
   ``MaxAttempts`` + 1 above it; negative = keep everything). Only dead tasks are deleted
   (desired ``shutdown`` or later and terminal or never placed), oldest first.
@@ -66,8 +66,11 @@ def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cl
             if stopped(t):
                 out.append(str(t["ID"]))
             continue
-        slot = int(t.get("Slot") or 0)  # a global service's tasks (slot 0): their node is their slot
-        slots.setdefault((str(t.get("ServiceID", "")), slot, "" if slot else str(t.get("NodeID") or "")), []).append(t)
+        sid = str(t.get("ServiceID", ""))
+        slot = int(t.get("Slot") or 0)
+        s = svc.get(sid)  # a global service's or global job's tasks: their node is their slot
+        node_bound = s is not None and ("Global" in s.mode or "GlobalJob" in s.mode)
+        slots.setdefault((sid, slot, str(t.get("NodeID") or "") if node_bound else ""), []).append(t)
 
     if limit >= 0:
         for (sid, _slot, _node), ts in slots.items():

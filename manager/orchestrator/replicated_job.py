@@ -1,5 +1,6 @@
 """The replicated-job reconciler (``Mode.ReplicatedJob {MaxConcurrent, TotalCompletions}``,
-SK: manager/orchestrator/jobs/replicated): slots 1..TotalCompletions each run to ``complete``,
+SK: manager/orchestrator/jobs/replicated): slots 0..TotalCompletions-1 (numbered from 0 as
+swarmkit's, which the docker CLI's job progress counts on) each run to ``complete``,
 at most ``MaxConcurrent`` tasks at a time (see :mod:`manager.orchestrator.jobs`)."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def reconcile_replicated_job(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
     lost: list[tuple[int, Obj]] = []
     restart: list[tuple[int, Obj]] = []
     empty: list[int] = []
-    for slot in range(1, total + 1):
+    for slot in range(total):
         ts = slots.get(slot, [])
         cur = pick_current(ctx, ts, COMPLETE)
         if cur is None:

@@ -27,7 +27,7 @@ def complete_running(c: Cluster) -> list[str]:
 
 def test_replicated_job_runs_max_concurrent_at_a_time_to_total_completions() -> None:
     c = Cluster(rjob(2, 5))
-    assert sorted(t["Slot"] for t in c.live()) == [1, 2]
+    assert sorted(t["Slot"] for t in c.live()) == [0, 1]  # numbered from 0, as swarmkit's
     assert all(t["DesiredState"] == "complete" and t["JobIteration"] == {"Index": 0} for t in c.live())
     done = 0
     while done < 5:
@@ -37,7 +37,7 @@ def test_replicated_job_runs_max_concurrent_at_a_time_to_total_completions() -> 
         c.run_new()
     st = service_status(c.services["s1"], c.tasks.values(), c.nodes)
     assert st == {"RunningTasks": 0, "DesiredTasks": 0, "CompletedTasks": 5}
-    assert sorted(t["Slot"] for t in c.tasks.values()) == [1, 2, 3, 4, 5]
+    assert sorted(t["Slot"] for t in c.tasks.values()) == [0, 1, 2, 3, 4]
     # complete tasks are never restarted, even with the condition any
     assert c.step(3600).create == []
 
@@ -57,7 +57,7 @@ def test_a_failed_task_is_restarted_in_its_slot_per_the_policy() -> None:
         (t,) = c.live()
         c.worker(t["ID"], "failed")
         plan = c.step()
-        assert [n["Slot"] for n in plan.create] == [1], attempt
+        assert [n["Slot"] for n in plan.create] == [0], attempt
         assert c.tasks[t["ID"]]["DesiredState"] == "shutdown"
         c.run_new()
     (t,) = c.live()
@@ -70,7 +70,7 @@ def test_restart_condition_none_leaves_a_failed_job_task() -> None:
     (t,) = c.live()
     c.worker(t["ID"], "failed")
     plan = c.step()
-    assert [n["Slot"] for n in plan.create] == [2]  # the next slot, not a retry of slot 1
+    assert [n["Slot"] for n in plan.create] == [1]  # the next slot, not a retry of slot 0
 
 
 def test_a_new_job_iteration_runs_it_again() -> None:
@@ -81,7 +81,7 @@ def test_a_new_job_iteration_runs_it_again() -> None:
     c.user_update(TaskTemplate__ForceUpdate=1)  # service update --force
     assert c.services["s1"]["JobStatus"]["JobIteration"] == {"Index": 1}
     plan = c.step()
-    assert sorted(t["Slot"] for t in plan.create) == [1, 2]
+    assert sorted(t["Slot"] for t in plan.create) == [0, 1]
     assert all(t["JobIteration"] == {"Index": 1} for t in plan.create)
 
 
