@@ -11,9 +11,9 @@ on every eligible node, the node being the task's slot.
 - An ended task is replaced on its node per the restart policy (history per node).
 - A new task waits until the node's previous task has stopped (host ports, volumes).
 - Rolling updates: out-of-date tasks are replaced ``Parallelism`` nodes at a time, stop-first
-  or start-first, with ``UpdateStatus`` updating → completed. ``Delay``, ``Monitor`` and the
-  failure action are not applied to global services yet (a task that keeps failing follows its
-  restart policy instead).
+  or start-first, waiting ``Delay`` after a new task runs before taking the next node, with
+  ``UpdateStatus`` updating → completed. ``Monitor`` and the failure action are not applied to
+  global services yet (a task that keeps failing follows its restart policy instead).
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ from manager.orchestrator.plan import Obj
 from manager.orchestrator.update import Ctx, complete, set_update_status, update_config
 from manager.specs import task_spec_with_defaults
 from shoal.base.taskstate import RUNNING, STATE_ORDER, TERMINAL_STATES
-from shoal.base.views import Service, endpoint_spec_key, task_desired_order, task_spec_version, task_state
+from shoal.base.util import parse_rfc3339
+from shoal.base.views import (
+    Service,
+    Task,
+    endpoint_spec_key,
+    task_desired_order,
+    task_spec_version,
+    task_state,
+)
 
 __all__ = ["reconcile_global", "out_of_date"]
 
@@ -57,6 +65,7 @@ def reconcile_global(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
     for t in tasks:
         by_node.setdefault(str(t.get("NodeID") or ""), []).append(t)
     dirty: list[Obj] = []
+    fresh_running: list[Obj] = []
     busy = 0
     for nid in sorted(set(ctx.node_by_id) | set(by_node)):
         ts = by_node.get(nid, [])
@@ -79,6 +88,7 @@ def reconcile_global(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
                 continue
             if ctx.budget.take(1, ctx.task_size):
                 ctx.plan.create.append(new_node_task(svc, nid, ctx.ts_now, ctx.id_gen))
+            busy += 1  # starting
             continue
         state = task_state(cur)
         if state in TERMINAL_STATES:
@@ -90,12 +100,15 @@ def reconcile_global(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
             dirty.append(cur)
         elif STATE_ORDER.get(state, 0) < RUNNING:
             busy += 1
-    _update(ctx, sv, dirty, busy)
+        else:
+            fresh_running.append(cur)
+    _update(ctx, sv, dirty, busy, fresh_running)
 
 
-def _update(ctx: Ctx, sv: Service, dirty: list[Obj], busy: int) -> None:
+def _update(ctx: Ctx, sv: Service, dirty: list[Obj], busy: int, fresh_running: list[Obj]) -> None:
     """Replace out-of-date tasks ``Parallelism`` nodes at a time (``busy``: nodes whose task is
-    being replaced or starting); set ``UpdateStatus``."""
+    being replaced or starting; a node whose new task, made during this update, has run for less
+    than ``Delay`` counts as busy too); set ``UpdateStatus``."""
     svc = sv.raw
     status = sv.update_status
     ustate = status.get("State") if isinstance(status, dict) else None
@@ -110,6 +123,14 @@ def _update(ctx: Ctx, sv: Service, dirty: list[Obj], busy: int) -> None:
         set_update_status(svc, ctx.plan, {"State": "updating", "StartedAt": ctx.ts_now,
                                            "Message": "update in progress"})
     cfg = update_config(svc, rollback)
+    delay = int(cfg.get("Delay") or 0) / 1e9
+    started = parse_rfc3339(status.get("StartedAt") if isinstance(status, dict) else None) or ctx.now
+    if delay > 0:
+        for t in fresh_running:
+            until = parse_rfc3339(Task(t).status_timestamp) + delay
+            if parse_rfc3339(t.get("CreatedAt")) >= started and until > ctx.now:
+                busy += 1
+                ctx.plan._wake(until)
     parallelism = int(cfg.get("Parallelism") or 0)
     free = parallelism - busy if parallelism > 0 else len(dirty)
     for old in dirty[:max(free, 0)]:

@@ -112,6 +112,21 @@ def test_rolling_update_one_node_at_a_time_stop_first() -> None:
     assert c.status()["State"] == "completed"
 
 
+def test_rolling_update_waits_the_delay_after_each_node() -> None:
+    c = Cluster(service(mode=GLOBAL, Parallelism=1, Delay=10 * SECOND))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    c.step(1)
+    assert len(c.stop_asked()) == 1
+    c.step(1)
+    assert len(c.run_new()) == 1
+    c.step(1)
+    assert c.stop_asked() == [] and c.wake_at == c.now + 9  # 10 s after the new task ran
+    c.step(8)
+    assert c.stop_asked() == []
+    c.step(1)
+    assert len(c.stop_asked()) == 1
+
+
 def test_rolling_update_start_first_runs_the_new_task_beside_the_old() -> None:
     c = Cluster(service(mode=GLOBAL, Parallelism=0, Order="start-first"))
     c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
