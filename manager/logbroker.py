@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from manager.leaderlink import LeaderLink
 from manager.store import Store
 
-__all__ = ["LogBroker", "LOG_PAGE_LIMIT", "LOG_PAGE_MIN_PER_NODE", "cursor_map"]
+__all__ = ["LogBroker", "LOG_PAGE_LIMIT", "LOG_PAGE_MIN_PER_NODE", "LOG_NODE_TIMEOUT", "cursor_map", "unreachable_map"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,11 @@ caps its reply at :data:`shoal.rpc.wire.LOGS_REPLY_BYTES`, and the page fits a f
 ``logs.collect`` reply within :data:`shoal.rpc.wire.MANAGER_LIMITS`)."""
 LOG_PAGE_MIN_PER_NODE = 256 * 1024
 """The share of :data:`LOG_PAGE_LIMIT` a node gets at least, however many nodes a service spans."""
+LOG_NODE_TIMEOUT = 3.0
+"""Seconds the leader waits for one node's page. A node that does not answer in time (frozen,
+cut off) or has no session is left out of the page and named in its ``unreachable`` map, so
+``service logs`` returns what the other nodes have within a few seconds (Swarm waits for every
+node: moby#37336)."""
 
 
 class LogSource(Protocol):
@@ -38,10 +43,12 @@ class LogSource(Protocol):
 class LogBroker:
     """Collects log lines for the API. ``store``: task → node; ``dispatcher``: the sessions
     (:class:`LogSource`); ``leader_link``: to the leader from a follower; ``is_leader()``: whether
-    this manager collects itself (else it asks the leader)."""
+    this manager collects itself (else it asks the leader); ``node_timeout``: seconds to wait for
+    one node's page (default :data:`LOG_NODE_TIMEOUT`)."""
 
     def __init__(self, store: Store, dispatcher: LogSource, leader_link: LeaderLink | None,
-                 is_leader: Callable[[], bool]) -> None:
+                 is_leader: Callable[[], bool], node_timeout: float | None = None) -> None:
+        self.node_timeout = LOG_NODE_TIMEOUT if node_timeout is None else node_timeout
         self.store = store
         self.dispatcher = dispatcher
         self.leader_link = leader_link
@@ -64,10 +71,12 @@ class LogBroker:
         get their last ``tail`` lines (-1 = all) not older than ``since``. ``limit`` (bytes, default
         :data:`LOG_PAGE_LIMIT`) is shared out between the nodes, each getting at least
         :data:`LOG_PAGE_MIN_PER_NODE`. Returns ``{"lines": [{"task_id", "node_id", "stream", "time",
-        "log"}] sorted by time, "cursors": {task_id: cursor}, "more": bool}``; a node of an older
-        version answers without cursors (its tasks are then missing from ``cursors``; read them by
-        ``since`` as before), and ``more`` says some node has lines left (ask again with the cursors).
-        Nodes without a session are skipped (their lines are not reachable). On a follower the leader
+        "log"}] sorted by time, "cursors": {task_id: cursor}, "more": bool, "unreachable": {node_id:
+        why}}``; a node of an older version answers without cursors (its tasks are then missing from
+        ``cursors``; read them by ``since`` as before), and ``more`` says some node has lines left
+        (ask again with the cursors). A node without a session, or that does not answer within
+        ``node_timeout`` seconds, is left out and named in ``unreachable`` ("node HOSTNAME (ID) is not
+        available: …", Swarm's words). On a follower the leader
         (which holds the sessions) collects them (``logs.collect`` over 2377). Raises
         :class:`Unavailable` when no leader can be reached."""
         cursors = dict(cursors or {})
@@ -78,7 +87,7 @@ class LogBroker:
                 "task_ids": task_ids, "tail": tail, "since": since, "timestamps": timestamps,
                 "cursors": cursors, "limit": limit}, timeout=60.0)
             return {"lines": list(r.get("lines") or []), "cursors": cursor_map(r.get("cursors")),
-                    "more": bool(r.get("more"))}
+                    "more": bool(r.get("more")), "unreachable": unreachable_map(r.get("unreachable"))}
         view = self.store.view()
         by_node: dict[str, list[str]] = {}
         for tid in task_ids:
@@ -91,10 +100,14 @@ class LogBroker:
             body = {"task_ids": tids, "tail": tail, "since": since, "timestamps": timestamps,
                     "cursors": {t: cursors[t] for t in tids if t in cursors}, "limit": per_node}
             try:
-                res = await self.dispatcher.request_logs(node_id, body)
-            except Exception as e:  # a node that is down or gone: skip its lines
+                res = await asyncio.wait_for(self.dispatcher.request_logs(node_id, body, self.node_timeout),
+                                             self.node_timeout + 0.5)
+            except Exception as e:  # a node that is down, frozen, cut off or gone: skip its lines
                 log.info("logs from node %s unavailable: %s", node_id, e)
-                return {}
+                why = (f"no answer within {self.node_timeout:g} s" if isinstance(e, TimeoutError)
+                       or "no reply" in str(e) else
+                       "not connected to the leader" if isinstance(e, LookupError) else str(e)[:200])
+                return {"unreachable": {node_id: f"node {self._hostname(view, node_id)} is not available: {why}"}}
             lines = list(res.get("lines") or [])
             for ln in lines:
                 ln["node_id"] = node_id
@@ -105,7 +118,16 @@ class LogBroker:
         out = [ln for part in parts for ln in part.get("lines", [])]
         out.sort(key=lambda ln: ln.get("time", ""))
         new_cursors = {t: c for part in parts for t, c in part.get("cursors", {}).items()}
-        return {"lines": out, "cursors": new_cursors, "more": any(part.get("more") for part in parts)}
+        unreachable = {n: why for part in parts for n, why in part.get("unreachable", {}).items()}
+        return {"lines": out, "cursors": new_cursors, "more": any(part.get("more") for part in parts),
+                "unreachable": unreachable}
+
+    @staticmethod
+    def _hostname(view: Any, node_id: str) -> str:
+        """``HOSTNAME (ID)`` of a node for messages, the ID alone when the node is gone."""
+        node = view.get_shallow("nodes", node_id)
+        host = ((node or {}).get("Description") or {}).get("Hostname") if node else None
+        return f"{host} ({node_id})" if host else node_id
 
     async def collect(self, body: dict[str, Any]) -> dict[str, Any]:
         """The leader's side of ``logs.collect`` ``{"task_ids", "tail", "since", "timestamps",
@@ -126,3 +148,10 @@ def cursor_map(v: Any) -> dict[str, str]:
     if not isinstance(v, dict):
         return {}
     return {k: c for k, c in v.items() if isinstance(k, str) and isinstance(c, str) and len(c) <= 64}
+
+
+def unreachable_map(v: Any) -> dict[str, str]:
+    """A ``{node_id: why}`` map from a peer: anything that is not a map of strings is dropped."""
+    if not isinstance(v, dict):
+        return {}
+    return {k: w[:400] for k, w in v.items() if isinstance(k, str) and isinstance(w, str)}

@@ -51,6 +51,7 @@ from manager.clusterconfig import (
 )
 from manager.controlapi import control
 from manager.dispatcher import Dispatcher
+from manager.events import EventHub
 from manager.leaderlink import LeaderLink, join_raft
 from manager.logbroker import LogBroker
 from manager.membership import Membership, raft_id
@@ -103,6 +104,7 @@ class Manager:
         self._leader_loops: list[asyncio.Task[Any]] = []
         self._leading = False
         self._role_task: asyncio.Task[None] | None = None
+        self.events = EventHub()  # GET /events (manager/events.py), fed by the store on every manager
 
     # -- cluster creation ------------------------------------------------------------------
 
@@ -158,6 +160,7 @@ class Manager:
                                  bootstrap=False, config=cfg, server_ssl=sctx, client_ssl=cctx,
                                  peer_check=self._peer_check)
         self.store = Store(self.log, snapshot_interval=0)
+        self.events.attach(self.store)
         self.log.set_restore(self.store.restore)
         self.log.set_snapshot_source(self.store.snapshot_bytes)
         self._save_spec()

@@ -41,6 +41,18 @@ def raft_id(node_id: str) -> int:
     return v or 1
 
 
+LOST_MANAGER_MESSAGE = ("manager lost with the old cluster (swarm init --force-new-cluster): down until its "
+                        "daemon reconnects")
+"""``Status.Message`` of a manager the new cluster left behind (:meth:`Membership.demote_lost_managers`)."""
+
+
+def lost_manager(node: dict[str, Any]) -> bool:
+    """Whether ``node`` is a manager left behind by ``--force-new-cluster`` that has not come back
+    yet (down, with :data:`LOST_MANAGER_MESSAGE`): it shows ``Unreachable`` until it does."""
+    status = node.get("Status") or {}
+    return bool(status.get("State") == "down" and status.get("Message") == LOST_MANAGER_MESSAGE)
+
+
 def is_manager(node: dict[str, Any]) -> bool:
     """Whether the node's spec makes it a manager (``Spec.Role``)."""
     return bool((node.get("Spec") or {}).get("Role") == "manager")
@@ -92,9 +104,11 @@ class Membership:
     def _status(self, node: dict[str, Any], members: frozenset[int], heard: set[int],
                 live_only: bool) -> dict[str, Any] | None:
         rid = raft_id(node["ID"])
-        if not is_manager(node) and rid not in members:
-            return None
         ms = node.get("ManagerStatus") or {}
+        if not is_manager(node) and rid not in members:
+            if lost_manager(node):
+                return {"Leader": False, "Reachability": "unreachable", "Addr": ms.get("Addr", "")}
+            return None
         if rid not in members:
             reach = "unknown"
         elif rid in heard:
@@ -267,13 +281,18 @@ class Membership:
         members any more; make them workers in the spec, so that when one comes back its
         daemon switches to the worker role (its node is pushed without ManagerStatus) instead
         of waiting for a quorum that no longer exists. ``node promote`` brings one back.
+        Until it comes back it shows what is true: ``Status.State`` down
+        (:data:`LOST_MANAGER_MESSAGE`) and ``ManagerStatus.Reachability`` unreachable, not
+        the Ready/Reachable of the old cluster (:func:`lost_manager`).
         Returns whether the write went through (a failure is logged)."""
 
         def fn(tx: WriteTx) -> None:
             for n in tx.list("nodes"):
                 if n["ID"] != self.node_id and is_manager(n):
                     n["Spec"] = {**n["Spec"], "Role": "worker"}
-                    n.pop("ManagerStatus", None)
+                    addr = (n.get("ManagerStatus") or {}).get("Addr", "")
+                    n["ManagerStatus"] = {"Leader": False, "Reachability": "unreachable", "Addr": addr}
+                    n["Status"] = {**(n.get("Status") or {}), "State": "down", "Message": LOST_MANAGER_MESSAGE}
                     n.pop("Version", None)
                     tx.update("nodes", n)
 

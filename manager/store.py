@@ -323,6 +323,7 @@ class Store:
         self._tables: dict[str, dict[str, Obj]] = {t: {} for t in TABLES}
         self._pending: dict[tuple[str, str], tuple[int, Obj | None]] = {}
         self._watches: set[Watch] = set()
+        self._listeners: list[Callable[[Event], None]] = []
         self.applied_index = 0
         self._snap_index = 0
         self._compacting: asyncio.Task[None] | None = None
@@ -380,6 +381,12 @@ class Store:
         w = Watch(self, frozenset(tables) if tables is not None else None)
         self._watches.add(w)
         return w
+
+    def listen(self, fn: Callable[[Event], None]) -> None:
+        """Call ``fn(event)`` synchronously for every committed change, after the watches are fed.
+        The event's objects are the store's own, not copies: ``fn`` must not change or keep them
+        (the manager's event hub, :mod:`manager.events`, reads a few fields)."""
+        self._listeners.append(fn)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -470,6 +477,11 @@ class Store:
             for ev in events:
                 for w in list(self._watches):
                     w._put(ev)
+                for fn in self._listeners:
+                    try:
+                        fn(ev)
+                    except Exception:
+                        log.exception("store listener failed on %s %s", ev.action, ev.table)
 
     async def close(self) -> None:
         """Close every watch, wait for a running snapshot, and close the log."""

@@ -79,7 +79,7 @@ def recovery_advice(data_dir: Path) -> str:
         f"Do not edit the files. To recover: if other managers are healthy, stop this one, move "
         f"{data_dir} aside and join it to the swarm again (it receives a snapshot from the leader); "
         f"otherwise restore {data_dir} from a backup or another manager's copy, or run "
-        f"`shoal swarm init --force-new-cluster` on a surviving manager whose log is intact."
+        f"`swarm init --force-new-cluster` on a surviving manager whose log is intact."
     )
 
 

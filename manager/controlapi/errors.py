@@ -58,7 +58,7 @@ class Conflict(ControlError):
 
 class Unknown(ControlError):
     """What swarmkit answers with a plain (Unknown) gRPC error, which Docker turns into 500: an
-    update out of sequence (stale ``version``), a rollback without a previous spec. HTTP 500."""
+    update out of sequence (stale ``version``). HTTP 500."""
 
     status = 500
 

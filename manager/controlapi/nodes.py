@@ -18,6 +18,7 @@ from manager.controlapi.common import (
     spec,
 )
 from manager.controlapi.errors import FAILED_PRECONDITION, FailedPrecondition, NotFound
+from manager.membership import lost_manager
 from manager.specs import validate_node_spec
 from manager.store import Store, WriteTx
 
@@ -76,16 +77,18 @@ def inspect(store: Store, ref: str, manager_status: ManagerStatus | None = None)
 
 
 async def remove(ctx: Context, *, ref: str, force: bool = False) -> None:
-    """``nodes.remove``: delete a node that is down (or any worker with ``force``); its ID goes
+    """``nodes.remove``: delete a node that is not Ready (or any worker with ``force``); its ID goes
     into the cluster's ``BlacklistedCertificates`` so its certificate is refused on 2377 at once
     (:func:`manager.ca.blacklist_node`). Raises :class:`NotFound`, :class:`InvalidArgument`
-    (ambiguous), :class:`FailedPrecondition` (a manager; not down without ``force``),
+    (ambiguous), :class:`FailedPrecondition` (a manager; Ready without ``force``),
     :class:`Unavailable`."""
     n = resolve(ctx.store.view(), "nodes", ref, "node", node_names)
-    if (n.get("Spec") or {}).get("Role") == "manager" or n.get("ManagerStatus"):
+    if (n.get("Spec") or {}).get("Role") == "manager" or (n.get("ManagerStatus") and not lost_manager(n)):
         raise FailedPrecondition(f"{FAILED_PRECONDITION}node {n['ID']} is a cluster manager and is a member "
                                  "of the raft cluster. It must be demoted to worker before removal")
-    if not force and (n.get("Status") or {}).get("State") != "down":
+    # swarmkit's rule (controlapi RemoveNode): only a node that is Ready needs --force; one that
+    # is down, disconnected or unknown is removed without it
+    if not force and (n.get("Status") or {}).get("State") == "ready":
         raise FailedPrecondition(f"{FAILED_PRECONDITION}node {n['ID']} is not down and can't be removed")
 
     def fn(tx: WriteTx) -> None:

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from manager.controlapi.common import Obj, resolve, service_names, spec
-from manager.controlapi.errors import Conflict, Unimplemented
+from manager.controlapi.errors import INVALID_ARGUMENT, Conflict, InvalidArgument, Unimplemented
 from manager.controlapi.services import check_host_port_conflicts, resolve_networks
 from manager.scheduler import NodeSet, Pipeline, no_suitable_node, schedule, task_is_active
 from manager.specs import task_spec_with_defaults, validate_service_spec
@@ -124,11 +124,15 @@ def plan_update(store: Store, *, ref: str, spec_body: Any, now: float | None = N
     """``POST /services/{id}/plan``: what ``services.update`` of service ``ref`` to ``spec_body``
     would place once its update is done (shape as :func:`plan_create`; entries for tasks that
     stay where they are have ``"Unchanged": true``). Raises :class:`NotFound`,
-    :class:`InvalidArgument` (bad spec, ambiguous ref, unknown network, a new name), as
+    :class:`InvalidArgument` (bad spec, ambiguous ref, unknown network, another mode: swarmkit's
+    ``service mode change is not allowed``), :class:`Unimplemented` (a new name), as
     ``services.update``."""
     view = store.view()
     s = resolve(view, "services", ref, "service", service_names)
     service_spec = spec(validate_service_spec, spec_body)
+    if set(service_spec.get("Mode") or {}) != set((s.get("Spec") or {}).get("Mode") or {}):
+        raise InvalidArgument(INVALID_ARGUMENT + "service mode change is not allowed: remove the service and "
+                              "create it again in the new mode")
     if service_spec.get("Name") != (s.get("Spec") or {}).get("Name"):
         raise Unimplemented("rpc error: code = Unimplemented desc = renaming services is not supported")
     resolve_networks(view, service_spec)

@@ -25,7 +25,6 @@ from manager.controlapi.errors import (
     InvalidArgument,
     NotFound,
     Unimplemented,
-    Unknown,
 )
 from manager.controlapi.networks import allocator_error, network_names, store_allocator
 from manager.orchestrator.jobs import start_iteration
@@ -228,7 +227,8 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
     its ``PreviousSpec``) at ``version``; the old spec becomes ``PreviousSpec``. A rollback starts
     ``UpdateStatus`` ``rollback_started``; any other update clears it. Returns ``{"Warnings":
     []}``. Raises :class:`NotFound`, :class:`InvalidArgument` (bad spec, ambiguous ref),
-    :class:`Unknown` (no previous spec to roll back to; out of sequence), :class:`Unimplemented`
+    :class:`FailedPrecondition` (400, swarmkit's: no previous spec to roll back to),
+    :class:`Unknown` (out of sequence), :class:`Unimplemented`
     (a new name), :class:`Unavailable`. Network targets are resolved and the ``Endpoint``
     re-allocated as in :func:`create` (VIPs and dynamic ports it keeps using are kept; a port
     conflict is a :class:`Conflict`). Removing a service frees its VIPs and ports by deleting it."""
@@ -236,7 +236,7 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
     if rollback:
         prev = s.get("PreviousSpec")
         if not prev:
-            raise Unknown(f"{FAILED_PRECONDITION}service {s['ID']} does not have a previous spec")
+            raise FailedPrecondition(f"{FAILED_PRECONDITION}service {s['ID']} does not have a previous spec")
         spec_body = prev
     service_spec = spec(validate_service_spec, spec_body)
     if service_spec.get("Name") != (s.get("Spec") or {}).get("Name"):

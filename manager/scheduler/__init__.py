@@ -6,8 +6,8 @@ package, by responsibility (everything but :mod:`.loop` is pure and mypy-strict)
 - :mod:`.nodeinfo`: :class:`NodeInfo`, one node as the filters see it (attributes, active tasks
   per service, reservations, host ports, recent failures);
 - :mod:`.nodeset`: :class:`NodeSet`, the index of nodes kept up to date one task at a time;
-- :mod:`.filters`: one class per filter (ready/active, resources, constraints, host-mode
-  ports, max replicas per node), each with ``set_task`` / ``check`` / ``explain``;
+- :mod:`.filters`: one class per filter (ready/active, resources, constraints, image platforms,
+  host-mode ports, max replicas per node), each with ``set_task`` / ``check`` / ``explain``;
 - :mod:`.pipeline`: :class:`Pipeline`, the filters in order and the ``no suitable node (…)``
   explanation counting the nodes each removed;
 - :mod:`.spread`: the ranking (faulty nodes last, fewest tasks of the service, fewest tasks)
@@ -28,6 +28,7 @@ from manager.scheduler.filters import (
     Filter,
     HostPortFilter,
     MaxReplicasFilter,
+    PlatformFilter,
     ReadyFilter,
     ResourceFilter,
     default_filters,
@@ -54,6 +55,7 @@ __all__ = [
     "ReadyFilter",
     "ResourceFilter",
     "ConstraintFilter",
+    "PlatformFilter",
     "HostPortFilter",
     "MaxReplicasFilter",
     "default_filters",

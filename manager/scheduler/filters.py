@@ -2,7 +2,9 @@
 
 One class per swarmkit filter (SK: manager/scheduler/filter.go), in the pipeline's order
 (SK: pipeline.go ``defaultFilters``): :class:`ReadyFilter`, :class:`ResourceFilter`,
-:class:`ConstraintFilter`, :class:`HostPortFilter`, :class:`MaxReplicasFilter`. Each has
+:class:`ConstraintFilter`, :class:`PlatformFilter`, :class:`HostPortFilter`,
+:class:`MaxReplicasFilter` (swarmkit's plugin and CSI volume filters have no counterpart: Shoal
+has neither). Each has
 
 - ``set_task(task) -> bool``: prepare for the task dict; False when the filter does not apply
   to it (then the pipeline skips it);
@@ -13,14 +15,16 @@ One class per swarmkit filter (SK: manager/scheduler/filter.go), in the pipeline
 
 from __future__ import annotations
 
+import ipaddress
 from abc import ABC, abstractmethod
 from typing import Any
 
 from manager.scheduler.nodeinfo import NodeInfo, host_ports, reservations
 from manager.specs import SpecError, parse_constraint
 
-__all__ = ["Filter", "ReadyFilter", "ResourceFilter", "ConstraintFilter", "HostPortFilter", "MaxReplicasFilter",
-           "default_filters", "Constraint", "parse_constraints", "node_matches", "nodes_text"]
+__all__ = ["Filter", "ReadyFilter", "ResourceFilter", "ConstraintFilter", "PlatformFilter", "HostPortFilter",
+           "MaxReplicasFilter", "default_filters", "Constraint", "parse_constraints", "node_matches", "nodes_text",
+           "ip_matches", "platform_matches", "normalize_arch"]
 
 Obj = dict[str, Any]
 
@@ -71,12 +75,41 @@ def _attribute(key: str, node: NodeInfo) -> str | None:
     return None
 
 
+def ip_matches(value: str, addr: str) -> bool:
+    """Whether the node address ``addr`` is the address ``value`` or lies in the network
+    ``value`` (``10.0.0.0/24``); False when either does not parse (SK: constraint.go ``node.ip``)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    try:
+        return ip == ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    try:
+        return ip in ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+
+
 def node_matches(constraints: list[Constraint], node: NodeInfo) -> bool:
     """Whether ``node`` satisfies every constraint (SK: manager/constraint/constraint.go
     ``NodeMatches``): values compare case-insensitively (Go's ``strings.EqualFold``), label names
     exactly; a node without the label has the value ``""`` (so ``node.labels.x!=y`` holds there);
-    an unknown key is never satisfied."""
+    ``node.ip`` compares the node's ``Status.Addr`` with an address or a network (CIDR), and an
+    expression that is neither satisfies no node; an unknown key is never satisfied."""
     for key, op, value in constraints:
+        if key.lower() == "node.ip":
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError:
+                    return False
+            if ip_matches(value, node.addr) != (op == "=="):
+                return False
+            continue
         actual = _attribute(key, node)
         if actual is None:
             return False
@@ -155,6 +188,43 @@ class ConstraintFilter(Filter):
         return f"scheduling constraints not satisfied on {nodes_text(nodes)}"
 
 
+def normalize_arch(arch: str) -> str:
+    """An architecture name as the image index writes it: ``x86_64`` → ``amd64``, ``aarch64`` →
+    ``arm64`` (the others unchanged)."""
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(arch, arch)
+
+
+def platform_matches(platform: Obj, os: str, arch: str) -> bool:
+    """Whether a node of ``os`` / ``arch`` runs the image platform ``platform`` (``{"OS",
+    "Architecture"}``; an empty field matches any), architectures compared after
+    :func:`normalize_arch` (SK: filter.go ``platformEqual``)."""
+    want_arch = str(platform.get("Architecture") or "")
+    want_os = str(platform.get("OS") or "")
+    return ((not want_arch or normalize_arch(want_arch) == normalize_arch(arch))
+            and (not want_os or want_os == os))
+
+
+class PlatformFilter(Filter):
+    """``Placement.Platforms``, the platforms the service's image is built for (the docker CLI
+    fills them in from the registry when it creates or updates a service): a node passes when its
+    ``Description.Platform`` is one of them (:func:`platform_matches`). Applies to tasks that
+    list any (SK: filter.go ``PlatformFilter``)."""
+
+    def __init__(self) -> None:
+        self.platforms: list[Obj] = []
+
+    def set_task(self, task: Obj) -> bool:
+        raw = ((task.get("Spec") or {}).get("Placement") or {}).get("Platforms") or []
+        self.platforms = [p for p in raw if isinstance(p, dict)] if isinstance(raw, list) else []
+        return bool(self.platforms)
+
+    def check(self, node: NodeInfo) -> bool:
+        return any(platform_matches(p, node.os, node.arch) for p in self.platforms)
+
+    def explain(self, nodes: int) -> str:
+        return f"unsupported platform on {nodes_text(nodes)}"
+
+
 class HostPortFilter(Filter):
     """A host-mode published port is used at most once per node (SK: filter.go ``HostPortFilter``):
     a node where an active task already holds one of the task's host ports (same protocol and
@@ -197,6 +267,7 @@ class MaxReplicasFilter(Filter):
 
 
 def default_filters() -> list[Filter]:
-    """A fresh pipeline in swarmkit's order: ready/active, resources, constraints, host ports,
-    max replicas per node."""
-    return [ReadyFilter(), ResourceFilter(), ConstraintFilter(), HostPortFilter(), MaxReplicasFilter()]
+    """A fresh pipeline in swarmkit's order: ready/active, resources, constraints, platforms,
+    host ports, max replicas per node."""
+    return [ReadyFilter(), ResourceFilter(), ConstraintFilter(), PlatformFilter(), HostPortFilter(),
+            MaxReplicasFilter()]

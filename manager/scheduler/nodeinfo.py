@@ -93,6 +93,8 @@ class NodeInfo:
     engine_labels: dict[str, str] = field(default_factory=dict)
     os: str = "linux"
     arch: str = "x86_64"
+    addr: str = ""
+    """``Status.Addr``, the address the node is reached at (the ``node.ip`` constraint)."""
     nano_cpus: int = 0
     memory_bytes: int = 0
     reserved_cpus: int = 0
@@ -113,7 +115,7 @@ class NodeInfo:
     def describe(self, node: Obj) -> None:
         """Take the node's attributes from the API ``Node`` object ``node`` (``Spec`` role,
         availability, labels; ``Description`` hostname, platform, resources, engine labels;
-        ``Status.State``), keeping the task counts and failure record."""
+        ``Status.State`` and ``Addr``), keeping the task counts and failure record."""
         n = Node(node)
         plat, res = n.platform, n.resources
         self.hostname = n.hostname
@@ -124,6 +126,7 @@ class NodeInfo:
         self.engine_labels = {str(k): str(v) for k, v in n.engine_labels.items()}
         self.os = str(plat.get("OS") or "linux")
         self.arch = str(plat.get("Architecture") or "x86_64")
+        self.addr = str(n.status.get("Addr") or "")
         cpus, mem = res.get("NanoCPUs"), res.get("MemoryBytes")
         self.nano_cpus = cpus if isinstance(cpus, int) and cpus > 0 else 0
         self.memory_bytes = mem if isinstance(mem, int) and mem > 0 else 0

@@ -1,7 +1,7 @@
 """Placing a batch of pending tasks on an index of nodes (pure): :func:`schedule`.
 
 Tasks are grouped as swarmkit groups them (same service and same placement-relevant spec:
-constraints, preferences, max replicas, reservations, host ports); each group runs the filter
+constraints, preferences, max replicas, platforms, reservations, host ports); each group runs the filter
 pipeline once over the nodes, builds the preference tree (:mod:`manager.scheduler.spread`) and
 places its tasks one at a time on the best eligible node, updating the index
 (:meth:`~manager.scheduler.nodeset.NodeSet.place`) so later tasks of the batch see them. A task
@@ -42,7 +42,7 @@ def group_key(task: Obj) -> tuple[str, str]:
     the ranking read of the task)``."""
     placement = (task.get("Spec") or {}).get("Placement") or {}
     what = [placement.get("Constraints"), placement.get("Preferences"), placement.get("MaxReplicas"),
-            list(reservations(task)), sorted(host_ports(task)), failure_key(task)[1]]
+            placement.get("Platforms"), list(reservations(task)), sorted(host_ports(task)), failure_key(task)[1]]
     return str(task.get("ServiceID", "")), json.dumps(what, sort_keys=True, default=str)
 
 

@@ -32,12 +32,18 @@ _CONSTRAINT_KEY_RE = re.compile(r"[\w.\-]+")
 _CONSTRAINT_OP_RE = re.compile(r"==|!=")
 
 
+def _quoted(expr: str) -> str:
+    """``expr`` quoted for an error message, cut at 100 characters."""
+    return repr(expr if len(expr) <= 100 else expr[:100] + "…")
+
+
 def parse_constraint(expr: str) -> tuple[str, str, str]:
     """Parse a placement constraint ``key==value`` / ``key!=value`` into (key, op, value).
 
     Keys (SK: manager/constraint/constraint.go): ``node.id``, ``node.hostname``, ``node.role``,
-    ``node.platform.os``, ``node.platform.arch``, ``node.labels.<k>``, ``engine.labels.<k>``.
-    Raises :class:`SpecError` with swarmkit's messages.
+    ``node.ip`` (an address or a CIDR network), ``node.platform.os``, ``node.platform.arch``,
+    ``node.labels.<k>``, ``engine.labels.<k>``. Raises :class:`SpecError` with swarmkit's words,
+    followed by the expression at fault (a service may have several) and what to write instead.
     """
     if not isinstance(expr, str):
         raise SpecError("constraint must be a string")
@@ -48,18 +54,26 @@ def parse_constraint(expr: str) -> tuple[str, str, str]:
     value = expr[m.end():].strip() if m else ""
     if (m is None or not _CONSTRAINT_KEY_RE.fullmatch(key) or "\n" in value
             or value.startswith("=") or "==" in value or "!=" in value):
-        raise SpecError("constraint expected one operator from ==, !=")
+        raise SpecError(f"constraint expected one operator from ==, !=: {_quoted(expr)} is not of the form "
+                        "KEY==VALUE or KEY!=VALUE (e.g. node.labels.zone==eu)")
     op = m.group()
     if not value:
-        raise SpecError(f"constraint {expr!r}: value must not be empty")
+        raise SpecError(f"constraint {_quoted(expr)}: value must not be empty")
     lk = key.lower()
     if not (
-        lk in ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
-        or lk.startswith("node.labels.")
-        or lk.startswith("engine.labels.")
+        lk in ("node.id", "node.hostname", "node.role", "node.ip", "node.platform.os", "node.platform.arch")
+        or (lk.startswith("node.labels.") and len(lk) > len("node.labels."))
+        or (lk.startswith("engine.labels.") and len(lk) > len("engine.labels."))
     ):
-        raise SpecError(f"constraint key {key!r} is not supported: use node.id, node.hostname, node.role, "
-                        "node.platform.os, node.platform.arch, node.labels.<label> or engine.labels.<label>")
+        raise SpecError(f"constraint key {key!r} is not supported (in {_quoted(expr)}): use node.id, "
+                        "node.hostname, node.role, node.ip, node.platform.os, node.platform.arch, "
+                        "node.labels.<label> or engine.labels.<label>")
+    if lk == "node.ip":
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise SpecError(f"constraint {_quoted(expr)}: node.ip takes an IP address or a network in CIDR notation, "
+                            "e.g. node.ip==10.0.0.5 or node.ip!=10.0.0.0/24") from None
     return key, op, value
 
 

@@ -22,6 +22,7 @@ from manager.specs.common import (
 )
 from manager.specs.container import validate_task_spec
 from manager.specs.modes import validate_mode
+from manager.specs.policies import validate_policies
 from manager.specs.schema import SERVICE_SPEC_SCHEMA, canonicalize_keys
 
 DEFAULT_RESTART_POLICY: dict[str, Any] = {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0, "Window": 0}
@@ -86,6 +87,7 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
     spec["Mode"] = validate_mode(spec.get("Mode"))
     _validate_update_config(spec.get("UpdateConfig"), "UpdateConfig", ("continue", "pause", "rollback"))
     _validate_update_config(spec.get("RollbackConfig"), "RollbackConfig", ("continue", "pause"))
+    validate_policies(spec)
     if spec.get("EndpointSpec") is not None:
         spec["EndpointSpec"] = validate_endpoint_spec(spec["EndpointSpec"])
     if "Networks" in spec:

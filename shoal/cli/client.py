@@ -262,17 +262,23 @@ class Client:
         return dict(self.request("GET", f"/tasks/{urllib.parse.quote(task_id)}"))
 
     def service_logs(self, service_id: str, follow: bool = False, tail: str = "all",
-                     timestamps: bool = False) -> Iterator[tuple[int, bytes]]:
-        """GET /services/{id}/logs; yields ``(stream, line)`` (1 = stdout, 2 = stderr).
+                     timestamps: bool = False, since: str | None = None) -> Iterator[tuple[int, bytes]]:
+        """GET /services/{id}/logs; yields ``(stream, line)`` (1 = stdout, 2 = stderr, 3 = a warning
+        or error from the daemon: the nodes whose lines could not be read). ``since``: seconds since
+        the epoch as Docker sends it (:func:`shoal.cli.events_cmd.timestamp_arg`).
 
         The body is Docker's multiplexed stream (8-byte header: stream, 0, 0, 0, big-endian
-        length) when the daemon sends one; a plain body is split into lines as stdout.
+        length) when the daemon sends one; a plain body is split into lines as stdout. A follow's
+        warning comes from the ``X-Shoal-Warning`` header, first.
         """
         params = {"stdout": True, "stderr": True, "follow": follow, "tail": tail, "timestamps": timestamps,
-                  "details": True}
+                  "details": True, "since": since}
         resp = self.open("GET", f"/services/{urllib.parse.quote(service_id)}/logs", params=params,
                          timeout=None if follow else -1.0)
         try:
+            warning = resp.getheader("X-Shoal-Warning")
+            if warning and follow:
+                yield 3, warning.encode()
             yield from _demux(resp)
         finally:
             resp.close()
@@ -312,6 +318,16 @@ class Client:
         finally:
             resp.close()
 
+    def events(self, since: str | None = None, until: str | None = None,
+               filters: dict[str, list[str]] | None = None) -> Iterator[dict[str, Any]]:
+        """GET /events; yields Docker's event messages until ``until`` passes (never without it)."""
+        resp = self.open("GET", "/events", params={"since": since, "until": until,
+                                                   "filters": encode_filters(filters)}, timeout=None)
+        try:
+            yield from _json_stream(resp)
+        finally:
+            resp.close()
+
     def images(self) -> list[dict[str, Any]]:
         """GET /images/json (ImageSummary list)."""
         return list(self.request("GET", "/images/json") or [])
@@ -344,14 +360,14 @@ def _demux(resp: http.client.HTTPResponse) -> Iterator[tuple[int, bytes]]:
     """Split a log body into lines; handles the multiplexed (stdcopy) framing and plain text."""
     buf = b""
     mux: bool | None = None
-    pending: dict[int, bytes] = {1: b"", 2: b""}
+    pending: dict[int, bytes] = {1: b"", 2: b"", 3: b""}
     while True:
         chunk = resp.read1(65536)
         if not chunk:
             break
         buf += chunk
         if mux is None and len(buf) >= 8:
-            mux = buf[0] in (0, 1, 2) and buf[1:4] == b"\0\0\0"
+            mux = buf[0] in (0, 1, 2, 3) and buf[1:4] == b"\0\0\0"
         if mux is None:
             continue
         if mux:
@@ -359,7 +375,7 @@ def _demux(resp: http.client.HTTPResponse) -> Iterator[tuple[int, bytes]]:
                 size = int.from_bytes(buf[4:8], "big")
                 if len(buf) < 8 + size:
                     break
-                stream = 2 if buf[0] == 2 else 1
+                stream = buf[0] if buf[0] in (2, 3) else 1
                 pending[stream] += buf[8:8 + size]
                 buf = buf[8 + size:]
                 while b"\n" in pending[stream]:

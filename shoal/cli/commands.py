@@ -17,7 +17,12 @@ Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,n
                    [--endpoint-mode vip|dnsrr] [--replicas N] [--image I] [--force]
                    [--constraint-add|--constraint-rm E] [--placement-pref-add|--placement-pref-rm P]
                    [--replicas-max-per-node N] [--reserve-cpu C] [--reserve-memory M] [--dry-run] SERVICE
-    service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] SERVICE
+                   [--update-*|--rollback-*|--restart-* …] [--env-add|--env-rm] [--label-add|--label-rm]
+                   [--limit-cpu|--limit-memory|--limit-pids] [--rollback]   (shoal/cli/update_flags.py)
+    service rollback [-d] SERVICE                        node rm [--force] NODE… | ps [NODE…]
+    swarm update [--task-history-limit N]
+    service scale NAME=N…  | rm SERVICE… | logs [-f] [--tail N] [-t] [--since T] SERVICE
+    events [--since T] [--until T] [-f KEY=VALUE]… [--format json]
     network create [-d overlay] [--subnet S] [--gateway G] [--ip-range R] [--attachable]
                    [--ingress] [--label K=V] [--opt K=V] NAME
     network ls [-q] [--no-trunc] [-f KEY=VALUE] | inspect NETWORK… | rm NETWORK…
@@ -37,7 +42,18 @@ from typing import Any, TextIO
 from shoal.base.logopts import LOG_DRIVER, check_driver, parse_flags
 from shoal.cli import format as fmt
 from shoal.cli.client import APIError, Client, ConnectError
+from shoal.cli.events_cmd import add_events_parser, timestamp_arg
 from shoal.cli.modes_flags import add_mode_args, build_mode, is_job, wait_job
+from shoal.cli.update_flags import (
+    UpdateWatch,
+    add_node_commands,
+    add_policy_args,
+    add_swarm_commands,
+    add_update_args,
+    apply_policies,
+    apply_update_extras,
+    service_rollback,
+)
 
 ACTIVE_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
 FAILED_STATES = ("failed", "rejected")
@@ -301,7 +317,7 @@ def print_plan(plan: dict[str, Any], name: str, out: TextIO) -> int:
     rows = []
     pending = 0
     for t in plan.get("Tasks") or []:
-        task = f"{name}.{t['Slot']}" if t.get("Slot") else name
+        task = f"{name}.{t['Slot']}" if t.get("Slot") else f"{name}.{t.get('NodeID') or ''}".rstrip(".")
         if t.get("Error"):
             pending += 1
             how = f"pending: {t['Error']}"
@@ -394,7 +410,7 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
         for kv in a.label or []:
             k, _, v = kv.partition("=")
             spec["Labels"][k] = v
-        return spec
+        return apply_policies(spec, a)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -409,7 +425,8 @@ def _node_maps(c: Client) -> tuple[dict[str, dict[str, Any]], set[str]]:
 
 
 def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300.0,
-                   max_failures: int | None = None, interval: float = 0.2, monitor: float | None = None) -> int:
+                   max_failures: int | None = None, interval: float = 0.2, monitor: float | None = None,
+                   watch: UpdateWatch | None = None) -> int:
     """Poll every ``interval`` s (as docker/cli's progress does) until the service converges.
 
     Prints one line per slot state change (``1/3: preparing``), each failed/rejected task with its
@@ -418,7 +435,9 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
     ``monitor`` argument in seconds overrides it) to verify the tasks are stable, and starts over
     if they are not. Returns 0 when converged, 1 when tasks fail ``max_failures`` times (default
     max(3, replicas)) or ``timeout`` seconds pass. Raises APIError 404 ``service NAME not found``
-    when the service is removed while waiting (as the docker CLI).
+    when the service is removed while waiting (as the docker CLI). With ``watch`` (an update or
+    rollback), only the tasks of the current spec count (``_up-to-date``) and a paused update
+    or a rollback nobody asked for ends the wait with 1 and the reason (:class:`UpdateWatch`).
     """
     deadline = time.monotonic() + timeout
     converged_at: float | None = None
@@ -432,11 +451,16 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
             svc = c.service(service_id)
             name = svc["Spec"].get("Name", service_id)
             nodes, down = _node_maps(c)
-            tasks = [t for t in c.tasks({"service": [svc["ID"]]}) if t.get("NodeID", "") not in down]
+            tasks = [t for t in c.tasks({"service": [svc["ID"]], **({"_up-to-date": ["true"]} if watch else {})})
+                     if t.get("NodeID", "") not in down]
         except APIError as e:
             if e.status == 404:
                 raise APIError(404, f"service {name} not found") from e
             raise
+        why = watch.check(svc) if watch is not None else None
+        if why:
+            out.write(f"Error: {why}\n")
+            return 1
         wait_for = monitor
         if wait_for is None:
             mon = (svc["Spec"].get("UpdateConfig") or {}).get("Monitor")
@@ -479,7 +503,10 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
                     out.flush()
             if now - converged_at >= wait_for:
                 out.write(f"overall progress: {running} out of {total} tasks\nverify: Service {name} converged\n")
-                return 0
+                why = watch.final() if watch is not None else None
+                if why:
+                    out.write(f"Error: {why}\n")
+                return 1 if why else 0
         else:
             converged_at = None
         limit = max_failures if max_failures is not None else max(3, total)
@@ -645,7 +672,7 @@ def update_service_spec(c: Client, spec: dict[str, Any], a: argparse.Namespace) 
         _set_reservations(task, a)
         if a.force:
             task["ForceUpdate"] = int(task.get("ForceUpdate") or 0) + 1
-        return spec
+        return apply_update_extras(spec, a)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -673,6 +700,11 @@ def _update_placement(task: dict[str, Any], a: argparse.Namespace) -> None:
 
 
 def cmd_service_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    if a.rollback:
+        plain = vars(build_parser().parse_args(["service", "update", a.service]))
+        if any(v != plain.get(k) for k, v in vars(a).items() if k not in ("rollback", "detach", "timeout", "host")):
+            raise UsageError("other flags may not be combined with --rollback")  # as the docker CLI
+        return cmd_service_rollback(c, a, out)
     svc = find_service(c, a.service)
     spec = update_service_spec(c, dict(svc["Spec"]), a)
     if a.dry_run:
@@ -686,7 +718,18 @@ def cmd_service_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
         return 0
     if is_job(spec):
         return wait_job(c, svc["ID"], out, timeout=a.timeout)
-    return wait_converged(c, svc["ID"], out, timeout=a.timeout)
+    return wait_converged(c, svc["ID"], out, timeout=a.timeout, watch=UpdateWatch())
+
+
+def cmd_service_rollback(c: Client, a: argparse.Namespace, out: TextIO) -> int:
+    """``service rollback [-d] SERVICE`` (and ``service update --rollback``): back to the
+    service's previous spec (update_flags.service_rollback), then wait as ``service update``."""
+    svc = service_rollback(c, a.service)
+    out.write(a.service + "\n")
+    out.flush()
+    if a.detach:
+        return 0
+    return wait_converged(c, svc["ID"], out, timeout=a.timeout, watch=UpdateWatch(rollback=True))
 
 
 def cmd_service_rm(c: Client, a: argparse.Namespace, out: TextIO) -> int:
@@ -718,8 +761,13 @@ def cmd_service_logs(c: Client, a: argparse.Namespace, out: TextIO) -> int:
             "Description", {}).get("Hostname", "")
         return f"{name}.{t.get('Slot', '')}.{fmt.short_id(tid)}@{host}    | "
 
-    for stream, raw in c.service_logs(svc["ID"], follow=a.follow, tail=a.tail, timestamps=a.timestamps):
+    since = timestamp_arg(a.since) if a.since else None
+    for stream, raw in c.service_logs(svc["ID"], follow=a.follow, tail=a.tail, timestamps=a.timestamps, since=since):
         line = raw.decode(errors="replace")
+        if stream == 3:  # the daemon's warning: the nodes whose lines could not be read
+            sys.stderr.write(line.rstrip("\n") + "\n")
+            sys.stderr.flush()
+            continue
         pre = ""
         ts = ""
         if a.timestamps and " " in line:
@@ -889,6 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sw.add_parser("leave", help="leave the swarm")
     x.add_argument("-f", "--force", action="store_true")
     x.set_defaults(func=cmd_swarm_leave)
+    add_swarm_commands(sw)
 
     nd = top.add_parser("node", help="manage nodes").add_subparsers(dest="cmd", required=True)
     x = nd.add_parser("ls", help="list nodes")
@@ -908,6 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
         x = nd.add_parser(verb, help=f"make nodes {'managers' if role == 'manager' else 'workers'}")
         x.add_argument("nodes", nargs="+")
         x.set_defaults(func=cmd_node_role, role=role)
+    add_node_commands(nd)
 
     sv = top.add_parser("service", help="manage services").add_subparsers(dest="cmd", required=True)
     x = sv.add_parser("create", help="create a service")
@@ -948,6 +998,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--log-driver", default="", metavar="DRIVER", help="json-file (the only one)")
     x.add_argument("--log-opt", action="append", metavar="KEY=VALUE",
                    help="json-file option: max-size=10m, max-file=3 (repeatable)")
+    add_policy_args(x, create=True)
     x.add_argument("image", metavar="IMAGE")
     x.add_argument("args", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
     x.set_defaults(func=cmd_service_create)
@@ -972,8 +1023,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--reserve-memory", default="", metavar="BYTES")
     x.add_argument("--dry-run", action="store_true",
                    help="print where each task would go (or why not) and change nothing")
+    add_update_args(x)
     x.add_argument("service", metavar="SERVICE")
     x.set_defaults(func=cmd_service_update)
+
+    x = sv.add_parser("rollback", help="revert a service to its previous spec")
+    x.add_argument("-d", "--detach", action="store_true", help="return at once instead of waiting to converge")
+    x.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence (default 300)")
+    x.add_argument("service", metavar="SERVICE")
+    x.set_defaults(func=cmd_service_rollback)
     x = sv.add_parser("ls", help="list services")
     x.add_argument("-q", "--quiet", action="store_true")
     x.set_defaults(func=cmd_service_ls)
@@ -999,6 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("-n", "--tail", default="all")
     x.add_argument("-t", "--timestamps", action="store_true")
     x.add_argument("--raw", action="store_true", help="no task prefix")
+    x.add_argument("--since", default="", metavar="TIME", help="lines from TIME on (10m, a date, seconds)")
     x.add_argument("service", metavar="SERVICE")
     x.set_defaults(func=cmd_service_logs)
 
@@ -1028,6 +1087,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = nw.add_parser("rm", help="remove networks")
     x.add_argument("networks", nargs="+", metavar="NETWORK")
     x.set_defaults(func=cmd_network_rm)
+
+    add_events_parser(top)
 
     im = top.add_parser("image", help="manage images").add_subparsers(dest="cmd", required=True)
     x = im.add_parser("load", help="load an OCI archive or `docker save` tar")

@@ -60,6 +60,7 @@ class Daemon:
         self.args = args
         self.data_root = Path(args.data_root)
         self.exec_root = Path(args.exec_root)
+        self.engine_labels: dict[str, str] = dict(getattr(args, "label", None) or [])
         secure_data_root(self.data_root)
         self.exec_root.mkdir(parents=True, exist_ok=True)
         self.state = LocalState(self.data_root / "state.json")
@@ -132,7 +133,7 @@ class Daemon:
             managers=managers,
             certs_dir=self.certs_dir,
             executor=self.executor,
-            description=node_description(self.hostname),
+            description=node_description(self.hostname, self.engine_labels),
             advertise_addr=self.state.data.get("AdvertiseAddr", "").rsplit(":", 1)[0],
             on_node=self._on_node,
             on_managers=self._on_managers,
@@ -274,4 +275,4 @@ class Daemon:
             hostname=self.hostname, state=self.state, manager=self.manager,
             containers=self.runtime.list(), image_count=len(self.images.list()),
             data_root=self.data_root, insecure_registries=list(self.args.insecure_registry or []),
-            default_runtime=self.args.runtime)
+            default_runtime=self.args.runtime, engine_labels=self.engine_labels)

@@ -31,6 +31,14 @@ def _byte_size(text: str) -> int:
     return size
 
 
+def _engine_label(text: str) -> tuple[str, str]:
+    """``--label KEY=VALUE`` (dockerd's): ``(key, value)``; raises ArgumentTypeError without a key."""
+    key, eq, value = text.partition("=")
+    if not key.strip() or not eq:
+        raise argparse.ArgumentTypeError(f"invalid label {text!r}: use KEY=VALUE, e.g. --label storage=ssd")
+    return key.strip(), value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shoald", description="The Shoal daemon (one per host).")
     p.add_argument("--data-root", default="/var/lib/shoal", help="persistent state (default %(default)s)")
@@ -40,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cgroup-parent", default="shoal", help="cgroup under which containers live")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                    help="registry reached over plain HTTP (repeatable)")
+    p.add_argument("--label", action="append", type=_engine_label, default=[], metavar="KEY=VALUE",
+                   help="an engine label, matched by engine.labels.KEY placement constraints (repeatable)")
     p.add_argument("--max-layer-size", type=_byte_size, default="8g", metavar="SIZE",
                    help="largest image layer accepted, uncompressed (e.g. 8g, 512m; default 8g)")
     p.add_argument("--heartbeat-period", type=float, default=5.0,

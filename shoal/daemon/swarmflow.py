@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from manager.manager import Manager, initial_swarm_spec, network_config
+from manager.membership import lost_manager
 from overlaynet.bridge import LocalBridge
 from shoal.daemon import listenaddr
 from shoal.daemon.errors import SwarmStateError
@@ -43,6 +44,7 @@ class Daemon(Protocol):
     data_root: Path
     certs_dir: Path
     hostname: str
+    engine_labels: dict[str, str]
     state: LocalState
     bridge: LocalBridge
     executor: Executor
@@ -125,7 +127,7 @@ async def swarm_init(daemon: Daemon, body: dict[str, Any]) -> str:
     try:
         node_id = await Manager.init_cluster(
             data_dir=daemon.data_root / "manager", certs_dir=daemon.certs_dir,
-            advertise_addr=advertise, description=node_description(daemon.hostname),
+            advertise_addr=advertise, description=node_description(daemon.hostname, daemon.engine_labels),
             spec=spec or {}, heartbeat_period=daemon.args.heartbeat_period, net_config=net_config,
         )
         data = {"NodeID": node_id, "Role": "manager", "ManagerAddrs": [advertise],
@@ -181,7 +183,7 @@ async def swarm_join(daemon: Daemon, body: dict[str, Any]) -> None:
     try:
         node_id, role, managers = await join(
             remote, token, daemon.hostname, advertise.rsplit(":", 1)[0], daemon.certs_dir,
-            description=node_description(daemon.hostname), cannot_manage=busy or "")
+            description=node_description(daemon.hostname, daemon.engine_labels), cannot_manage=busy or "")
     except JoinError as e:
         discard_swarm_files(daemon)
         if busy and busy in str(e):
@@ -215,18 +217,7 @@ async def swarm_leave(daemon: Daemon, force: bool) -> None:
     if not state.in_swarm:
         raise SwarmStateError("This node is not part of a swarm")
     if state.data.get("Role") == "manager" and not force:
-        msg = ("You are attempting to leave the swarm on a node that is participating as a "
-               "manager. ")
-        voters = daemon.manager.log.voters() if daemon.manager is not None else frozenset()
-        if len(voters) <= 1:
-            msg += "Removing the last manager erases all current state of the swarm. "
-        else:
-            reachable = _reachable_managers(daemon.manager)
-            msg += (f"Removing this node leaves {reachable - 1} managers out of {len(voters)}. "
-                    "Without a Raft quorum your swarm will be inaccessible. The only way to restore "
-                    "a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. "
-                    "Demote it first (`shoal node demote`) to leave cleanly. ")
-        raise SwarmStateError(msg + "Use `--force` to ignore this message.")
+        raise SwarmStateError(leave_refusal(daemon.manager))
     if daemon.manager is not None:
         try:
             await daemon.manager.leave_raft()
@@ -248,12 +239,39 @@ def route_source_addr(dest: str) -> str | None:
         return None
 
 
-def _reachable_managers(manager: Manager) -> int:
-    """How many managers are reachable now, as ``node ls`` shows them (``ManagerStatus``: live
-    on the leader; a follower hears only from its leader and keeps the leader's record for the
-    others). Docker words ``swarm leave`` on a manager with it: "leaves N-1 managers out of M"."""
-    reachable = 0
+def _manager_counts(manager: Manager) -> tuple[int, int]:
+    """``(reachable, unreachable)`` managers now, as ``node ls`` shows them (``ManagerStatus``:
+    live on the leader; a follower hears only from its leader and keeps the leader's record for
+    the others), managers lost with ``--force-new-cluster`` left out."""
+    reachable = unreachable = 0
+    view = manager.store.view()
     for node_id in manager.manager_statuses():
+        node = view.get("nodes", node_id)
+        if node is not None and lost_manager(node):
+            continue  # left behind by --force-new-cluster: no Raft member any more
         ms = manager.manager_status(node_id)
-        reachable += ms is not None and ms.get("Reachability") == "reachable"
-    return reachable
+        reach = ms.get("Reachability") if ms is not None else None
+        reachable += reach == "reachable"
+        unreachable += reach == "unreachable"
+    return reachable, unreachable
+
+
+def leave_refusal(manager: Manager | None) -> str:
+    """Why ``swarm leave`` without ``--force`` is refused on a manager, in Docker's words
+    (MOBY: daemon/cluster/swarm.go ``Leave``): the last manager ("Removing the last manager
+    erases all current state of the swarm"); a manager whose leaving loses the quorum
+    (reachable - 2 <= unreachable: "Removing this node leaves N managers out of M"); otherwise
+    the general warning. Never names a ``shoal`` command (the docker CLI shows it too)."""
+    msg = "You are attempting to leave the swarm on a node that is participating as a manager. "
+    if manager is None:
+        msg += "Doing so may lose the consensus of your cluster. "
+    else:
+        reachable, unreachable = _manager_counts(manager)
+        if reachable <= 1 and unreachable == 0:
+            return msg + "Removing the last manager erases all current state of the swarm. Use `--force` to ignore " \
+                         "this message."
+        if reachable - 2 <= unreachable:
+            msg += (f"Removing this node leaves {max(reachable - 1, 0)} managers out of {reachable + unreachable}. "
+                    "Without a Raft quorum your swarm will be inaccessible. ")
+    return msg + ("The only way to restore a swarm that has lost consensus is to reinitialize it with "
+                  "`--force-new-cluster`. Use `--force` to suppress this message.")

@@ -8,7 +8,7 @@ import asyncio
 import os
 import platform
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,15 @@ API_VERSION = "1.41"
 MIN_API_VERSION = "1.24"
 
 
-def node_description(hostname: str | None = None) -> dict[str, Any]:
-    """This host's ``Node.Description`` (Docker API shape): hostname, platform, resources, engine."""
+def node_description(hostname: str | None = None, engine_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """This host's ``Node.Description`` (Docker API shape): hostname, platform, resources, engine
+    (with ``Labels``, the daemon's ``--label`` values: ``engine.labels.<key>`` in constraints)."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
         "Hostname": hostname or socket.gethostname(),
         "Platform": {"Architecture": platform.machine(), "OS": "linux"},
         "Resources": {"NanoCPUs": (os.cpu_count() or 1) * 1_000_000_000, "MemoryBytes": mem},
-        "Engine": {"EngineVersion": f"shoal-{__version__}", "Plugins": [
+        "Engine": {"EngineVersion": f"shoal-{__version__}", "Labels": dict(engine_labels or {}), "Plugins": [
             {"Type": "Network", "Name": "bridge"}, {"Type": "Volume", "Name": "local"}]},
     }
 
@@ -52,10 +53,11 @@ def version() -> dict[str, Any]:
 
 def info(*, hostname: str, state: LocalState, manager: Any, containers: Sequence[ContainerState],
          image_count: int, data_root: Path, insecure_registries: Sequence[str],
-         default_runtime: str) -> dict[str, Any]:
+         default_runtime: str, engine_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``GET /info`` body (``types.Info``) of a node: ``state`` is its local swarm state,
     ``manager`` its running ``manager.Manager`` (``swarm_info()`` fills the cluster part of
-    ``Swarm``) or None on a worker or outside a swarm, ``containers`` the runtime's containers."""
+    ``Swarm``) or None on a worker or outside a swarm, ``containers`` the runtime's containers,
+    ``engine_labels`` the daemon's ``--label`` values (``Labels``: ``["key=value", …]``)."""
     desc = node_description(hostname)
     running = sum(1 for c in containers if c.status == "running")
     swarm: dict[str, Any] = {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
@@ -93,7 +95,7 @@ def info(*, hostname: str, state: LocalState, manager: Any, containers: Sequence
                                             for r in insecure_registries},
                            "Mirrors": []},
         "DockerRootDir": str(data_root), "HttpProxy": "", "HttpsProxy": "", "NoProxy": "",
-        "Name": hostname, "Labels": [], "ExperimentalBuild": False,
+        "Name": hostname, "Labels": [f"{k}={v}" for k, v in (engine_labels or {}).items()], "ExperimentalBuild": False,
         "ServerVersion": f"shoal-{__version__}",
         "Runtimes": {"shoal": {"path": "shoal-oci"}, "runc": {"path": "runc"}},
         "DefaultRuntime": default_runtime, "Swarm": swarm, "LiveRestoreEnabled": True,

@@ -182,7 +182,7 @@ def parse_token(token: str) -> tuple[str, str]:
     version, number of parts or part length. Follows SK: ca/config.go ``ParseJoinToken``.
     """
     if not isinstance(token, str) or not token:
-        raise ValueError("invalid join token: the token is empty; get one with `shoal swarm join-token worker`")
+        raise ValueError("invalid join token: the token is empty; get one with `swarm join-token worker` on a manager")
     token = token.strip()
     parts = token.split("-")
     if len(parts) != 4:

@@ -92,7 +92,9 @@ def test_create_flags_build_docker_shaped_spec() -> None:
     assert c["Args"] == ["httpd", "-f", "-p", "80", "-h", "/www"] and "Command" not in c
     assert c["Env"] == ["A=1"] and c["StopGracePeriod"] == 2_000_000_000
     assert spec["TaskTemplate"]["Resources"]["Limits"] == {"MemoryBytes": 64 << 20, "NanoCPUs": 500_000_000}
-    assert spec["TaskTemplate"]["RestartPolicy"] == {"Condition": "on-failure", "Delay": 1_000_000_000}
+    # as the docker CLI: a restart flag writes the whole policy (Swarm's defaults for the rest)
+    assert spec["TaskTemplate"]["RestartPolicy"] == {"Condition": "on-failure", "Delay": 1_000_000_000,
+                                                     "MaxAttempts": 0, "Window": 0}
     assert spec["TaskTemplate"]["Placement"] == {"Constraints": ["node.hostname==h2"]}
     assert spec["Mode"] == {"Replicated": {"Replicas": 3}}
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shoal.cli import commands as cli
-from tests.unit.test_cli import NODE, _service, api, run
+from tests.unit.test_cli import NODE, _service, _task, api, run
 
 __all__ = ["api"]  # the canned endpoint fixture, used by name below
 
@@ -118,3 +118,50 @@ def test_node_update_label_add_and_rm(api: tuple[str, dict[Any, Any]], capsys: p
     assert run(host, "node", "update", "--label-rm", "nope", "h1")[0] == 1
     assert "key nope doesn't exist in node's labels" in capsys.readouterr().err
     assert not [r for r in routes["log"][n:] if r[0] == "POST"]
+
+
+def test_service_ps_shows_why_a_task_is_pending(api: tuple[str, dict[Any, Any]]) -> None:
+    """The scheduler's reason is in the ERROR column: cut to 30 characters as the docker CLI
+    cuts it, and whole with ``--no-trunc`` (the stored message itself is never cut)."""
+    host, routes = api
+    why = "no suitable node (insufficient resources on 2 nodes; scheduling constraints not satisfied on 1 node)"
+    svc = _service(2)
+    routes[("GET", "/services/web")] = lambda q, b: (200, svc)
+    routes[("GET", "/tasks")] = lambda q, b: (200, [_task(1, "running"), _task(2, "pending", err=why, node="")])
+    routes[("GET", "/nodes")] = lambda q, b: (200, [NODE])
+    rc, out = run(host, "service", "ps", "web")
+    assert rc == 0, out
+    row = next(line for line in out.splitlines() if "web.2" in line)
+    assert "Pending" in row and '"no suitable node (insufficien…"' in row
+    rc, out = run(host, "service", "ps", "--no-trunc", "web")
+    row = next(line for line in out.splitlines() if "web.2" in line)
+    assert f'"{why}"' in row
+
+
+@pytest.mark.parametrize("availability", ["active", "pause", "drain"])
+def test_node_update_availability(api: tuple[str, dict[Any, Any]], availability: str) -> None:
+    host, routes = api
+    node = copy.deepcopy(NODE)
+    node["Spec"]["Labels"] = {"zone": "eu"}
+    routes[("GET", "/nodes/h1")] = lambda q, b: (200, node)
+    routes[("POST", f"/nodes/{node['ID']}/update")] = lambda q, b: (200, None)
+    rc, out = run(host, "node", "update", "--availability", availability, "h1")
+    assert (rc, out) == (0, "h1\n")
+    method, _, query, body = routes["log"][-1]
+    assert method == "POST" and "version=7" in query
+    # only the availability changes; the labels stay
+    assert json.loads(body) == {**node["Spec"], "Availability": availability}
+
+
+def test_global_dry_run_names_tasks_by_node(api: tuple[str, dict[Any, Any]]) -> None:
+    """A global service's plan has one row per node, named ``service.NODEID`` as `service ps`
+    names global tasks."""
+    host, routes = api
+    plan = {"Tasks": [{"NodeID": "n1", "Node": "h1"},
+                      {"NodeID": "n2", "Node": "h2", "Error": "no suitable node (1 node not available for new tasks)"}],
+            "Warnings": []}
+    routes[("POST", "/services/plan")] = lambda q, b: (200, plan)
+    rc, out = run(host, "service", "create", "--dry-run", "--name", "agent", "--mode", "global", "busybox")
+    assert rc == 1
+    assert "agent.n1   h1     new" in out
+    assert "agent.n2   h2     pending: no suitable node (1 node not available for new tasks)" in out

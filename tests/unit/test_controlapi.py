@@ -169,9 +169,11 @@ async def test_services_calls(ctx: Ctx) -> None:
     assert services.list_services(ctx.store, {"mode": ["global"]}) == []
 
     s = services.inspect(ctx.store, sid)
-    with pytest.raises(Unknown, match="does not have a previous spec$") as e:
+    # swarmkit's FailedPrecondition, which Docker answers 400
+    with pytest.raises(FailedPrecondition, match=rf"^rpc error: code = FailedPrecondition desc = service {sid} "
+                       "does not have a previous spec$") as e:
         await services.update(ctx, ref=sid, version=s["Version"]["Index"], spec_body={}, rollback=True)
-    assert e.value.status == 500
+    assert e.value.status == 400
     with pytest.raises(Unimplemented, match="renaming services is not supported"):
         await services.update(ctx, ref=sid, version=s["Version"]["Index"], spec_body=dict(SPEC, Name="other"))
     scaled = dict(SPEC, Mode={"Replicated": {"Replicas": 1}})

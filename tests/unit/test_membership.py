@@ -185,8 +185,29 @@ async def test_managers_lost_with_force_new_cluster_become_workers(store: Store)
     nodes = {n["ID"]: n for n in store.view().list("nodes")}
     assert nodes[N1]["Spec"]["Role"] == "manager" and "ManagerStatus" in nodes[N1]
     for nid in (N2, N3):
-        assert nodes[nid]["Spec"]["Role"] == "worker" and "ManagerStatus" not in nodes[nid]
+        # workers in the spec, shown Down/Unreachable (not the old cluster's Ready/Reachable)
+        assert nodes[nid]["Spec"]["Role"] == "worker"
+        assert nodes[nid]["Status"]["State"] == "down"
+        assert nodes[nid]["ManagerStatus"] == {"Leader": False, "Reachability": "unreachable",
+                                               "Addr": ADDRS[raft_id(nid)]}
+        assert m.manager_status(nid) == nodes[nid]["ManagerStatus"]
     assert raft.calls == []
+    # the statuses written each second keep them unreachable while they are down
+    await m.update_manager_status()
+    assert (store.view().get("nodes", N2) or {})["ManagerStatus"]["Reachability"] == "unreachable"
+
+    # node2 comes back (its daemon's session marks it ready): a worker, no manager status
+    def back(tx: WriteTx) -> None:
+        n = tx.get("nodes", N2)
+        assert n is not None
+        n["Status"] = {"State": "ready", "Message": ""}
+        tx.update("nodes", n)
+
+    await store.update(back)
+    assert m.manager_status(N2) is None
+    await m.update_manager_status()
+    assert "ManagerStatus" not in (store.view().get("nodes", N2) or {})
+    assert (store.view().get("nodes", N3) or {})["ManagerStatus"]["Reachability"] == "unreachable"
 
 
 # -- ManagerStatus ---------------------------------------------------------------------------------

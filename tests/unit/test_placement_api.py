@@ -75,6 +75,10 @@ BAD = [
     ({"Placement": {"Constraints": ["node.colour==red"]}}, "constraint key 'node.colour' is not supported"),
     ({"Placement": {"Constraints": ["node.labels.zone=eu"]}}, "constraint expected one operator from ==, !="),
     ({"Placement": {"Constraints": ["node.role=="]}}, "constraint 'node.role==': value must not be empty"),
+    ({"Placement": {"Constraints": ["node.role==worker", "node.labels.=x"]}},
+     "constraint expected one operator from ==, !=: 'node.labels.=x' is not of the form KEY==VALUE"),
+    ({"Placement": {"Constraints": ["node.labels.==x"]}}, "constraint key 'node.labels.' is not supported"),
+    ({"Placement": {"Constraints": ["node.ip==10.1"]}}, "node.ip takes an IP address or a network"),
     ({"Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "node.hostname"}}]}},
      "invalid placement preference spread=node.hostname: the descriptor must be node.labels.<label> or "
      "engine.labels.<label>"),
@@ -141,6 +145,27 @@ async def test_docker_cli_shaped_placement_is_understood(api: tuple[Client, Stor
     assert tt["Resources"]["Reservations"] == {"NanoCPUs": CPU // 2, "MemoryBytes": 64 << 20}
 
 
+async def test_image_platforms_leave_tasks_pending_on_other_nodes(loops: tuple[Client, Store]) -> None:
+    """``Placement.Platforms`` as the docker CLI fills it from the registry: nodes of another
+    architecture are counted as ``unsupported platform``; the image's own architecture places
+    (the node says x86_64, the image index amd64)."""
+    client, store = loops
+    body = spec_with(Placement={"Platforms": [{"Architecture": "arm64", "OS": "linux"}]})
+    r = await client.post("/services/create", json=body)
+    assert r.status == 201, await r.text()
+
+    def errs() -> set[str]:
+        return {str(t["Status"].get("Err") or "") for t in store.view().list("tasks")}
+
+    await wait_until(lambda: errs() == {"no suitable node (unsupported platform on 3 nodes)"},
+                     what="the tasks pending with the reason")
+    plan = await (await client.post("/services/plan", json={**body, "Name": "other"})).json()
+    assert {t["Error"] for t in plan["Tasks"]} == {"no suitable node (unsupported platform on 3 nodes)"}
+    body["TaskTemplate"]["Placement"]["Platforms"].append({"Architecture": "amd64", "OS": "linux"})
+    plan = await (await client.post("/services/plan", json={**body, "Name": "other"})).json()
+    assert sorted(t["Node"] for t in plan["Tasks"]) == ["h1", "h2", "h3"]
+
+
 async def test_dry_run_create_plans_and_writes_nothing(api: tuple[Client, Store]) -> None:
     client, store = api
     before = store.snapshot_bytes()
@@ -193,6 +218,21 @@ async def test_dry_run_update_keeps_current_tasks_and_writes_nothing(loops: tupl
     assert store.snapshot_bytes() == before
     r = await client.post("/services/nothere/plan", json=moved)
     assert r.status == 404
+    # the mode cannot change (as Swarm refuses the update itself)
+    r = await client.post("/services/web/plan", json={**svc["Spec"], "Mode": {"Global": {}}})
+    assert r.status == 400 and "mode" in (await r.json())["message"]
+    assert store.snapshot_bytes() == before
+
+
+async def test_dry_run_update_refuses_a_mode_change(api: tuple[Client, Store]) -> None:
+    client, store = api
+    stored = {"ID": "g1", "Version": {"Index": 1}, "Spec": {**SPEC, "Name": "g", "Mode": {"Global": {}}}}
+    await store.update(creating("services", stored))
+    r = await client.post("/services/g/plan", json={**SPEC, "Name": "g"})
+    assert r.status == 400
+    msg = (await r.json())["message"]
+    assert msg.startswith("rpc error: code = InvalidArgument desc = service mode change is not allowed")
+    assert msg.endswith("remove the service and create it again in the new mode")
 
 
 async def test_node_labelled_through_the_api_gets_the_pending_task_placed(loops: tuple[Client, Store]) -> None:

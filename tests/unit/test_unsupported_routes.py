@@ -176,7 +176,6 @@ async def test_the_docker_cli_prints_the_501_message(daemon_sock: tuple[str, Pat
             (("system", "df"), "disk usage (docker system df) is not supported by Shoal yet"),
             # `docker exec` inspects the container first
             (("exec", "web.1", "ls"), "containers are not supported by Shoal yet"),
-            (("events", "--until", "0s"), "events (docker events) are not supported by Shoal yet"),
             (("secret", "ls"), "secrets are not supported by Shoal yet")):
         rc, out, err = await docker(host, base, *argv)
         assert rc != 0 and "Error response from daemon: " + words in err, (argv, out, err)

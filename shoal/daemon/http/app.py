@@ -19,7 +19,7 @@ from shoal import __version__
 from shoal.base.boundedjson import MAX_JSON_BYTES
 from shoal.daemon.daemon import API_VERSION, CONSISTENCY_HEADER, MIN_API_VERSION, Daemon, log
 from shoal.daemon.errors import NOT_IN_SWARM, WORKER_NOT_MANAGER, SwarmStateError
-from shoal.daemon.http import images, networks, nodes, services, swarm, system, tasks, unsupported
+from shoal.daemon.http import events, images, networks, nodes, services, swarm, system, tasks, unsupported
 from shoal.daemon.http.errors import api_error, render
 
 
@@ -118,6 +118,7 @@ def build_app(daemon: Daemon) -> web.Application:
     images.add_routes(app, daemon)
     networks.add_routes(app, _network_access(daemon))
     add_swarm_routes(app, _ManagerProxy(daemon))
+    events.add_routes(app, lambda: getattr(daemon.manager, "events", None) if daemon.state.in_swarm else None)
     unsupported.add_routes(app)  # last: Docker's routes Shoal does not serve yet answer 501
     return app
 

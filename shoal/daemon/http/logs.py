@@ -23,6 +23,18 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 LOG_FOLLOW_POLL = 1.0  # seconds between polls of the nodes for `logs --follow` (none while pages are pending)
+LOG_RETRY_UNREACHABLE = 10.0
+"""Seconds a follow leaves a node that did not answer out of its polls before asking it again (so
+one frozen node does not slow every poll by the leader's per-node timeout)."""
+WARNING_HEADER = "X-Shoal-Warning"
+"""The response header naming the nodes whose logs could not be read when the stream started (read by
+the Shoal CLI's ``service logs --follow``; clients that do not know it ignore it)."""
+
+
+def incomplete_warning(unreachable: dict[str, str]) -> str:
+    """Swarm's words for a log stream that lacks some nodes' lines (``unreachable``: node ID → why)."""
+    return ("warning: incomplete log stream. some logs could not be retrieved for the following reasons: "
+            + ", ".join(sorted(unreachable.values())))
 
 
 def mux_frame(stream: int, data: bytes) -> bytes:
@@ -53,7 +65,14 @@ async def write_logs(request: web.Request, manager: Any,
     from each task's cursor (without ``follow`` the pages go on until none is pending, so
     lines written meanwhile are sent too). With ``follow``, the nodes are polled every
     ``LOG_FOLLOW_POLL`` seconds (at once while pages are pending) until the client goes away
-    or the source is removed. Lines of different tasks are in time order within a page only."""
+    or the source is removed. Lines of different tasks are in time order within a page only.
+
+    A node that cannot be read (no session, or no answer within the leader's per-node timeout,
+    :data:`manager.logbroker.LOG_NODE_TIMEOUT`) does not hold the stream up: the other nodes' lines
+    are sent, the :data:`WARNING_HEADER` names the nodes missing from the first page, and a stream
+    without ``follow`` ends with Swarm's "incomplete log stream" warning as a system-error frame
+    (stream 3: the docker CLI prints it as "error from daemon in stream: …"). A follow leaves such a
+    node out of its polls for :data:`LOG_RETRY_UNREACHABLE` seconds at a time."""
     stdout, stderr = query_bool(request, "stdout"), query_bool(request, "stderr")
     if not (stdout or stderr):
         raise HttpError(400, "Bad parameters: you must choose at least one stream")
@@ -78,9 +97,13 @@ async def write_logs(request: web.Request, manager: Any,
         if not since:
             raise HttpError(400, f"invalid since value {since_raw!r}: use a UNIX timestamp") from None
 
+    unreachable: dict[str, str] = {}  # node ID → why its lines could not be read
+    skip_until: dict[str, float] = {}  # follow: node ID → when (monotonic) to ask it again
+
     async def read(tasks: list[Obj], tail: int, since: float,
                    cursors: dict[str, str]) -> tuple[list[Obj], dict[str, str], bool]:
-        """One page: (lines, the tasks' new cursors, more pages pending)."""
+        """One page: (lines, the tasks' new cursors, more pages pending); the nodes that could not
+        be read go to ``unreachable`` and ``skip_until``."""
         ids = [str(t["ID"]) for t in tasks]
         if not ids:
             return [], {}, False
@@ -91,6 +114,10 @@ async def write_logs(request: web.Request, manager: Any,
             page = await read_page(ids, tail, since, timestamps, {i: cursors[i] for i in ids if i in cursors})
         except Exception as e:  # noqa: BLE001 - reported to the client as Docker does
             raise HttpError(500, f"Error grabbing logs: {e}") from e
+        gone = page.get("unreachable") or {}
+        if isinstance(gone, dict):
+            unreachable.update({str(n): str(why) for n, why in gone.items()})
+            skip_until.update({str(n): time.monotonic() + LOG_RETRY_UNREACHABLE for n in gone})
         return list(page.get("lines") or []), dict(page.get("cursors") or {}), bool(page.get("more"))
 
     def frames(lines: list[Obj], by_id: dict[str, Obj]) -> bytes:
@@ -147,6 +174,9 @@ async def write_logs(request: web.Request, manager: Any,
                 break
             if not follow:  # only the pages left of what was there: tasks read by cursor
                 current = [t for t in current if str(t["ID"]) in cursors]
+            else:
+                now = time.monotonic()
+                current = [t for t in current if skip_until.get(str(t.get("NodeID") or ""), 0.0) <= now]
             had_cursor = set(cursors)
             lines, got, more = await read(current, -1, last, cursors)
             cursors.update(got)
@@ -168,13 +198,18 @@ async def write_logs(request: web.Request, manager: Any,
 
     tasks = tasks_now() or []
     first = await read(tasks, tail, since, {})  # an error here is the response's status, not a cut stream
-    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/vnd.docker.multiplexed-stream"})
+    headers = {"Content-Type": "application/vnd.docker.multiplexed-stream"}
+    if unreachable:
+        headers[WARNING_HEADER] = incomplete_warning(unreachable).encode("ascii", "replace").decode()[:2000]
+    resp = web.StreamResponse(status=200, headers=headers)
     await resp.prepare(request)
     try:
         await pump(resp, tasks, *first)
         if request.transport is None or request.transport.is_closing():
             log.info("log stream ended: client went away")
             return resp
+        if unreachable and not follow:
+            await resp.write(mux_frame(3, incomplete_warning(unreachable).encode()))
         await resp.write_eof()
     except ConnectionResetError as e:
         # the client went away (docker logs -f interrupted): the normal end of a stream

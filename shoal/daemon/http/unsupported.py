@@ -89,8 +89,6 @@ UNSUPPORTED: tuple[Unsupported, ...] = (
     Unsupported("disk usage (docker system df)", "docker image ls lists the images with their sizes", (
         ("GET", "/system/df"),
     ), verb="is"),
-    Unsupported("events (docker events)", "docker service ps SERVICE shows the history of a "
-                                          "service's tasks", (("GET", "/events"),)),
     Unsupported("building images", "build it with another tool, then push it to a registry the nodes "
                                    "pull from, or docker load it", (
         ("POST", "/build"), ("POST", "/build/prune"), ("POST", "/build/cancel"),
