@@ -5,7 +5,8 @@ Follows swarmkit (SK: manager/orchestrator/taskreaper/task_reaper.go; SWARM-FACT
 - Tasks whose ``DesiredState`` is ``remove`` (scale-down, service removed) are deleted once
   they are no longer running: their observed state is terminal, or they were never placed, or
   their node is down or gone.
-- Task history: per (service, slot), at most ``TaskHistoryRetentionLimit`` tasks are kept
+- Task history: per (service, slot) — per (service, node) for global services and global jobs,
+  whose tasks have no slot — at most ``TaskHistoryRetentionLimit`` tasks are kept
   (cluster spec ``Orchestration``, default 5; more if the service's restart policy has
   ``MaxAttempts`` + 1 above it; negative = keep everything). Only dead tasks are deleted
   (desired ``shutdown`` or later and terminal or never placed), oldest first.
@@ -47,7 +48,7 @@ def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cl
     known_nodes = {n.id for n in node_list}
     svc = {str(s["ID"]): Service(s) for s in services}
     out: list[str] = []
-    slots: dict[tuple[str, int], list[Obj]] = {}
+    slots: dict[tuple[str, int, str], list[Obj]] = {}
 
     def stopped(t: Obj) -> bool:
         state = task_state(t)
@@ -65,10 +66,14 @@ def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cl
             if stopped(t):
                 out.append(str(t["ID"]))
             continue
-        slots.setdefault((str(t.get("ServiceID", "")), int(t.get("Slot") or 0)), []).append(t)
+        sid = str(t.get("ServiceID", ""))
+        slot = int(t.get("Slot") or 0)
+        s = svc.get(sid)  # a global service's or global job's tasks: their node is their slot
+        node_bound = s is not None and ("Global" in s.mode or "GlobalJob" in s.mode)
+        slots.setdefault((sid, slot, str(t.get("NodeID") or "") if node_bound else ""), []).append(t)
 
     if limit >= 0:
-        for (sid, _slot), ts in slots.items():
+        for (sid, _slot, _node), ts in slots.items():
             keep = limit
             s = svc.get(sid)
             if s is not None:

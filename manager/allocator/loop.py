@@ -37,7 +37,7 @@ from manager.allocator.ports import CLUSTER_PORT, DEFAULT_DATA_PATH_PORT
 from manager.ipam import BRIDGE_POOL
 from manager.loop import reconcile_loop
 from manager.store import MAX_TRANSACTION_BYTES, ReadTx, Store, WriteTx
-from shoal.base.taskstate import ASSIGNED, RUNNING, STATE_ORDER, TERMINAL_STATES
+from shoal.base.taskstate import ASSIGNED, COMPLETE, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import now_rfc3339
 from shoal.base.views import endpoint_spec_key, task_desired_order, task_needs_networks, task_state
 
@@ -53,20 +53,20 @@ MAX_TASKS_PER_PASS = 200
 
 
 def needs_allocation(task: Obj) -> bool:
-    """Whether ``task`` waits for the allocator: state ``new``, desired ``running`` or less, and
+    """Whether ``task`` waits for the allocator: state ``new``, desired ``complete`` (a job's) or less, and
     attached to overlay networks (a spec with ``Networks``, or ingress ports in its ``Endpoint``:
     :func:`shoal.base.views.task_needs_networks`)."""
-    return (task_state(task) == "new" and task_desired_order(task) <= RUNNING
+    return (task_state(task) == "new" and task_desired_order(task) <= COMPLETE
             and task_needs_networks(task))
 
 
 def holds_addresses(task: Obj) -> bool:
     """Whether ``task``'s overlay addresses are still its own: not terminal, and not a task that
-    will never run (desired beyond ``running`` and never placed: the scheduler skips it)."""
+    will never run (desired beyond ``complete`` and never placed: the scheduler skips it)."""
     state = task_state(task)
     if state in TERMINAL_STATES:
         return False
-    return not (task_desired_order(task) > RUNNING and STATE_ORDER.get(state, 0) < ASSIGNED)
+    return not (task_desired_order(task) > COMPLETE and STATE_ORDER.get(state, 0) < ASSIGNED)
 
 
 def _map_list(v: Any) -> list[Obj]:

@@ -27,8 +27,10 @@ from manager.controlapi.errors import (
     Unimplemented,
 )
 from manager.controlapi.networks import allocator_error, network_names, store_allocator
-from manager.orchestrator import service_status
+from manager.orchestrator.jobs import start_iteration
+from manager.orchestrator.status import service_status
 from manager.specs import service_spec_with_defaults, validate_service_spec
+from manager.specs.modes import check_mode_change
 from manager.store import ReadTx, Store, WriteTx
 from shoal.base.util import new_id, now_rfc3339
 
@@ -66,7 +68,8 @@ def list_services(store: Store, filters: Filters | None = None, status: bool = F
         if "label" in f and not labels_match(sp.get("Labels"), f["label"]):
             continue
         if "mode" in f:
-            mode = "replicated" if "Replicated" in (sp.get("Mode") or {}) else "global"
+            mode = {"Global": "global", "ReplicatedJob": "replicated-job", "GlobalJob": "global-job"}.get(
+                next(iter(sp.get("Mode") or {}), ""), "replicated")
             if mode not in f["mode"]:
                 continue
         out.append(_present(s, view, status))
@@ -208,6 +211,7 @@ async def create(ctx: Context, *, spec_body: Any) -> Obj:
     service_spec = spec(validate_service_spec, spec_body)
     sid = new_id()
     svc: Obj = {"ID": sid, "Spec": service_spec}
+    start_iteration(svc, now_rfc3339())
 
     def fn(tx: WriteTx) -> None:
         resolve_networks(tx, service_spec)
@@ -237,6 +241,7 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
     service_spec = spec(validate_service_spec, spec_body)
     if service_spec.get("Name") != (s.get("Spec") or {}).get("Name"):
         raise Unimplemented("rpc error: code = Unimplemented desc = renaming services is not supported")
+    spec(lambda body: check_mode_change(s.get("Spec"), body), service_spec)  # 400 in swarmkit's words
 
     def fn(tx: WriteTx) -> None:
         cur = tx.get("services", s["ID"])
@@ -246,6 +251,7 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
         cur["Version"] = {"Index": version}
         cur["PreviousSpec"] = cur.get("Spec")
         cur["Spec"] = service_spec
+        start_iteration(cur, now_rfc3339())  # a job runs again
         # UpdateStatus as swarmkit's controlapi: a rollback starts one, any other update
         # clears it (the orchestrator's updater then sets "updating" if slots change)
         if rollback:

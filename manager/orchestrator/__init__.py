@@ -1,4 +1,8 @@
-"""The replicated-service orchestrator: desired state vs actual tasks → store changes.
+"""The orchestrator: desired state vs actual tasks → store changes, one reconciler per service
+mode (:mod:`.modes`): replicated (below), global (:mod:`.global_mode`: one task per eligible
+node, pre-assigned), replicated and global jobs (:mod:`.jobs`, :mod:`.replicated_job`,
+:mod:`.global_job`: run to completion per ``JobIteration``); ``ServiceStatus`` per mode in
+:mod:`.status`. The replicated model:
 
 Follows swarmkit (SK: manager/orchestrator/replicated/*, restart/restart.go, allocator;
 design/task_model.md; SWARM-FACTS 1.1, 1.5):

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from manager.orchestrator.global_job import reconcile_global_job
+from manager.orchestrator.global_mode import reconcile_global
 from manager.orchestrator.plan import Obj
 from manager.orchestrator.replicated import reconcile_replicated
+from manager.orchestrator.replicated_job import reconcile_replicated_job
 from manager.orchestrator.update import Ctx
 
 __all__ = ["Reconciler", "RECONCILERS", "mode_of"]
@@ -19,6 +22,9 @@ Reconciler = Callable[[Ctx, Obj, list[Obj]], None]
 
 RECONCILERS: dict[str, Reconciler] = {
     "Replicated": reconcile_replicated,
+    "Global": reconcile_global,
+    "ReplicatedJob": reconcile_replicated_job,
+    "GlobalJob": reconcile_global_job,
 }
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from manager.orchestrator.modes import RECONCILERS, mode_of
 from manager.orchestrator.plan import Obj, Plan, UpdateProgress, WriteBudget, packed_size
 from manager.orchestrator.update import Ctx
-from shoal.base.taskstate import REMOVE, RUNNING, STATE_ORDER
+from shoal.base.taskstate import COMPLETE, REMOVE, STATE_ORDER
 from shoal.base.util import new_id, now_rfc3339
 from shoal.base.views import Node, task_desired_order, task_needs_networks, task_state
 
@@ -73,7 +73,7 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
         if not task_needs_networks(t):
             t["Status"] = dict(pending_status)
     for t in itertools.chain.from_iterable(by_service.values()):
-        if task_state(t) == "new" and task_desired_order(t) <= RUNNING and (tid := str(t["ID"])) not in updated \
+        if task_state(t) == "new" and task_desired_order(t) <= COMPLETE and (tid := str(t["ID"])) not in updated \
                 and not task_needs_networks(t) and budget.take(1, packed_size(t)):
             t["Status"] = dict(pending_status)
             updated[tid] = t

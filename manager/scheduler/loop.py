@@ -27,7 +27,7 @@ from manager.ipam import BridgeIPAM, IPAMError
 from manager.scheduler.nodeset import NodeSet
 from manager.scheduler.placement import schedule
 from manager.store import Event, Store, WriteTx
-from shoal.base.taskstate import RUNNING, TERMINAL_STATES
+from shoal.base.taskstate import COMPLETE, TERMINAL_STATES
 from shoal.base.util import now_rfc3339, wait_timeout
 from shoal.base.views import Node, Task, task_desired_order, task_state
 
@@ -41,9 +41,10 @@ BRIDGE_NETWORK_ID = "shoal-bridge"
 
 
 def is_pending(task: Obj) -> bool:
-    """Whether the scheduler should place the task dict ``task``: ``pending``, no node yet,
-    desired state at most ``running``."""
-    return task_state(task) == "pending" and not task.get("NodeID") and task_desired_order(task) <= RUNNING
+    """Whether the scheduler should place the task dict ``task``: ``pending`` with desired state
+    at most ``complete`` (a job's); one with a ``NodeID`` already (a global service's) is only
+    checked against that node."""
+    return task_state(task) == "pending" and task_desired_order(task) <= COMPLETE
 
 
 def bridge_attachment(subnet: str, gateway: str, address: str) -> Obj:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.base.taskstate import RUNNING, TERMINAL_STATES
+from shoal.base.taskstate import ASSIGNED, COMPLETE, TERMINAL_STATES, state_order
 from shoal.base.views import Node, task_desired_order, task_reservations, task_spec_version, task_state
 
 __all__ = ["NodeInfo", "MAX_FAILURES", "MONITOR_FAILURES", "FAILED_STATES", "task_is_active", "host_ports",
@@ -41,11 +41,13 @@ def failure_key(task: Obj) -> FailureKey:
 
 
 def task_is_active(task: Obj) -> bool:
-    """Whether ``task`` occupies its node: placed (``NodeID`` set), desired to run (desired state
-    at most ``running``) and not yet terminal (``Status.State`` before ``complete``)."""
+    """Whether ``task`` occupies its node: placed (``NodeID`` set, past ``pending``: a
+    pre-assigned task counts once the scheduler accepts it), desired to run (desired state at most
+    ``complete``) and not yet terminal (``Status.State`` before ``complete``)."""
     return (
         bool(task.get("NodeID"))
-        and task_desired_order(task) <= RUNNING
+        and task_desired_order(task) <= COMPLETE
+        and state_order(task_state(task)) >= ASSIGNED
         and task_state(task) not in TERMINAL_STATES
     )
 

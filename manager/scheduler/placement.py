@@ -48,7 +48,7 @@ def group_key(task: Obj) -> tuple[str, str]:
 
 def schedule(nodes: NodeSet, tasks: Iterable[Obj], now: float = 0.0, pipeline: Pipeline | None = None,
              exclude: Collection[str] = ()) -> Decisions:
-    """Place ``tasks`` (pending task dicts without a node) on ``nodes``, which is updated with
+    """Place ``tasks`` (pending task dicts; one with a ``NodeID`` only on that node) on ``nodes``, which is updated with
     each placement; the node IDs in ``exclude`` are left out (not counted in explanations
     either: the loop leaves out nodes it has no bridge subnet for yet). ``now`` (seconds since
     the epoch) is the time the faulty-node rule measures failures against. Groups go in key
@@ -57,12 +57,29 @@ def schedule(nodes: NodeSet, tasks: Iterable[Obj], now: float = 0.0, pipeline: P
     out = Decisions()
     groups: dict[tuple[str, str], list[Obj]] = {}
     for t in tasks:
-        groups.setdefault(group_key(t), []).append(t)
+        if t.get("NodeID"):
+            _check_preassigned(nodes, t, pipe, exclude, out)
+        else:
+            groups.setdefault(group_key(t), []).append(t)
     node_list = sorted((n for n in nodes if n.id not in exclude), key=lambda n: (n.hostname, n.id))
     for gkey in sorted(groups):
         group = sorted(groups[gkey], key=lambda t: (int(t.get("Slot") or 0), str(t["ID"])))
         _schedule_group(nodes, node_list, group, pipe, now, out)
     return out
+
+
+def _check_preassigned(nodes: NodeSet, task: Obj, pipe: Pipeline, exclude: Collection[str], out: Decisions) -> None:
+    """A task whose node the orchestrator chose (a global service's): placed there if the node
+    passes the filters, else left pending with the reason (SK: scheduler.go
+    ``processPreassignedTasks``)."""
+    nid = str(task["NodeID"])
+    info = nodes.get(nid)
+    pipe.set_task(task)
+    if info is not None and nid not in exclude and pipe.process(info):
+        nodes.place(task, nid)
+        out.placed[str(task["ID"])] = nid
+    else:
+        out.failed[str(task["ID"])] = no_suitable_node(pipe.explain())
 
 
 def _schedule_group(nodes: NodeSet, node_list: list[Any], group: list[Obj], pipe: Pipeline, now: float,

@@ -9,7 +9,6 @@ from typing import Any, cast
 from manager.allocator.errors import InvalidArgument as AllocInvalidArgument
 from manager.allocator.ports import normalize_port
 from manager.specs.common import (
-    MAX_REPLICAS,
     SECOND,
     SpecError,
     _check_int_ranges,
@@ -22,6 +21,7 @@ from manager.specs.common import (
     validate_network_attachments,
 )
 from manager.specs.container import validate_task_spec
+from manager.specs.modes import validate_mode
 from manager.specs.policies import validate_policies
 from manager.specs.schema import SERVICE_SPEC_SCHEMA, canonicalize_keys
 
@@ -84,26 +84,7 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
     validate_name(spec["Name"])
     _labels(spec.get("Labels"), "ServiceSpec.Labels")
     spec["TaskTemplate"] = validate_task_spec(spec.get("TaskTemplate"))
-    mode = spec.get("Mode")
-    if not mode:
-        spec["Mode"] = {"Replicated": {"Replicas": 1}}
-    else:
-        mode = _obj(mode, "Mode")
-        kinds = [k for k in ("Replicated", "Global", "ReplicatedJob", "GlobalJob") if k in mode]
-        if len(kinds) > 1:
-            raise SpecError("service mode must be exactly one of Replicated, Global, ReplicatedJob, GlobalJob")
-        if not kinds:
-            raise SpecError(f"unrecognized service mode {sorted(mode)!r}: use Replicated")
-        if kinds[0] != "Replicated":
-            raise SpecError(f"service mode {kinds[0]} is not supported by shoal yet: use Replicated")
-        rep = _obj(mode["Replicated"], "Mode.Replicated")
-        if rep.get("Replicas") is None:
-            rep["Replicas"] = 1
-        replicas = _uint(rep["Replicas"], "ServiceSpec.Mode.Replicated.Replicas")
-        if replicas > MAX_REPLICAS:
-            raise SpecError(f"Replicas {replicas} is over the limit of {MAX_REPLICAS} tasks per service: ask for "
-                            f"at most {MAX_REPLICAS}, or split the workload over several services")
-        mode["Replicated"] = rep
+    spec["Mode"] = validate_mode(spec.get("Mode"))
     _validate_update_config(spec.get("UpdateConfig"), "UpdateConfig", ("continue", "pause", "rollback"))
     _validate_update_config(spec.get("RollbackConfig"), "RollbackConfig", ("continue", "pause"))
     validate_policies(spec)

@@ -12,6 +12,7 @@ Commands and output follow the docker CLI (docker/cli v28 ``cli/command/{swarm,n
     service create [flags] IMAGE [COMMAND [ARG…]]        service ls | ps SERVICE… | inspect SERVICE…
     service create … [--constraint E] [--placement-pref spread=D] [--replicas-max-per-node N]
                    [--reserve-cpu C] [--reserve-memory M] [--dry-run] IMAGE …
+    service create … [--mode replicated|global|replicated-job|global-job] [--max-concurrent N] IMAGE …
     service update [--network-add|--network-rm NET] [--publish-add|--publish-rm PORT]
                    [--endpoint-mode vip|dnsrr] [--replicas N] [--image I] [--force]
                    [--constraint-add|--constraint-rm E] [--placement-pref-add|--placement-pref-rm P]
@@ -43,6 +44,7 @@ from shoal.cli import format as fmt
 from shoal.cli.client import APIError, Client, ConnectError
 from shoal.cli.events_cmd import add_events_parser, timestamp_arg
 from shoal.cli.health_flags import add_health_args, apply_health, update_health
+from shoal.cli.modes_flags import add_mode_args, build_mode, is_job, wait_job
 from shoal.cli.update_flags import (
     UpdateWatch,
     add_node_commands,
@@ -401,8 +403,7 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
             # as docker/cli's logDriverOptions; --log-opt alone means the only driver, json-file
             check_driver(a.log_driver)
             task["LogDriver"] = {"Name": a.log_driver or LOG_DRIVER, "Options": parse_flags(a.log_opt or [])}
-        mode: dict[str, Any] = {"Global": {}} if a.mode == "global" else \
-            {"Replicated": {"Replicas": 1 if a.replicas is None else a.replicas}}
+        mode = build_mode(a)
         endpoint: dict[str, Any] = {"Mode": a.endpoint_mode or "vip"}
         if a.publish:
             endpoint["Ports"] = [p for text in a.publish for p in parse_publish_flag(text)]
@@ -533,6 +534,8 @@ def cmd_service_create(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     out.flush()
     if a.detach:
         return 0
+    if is_job(spec):
+        return wait_job(c, res["ID"], out, timeout=a.timeout)
     return wait_converged(c, res["ID"], out, timeout=a.timeout)
 
 
@@ -716,6 +719,8 @@ def cmd_service_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     out.flush()
     if a.detach:
         return 0
+    if is_job(spec):
+        return wait_job(c, svc["ID"], out, timeout=a.timeout)
     return wait_converged(c, svc["ID"], out, timeout=a.timeout, watch=UpdateWatch())
 
 
@@ -960,7 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = top.add_parser("service", help="manage services").add_subparsers(dest="cmd", required=True)
     x = sv.add_parser("create", help="create a service")
     x.add_argument("--name", default="")
-    x.add_argument("--mode", choices=["replicated", "global"], default="replicated")
+    add_mode_args(x)
     x.add_argument("--replicas", type=int, default=None)
     x.add_argument("-d", "--detach", action="store_true", help="return at once instead of waiting to converge")
     x.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence (default 300)")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shoal.base.util import parse_size
+from shoal.cli.modes_flags import replicas_text
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], padding: int = 3) -> str:
@@ -261,7 +262,7 @@ def service_rows(services: list[dict[str, Any]], running: dict[str, int]) -> lis
         else:
             desired = st.get("DesiredTasks", "")
         rows.append([
-            short_id(s["ID"]), spec.get("Name", ""), mode, f"{run_n}/{desired}",
+            short_id(s["ID"]), spec.get("Name", ""), mode, replicas_text(s, run_n, desired),
             image_name(spec.get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image", "")),
             ports(s.get("Endpoint")),
         ])

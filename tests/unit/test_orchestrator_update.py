@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from manager.orchestrator import OLD_TASK_TIMEOUT, Orchestrator, UpdateProgress, reconcile
+from manager.orchestrator import OLD_TASK_TIMEOUT, Orchestrator, reconcile
 from manager.reaper import TaskReaper
 from manager.scheduler import Scheduler
 from manager.specs import SECOND, task_spec_with_defaults
@@ -25,122 +25,10 @@ from manager.store import Store, WriteTx
 from shoal.base.taskstate import STATE_ORDER
 from shoal.base.util import now_rfc3339
 from tests.stores import open_store
+from tests.unit.orchestrator_harness import T0, Cluster, service
 from tests.waiting import wait_until
 
-T0 = 1_800_000_000.0
 Obj = dict[str, Any]
-
-
-def service(replicas: int = 3, image: str = "busybox:1", **update: Any) -> Obj:
-    """A replicated service ``s1`` with UpdateConfig fields ``update`` (Delay/Monitor in ns)."""
-    spec: Obj = {"Name": "web", "Mode": {"Replicated": {"Replicas": replicas}},
-                 "TaskTemplate": {"ContainerSpec": {"Image": image}}}
-    if update:
-        spec["UpdateConfig"] = dict(update)
-    return {"ID": "s1", "Version": {"Index": 1}, "Spec": spec}
-
-
-class Cluster:
-    """Deterministic harness for :func:`reconcile`: holds services, tasks and nodes, applies
-    each plan as the store would (``CreatedAt`` = the pass's time, a new ``Version.Index`` for
-    every service written) and carries the update progress between passes. ``worker(tid,
-    state)`` plays the worker."""
-
-    def __init__(self, svc: Obj, nodes: int = 3) -> None:
-        self.now = T0
-        self.services: dict[str, Obj] = {svc["ID"]: svc}
-        self.nodes: list[Obj] = [{"ID": f"n{i}", "Spec": {"Availability": "active"}, "Status": {"State": "ready"}}
-                      for i in range(1, nodes + 1)]
-        self.tasks: dict[str, Obj] = {}
-        self.progress: dict[str, UpdateProgress] = {}
-        self.ids = (f"t{i}" for i in itertools.count(1))
-        self.wake_at: float | None = None
-        self.step()
-        for i, t in enumerate(sorted(self.current(), key=lambda t: t["Slot"])):
-            self.place(t["ID"], f"n{i % nodes + 1}")
-            self.worker(t["ID"], "running")
-        self.step()
-
-    # -- the store side
-    def step(self, dt: float = 0.0) -> Any:
-        """Advance the clock by ``dt`` s, run one pass, apply it; returns the plan."""
-        self.now += dt
-        plan = reconcile(copy.deepcopy(list(self.services.values())), copy.deepcopy(list(self.tasks.values())),
-                         copy.deepcopy(self.nodes), self.now, lambda: next(self.ids), self.progress)
-        for t in plan.create:
-            t["CreatedAt"] = now_rfc3339(self.now)
-            self.tasks[t["ID"]] = t
-        for t in plan.update:
-            self.tasks[t["ID"]] = t
-        for s in plan.services:
-            self.services[s["ID"]] = self.stored(s)
-        self.progress = plan.progress
-        self.wake_at = plan.wake_at
-        return plan
-
-    def stored(self, s: Obj) -> Obj:
-        """``s`` with the next ``Version.Index``, as the store gives every object it writes."""
-        self.version = getattr(self, "version", 1) + 1
-        s["Version"] = {"Index": self.version}
-        return s
-
-    def user_update(self, **changes: Any) -> None:
-        """What POST /services/{id}/update does: PreviousSpec = Spec, new Spec, UpdateStatus
-        cleared (``rollback=True``: swap back and set rollback_started)."""
-        s = self.stored(self.services["s1"])
-        if changes.pop("rollback", False):
-            s["Spec"], s["PreviousSpec"] = s["PreviousSpec"], s["Spec"]
-            s["UpdateStatus"] = {"State": "rollback_started", "StartedAt": now_rfc3339(self.now),
-                                 "Message": "manually requested rollback"}
-            return
-        s["PreviousSpec"] = copy.deepcopy(s["Spec"])
-        for path, value in changes.items():
-            obj = s["Spec"]
-            keys = path.split("__")
-            for k in keys[:-1]:
-                obj = obj.setdefault(k, {})
-            obj[keys[-1]] = value
-        s.pop("UpdateStatus", None)
-
-    # -- the worker side
-    def place(self, tid: str, node: str) -> None:
-        self.tasks[tid]["NodeID"] = node
-        self.worker(tid, "assigned")
-
-    def worker(self, tid: str, state: str) -> None:
-        self.tasks[tid]["Status"] = {"State": state, "Timestamp": now_rfc3339(self.now)}
-
-    def run_new(self) -> list[str]:
-        """Place and run every pending task (as scheduler + worker would); returns their IDs."""
-        out = []
-        for t in self.tasks.values():
-            if t["Status"]["State"] == "pending" and t["DesiredState"] == "running":
-                self.place(t["ID"], "n1")
-                self.worker(t["ID"], "running")
-                out.append(t["ID"])
-        return sorted(out)
-
-    def stop_asked(self) -> list[str]:
-        """Stop every task asked to stop that still runs; returns their IDs."""
-        out = []
-        for t in self.tasks.values():
-            if t["DesiredState"] in ("shutdown", "remove") and t["Status"]["State"] in ("assigned", "running"):
-                self.worker(t["ID"], "shutdown")
-                out.append(t["ID"])
-        return sorted(out)
-
-    # -- views
-    def current(self) -> list[Obj]:
-        return [t for t in self.tasks.values() if t["DesiredState"] == "running"]
-
-    def image_of(self, t: Obj) -> str:
-        return str(t["Spec"]["ContainerSpec"]["Image"])
-
-    def status(self) -> Any:
-        return self.services["s1"].get("UpdateStatus")
-
-    def running_images(self) -> list[str]:
-        return sorted(self.image_of(t) for t in self.current() if t["Status"]["State"] == "running")
 
 
 def test_stop_first_one_at_a_time_with_delay_and_monitor() -> None:

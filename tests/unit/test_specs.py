@@ -44,7 +44,9 @@ def test_defaults_mode_and_name() -> None:
         (_spec(TaskTemplate={"ContainerSpec": {"Image": ""}}), "ContainerSpec: image reference must be provided"),
         (_spec(TaskTemplate={"ContainerSpec": {}}), "ContainerSpec: image reference must be provided"),
         (_spec(Name="bad name!"), "name must be valid as a DNS name component"),
-        (_spec(Mode={"Global": {}}), "not supported"),
+        (_spec(Mode={"Global": {}, "Replicated": {}}), "exactly one of"),
+        (_spec(Mode={"ReplicatedJob": {"MaxConcurrent": -1}}), "cannot unmarshal number -1"),
+        (_spec(Mode={"ReplicatedJob": {"TotalCompletions": -2}}), "cannot unmarshal number -2"),
         (_spec(Mode={"Weird": {}}), "unrecognized service mode"),
         (_spec(TaskTemplate={"ContainerSpec": {"Image": "x"}, "RestartPolicy": {"Condition": "sometimes"}}), "RestartCondition"),
         (_spec(TaskTemplate={"ContainerSpec": {"Image": "x"}, "Placement": {"Constraints": ["node.role=manager"]}}),
@@ -119,8 +121,7 @@ def test_keys_are_canonicalised_case_insensitively_but_not_maps() -> None:
     cs = s["TaskTemplate"]["ContainerSpec"]
     assert cs == {"Image": "busybox", "Env": ["mode=x"], "Labels": {"Image": "y"}}
     assert s["TaskTemplate"]["RestartPolicy"] == {"Condition": "none"}
-    with pytest.raises(SpecError, match="Global is not supported"):
-        validate_service_spec(_spec(Mode={"global": {}}))
+    assert validate_service_spec(_spec(Mode={"global": {}}))["Mode"] == {"Global": {}}
     n = validate_node_spec({"role": "worker", "availability": "drain", "labels": {"role": "x"}})
     assert n == {"Role": "worker", "Availability": "drain", "Labels": {"role": "x"}}
 
