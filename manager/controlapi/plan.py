@@ -17,10 +17,11 @@ import time
 from typing import Any
 
 from manager.controlapi.common import Obj, resolve, service_names, spec
-from manager.controlapi.errors import INVALID_ARGUMENT, Conflict, InvalidArgument, Unimplemented
+from manager.controlapi.errors import Conflict, Unimplemented
 from manager.controlapi.services import check_host_port_conflicts, resolve_networks
 from manager.scheduler import NodeSet, Pipeline, no_suitable_node, schedule, task_is_active
 from manager.specs import task_spec_with_defaults, validate_service_spec
+from manager.specs.modes import check_mode_change
 from manager.store import ReadTx, Store
 
 __all__ = ["plan_create", "plan_update", "DRY_RUN_SERVICE_ID"]
@@ -52,15 +53,17 @@ def _plan(view: ReadTx, service_id: str, service_spec: Obj, version: int, keep: 
     else:
         replicas = int((mode.get("Replicated") or {}).get("Replicas", 1))
     is_global = "Global" in mode or "GlobalJob" in mode
+    # slots: 1..Replicas for a replicated service, 0..MaxConcurrent-1 for a replicated job (swarmkit)
+    slots = range(0, replicas) if "ReplicatedJob" in mode else range(1, replicas + 1)
     if not is_global:  # a scale-down removes the slots above the new count
-        keep = [t for t in keep if 1 <= int(t.get("Slot") or 0) <= replicas]
+        keep = [t for t in keep if int(t.get("Slot") or 0) in slots]
     others = [t for t in view.list_shallow("tasks") if t.get("ServiceID") != service_id]
     nodes = NodeSet.from_objects(view.list_shallow("nodes"), [*others, *keep], now=now)
     task_spec = task_spec_with_defaults(service_spec.get("TaskTemplate") or {})
     ports = _host_ports(service_spec)
 
     def new_task(slot: int, node_id: str = "") -> Obj:
-        t: Obj = {"ID": f"{service_id}.{slot or node_id}", "ServiceID": service_id, "Slot": slot,
+        t: Obj = {"ID": f"{service_id}.{node_id or slot}", "ServiceID": service_id, "Slot": slot,
                   "NodeID": node_id, "Spec": task_spec, "SpecVersion": {"Index": version},
                   "DesiredState": "running", "Status": {"State": "pending"}}
         if ports:
@@ -83,9 +86,9 @@ def _plan(view: ReadTx, service_id: str, service_spec: Obj, version: int, keep: 
                 out.append({"NodeID": info.id, "Node": info.hostname, "Error": no_suitable_node(pipe.explain())})
         return {"Tasks": out, "Warnings": []}
     kept_slots = {int(t.get("Slot") or 0): t for t in keep}
-    to_place = [new_task(slot) for slot in range(1, replicas + 1) if slot not in kept_slots]
+    to_place = [new_task(slot) for slot in slots if slot not in kept_slots]
     dec = schedule(nodes, to_place, now=now)
-    for slot in range(1, replicas + 1):
+    for slot in slots:
         if slot in kept_slots:
             nid = str(kept_slots[slot].get("NodeID") or "")
             out.append({"Slot": slot, "NodeID": nid, "Node": _hostname(nodes, nid), "Unchanged": True})
@@ -130,9 +133,7 @@ def plan_update(store: Store, *, ref: str, spec_body: Any, now: float | None = N
     view = store.view()
     s = resolve(view, "services", ref, "service", service_names)
     service_spec = spec(validate_service_spec, spec_body)
-    if set(service_spec.get("Mode") or {}) != set((s.get("Spec") or {}).get("Mode") or {}):
-        raise InvalidArgument(INVALID_ARGUMENT + "service mode change is not allowed: remove the service and "
-                              "create it again in the new mode")
+    spec(lambda body: check_mode_change(s.get("Spec"), body), service_spec)  # as services.update
     if service_spec.get("Name") != (s.get("Spec") or {}).get("Name"):
         raise Unimplemented("rpc error: code = Unimplemented desc = renaming services is not supported")
     resolve_networks(view, service_spec)

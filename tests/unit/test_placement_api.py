@@ -252,3 +252,18 @@ async def test_node_labelled_through_the_api_gets_the_pending_task_placed(loops:
     assert r.status == 200, await r.text()
     await wait_until(lambda: [t.get("NodeID") for t in store.view().list("tasks")] == ["node2"] * 3,
                      timeout=2.0, what="all three tasks placed on h2")
+
+
+async def test_dry_run_of_a_replicated_job_numbers_its_slots_from_0(api: tuple[Client, Store]) -> None:
+    """A replicated job's slots are 0..MaxConcurrent-1 (swarmkit), in the dry run as in the
+    orchestrator; the plan places MaxConcurrent tasks (at most TotalCompletions)."""
+    client, store = api
+    body = {**SPEC, "Name": "job", "Mode": {"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 5}}}
+    r = await client.post("/services/plan", json=body)
+    assert r.status == 200, await r.text()
+    rows = (await r.json())["Tasks"]
+    assert [t["Slot"] for t in rows] == [0, 1] and all(t.get("Node") for t in rows)
+    body["Mode"] = {"ReplicatedJob": {"MaxConcurrent": 4, "TotalCompletions": 3}}
+    rows = (await (await client.post("/services/plan", json=body)).json())["Tasks"]
+    assert [t["Slot"] for t in rows] == [0, 1, 2]
+    assert store.view().list("services") == []
