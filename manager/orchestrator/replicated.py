@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from manager.orchestrator.plan import Obj, new_task
 from manager.orchestrator.restart import should_restart
+from manager.orchestrator.slots import hold_slot, node_fate
 from manager.orchestrator.update import Ctx, rolling_update
 from manager.specs import task_spec_with_defaults
 from shoal.base.taskstate import RUNNING, TERMINAL_STATES
@@ -59,14 +60,15 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
         current = [t for t in ts if task_desired_order(t) <= RUNNING]
         if not current:
             continue
-        if len(current) > 1:
-            current.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
-        live = [t for t in current if task_state(t) not in TERMINAL_STATES]
-        keep = (live or current)[-1]
-        for extra in current:  # at most one current task per slot (start-first: two for a while)
-            if extra is not keep and str(extra["ID"]) not in keep_old and budget.take(1, ctx.task_size):
+        # at most one current task per slot (start-first: two for a while; lost nodes' parked)
+        hold = hold_slot(current, ctx.node_by_id, now, keep_old)
+        if hold.wake is not None:
+            plan._wake(hold.wake)
+        for extra in hold.shut:
+            if budget.take(1, ctx.task_size):
                 set_desired(extra, "shutdown")
-        occupied[slot] = keep
+        if hold.keep is not None:
+            occupied[slot] = hold.keep
 
     # scale down: remove the highest slots (stop-first slots being updated count as used)
     reserved = set(prog.stopping) - set(occupied) if prog else set()
@@ -106,9 +108,12 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
                 continue
             replace = True
         if replace:
-            if not budget.take(2, ctx.task_size):
+            # a lost node's task is replaced but stays parked (manager.orchestrator.slots)
+            parked = state not in TERMINAL_STATES and node_fate(cur, ctx.node_by_id) == "lost"
+            if not budget.take(1 if parked else 2, ctx.task_size):
                 continue  # replaced in the next pass
-            set_desired(cur, "shutdown")
+            if not parked:
+                set_desired(cur, "shutdown")
             t = new_task(svc, slot, ts_now, id_gen)
             plan.create.append(t)
             occupied[slot] = t
