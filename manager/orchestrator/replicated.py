@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from manager.orchestrator.plan import Obj, new_task
+from manager.orchestrator.rebalance import moving_ids, rebalance
 from manager.orchestrator.restart import should_restart
 from manager.orchestrator.slots import hold_slot, node_fate
 from manager.orchestrator.update import Ctx, rolling_update
@@ -51,6 +52,7 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
     for t in tasks:
         slots.setdefault(int(t.get("Slot") or 0), []).append(t)
     keep_old = {i for ids in (prog.start_first_old.values() if prog else []) for i in ids}
+    keep_old |= moving_ids(svc, tasks)  # rebalancing moves in flight (rebalance.py)
     occupied: dict[int, Obj] = {}
     for slot, ts in slots.items():
         if len(ts) == 1:  # the common case, kept cheap: a pass looks at every slot
@@ -138,6 +140,9 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
             occupied[slot] = plan.create[-1]
             missing -= 1
         slot += 1
+
+    # opt-in rebalancing (com.shoal.rebalance=true): move tasks to the emptier nodes
+    rebalance(ctx, svc, tasks, occupied, updating=new_prog is not None or bool(replaced))
 
 
 def service_status(service: Obj, tasks: Iterable[Obj], nodes: Iterable[Obj]) -> Obj:

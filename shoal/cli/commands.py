@@ -36,6 +36,7 @@ from typing import Any, TextIO
 from shoal.base.logopts import LOG_DRIVER, check_driver, parse_flags
 from shoal.cli import format as fmt
 from shoal.cli.client import APIError, Client, ConnectError
+from shoal.cli.rebalance_flags import add_rebalance_args, apply_rebalance
 
 ACTIVE_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
 FAILED_STATES = ("failed", "rejected")
@@ -671,7 +672,7 @@ def _update_placement(task: dict[str, Any], a: argparse.Namespace) -> None:
 
 def cmd_service_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     svc = find_service(c, a.service)
-    spec = update_service_spec(c, dict(svc["Spec"]), a)
+    spec = apply_rebalance(update_service_spec(c, dict(svc["Spec"]), a), a)
     if a.dry_run:
         return print_plan(c.service_plan(spec, svc["ID"]), str(svc["Spec"].get("Name") or a.service), out)
     res = c.service_update(svc["ID"], svc["Version"]["Index"], spec)
@@ -967,6 +968,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--reserve-memory", default="", metavar="BYTES")
     x.add_argument("--dry-run", action="store_true",
                    help="print where each task would go (or why not) and change nothing")
+    add_rebalance_args(x)
     x.add_argument("service", metavar="SERVICE")
     x.set_defaults(func=cmd_service_update)
     x = sv.add_parser("ls", help="list services")
