@@ -6,13 +6,20 @@ tests/unit/test_orchestrator_update.py (injected clock, plans applied as the sto
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from manager.dispatcher.assignments import TaskIndex
 from manager.orchestrator.slots import SETTLE, hold_slot, node_fate
 from shoal.base.util import now_rfc3339
 from shoal.base.views import Node
+from tests.unit.test_dispatcher import _env
+from tests.unit.test_dispatcher_dns import DnsEnv, dns, two_nodes
 from tests.unit.test_orchestrator_update import Cluster, service
+from tests.waiting import wait_until
 
 Obj = dict[str, Any]
 
@@ -182,3 +189,24 @@ def test_down_nodes_tasks_leave_dns() -> None:
     idx = TaskIndex(tasks, [], nodes)
     assert [e[2] for e in idx.dns_tasks["net1"]] == ["a"]
     assert sorted(e[2] for e in TaskIndex(tasks).dns_tasks["net1"]) == ["a", "bb"]
+
+
+@pytest.fixture
+async def dns_env(tmp_path: Path) -> AsyncIterator[DnsEnv]:
+    async for e in _env(tmp_path, 5.0):
+        yield DnsEnv(e.store, e.d, e.port)
+
+
+async def test_a_down_nodes_tasks_leave_the_other_nodes_dns_and_come_back(dns_env: DnsEnv) -> None:
+    """Through the dispatcher's pushes (real store, loopback sessions): n2 marked down drops its
+    running task from n1's records (it is parked, still desired running); ready again, it is back."""
+    n1, _n2 = await two_nodes(dns_env)
+
+    def ids() -> list[str] | None:
+        d = dns(n1)
+        return None if d is None else [t["ID"] for t in d["Tasks"]]
+
+    await dns_env.modify("nodes", "n2", lambda n: n.__setitem__("Status", {**n["Status"], "State": "down"}))
+    await wait_until(lambda: ids() == ["w1"], 2, "w2 gone from n1's records")
+    await dns_env.modify("nodes", "n2", lambda n: n.__setitem__("Status", {**n["Status"], "State": "ready"}))
+    await wait_until(lambda: ids() == ["w1", "w2"], 2, "w2 back in n1's records")
