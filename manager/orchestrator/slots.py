@@ -101,6 +101,8 @@ def hold_slot(current: list[Obj], node_by_id: Mapping[str, Node], now: float,
     Tasks on gone nodes are shut down. Several live candidates (a lost node came back): nothing
     is decided until every candidate's node has settled (``wake``), then the oldest running task
     with the newest one's ``Spec`` is kept (else the newest)."""
+    if len(current) == 1:  # the common case (a slot with history): a pass looks at every slot
+        return SlotHold(keep=current[0])
     hold = SlotHold()
     away: list[Obj] = []
     cands: list[Obj] = []
