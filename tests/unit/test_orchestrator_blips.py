@@ -168,6 +168,9 @@ def test_hold_slot_rules() -> None:
     assert h.keep is not None and h.keep["ID"] == "o" and h.parked == []
     h = hold_slot([t("o", "left", age=20), t("r", "up")], nodes, now)
     assert h.keep is not None and h.keep["ID"] == "r" and [x["ID"] for x in h.shut] == ["o"]
+    # a parked task whose node is then removed (node rm) is shut down
+    h = hold_slot([t("o", "nope", age=20), t("r", "up")], nodes, now)
+    assert h.keep is not None and h.keep["ID"] == "r" and [x["ID"] for x in h.shut] == ["o"]
     # a start-first update's old task is never shut here
     old, new = t("old", "up", age=20), t("new", "up", "starting")
     new["Spec"] = {"x": 2}
