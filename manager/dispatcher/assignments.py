@@ -265,7 +265,7 @@ class TaskIndex:
       (:func:`peer_keys`).
 
     - ``dns_tasks``: network ID → ``[(service ID, slot, task ID, "a.b.c.d/len", hostname)]`` of
-      the running tasks on it (:func:`dns_task_keys`);
+      the running tasks on it (:func:`dns_task_keys`), but those of nodes ``down`` in ``nodes``;
     - ``services``: network ID → ``[(service name, (alias, …), VIP or None)]`` of the services
       whose ``TaskTemplate.Networks`` target it, and ``service_names``: service ID → name, from
       ``services`` (all services, only read; :func:`service_dns_keys`);
@@ -290,12 +290,17 @@ class TaskIndex:
         self.dns_tasks: dict[str, list[tuple[str, int | str, str, str, str | None]]] = {}
         self.services: dict[str, list[tuple[str, tuple[str, ...], str | None]]] = {}
         self.service_names: dict[str, str] = {}
+        nodes = list(nodes)
+        # a down node's tasks may still run (parked, manager.orchestrator.slots) but answer no name
+        down = {n.get("ID") for n in nodes if _map(n.get("Status")).get("State") == "down"}
         for t in tasks:
             node_id = t.get("NodeID")
             if isinstance(node_id, str) and node_id:
                 self.by_node.setdefault(node_id, []).append(t)
             for nid, nd, addr in peer_keys(t):
                 self.peers.setdefault(nid, []).append((nd, addr))
+            if down and node_id in down:
+                continue  # (its peer entries are dropped by node_networks: the node has no VTEP)
             for nid, sid, slot, tid, addr, hostname in dns_task_keys(t):
                 self.dns_tasks.setdefault(nid, []).append((sid, slot, tid, addr, hostname))
         for svc in services:

@@ -15,8 +15,10 @@ design/task_model.md; SWARM-FACTS 1.1, 1.5):
   for) is replaced in the same slot if the restart policy says so (condition ``any`` |
   ``on-failure`` | ``none``; ``MaxAttempts`` within ``Window``), once ``Delay`` has passed since
   it ended; the old task gets desired ``shutdown``.
-- A current task on a node that is ``down``, gone, or ``drain`` is replaced at once elsewhere;
-  the old task gets desired ``shutdown``.
+- A current task on a node that is gone, left or ``drain`` is replaced at once elsewhere; the
+  old task gets desired ``shutdown``. On a node marked ``down`` (missed heartbeats) it is
+  replaced too but kept running (parked): when the node comes back one task per slot is kept
+  (:mod:`.slots`).
 - Rolling updates (SK: manager/orchestrator/update/updater.go): when the task template (or
   ``ForceUpdate``) changes, out-of-date slots are replaced ``Parallelism`` at a time (0 = all
   at once). ``Order`` stop-first: the old task gets desired ``shutdown`` and its replacement is

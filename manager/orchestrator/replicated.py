@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from manager.orchestrator.plan import Obj, new_task
+from manager.orchestrator.rebalance import moving_ids, rebalance
 from manager.orchestrator.restart import should_restart
+from manager.orchestrator.slots import hold_slot, node_fate
 from manager.orchestrator.update import Ctx, rolling_update
 from manager.specs import task_spec_with_defaults
 from shoal.base.taskstate import RUNNING, TERMINAL_STATES
@@ -50,6 +52,7 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
     for t in tasks:
         slots.setdefault(int(t.get("Slot") or 0), []).append(t)
     keep_old = {i for ids in (prog.start_first_old.values() if prog else []) for i in ids}
+    keep_old |= moving_ids(svc, tasks)  # rebalancing moves in flight (rebalance.py)
     occupied: dict[int, Obj] = {}
     for slot, ts in slots.items():
         if len(ts) == 1:  # the common case, kept cheap: a pass looks at every slot
@@ -59,14 +62,15 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
         current = [t for t in ts if task_desired_order(t) <= RUNNING]
         if not current:
             continue
-        if len(current) > 1:
-            current.sort(key=lambda t: parse_rfc3339(t.get("CreatedAt")))
-        live = [t for t in current if task_state(t) not in TERMINAL_STATES]
-        keep = (live or current)[-1]
-        for extra in current:  # at most one current task per slot (start-first: two for a while)
-            if extra is not keep and str(extra["ID"]) not in keep_old and budget.take(1, ctx.task_size):
+        # at most one current task per slot (start-first: two for a while; lost nodes' parked)
+        hold = hold_slot(current, ctx.node_by_id, now, keep_old)
+        if hold.wake is not None:
+            plan._wake(hold.wake)
+        for extra in hold.shut:
+            if budget.take(1, ctx.task_size):
                 set_desired(extra, "shutdown")
-        occupied[slot] = keep
+        if hold.keep is not None:
+            occupied[slot] = hold.keep
 
     # scale down: remove the highest slots (stop-first slots being updated count as used)
     reserved = set(prog.stopping) - set(occupied) if prog else set()
@@ -106,9 +110,12 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
                 continue
             replace = True
         if replace:
-            if not budget.take(2, ctx.task_size):
+            # a lost node's task is replaced but stays parked (manager.orchestrator.slots)
+            parked = state not in TERMINAL_STATES and node_fate(cur, ctx.node_by_id) == "lost"
+            if not budget.take(1 if parked else 2, ctx.task_size):
                 continue  # replaced in the next pass
-            set_desired(cur, "shutdown")
+            if not parked:
+                set_desired(cur, "shutdown")
             t = new_task(svc, slot, ts_now, id_gen)
             plan.create.append(t)
             occupied[slot] = t
@@ -133,6 +140,9 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
             occupied[slot] = plan.create[-1]
             missing -= 1
         slot += 1
+
+    # opt-in rebalancing (com.shoal.rebalance=true): move tasks to the emptier nodes
+    rebalance(ctx, svc, tasks, occupied, updating=new_prog is not None or bool(replaced))
 
 
 def service_status(service: Obj, tasks: Iterable[Obj], nodes: Iterable[Obj]) -> Obj:

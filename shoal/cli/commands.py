@@ -45,6 +45,7 @@ from shoal.cli.client import APIError, Client, ConnectError
 from shoal.cli.events_cmd import add_events_parser, timestamp_arg
 from shoal.cli.health_flags import add_health_args, apply_health, update_health
 from shoal.cli.modes_flags import add_mode_args, build_mode, is_job, wait_job
+from shoal.cli.rebalance_flags import add_rebalance_args, apply_rebalance
 from shoal.cli.update_flags import (
     UpdateWatch,
     add_node_commands,
@@ -709,7 +710,7 @@ def cmd_service_update(c: Client, a: argparse.Namespace, out: TextIO) -> int:
             raise UsageError("other flags may not be combined with --rollback")  # as the docker CLI
         return cmd_service_rollback(c, a, out)
     svc = find_service(c, a.service)
-    spec = update_service_spec(c, dict(svc["Spec"]), a)
+    spec = apply_rebalance(update_service_spec(c, dict(svc["Spec"]), a), a)
     if a.dry_run:
         return print_plan(c.service_plan(spec, svc["ID"]), str(svc["Spec"].get("Name") or a.service), out)
     res = c.service_update(svc["ID"], svc["Version"]["Index"], spec)
@@ -1029,6 +1030,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print where each task would go (or why not) and change nothing")
     add_health_args(x)
     add_update_args(x)
+    add_rebalance_args(x)
     x.add_argument("service", metavar="SERVICE")
     x.set_defaults(func=cmd_service_update)
 

@@ -100,7 +100,9 @@ def test_node_down_and_drain_replace_elsewhere() -> None:
     t1, t2 = running(s, 1, "n1"), running(s, 2, "n2")
     plan = reconcile([s], [t1, t2], [node("n1", state="down"), node("n2", avail="drain")], NOW, ids())
     assert sorted(t["Slot"] for t in plan.create) == [1, 2]
-    assert sorted(t["DesiredState"] for t in plan.update) == ["shutdown", "shutdown"]
+    # the drained node's task is shut down; the down node's is parked (it may still run: it is
+    # kept until the node comes back, tests/unit/test_orchestrator_blips.py)
+    assert [(t["ID"], t["DesiredState"]) for t in plan.update] == [(t2["ID"], "shutdown")]
 
 
 def test_rolling_update_respects_parallelism() -> None:
@@ -214,9 +216,9 @@ async def test_loops_converge_scale_and_remove(tmp_path: Path) -> None:
             n["Status"]["State"] = "down"
             tx.update("nodes", n)
         await store.update(down)
-        ts = await wait_for(lambda ts: len(live(ts)) == 3 or (
-            len(live(ts)) == 2 and victim["NodeID"] not in {t["NodeID"] for t in live(ts)}))
-        assert victim["NodeID"] not in {t["NodeID"] for t in live(ts)}
+        ts = await wait_for(lambda ts: len([t for t in live(ts) if t["NodeID"] != victim["NodeID"]]) == 2)
+        # the down node's task is parked, not shut down: it may still run (test_orchestrator_blips.py)
+        assert [t["ID"] for t in live(ts) if t["NodeID"] == victim["NodeID"]] == [victim["ID"]]
 
         await store.update(lambda tx: tx.delete("services", "s1"))
         await wait_for(lambda ts: all(t["NodeID"] == victim["NodeID"] for t in ts))
