@@ -10,14 +10,16 @@ on every eligible node, the node being the task's slot.
   is left alone (as swarmkit; the node may come back).
 - An ended task is replaced on its node per the restart policy (history per node).
 - A new task waits until the node's previous task has stopped (host ports, volumes).
-- Rolling updates: out-of-date tasks are replaced ``Parallelism`` nodes at a time, stop-first
-  or start-first, waiting ``Delay`` after a new task runs before taking the next node, with
-  ``UpdateStatus`` updating → completed. ``Monitor`` and the failure action are not applied to
-  global services yet (a task that keeps failing follows its restart policy instead).
+- Rolling updates (:mod:`.global_update`): out-of-date tasks are replaced ``Parallelism`` nodes
+  at a time, stop-first or start-first, waiting ``Delay`` after a new task runs before taking
+  the next node; each new task is watched for ``Monitor`` and ``FailureAction`` (pause |
+  continue | rollback) applies past ``MaxFailureRatio``, with replicated services'
+  ``UpdateStatus`` states and messages.
 """
 
 from __future__ import annotations
 
+from manager.orchestrator.global_update import update_global, watch_global
 from manager.orchestrator.nodes import (
     Verdict,
     new_node_task,
@@ -27,13 +29,11 @@ from manager.orchestrator.nodes import (
     stopping,
 )
 from manager.orchestrator.plan import Obj
-from manager.orchestrator.update import Ctx, complete, set_update_status, update_config
+from manager.orchestrator.update import Ctx
 from manager.specs import task_spec_with_defaults
 from shoal.base.taskstate import RUNNING, STATE_ORDER, TERMINAL_STATES
-from shoal.base.util import parse_rfc3339
 from shoal.base.views import (
     Service,
-    Task,
     endpoint_spec_key,
     task_desired_order,
     task_spec_version,
@@ -61,6 +61,7 @@ def reconcile_global(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
     sv = Service(svc)
     template = task_spec_with_defaults(sv.task_template)
     ctx.start_service(svc)
+    prog, stopped = watch_global(ctx, sv, template, tasks)  # before any task is changed
     by_node: dict[str, list[Obj]] = {}
     for t in tasks:
         by_node.setdefault(str(t.get("NodeID") or ""), []).append(t)
@@ -92,9 +93,12 @@ def reconcile_global(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
             continue
         state = task_state(cur)
         if state in TERMINAL_STATES:
-            if restart_due(ctx, cur, [t for t in ts if t is not cur]) and ctx.budget.take(2, ctx.task_size):
-                ctx.set_desired(cur, "shutdown")
-                ctx.plan.create.append(new_node_task(svc, nid, ctx.ts_now, ctx.id_gen))
+            if restart_due(ctx, cur, [t for t in ts if t is not cur]):
+                if ctx.budget.take(2, ctx.task_size):
+                    ctx.set_desired(cur, "shutdown")
+                    ctx.plan.create.append(new_node_task(svc, nid, ctx.ts_now, ctx.id_gen))
+            elif out_of_date(cur, sv, template):
+                dirty.append(cur)  # as replicated slots: the update replaces it (no restart wait)
             continue
         if out_of_date(cur, sv, template):
             dirty.append(cur)
@@ -102,41 +106,6 @@ def reconcile_global(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
             busy += 1
         else:
             fresh_running.append(cur)
-    _update(ctx, sv, dirty, busy, fresh_running)
+    if not stopped:
+        update_global(ctx, sv, template, prog, dirty, busy, fresh_running)
 
-
-def _update(ctx: Ctx, sv: Service, dirty: list[Obj], busy: int, fresh_running: list[Obj]) -> None:
-    """Replace out-of-date tasks ``Parallelism`` nodes at a time (``busy``: nodes whose task is
-    being replaced or starting; a node whose new task, made during this update, has run for less
-    than ``Delay`` counts as busy too); set ``UpdateStatus``."""
-    svc = sv.raw
-    status = sv.update_status
-    ustate = status.get("State") if isinstance(status, dict) else None
-    if ustate in ("paused", "rollback_paused"):
-        return
-    rollback = ustate == "rollback_started"
-    if not dirty:
-        if ustate in ("updating", "rollback_started") and busy == 0:
-            complete(ctx, svc, rollback)
-        return
-    if status is None or ustate in ("completed", "rollback_completed"):
-        set_update_status(svc, ctx.plan, {"State": "updating", "StartedAt": ctx.ts_now,
-                                           "Message": "update in progress"})
-    cfg = update_config(svc, rollback)
-    delay = int(cfg.get("Delay") or 0) / 1e9
-    started = parse_rfc3339(status.get("StartedAt") if isinstance(status, dict) else None) or ctx.now
-    if delay > 0:
-        for t in fresh_running:
-            until = parse_rfc3339(Task(t).status_timestamp) + delay
-            if parse_rfc3339(t.get("CreatedAt")) >= started and until > ctx.now:
-                busy += 1
-                ctx.plan._wake(until)
-    parallelism = int(cfg.get("Parallelism") or 0)
-    free = parallelism - busy if parallelism > 0 else len(dirty)
-    for old in dirty[:max(free, 0)]:
-        if not ctx.budget.take(2, ctx.task_size):
-            return
-        if str(cfg.get("Order") or "stop-first") == "start-first":
-            ctx.plan.create.append(new_node_task(svc, str(old["NodeID"]), ctx.ts_now, ctx.id_gen))
-        else:
-            ctx.set_desired(old, "shutdown")  # its replacement comes once it has stopped

@@ -119,6 +119,9 @@ class UpdateProgress:
     monitored: dict[str, float | None] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     idle_since: float | None = None
+    nodes: set[str] = field(default_factory=set)
+    """Node-bound (global) services: nodes whose old task the update stopped and whose new task
+    is not created yet (the new one is then monitored)."""
     endpoint: tuple[str, list[Any]] | None = None
     """The service's endpoint spec (:func:`shoal.base.views.endpoint_spec_key`) the update moves
     slots to, beside ``target``: a change of either starts the update over."""

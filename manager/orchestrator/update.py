@@ -29,7 +29,7 @@ from shoal.base.views import (
     task_state,
 )
 
-__all__ = ["Ctx", "rolling_update", "launch", "complete", "fail", "update_config", "set_update_status"]
+__all__ = ["Ctx", "rolling_update", "launch", "watch", "complete", "fail", "update_config", "set_update_status"]
 
 
 def update_config(service: Obj, rollback: bool) -> Obj:
@@ -138,26 +138,11 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
     cfg = update_config(svc, rollback)
     monitor = int(cfg.get("Monitor") or 0) / 1e9
     delay = int(cfg.get("Delay") or 0) / 1e9
-    action = str(cfg.get("FailureAction") or "pause")
-    ratio = float(cfg.get("MaxFailureRatio") or 0)
     order = str(cfg.get("Order") or "stop-first")
 
-    # 1. watch the tasks this update created: running → start of the monitor window;
-    #    ended (or gone) within the window without being asked to stop → a failure
-    for tid, ran_at in list(prog.monitored.items()):
-        t = by_id.get(tid)
-        st = task_state(t) if t is not None else "remove"
-        if st == "running" and ran_at is None:
-            prog.monitored[tid] = now
-        elif t is None or (st in TERMINAL_STATES and task_desired_order(t) <= RUNNING):
-            del prog.monitored[tid]
-            if ran_at is None or now - ran_at <= monitor:
-                prog.failures.append(tid)
-                if len(prog.failures) / max(prog.total, 1) > ratio and action != "continue":
-                    fail(ctx, sv, rollback, action, tid)
-                    return None
-        elif ran_at is not None and now - ran_at > monitor:
-            del prog.monitored[tid]  # survived its monitor window
+    # 1. watch the tasks this update created
+    if watch(ctx, sv, prog, by_id, cfg, rollback):
+        return None
 
     # 2. stop-first slots whose old task stopped (or whose node is down): create the new task
     for slot, old_id in sorted(prog.stopping.items()):
@@ -237,6 +222,33 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
         return None
     plan._wake(prog.idle_since + monitor)
     return prog
+
+
+def watch(ctx: Ctx, sv: Service, prog: UpdateProgress, by_id: dict[str, Obj], cfg: Obj, rollback: bool) -> bool:
+    """Watch the tasks the update created (``prog.monitored``; ``by_id``: the service's tasks by
+    ID; ``cfg``: :func:`update_config`): running → the start of its ``Monitor`` window; ended (or
+    gone) within the window without being asked to stop → a failure, and once the failures
+    exceed ``MaxFailureRatio`` of ``prog.total`` the ``FailureAction`` (:func:`fail`) unless it
+    is ``continue``. Returns True when the update was stopped (paused or rolled back)."""
+    now = ctx.now
+    monitor = int(cfg.get("Monitor") or 0) / 1e9
+    action = str(cfg.get("FailureAction") or "pause")
+    ratio = float(cfg.get("MaxFailureRatio") or 0)
+    for tid, ran_at in list(prog.monitored.items()):
+        t = by_id.get(tid)
+        st = task_state(t) if t is not None else "remove"
+        if st == "running" and ran_at is None:
+            prog.monitored[tid] = now
+        elif t is None or (st in TERMINAL_STATES and task_desired_order(t) <= RUNNING):
+            del prog.monitored[tid]
+            if ran_at is None or now - ran_at <= monitor:
+                prog.failures.append(tid)
+                if len(prog.failures) / max(prog.total, 1) > ratio and action != "continue":
+                    fail(ctx, sv, rollback, action, tid)
+                    return True
+        elif ran_at is not None and now - ran_at > monitor:
+            del prog.monitored[tid]  # survived its monitor window
+    return False
 
 
 def complete(ctx: Ctx, svc: Obj, rollback: bool) -> None:

@@ -109,6 +109,8 @@ def test_rolling_update_one_node_at_a_time_stop_first() -> None:
         assert len(c.run_new()) == 1
         c.step()
     assert sorted(c.image_of(t) for t in c.live()) == ["busybox:2"] * 3
+    assert c.status()["State"] == "updating" and c.wake_at == c.now + 5  # one Monitor window
+    c.step(5)
     assert c.status()["State"] == "completed"
 
 
@@ -135,7 +137,7 @@ def test_rolling_update_start_first_runs_the_new_task_beside_the_old() -> None:
     c.run_new()
     c.step()
     assert len(c.stop_asked()) == 3
-    c.step()
+    c.step(5)  # one Monitor window (default 5 s) after the last node
     assert sorted(c.image_of(t) for t in c.live()) == ["busybox:2"] * 3 and c.status()["State"] == "completed"
 
 
