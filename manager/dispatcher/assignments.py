@@ -19,7 +19,7 @@ from shoal.base.taskstate import ASSIGNED, COMPLETE, REMOVE, RUNNING, state_orde
 from shoal.base.views import Node, Task
 from shoal.rpc import wire
 
-__all__ = ["OVERLAY", "PEER_DESIRED", "Session", "TaskIndex", "assignment_set", "attachments", "dns_task_keys",
+__all__ = ["OVERLAY", "PEER_DESIRED", "DNS_DESIRED", "Session", "TaskIndex", "assignment_set", "attachments", "dns_task_keys",
            "fingerprint", "ingress_port_keys", "manager_addr", "node_ingress", "node_lb_addresses", "node_networks",
            "peer_keys", "send_outbox", "service_dns_keys", "service_vips", "vtep"]
 
@@ -30,8 +30,14 @@ _VOLATILE = ("Status", "Version", "UpdatedAt")
 OVERLAY = "overlay"
 """``DriverState.Name`` of the networks whose peers a node is sent."""
 
-PEER_DESIRED = frozenset({"ready", "running"})
-"""The ``DesiredState`` values of a task that is a peer (with ``Status.State`` assigned..running)."""
+PEER_DESIRED = frozenset({"ready", "running", "complete"})
+"""The ``DesiredState`` values of a task that is a peer (with ``Status.State`` assigned..running);
+``complete`` is a job's task, on its networks while it runs as any other (Swarm)."""
+
+DNS_DESIRED = frozenset({"running", "complete"})
+"""The ``DesiredState`` values of a running task that answers DNS and backs its service's VIP and
+ingress ports: a service's (``running``) or a job's (``complete``), as Swarm (libnetwork registers
+every task container's service binding when it joins the network, whatever the service mode)."""
 
 
 def assignment_set(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -133,19 +139,23 @@ def vtep(node: Mapping[str, Any] | None) -> str | None:
 def dns_task_keys(task: Mapping[str, Any] | None) -> set[tuple[str, str, int | str, str, str, str | None]]:
     """``{(network ID, service ID, slot, task ID, "a.b.c.d/len", hostname)}``: the DNS records
     ``task`` (None: none) adds, one per network it has an address on, when its ``Status.State``
-    and ``DesiredState`` are both ``running`` and it has a ``ServiceID``; else empty. ``slot``:
-    its ``Slot``, or its ``NodeID`` when it has none (a global service's task); ``hostname``:
+    is ``running`` and its ``DesiredState`` is in :data:`DNS_DESIRED` (``running``, or ``complete``
+    for a job's task) and it has a ``ServiceID``; else empty. ``slot``:
+    its ``Slot``, or its ``NodeID`` when it has none (a global service's or global job's task;
+    slot 0 of a replicated job, named ``<service>.0.<id>``, is a slot); ``hostname``:
     ``Spec.ContainerSpec.Hostname`` or None. Compared before and after a change, like
     :func:`peer_keys`."""
-    if not task or task.get("DesiredState") != "running" or _map(task.get("Status")).get("State") != "running":
+    if not task or task.get("DesiredState") not in DNS_DESIRED or _map(task.get("Status")).get("State") != "running":
         return set()
     sid, tid = task.get("ServiceID"), task.get("ID")
     if not isinstance(sid, str) or not sid or not isinstance(tid, str):
         return set()
     raw_slot = task.get("Slot")
+    name = task.get("Name")
     slot: int | str
-    if isinstance(raw_slot, int) and not isinstance(raw_slot, bool) and raw_slot > 0:
-        slot = raw_slot
+    if isinstance(raw_slot, int) and not isinstance(raw_slot, bool) and (
+            raw_slot > 0 or (raw_slot == 0 and isinstance(name, str) and name.split(".")[1:2] == ["0"])):
+        slot = raw_slot  # (a replicated job's slots start at 0: its task is named <service>.0.<id>)
     else:
         slot = str(task.get("NodeID") or "")
     hn = _map(_map(task.get("Spec")).get("ContainerSpec")).get("Hostname")
