@@ -7,7 +7,7 @@ from typing import Any
 
 from manager.specs.common import MAX_REPLICAS, SpecError, _obj, _uint
 
-__all__ = ["MODES", "validate_mode", "mode_key", "check_mode_change"]
+__all__ = ["MODES", "validate_mode", "mode_key", "check_mode_change", "check_job_update_config"]
 
 MODES = ("Replicated", "Global", "ReplicatedJob", "GlobalJob")
 """The keys of ``Spec.Mode``."""
@@ -67,3 +67,13 @@ def check_mode_change(old_spec: Any, new_spec: Any) -> dict[str, Any]:
         raise SpecError(f"service mode change is not allowed (from {_CLI.get(old, old)} to "
                         f"{_CLI.get(new, new)}): remove the service and create it again in the new mode")
     return dict(new_spec)
+
+
+def check_job_update_config(spec: dict[str, Any]) -> None:
+    """Refuse a job (``ReplicatedJob``, ``GlobalJob``) whose ServiceSpec has an ``UpdateConfig``
+    (null counts as none), in swarmkit's words (SK: controlapi ``validateJob``; HTTP 400): a job
+    is not rolled out, each update runs it again whole. ``RollbackConfig`` is not checked (as
+    swarmkit). Raises :class:`SpecError`."""
+    if mode_key(spec) in ("ReplicatedJob", "GlobalJob") and spec.get("UpdateConfig") is not None:
+        raise SpecError("Jobs may not have an update config: leave UpdateConfig out of the job's spec "
+                        "(no --update-* flags); each update of a job runs it again whole")

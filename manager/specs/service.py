@@ -21,7 +21,7 @@ from manager.specs.common import (
     validate_network_attachments,
 )
 from manager.specs.container import validate_task_spec
-from manager.specs.modes import validate_mode
+from manager.specs.modes import check_job_update_config, validate_mode
 from manager.specs.policies import validate_policies
 from manager.specs.schema import SERVICE_SPEC_SCHEMA, canonicalize_keys
 
@@ -85,6 +85,7 @@ def validate_service_spec(spec: Any) -> dict[str, Any]:
     _labels(spec.get("Labels"), "ServiceSpec.Labels")
     spec["TaskTemplate"] = validate_task_spec(spec.get("TaskTemplate"))
     spec["Mode"] = validate_mode(spec.get("Mode"))
+    check_job_update_config(spec)
     _validate_update_config(spec.get("UpdateConfig"), "UpdateConfig", ("continue", "pause", "rollback"))
     _validate_update_config(spec.get("RollbackConfig"), "RollbackConfig", ("continue", "pause"))
     validate_policies(spec)
