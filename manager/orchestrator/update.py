@@ -224,10 +224,16 @@ def rolling_update(ctx: Ctx, sv: Service, template: Obj, prog: UpdateProgress | 
     return prog
 
 
+ENDED_ALONE = frozenset({"complete", "failed", "rejected"})
+"""Terminal states a worker reports only for a task that ended by itself (one it was asked to
+stop ends ``shutdown``): a failure of the update even when this pass's restart has already
+given the task desired ``shutdown`` (a restart ``Delay`` of 0)."""
+
+
 def watch(ctx: Ctx, sv: Service, prog: UpdateProgress, by_id: dict[str, Obj], cfg: Obj, rollback: bool) -> bool:
     """Watch the tasks the update created (``prog.monitored``; ``by_id``: the service's tasks by
     ID; ``cfg``: :func:`update_config`): running → the start of its ``Monitor`` window; ended (or
-    gone) within the window without being asked to stop → a failure, and once the failures
+    gone) within the window without being asked to stop (:data:`ENDED_ALONE`) → a failure, and once the failures
     exceed ``MaxFailureRatio`` of ``prog.total`` the ``FailureAction`` (:func:`fail`) unless it
     is ``continue``. Returns True when the update was stopped (paused or rolled back)."""
     now = ctx.now
@@ -239,7 +245,7 @@ def watch(ctx: Ctx, sv: Service, prog: UpdateProgress, by_id: dict[str, Obj], cf
         st = task_state(t) if t is not None else "remove"
         if st == "running" and ran_at is None:
             prog.monitored[tid] = now
-        elif t is None or (st in TERMINAL_STATES and task_desired_order(t) <= RUNNING):
+        elif t is None or (st in TERMINAL_STATES and (task_desired_order(t) <= RUNNING or st in ENDED_ALONE)):
             del prog.monitored[tid]
             if ran_at is None or now - ran_at <= monitor:
                 prog.failures.append(tid)
