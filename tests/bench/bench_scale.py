@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -85,7 +84,7 @@ def task_counts(m: Manager, lost: set[str]) -> dict[str, Any]:
 async def manager_main(a: argparse.Namespace) -> None:
     """One manager process: ``swarm init`` (``--init``) or join with the manager token in
     ``--token-file`` through ``--via``; then serve bench queries on ``--sock``."""
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = Path(a.dir)
     data, certs = root / "data", root / "certs"
     addr = f"127.0.0.1:{a.port}"
@@ -326,6 +325,7 @@ def main() -> None:
         asyncio.run(manager_main(a))
         return
     logging.basicConfig(level=logging.ERROR)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-scale-"))
     try:
         asyncio.run(drive(a, root))
@@ -335,7 +335,6 @@ def main() -> None:
         else:
             with contextlib.suppress(OSError):
                 shutil.rmtree(root)
-    os.sys.stdout.flush()
 
 
 if __name__ == "__main__":
