@@ -158,7 +158,8 @@ class Dispatcher:
             return
         self._running = True
         self._managers = None
-        watch = self.store.watch(["nodes", "tasks", "networks", "services", "cluster"])
+        # the watch loop only reads the events' objects: no copies
+        watch = self.store.watch(["nodes", "tasks", "networks", "services", "cluster"], copy=False)
         self._ingress_id = self._find_ingress()
         self._watch_task = asyncio.create_task(self._watch_loop(watch), name="dispatcher-watch")
         ttl = 2 * self.grace_multiplier * self.heartbeat_period
@@ -517,15 +518,16 @@ class Dispatcher:
             s = self._sessions.get(node_id)
             if s is None or s.peer is None or s.peer.closed:
                 continue
-            node = view.get("nodes", node_id)
+            node = view.get_shallow("nodes", node_id)
             if node is None:
                 continue
             if index is None:  # one pass over the tasks for every node of this flush
                 index = TaskIndex(view.list_shallow("tasks"), view.list_shallow("services"),
                                   view.list_shallow("nodes"), self._ingress_id)
-            # deep copies of the node's tasks: the push may wait in the outbox while the store changes
-            tasks = [c for t in assignment_set(index.by_node.get(node_id, []))
-                     if (c := view.get("tasks", t["ID"])) is not None]
+            # no copies: the push may wait in the outbox while the store changes, but the store
+            # replaces an object on every change and never changes one in place (the contract
+            # of ReadTx.list_shallow), so these tasks stay as they were when read
+            tasks = assignment_set(index.by_node.get(node_id, []))
             nets = node_networks(node_id, tasks, index, network, node_vtep, node)
             self._set_node_nets(node_id, set(nets))
             ingress = node_ingress(node, index)

@@ -250,6 +250,14 @@ async def drive(a: argparse.Namespace, root: Path) -> None:
         per = a.tasks // a.services
         total = per * a.services
 
+        spies = []
+        if a.pyspy:  # sample every manager from the creates on (raw stacks in each manager's dir)
+            for m in ms:
+                assert m.proc is not None
+                spies.append(subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(m.proc.pid), "-f", "raw",
+                     "--nonblocking", "-o", str(m.dir / "pyspy.txt")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         t_create = time.monotonic()
         for i in range(a.services):
             await leader.q("create", spec=service_spec(f"bench{i}", per))
@@ -257,11 +265,11 @@ async def drive(a: argparse.Namespace, root: Path) -> None:
 
         async def assigned() -> bool:
             return (await leader.q("counts"))["assigned"] >= total
-        t_assigned = await wait_for(assigned, a.timeout, f"{total} tasks assigned", 0.05)
+        t_assigned = await wait_for(assigned, a.timeout, f"{total} tasks assigned", 0.1)
 
         async def running() -> bool:
             return (await leader.q("counts"))["running"] >= total
-        t_running = await wait_for(running, a.timeout, f"{total} tasks running", 0.05)
+        t_running = await wait_for(running, a.timeout, f"{total} tasks running", 0.1)
         await asyncio.sleep(2)  # let the dust settle before reading memory
         rss1 = rss_bytes(pid)
         d_assigned, d_running = t_assigned - t_create, t_running - t_create
@@ -291,6 +299,9 @@ async def drive(a: argparse.Namespace, root: Path) -> None:
             print(f"  all running again after       {t_back - t_lose:7.2f} s from the loss, "
                   f"{t_back - t_down:.2f} s from marked down")
 
+        for sp in spies:
+            sp.send_signal(signal.SIGINT)
+            sp.wait(30)
         print("\npublished figures:")
         for what, fig in PUBLISHED:
             print(f"  {what:42} {fig}")
@@ -310,6 +321,8 @@ def main() -> None:
     p.add_argument("--heartbeat", type=float, default=5.0, help="dispatcher heartbeat period, seconds (default 5)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds each phase may take (default 600)")
     p.add_argument("--profile", action="store_true", help="run the managers under cProfile (profile.out in each dir)")
+    p.add_argument("--pyspy", action="store_true", help="sample the managers with py-spy from the creates on "
+                   "(pyspy.txt in each manager's dir; implies --keep)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     # the manager child process
     p.add_argument("--manager-child", action="store_true", help=argparse.SUPPRESS)
@@ -330,7 +343,7 @@ def main() -> None:
     try:
         asyncio.run(drive(a, root))
     finally:
-        if a.keep:
+        if a.keep or a.pyspy:
             print(f"kept {root}")
         else:
             with contextlib.suppress(OSError):

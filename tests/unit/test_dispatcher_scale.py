@@ -136,3 +136,23 @@ async def test_agent_drops_status_the_manager_refused_as_malformed(tmp_path: Pat
     agent, peer = await _sender(tmp_path, "session.status: unknown task state 'x' for task t1", monkeypatch)
     assert len(peer.calls) == 1
     assert not agent._pending
+
+
+async def test_a_watch_without_copies_carries_the_stored_objects(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "raft")
+    copying, sharing = store.watch(["tasks"]), store.watch(["tasks"], copy=False)
+    try:
+        await store.update(lambda tx: tx.create("tasks", {"ID": "t1", "Spec": {"x": 1}}))
+        await store.update(lambda tx: tx.update("tasks", {"ID": "t1", "Spec": {"x": 2}}))
+        async with asyncio.timeout(5):
+            c1, c2 = await copying.__anext__(), await copying.__anext__()
+            s1, s2 = await sharing.__anext__(), await sharing.__anext__()
+        stored = store.view()._raw("tasks", "t1")
+        assert s2.obj is stored and s2.old is s1.obj  # the store's own objects, as they were
+        assert c2.obj == stored and c2.obj is not stored and c2.old == s1.obj and c2.old is not s1.obj
+        assert (c1.action, s1.action, s2.action) == ("create", "create", "update")
+        assert s1.obj["Spec"] == {"x": 1}  # the store replaced the object; the old one is unchanged
+    finally:
+        copying.close()
+        sharing.close()
+        await store.close()
