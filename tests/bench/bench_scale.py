@@ -207,15 +207,30 @@ def service_spec(name: str, replicas: int) -> dict[str, Any]:
             "Mode": {"Replicated": {"Replicas": replicas}}}
 
 
-async def wait_for(pred: Any, timeout: float, what: str, period: float = 0.1) -> float:
-    """Poll the coroutine function ``pred`` until true; return the monotonic time it became true."""
+async def wait_for(pred: Any, timeout: float, what: str, period: float = 0.1, show: Any = None) -> float:
+    """Poll the coroutine function ``pred`` until true; return the monotonic time it became true.
+    On timeout, the ``TimeoutError`` says what ``show()`` (a coroutine function) returns then."""
     deadline = time.monotonic() + timeout
     while True:
         if await pred():
             return time.monotonic()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+            seen = f"; then: {await show()}" if show is not None else ""
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}{seen}")
         await asyncio.sleep(period)
+
+
+async def current_leader(ms: list[ManagerProc]) -> ManagerProc:
+    """The manager that leads now (leadership may move under load); waits up to 30 s for one."""
+    deadline = time.monotonic() + 30
+    while True:
+        for m in ms:
+            with contextlib.suppress(Exception):
+                if await m.q("leader"):
+                    return m
+        if time.monotonic() > deadline:
+            raise TimeoutError("no manager leads")
+        await asyncio.sleep(0.2)
 
 
 def mib(n: float) -> str:
@@ -243,7 +258,7 @@ async def drive(a: argparse.Namespace, root: Path) -> None:
         print(f"{a.nodes} simulated nodes joined and connected in {time.monotonic() - t0:.1f} s")
 
         async def ready_nodes() -> bool:
-            return (await leader.q("nodes")).get("ready", 0) >= a.nodes
+            return (await (await current_leader(ms)).q("nodes")).get("ready", 0) >= a.nodes
         await wait_for(ready_nodes, 60, "every node ready")
         pid = leader.proc.pid  # type: ignore[union-attr]
         rss0 = rss_bytes(pid)
@@ -264,14 +279,21 @@ async def drive(a: argparse.Namespace, root: Path) -> None:
         t_created = time.monotonic()
 
         async def assigned() -> bool:
-            return (await leader.q("counts"))["assigned"] >= total
-        t_assigned = await wait_for(assigned, a.timeout, f"{total} tasks assigned", 0.1)
+            return (await (await current_leader(ms)).q("counts"))["assigned"] >= total
+
+        async def counts() -> Any:
+            ld = await current_leader(ms)
+            return f"{ld.name} leads: {await ld.q('counts')}, nodes {await ld.q('nodes')}"
+        t_assigned = await wait_for(assigned, a.timeout, f"{total} tasks assigned", 0.1, counts)
 
         async def running() -> bool:
-            return (await leader.q("counts"))["running"] >= total
-        t_running = await wait_for(running, a.timeout, f"{total} tasks running", 0.1)
+            return (await (await current_leader(ms)).q("counts"))["running"] >= total
+        t_running = await wait_for(running, a.timeout, f"{total} tasks running", 0.1, counts)
         await asyncio.sleep(2)  # let the dust settle before reading memory
-        rss1 = rss_bytes(pid)
+        leader = await current_leader(ms)
+        rss1 = rss_bytes(leader.proc.pid)  # type: ignore[union-attr]
+        if leader.proc.pid != pid:  # type: ignore[union-attr]
+            print(f"  (leadership moved to {leader.name} during the run: its RSS is the 'after')")
         d_assigned, d_running = t_assigned - t_create, t_running - t_create
         print(f"\n{total} tasks ({a.services} services x {per}) on {a.nodes} simulated nodes, 3 managers:")
         print(f"  create calls returned after   {t_created - t_create:7.2f} s")
@@ -282,17 +304,18 @@ async def drive(a: argparse.Namespace, root: Path) -> None:
 
         if a.lose:
             lost = nodes[: a.lose]
-            await leader.q("lost", ids=[x.node_id for x in lost])
+            for m in ms:
+                await m.q("lost", ids=[x.node_id for x in lost])
             t_lose = time.monotonic()
             await asyncio.gather(*(x.lose() for x in lost))
 
             async def down() -> bool:
-                return (await leader.q("nodes")).get("lost-down", 0) >= len(lost)
-            t_down = await wait_for(down, a.timeout, f"{len(lost)} lost nodes marked down", 0.05)
+                return (await (await current_leader(ms)).q("nodes")).get("lost-down", 0) >= len(lost)
+            t_down = await wait_for(down, a.timeout, f"{len(lost)} lost nodes marked down", 0.1, counts)
 
             async def recovered() -> bool:
-                return (await leader.q("counts"))["running_ok"] >= total
-            t_back = await wait_for(recovered, a.timeout, "every task running again", 0.05)
+                return (await (await current_leader(ms)).q("counts"))["running_ok"] >= total
+            t_back = await wait_for(recovered, a.timeout, "every task running again", 0.1, counts)
             moved = sum(len(x.executor.running) for x in lost)
             print(f"\nlost {len(lost)} nodes holding {moved} tasks (heartbeat period {a.heartbeat:g} s, down after 3 misses):")
             print(f"  marked down after             {t_down - t_lose:7.2f} s")

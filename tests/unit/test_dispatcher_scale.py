@@ -1,22 +1,28 @@
-"""What the scale benchmark (tests/bench/bench_scale.py) made the dispatcher and the agent do
+"""What the scale benchmark (tests/bench/bench_scale.py) made the manager and the agent do
 differently at 1,000 nodes: a flush builds each network's peer list once (not once per node), the
-manager list a heartbeat answers with is cached until a manager's address changes, and an agent
-keeps the status reports the manager could not commit and sends them again."""
+manager list a heartbeat answers with is cached until a manager's address changes, watches that
+only read get the stored objects without copies, a node without a subnet is logged once (not on
+every pass), and an agent keeps the status reports the manager could not commit and sends them
+again."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import random
 from pathlib import Path
 from typing import Any
 
 from manager.dispatcher import Dispatcher
 from manager.dispatcher.assignments import TaskIndex, node_networks, vtep
+from manager.ipam import BridgeIPAM
+from manager.scheduler import Scheduler
 from shoal.base.netaddr import ip_of, mac_from_ip
 from shoal.rpc import wire
 from tests.stores import open_store
 from tests.unit.test_dispatcher_networks import NET, network
+from tests.unit.test_scheduler_filters import node
 from tests.waiting import wait_until
 from worker.agent import Agent
 
@@ -155,4 +161,22 @@ async def test_a_watch_without_copies_carries_the_stored_objects(tmp_path: Path)
     finally:
         copying.close()
         sharing.close()
+        await store.close()
+
+
+async def test_a_node_without_a_subnet_is_logged_once_not_on_every_pass(tmp_path: Path, caplog: Any) -> None:
+    store = await open_store(tmp_path / "raft")
+    try:
+        # a pool with room for 3 node subnets (K >= 1), 4 nodes: the fourth gets none
+        sched = Scheduler(store, ipam=BridgeIPAM("10.200.0.0/22", 24))
+        await store.update(lambda tx: [tx.create("nodes", node(f"n{i}")) for i in range(4)])
+        sched.rebuild()
+        with caplog.at_level(logging.ERROR, logger="manager.scheduler.loop"):
+            for _ in range(3):
+                await sched.tick()
+        said = [r for r in caplog.records if "no free node subnet" in r.getMessage()]
+        assert len(said) == 1
+        view = store.view()
+        assert sum(1 for i in range(4) if (view.get("nodes", f"n{i}") or {}).get("ShoalBridge")) == 3
+    finally:
         await store.close()
