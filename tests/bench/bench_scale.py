@@ -221,8 +221,8 @@ async def wait_for(pred: Any, timeout: float, what: str, period: float = 0.1, sh
 
 
 async def current_leader(ms: list[ManagerProc]) -> ManagerProc:
-    """The manager that leads now (leadership may move under load); waits up to 30 s for one."""
-    deadline = time.monotonic() + 30
+    """The manager that leads now (leadership may move under load); waits up to 120 s for one."""
+    deadline = time.monotonic() + 120
     while True:
         for m in ms:
             with contextlib.suppress(Exception):
