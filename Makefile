@@ -48,6 +48,7 @@ bench: venv
 	$(BIN)/python tests/bench/bench_cluster.py --one-host 50 $(BENCH_SWARM)
 	$(BIN)/python tests/bench/bench_overlay.py --mtu 1400
 	$(BIN)/python tests/bench/bench_overlay_convergence.py --mtu 1400
+	$(BIN)/python tests/bench/bench_scale.py --nodes 200 --tasks 4000 --services 4 --lose 20
 
 ## deps: Debian packages (apt-get update only when something is missing)
 deps:

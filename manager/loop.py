@@ -19,7 +19,7 @@ async def reconcile_loop(store: Store, tables: Iterable[str], tick: Callable[[],
     goes on. Runs until cancelled or the store closes; cancellation is never lost (it waits
     with :func:`shoal.base.util.wait_timeout`, not ``asyncio.wait_for``).
     """
-    watch = store.watch(tables)
+    watch = store.watch(tables, copy=False)  # the events only wake the loop: no copies
 
     async def safe_tick() -> None:
         try:

@@ -42,6 +42,9 @@ BACKOFF_MAX = 8.0  # seconds, the cap of the exponential backoff (SK: agent back
 LEADER_HINT = re.compile(r"the leader is at (\S+?:\d+)")
 """How a follower manager's refusal names the leader (manager.Manager._not_leader_reason)."""
 STATUS_BATCH = 0.02  # seconds the agent gathers status reports before sending them
+STATUS_RETRY = 0.5  # seconds before status reports the manager could not commit are sent again
+MALFORMED_STATUS = "session.status:"
+"""How the dispatcher's refusal of a malformed ``session.status`` begins (not worth resending)."""
 
 
 class ExecutorLike(Protocol):
@@ -289,7 +292,14 @@ class Agent:
             except wire.RemoteError as e:
                 if e.msg.startswith("session invalid"):
                     raise
-                # the manager refused these updates (e.g. malformed): resending would not help
+                if not e.msg.startswith(MALFORMED_STATUS):
+                    # the manager could not commit them now (no quorum, leadership moving): they
+                    # stay pending and go again, as swarmkit's agent retries its status updates
+                    log.info("manager could not take %d status updates (%s); retrying", len(updates), e.msg)
+                    self._pending_event.set()
+                    await asyncio.sleep(STATUS_RETRY)
+                    continue
+                # the manager refused these updates as malformed: resending would not help
                 log.warning("manager refused %d status updates: %s", len(updates), e.msg)
             # drop what was sent, unless a newer status came in meanwhile
             for tid, st in batch:

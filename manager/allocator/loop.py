@@ -191,6 +191,9 @@ class NetworkAllocatorLoop:
         self.max_tasks = max_tasks
         self.passes = 0
         self._more = False
+        self._told: dict[str, str] = {}
+        """Node ID → the last "no load-balancer address" reason logged for it (logged once, not
+        on every pass: 745 nodes over the ingress subnet made ~80,000 lines in a minute)."""
 
     def _pass(self, tx: WriteTx) -> int:
         """One pass in ``tx``; returns how many tasks moved to pending."""
@@ -253,8 +256,11 @@ class NetworkAllocatorLoop:
                 try:
                     addr = alloc.allocate_address(net_id, f"node:{nid}")
                 except AllocatorError as e:
-                    log.warning("network allocator: no load-balancer address for node %s: %s", nid, e)
+                    if self._told.get(nid) != str(e):
+                        self._told[nid] = str(e)
+                        log.warning("network allocator: no load-balancer address for node %s: %s", nid, e)
                     continue
+                self._told.pop(nid, None)
                 atts.append(network_attachment(networks[net_id], addr))
             fresh = tx.get("nodes", nid)
             if fresh is None or fresh.get("Attachments", []) == atts:

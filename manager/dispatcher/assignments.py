@@ -295,6 +295,7 @@ class TaskIndex:
         self.lb: dict[str, list[tuple[str, str]]] = {}
         self.ingress_ports: list[tuple[str, str, str, int, int]] = []
         self._ingress_endpoints: dict[str, list[str]] | None = None
+        self._peer_lists: dict[str, list[tuple[str, tuple[str, str, str], dict[str, str]]]] = {}
         self.by_node: dict[str, list[dict[str, Any]]] = {}
         self.peers: dict[str, list[tuple[str, str]]] = {}
         self.dns_tasks: dict[str, list[tuple[str, int | str, str, str, str | None]]] = {}
@@ -326,6 +327,25 @@ class TaskIndex:
             if isinstance(node_id, str):
                 for nid, addr in node_lb_addresses(node):
                     self.lb.setdefault(nid, []).append((node_id, addr))
+
+    def peers_of(self, nid: str, node_id: str, node_vtep: Callable[[str], str | None]) -> list[dict[str, str]]:
+        """The ``Peers`` of network ``nid`` for node ``node_id`` (:func:`node_networks`): the
+        entries of the other nodes, each ``(IP, MAC, VTEP)`` once, sorted by IP then VTEP.
+
+        The network's whole sorted list is built once per index (``node_vtep`` must answer the
+        same for the index's lifetime, as a flush's cache does), so a flush that pushes to every
+        node of a network of N peers parses and sorts N addresses, not N × N; the entry dicts are
+        shared between the nodes' pushes (read only)."""
+        full = self._peer_lists.get(nid)
+        if full is None:
+            full = self._peer_lists[nid] = _all_peers(nid, self, node_vtep)
+        out: list[dict[str, str]] = []
+        seen: set[tuple[str, str, str]] = set()
+        for other, key, entry in full:
+            if other != node_id and key not in seen:
+                seen.add(key)
+                out.append(entry)
+        return out
 
     def ingress_endpoints(self) -> dict[str, list[str]]:
         """Service ID → the sorted ingress-network IPs of its running tasks (any node); computed
@@ -380,23 +400,28 @@ def node_networks(node_id: str, tasks: list[dict[str, Any]], index: TaskIndex,
         net = network(nid)
         if net is None or _map(net.get("DriverState")).get("Name") != OVERLAY:
             continue
-        peers: dict[tuple[str, str, str], dict[str, str]] = {}
-        for other, addr in itertools.chain(index.peers.get(nid, ()), index.lb.get(nid, ())):
-            if other == node_id:
-                continue
-            v = node_vtep(other)
-            if v is None:
-                continue
-            try:
-                ip, mac = ip_of(addr), mac_from_ip(addr)
-            except ValueError:
-                log.warning("network %s: task on node %s has a bad address %r; left out of the peers",
-                            nid, other, addr)
-                continue
-            peers[(ip, mac, v)] = {"IP": ip, "MAC": mac, "VTEP": v}
-        ordered = sorted(peers.items(), key=lambda kv: (ipaddress.ip_address(kv[0][0]), kv[0][2]))
-        out[nid] = {"Network": net, "Peers": [p for _, p in ordered], "DNS": _dns(nid, index)}
+        out[nid] = {"Network": net, "Peers": index.peers_of(nid, node_id, node_vtep), "DNS": _dns(nid, index)}
     return out
+
+
+def _all_peers(nid: str, index: TaskIndex, node_vtep: Callable[[str], str | None]
+               ) -> list[tuple[str, tuple[str, str, str], dict[str, str]]]:
+    """Every peer entry of network ``nid`` as ``(node ID, (ip, mac, vtep), {"IP", "MAC", "VTEP"})``,
+    sorted by IP then VTEP (entries of nodes whose VTEP is None and bad addresses left out)."""
+    entries: list[tuple[str, tuple[str, str, str], dict[str, str]]] = []
+    for other, addr in itertools.chain(index.peers.get(nid, ()), index.lb.get(nid, ())):
+        v = node_vtep(other)
+        if v is None:
+            continue
+        try:
+            ip, mac = ip_of(addr), mac_from_ip(addr)
+        except ValueError:
+            log.warning("network %s: task on node %s has a bad address %r; left out of the peers",
+                        nid, other, addr)
+            continue
+        entries.append((other, (ip, mac, v), {"IP": ip, "MAC": mac, "VTEP": v}))
+    entries.sort(key=lambda e: (ipaddress.ip_address(e[1][0]), e[1][2]))
+    return entries
 
 
 def node_ingress(node: Mapping[str, Any] | None, index: TaskIndex) -> dict[str, Any] | None:

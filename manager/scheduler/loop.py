@@ -91,6 +91,8 @@ class Scheduler:
         self._addr_owner: dict[str, str] = {}  # address -> task ID
         self._need_subnet: set[str] = set()  # IDs of nodes stored without a ShoalBridge subnet
         self.passes = 0
+        self._told: dict[str, str] = {}
+        """Node ID → the last reason it got no subnet, as logged (once, not on every pass)."""
 
     def rebuild(self) -> None:
         """Rebuild the IPAM (node subnets; addresses of tasks that are not terminal), the index of
@@ -168,8 +170,11 @@ class Scheduler:
             try:
                 n["ShoalBridge"] = self.ipam.assign_node(nid).as_dict()
             except IPAMError as e:
-                log.error("node %s: %s", nid, e)
+                if self._told.get(nid) != str(e):
+                    self._told[nid] = str(e)
+                    log.error("node %s: %s", nid, e)
                 continue
+            self._told.pop(nid, None)
             tx.update("nodes", n)
             self._need_subnet.discard(nid)
         pending: list[Obj] = []
