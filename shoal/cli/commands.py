@@ -54,6 +54,7 @@ from shoal.cli.update_flags import (
     add_update_args,
     apply_policies,
     apply_update_extras,
+    merge_limits,
     service_rollback,
 )
 
@@ -370,13 +371,7 @@ def build_service_spec(a: argparse.Namespace) -> dict[str, Any]:
         if a.stop_signal:
             cspec["StopSignal"] = a.stop_signal
         apply_health(cspec, a)
-        limits: dict[str, Any] = {}
-        if a.limit_memory:
-            limits["MemoryBytes"] = fmt.parse_bytes(a.limit_memory)
-        if a.limit_cpu:
-            limits["NanoCPUs"] = fmt.parse_cpus(a.limit_cpu)
-        if a.limit_pids is not None:
-            limits["Pids"] = a.limit_pids
+        limits = merge_limits({}, a)
         restart: dict[str, Any] = {}
         if a.restart_condition:
             restart["Condition"] = a.restart_condition

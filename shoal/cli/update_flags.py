@@ -162,6 +162,20 @@ def _env_key(entry: str) -> str:
     return entry.partition("=")[0]
 
 
+def merge_limits(base: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+    """``Resources.Limits`` = ``base`` with ``--limit-cpu`` (``NanoCPUs``), ``--limit-memory``
+    (bytes) and ``--limit-pids`` (count) applied when given; a new dict. Raises
+    :class:`ValueError` on a malformed CPU count or size (the parsers' errors)."""
+    limits = dict(base)
+    if a.limit_cpu:
+        limits["NanoCPUs"] = fmt.parse_cpus(a.limit_cpu)
+    if a.limit_memory:
+        limits["MemoryBytes"] = fmt.parse_bytes(a.limit_memory)
+    if a.limit_pids is not None:
+        limits["Pids"] = a.limit_pids
+    return limits
+
+
 def apply_update_extras(spec: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     """``--env-add`` (``KEY=VALUE`` replaces ``KEY``; a bare ``KEY`` takes this shell's value, as
     the docker CLI), ``--env-rm KEY``, ``--label-add KEY[=VALUE]``, ``--label-rm KEY``,
@@ -191,13 +205,7 @@ def apply_update_extras(spec: dict[str, Any], a: argparse.Namespace) -> dict[str
         spec["Labels"] = labels
     if a.limit_cpu or a.limit_memory or a.limit_pids is not None:
         res = task.setdefault("Resources", {})
-        limits = dict(res.get("Limits") or {})
-        if a.limit_cpu:
-            limits["NanoCPUs"] = fmt.parse_cpus(a.limit_cpu)
-        if a.limit_memory:
-            limits["MemoryBytes"] = fmt.parse_bytes(a.limit_memory)
-        if a.limit_pids is not None:
-            limits["Pids"] = a.limit_pids
+        limits = merge_limits(res.get("Limits") or {}, a)
         res["Limits"] = limits
     return apply_policies(spec, a)
 
