@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -136,13 +137,14 @@ def parse_duration(s: str) -> int:
 
 
 def parse_cpus(s: str) -> int:
-    """``"0.5"`` CPUs → 500000000 NanoCPUs. Raises ValueError for non-positive or non-numbers."""
+    """``"0.5"`` CPUs → 500000000 NanoCPUs. Raises ValueError for non-positive, infinite, NaN or
+    non-numbers."""
     try:
         v = float(s)
     except ValueError:
         raise ValueError(f"invalid CPU count {s!r}: use a decimal number such as 0.5") from None
-    if v <= 0:
-        raise ValueError(f"invalid CPU count {s!r}: must be greater than 0")
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"invalid CPU count {s!r}: must be a finite number greater than 0")
     return int(round(v * 1e9))
 
 

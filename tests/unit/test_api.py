@@ -292,6 +292,12 @@ async def test_tasks_filters_and_logs(env: tuple[TestClient[web.Request, web.App
         # a tail over 64 bits is "all" (it must fit the wire to a follower's leader), not a 500
         r = await client.get(f"/tasks/{t0['ID']}/logs?stdout=1&tail=18446744073709551616")
         assert r.status == 200 and mgr.log_calls[-1][1] == -1
+        # a negative tail, however large, is "all" as Docker's (never an encoder error blaming the nodes)
+        for neg in ("-1", "-99999999999999999999999", "-" + "9" * 40):
+            r = await client.get(f"/tasks/{t0['ID']}/logs?stdout=1&tail={neg}")
+            assert r.status == 200 and mgr.log_calls[-1][1] == -1, neg
+        r = await client.get(f"/tasks/{t0['ID']}/logs?stdout=1&tail={'x' * 40}")
+        assert r.status == 400 and "invalid tail value" in (await r.json())["message"]
 
         # follow: lines that appear later are streamed until the service is removed
         monkeypatch.setattr(logs_module, "LOG_FOLLOW_POLL", 0.02)

@@ -110,7 +110,8 @@ def test_units() -> None:
     assert fmt.parse_bytes("64M") == 67108864 and fmt.parse_bytes("1g") == 1 << 30 and fmt.parse_bytes("100") == 100
     assert fmt.parse_duration("1m30s") == 90_000_000_000 and fmt.parse_duration("250ms") == 250_000_000
     assert fmt.parse_cpus("1.5") == 1_500_000_000
-    for fn, bad in ((fmt.parse_bytes, "x"), (fmt.parse_duration, "10"), (fmt.parse_cpus, "-1")):
+    for fn, bad in ((fmt.parse_bytes, "x"), (fmt.parse_duration, "10"), (fmt.parse_cpus, "-1"),
+                    (fmt.parse_cpus, "1e309"), (fmt.parse_cpus, "inf"), (fmt.parse_cpus, "nan")):
         with pytest.raises(ValueError):
             fn(bad)
     assert [fmt.human_duration(s) for s in (0.5, 1, 5, 61, 600, 3600, 7200)] == [

@@ -84,10 +84,12 @@ async def write_logs(request: web.Request, manager: Any,
         tail = -1
     else:
         try:
-            tail = int(tail_raw[:32]) if len(tail_raw) <= 32 else 1 << 62
+            if len(tail_raw) > 32 and not tail_raw.lstrip("+-").isdigit():
+                raise ValueError(tail_raw)
+            tail = int(tail_raw) if len(tail_raw) <= 32 else (1 << 62 if not tail_raw.startswith("-") else -1)
         except ValueError:
             raise HttpError(400, f"invalid tail value {tail_raw[:64]!r}: use a number or \"all\"") from None
-        if tail >= 1 << 62:  # more lines than any log holds: all of them (and it fits the wire)
+        if tail < 0 or tail >= 1 << 62:  # negative (as Docker) or more lines than any log holds: all of them
             tail = -1
     since_raw = request.query.get("since", "0") or "0"
     try:
