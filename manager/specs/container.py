@@ -110,7 +110,7 @@ SPREAD_PREFIXES = ("node.labels.", "engine.labels.")
 def validate_placement(v: Any) -> None:
     """``TaskSpec.Placement``: ``Constraints`` (each :func:`parse_constraint`), ``Preferences``
     (``[{"Spread": {"SpreadDescriptor": "node.labels.<label>" | "engine.labels.<label>"}}]``),
-    ``MaxReplicas`` (uint64), ``Platforms`` (kept). Raises :class:`SpecError` naming the bad
+    ``MaxReplicas`` (uint64), ``Platforms`` (``[{"Architecture": str, "OS": str}]``). Raises :class:`SpecError` naming the bad
     entry. Swarm ignores a preference it cannot use; Shoal refuses it, so a typo does not
     silently leave a service unspread."""
     placement = _obj(v, "Placement")
@@ -138,6 +138,18 @@ def validate_placement(v: Any) -> None:
                             "node.labels.<label> or engine.labels.<label>")
     if placement.get("MaxReplicas") is not None:
         _uint(placement["MaxReplicas"], "Placement.MaxReplicas")
+    platforms = placement.get("Platforms")
+    if platforms is not None and not isinstance(platforms, list):
+        raise SpecError(f"json: cannot unmarshal {json_type(platforms)} into Go struct field Placement.Platforms "
+                        "of type []swarm.Platform")
+    for pf in platforms or []:
+        if not isinstance(pf, dict):
+            raise SpecError(f"json: cannot unmarshal {json_type(pf)} into Go struct field Placement.Platforms "
+                            "of type swarm.Platform")
+        for key in ("Architecture", "OS"):
+            if pf.get(key) is not None and not isinstance(pf[key], str):
+                raise SpecError(f"json: cannot unmarshal {json_type(pf[key])} into Go struct field "
+                                f"Platform.Placement.Platforms.{key} of type string")
 
 
 def _validate_restart_policy(rp: Any) -> None:

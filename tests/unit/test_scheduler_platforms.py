@@ -4,6 +4,7 @@ bad constraint gets, each naming the expression at fault."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from manager.scheduler import Pipeline, PlatformFilter, build_node_infos, node_matches, schedule
 from manager.scheduler.filters import normalize_arch, platform_matches
 from manager.specs import SpecError, parse_constraint, validate_service_spec
+from manager.specs.container import validate_placement
 from tests.unit.test_scheduler_filters import node, task
 
 
@@ -120,3 +122,16 @@ def test_pipeline_order_is_swarmkits() -> None:
     names = [type(f).__name__ for f in Pipeline().filters]
     assert names == ["ReadyFilter", "ResourceFilter", "ConstraintFilter", "PlatformFilter", "HostPortFilter",
                      "MaxReplicasFilter"]
+
+
+@pytest.mark.parametrize("platforms, words", [
+    ("linux", "cannot unmarshal string into Go struct field Placement.Platforms of type []swarm.Platform"),
+    (["linux"], "cannot unmarshal string into Go struct field Placement.Platforms of type swarm.Platform"),
+    ([{"OS": {"a": 1}}], "cannot unmarshal object into Go struct field Platform.Placement.Platforms.OS"),
+    ([{"Architecture": 7}], "cannot unmarshal number into Go struct field Platform.Placement.Platforms.Architecture"),
+])
+def test_malformed_platforms_are_refused_as_docker_decodes_them(platforms: Any, words: str) -> None:
+    """``Placement.Platforms`` of the wrong JSON type is a 400 (SpecError), not a task pending forever."""
+    with pytest.raises(SpecError, match=re.escape(words)):
+        validate_placement({"Platforms": platforms})
+    validate_placement({"Platforms": [{"OS": "linux", "Architecture": "amd64"}, {"OS": "linux"}]})
