@@ -19,10 +19,12 @@ from typing import Any
 from manager.controlapi.common import Obj, resolve, service_names, spec
 from manager.controlapi.errors import Conflict, Unimplemented
 from manager.controlapi.services import check_host_port_conflicts, resolve_networks
+from manager.orchestrator.nodes import Verdict, node_verdict
 from manager.scheduler import NodeSet, Pipeline, no_suitable_node, schedule, task_is_active
 from manager.specs import task_spec_with_defaults, validate_service_spec
 from manager.specs.modes import check_mode_change
 from manager.store import ReadTx, Store
+from shoal.base.views import Node
 
 __all__ = ["plan_create", "plan_update", "DRY_RUN_SERVICE_ID"]
 
@@ -75,10 +77,14 @@ def _plan(view: ReadTx, service_id: str, service_spec: Obj, version: int, keep: 
         kept_on = {str(t.get("NodeID")) for t in keep}
         pipe = Pipeline()
         pipe.set_task(new_task(0))
+        raw_nodes = {str(n["ID"]): n for n in view.list_shallow("nodes")}
         for info in sorted(nodes, key=lambda n: (n.hostname, n.id)):
             if info.id in kept_on:
                 out.append({"NodeID": info.id, "Node": info.hostname, "Unchanged": True})
                 continue
+            raw = raw_nodes.get(info.id)
+            if node_verdict(Node(raw) if raw is not None else None, task_spec) is not Verdict.RUN:
+                continue  # as the global orchestrator: no task on a drained, paused, down or unmatched node
             pipe.reset_counts()
             if pipe.process(info):
                 out.append({"NodeID": info.id, "Node": info.hostname})

@@ -267,3 +267,25 @@ async def test_dry_run_of_a_replicated_job_numbers_its_slots_from_0(api: tuple[C
     rows = (await (await client.post("/services/plan", json=body)).json())["Tasks"]
     assert [t["Slot"] for t in rows] == [0, 1, 2]
     assert store.view().list("services") == []
+
+
+async def test_global_dry_run_leaves_out_the_nodes_the_create_skips(api: tuple[Client, Store]) -> None:
+    """As the global orchestrator: a node that does not meet the constraints, or is paused or
+    drained, gets no task (no row, no error); a node that meets them but lacks resources is a row
+    with the reason (its task would stay pending there)."""
+    client, store = api
+
+    def pause_h2(tx: Any) -> None:
+        n = copy.deepcopy(tx.get("nodes", "node2"))
+        n["Spec"]["Availability"] = "pause"
+        tx.update("nodes", n)
+
+    await store.update(pause_h2)
+    body = {**spec_with(Placement={"Constraints": ["node.hostname!=h3"]}), "Mode": {"Global": {}}}
+    rows = (await (await client.post("/services/plan", json=body)).json())["Tasks"]
+    assert rows == [{"NodeID": "node1", "Node": "h1"}]
+    body = {**spec_with(Resources={"Reservations": {"NanoCPUs": 100 * CPU}}), "Mode": {"Global": {}}}
+    rows = (await (await client.post("/services/plan", json=body)).json())["Tasks"]
+    assert [(r["Node"], r["Error"]) for r in rows] == [
+        ("h1", "no suitable node (insufficient resources on 1 node)"),
+        ("h3", "no suitable node (insufficient resources on 1 node)")]
