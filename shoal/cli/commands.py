@@ -592,18 +592,22 @@ def cmd_service_scale(c: Client, a: argparse.Namespace, out: TextIO) -> int:
             raise UsageError(f"invalid scale specifier {arg!r}: use SERVICE=REPLICAS, e.g. web=5")
         svc = find_service(c, name)
         spec = svc["Spec"]
-        if "Replicated" not in (spec.get("Mode") or {}):
-            sys.stderr.write(f"scale can only be used with replicated mode: {name}\n")
+        mode = spec.get("Mode") or {}
+        if "Replicated" in mode:  # as docker/cli's scale.go: replicas, or a job's completions
+            mode["Replicated"]["Replicas"] = int(n)
+        elif "ReplicatedJob" in mode:
+            mode["ReplicatedJob"] = dict(mode["ReplicatedJob"] or {}, TotalCompletions=int(n))
+        else:
+            sys.stderr.write(f"{name}: scale can only be used with replicated or replicated-job mode\n")
             rc = 1
             continue
-        spec["Mode"]["Replicated"]["Replicas"] = int(n)
         c.service_update(svc["ID"], svc["Version"]["Index"], spec)
         out.write(f"{name} scaled to {n}\n")
         out.flush()
-        targets.append(svc["ID"])
+        targets.append((svc["ID"], is_job(spec)))
     if not a.detach:
-        for sid in targets:
-            rc = wait_converged(c, sid, out, timeout=a.timeout) or rc
+        for sid, job in targets:
+            rc = (wait_job(c, sid, out, timeout=a.timeout) if job else wait_converged(c, sid, out, timeout=a.timeout)) or rc
     return rc
 
 

@@ -119,3 +119,37 @@ async def test_cli_update_of_a_global_service_waits_for_every_node(env: Env,  # 
     live = [t["Spec"]["ContainerSpec"].get("Env") for t in store.view().list("tasks")
             if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
     assert live == [["X=1"]] * 3
+
+
+async def test_cli_scale_of_a_replicated_job_sets_its_completions(jobs_env: Env,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    host, store = jobs_env
+    rc, out, err = await shoal(host, "service create --mode replicated-job --name rj busybox true", capsys)
+    assert rc == 0, (out, err)
+    rc, out, err = await shoal(host, "service scale rj=3", capsys)
+    assert rc == 0, (out, err)
+    assert out.startswith("rj scaled to 3\n") and "verify: Job rj complete" in out
+    svc = _iteration(store, "rj")
+    assert svc["Spec"]["Mode"]["ReplicatedJob"]["TotalCompletions"] == 3
+    it = svc["JobStatus"]["JobIteration"]["Index"]
+    done = [t for t in store.view().list("tasks") if t["ServiceID"] == svc["ID"] and
+            t.get("JobIteration", {}).get("Index") == it and t["Status"]["State"] == "complete"]
+    assert len(done) == 3
+
+
+async def test_cli_scale_and_rebalance_refuse_the_modes_they_do_not_apply_to(
+        jobs_env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    host, store = jobs_env
+    for line in ("service create -d --mode global --name g busybox", "service create --mode global-job --name gj "
+                 "busybox true"):
+        rc, out, err = await shoal(host, line, capsys)
+        assert rc == 0, (out, err)
+    for name in ("g", "gj"):
+        rc, out, err = await shoal(host, f"service scale -d {name}=2", capsys)
+        assert (rc, err) == (1, f"{name}: scale can only be used with replicated or replicated-job mode\n"), out
+        rc, out, err = await shoal(host, f"service update -d --rebalance {name}", capsys)
+        assert (rc, err) == (1, "shoal: --rebalance applies to replicated services only\n"), out
+    versions = {s["Spec"]["Name"]: s["Version"]["Index"] for s in store.view().list("services")}
+    rc, out, err = await shoal(host, "service update -d --no-rebalance g", capsys)
+    assert rc == 0, (out, err)
+    assert _iteration(store, "g")["Version"]["Index"] > versions["g"]
