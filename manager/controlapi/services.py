@@ -27,7 +27,7 @@ from manager.controlapi.errors import (
     Unimplemented,
 )
 from manager.controlapi.networks import allocator_error, network_names, store_allocator
-from manager.orchestrator.jobs import start_iteration
+from manager.orchestrator.jobs import JOB_MODES, start_iteration
 from manager.orchestrator.status import service_status
 from manager.specs import service_spec_with_defaults, validate_service_spec
 from manager.specs.modes import check_mode_change
@@ -225,7 +225,8 @@ async def create(ctx: Context, *, spec_body: Any) -> Obj:
 async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollback: bool = False) -> Obj:
     """``services.update``: replace the service's spec with ``spec_body`` (or, with ``rollback``,
     its ``PreviousSpec``) at ``version``; the old spec becomes ``PreviousSpec``. A rollback starts
-    ``UpdateStatus`` ``rollback_started``; any other update clears it. Returns ``{"Warnings":
+    ``UpdateStatus`` ``rollback_started`` (not for a job: its rollback is a new iteration of
+    the previous spec); any other update clears it. Returns ``{"Warnings":
     []}``. Raises :class:`NotFound`, :class:`InvalidArgument` (bad spec, ambiguous ref),
     :class:`FailedPrecondition` (400, swarmkit's: no previous spec to roll back to),
     :class:`Unknown` (out of sequence), :class:`Unimplemented`
@@ -253,8 +254,10 @@ async def update(ctx: Context, *, ref: str, version: int, spec_body: Any, rollba
         cur["Spec"] = service_spec
         start_iteration(cur, now_rfc3339())  # a job runs again
         # UpdateStatus as swarmkit's controlapi: a rollback starts one, any other update
-        # clears it (the orchestrator's updater then sets "updating" if slots change)
-        if rollback:
+        # clears it (the orchestrator's updater then sets "updating" if slots change). A job has
+        # no rolling update (nothing would ever complete it): its rollback is only the swapped
+        # spec and a new iteration, without an UpdateStatus.
+        if rollback and not any(k in (service_spec.get("Mode") or {}) for k in JOB_MODES):
             cur["UpdateStatus"] = {"State": "rollback_started", "StartedAt": now_rfc3339(),
                                    "Message": "manually requested rollback"}
         else:

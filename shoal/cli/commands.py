@@ -434,7 +434,8 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
     if they are not. Returns 0 when converged, 1 when tasks fail ``max_failures`` times (default
     max(3, replicas)) or ``timeout`` seconds pass. Raises APIError 404 ``service NAME not found``
     when the service is removed while waiting (as the docker CLI). With ``watch`` (an update or
-    rollback), only the tasks of the current spec count (``_up-to-date``) and a paused update
+    rollback), only the tasks of the current spec count (``_up-to-date``), the service's
+    ``UpdateStatus`` must be over too (:meth:`UpdateWatch.settled`), and a paused update
     or a rollback nobody asked for ends the wait with 1 and the reason (:class:`UpdateWatch`).
     """
     deadline = time.monotonic() + timeout
@@ -499,7 +500,7 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
                     out.write(f"overall progress: {running} out of {total} tasks\n"
                               f"verify: Waiting {max(1, round(wait_for))} seconds to verify that tasks are stable...\n")
                     out.flush()
-            if now - converged_at >= wait_for:
+            if now - converged_at >= wait_for and (watch is None or watch.settled(svc)):
                 out.write(f"overall progress: {running} out of {total} tasks\nverify: Service {name} converged\n")
                 why = watch.final() if watch is not None else None
                 if why:
@@ -591,18 +592,22 @@ def cmd_service_scale(c: Client, a: argparse.Namespace, out: TextIO) -> int:
             raise UsageError(f"invalid scale specifier {arg!r}: use SERVICE=REPLICAS, e.g. web=5")
         svc = find_service(c, name)
         spec = svc["Spec"]
-        if "Replicated" not in (spec.get("Mode") or {}):
-            sys.stderr.write(f"scale can only be used with replicated mode: {name}\n")
+        mode = spec.get("Mode") or {}
+        if "Replicated" in mode:  # as docker/cli's scale.go: replicas, or a job's completions
+            mode["Replicated"]["Replicas"] = int(n)
+        elif "ReplicatedJob" in mode:
+            mode["ReplicatedJob"] = dict(mode["ReplicatedJob"] or {}, TotalCompletions=int(n))
+        else:
+            sys.stderr.write(f"{name}: scale can only be used with replicated or replicated-job mode\n")
             rc = 1
             continue
-        spec["Mode"]["Replicated"]["Replicas"] = int(n)
         c.service_update(svc["ID"], svc["Version"]["Index"], spec)
         out.write(f"{name} scaled to {n}\n")
         out.flush()
-        targets.append(svc["ID"])
+        targets.append((svc["ID"], is_job(spec)))
     if not a.detach:
-        for sid in targets:
-            rc = wait_converged(c, sid, out, timeout=a.timeout) or rc
+        for sid, job in targets:
+            rc = (wait_job(c, sid, out, timeout=a.timeout) if job else wait_converged(c, sid, out, timeout=a.timeout)) or rc
     return rc
 
 
@@ -728,6 +733,8 @@ def cmd_service_rollback(c: Client, a: argparse.Namespace, out: TextIO) -> int:
     out.flush()
     if a.detach:
         return 0
+    if is_job(svc["Spec"]):  # a job's rollback is a new iteration of the previous spec
+        return wait_job(c, svc["ID"], out, timeout=a.timeout)
     return wait_converged(c, svc["ID"], out, timeout=a.timeout, watch=UpdateWatch(rollback=True))
 
 

@@ -25,10 +25,14 @@ def add_rebalance_args(parser: argparse.ArgumentParser) -> None:
 
 def apply_rebalance(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """``spec`` (a ServiceSpec, changed in place and returned) with the label set (``--rebalance``)
-    or removed (``--no-rebalance``); unchanged when neither flag was given."""
+    or removed (``--no-rebalance``); unchanged when neither flag was given. Raises ValueError
+    (a usage error) for ``--rebalance`` on a service that is not replicated (a global service
+    has one task per node, a job's tasks end: there is nothing to spread)."""
     on = getattr(args, "rebalance", None)
     if on is None:
         return spec
+    if on and "Replicated" not in (spec.get("Mode") or {"Replicated": {}}):
+        raise ValueError("--rebalance applies to replicated services only")
     labels = dict(spec.get("Labels") or {})
     if on:
         labels[REBALANCE_LABEL] = "true"

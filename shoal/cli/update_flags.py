@@ -234,6 +234,14 @@ class UpdateWatch:
             self.rolled_back = msg or "rollback completed"
         return None
 
+    def settled(self, svc: dict[str, Any]) -> bool:
+        """Whether the service's update (or rollback) is over: ``UpdateStatus`` absent (no update
+        started: nothing to roll) or ``completed`` / ``rollback_completed``. While it is
+        ``updating`` or ``rollback_started`` the service has not converged, even when every task
+        of the new spec runs (a global update has moved only some nodes yet)."""
+        state = (svc.get("UpdateStatus") or {}).get("State") or ""
+        return state in ("", "completed", "rollback_completed")
+
     def final(self) -> str | None:
         """Why the wait fails although the service converged (it was rolled back), or None."""
         return f"service rolled back: {self.rolled_back}" if self.rolled_back is not None else None
