@@ -87,7 +87,7 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
             occupied.pop(slot, None)
             reserved.discard(slot)
             if prog:
-                prog.forget_slot(slot)
+                prog.forget_slot(slot, (str(t.get("ID")) for t in slots.get(slot, [])))
         if len(set(occupied) | reserved) > want:
             # the rest of the scale-down is for the next pass; nothing else of this service now
             if prog is not None:
