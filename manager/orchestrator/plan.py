@@ -5,7 +5,7 @@ pass (:class:`WriteBudget`), the rolling-update progress kept between passes
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,8 +130,11 @@ class UpdateProgress:
         """Lanes in use: slots stopping, in flight or cooling down."""
         return len(set(self.stopping) | set(self.in_flight) | set(self.cooling))
 
-    def forget_slot(self, slot: int) -> None:
-        """Drop every record of ``slot`` (scaled away)."""
+    def forget_slot(self, slot: int, task_ids: Iterable[str] = ()) -> None:
+        """Drop every record of ``slot`` (scaled away), ``task_ids`` its tasks: the update no
+        longer monitors them (their removal is no failure of the update)."""
+        for tid in task_ids:
+            self.monitored.pop(tid, None)
         self.stopping.pop(slot, None)
         self.stop_asked_at.pop(slot, None)
         self.in_flight.pop(slot, None)

@@ -5,8 +5,12 @@ task fails or the service is updated. A service whose ``Spec.Labels`` has
 :data:`~shoal.base.servicelabels.REBALANCE_LABEL` = ``true`` (``shoal service update
 --rebalance``, or the label set by any client) is spread out again by the orchestrator:
 
-- Only when the service is steady: every slot has a running task on a usable node, and no
-  rolling update is in progress or paused. Services with placement preferences are left alone
+- Only when the service is steady: every slot has exactly one current task (desired
+  ``running``; a move's new task aside), running on a usable node; no task of the service is
+  parked on a down node; every node holding one has settled (its session opened at least
+  :data:`~manager.orchestrator.slots.SETTLE` ago: a returning node's slots are sorted out
+  first, :func:`manager.orchestrator.slots.hold_slot`); and no rolling update is in progress
+  or paused. Services with placement preferences are left alone
   (their spread is the scheduler's, by label values rather than nodes).
 - The service's tasks are counted per *eligible* node: ready, ``active``, satisfying the
   service's constraints. When the most loaded node has at least 2 tasks more than the least
@@ -29,7 +33,7 @@ All state lives in the store (the move labels), so a new leader picks up where t
 from __future__ import annotations
 
 from manager.orchestrator.plan import OLD_TASK_TIMEOUT, Obj, new_task
-from manager.orchestrator.slots import created_at
+from manager.orchestrator.slots import created_at, settled_at
 from manager.orchestrator.update import Ctx, update_config
 from manager.scheduler.filters import node_matches, parse_constraints
 from manager.scheduler.nodeinfo import NodeInfo
@@ -81,10 +85,12 @@ def _abandon(ctx: Ctx, move: Obj) -> None:
     ctx.set_desired(move, "shutdown")
 
 
-def rebalance(ctx: Ctx, svc: Obj, tasks: list[Obj], occupied: dict[int, Obj], updating: bool) -> None:
+def rebalance(ctx: Ctx, svc: Obj, tasks: list[Obj], occupied: dict[int, Obj], updating: bool,
+              crowded: bool = False) -> None:
     """One rebalancing step of replicated service ``svc`` (see the module docstring): ``tasks``
     are all its tasks, ``occupied`` slot → the task holding it after this pass's other changes,
-    ``updating`` whether a rolling update is in progress. Changes go into ``ctx.plan`` within
+    ``updating`` whether a rolling update is in progress, ``crowded`` whether a slot had several
+    current tasks (a move's new task aside) when the pass began. Changes go into ``ctx.plan`` within
     ``ctx.budget``; timers through ``ctx.plan._wake``."""
     if not wants_rebalance(svc):
         return
@@ -135,7 +141,14 @@ def rebalance(ctx: Ctx, svc: Obj, tasks: list[Obj], occupied: dict[int, Obj], up
 
     # 2. more moves, when the service is steady and uneven
     status = sv.update_status
-    if updating or (isinstance(status, dict) and status.get("State") in _BLOCKING_UPDATES):
+    if updating or crowded or (isinstance(status, dict) and status.get("State") in _BLOCKING_UPDATES):
+        return
+    live = [t for t in tasks if task_desired_order(t) <= RUNNING and task_state(t) not in TERMINAL_STATES]
+    if any(str(t.get("NodeID") or "") not in ctx.usable_nodes for t in live if t.get("NodeID")):
+        return  # parked on a down node (or being shut down on a drained one)
+    settle = max((settled_at(t, ctx.node_by_id) for t in live), default=0.0)
+    if now < settle:
+        plan._wake(settle)  # a node holding a task just (re)opened its session
         return
     if now < backoff_until:
         plan._wake(backoff_until)

@@ -52,7 +52,9 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
     for t in tasks:
         slots.setdefault(int(t.get("Slot") or 0), []).append(t)
     keep_old = {i for ids in (prog.start_first_old.values() if prog else []) for i in ids}
-    keep_old |= moving_ids(svc, tasks)  # rebalancing moves in flight (rebalance.py)
+    moving = moving_ids(svc, tasks)  # rebalancing moves in flight (rebalance.py)
+    keep_old |= moving
+    crowded = False  # a slot with several current tasks (besides moves): not steady for rebalance
     occupied: dict[int, Obj] = {}
     for slot, ts in slots.items():
         if len(ts) == 1:  # the common case, kept cheap: a pass looks at every slot
@@ -62,6 +64,7 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
         current = [t for t in ts if task_desired_order(t) <= RUNNING]
         if not current:
             continue
+        crowded = crowded or sum(1 for t in current if str(t.get("ID")) not in moving) > 1
         # at most one current task per slot (start-first: two for a while; lost nodes' parked)
         hold = hold_slot(current, ctx.node_by_id, now, keep_old)
         if hold.wake is not None:
@@ -84,7 +87,7 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
             occupied.pop(slot, None)
             reserved.discard(slot)
             if prog:
-                prog.forget_slot(slot)
+                prog.forget_slot(slot, (str(t.get("ID")) for t in slots.get(slot, [])))
         if len(set(occupied) | reserved) > want:
             # the rest of the scale-down is for the next pass; nothing else of this service now
             if prog is not None:
@@ -142,7 +145,7 @@ def reconcile_replicated(ctx: Ctx, svc: Obj, tasks: list[Obj]) -> None:
         slot += 1
 
     # opt-in rebalancing (com.shoal.rebalance=true): move tasks to the emptier nodes
-    rebalance(ctx, svc, tasks, occupied, updating=new_prog is not None or bool(replaced))
+    rebalance(ctx, svc, tasks, occupied, updating=new_prog is not None or bool(replaced), crowded=crowded)
 
 
 def service_status(service: Obj, tasks: Iterable[Obj], nodes: Iterable[Obj]) -> Obj:

@@ -289,6 +289,42 @@ def test_scale_down_during_a_stop_first_update_forgets_the_slot() -> None:
     assert sorted(t["Slot"] for t in c.current()) == [1]
 
 
+@pytest.mark.parametrize("action", ["pause", "rollback"])
+def test_scale_down_mid_update_keeps_the_lowest_slots_and_forgets_the_removed_ones(action: str) -> None:
+    """3 replicas, stop-first one at a time: slot 1 updated, slot 2's old task stopped and its
+    new task pending; scaled to 1: slot 1 stays, slots 2 and 3 (the in-flight new task too)
+    are removed, and their removal (the reaper deleting them) is no failure of the update."""
+    c = Cluster(service(3, Parallelism=1, Monitor=5 * SECOND, FailureAction=action))
+    c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")
+    c.step()
+    c.stop_asked()
+    c.step(1)
+    c.run_new()
+    c.step(1)  # slot 1 runs busybox:2
+    c.step(1)
+    c.stop_asked()
+    plan = c.step(1)
+    assert [t["Slot"] for t in plan.create] == [2]  # slot 2's new task, pending
+    slot1 = next(t["ID"] for t in c.current() if t["Slot"] == 1)
+    c.user_update(Mode__Replicated__Replicas=1)
+    plan = c.step(1)
+    removed = sorted((t["Slot"], t["ID"]) for t in plan.update if t["DesiredState"] == "remove")
+    assert removed == sorted((t["Slot"], t["ID"]) for t in c.tasks.values() if t["Slot"] in (2, 3))
+    assert [t["ID"] for t in c.current()] == [slot1] and c.tasks[slot1]["Status"]["State"] == "running"
+    prog = c.progress["s1"]
+    assert 2 not in prog.in_flight and plan.create == []
+    assert all(c.tasks[tid]["Slot"] == 1 for tid in prog.monitored)
+    c.stop_asked()
+    for tid in [t["ID"] for t in c.tasks.values() if t["DesiredState"] == "remove"]:
+        del c.tasks[tid]  # the task reaper
+    for _ in range(10):
+        plan = c.step(1)
+        assert plan.create == [] and plan.update == []
+    assert c.status()["State"] == "completed"
+    assert c.services["s1"]["Spec"]["Mode"]["Replicated"]["Replicas"] == 1
+    assert [t["ID"] for t in c.current()] == [slot1] and c.running_images() == ["busybox:2"]
+
+
 def test_old_task_on_a_down_node_does_not_hold_the_slot() -> None:
     c = Cluster(service(2, Parallelism=1))
     c.user_update(TaskTemplate__ContainerSpec__Image="busybox:2")

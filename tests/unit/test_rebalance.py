@@ -14,6 +14,7 @@ from manager.orchestrator.rebalance import ABANDON_BACKOFF, MOVE_ABANDONED, MOVE
 from shoal.base.servicelabels import REBALANCE_LABEL, label_true
 from shoal.cli.commands import build_parser
 from shoal.cli.rebalance_flags import apply_rebalance
+from tests.unit.test_orchestrator_blips import set_node
 from tests.unit.test_orchestrator_update import Cluster, service
 
 Obj = dict[str, Any]
@@ -177,3 +178,64 @@ def test_cli_flags_set_and_remove_the_label() -> None:
     assert apply_rebalance({"Labels": {"x": "1"}}, a) == {"Labels": {"x": "1"}}
     with pytest.raises(SystemExit):
         p.parse_args(["service", "update", "--rebalance", "--no-rebalance", "web"])
+
+
+def test_no_moves_while_a_returning_nodes_slots_settle() -> None:
+    """n2 goes down (its task replaced on n3, the original parked), then comes back: while the
+    slot has two current tasks, the node is down or its settle time runs, nothing moves (the
+    healthy task on n3 is left alone); once settled, only the moves still needed are made."""
+    s = service(3)
+    s["Spec"]["Labels"] = {REBALANCE_LABEL: "true"}
+    c = Cluster(s, 3)
+    assert per_node(c) == {"n1": 1, "n2": 1, "n3": 1}
+    orig = next(t for t in c.current() if t["NodeID"] == "n2")
+    healthy = {t["ID"] for t in c.current() if t["NodeID"] != "n2"}
+    set_node(c, "n2", "down", "heartbeat failure")
+    plan = c.step(1)
+    assert [t["Slot"] for t in plan.create] == [orig["Slot"]]
+    repl = plan.create[0]
+    c.place(repl["ID"], "n3")
+    c.worker(repl["ID"], "running")
+    for _ in range(3):  # down: n1 1, n3 2 -- parked original, no move
+        plan = c.step(1)
+        assert plan.create == [] and plan.update == []
+    set_node(c, "n2", "ready")
+    # the settle window: n1 1, n2 0, n3 2 counted, but the slot holds two tasks: no move
+    for _ in range(5):  # 2.5 s: the settle (2 s) passes meanwhile
+        plan = c.step(0.5)
+        assert not any(MOVE_FROM in t.get("Labels", {}) for t in plan.create)
+        assert all(t["ID"] not in healthy for t in plan.update)
+    # settled: the replacement gave way to the original, which runs on n2 again
+    assert c.tasks[repl["ID"]]["DesiredState"] == "shutdown"
+    assert c.tasks[orig["ID"]]["DesiredState"] == "running"
+    c.stop_asked()
+    assert settle(c) == 0  # already even: no move at all
+    assert per_node(c) == {"n1": 1, "n2": 1, "n3": 1}
+    assert healthy <= {t["ID"] for t in c.current()}
+
+
+def test_no_moves_while_a_task_is_parked_then_only_the_needed_ones() -> None:
+    """5 replicas on 3 nodes; the node with 1 task goes down and its replacement runs on
+    another (3 / 2): no move while the original is parked; when the node comes back with its
+    task dead, the replacement stays, nothing moves before the node settled, then one move."""
+    s = service(5)
+    s["Spec"]["Labels"] = {REBALANCE_LABEL: "true"}
+    c = Cluster(s, 3)
+    assert sorted(per_node(c).values()) == [1, 2, 2]
+    lone = [n for n, k in per_node(c).items() if k == 1][0]
+    orig = next(t for t in c.current() if t["NodeID"] == lone)
+    set_node(c, lone, "down", "heartbeat failure")
+    plan = c.step(1)
+    assert [t["Slot"] for t in plan.create] == [orig["Slot"]]
+    other = next(n for n in ("n1", "n2", "n3") if n != lone)
+    c.place(plan.create[0]["ID"], other)  # 3 on one node, 2 on the other
+    c.worker(plan.create[0]["ID"], "running")
+    for _ in range(5):
+        plan = c.step(1)
+        assert plan.create == [] and plan.update == []  # parked: not steady
+    c.worker(orig["ID"], "failed")  # died while away
+    set_node(c, lone, "ready")
+    plan = c.step(0.5)
+    assert not any(MOVE_FROM in t.get("Labels", {}) for t in plan.create)
+    moves = settle(c)
+    assert moves == 1 and sorted(per_node(c).values()) == [1, 2, 2]
