@@ -478,7 +478,9 @@ def wait_converged(c: Client, service_id: str, out: TextIO, timeout: float = 300
             if shown.get(slot) != st:
                 shown[slot] = st
                 host = nodes.get(t.get("NodeID", ""), {}).get("Description", {}).get("Hostname", "")
-                out.write(f"{slot}/{total}: {st}" + (f" (on {host})" if host and st == "running" else "") + "\n")
+                # a slot as "2/3"; a global task by its node's truncated ID, as the docker CLI
+                label = f"{slot}/{total}" if slot.isdigit() else slot[:12]
+                out.write(f"{label}: {st}" + (f" (on {host})" if host and st == "running" else "") + "\n")
                 out.flush()
         for t in tasks:
             st = t.get("Status", {})

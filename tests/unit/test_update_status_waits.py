@@ -7,6 +7,7 @@ it); ``shoal service rollback`` of a job waits for that iteration as ``service c
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from shoal.base.util import now_rfc3339
 from tests.unit.test_api import SPEC
 from tests.unit.test_cli_update import Env, env, shoal  # noqa: F401  (the fixture)
 from tests.unit.test_controlapi import Ctx, ctx  # noqa: F401  (the fixture)
+from tests.waiting import wait_until
 
 GJOB = dict(SPEC, Name="gj", Mode={"GlobalJob": {}})
 
@@ -109,11 +111,13 @@ async def test_cli_update_of_a_global_service_waits_for_every_node(env: Env,  # 
             "UpdateConfig": {"Parallelism": 1, "Delay": int(0.4 * SECOND), "Monitor": int(0.05 * SECOND),
                              "Order": "stop-first", "FailureAction": "pause"}}
     await store.update(lambda tx: tx.create("services", {"ID": "g1", "Spec": spec}))
-    async with asyncio.timeout(10):
-        while sum(1 for t in store.view().list("tasks") if t["Status"]["State"] == "running") < 3:
-            await asyncio.sleep(0.02)
+    await wait_until(lambda: sum(1 for t in store.view().list("tasks") if t["Status"]["State"] == "running") >= 3,
+                     timeout=10, what="3 global tasks running")
     rc, out, err = await shoal(host, "service update --env-add X=1 g", capsys)
     assert rc == 0 and "verify: Service g converged" in out, (out, err)
+    # progress lines name a global task by its node's truncated ID, as the docker CLI (no "n/3")
+    lines = [ln for ln in out.splitlines() if ": running (on " in ln]
+    assert lines and all(re.fullmatch(r"[^/ ]{1,12}: running \(on h\d\)", ln) for ln in lines), out
     svc = store.view().get("services", "g1")
     assert svc is not None and svc["UpdateStatus"]["State"] == "completed"
     live = [t["Spec"]["ContainerSpec"].get("Env") for t in store.view().list("tasks")
