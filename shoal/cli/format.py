@@ -293,7 +293,9 @@ def task_rows(tasks: list[dict[str, Any]], services: dict[str, dict[str, Any]],
             err = st.get("Err", "")
             if err:
                 err = json.dumps(ellipsis(err, 30) if trunc else err, ensure_ascii=False)
-            node = nodes.get(t.get("NodeID", ""), {}).get("Description", {}).get("Hostname", "")
+            # a node that is gone shows as its ID, as the docker CLI's resolver falls back to it
+            node = nodes.get(t.get("NodeID", ""), {}).get("Description", {}).get("Hostname", "") \
+                or str(t.get("NodeID") or "")
             image = t.get("Spec", {}).get("ContainerSpec", {}).get("Image", "")
             rows.append([
                 short_id(t["ID"]) if trunc else t["ID"], name, image_name(image) if trunc else image, node,

@@ -244,7 +244,7 @@ def test_service_ps_and_ls_tables(api: tuple[str, dict[Any, Any]]) -> None:
     routes[("GET", "/services/web")] = lambda q, b: (200, svc)
     routes[("GET", "/services")] = lambda q, b: (200, [dict(svc, ServiceStatus={"RunningTasks": 1, "DesiredTasks": 2})])
     old = _task(1, "failed", "task: non-zero exit (127)", ts="2026-01-01T00:00:00.000000000Z")
-    old["ID"], old["DesiredState"] = "old".ljust(25, "x"), "shutdown"
+    old["ID"], old["DesiredState"], old["NodeID"] = "old".ljust(25, "x"), "shutdown", "gonenode1234"
     routes[("GET", "/tasks")] = lambda q, b: (200, [_task(1, "running", ts=_recent()), old])
     routes[("GET", "/nodes")] = lambda q, b: (200, [NODE])
     rc, out = run(host, "service", "ps", "web")
@@ -254,6 +254,7 @@ def test_service_ps_and_ls_tables(api: tuple[str, dict[Any, Any]]) -> None:
     assert lines[1].split()[1:7] == ["web.1", "busybox:latest", "h1", "Running", "Running", "5"]
     assert "Running 5 seconds ago" in lines[1]
     assert r"\_ web.1" in lines[2] and '"task: non-zero exit (127)"' in lines[2] and "busybox:latest   " in lines[1]
+    assert " gonenode1234 " in lines[2]  # a removed node shows as its ID, as the docker CLI
     rc, out = run(host, "service", "ls")
     assert out.splitlines()[1].split() == ["s1yyyyyyyyyy", "web", "replicated", "1/2", "busybox:latest"]
 
