@@ -45,6 +45,9 @@ STATUS_BATCH = 0.02  # seconds the agent gathers status reports before sending t
 STATUS_RETRY = 0.5  # seconds before status reports the manager could not commit are sent again
 MALFORMED_STATUS = "session.status:"
 """How the dispatcher's refusal of a malformed ``session.status`` begins (not worth resending)."""
+REMOVED = re.compile(r"^node (\S+) was removed from the swarm$")
+"""How a manager refuses a session of a node removed from the swarm (``node rm``): final, the
+node's certificate is refused for good (the session protocol's ``ErrNodeRemoved``)."""
 
 
 class ExecutorLike(Protocol):
@@ -76,6 +79,10 @@ class Agent:
     daemon follows ``Spec.Role`` changes: ``node promote``/``demote``). ``on_managers(list)``:
     called when the known manager list changes (the daemon keeps it in ``state.json``, so a
     restarted node can reach managers that joined after it, as Swarm's state.json does).
+    ``on_removed(reason)``: called once, from the session loop, when a manager refuses this node
+    as removed from the swarm (:data:`REMOVED`); the loop has then ended for good (no more
+    retries, :attr:`removed` is True) and the callee decides what the node does (the daemon
+    leaves the swarm locally). It must not await :meth:`stop` itself (schedule that instead).
 
     :meth:`start` runs the session loop in the background; :meth:`stop` ends it. :attr:`connected`
     is set while a session is open. Status reports made while disconnected are kept (the
@@ -96,6 +103,7 @@ class Agent:
         backoff_max: float = BACKOFF_MAX,
         on_node: Any = None,
         on_managers: Any = None,
+        on_removed: Any = None,
     ) -> None:
         if not managers:
             raise ValueError("Agent needs at least one manager address (ip:port)")
@@ -119,6 +127,8 @@ class Agent:
         self.node: dict[str, Any] | None = None
         self.on_node = on_node
         self.on_managers = on_managers
+        self.on_removed = on_removed
+        self.removed = False  # a manager said this node was removed from the swarm
         self._pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._pending_event = asyncio.Event()
         self._peer: wire.Peer | None = None
@@ -189,6 +199,9 @@ class Agent:
                 raise
             except (wire.WireError, OSError, ValueError) as e:
                 self.last_error = f"{addr}: {e}"
+                if self._refused_as_removed(e):
+                    self._removed_by_manager(addr, str(e))
+                    break
                 log.info("session with %s ended: %s", addr, e)
                 m = LEADER_HINT.search(str(e))
                 if m and m.group(1) != addr:
@@ -213,6 +226,26 @@ class Agent:
             delay = min(backoff, cap) * random.uniform(0.8, 1.2)
             backoff = min(backoff * 2, cap)
             await asyncio.sleep(delay)
+
+    def _refused_as_removed(self, e: Exception) -> bool:
+        """Whether ``e`` is a manager's refusal of this very node as removed from the swarm."""
+        if not isinstance(e, wire.RemoteError):
+            return False
+        m = REMOVED.match(e.msg)
+        return m is not None and m.group(1) == self.node_id
+
+    def _removed_by_manager(self, addr: str, reason: str) -> None:
+        """End the session loop for good: the swarm removed this node (``reason`` as ``addr`` said)."""
+        self._stopping = True
+        self.removed = True
+        self.connected.clear()
+        self._pending.clear()
+        log.warning("manager %s refused this node: %s; the agent stops (no more retries)", addr, reason)
+        if self.on_removed is not None:
+            try:
+                self.on_removed(reason)
+            except Exception:  # the agent has stopped anyway
+                log.exception("handling the removal of this node failed")
 
     async def _session(self, addr: str) -> bool:
         """Run one session with ``addr`` until it breaks; return whether it was opened."""

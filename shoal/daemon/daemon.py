@@ -86,6 +86,7 @@ class Daemon:
         self.agent: Any = None
         self._swarm_lock = asyncio.Lock()
         self._role_switch: asyncio.Task[None] | None = None
+        self._removal: asyncio.Task[None] | None = None
         self.hostname = socket.gethostname()
 
     # ---- status path: executor → agent → dispatcher
@@ -137,8 +138,24 @@ class Daemon:
             advertise_addr=self.state.data.get("AdvertiseAddr", "").rsplit(":", 1)[0],
             on_node=self._on_node,
             on_managers=self._on_managers,
+            on_removed=self._on_removed,
         )
         self.agent.start()
+
+    def _on_removed(self, reason: str) -> None:
+        """The agent was refused as removed from the swarm (its loop has ended): leave the swarm
+        locally in the background (:func:`shoal.daemon.swarmflow.removed_from_swarm`)."""
+        if self._removal is None or self._removal.done():
+            self._removal = asyncio.create_task(self._leave_removed(self.agent, reason), name="removed-from-swarm")
+
+    async def _leave_removed(self, agent: Any, reason: str) -> None:
+        async with self._swarm_lock:
+            if self.agent is not agent:
+                return  # a leave, join or stop came first
+            try:
+                await swarmflow.removed_from_swarm(self, reason)
+            except Exception:
+                log.exception("leaving the swarm after this node's removal failed")
 
     def _on_managers(self, managers: list[str]) -> None:
         """Remember the managers the agent learned, for the next start."""
@@ -236,7 +253,11 @@ class Daemon:
             await self.start_worker_role()
 
     async def stop(self) -> None:
-        """Stop the roles and the task controllers; containers keep running (their shims hold them)."""
+        """Stop the roles and the task controllers; containers keep running (their shims hold them).
+        A leave after this node's removal that is under way is finished first."""
+        if self._removal is not None and not self._removal.done():
+            with contextlib.suppress(Exception):
+                await self._removal
         await self.stop_roles()
         await self.executor.close()
 

@@ -1,4 +1,5 @@
-"""The swarm membership flows of a daemon: ``swarm init``, ``swarm join`` and ``swarm leave``.
+"""The swarm membership flows of a daemon: ``swarm init``, ``swarm join`` and ``swarm leave``
+(and the leave a manager imposes: :func:`removed_from_swarm`).
 
 Each flow moves the node between "not in a swarm" and a role, through the role start/stop of
 :class:`shoal.daemon.daemon.Daemon` (``start_manager_role``, ``start_worker_role``, ``stop_roles``).
@@ -34,7 +35,7 @@ from worker.executor import Executor
 from worker.join import JoinError, join
 
 __all__ = ["ALREADY_IN_SWARM", "Daemon", "discard_swarm_files", "route_source_addr", "swarm_init",
-           "swarm_join", "swarm_leave"]
+           "removed_from_swarm", "swarm_join", "swarm_leave"]
 
 
 class Daemon(Protocol):
@@ -58,6 +59,10 @@ class Daemon(Protocol):
     async def stop_roles(self, leaving: bool = False) -> None: ...
 
 log = logging.getLogger("shoald")
+
+REMOVED_MESSAGE = ("this node was removed from the swarm by a manager: it left the swarm (its tasks "
+                   "were stopped and removed); it can join again with a join token (docker swarm join)")
+"""The one line a daemon logs when a manager refused its node as removed (``node rm``)."""
 
 ALREADY_IN_SWARM = ("This node is already part of a swarm. Use \"docker swarm leave\" to leave this "
                     "swarm and join another one.")
@@ -223,8 +228,26 @@ async def swarm_leave(daemon: Daemon, force: bool) -> None:
             await daemon.manager.leave_raft()
         except Exception as e:  # forced: leave anyway
             log.warning("could not leave the Raft cluster cleanly: %s", e)
-    await daemon.stop_roles(leaving=True)  # also drops every task, its networks and the mesh
-    state.clear()
+    await _leave_locally(daemon)
+
+
+async def removed_from_swarm(daemon: Daemon, reason: str) -> None:
+    """A manager refused this node's session as removed from the swarm (``node rm`` while it was
+    down; ``reason``: the manager's words). Leave locally as ``swarm leave --force`` does: the roles
+    stopped, the tasks stopped and removed, the swarm forgotten (``/info`` then shows
+    ``LocalNodeState`` "inactive"), and log :data:`REMOVED_MESSAGE` once. Nothing when the node is
+    no longer in a swarm. The caller holds ``Daemon._swarm_lock``."""
+    if not daemon.state.in_swarm:
+        return
+    log.debug("removal: %s", reason)
+    await _leave_locally(daemon)
+    log.warning("%s", REMOVED_MESSAGE)
+
+
+async def _leave_locally(daemon: Daemon) -> None:
+    """Stop the roles, drop every task, its networks and the mesh, forget the swarm."""
+    await daemon.stop_roles(leaving=True)
+    daemon.state.clear()
     shutil.rmtree(daemon.certs_dir, ignore_errors=True)
     shutil.rmtree(daemon.data_root / "manager", ignore_errors=True)
 
