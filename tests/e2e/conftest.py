@@ -47,17 +47,22 @@ class Cluster:
     manager_token: str
 
 
-@pytest.fixture(scope="module")
-def lab_up() -> Iterator[lab.LabState]:
-    """Four lab hosts with fast heartbeats, underlay MTU ``LAB_MTU``; torn down (and checked clean)
-    whatever happens."""
+def lab_session(heartbeat: float) -> Iterator[lab.LabState]:
+    """Four lab hosts with heartbeat period ``heartbeat`` s, underlay MTU ``LAB_MTU``; torn down
+    (and checked clean) whatever happens. Skips without root. For a module fixture to yield from."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
     try:
-        yield lab.up(4, heartbeat_period=HEARTBEAT, mtu=LAB_MTU)
+        yield lab.up(4, heartbeat_period=heartbeat, mtu=LAB_MTU)
     finally:
         leftovers = lab.down()
         assert leftovers == [], f"the lab left things behind: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def lab_up() -> Iterator[lab.LabState]:
+    """Four lab hosts with fast heartbeats (:func:`lab_session`)."""
+    yield from lab_session(HEARTBEAT)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from deploy.lab import lab
-from tests.e2e.conftest import LAB_MTU, Cluster, client, shoal, wait_until
+from tests.e2e.conftest import Cluster, client, lab_session, shoal, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -33,13 +33,7 @@ LONG_FREEZE = 15.0  # > GRACE × 1.1: always a loss
 def lab_up() -> Iterator[lab.LabState]:
     """Four lab hosts with a 2 s heartbeat (this module's own lab: the freeze windows need a
     period long enough to tell a blip from a loss); torn down and checked clean whatever happens."""
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    try:
-        yield lab.up(4, heartbeat_period=HEARTBEAT, mtu=LAB_MTU)
-    finally:
-        leftovers = lab.down()
-        assert leftovers == [], f"the lab left things behind: {leftovers}"
+    yield from lab_session(HEARTBEAT)
 
 
 def node_ids() -> dict[str, str]:
