@@ -5,6 +5,7 @@ the node must hear of a change, and the per-session outbox that writes pushes on
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import itertools
 import logging
@@ -68,7 +69,7 @@ def manager_addr(node: dict[str, Any] | None) -> str | None:
 
 def fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]],
                 networks: Mapping[str, Mapping[str, Any]] | None = None, extra: Any = None) -> bytes:
-    """Bytes that change iff something the worker acts on changed (not status/version/timestamps):
+    """A 16-byte digest (BLAKE2b of the msgpack encoding) that changes iff something the worker acts on changed (not status/version/timestamps):
     the node, its assignment set and ``networks`` (:func:`node_networks`: a network's spec, driver
     state or IPAM, a peer appearing, leaving or moving, its DNS records; not a network's
     ``Version``/``UpdatedAt``), and ``extra`` (the rest of the push: ``ingress``, ``data_path_port``)."""
@@ -80,8 +81,8 @@ def fingerprint(node: dict[str, Any], tasks: list[dict[str, Any]],
     nets = [[nid, {k: v for k, v in _map(e.get("Network")).items() if k not in _VOLATILE}, e.get("Peers"),
              e.get("DNS")]
             for nid, e in sorted((networks or {}).items())]
-    data: bytes = msgpack.packb([n, ts, nets, extra], use_bin_type=True)
-    return data
+    # a digest, not the bytes: one per session, and a node's set may be thousands of tasks
+    return hashlib.blake2b(msgpack.packb([n, ts, nets, extra], use_bin_type=True), digest_size=16).digest()
 
 
 # -- overlay networks and their peers ----------------------------------------------------------
@@ -252,7 +253,7 @@ def _dns(nid: str, index: TaskIndex) -> dict[str, Any]:
         return {"Services": [], "Tasks": []}
     services = sorted(set(index.services.get(nid, ())), key=lambda s: (s[0], s[1], s[2] or ""))
     tasks = []
-    for sid, slot, tid, addr, hostname in index.dns_tasks.get(nid, ()):
+    for sid, slot, tid, addr, hostname in index.dns_records(nid):
         name = index.service_names.get(sid)
         if name is None:
             continue  # its service is gone: no name to answer
@@ -267,53 +268,104 @@ def _dns(nid: str, index: TaskIndex) -> dict[str, Any]:
 
 
 class TaskIndex:
-    """The tasks table indexed once per dispatcher pass (``tasks``: all tasks, kept as given and
-    only read, e.g. :meth:`manager.store.ReadTx.list_shallow`):
+    """The tasks table indexed for the dispatcher's pushes, kept up to date one task at a time
+    (:meth:`set_task`, fed by the store's events: O(1) per change, never a scan of every task per
+    push) plus the small tables read again before each flush (:meth:`refresh`: services and nodes).
+    ``tasks`` given to the constructor are indexed at once (a leader's start, or a test). Tasks
+    are kept as given and only read (the store's own objects: it never changes one in place).
 
-    - ``by_node``: node ID → that node's tasks (the input of :func:`assignment_set`);
-    - ``peers``: network ID → ``[(node ID, "a.b.c.d/len")]`` of the tasks that are peers on it
-      (:func:`peer_keys`).
-
-    - ``dns_tasks``: network ID → ``[(service ID, slot, task ID, "a.b.c.d/len", hostname)]`` of
-      the running tasks on it (:func:`dns_task_keys`), but those of nodes ``down`` in ``nodes``;
+    - ``by_node``: node ID → {task ID: task} of the tasks with that ``NodeID`` (:meth:`tasks_of`,
+      the input of :func:`assignment_set`);
+    - ``peers``: network ID → {task ID: (node ID, "a.b.c.d/len")} of the tasks that are peers on
+      it (:func:`peer_keys`);
+    - ``dns_tasks``: network ID → {task ID: (service ID, slot, task ID, "a.b.c.d/len", hostname)}
+      of the running tasks on it (:func:`dns_task_keys`); those of nodes ``down`` (``down``,
+      from the last refresh) are left out where they are read (:meth:`dns_records`);
     - ``services``: network ID → ``[(service name, (alias, …), VIP or None)]`` of the services
-      whose ``TaskTemplate.Networks`` target it, and ``service_names``: service ID → name, from
-      ``services`` (all services, only read; :func:`service_dns_keys`);
-    - ``ingress_ports``: the ingress-mode published ports of every service
-      (:func:`ingress_port_keys`), sorted; ``lb``: network ID → ``[(node ID, "a.b.c.d/len")]`` of
-      the nodes' load-balancer addresses (:func:`node_lb_addresses`, from ``nodes``);
-      ``ingress_id``: the ID of the ingress network (``ingress_id`` given, or None).
+      whose ``TaskTemplate.Networks`` target it, and ``service_names``: service ID → name
+      (:func:`service_dns_keys`); ``ingress_ports``: the ingress-mode published ports of every
+      service (:func:`ingress_port_keys`), sorted; ``lb``: network ID → ``[(node ID,
+      "a.b.c.d/len")]`` of the nodes' load-balancer addresses (:func:`node_lb_addresses`);
+      ``ingress_id``: the ID of the ingress network (None: none). These come from
+      :meth:`refresh` (O(S + N)), which also drops the per-flush caches.
 
-    Building it costs one pass over all tasks, services and nodes (O(T + S + N)); a node's peer
-    list, DNS records and ingress ports are then O(tasks and services of its networks) rather than
-    a scan per node and network.
+    A node's peer list, DNS records and ingress ports are then O(tasks and services of its
+    networks), built once per network and flush however many nodes are pushed.
     """
 
-    def __init__(self, tasks: Iterable[dict[str, Any]], services: Iterable[dict[str, Any]] = (),
+    def __init__(self, tasks: Iterable[dict[str, Any]] = (), services: Iterable[dict[str, Any]] = (),
                  nodes: Iterable[dict[str, Any]] = (), ingress_id: str | None = None) -> None:
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._node_of: dict[str, str] = {}
+        self.by_node: dict[str, dict[str, dict[str, Any]]] = {}
+        self.peers: dict[str, dict[str, tuple[str, str]]] = {}
+        self.dns_tasks: dict[str, dict[str, tuple[str, int | str, str, str, str | None]]] = {}
+        self._peer_lists: dict[str, list[tuple[str, tuple[str, str, str], dict[str, str]]]] = {}
+        self._ingress_endpoints: dict[str, list[str]] | None = None
+        for t in tasks:
+            tid = t.get("ID")
+            if isinstance(tid, str):
+                self.set_task(tid, t)
+        self.refresh(services, nodes, ingress_id)
+
+    def set_task(self, tid: str, task: dict[str, Any] | None) -> None:
+        """Index ``task`` as the current version of task ``tid`` (None: it was deleted),
+        replacing whatever was indexed for ``tid`` before. O(networks of the task)."""
+        prev = self._tasks.pop(tid, None)
+        if prev is not None:
+            node_id = self._node_of.pop(tid, None)
+            if node_id is not None:
+                mine = self.by_node.get(node_id)
+                if mine is not None:
+                    mine.pop(tid, None)
+                    if not mine:
+                        del self.by_node[node_id]
+            for nid, *_ in peer_keys(prev):
+                self._drop(self.peers, nid, tid)
+                self._peer_lists.pop(nid, None)
+            for key in dns_task_keys(prev):
+                self._drop(self.dns_tasks, key[0], tid)
+                self._ingress_endpoints = None
+        if task is None:
+            return
+        self._tasks[tid] = task
+        node_id = task.get("NodeID")
+        if isinstance(node_id, str) and node_id:
+            self._node_of[tid] = node_id
+            self.by_node.setdefault(node_id, {})[tid] = task
+        for nid, nd, addr in peer_keys(task):
+            self.peers.setdefault(nid, {})[tid] = (nd, addr)
+            self._peer_lists.pop(nid, None)
+        for nid, sid, slot, _tid, addr, hostname in dns_task_keys(task):
+            self.dns_tasks.setdefault(nid, {})[tid] = (sid, slot, tid, addr, hostname)
+            self._ingress_endpoints = None
+
+    @staticmethod
+    def _drop(table: dict[str, dict[str, Any]], nid: str, tid: str) -> None:
+        entries = table.get(nid)
+        if entries is not None:
+            entries.pop(tid, None)
+            if not entries:
+                del table[nid]
+
+    def tasks_of(self, node_id: str) -> list[dict[str, Any]]:
+        """The tasks whose ``NodeID`` is ``node_id`` (any order)."""
+        return list(self.by_node.get(node_id, {}).values())
+
+    def refresh(self, services: Iterable[dict[str, Any]], nodes: Iterable[dict[str, Any]],
+                ingress_id: str | None) -> None:
+        """Re-read the services and nodes (all of them, only read) and the ingress network's ID,
+        and drop the per-flush caches (peer lists, ingress endpoints)."""
         self.ingress_id = ingress_id
         self.lb: dict[str, list[tuple[str, str]]] = {}
         self.ingress_ports: list[tuple[str, str, str, int, int]] = []
-        self._ingress_endpoints: dict[str, list[str]] | None = None
-        self._peer_lists: dict[str, list[tuple[str, tuple[str, str, str], dict[str, str]]]] = {}
-        self.by_node: dict[str, list[dict[str, Any]]] = {}
-        self.peers: dict[str, list[tuple[str, str]]] = {}
-        self.dns_tasks: dict[str, list[tuple[str, int | str, str, str, str | None]]] = {}
+        self._ingress_endpoints = None
+        self._peer_lists = {}
         self.services: dict[str, list[tuple[str, tuple[str, ...], str | None]]] = {}
         self.service_names: dict[str, str] = {}
         nodes = list(nodes)
         # a down node's tasks may still run (parked, manager.orchestrator.slots) but answer no name
-        down = {n.get("ID") for n in nodes if _map(n.get("Status")).get("State") == "down"}
-        for t in tasks:
-            node_id = t.get("NodeID")
-            if isinstance(node_id, str) and node_id:
-                self.by_node.setdefault(node_id, []).append(t)
-            for nid, nd, addr in peer_keys(t):
-                self.peers.setdefault(nid, []).append((nd, addr))
-            if down and node_id in down:
-                continue  # (its peer entries are dropped by node_networks: the node has no VTEP)
-            for nid, sid, slot, tid, addr, hostname in dns_task_keys(t):
-                self.dns_tasks.setdefault(nid, []).append((sid, slot, tid, addr, hostname))
+        self.down = {n.get("ID") for n in nodes if _map(n.get("Status")).get("State") == "down"}
         for svc in services:
             for nid, name, aliases, vip in service_dns_keys(svc):
                 self.services.setdefault(nid, []).append((name, aliases, vip))
@@ -327,6 +379,18 @@ class TaskIndex:
             if isinstance(node_id, str):
                 for nid, addr in node_lb_addresses(node):
                     self.lb.setdefault(nid, []).append((node_id, addr))
+
+    def dns_records(self, nid: str) -> list[tuple[str, int | str, str, str, str | None]]:
+        """``[(service ID, slot, task ID, "a.b.c.d/len", hostname)]`` of network ``nid``'s running
+        tasks, but those of down nodes (their peer entries are dropped by :func:`node_networks`:
+        the node has no VTEP)."""
+        entries = self.dns_tasks.get(nid)
+        if not entries:
+            return []
+        down = self.down
+        if not down:
+            return list(entries.values())
+        return [e for tid, e in entries.items() if self._node_of.get(tid) not in down]
 
     def peers_of(self, nid: str, node_id: str, node_vtep: Callable[[str], str | None]) -> list[dict[str, str]]:
         """The ``Peers`` of network ``nid`` for node ``node_id`` (:func:`node_networks`): the
@@ -352,7 +416,7 @@ class TaskIndex:
         once per index."""
         if self._ingress_endpoints is None:
             eps: dict[str, list[str]] = {}
-            for sid, _slot, _tid, addr, _hn in self.dns_tasks.get(self.ingress_id or "", ()):
+            for sid, _slot, _tid, addr, _hn in self.dns_records(self.ingress_id or ""):
                 try:
                     eps.setdefault(sid, []).append(ip_of(addr))
                 except ValueError:
@@ -409,7 +473,7 @@ def _all_peers(nid: str, index: TaskIndex, node_vtep: Callable[[str], str | None
     """Every peer entry of network ``nid`` as ``(node ID, (ip, mac, vtep), {"IP", "MAC", "VTEP"})``,
     sorted by IP then VTEP (entries of nodes whose VTEP is None and bad addresses left out)."""
     entries: list[tuple[str, tuple[str, str, str], dict[str, str]]] = []
-    for other, addr in itertools.chain(index.peers.get(nid, ()), index.lb.get(nid, ())):
+    for other, addr in itertools.chain(index.peers.get(nid, {}).values(), index.lb.get(nid, ())):
         v = node_vtep(other)
         if v is None:
             continue

@@ -24,9 +24,10 @@ SWARM-FACTS 1.3):
   to every connected node that uses the network, within the same coalescing. Cost: the sessions
   using each network are kept (``_net_users``, refreshed at each push) so a task change marks only
   the users of the networks its peer entries changed on; a node's ``Status`` change or a network
-  change marks every node using a network (both are rare). Each flush indexes all tasks and
-  services once (:class:`~manager.dispatcher.assignments.TaskIndex`, O(T + S)) however many nodes
-  are dirty.
+  change marks every node using a network (both are rare). The tasks are indexed once at start
+  and then one change at a time from the watch (:class:`~manager.dispatcher.assignments.TaskIndex`);
+  a flush re-reads only the services and nodes (O(S + N)) however many nodes are dirty, and never
+  every task.
 - Service names: each network entry also carries ``DNS``, the services attached to the network
   and its running tasks on every node (the worker's embedded DNS table). A task starting or
   stopping running (or its address or hostname changing) marks the users of its networks, as a
@@ -136,6 +137,8 @@ class Dispatcher:
         """Node ID → the network IDs its last push listed (the inverse of ``_net_users``)."""
         self._ingress_id: str | None = None
         """The ID of the ingress network (refreshed on every network change)."""
+        self._index = TaskIndex()
+        """The tasks indexed for the pushes (rebuilt at start, then kept by the watch loop)."""
         self._flush_handle: asyncio.TimerHandle | None = None
         self._batch = StatusBatch()
         self._batch_task: asyncio.Task[None] | None = None
@@ -161,6 +164,8 @@ class Dispatcher:
         # the watch loop only reads the events' objects: no copies
         watch = self.store.watch(["nodes", "tasks", "networks", "services", "cluster"], copy=False)
         self._ingress_id = self._find_ingress()
+        # indexed once here, then one task at a time from the watch's events (which start now)
+        self._index = TaskIndex(self.store.view().list_shallow("tasks"))
         self._watch_task = asyncio.create_task(self._watch_loop(watch), name="dispatcher-watch")
         ttl = 2 * self.grace_multiplier * self.heartbeat_period
         for node in self.store.view().list("nodes"):
@@ -384,6 +389,7 @@ class Dispatcher:
         try:
             async for ev in watch:
                 if ev.table == "tasks":
+                    self._index.set_task(str(ev.obj["ID"]), None if ev.action == "delete" else ev.obj)
                     for t in (ev.obj, ev.old):
                         nid = (t or {}).get("NodeID")
                         if nid and nid in self._sessions:
@@ -498,7 +504,7 @@ class Dispatcher:
         self._flush_handle = None
         dirty, self._dirty = self._dirty, set()
         view = self.store.view()
-        index: TaskIndex | None = None
+        refreshed = False
         networks: dict[str, dict[str, Any] | None] = {}
         vteps: dict[str, str | None] = {}
 
@@ -521,13 +527,14 @@ class Dispatcher:
             node = view.get_shallow("nodes", node_id)
             if node is None:
                 continue
-            if index is None:  # one pass over the tasks for every node of this flush
-                index = TaskIndex(view.list_shallow("tasks"), view.list_shallow("services"),
-                                  view.list_shallow("nodes"), self._ingress_id)
+            index = self._index
+            if not refreshed:  # the services and nodes once for every node of this flush
+                index.refresh(view.list_shallow("services"), view.list_shallow("nodes"), self._ingress_id)
+                refreshed = True
             # no copies: the push may wait in the outbox while the store changes, but the store
             # replaces an object on every change and never changes one in place (the contract
-            # of ReadTx.list_shallow), so these tasks stay as they were when read
-            tasks = assignment_set(index.by_node.get(node_id, []))
+            # of ReadTx.list_shallow), so these tasks stay as they were when indexed
+            tasks = assignment_set(index.tasks_of(node_id))
             nets = node_networks(node_id, tasks, index, network, node_vtep, node)
             self._set_node_nets(node_id, set(nets))
             ingress = node_ingress(node, index)

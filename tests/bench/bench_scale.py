@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from manager.controlapi.control import Control  # noqa: E402
@@ -81,6 +83,45 @@ def task_counts(m: Manager, lost: set[str]) -> dict[str, Any]:
     return {"desired": total, "assigned": assigned, "running": running, "running_ok": running_ok}
 
 
+def deep_size(obj: Any) -> int:
+    """Bytes of ``obj`` and every dict, list and string inside it (sys.getsizeof summed; objects
+    shared inside ``obj`` counted once)."""
+    seen: set[int] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+    return total
+
+
+def memory_breakdown(m: Manager) -> dict[str, Any]:
+    """Where a manager's memory goes (bytes): the task objects themselves (their Python size and
+    their encoded size), the Raft log's entries held in memory (count and bytes), the event
+    hub's ring, and the dispatcher's last-sent fingerprints."""
+    tasks = m.store._tables["tasks"]
+    raft_entries = m.log.driver.node.log._entries
+    sessions = getattr(m.dispatcher, "_sessions", {})
+    return {
+        "tasks": len(tasks),
+        "task_objects": deep_size(tasks),
+        "task_encoded": sum(len(msgpack.packb(t, use_bin_type=True)) for t in tasks.values()),
+        "raft_entries": len(raft_entries),
+        "raft_entry_bytes": sum(len(e.data) for e in raft_entries),
+        "event_ring": len(m.events._ring),
+        "event_ring_bytes": deep_size(list(m.events._ring)),
+        "sent_fingerprints": sum(len(s.last_sent or b"") for s in sessions.values()),
+    }
+
+
 async def manager_main(a: argparse.Namespace) -> None:
     """One manager process: ``swarm init`` (``--init``) or join with the manager token in
     ``--token-file`` through ``--via``; then serve bench queries on ``--sock``."""
@@ -119,6 +160,8 @@ async def manager_main(a: argparse.Namespace) -> None:
                     r = True
                 elif op == "counts":
                     r = task_counts(m, lost)
+                elif op == "mem":
+                    r = memory_breakdown(m)
                 elif op == "nodes":
                     states: dict[str, int] = {}
                     for n in m.store._tables["nodes"].values():
@@ -301,6 +344,13 @@ async def drive(a: argparse.Namespace, root: Path) -> None:
         print(f"  all running after             {d_running:7.2f} s  -> {total / d_running:8.0f} tasks/s end to end")
         print(f"  leader RSS before {mib(rss0)}, after {mib(rss1)}: "
               f"{mib((rss1 - rss0) * 10000 / total)} per 10,000 tasks, {(rss1 - rss0) / total:.0f} bytes per task")
+        mem = await leader.q("mem")
+        beyond = (rss1 - rss0 - mem["task_objects"]) / total
+        print(f"  the task objects themselves: {mem['task_objects'] / mem['tasks']:.0f} bytes each in memory "
+              f"({mem['task_encoded'] / mem['tasks']:.0f} encoded); beyond them: {beyond:.0f} bytes per task")
+        print(f"  of which Raft entries in memory: {mem['raft_entries']} ({mib(mem['raft_entry_bytes'])}), "
+              f"event ring: {mem['event_ring']} ({mib(mem['event_ring_bytes'])}), "
+              f"dispatcher fingerprints: {mib(mem['sent_fingerprints'])}")
 
         if a.lose:
             lost = nodes[: a.lose]

@@ -93,7 +93,7 @@ def test_records_pure() -> None:
     services = [service("s2", "api", {NET: []}), service("s1", "web", {NET: ["www", "front"]}),
                 service("s3", "db", {OTHER_NET: ["x"]})]
     index = TaskIndex(tasks, services)
-    got = node_networks("n1", index.by_node["n1"], index, lambda i: net if i == NET else None, lambda n: "10.99.0.1")
+    got = node_networks("n1", index.tasks_of("n1"), index, lambda i: net if i == NET else None, lambda n: "10.99.0.1")
     assert got[NET]["DNS"] == {
         "Services": [svc_rec("api"), svc_rec("web", ["www", "front"])],
         "Tasks": [rec("api", "n2", "g1", "10.0.1.20"), rec("web", 1, "t1", "10.0.1.7", "web-one"),

@@ -74,14 +74,14 @@ def test_push_parts_pure() -> None:
              task("t3", "n2", "s1", 3, {NET: "10.0.1.9/24", ING: "10.0.0.8/24"}, state="starting")]
     index = TaskIndex(tasks, services, nodes.values(), ING)
     nets = {NET: network(), ING: ingress_net()}
-    got = node_networks("n1", index.by_node.get("n1", []), index, nets.get, VTEP.get, nodes["n1"])
+    got = node_networks("n1", index.tasks_of("n1"), index, nets.get, VTEP.get, nodes["n1"])
     # n1 runs no task, but it is on the mesh: the ingress network, with n2's tasks and LB as peers
     assert list(got) == [ING]
     assert [(p["IP"], p["VTEP"]) for p in got[ING]["Peers"]] == [
         ("10.0.0.6", VTEP["n2"]), ("10.0.0.7", VTEP["n2"]), ("10.0.0.8", VTEP["n2"]), ("10.0.0.9", VTEP["n2"])]
     assert got[ING]["DNS"] == {"Services": [], "Tasks": []}
     # n2 runs the tasks: the overlay network with the VIPs in its DNS, and the ingress one with n1's LB
-    got2 = node_networks("n2", index.by_node["n2"], index, nets.get, VTEP.get, nodes["n2"])
+    got2 = node_networks("n2", index.tasks_of("n2"), index, nets.get, VTEP.get, nodes["n2"])
     assert got2[NET]["DNS"]["Services"] == [{"Name": "api", "Aliases": [], "VIP": None},
                                            {"Name": "db", "Aliases": [], "VIP": None},
                                            {"Name": "web", "Aliases": ["www"], "VIP": "10.0.1.2"}]

@@ -40,7 +40,7 @@ def test_a_running_job_task_is_a_record_a_peer_and_a_backend() -> None:
     index = TaskIndex([running, done, mine, global_job],
                       [svc, service("s1", "web", {NET: []}), service("j2", "gj", {NET: []})], nodes.values(), ING)
     nets = {NET: network(), ING: ingress_net()}
-    got = node_networks("n1", index.by_node["n1"], index, nets.get, VTEP.get, nodes["n1"])
+    got = node_networks("n1", index.tasks_of("n1"), index, nets.get, VTEP.get, nodes["n1"])
     assert [p["IP"] for p in got[NET]["Peers"]] == ["10.0.1.7", "10.0.1.9"]  # the completed one is no peer
     assert got[NET]["DNS"]["Tasks"] == [rec("batch", 0, "j-a", "10.0.1.7"), rec("gj", "n2", "g-a", "10.0.1.9"),
                                         rec("web", 1, "w1", "10.0.1.5")]

@@ -122,14 +122,14 @@ def test_node_networks_pure() -> None:
     def run(node: str, own: list[dict[str, Any]]) -> dict[str, Any]:
         return node_networks(node, own, index, lambda i: net if i == NET else None, lambda n: vtep(nodes.get(n)))
 
-    got = run("n1", index.by_node["n1"])
+    got = run("n1", index.tasks_of("n1"))
     # sorted by IP as addresses (10.0.1.9 before 10.0.1.10); down node n3 and ineligible tasks left out
     assert got == {NET: {"Network": net, "Peers": [peer("10.0.1.9", "n2"), peer("10.0.1.10", "n2"),
                                                    peer("10.0.1.33", "n2")], "DNS": NO_DNS}}
     # a terminal task of the node does not make it use the network; a non-overlay network is not listed
     assert run("n1", [task("a", "n1", "10.0.1.5/24", state="complete")]) == {}
-    assert node_networks("n1", index.by_node["n1"], index, lambda i: network(driver="bridge"), lambda n: "x") == {}
-    assert run("n1", index.by_node["n1"]) == got  # deterministic
+    assert node_networks("n1", index.tasks_of("n1"), index, lambda i: network(driver="bridge"), lambda n: "x") == {}
+    assert run("n1", index.tasks_of("n1")) == got  # deterministic
     assert peer_keys(tasks[0]) == {(NET, "n1", "10.0.1.5/24")} and peer_keys(tasks[4]) == set()
 
 

@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from worker.agent import Agent
 def naive_peers(node_id: str, index: TaskIndex, vteps: dict[str, str | None]) -> list[dict[str, str]]:
     """The peer list as it was computed per node before the per-index cache."""
     peers: dict[tuple[str, str, str], dict[str, str]] = {}
-    for other, addr in [*index.peers.get(NET, ()), *index.lb.get(NET, ())]:
+    for other, addr in [*index.peers.get(NET, {}).values(), *index.lb.get(NET, ())]:
         v = vteps.get(other)
         if other == node_id or v is None:
             continue
@@ -59,7 +60,7 @@ def test_peer_lists_built_once_per_index_match_the_per_node_lists() -> None:
 
     net = network()
     for nid in nodes:
-        got = node_networks(nid, index.by_node.get(nid, []), index, lambda i: net, node_vtep)
+        got = node_networks(nid, index.tasks_of(nid), index, lambda i: net, node_vtep)
         want = naive_peers(nid, index, vteps)
         if index.by_node.get(nid):
             assert got[NET]["Peers"] == want, nid
@@ -180,3 +181,43 @@ async def test_a_node_without_a_subnet_is_logged_once_not_on_every_pass(tmp_path
         assert sum(1 for i in range(4) if (view.get("nodes", f"n{i}") or {}).get("ShoalBridge")) == 3
     finally:
         await store.close()
+
+
+def test_index_kept_one_change_at_a_time_matches_one_built_from_scratch() -> None:
+    """The dispatcher keeps its TaskIndex from the store's events (set_task per change, deletes
+    included): after any sequence of changes it must answer as an index built from the final
+    tasks does (assignment sets, peers, DNS records, down nodes' records left out)."""
+    rnd = random.Random(11)
+    nodes = [{"ID": f"n{i}", "Status": {"State": "down" if i == 3 else "ready", "Addr": f"10.99.0.{i + 1}"}}
+             for i in range(6)]
+    services = [{"ID": "s1", "Spec": {"Name": "web", "TaskTemplate": {"Networks": [{"Target": NET}]}}}]
+    live = TaskIndex((), services, nodes)
+    current: dict[str, dict[str, object]] = {}
+    for step in range(600):
+        tid = f"t{rnd.randrange(40)}"
+        if tid in current and rnd.random() < 0.2:
+            del current[tid]
+            live.set_task(tid, None)
+            continue
+        task = {"ID": tid, "ServiceID": "s1", "Slot": rnd.randrange(1, 5), "NodeID": f"n{rnd.randrange(6)}",
+                "DesiredState": rnd.choice(["running", "shutdown", "remove"]),
+                "Status": {"State": rnd.choice(["pending", "assigned", "running", "failed"])},
+                "NetworksAttachments": [{"Network": {"ID": NET}, "Addresses": [f"10.0.1.{rnd.randrange(2, 60)}/24"]}]}
+        current[tid] = task
+        live.set_task(tid, task)
+        if step % 50 == 0:
+            live.refresh(services, nodes, None)
+            fresh = TaskIndex(list(current.values()), services, nodes)
+            for n in nodes:
+                nid = str(n["ID"])
+                assert sorted(t["ID"] for t in live.tasks_of(nid)) == sorted(t["ID"] for t in fresh.tasks_of(nid))
+                got = node_networks(nid, live.tasks_of(nid), live, lambda i: network(), vtep_of(nodes))
+                want = node_networks(nid, fresh.tasks_of(nid), fresh, lambda i: network(), vtep_of(nodes))
+                assert got == want, (step, nid)
+            assert {k: dict(v) for k, v in live.peers.items()} == {k: dict(v) for k, v in fresh.peers.items()}
+            assert sorted(live.dns_records(NET)) == sorted(fresh.dns_records(NET))
+
+
+def vtep_of(nodes: list[dict[str, object]]) -> Callable[[str], str | None]:
+    by_id = {str(n["ID"]): vtep(n) for n in nodes}
+    return lambda n: by_id.get(n)

@@ -190,8 +190,8 @@ def test_down_nodes_tasks_leave_dns() -> None:
     tasks = [task("a", "n1"), task("bb", "n2")]
     nodes = [{"ID": "n1", "Status": {"State": "ready"}}, {"ID": "n2", "Status": {"State": "down"}}]
     idx = TaskIndex(tasks, [], nodes)
-    assert [e[2] for e in idx.dns_tasks["net1"]] == ["a"]
-    assert sorted(e[2] for e in TaskIndex(tasks).dns_tasks["net1"]) == ["a", "bb"]
+    assert [e[2] for e in idx.dns_records("net1")] == ["a"]
+    assert sorted(e[2] for e in TaskIndex(tasks).dns_records("net1")) == ["a", "bb"]
 
 
 @pytest.fixture
