@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from manager.loop import reconcile_loop
-from manager.store import Store, WriteTx
+from manager.store import Event, Store, WriteTx
 from shoal.base.taskstate import ASSIGNED, REMOVE, SHUTDOWN, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import parse_rfc3339
 from shoal.base.views import Node, Service, task_desired_order, task_state
@@ -95,25 +95,55 @@ def reap(tasks: Iterable[Obj], nodes: Iterable[Obj], services: Iterable[Obj], cl
 
 class TaskReaper:
     """The reaper loop over ``store``: after task, node or service changes (debounced by
-    ``debounce`` s, default 0.1), deletes what :func:`reap` returns in one update."""
+    ``debounce`` s, default 0.1), deletes what :func:`reap` returns in one update. A pass reads
+    only the tasks of the services that changed (whole after a node or cluster change)."""
 
     def __init__(self, store: Store, debounce: float = 0.1) -> None:
         self.store = store
         self.debounce = debounce
+        self._dirty: set[str] | None = None
+        """IDs of the services whose tasks or spec changed since the last pass (None: all)."""
+
+    def observe(self, ev: Event) -> None:
+        """Note the service a store event concerns; a node's or the cluster's change (a node
+        going down, the history limit) may concern every service: the next pass is whole."""
+        if self._dirty is None:
+            return
+        if ev.table in ("nodes", "cluster"):
+            self._dirty = None
+        elif ev.table == "services":
+            self._dirty.add(str(ev.obj["ID"]))
+        else:
+            for t in (ev.obj, ev.old):
+                sid = (t or {}).get("ServiceID")
+                if isinstance(sid, str):
+                    self._dirty.add(sid)
 
     def _pass(self, tx: WriteTx) -> int:
+        dirty, self._dirty = self._dirty, set()
         clusters = tx.list("cluster")
         # read-only: shallow copies (ReadTx.list_shallow) spare a deep copy of every task per pass
-        ids = reap(tx.list_shallow("tasks"), tx.list("nodes"), tx.list("services"), clusters[0] if clusters else None)
+        if dirty is None:
+            tasks = tx.list_shallow("tasks")
+        else:  # only the tasks of the services that changed (the store's ServiceID index)
+            tasks = [t for sid in dirty for t in tx.list_by("tasks", "ServiceID", sid)]
+        ids = reap(tasks, tx.list_shallow("nodes"), tx.list_shallow("services"), clusters[0] if clusters else None)
         for tid in ids:
             tx.delete("tasks", tid)
         return len(ids)
 
-    async def tick(self) -> int:
-        """Run one pass now; returns how many tasks were deleted."""
-        return await self.store.update(self._pass)
+    async def tick(self, whole: bool = True) -> int:
+        """Run one pass now; returns how many tasks were deleted. ``whole``: over every task
+        (False: over the tasks of the services :meth:`observe` saw change, as :meth:`run` does)."""
+        if whole:
+            self._dirty = None
+        try:
+            return await self.store.update(self._pass)
+        except Exception:
+            self._dirty = None  # nothing was deleted: look at everything again next time
+            raise
 
     async def run(self) -> None:
         """Watch and reap until cancelled (see :func:`manager.loop.reconcile_loop`)."""
-        await reconcile_loop(self.store, ["tasks", "nodes", "services", "cluster"], self.tick,
-                             self.debounce, log, "task reaper")
+        await reconcile_loop(self.store, ["tasks", "nodes", "services", "cluster"], lambda: self.tick(whole=False),
+                             self.debounce, log, "task reaper", observe=self.observe)

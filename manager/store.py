@@ -49,6 +49,10 @@ memory.go), so a Raft entry is cheap to replicate and to apply. The orchestrator
 service spec near the API's 4 MiB body limit can be larger)."""
 
 NAMED_TABLES = frozenset({"services", "networks"})
+
+INDEXES: dict[str, tuple[str, ...]] = {"tasks": ("ServiceID", "NodeID")}
+"""The fields indexed per table (:meth:`ReadTx.list_by`): a loop reads the tasks of one service or
+one node without a scan of every task (swarmkit's memdb indexes ``ByServiceID``/``ByNodeID``)."""
 """The tables whose objects have a unique ``Spec.Name`` (swarmkit indexes services' and networks'
 names)."""
 
@@ -188,6 +192,24 @@ class ReadTx:
         _check_table(table)
         return [dict(o) for o in self._raw_items(table)]
 
+    def _index_ids(self, table: str, field: str, value: str) -> Iterable[str]:
+        return self._store._index[table][field].get(value, ())
+
+    def list_by(self, table: str, field: str, value: str) -> builtins.list[Obj]:
+        """The objects of ``table`` whose ``field`` is ``value`` (an indexed field, :data:`INDEXES`:
+        ``tasks`` by ``ServiceID`` or ``NodeID``), as :meth:`list_shallow` gives them (new
+        top-level dicts; never change a value inside them). O(objects found). Raises
+        ``KeyError`` for a field that is not indexed."""
+        _check_table(table)
+        if field not in INDEXES.get(table, ()):
+            raise KeyError(f"{table}.{field} is not indexed")
+        out = []
+        for id in self._index_ids(table, field, value):
+            o = self._raw(table, id)
+            if o is not None and o.get(field) == value:
+                out.append(dict(o))
+        return out
+
     def get_shallow(self, table: str, id: str) -> Obj | None:
         """The object ``id`` of ``table`` as a new top-level dict whose values are shared with the
         store (the contract of :meth:`list_shallow`: set or delete its keys, never change a value
@@ -245,6 +267,14 @@ class WriteTx(ReadTx):
             o = self._raw(table, i)
             if o is not None:
                 yield o
+
+    def _index_ids(self, table: str, field: str, value: str) -> Iterable[str]:
+        # the committed index, plus what the pending overlay and this transaction wrote (its
+        # objects are checked against the field by the caller, so a moved one drops out)
+        ids = set(self._store._index[table][field].get(value, ()))
+        ids.update(i for (t, i) in self._store._pending if t == table)
+        ids.update(i for (t, i) in self._writes if t == table)
+        return ids
 
     def _check_name(self, table: str, obj: Obj) -> None:
         name = _name_key(table, obj)
@@ -322,6 +352,7 @@ class Store:
         self._log = log
         self.snapshot_interval = snapshot_interval
         self._tables: dict[str, dict[str, Obj]] = {t: {} for t in TABLES}
+        self._index: dict[str, dict[str, dict[str, set[str]]]] = {t: {f: {} for f in fs} for t, fs in INDEXES.items()}
         self._pending: dict[tuple[str, str], tuple[int, Obj | None]] = {}
         self._watches: set[Watch] = set()
         self._listeners: list[Callable[[Event], None]] = []
@@ -339,7 +370,27 @@ class Store:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
         for t in TABLES:
             self._tables[t] = dict(state["tables"].get(t, {}))
+        self._index = {t: {f: {} for f in fs} for t, fs in INDEXES.items()}
+        for t in INDEXES:
+            for obj in self._tables[t].values():
+                self._index_add(t, obj)
         self.applied_index = self._snap_index = index
+
+    def _index_add(self, table: str, obj: Obj) -> None:
+        for field, idx in self._index[table].items():
+            v = obj.get(field)
+            if isinstance(v, str) and v:
+                idx.setdefault(v, set()).add(obj["ID"])
+
+    def _index_remove(self, table: str, obj: Obj) -> None:
+        for field, idx in self._index[table].items():
+            v = obj.get(field)
+            if isinstance(v, str) and v:
+                ids = idx.get(v)
+                if ids is not None:
+                    ids.discard(obj["ID"])
+                    if not ids:
+                        del idx[v]
 
     def restore(self, snap: Snapshot) -> None:
         """Replace the whole state with ``snap`` (a snapshot the Raft leader sent to a follower
@@ -467,6 +518,8 @@ class Store:
                 id = body
                 old = tbl.pop(id, None)
                 if old is not None:
+                    if table in self._index:
+                        self._index_remove(table, old)
                     events.append(Event("delete", table, old, old))
             else:
                 obj = body
@@ -474,6 +527,10 @@ class Store:
                 obj["Version"] = {"Index": entry.index}
                 old = tbl.get(id)
                 tbl[id] = obj
+                if table in self._index:
+                    if old is not None:
+                        self._index_remove(table, old)
+                    self._index_add(table, obj)
                 events.append(Event("create" if old is None else "update", table, obj, old))
             key = (table, id)
             p = self._pending.get(key)

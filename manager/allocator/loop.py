@@ -36,7 +36,7 @@ from manager.allocator.pools import AddressPools
 from manager.allocator.ports import CLUSTER_PORT, DEFAULT_DATA_PATH_PORT
 from manager.ipam import BRIDGE_POOL
 from manager.loop import reconcile_loop
-from manager.store import MAX_TRANSACTION_BYTES, ReadTx, Store, WriteTx
+from manager.store import MAX_TRANSACTION_BYTES, Event, ReadTx, Store, WriteTx
 from shoal.base.taskstate import ASSIGNED, COMPLETE, STATE_ORDER, TERMINAL_STATES
 from shoal.base.util import now_rfc3339
 from shoal.base.views import endpoint_spec_key, task_desired_order, task_needs_networks, task_state
@@ -191,22 +191,48 @@ class NetworkAllocatorLoop:
         self.max_tasks = max_tasks
         self.passes = 0
         self._more = False
+        self._waiting: set[str] | None = None
+        """IDs of the tasks that may wait for addresses (kept from the store's events; None:
+        not known yet, the next pass reads every task once)."""
         self._told: dict[str, str] = {}
         """Node ID → the last "no load-balancer address" reason logged for it (logged once, not
         on every pass: 745 nodes over the ingress subnet made ~80,000 lines in a minute)."""
 
+    def observe(self, ev: Event) -> None:
+        """Keep the IDs of the tasks that wait for addresses (:func:`needs_allocation`) from the
+        store's events, so a pass finds them without reading every task."""
+        if ev.table != "tasks" or self._waiting is None:
+            return
+        tid = str(ev.obj["ID"])
+        if ev.action != "delete" and needs_allocation(ev.obj):
+            self._waiting.add(tid)
+        else:
+            self._waiting.discard(tid)
+
+    def _waiting_tasks(self, tx: WriteTx) -> list[Obj]:
+        if self._waiting is None:  # the first pass (or after a failed one): find them all
+            self._waiting = {str(t["ID"]) for t in tx.list_shallow("tasks") if needs_allocation(t)}
+        out = []
+        for tid in list(self._waiting):
+            t = tx.get_shallow("tasks", tid)
+            if t is not None and needs_allocation(t):
+                out.append(t)
+            else:
+                self._waiting.discard(tid)
+        return out
+
     def _pass(self, tx: WriteTx) -> int:
-        """One pass in ``tx``; returns how many tasks moved to pending."""
+        """One pass in ``tx``; returns how many tasks moved to pending. Reads every task only
+        when there is something to allocate (to rebuild the allocator)."""
         self._more = False
-        tasks = tx.list_shallow("tasks")
-        waiting = [t for t in tasks if needs_allocation(t)]
+        waiting = self._waiting_tasks(tx)
         networks = {str(n["ID"]): n for n in tx.list_shallow("networks")}
         nodes = tx.list_shallow("nodes")
         services = {str(s["ID"]): s for s in tx.list_shallow("services")}
         stale = [s for s in services.values() if endpoint_is_stale(s)]
         if not waiting and not stale and not nodes_needing_attachments(nodes, networks):
             return 0
-        alloc = rebuild_allocator(tx, networks.values(), services.values(), tasks, nodes)
+        alloc = rebuild_allocator(tx, networks.values(), services.values(), tx.list_shallow("tasks"), nodes)
         for p in alloc.problems:
             log.warning("network allocator: %s", p)
         self._attach_nodes(tx, alloc, nodes, networks)
@@ -292,11 +318,15 @@ class NetworkAllocatorLoop:
         """Run one pass now; returns how many tasks got their addresses. A pass that fails to
         commit leaves nothing behind: the next one rebuilds the allocator from the store."""
         self.passes += 1
-        return await self.store.update(self._pass)
+        try:
+            return await self.store.update(self._pass)
+        except Exception:
+            self._waiting = None  # find the waiting tasks again from the store
+            raise
 
     async def run(self) -> None:
         """Watch tasks, services, networks and the cluster, and allocate until cancelled (see
         :func:`manager.loop.reconcile_loop`); a pass that left tasks for later runs again at once."""
         await reconcile_loop(self.store, ["tasks", "services", "networks", "cluster", "nodes"], self.tick,
                              self.debounce,
-                             log, "network allocator", lambda: 0.0 if self._more else None)
+                             log, "network allocator", lambda: 0.0 if self._more else None, self.observe)

@@ -136,8 +136,8 @@ async def test_the_loop_goes_on_by_itself_in_bounded_transactions(tmp_path: Path
     creates: list[int] = []
     tick = orch.tick
 
-    async def counting_tick() -> Any:
-        plan = await tick()
+    async def counting_tick(**kw: Any) -> Any:
+        plan = await tick(**kw)
         creates.append(len(plan.create))
         return plan
 
@@ -180,3 +180,52 @@ def test_reconcile_never_changes_a_value_inside_its_inputs() -> None:
     plan = reconcile(*shallow, NOW, counter())
     assert plan.create and plan.update
     assert [new, tasks, nodes] == frozen
+
+
+async def test_a_pass_looks_only_at_the_services_that_changed(tmp_path: Path) -> None:
+    """The loop reconciles only the services whose spec or tasks changed since its last pass
+    (the tasks read through the store's ServiceID index); a node's change makes the next pass
+    whole. Outcomes stay right: scaling one service of three creates its slot, nothing else."""
+    store = await store_on(open_log(tmp_path / "raft"))
+    orch = Orchestrator(store, debounce=0.005)
+    passed: list[set[str] | None] = []
+    wrote: list[int] = []
+    tick = orch.tick
+
+    async def recording_tick(**kw: Any) -> Any:
+        plan = await tick(**kw)
+        passed.append(None if orch._passed is None else set(orch._passed))
+        wrote.append(len(plan.create) + len(plan.update) + len(plan.services))
+        return plan
+
+    orch.tick = recording_tick  # type: ignore[method-assign]
+    runner = asyncio.create_task(orch.run())
+    try:
+        for i in range(3):
+            await store.update(creating("services", {**service(2), "ID": f"s{i}", "Spec": {**service(2)["Spec"], "Name": f"web{i}"}}))
+        await wait_until(lambda: len(store.view().list("tasks")) == 6, 10, "6 tasks")
+        await wait_until(lambda: all(t["Status"]["State"] == "pending" for t in store.view().list("tasks")), 10, "pending")
+        # quiet: the last pass wrote nothing, and no change waits to be looked at
+        await wait_until(lambda: wrote and wrote[-1] == 0 and orch._dirty == set(), 10, "the loop at rest")
+
+        def scale(tx: WriteTx) -> None:
+            s = tx.get("services", "s1")
+            assert s is not None
+            s["Spec"]["Mode"]["Replicated"]["Replicas"] = 3
+            tx.update("services", s)
+
+        passed.clear()
+        await store.update(scale)
+        await wait_until(lambda: len(store.view().list_by("tasks", "ServiceID", "s1")) == 3, 10, "s1 scaled to 3")
+        await wait_until(lambda: passed and passed[-1] == {"s1"}, 10, "a pass over s1 alone")
+        assert all(p == {"s1"} for p in passed), passed
+        assert sorted(t["Slot"] for t in store.view().list_by("tasks", "ServiceID", "s1")) == [1, 2, 3]
+        assert len(store.view().list_by("tasks", "ServiceID", "s0")) == 2
+
+        passed.clear()
+        await store.update(creating("nodes", {"ID": "n1", "Status": {"State": "ready"}, "Spec": {"Availability": "active"}}))
+        await wait_until(lambda: None in passed, 10, "a whole pass after a node change")
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await store.close()

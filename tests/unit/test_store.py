@@ -157,3 +157,53 @@ async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(Unavailable):
         await store.update(lambda tx: tx.create("tasks", {"ID": "x"}))
+
+
+def _ids(objs: list[dict[str, Any]]) -> list[str]:
+    return sorted(str(o["ID"]) for o in objs)
+
+
+async def test_list_by_follows_creates_moves_deletes_pending_writes_and_snapshots(tmp_path: Path) -> None:
+    """tasks by ServiceID / NodeID: committed state, the transaction's own writes and the pending
+    overlay of proposals not yet committed, and a state loaded from a snapshot."""
+    store = await open_store(tmp_path, snapshot_every=5)
+    await store.update(creating("tasks", *({"ID": f"t{i}", "ServiceID": f"s{i % 2}", "NodeID": "n1"} for i in range(6))))
+    view = store.view()
+    assert _ids(view.list_by("tasks", "ServiceID", "s0")) == ["t0", "t2", "t4"]
+    assert _ids(view.list_by("tasks", "NodeID", "n1")) == [f"t{i}" for i in range(6)]
+    assert view.list_by("tasks", "ServiceID", "nope") == []
+    with pytest.raises(KeyError):
+        view.list_by("tasks", "Slot", "1")
+
+    def move_and_delete(tx: WriteTx) -> list[str]:
+        t = tx.get_shallow("tasks", "t0")
+        assert t is not None
+        tx.update("tasks", {**t, "ServiceID": "s1", "NodeID": "n2"})
+        tx.delete("tasks", "t2")
+        tx.create("tasks", {"ID": "t9", "ServiceID": "s0"})
+        return _ids(tx.list_by("tasks", "ServiceID", "s0"))
+
+    assert await store.update(move_and_delete) == ["t4", "t9"]
+    assert _ids(store.view().list_by("tasks", "ServiceID", "s0")) == ["t4", "t9"]
+    assert _ids(store.view().list_by("tasks", "ServiceID", "s1")) == ["t0", "t1", "t3", "t5"]
+    assert _ids(store.view().list_by("tasks", "NodeID", "n2")) == ["t0"]
+
+    # a proposal not yet committed is seen by the next transaction (pending overlay), not the view
+    first = asyncio.ensure_future(store.update(creating("tasks", {"ID": "t10", "ServiceID": "s0"})))
+    await asyncio.sleep(0)
+    seen = await store.update(lambda tx: _ids(tx.list_by("tasks", "ServiceID", "s0")))
+    await first
+    assert seen == ["t10", "t4", "t9"]
+
+    # a list_by of the shallow copies never changes the store
+    got = store.view().list_by("tasks", "ServiceID", "s0")[0]
+    got["ServiceID"] = "changed"
+    assert _ids(store.view().list_by("tasks", "ServiceID", "s0")) == ["t10", "t4", "t9"]
+
+    for i in range(8):  # past the snapshot interval: a restart loads the snapshot and rebuilds the index
+        await store.update(creating("tasks", {"ID": f"u{i}", "ServiceID": "s2"}))
+    await store.close()
+    store2 = Store(open_log(tmp_path), snapshot_interval=0)
+    assert _ids(store2.view().list_by("tasks", "ServiceID", "s2")) == [f"u{i}" for i in range(8)]
+    assert _ids(store2.view().list_by("tasks", "ServiceID", "s0")) == ["t10", "t4", "t9"]
+    await store2.close()
