@@ -284,9 +284,11 @@ class WriteTx(ReadTx):
             if other["ID"] != obj["ID"] and _name_key(table, other) == name:
                 raise Conflict("rpc error: code = AlreadyExists desc = name conflicts with an existing object")
 
-    def create(self, table: str, obj: Obj) -> None:
+    def create(self, table: str, obj: Obj, shallow: bool = False) -> None:
         """Add ``obj`` (must have a string ``ID``). Raises :class:`Conflict` if the ID exists or
-        (services, networks) ``Spec.Name`` is taken."""
+        (services, networks) ``Spec.Name`` is taken. ``shallow``: keep a copy of ``obj``'s top
+        level only, not a deep copy — for a loop whose objects come from :meth:`ReadTx.list_shallow`
+        (or are new) and which, as they do, never changes a value inside one (see :meth:`update`)."""
         _check_table(table)
         id = obj.get("ID")
         if not isinstance(id, str) or not id:
@@ -296,12 +298,19 @@ class WriteTx(ReadTx):
         self._check_name(table, obj)
         key = (table, id)
         prior = self._writes.get(key)
-        self._writes[key] = ("update" if prior and prior[0] == "delete" else "create", _copy(obj))
+        self._writes[key] = ("update" if prior and prior[0] == "delete" else "create", dict(obj) if shallow else _copy(obj))
 
-    def update(self, table: str, obj: Obj) -> None:
+    def update(self, table: str, obj: Obj, shallow: bool = False) -> None:
         """Replace the object with ``obj["ID"]``. If ``obj`` carries ``Version.Index``, it must be
         the current one, else :class:`Conflict` ("update out of sequence"). Raises
-        :class:`NotFound` if there is no such object, :class:`Conflict` for a taken name."""
+        :class:`NotFound` if there is no such object, :class:`Conflict` for a taken name.
+
+        ``shallow``: keep a copy of ``obj``'s top level only (its values shared with the caller
+        and, for an object from :meth:`ReadTx.get_shallow`, with the store). Only for callers that
+        set top-level keys and never change a value inside an object, before or after (the
+        contract of :meth:`ReadTx.list_shallow`): the deep copy of every task written was most of
+        the cost of the hot loops (status updates, placements, the orchestrator's passes). The
+        committed object is always a fresh decode of the log entry, never shared."""
         _check_table(table)
         id = obj.get("ID")
         cur = self._raw(table, id) if isinstance(id, str) else None
@@ -315,7 +324,7 @@ class WriteTx(ReadTx):
         self._check_name(table, obj)
         key = (table, id)
         prior = self._writes.get(key)
-        new = _copy(obj)
+        new = dict(obj) if shallow else _copy(obj)
         if cur.get("CreatedAt") and not new.get("CreatedAt"):
             new["CreatedAt"] = cur["CreatedAt"]
         self._writes[key] = ("create" if prior and prior[0] == "create" else "update", new)

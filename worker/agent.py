@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shoal.rpc import wire
+from worker.assigned import AssignedSet
 from worker.join import split_addr
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._assign_lock = asyncio.Lock()
+        self._assigned = AssignedSet()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -346,21 +348,11 @@ class Agent:
     async def _handle(self, peer: wire.Peer, type: str, body: dict[str, Any]) -> dict[str, Any] | None:
         if type == "assignments":
             node = body.get("node") or {}
-            tasks = body.get("tasks") or []
             self.node = node
             if self.on_node is not None and node:
                 self.on_node(node)
-            # "networks" (issue 9: overlay networks and their peers) is passed only when the manager
-            # sent it, so executors without overlay support and older managers work as before
-            kw: dict[str, Any] = {}
-            if isinstance(body.get("networks"), dict):
-                kw["networks"] = body["networks"]
-                ingress = body.get("ingress")
-                kw["ingress"] = ingress if isinstance(ingress, dict) else None
-                dp_port = body.get("data_path_port")
-                if isinstance(dp_port, int) and not isinstance(dp_port, bool):
-                    kw["data_path_port"] = dp_port
             async with self._assign_lock:
+                tasks, kw = self._assigned.apply(body)
                 await _maybe_await(self.executor.set_assignments(node, tasks, **kw))
             return None
         if type == "managers":  # the swarm's manager list changed: fail over to any of them

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from manager.dispatcher.increments import SentState
 from shoal.base.netaddr import ip_of, mac_from_ip
 from shoal.base.taskstate import ASSIGNED, COMPLETE, REMOVE, RUNNING, state_order
 from shoal.base.views import Node, Task
@@ -513,27 +514,29 @@ def node_ingress(node: Mapping[str, Any] | None, index: TaskIndex) -> dict[str, 
 
 @dataclass
 class Session:
-    """One node's session: its ID, its connection (None once lost), the fingerprint of the last
-    assignment set sent, and what waits to be written (:func:`send_outbox`)."""
+    """One node's session: its ID, its connection (None once lost), what it was sent, and what
+    waits to be written (:func:`send_outbox`)."""
 
     node_id: str
     session_id: str
     peer: wire.Peer | None
-    last_sent: bytes | None = None
+    sent: SentState | None = None
+    """What this connection was sent (:mod:`.increments`; None: nothing yet, the next push is
+    complete)."""
     outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Push type → the newest body not yet written (one per type: a newer one replaces it)."""
+    """Push type → the body not yet written (a newer one is merged in: :func:`merge_pushes`)."""
     sender: asyncio.Task[None] | None = None
 
 
 async def send_outbox(s: Session) -> None:
     """Write ``s.outbox`` to the session's connection, oldest type first, until it is empty; on
-    a lost connection or a write error drop what is left (and ``last_sent``, so the next
+    a lost connection or a write error drop what is left (and ``sent``, so the next
     connection gets everything again)."""
     while s.outbox:
         peer = s.peer
         if peer is None:
             s.outbox.clear()
-            s.last_sent = None
+            s.sent = None
             return
         type = next(iter(s.outbox))
         body = s.outbox.pop(type)
@@ -541,6 +544,6 @@ async def send_outbox(s: Session) -> None:
             await peer.send(type, body)
         except wire.WireError as e:
             s.outbox.clear()
-            s.last_sent = None  # resend everything to the next connection
+            s.sent = None  # resend everything to the next connection
             log.info("could not push %s to node %s: %s", type, s.node_id, e)
             return

@@ -13,7 +13,8 @@ SWARM-FACTS 1.3):
   twice the grace to open a session before they are marked down, as swarmkit does for
   "unknown" nodes after a leader change.
 - Assignments: the dispatcher watches the store and, whenever a connected node's task set (or
-  the node object itself) changes, pushes the node its complete set, coalescing bursts of
+  the node object itself) changes, pushes the node its set — complete on a connection's first
+  push, then only what changed (:mod:`manager.dispatcher.increments`) — coalescing bursts of
   changes (``coalesce`` seconds, 30 ms by default). Changes that touch only ``Status``,
   ``Version`` or ``UpdatedAt`` of a task do not cause a push (as SK: ``TasksEqualStable``).
 - Overlay networks (issue 9): the push also carries ``networks``, each overlay network the node's
@@ -70,7 +71,6 @@ from manager.dispatcher.assignments import (
     TaskIndex,
     assignment_set,
     dns_task_keys,
-    fingerprint,
     ingress_port_keys,
     manager_addr,
     node_ingress,
@@ -81,6 +81,7 @@ from manager.dispatcher.assignments import (
     service_dns_keys,
     vtep,
 )
+from manager.dispatcher.increments import DigestCache, merge_pushes, plan_push, rest_digest
 from manager.dispatcher.taskstatus import StatusBatch, apply_status_updates, parse_status_updates
 from manager.store import Store, StoreError, Unavailable, WriteTx
 from shoal.base.views import Node
@@ -139,6 +140,8 @@ class Dispatcher:
         """The ID of the ingress network (refreshed on every network change)."""
         self._index = TaskIndex()
         """The tasks indexed for the pushes (rebuilt at start, then kept by the watch loop)."""
+        self._digests = DigestCache()
+        """Each task's digest as last pushed (:mod:`manager.dispatcher.increments`)."""
         self._flush_handle: asyncio.TimerHandle | None = None
         self._batch = StatusBatch()
         self._batch_task: asyncio.Task[None] | None = None
@@ -390,6 +393,8 @@ class Dispatcher:
             async for ev in watch:
                 if ev.table == "tasks":
                     self._index.set_task(str(ev.obj["ID"]), None if ev.action == "delete" else ev.obj)
+                    if ev.action == "delete":
+                        self._digests.forget(str(ev.obj["ID"]))
                     for t in (ev.obj, ev.old):
                         nid = (t or {}).get("NodeID")
                         if nid and nid in self._sessions:
@@ -464,10 +469,12 @@ class Dispatcher:
 
     def _enqueue(self, s: Session, type: str, body: dict[str, Any]) -> None:
         """Send push ``type`` to session ``s`` after what is being written to it now; an unsent
-        one of the same type is replaced (both kinds of push carry the complete state)."""
+        one of the same type is replaced (``managers``: the complete list) or, for
+        ``assignments``, merged with this one (:func:`~manager.dispatcher.increments.merge_pushes`)."""
         if s.peer is None or s.peer.closed:
             return
-        s.outbox[type] = body
+        unsent = s.outbox.get(type)
+        s.outbox[type] = merge_pushes(unsent, body) if unsent is not None and type == "assignments" else body
         if s.sender is None or s.sender.done():
             s.sender = asyncio.create_task(send_outbox(s), name=f"dispatcher-push {s.node_id}")
             self._tasks.add(s.sender)
@@ -538,12 +545,12 @@ class Dispatcher:
             nets = node_networks(node_id, tasks, index, network, node_vtep, node)
             self._set_node_nets(node_id, set(nets))
             ingress = node_ingress(node, index)
-            fp = fingerprint(node, tasks, nets, [ingress, dpp])
-            if fp == s.last_sent:
-                continue
-            s.last_sent = fp
-            self._enqueue(s, "assignments", {"node": node, "tasks": tasks, "networks": nets, "ingress": ingress,
-                                             "data_path_port": int(dpp)})
+            # the first push of a connection is complete, the next ones carry what changed
+            body, s.sent = plan_push(s.sent, node, tasks, {"networks": nets, "ingress": ingress,
+                                                           "data_path_port": int(dpp)},
+                                     rest_digest(node, nets, [ingress, dpp]), self._digests)
+            if body is not None:
+                self._enqueue(s, "assignments", body)
 
     # -- status updates ---------------------------------------------------------------------
 

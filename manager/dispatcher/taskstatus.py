@@ -58,7 +58,7 @@ def apply_status_updates(tx: WriteTx, items: list[tuple[str, dict[str, Any]]]) -
     Returns how many tasks changed."""
     changed = 0
     for node_id, u in items:
-        task = tx.get("tasks", u["TaskID"])
+        task = tx.get_shallow("tasks", u["TaskID"])  # only top-level keys are set below
         if task is None or task.get("NodeID") != node_id:
             continue  # deleted meanwhile, or not this node's task: ignore
         cur = Task(task).status
@@ -79,6 +79,6 @@ def apply_status_updates(tx: WriteTx, items: list[tuple[str, dict[str, Any]]]) -
             new["PortStatus"] = cur["PortStatus"]
         task["Status"] = new
         task.pop("Version", None)
-        tx.update("tasks", task)
+        tx.update("tasks", task, shallow=True)
         changed += 1
     return changed

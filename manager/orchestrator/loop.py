@@ -81,10 +81,12 @@ class Orchestrator:
                          budget=self._budget())
         if plan.more:  # what did not fit in this pass is left for the next one
             self._dirty = None if dirty is None else self._dirty | dirty
+        # shallow: reconcile sets top-level keys of the shallow copies it is given (and of the new
+        # tasks it makes), never a value inside them
         for t in plan.create:
-            tx.create("tasks", t)
+            tx.create("tasks", t, shallow=True)
         for t in plan.update:
-            tx.update("tasks", t)
+            tx.update("tasks", t, shallow=True)
         for s in plan.services:
             tx.update("services", s)
         return plan

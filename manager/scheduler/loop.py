@@ -209,14 +209,14 @@ class Scheduler:
             overlays = [a for a in t.get("NetworksAttachments") or []
                         if isinstance(a, dict) and (a.get("Network") or {}).get("ID") != BRIDGE_NETWORK_ID]
             t["NetworksAttachments"] = [bridge_attachment(sub.subnet, sub.gateway, addr), *overlays]
-            tx.update("tasks", t)
+            tx.update("tasks", t, shallow=True)  # (a shallow copy whose top-level keys were set)
             self.pending.discard(tid)
             placed += 1
         for tid, msg in dec.failed.items():
             t = by_id[tid]
             if Task(t).status.get("Err") != msg:
                 t["Status"] = {"Timestamp": now, "State": "pending", "Message": "pending task scheduling", "Err": msg}
-                tx.update("tasks", t)
+                tx.update("tasks", t, shallow=True)
         return placed
 
     async def tick(self) -> int:
@@ -232,7 +232,7 @@ class Scheduler:
 
     async def run(self) -> None:
         """Watch the store and schedule until cancelled."""
-        watch = self.store.watch(["tasks", "nodes"])
+        watch = self.store.watch(["tasks", "nodes"], copy=False)  # the index only reads the events' objects
         try:
             self.rebuild()
             await self.tick()

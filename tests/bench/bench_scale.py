@@ -110,6 +110,7 @@ def memory_breakdown(m: Manager) -> dict[str, Any]:
     tasks = m.store._tables["tasks"]
     raft_entries = m.log.driver.node.log._entries
     sessions = getattr(m.dispatcher, "_sessions", {})
+    cache = m.dispatcher._digests._cache  # task ID -> (the stored task, its digest): count the digests
     return {
         "tasks": len(tasks),
         "task_objects": deep_size(tasks),
@@ -118,7 +119,8 @@ def memory_breakdown(m: Manager) -> dict[str, Any]:
         "raft_entry_bytes": sum(len(e.data) for e in raft_entries),
         "event_ring": len(m.events._ring),
         "event_ring_bytes": deep_size(list(m.events._ring)),
-        "sent_fingerprints": sum(len(s.last_sent or b"") for s in sessions.values()),
+        "sent_fingerprints": sum(deep_size(s.sent.tasks) if s.sent is not None else 0 for s in sessions.values())
+        + sys.getsizeof(cache) + sum(sys.getsizeof(v) + sys.getsizeof(v[1]) for v in cache.values()),
     }
 
 
@@ -350,7 +352,7 @@ async def drive(a: argparse.Namespace, root: Path) -> None:
               f"({mem['task_encoded'] / mem['tasks']:.0f} encoded); beyond them: {beyond:.0f} bytes per task")
         print(f"  of which Raft entries in memory: {mem['raft_entries']} ({mib(mem['raft_entry_bytes'])}), "
               f"event ring: {mem['event_ring']} ({mib(mem['event_ring_bytes'])}), "
-              f"dispatcher fingerprints: {mib(mem['sent_fingerprints'])}")
+              f"dispatcher digests of what was sent: {mib(mem['sent_fingerprints'])}")
 
         if a.lose:
             lost = nodes[: a.lose]

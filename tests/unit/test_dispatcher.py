@@ -22,6 +22,7 @@ from shoal.base.taskstate import state_order
 from shoal.rpc import wire
 from tests.stores import open_store
 from tests.waiting import wait_until as wait_for
+from worker.assigned import AssignedSet
 
 PERIOD = 0.2
 
@@ -66,12 +67,18 @@ class FakeNode:
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self.assignments: list[dict[str, Any]] = []
+        """Each push folded into the set so far, as the agent does: complete bodies."""
+        self.pushes: list[dict[str, Any]] = []
+        """Each push as it came (complete, then incremental)."""
+        self._set = AssignedSet()
         self.peer: wire.Peer | None = None
         self.session_id = ""
 
     async def handler(self, peer: wire.Peer, t: str, body: dict[str, Any]) -> dict[str, Any] | None:
         if t == "assignments":
-            self.assignments.append(body)
+            self.pushes.append(body)
+            tasks, extra = self._set.apply(body)
+            self.assignments.append({"node": body.get("node"), "tasks": tasks, **extra})
             return None
         if t == "logs.read":
             return {"lines": [{"task_id": tid, "stream": "stdout", "time": "x", "log": "hi"} for tid in body["task_ids"]]}
@@ -278,9 +285,14 @@ async def test_assignments_pushed_on_change_only(env: Env) -> None:
     last = {t["ID"]: t for t in fn.assignments[-1]["tasks"]}
     assert set(last) == {f"t{i}" for i in range(6)}
     assert last["t0"]["DesiredState"] == "shutdown"
+    # after the connection's first, complete push, a push carries only what changed
+    assert "incremental" not in fn.pushes[0]
+    assert fn.pushes[-1]["incremental"] is True and [t["ID"] for t in fn.pushes[-1]["tasks"]] == ["t0"]
+    assert fn.pushes[-1]["removed"] == [] and "networks" not in fn.pushes[-1]
     # the task's removal from the store drops it from the set
     await env.store.update(lambda tx: tx.delete("tasks", "t5"))
     await wait_for(lambda: "t5" not in {t["ID"] for t in fn.assignments[-1]["tasks"]}, 3, "t5 dropped")
+    assert fn.pushes[-1]["removed"] == ["t5"] and fn.pushes[-1]["tasks"] == []
 
 
 async def test_status_updates_forward_only_and_batched(env: Env) -> None:
