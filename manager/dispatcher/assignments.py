@@ -22,7 +22,8 @@ from shoal.base.views import Node, Task
 from shoal.rpc import wire
 
 __all__ = ["OVERLAY", "PEER_DESIRED", "DNS_DESIRED", "Session", "TaskIndex", "assignment_set", "attachments", "dns_task_keys",
-           "fingerprint", "ingress_port_keys", "manager_addr", "node_ingress", "node_lb_addresses", "node_networks",
+           "fingerprint", "ingress_port_keys", "manager_addr", "node_ingress", "node_lb_addresses", "node_network_ids",
+           "node_networks",
            "peer_keys", "send_outbox", "service_dns_keys", "service_vips", "vtep"]
 
 log = logging.getLogger("manager.dispatcher")
@@ -303,6 +304,8 @@ class TaskIndex:
         self.dns_tasks: dict[str, dict[str, tuple[str, int | str, str, str, str | None]]] = {}
         self._peer_lists: dict[str, list[tuple[str, tuple[str, str, str], dict[str, str]]]] = {}
         self._ingress_endpoints: dict[str, list[str]] | None = None
+        self._dns_cache: dict[str, dict[str, Any]] = {}
+        self._net_digests: dict[str, bytes] = {}
         for t in tasks:
             tid = t.get("ID")
             if isinstance(tid, str):
@@ -324,9 +327,12 @@ class TaskIndex:
             for nid, *_ in peer_keys(prev):
                 self._drop(self.peers, nid, tid)
                 self._peer_lists.pop(nid, None)
+                self._net_digests.pop(nid, None)
             for key in dns_task_keys(prev):
                 self._drop(self.dns_tasks, key[0], tid)
                 self._ingress_endpoints = None
+                self._dns_cache.pop(key[0], None)
+                self._net_digests.pop(key[0], None)
         if task is None:
             return
         self._tasks[tid] = task
@@ -337,9 +343,12 @@ class TaskIndex:
         for nid, nd, addr in peer_keys(task):
             self.peers.setdefault(nid, {})[tid] = (nd, addr)
             self._peer_lists.pop(nid, None)
+            self._net_digests.pop(nid, None)
         for nid, sid, slot, _tid, addr, hostname in dns_task_keys(task):
             self.dns_tasks.setdefault(nid, {})[tid] = (sid, slot, tid, addr, hostname)
             self._ingress_endpoints = None
+            self._dns_cache.pop(nid, None)
+            self._net_digests.pop(nid, None)
 
     @staticmethod
     def _drop(table: dict[str, dict[str, Any]], nid: str, tid: str) -> None:
@@ -362,6 +371,8 @@ class TaskIndex:
         self.ingress_ports: list[tuple[str, str, str, int, int]] = []
         self._ingress_endpoints = None
         self._peer_lists = {}
+        self._dns_cache = {}
+        self._net_digests = {}
         self.services: dict[str, list[tuple[str, tuple[str, ...], str | None]]] = {}
         self.service_names: dict[str, str] = {}
         nodes = list(nodes)
@@ -380,6 +391,29 @@ class TaskIndex:
             if isinstance(node_id, str):
                 for nid, addr in node_lb_addresses(node):
                     self.lb.setdefault(nid, []).append((node_id, addr))
+
+    def dns_of(self, nid: str) -> dict[str, Any]:
+        """The ``DNS`` part of network ``nid``'s entry (:func:`node_networks`), the same for every
+        node: built once per network and flush (shared between the pushes, only read)."""
+        got = self._dns_cache.get(nid)
+        if got is None:
+            got = self._dns_cache[nid] = _dns(nid, self)
+        return got
+
+    def network_digest(self, nid: str, net: Mapping[str, Any], node_vtep: Callable[[str], str | None]) -> bytes:
+        """A 16-byte digest of what network ``nid``'s entry holds for any node: the stored
+        network (without ``Version``/``UpdatedAt``), all its peers, its DNS part. A node's own
+        entry is that minus its own peers, so this digest and the node's ID decide whether the
+        node must be sent the entry again; computed once per network and flush."""
+        got = self._net_digests.get(nid)
+        if got is None:
+            full = self._peer_lists.get(nid)
+            if full is None:
+                full = self._peer_lists[nid] = _all_peers(nid, self, node_vtep)
+            data = msgpack.packb([{k: v for k, v in net.items() if k not in _VOLATILE},
+                                  [(other, key) for other, key, _entry in full], self.dns_of(nid)], use_bin_type=True)
+            got = self._net_digests[nid] = hashlib.blake2b(data, digest_size=16).digest()
+        return got
 
     def dns_records(self, nid: str) -> list[tuple[str, int | str, str, str, str | None]]:
         """``[(service ID, slot, task ID, "a.b.c.d/len", hostname)]`` of network ``nid``'s running
@@ -454,18 +488,28 @@ def node_networks(node_id: str, tasks: list[dict[str, Any]], index: TaskIndex,
     a load-balancer address on it (``Attachments``), whatever its tasks; its peers include the
     other nodes' load-balancer addresses (``index.lb``, VTEP: that node's), and its ``DNS`` is empty.
     """
+    out: dict[str, dict[str, Any]] = {}
+    for nid, net in node_network_ids(tasks, index, network, node):
+        out[nid] = {"Network": net, "Peers": index.peers_of(nid, node_id, node_vtep), "DNS": index.dns_of(nid)}
+    return out
+
+
+def node_network_ids(tasks: list[dict[str, Any]], index: TaskIndex,
+                     network: Callable[[str], dict[str, Any] | None],
+                     node: Mapping[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """``[(network ID, stored network)]``, sorted by ID, of the entries :func:`node_networks`
+    makes for a node with assignment set ``tasks`` and object ``node`` (without building them)."""
     used: set[str] = set()
     for t in tasks:
         if state_order(_map(t.get("Status")).get("State")) < COMPLETE:
             used.update(nid for nid, _ in attachments(t))
     if index.ingress_id and any(nid == index.ingress_id for nid, _ in node_lb_addresses(node)):
         used.add(index.ingress_id)
-    out: dict[str, dict[str, Any]] = {}
+    out = []
     for nid in sorted(used):
         net = network(nid)
-        if net is None or _map(net.get("DriverState")).get("Name") != OVERLAY:
-            continue
-        out[nid] = {"Network": net, "Peers": index.peers_of(nid, node_id, node_vtep), "DNS": _dns(nid, index)}
+        if net is not None and _map(net.get("DriverState")).get("Name") == OVERLAY:
+            out.append((nid, net))
     return out
 
 

@@ -75,6 +75,7 @@ from manager.dispatcher.assignments import (
     manager_addr,
     node_ingress,
     node_lb_addresses,
+    node_network_ids,
     node_networks,
     peer_keys,
     send_outbox,
@@ -542,13 +543,19 @@ class Dispatcher:
             # replaces an object on every change and never changes one in place (the contract
             # of ReadTx.list_shallow), so these tasks stay as they were when indexed
             tasks = assignment_set(index.tasks_of(node_id))
-            nets = node_networks(node_id, tasks, index, network, node_vtep, node)
-            self._set_node_nets(node_id, set(nets))
+            used = node_network_ids(tasks, index, network, node)
+            self._set_node_nets(node_id, {nid for nid, _net in used})
             ingress = node_ingress(node, index)
+            # the networks' entries (peer lists of every node, DNS) are built only when their
+            # digest says this node must get them again
+            rest_fp = rest_digest(node, [(nid, index.network_digest(nid, net, node_vtep)) for nid, net in used],
+                                  [ingress, dpp])
+            rest: dict[str, Any] = {}
+            if s.sent is None or s.sent.rest != rest_fp:
+                rest = {"networks": node_networks(node_id, tasks, index, network, node_vtep, node),
+                        "ingress": ingress, "data_path_port": int(dpp)}
             # the first push of a connection is complete, the next ones carry what changed
-            body, s.sent = plan_push(s.sent, node, tasks, {"networks": nets, "ingress": ingress,
-                                                           "data_path_port": int(dpp)},
-                                     rest_digest(node, nets, [ingress, dpp]), self._digests)
+            body, s.sent = plan_push(s.sent, node, tasks, rest, rest_fp, self._digests)
             if body is not None:
                 self._enqueue(s, "assignments", body)
 
