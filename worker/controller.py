@@ -220,7 +220,7 @@ class TaskController:
 
     def desired(self) -> str:
         """The desired state acted on: ``remove`` once the task left the assignment set."""
-        return tr.effective_desired(str(self.task.get("DesiredState") or "") or None, self.vanished)
+        return tr.effective_desired(str(self.task.get("DesiredState") or "running"), self.vanished)
 
     def _stopping(self) -> bool:
         return tr.stopping(self.desired())
