@@ -39,6 +39,7 @@ class Orchestrator:
         self.clock = clock
         self.max_writes = max_writes
         self._wake_at: float | None = None
+        self._more = False
         self._dirty: set[str] | None = None
         """IDs of the services whose spec or tasks changed since the last pass (None: all)."""
         self._passed: set[str] | None = None
@@ -111,8 +112,7 @@ class Orchestrator:
             self._wake_at = min(wakes) if wakes else None
             self.progress = {sid: p for sid, p in self.progress.items() if sid not in self._passed}
             self.progress.update(plan.progress)
-        if plan.more:
-            self._wake_at = self.clock()
+        self._more = plan.more  # the rest of the work follows at once, over the same services
         return plan
 
     async def run(self) -> None:
@@ -125,9 +125,12 @@ class Orchestrator:
                 await self.tick(whole=False)
             except Exception:
                 self._wake_at = self.clock() + 1.0
+                self._more = False
                 raise
 
         def wake_in() -> float | None:
+            if self._more:
+                return 0.0
             return None if self._wake_at is None else max(0.0, self._wake_at - self.clock()) + 0.01
 
         await reconcile_loop(self.store, ["services", "tasks", "nodes"], tick, self.debounce, log,
