@@ -105,6 +105,8 @@ class Manager:
         self._leading = False
         self._role_task: asyncio.Task[None] | None = None
         self.events = EventHub()  # GET /events (manager/events.py), fed by the store on every manager
+        self.orchestrator: Orchestrator | None = None
+        """The orchestration loop while this manager leads (None before it first leads)."""
 
     # -- cluster creation ------------------------------------------------------------------
 
@@ -254,10 +256,10 @@ class Manager:
         self._leading = True
         self.dispatcher.heartbeat_period = self._spec_heartbeat_period()
         await self.dispatcher.start()
-        scheduler = Scheduler(self.store)
-        scheduler.rebuild()
+        scheduler = Scheduler(self.store)  # (its run() rebuilds its index once its watch is on)
+        self.orchestrator = Orchestrator(self.store)
         for name, coro in (("heartbeat-period", self._follow_heartbeat_period()),
-                           ("orchestrator", Orchestrator(self.store).run()),
+                           ("orchestrator", self.orchestrator.run()),
                            ("network-allocator", NetworkAllocatorLoop(self.store).run()),
                            ("scheduler", scheduler.run()),
                            ("reaper", TaskReaper(self.store).run())):

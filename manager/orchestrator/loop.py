@@ -40,6 +40,8 @@ class Orchestrator:
         self.max_writes = max_writes
         self._wake_at: float | None = None
         self._more = False
+        self.whole_passes = 0
+        """How many passes looked at every service (the rest looked at the changed ones)."""
         self._dirty: set[str] | None = None
         """IDs of the services whose spec or tasks changed since the last pass (None: all)."""
         self._passed: set[str] | None = None
@@ -71,6 +73,7 @@ class Orchestrator:
     def _pass(self, tx: WriteTx) -> Plan:
         dirty, self._dirty = self._dirty, set()
         if dirty is None:  # every service (the first pass, a node changed, a timer fell due)
+            self.whole_passes += 1
             services = tx.list_shallow("services")
             tasks = tx.list_shallow("tasks")
             self._passed = None
@@ -80,8 +83,8 @@ class Orchestrator:
             self._passed = dirty
         plan = reconcile(services, tasks, tx.list_shallow("nodes"), self.clock(), progress=self.progress,
                          budget=self._budget())
-        if plan.more:  # what did not fit in this pass is left for the next one
-            self._dirty = None if dirty is None else self._dirty | dirty
+        if plan.more:  # what did not fit in this pass is left for the next one, over those services
+            self._dirty = None if self._dirty is None else self._dirty | plan.unfinished
         # shallow: reconcile sets top-level keys of the shallow copies it is given (and of the new
         # tasks it makes), never a value inside them
         for t in plan.create:

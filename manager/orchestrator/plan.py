@@ -156,6 +156,8 @@ class Plan:
     progress: dict[str, UpdateProgress] = field(default_factory=dict)
     more: bool = False
     """The pass hit its :class:`WriteBudget`: run another pass soon to go on."""
+    unfinished: set[str] = field(default_factory=set)
+    """IDs of the services whose work the budget cut short (the next pass goes on with them)."""
 
     def _wake(self, t: float) -> None:
         self.wake_at = t if self.wake_at is None else min(self.wake_at, t)

@@ -29,7 +29,8 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
     its inputs: ``id_gen`` makes task IDs, ``progress`` is the rolling-update state returned
     by the previous pass as ``Plan.progress`` (not modified; None = none). ``budget`` bounds
     the task writes of the pass (None = unbounded); what does not fit is left for the next pass
-    (``Plan.more``), each unit (a slot's replacement, a slot scaled away, a new slot) whole.
+    (``Plan.more``; the services it cut short in ``Plan.unfinished``), each unit (a slot's
+    replacement, a slot scaled away, a new slot) whole.
     Sets keys of the task and service dicts it is given but never changes a value inside them
     (pass copies, at least of the top level, as ``tx.list_shallow`` returns). A service whose
     mode has no reconciler is left alone (its spec was refused at the API).
@@ -55,8 +56,11 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
         sid = str(t.get("ServiceID", ""))
         if sid not in svc_by_id:
             # service removed: every task of it goes away
-            if task_desired_order(t) < REMOVE and budget.take(1, packed_size(t)):
-                set_desired(t, "remove")
+            if task_desired_order(t) < REMOVE:
+                if budget.take(1, packed_size(t)):
+                    set_desired(t, "remove")
+                else:
+                    plan.unfinished.add(sid)
             continue
         by_service.setdefault(sid, []).append(t)
 
@@ -64,6 +68,8 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
         reconciler = RECONCILERS.get(mode_of(svc))
         if reconciler is not None:
             reconciler(ctx, svc, by_service.get(sid, []))
+        if budget.more:  # this service's work (and every later one's) was cut short
+            plan.unfinished.add(sid)
 
     # new -> pending for tasks without overlay networks (nothing to allocate for the local bridge
     # before placement); tasks with networks stay new for the network allocator
@@ -74,9 +80,12 @@ def reconcile(services: Iterable[Obj], tasks: Iterable[Obj], nodes: Iterable[Obj
             t["Status"] = dict(pending_status)
     for t in itertools.chain.from_iterable(by_service.values()):
         if task_state(t) == "new" and task_desired_order(t) <= COMPLETE and (tid := str(t["ID"])) not in updated \
-                and not task_needs_networks(t) and budget.take(1, packed_size(t)):
-            t["Status"] = dict(pending_status)
-            updated[tid] = t
+                and not task_needs_networks(t):
+            if budget.take(1, packed_size(t)):
+                t["Status"] = dict(pending_status)
+                updated[tid] = t
+            else:
+                plan.unfinished.add(str(t.get("ServiceID", "")))
     plan.update = list(updated.values())
     plan.more = budget.more
     return plan

@@ -110,6 +110,7 @@ def memory_breakdown(m: Manager) -> dict[str, Any]:
     tasks = m.store._tables["tasks"]
     raft_entries = m.log.driver.node.log._entries
     sessions = getattr(m.dispatcher, "_sessions", {})
+    o = getattr(m, "orchestrator", None)
     cache = m.dispatcher._digests._cache  # task ID -> (the stored task, its digest): count the digests
     return {
         "tasks": len(tasks),
@@ -118,6 +119,7 @@ def memory_breakdown(m: Manager) -> dict[str, Any]:
         "raft_entries": len(raft_entries),
         "raft_entry_bytes": sum(len(e.data) for e in raft_entries),
         "event_ring": len(m.events._ring),
+        "orchestrator_passes": [getattr(o, "passes", 0), getattr(o, "whole_passes", 0)],
         "event_ring_bytes": deep_size(list(m.events._ring)),
         "sent_fingerprints": sum(deep_size(s.sent.tasks) if s.sent is not None else 0 for s in sessions.values())
         + sys.getsizeof(cache) + sum(sys.getsizeof(v) + sys.getsizeof(v[1]) for v in cache.values()),
@@ -353,6 +355,7 @@ async def drive(a: argparse.Namespace, root: Path) -> None:
         print(f"  of which Raft entries in memory: {mem['raft_entries']} ({mib(mem['raft_entry_bytes'])}), "
               f"event ring: {mem['event_ring']} ({mib(mem['event_ring_bytes'])}), "
               f"dispatcher digests of what was sent: {mib(mem['sent_fingerprints'])}")
+        print(f"  orchestrator passes (whole): {mem['orchestrator_passes']}")
 
         if a.lose:
             lost = nodes[: a.lose]
