@@ -207,3 +207,26 @@ async def test_list_by_follows_creates_moves_deletes_pending_writes_and_snapshot
     assert _ids(store2.view().list_by("tasks", "ServiceID", "s2")) == [f"u{i}" for i in range(8)]
     assert _ids(store2.view().list_by("tasks", "ServiceID", "s0")) == ["t10", "t4", "t9"]
     await store2.close()
+
+
+async def test_tasks_of_a_service_share_equal_specs_in_memory_only(tmp_path: Path) -> None:
+    """Equal Spec/Endpoint of a service's tasks are held once; the copies handed out, the
+    snapshot and a restart still see each task's own value, and a different spec is its own."""
+    spec = {"ContainerSpec": {"Image": "busybox", "Env": ["A=1"]}}
+    store = await open_store(tmp_path, snapshot_every=4)
+    await store.update(creating("tasks", *({"ID": f"t{i}", "ServiceID": "s1", "Spec": dict(spec)} for i in range(3))))
+    await store.update(creating("tasks", {"ID": "t9", "ServiceID": "s1", "Spec": {"ContainerSpec": {"Image": "other"}}}))
+    raw = store._tables["tasks"]
+    assert raw["t0"]["Spec"] is raw["t1"]["Spec"] is raw["t2"]["Spec"]
+    assert raw["t9"]["Spec"] is not raw["t0"]["Spec"]
+    got = store.view().get("tasks", "t0")
+    assert got is not None
+    got["Spec"]["ContainerSpec"]["Image"] = "changed"  # a copy: the others keep theirs
+    assert store.view().get("tasks", "t1")["Spec"] == spec  # type: ignore[index]
+    for i in range(5):
+        await store.update(creating("tasks", {"ID": f"u{i}", "ServiceID": "s2"}))
+    await store.close()
+    store2 = Store(open_log(tmp_path), snapshot_interval=0)
+    assert store2.view().get("tasks", "t2")["Spec"] == spec  # type: ignore[index]
+    assert store2.view().get("tasks", "t9")["Spec"] == {"ContainerSpec": {"Image": "other"}}  # type: ignore[index]
+    await store2.close()
