@@ -60,11 +60,17 @@ def bridge_attachment(subnet: str, gateway: str, address: str) -> Obj:
     }
 
 
-def _task_addresses(task: Obj) -> list[str]:
-    out: list[str] = []
+def _task_addresses(task: Obj) -> list[tuple[str, str]]:
+    """``[(node ID, "10.200.K.X/24")]``: the task's local-bridge addresses with its ``NodeID``
+    (bridge addresses are node-local and nodes may share a subnet, so an address alone does not
+    say whose it is); empty for a task without a ``NodeID``."""
+    nid = task.get("NodeID")
+    if not nid:
+        return []
+    out: list[tuple[str, str]] = []
     for att in task.get("NetworksAttachments") or []:
         if ((att.get("Network") or {}).get("ID")) == BRIDGE_NETWORK_ID:
-            out.extend(str(a) for a in att.get("Addresses") or [])
+            out.extend((str(nid), str(a)) for a in att.get("Addresses") or [])
     return out
 
 
@@ -76,7 +82,8 @@ class Scheduler:
     ``max_latency`` seconds (default 0.5) end a batch of events. ``clock`` (default
     :func:`time.time`, seconds since the epoch) dates the task failures the faulty-node rule
     counts. Node subnets: every node without ``ShoalBridge`` gets one from the IPAM in the next
-    pass.
+    pass (nodes share subnets once the pool's are all used: the addresses are node-local, so
+    they are tracked per (node, address)).
     """
 
     def __init__(self, store: Store, ipam: BridgeIPAM | None = None, debounce: float = 0.05,
@@ -88,7 +95,7 @@ class Scheduler:
         self.clock = clock
         self.nodes = NodeSet()
         self.pending: set[str] = set()
-        self._addr_owner: dict[str, str] = {}  # address -> task ID
+        self._addr_owner: dict[tuple[str, str], str] = {}  # (node ID, address) -> task ID
         self._need_subnet: set[str] = set()  # IDs of nodes stored without a ShoalBridge subnet
         self.passes = 0
         self._told: dict[str, str] = {}
@@ -98,7 +105,7 @@ class Scheduler:
         """Rebuild the IPAM (node subnets; addresses of tasks that are not terminal), the index of
         nodes (with the failures of the last 5 minutes the store still shows) and the pending set
         from the committed store."""
-        self.ipam = BridgeIPAM(str(self.ipam.pool), self.ipam.prefix)
+        self.ipam = type(self.ipam)(str(self.ipam.pool), self.ipam.prefix)
         self._addr_owner.clear()
         view = self.store.view()
         nodes = view.list_shallow("nodes")
@@ -113,10 +120,10 @@ class Scheduler:
         for t in tasks:
             if task_state(t) in TERMINAL_STATES:
                 continue
-            for a in _task_addresses(t):
+            for key in _task_addresses(t):
                 try:
-                    self.ipam.reserve(a)
-                    self._addr_owner[a] = str(t["ID"])
+                    self.ipam.reserve(*key)
+                    self._addr_owner[key] = str(t["ID"])
                 except IPAMError as e:
                     log.error("task %s: %s", t["ID"], e)
         self.nodes = NodeSet.from_objects(nodes, tasks, now=self.clock())
@@ -153,10 +160,10 @@ class Scheduler:
                     self._need_subnet.add(nid)
 
     def _release_task(self, task: Obj) -> None:
-        for a in _task_addresses(task):
-            if self._addr_owner.get(a) == task.get("ID"):
-                del self._addr_owner[a]
-                self.ipam.release(a)
+        for key in _task_addresses(task):
+            if self._addr_owner.get(key) == task.get("ID"):
+                del self._addr_owner[key]
+                self.ipam.release(*key)
 
     def _pass(self, tx: WriteTx) -> int:
         """One scheduling pass inside a store transaction; returns how many tasks were placed.
@@ -202,7 +209,7 @@ class Scheduler:
                 self.nodes.forget_task(tid)
                 dec.failed[tid] = f"no suitable node ({e})"
                 continue
-            self._addr_owner[addr] = tid
+            self._addr_owner[(nid, addr)] = tid
             t["NodeID"] = nid
             t["Status"] = {"Timestamp": now, "State": "assigned", "Message": "scheduler assigned task to node"}
             # the bridge first (eth0), then the overlay attachments the network allocator wrote

@@ -54,7 +54,8 @@ _BRIDGE_NETWORK: dict[str, Any] = {
     "IPAM": {"Driver": "default", "Options": None, "Config": [{"Subnet": "10.200.0.0/16"}]},
     "Options": {}, "Labels": {}, "Containers": {},
 }
-"""Each node's local network: its bridge (a /24 of 10.200.0.0/16 per node)."""
+"""Each node's local network: its bridge (a /24 of 10.200.0.0/16 per node; node-local like
+docker_gwbridge, so nodes share /24s once the pool's are all used)."""
 
 ONE_BRIDGE = ("each node has one local bridge network (bridge) and no other local network can be "
               "created: shoal creates overlay networks only (docker network create -d overlay NAME)")
