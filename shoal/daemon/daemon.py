@@ -206,7 +206,8 @@ class Daemon:
                         raise
                     self.state.save(data)
                     own = self.state.data.get("AdvertiseAddr")
-                    if own and own not in self.agent.managers:
+                    # (the agent may have been stopped while this promotion awaited)
+                    if own and self.agent is not None and own not in self.agent.managers:
                         self.agent.managers.append(own)
                     log.info("promoted: this node is now a manager")
                 else:
